@@ -1,0 +1,146 @@
+"""The one settings object: every tunable of the system, read from the environment.
+
+Nothing else in the project reads ``os.environ``. Each field maps to one variable named
+``CLICKSIGNALS_<FIELD>`` (upper case); ``docker-compose.yml`` and the README's settings table
+list the same names, and a test keeps them in step. Secrets (SASL password) are held as
+:class:`Secret` so that they never appear in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "CLICKSIGNALS_"
+
+
+class Secret(str):
+    """A string whose repr/str in logs is masked; ``reveal()`` gives the value to clients."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def __str__(self) -> str:
+        return "***" if self else ""
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; defaults are the local single-node set-up the README starts."""
+
+    # --- Kafka connection -------------------------------------------------------------
+    broker_url: str = "kafka://127.0.0.1:9092"
+    """Faust-style URL(s), ``;``-separated; ``kafka://host:port``."""
+    security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT | SASL_PLAINTEXT | SASL_SSL | SSL."""
+    sasl_mechanism: str = "SCRAM-SHA-256"
+    sasl_username: str = ""
+    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+
+    # --- Topics (names and partition counts live here and only here) -------------------
+    topic_clickstream: str = "clickstream"
+    topic_demand: str = "demand-signals"
+    topic_churn: str = "churn-risk"
+    topic_dead_letter: str = "clickstream-dlq"
+    topic_bid_adjustments: str = "bid-adjustments"
+    topic_churn_alerts: str = "churn-alerts"
+    partitions: int = 4
+    replication_factor: int = 1
+
+    # --- Worker ---------------------------------------------------------------------------
+    app_id: str = "clicksignals"
+    store_url: str = "rocksdb://"
+    """``rocksdb://`` (default, changelog-backed) or ``memory://`` for tests."""
+    data_dir: Path = Path("var/worker")
+    model_dir: Path = Path("onnx_models/default")
+    allowed_lateness_s: float = 3600.0
+    """Event-time lateness tolerated before a window closes; later events go to the DLQ."""
+    fresh_signal_min_interval_s: float = 60.0
+    """Per-user minimum interval (event time) between activity-triggered demand signals."""
+    batch_size: int = 512
+    batch_timeout_s: float = 0.05
+    ort_intra_op_threads: int = 1
+    max_event_bytes: int = 65536
+    max_future_skew_s: float = 86400.0
+    """Events more than this far ahead of the processing clock are rejected."""
+    min_event_time: str = "2000-01-01T00:00:00Z"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    churn_high_threshold: float | None = None
+    """Overrides the manifest's high-risk threshold when set."""
+
+    # --- Local broker (ops) ---------------------------------------------------------------
+    kafka_home: Path = Path(".cache/kafka")
+    kafka_data_dir: Path = Path("var/kafka")
+    log_format: str = "text"
+    """``text`` or ``json``."""
+    log_level: str = "INFO"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Plain ``host:port,host:port`` for aiokafka clients."""
+        hosts = [u.split("://", 1)[-1] for u in self.broker_url.replace(",", ";").split(";")]
+        return ",".join(h.strip() for h in hosts if h.strip())
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """Connection options for aiokafka producers/consumers/admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kwargs.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.reveal(),
+            )
+        return kwargs
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(raw: str, annotation: str) -> Any:
+    kind = annotation.replace(" ", "")
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "float|None":
+        return float(raw) if raw.strip() else None
+    if kind == "Path":
+        return Path(raw)
+    if kind == "Secret":
+        return Secret(raw)
+    if kind == "bool":
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return raw
+
+
+def env_names() -> dict[str, str]:
+    """Field name -> environment variable name, for docs and consistency tests."""
+    return {f.name: ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from the environment (or the mapping given, for tests)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        name = ENV_PREFIX + f.name.upper()
+        if name in env:
+            try:
+                values[f.name] = _convert(env[name], str(f.type))
+            except ValueError as exc:
+                raise ValueError(f"{name}={env[name]!r}: {exc}") from None
+    return Settings(**values)
+
+
+__all__ = ["ENV_PREFIX", "Secret", "Settings", "env_names", "load_settings"]
