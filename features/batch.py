@@ -1,0 +1,198 @@
+"""Vectorised window features for a whole history at once: the training path.
+
+Owns :class:`EventArrays` (events as integer-coded numpy columns) and
+:func:`build_window_tensor`, which turns them into a dense ``[user, window, feature]`` tensor
+using the definition in :mod:`features.windows`; plus the sequence, population and label
+slices that training takes from that tensor. The event-by-event twin is :mod:`features.state`.
+
+Pure: numpy only, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from features.events import EVENT_TYPE_CODES, EVENT_TYPES, PURCHASE
+from features.windows import (
+    I_ACTIVE,
+    N_BASE,
+    N_FEATURES,
+    Float32Array,
+    FloatArray,
+    IntArray,
+    WindowSpec,
+    assemble,
+)
+
+_N_TYPES = len(EVENT_TYPES)
+_PURCHASE = EVENT_TYPE_CODES[PURCHASE]
+
+
+@dataclass(frozen=True)
+class EventArrays:
+    """Events as aligned columns, in arrival order (time order, ties in input order).
+
+    Categorical columns are integer codes with ``-1`` for missing; ``price`` is NaN when
+    unknown. ``user`` codes run ``0 .. n_users - 1``.
+    """
+
+    user: IntArray
+    time_ms: IntArray
+    event_type: IntArray
+    quantity: IntArray
+    price: FloatArray
+    product: IntArray
+    category: IntArray
+    session: IntArray
+    order: IntArray
+    n_users: int
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+
+@dataclass(frozen=True)
+class WindowTensor:
+    """Feature vectors of every user for windows ``first_index .. first_index + W - 1``."""
+
+    spec: WindowSpec
+    first_index: int
+    features: Float32Array
+    """``[users, windows, N_FEATURES]``; zero before a user's first event."""
+    orders: FloatArray
+    """``[users, windows]`` orders per window, for labels."""
+    spend: FloatArray
+    """``[users, windows]`` spend per window, for labels."""
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.features.shape[1])
+
+    def column(self, window: int) -> int:
+        return window - self.first_index
+
+
+def _count_distinct(cell: IntArray, key: IntArray, n_cells: int) -> IntArray:
+    """Number of distinct ``key`` per ``cell`` (keys < 0 are missing and not counted)."""
+    keep = key >= 0
+    cell, key = cell[keep], key[keep]
+    if cell.size == 0:
+        return np.zeros(n_cells, dtype=np.int64)
+    span = int(key.max()) + 1
+    pairs = np.unique(cell * span + key)
+    return np.bincount(pairs // span, minlength=n_cells)
+
+
+def _order_keys(ev: EventArrays, rows: IntArray) -> IntArray:
+    """One key per purchase line naming its order: the order id, else the session, else itself.
+
+    Mirrors :func:`features.state.order_key`: order and session keys never collide (even/odd),
+    and a line with neither is an order of its own.
+    """
+    order, session = ev.order[rows], ev.session[rows]
+    anonymous_base = 2 * (max(int(ev.order.max(initial=0)), int(ev.session.max(initial=0))) + 1)
+    return np.where(
+        order >= 0,
+        order * 2,
+        np.where(session >= 0, session * 2 + 1, anonymous_base + rows),
+    )
+
+
+def build_window_tensor(ev: EventArrays, spec: WindowSpec, first: int, last: int) -> WindowTensor:
+    """Feature tensor for windows ``first .. last`` (inclusive, global indices).
+
+    Events after window ``last`` are ignored (they are the future). Events before ``first``
+    are an error: history would be cut and tenure-like features would be wrong.
+    """
+    n_windows = last - first + 1
+    if n_windows < 1:
+        raise ValueError(f"empty window range {first}..{last}")
+    window = (ev.time_ms - spec.origin_ms) // spec.length_ms
+    if len(ev) and int(window.min()) < first:
+        raise ValueError(f"events start in window {int(window.min())}, before {first}")
+    keep = np.flatnonzero(window <= last)
+    col = window[keep] - first
+    user = ev.user[keep]
+    n_users = ev.n_users
+    n_cells = n_users * n_windows
+    cell = user * n_windows + col
+
+    base = np.zeros((n_cells, N_BASE), dtype=np.float64)
+    etype = ev.event_type[keep]
+    counts = np.bincount(cell * _N_TYPES + etype, minlength=n_cells * _N_TYPES)
+    base[:, :_N_TYPES] = counts.reshape(n_cells, _N_TYPES)
+
+    is_purchase = etype == _PURCHASE
+    purchase_rows = keep[is_purchase]
+    purchase_cell = cell[is_purchase]
+    quantity = ev.quantity[purchase_rows]
+    price = ev.price[purchase_rows]
+    line_value = np.where(np.isnan(price), 0.0, price * quantity)
+    base[:, _N_TYPES + 0] = _count_distinct(
+        purchase_cell, _order_keys(ev, purchase_rows), n_cells
+    )
+    # bincount accumulates in input order, as the event path does: sums agree bit for bit.
+    base[:, _N_TYPES + 1] = np.bincount(purchase_cell, weights=quantity, minlength=n_cells)
+    base[:, _N_TYPES + 2] = np.bincount(purchase_cell, weights=line_value, minlength=n_cells)
+    base[:, _N_TYPES + 3] = _count_distinct(cell, ev.product[keep], n_cells)
+    base[:, _N_TYPES + 4] = _count_distinct(cell, ev.category[keep], n_cells)
+    base[:, _N_TYPES + 5] = _count_distinct(cell, ev.session[keep], n_cells)
+    base3 = base.reshape(n_users, n_windows, N_BASE)
+
+    cols = np.arange(n_windows, dtype=np.int64)
+    first_col = np.full(n_users, n_windows, dtype=np.int64)
+    np.minimum.at(first_col, user, col)
+    orders = base3[:, :, _N_TYPES + 0]
+    spend = base3[:, :, _N_TYPES + 2]
+    last_order_col = np.maximum.accumulate(np.where(orders > 0, cols, -1), axis=1)
+    # No order yet: one below the first window, the convention assemble() reads as "none".
+    last_order_col = np.where(last_order_col >= 0, last_order_col, first_col[:, None] - 1)
+
+    features = assemble(
+        base3,
+        window=(cols + first)[None, :],
+        first_window=(first_col + first)[:, None],
+        last_order_window=last_order_col + first,
+        orders_total=np.cumsum(orders, axis=1),
+        spend_total=np.cumsum(spend, axis=1),
+        start_ms=(spec.origin_ms + (cols + first) * spec.length_ms)[None, :],
+    )
+    features[cols[None, :] < first_col[:, None]] = 0.0
+    return WindowTensor(spec, first, features, orders.copy(), spend.copy())
+
+
+def sequences_at(tensor: WindowTensor, window: int) -> Float32Array:
+    """``[users, seq_len, N_FEATURES]`` inputs for a sequence ending with window ``window``."""
+    seq_len = tensor.spec.seq_len
+    end = tensor.column(window) + 1
+    if end > tensor.n_windows:
+        raise ValueError(f"window {window} is beyond the tensor")
+    start = end - seq_len
+    n_users = tensor.features.shape[0]
+    out = np.zeros((n_users, seq_len, N_FEATURES), dtype=np.float32)
+    lo = max(start, 0)
+    if end > 0:
+        out[:, lo - start :, :] = tensor.features[:, lo:end, :]
+    return out
+
+
+def scored_mask(sequences: Float32Array, lookback: int) -> npt.NDArray[np.bool_]:
+    """Population rule, vectorised: see :func:`features.windows.is_scored`."""
+    return np.asarray(np.any(sequences[:, -lookback:, I_ACTIVE] > 0, axis=1))
+
+
+def labels_at(tensor: WindowTensor, window: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Orders and spend in the ``horizon`` windows after ``window``, and churn (no order)."""
+    horizon = tensor.spec.horizon
+    lo = tensor.column(window) + 1
+    hi = lo + horizon
+    if hi > tensor.n_windows:
+        raise ValueError(f"labels for window {window} need windows the tensor does not hold")
+    orders = tensor.orders[:, lo:hi].sum(axis=1)
+    spend = tensor.spend[:, lo:hi].sum(axis=1)
+    churn = (orders == 0).astype(np.float64)
+    return orders, spend, churn
+

@@ -1,0 +1,208 @@
+"""Per-user window state updated one event at a time: the worker's path.
+
+Owns :class:`UserState` (a plain dataclass: open windows' aggregates, the last ``seq_len``
+closed window vectors and the history the features need) and the functions that move it:
+:func:`add_event`, :func:`close_through`, :func:`sequence`, :func:`peek_sequence`.
+Vectors come out of :func:`features.windows.assemble`, the same function the batch path
+uses, so the two paths differ only in how the base aggregates are summed.
+
+Pure: stdlib and numpy only, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features.events import EVENT_TYPE_CODES, EVENT_TYPES, PURCHASE, ClickEvent
+from features.windows import (
+    N_BASE,
+    N_FEATURES,
+    Float32Array,
+    WindowSpec,
+    assemble,
+)
+
+_N_TYPES = len(EVENT_TYPES)
+
+
+def order_key(event: ClickEvent) -> str | None:
+    """What makes a purchase line part of an order: its order id, else its session.
+
+    ``None`` means the line is an order of its own. Mirrors ``features.batch._order_keys``.
+    """
+    if event.order_id is not None:
+        return "o:" + event.order_id
+    if event.session_id is not None:
+        return "s:" + event.session_id
+    return None
+
+
+@dataclass(slots=True)
+class OpenWindow:
+    """Aggregates of one window that has not closed yet."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * _N_TYPES)
+    units: int = 0
+    spend: float = 0.0
+    orders: set[str] = field(default_factory=set)
+    anonymous_orders: int = 0
+    products: set[str] = field(default_factory=set)
+    categories: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)
+
+    def add(self, event: ClickEvent) -> None:
+        self.counts[EVENT_TYPE_CODES[event.event_type]] += 1
+        if event.event_type == PURCHASE:
+            key = order_key(event)
+            if key is None:
+                self.anonymous_orders += 1
+            else:
+                self.orders.add(key)
+            self.units += event.quantity
+            if event.price is not None:
+                self.spend += event.price * event.quantity
+        if event.product_id is not None:
+            self.products.add(event.product_id)
+        if event.category is not None:
+            self.categories.add(event.category)
+        if event.session_id is not None:
+            self.sessions.add(event.session_id)
+
+    def base(self) -> list[float]:
+        """The base aggregates, in :data:`features.windows.BASE_FEATURES` order."""
+        return [
+            *map(float, self.counts),
+            float(len(self.orders) + self.anonymous_orders),
+            float(self.units),
+            self.spend,
+            float(len(self.products)),
+            float(len(self.categories)),
+            float(len(self.sessions)),
+        ]
+
+
+_EMPTY_BASE: list[float] = [0.0] * N_BASE
+
+
+@dataclass(slots=True)
+class UserState:
+    """Everything the worker keeps about one user between events."""
+
+    first_window: int
+    ring: Float32Array
+    """``[seq_len, N_FEATURES]`` last closed window vectors, oldest first; zeros before history."""
+    closed_through: int | None = None
+    """Last window whose vector is in ``ring``; ``None`` until one closes."""
+    last_order_window: int | None = None
+    orders_total: float = 0.0
+    spend_total: float = 0.0
+    last_event_ms: int = 0
+    last_order_ms: int | None = None
+    open: dict[int, OpenWindow] = field(default_factory=dict)
+
+
+def new_state(spec: WindowSpec, first_window: int) -> UserState:
+    return UserState(
+        first_window=first_window,
+        ring=np.zeros((spec.seq_len, N_FEATURES), dtype=np.float32),
+    )
+
+
+def is_late(state: UserState | None, window: int) -> bool:
+    """True when ``window`` has already closed for this user: its event cannot be counted."""
+    return state is not None and state.closed_through is not None and window <= state.closed_through
+
+
+def add_event(state: UserState | None, event: ClickEvent, spec: WindowSpec) -> UserState:
+    """Fold one event into the user's open window; creates the state on a user's first event.
+
+    The caller must not pass a late event (see :func:`is_late`); that is a bug, not input.
+    """
+    window = spec.index(event.event_time_ms)
+    if state is None:
+        state = new_state(spec, window)
+    elif is_late(state, window):
+        raise ValueError(f"window {window} already closed (through {state.closed_through})")
+    elif window < state.first_window:
+        # An earlier event arrived within the allowed lateness before anything closed.
+        state.first_window = window
+    open_window = state.open.get(window)
+    if open_window is None:
+        open_window = state.open[window] = OpenWindow()
+    open_window.add(event)
+    state.last_event_ms = max(state.last_event_ms, event.event_time_ms)
+    if event.event_type == PURCHASE:
+        state.last_order_ms = max(state.last_order_ms or event.event_time_ms, event.event_time_ms)
+    return state
+
+
+def _vector(state: UserState, window: int, spec: WindowSpec) -> Float32Array:
+    """Close ``window``: fold its aggregates into the history and assemble its vector."""
+    aggregate = state.open.pop(window, None)
+    base = aggregate.base() if aggregate is not None else _EMPTY_BASE
+    orders, spend = base[_N_TYPES], base[_N_TYPES + 2]
+    if orders > 0:
+        state.last_order_window = window
+    state.orders_total += orders
+    state.spend_total += spend
+    last_order = (
+        state.last_order_window if state.last_order_window is not None else state.first_window - 1
+    )
+    vector = assemble(
+        np.asarray(base, dtype=np.float64),
+        window=np.asarray(window, dtype=np.int64),
+        first_window=np.asarray(state.first_window, dtype=np.int64),
+        last_order_window=np.asarray(last_order, dtype=np.int64),
+        orders_total=np.asarray(state.orders_total, dtype=np.float64),
+        spend_total=np.asarray(state.spend_total, dtype=np.float64),
+        start_ms=np.asarray(spec.start_ms(window), dtype=np.int64),
+    )
+    return vector
+
+
+def close_through(state: UserState, window: int, spec: WindowSpec) -> int:
+    """Close every window up to and including ``window``; returns how many were closed.
+
+    Silent windows close too (zero activity, history features still advance): a user who goes
+    quiet keeps a sequence, which is what churn risk reads. Only the last ``seq_len`` vectors
+    are assembled; earlier silent windows change no history, so they are skipped.
+    """
+    start = state.first_window if state.closed_through is None else state.closed_through + 1
+    if window < start:
+        return 0
+    keep_from = max(start, window - spec.seq_len + 1)
+    pending = sorted(w for w in state.open if w <= window)
+    windows = sorted({*(w for w in pending if w < keep_from), *range(keep_from, window + 1)})
+    ring = state.ring
+    for w in windows:
+        vector = _vector(state, w, spec)
+        if w >= keep_from:
+            ring[:-1] = ring[1:]
+            ring[-1] = vector
+    state.closed_through = window
+    return window - start + 1
+
+
+def sequence(state: UserState) -> Float32Array:
+    """The model input (raw, before normalisation) at the last closed window."""
+    return state.ring.copy()
+
+
+def peek_sequence(state: UserState, window: int, spec: WindowSpec) -> Float32Array:
+    """The sequence the user would have if every window through ``window`` closed now.
+
+    Used for activity-triggered ("fresh") signals: the open window is scored with what it has
+    so far, exactly as it would be assembled at its close. The state itself is not changed.
+    """
+    preview = dataclasses.replace(state, ring=state.ring.copy(), open=dict(state.open))
+    close_through(preview, window, spec)
+    return preview.ring
+
+
+def days_since_last_order(state: UserState, at_ms: int) -> float | None:
+    if state.last_order_ms is None:
+        return None
+    return max(0.0, (at_ms - state.last_order_ms) / 86_400_000)
