@@ -1,0 +1,257 @@
+"""The ``clicksignals`` operations command line (console script ``clicksignals``).
+
+This module owns argument parsing, logging set-up and exit codes for operator commands; the work
+itself lives in the modules the commands call (``ops.kafka_local`` for the broker and topics).
+
+Commands are grouped; each group is a function that adds its sub-commands to the top-level
+sub-parser set and binds each to a handler ``(args, settings) -> exit code`` via
+``set_defaults(handler=...)``. A new group (``replay``, ``tail``, ``demo``, ...) is a function
+decorated with :func:`command_group`, defined here or in a module imported below::
+
+    @command_group
+    def _replay(commands: Subcommands) -> None:
+        p = commands.add_parser("replay", help="...")
+        p.set_defaults(handler=_replay_handler)
+
+Logging goes to stderr (format and level from settings); stdout carries only user-facing
+answers (the bootstrap of a started broker, ``kafka status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from settings import Settings, load_settings
+
+log = logging.getLogger("clicksignals.cli")
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Handler: TypeAlias = Callable[[argparse.Namespace, Settings], int]
+GroupAdder: TypeAlias = Callable[[Subcommands], None]
+
+_GROUPS: list[GroupAdder] = []
+
+
+def command_group(adder: GroupAdder) -> GroupAdder:
+    """Register a function that adds a command group to the parser (decorator)."""
+    _GROUPS.append(adder)
+    return adder
+
+
+# --------------------------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------------------------
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload)
+
+
+def configure_logging(settings: Settings, verbose: bool = False) -> None:
+    """Root logging to stderr per ``settings.log_format`` / ``settings.log_level``.
+
+    Adds a handler only when the root logger has none (a host such as pytest keeps its own).
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        if settings.log_format == "json":
+            handler.setFormatter(_JsonFormatter())
+        else:
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+        root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else settings.log_level.upper())
+    # aiokafka logs every refused connection of a readiness probe at ERROR; keep it quiet.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL if not verbose else logging.DEBUG)
+
+
+# --------------------------------------------------------------------------------------------
+# kafka: the local broker
+# --------------------------------------------------------------------------------------------
+
+
+def _settings_port(settings: Settings) -> int:
+    first = settings.bootstrap_servers.split(",")[0]
+    host, _, port = first.rpartition(":")
+    if host not in {"127.0.0.1", "localhost", ""}:
+        log.warning("broker_url names %s, but the local broker listens on 127.0.0.1 only", first)
+    try:
+        return int(port)
+    except ValueError:
+        raise SystemExit(f"cannot take a port from broker_url {settings.broker_url!r}") from None
+
+
+def _kafka_start(args: argparse.Namespace, settings: Settings) -> int:
+    from ops import kafka_local
+
+    data_dir = Path(args.data_dir or settings.kafka_data_dir)
+    port: int | None = args.port
+    if port is None and not args.any_port:
+        port = _settings_port(settings)
+        current = kafka_local.status(data_dir, probe=False)
+        already_ours = current.running and current.state is not None and current.state.port == port
+        if not already_ours and not kafka_local.port_is_free(port):
+            log.error(
+                "port %d (from CLICKSIGNALS_BROKER_URL=%s) is in use; pass --port P or "
+                "--any-port, or stop whatever listens there",
+                port,
+                settings.broker_url,
+            )
+            return 1
+    state = kafka_local.start(settings, data_dir, port, timeout_s=args.timeout)
+    print(f"bootstrap: {state.bootstrap}  (pid {state.pid}, data dir {state.data_dir})")
+    print(f"export CLICKSIGNALS_BROKER_URL={state.broker_url}")
+    return 0
+
+
+def _kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from ops import kafka_local
+
+    kafka_local.stop(Path(args.data_dir or settings.kafka_data_dir), timeout_s=args.timeout)
+    return 0
+
+
+def _kafka_status(args: argparse.Namespace, settings: Settings) -> int:
+    from ops import kafka_local
+
+    found = kafka_local.status(Path(args.data_dir or settings.kafka_data_dir))
+    print(found.describe())
+    if found.running and found.state is not None:
+        print(f"export CLICKSIGNALS_BROKER_URL={found.state.broker_url}")
+    return 0 if found.running and found.answering else 1
+
+
+def _kafka_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from ops import kafka_local
+
+    libs = kafka_local.fetch_artifacts(settings, force=args.force)
+    log.info("Kafka %s runtime in %s", kafka_local.kafka_version(), libs)
+    return 0
+
+
+@command_group
+def _kafka_commands(commands: Subcommands) -> None:
+    kafka = commands.add_parser("kafka", help="the project's own single-node Kafka broker")
+    sub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
+
+    def data_dir_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="broker data directory (default: CLICKSIGNALS_KAFKA_DATA_DIR)",
+        )
+
+    p = sub.add_parser("start", help="start the broker (KRaft, 127.0.0.1) and wait until ready")
+    data_dir_option(p)
+    ports = p.add_mutually_exclusive_group()
+    ports.add_argument(
+        "--port", type=int, default=None, help="client port (default: broker_url's port)"
+    )
+    ports.add_argument("--any-port", action="store_true", help="use any free port")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    p.set_defaults(handler=_kafka_start)
+
+    p = sub.add_parser("stop", help="stop the broker started from the data directory")
+    data_dir_option(p)
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before SIGKILL")
+    p.set_defaults(handler=_kafka_stop)
+
+    p = sub.add_parser("status", help="what runs where; exit 0 only if running and answering")
+    data_dir_option(p)
+    p.set_defaults(handler=_kafka_status)
+
+    p = sub.add_parser("fetch", help="fetch the Kafka jars from Maven Central (idempotent)")
+    p.add_argument("--force", action="store_true", help="fetch again even if already done")
+    p.set_defaults(handler=_kafka_fetch)
+
+
+# --------------------------------------------------------------------------------------------
+# topics
+# --------------------------------------------------------------------------------------------
+
+
+def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
+    from aiokafka.errors import KafkaError
+
+    from ops import kafka_local
+
+    try:
+        results = kafka_local.create_topics(settings)
+    except KafkaError as exc:
+        log.error("cannot create topics on %s: %r", settings.bootstrap_servers, exc)
+        return 1
+    mismatched = [r for r in results if r.outcome == "mismatch"]
+    if mismatched:
+        log.error(
+            "%d topic(s) exist with a partition count other than settings.partitions=%d",
+            len(mismatched),
+            settings.partitions,
+        )
+        return 1
+    return 0
+
+
+@command_group
+def _topics_commands(commands: Subcommands) -> None:
+    topics = commands.add_parser("topics", help="the application's topics on the broker")
+    sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
+    p = sub.add_parser(
+        "create", help="create the application's topics from settings (existing ones are kept)"
+    )
+    p.set_defaults(handler=_topics_create)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clicksignals",
+        description="Operate clicksignals: local Kafka broker, topics, and more.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_group in _GROUPS:
+        add_group(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    """Run one command; returns its exit code. ``settings`` defaults to the environment's."""
+    args = build_parser().parse_args(argv)
+    settings = load_settings() if settings is None else settings
+    configure_logging(settings, verbose=args.verbose)
+    handler: Handler = args.handler
+    from ops.kafka_local import KafkaLocalError
+
+    try:
+        return handler(args, settings)
+    except KafkaLocalError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
