@@ -131,9 +131,7 @@ def build_window_tensor(ev: EventArrays, spec: WindowSpec, first: int, last: int
     quantity = ev.quantity[purchase_rows]
     price = ev.price[purchase_rows]
     line_value = np.where(np.isnan(price), 0.0, price * quantity)
-    base[:, _N_TYPES + 0] = _count_distinct(
-        purchase_cell, _order_keys(ev, purchase_rows), n_cells
-    )
+    base[:, _N_TYPES + 0] = _count_distinct(purchase_cell, _order_keys(ev, purchase_rows), n_cells)
     # bincount accumulates in input order, as the event path does: sums agree bit for bit.
     base[:, _N_TYPES + 1] = np.bincount(purchase_cell, weights=quantity, minlength=n_cells)
     base[:, _N_TYPES + 2] = np.bincount(purchase_cell, weights=line_value, minlength=n_cells)
@@ -195,4 +193,3 @@ def labels_at(tensor: WindowTensor, window: int) -> tuple[FloatArray, FloatArray
     spend = tensor.spend[:, lo:hi].sum(axis=1)
     churn = (orders == 0).astype(np.float64)
     return orders, spend, churn
-

@@ -173,9 +173,7 @@ def assemble(
     """
     carts = base[..., I_CART]
     purchases = base[..., I_PURCHASE]
-    conversion = np.divide(
-        purchases, carts, out=np.zeros_like(purchases), where=carts > 0
-    )
+    conversion = np.divide(purchases, carts, out=np.zeros_like(purchases), where=carts > 0)
     active = (base[..., : len(COUNT_FEATURES)].sum(axis=-1) > 0).astype(np.float64)
     tenure = np.minimum(window - first_window + 1, HISTORY_CAP).astype(np.float64)
     ordered = last_order_window >= first_window
@@ -183,9 +181,7 @@ def assemble(
     since = np.minimum(since, HISTORY_CAP).astype(np.float64)
     sin, cos = season(start_ms)
     derived = np.stack(
-        np.broadcast_arrays(
-            conversion, active, since, tenure, orders_total, spend_total, sin, cos
-        ),
+        np.broadcast_arrays(conversion, active, since, tenure, orders_total, spend_total, sin, cos),
         axis=-1,
     )
     return np.concatenate([base, derived], axis=-1).astype(np.float32)

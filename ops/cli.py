@@ -220,6 +220,73 @@ def _topics_commands(commands: Subcommands) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# replay / tail
+# --------------------------------------------------------------------------------------------
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.replay import replay_command
+
+    return replay_command(args, settings)
+
+
+def _tail(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.replay import tail_command
+
+    return tail_command(args, settings)
+
+
+@command_group
+def _replay_commands(commands: Subcommands) -> None:
+    p = commands.add_parser("replay", help="send a file (or generated traffic) to the clickstream")
+    p.add_argument("--events", type=Path, help="events file; omit for the seeded generator")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "canonical", "rees46", "taobao", "transactions"],
+    )
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--users", type=int, default=2000, help="generator: users")
+    p.add_argument("--days", type=int, default=56, help="generator: days")
+    p.add_argument("--seed", type=int, default=7, help="generator: seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_replay)
+    t = commands.add_parser("tail", help="print records of a topic (demand, churn, dlq or a name)")
+    t.add_argument("topic")
+    t.add_argument("--limit", type=int)
+    t.add_argument("--idle", type=float, default=3.0, help="stop after this many idle seconds")
+    t.add_argument("--pretty", action="store_true")
+    t.set_defaults(handler=_tail)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.demo import demo_command
+
+    return demo_command(args, settings)
+
+
+@command_group
+def _demo_commands(commands: Subcommands) -> None:
+    p = commands.add_parser(
+        "demo", help="local Kafka + worker with the shipped model + replayed traffic, end to end"
+    )
+    p.add_argument("--events", type=Path, help="replay this file instead of generated traffic")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "canonical", "rees46", "taobao", "transactions"],
+    )
+    p.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    p.add_argument("--users", type=int, default=2000, help="generator: users")
+    p.add_argument("--days", type=int, default=56, help="generator: days")
+    p.add_argument("--seed", type=int, default=7, help="generator: seed")
+    p.add_argument("--settle", type=float, default=6.0, help="idle seconds that end the run")
+    p.add_argument("--workdir", default="var/demo", help="broker, worker and output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_demo)
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 

@@ -669,6 +669,7 @@ def topic_specs(settings: Settings) -> dict[str, int]:
         settings.topic_dead_letter,
         settings.topic_bid_adjustments,
         settings.topic_churn_alerts,
+        settings.topic_routed,
     )
     return dict.fromkeys(names, settings.partitions)
 

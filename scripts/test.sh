@@ -8,9 +8,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if [[ -x .venv/bin/python ]]; then
-  export PATH="$PWD/.venv/bin:$PATH"
-fi
+bash scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff check" >&2
 ruff check .

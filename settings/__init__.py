@@ -84,6 +84,11 @@ class Settings:
     log_level: str = "INFO"
 
     @property
+    def topic_routed(self) -> str:
+        """Internal topic where the worker re-keys events a producer did not key by user."""
+        return f"{self.app_id}-clickstream-by-user"
+
+    @property
     def bootstrap_servers(self) -> str:
         """Plain ``host:port,host:port`` for aiokafka clients."""
         hosts = [u.split("://", 1)[-1] for u in self.broker_url.replace(",", ";").split(";")]

@@ -23,7 +23,7 @@ from features.batch import (
     sequences_at,
 )
 from features.events import EVENT_TYPE_CODES
-from features.windows import FloatArray, Float32Array, WindowSpec
+from features.windows import Float32Array, FloatArray, WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Samples:
 
 
 def first_window(arrays: EventArrays, spec: WindowSpec) -> int:
-    return int(((arrays.time_ms.min() - spec.origin_ms) // spec.length_ms))
+    return int((arrays.time_ms.min() - spec.origin_ms) // spec.length_ms)
 
 
 def samples_at(

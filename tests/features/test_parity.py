@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.batch import sequences_at, scored_mask
+from features.batch import scored_mask, sequences_at
 from features.events import EVENT_TYPES, ClickEvent
 from features.state import UserState, add_event, close_through, peek_sequence, sequence
 from features.windows import N_FEATURES, WindowSpec

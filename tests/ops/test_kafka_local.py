@@ -83,6 +83,8 @@ def test_topic_specs_cover_the_application_topics() -> None:
         settings.topic_dead_letter: 3,
         settings.topic_bid_adjustments: 3,
         settings.topic_churn_alerts: 3,
+        # The worker's re-keying topic is created up front too, with the same count.
+        settings.topic_routed: 3,
     }
 
 

@@ -1,0 +1,244 @@
+"""The Faust application: ``faust -A stream.app worker``.
+
+Owns the wiring only — topics, the state table, the agent loop, web views and metrics. The
+agent decodes nothing itself: it hands raw micro-batches to :class:`stream.processor.Processor`
+and sends what comes back. Settings come from :func:`settings.load_settings`; the model is
+loaded and checked at start-up, and a model that does not match stops the worker with the
+reason (see :mod:`stream.model`). TensorFlow is never imported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+import orjson
+from faust.streams import _current_event
+from faust.types import EventT
+
+from features.signals import RiskThresholds
+from features.validation import ValidationPolicy
+from settings import load_settings
+from stream import metrics
+from stream.model import ModelLoadError, Scorer, load_model
+from stream.processor import Processor, RawMessage
+
+log = logging.getLogger(__name__)
+
+settings = load_settings()
+
+
+def _broker_credentials() -> Any:
+    if not settings.security_protocol.startswith("SASL"):
+        return None
+    mechanism = settings.sasl_mechanism.upper()
+    if mechanism == "PLAIN":
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.reveal(),
+        )
+    from aiokafka.helpers import create_ssl_context  # noqa: F401  (SSL variants need it later)
+
+    return (
+        faust.GSSAPICredentials()
+        if mechanism == "GSSAPI"
+        else faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password.reveal(),
+            mechanism=mechanism,
+        )
+    )
+
+
+app = faust.App(
+    settings.app_id,
+    broker=settings.broker_url,
+    broker_credentials=_broker_credentials(),
+    store=settings.store_url,
+    datadir=str(settings.data_dir),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication_factor,
+    # Topics come from `clicksignals topics create`; auto-creation would hide a partition
+    # count that differs from the changelog's.
+    topic_allow_declare=True,
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    producer_linger_ms=5,
+    stream_buffer_maxsize=4096,
+    table_standby_replicas=1,
+    # Every topic and the table carry raw bytes: the processor does its own (de)coding.
+    key_serializer="raw",
+    value_serializer="raw",
+)
+
+_raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+clickstream = app.topic(settings.topic_clickstream, partitions=settings.partitions, **_raw)
+routed = app.topic(settings.topic_routed, partitions=settings.partitions, **_raw)
+demand_topic = app.topic(settings.topic_demand, **_raw)
+churn_topic = app.topic(settings.topic_churn, **_raw)
+dead_letter_topic = app.topic(settings.topic_dead_letter, **_raw)
+
+user_state = app.Table(
+    "user-state",
+    default=None,
+    key_type=str,
+    value_type=bytes,
+    partitions=settings.partitions,
+)
+
+
+class TableStore:
+    """Reads and writes the Faust table on behalf of a given source partition.
+
+    Faust's RocksDB store files a key under the partition of the *current event*. A micro-
+    batch spans partitions, so before touching a key we make an event of that key's partition
+    current (the ContextVar Faust itself uses). Keys always belong to their event's partition
+    (the processor re-keys strays), so store, changelog and source partition agree.
+    """
+
+    def __init__(self) -> None:
+        self.events: dict[int, EventT] = {}
+
+    def _focus(self, partition: int) -> None:
+        event = self.events.get(partition)
+        if event is not None:
+            _current_event.set(weakref.ref(event))
+
+    def get(self, key: str, partition: int) -> bytes | None:
+        self._focus(partition)
+        value: bytes | None = user_state.get(key)
+        return value
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        for key, value in user_state.items():
+            if value is not None:
+                yield key, value
+
+    def write(self, writes: dict[int, dict[str, bytes]]) -> None:
+        for partition, entries in writes.items():
+            self._focus(partition)
+            for key, value in entries.items():
+                user_state[key] = value
+
+
+def load_scorer() -> Scorer:
+    """Load and check the model; a model that does not match ends the process with the reason.
+
+    Runs when ``faust -A stream.app worker`` imports this module, so the worker refuses to
+    start before it joins the consumer group.
+    """
+    try:
+        return load_model(settings.model_dir, settings.ort_intra_op_threads)
+    except ModelLoadError as exc:
+        log.critical("refusing to start: %s", exc)
+        print(f"clicksignals worker: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
+def build_processor(scorer: Scorer) -> Processor:
+    thresholds = None
+    if settings.churn_high_threshold is not None:
+        m = scorer.manifest.thresholds
+        thresholds = RiskThresholds(
+            medium=min(m.medium, settings.churn_high_threshold),
+            high=settings.churn_high_threshold,
+        )
+    return Processor(
+        scorer,
+        _store,
+        partitions=settings.partitions,
+        policy=ValidationPolicy.from_settings(settings),
+        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
+        fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
+        routed_topics=frozenset({settings.topic_routed}),
+        thresholds=thresholds,
+    )
+
+
+_store = TableStore()
+_processor = build_processor(load_scorer())
+
+
+def processor() -> Processor:
+    return _processor
+
+
+@app.on_partitions_revoked.connect
+async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+    parts = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
+    _processor.forget_partitions(parts)
+
+
+@app.agent(app.topic(settings.topic_clickstream, settings.topic_routed, **_raw))
+async def score_clickstream(stream: Any) -> None:
+    """Decode nothing, decide nothing: batch raw messages through the processor and send."""
+    async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
+        proc = processor()
+        started = time.perf_counter()
+        _store.events = {e.message.partition: e for e in events}
+        batch = [
+            RawMessage(
+                e.message.key,
+                e.message.value,
+                e.message.topic,
+                e.message.partition,
+                e.message.offset,
+            )
+            for e in events
+        ]
+        out = proc.process(batch)
+        _store.write(out.writes)
+        for key, value in out.reroute:
+            await routed.send(key=key, value=value)
+        for signal in out.demand:
+            await demand_topic.send(
+                key=signal.user_id.encode(), value=orjson.dumps(signal.to_dict())
+            )
+        for churn in out.churn:
+            await churn_topic.send(key=churn.user_id.encode(), value=orjson.dumps(churn.to_dict()))
+        for dead in out.dead_letters:
+            await dead_letter_topic.send(key=None, value=orjson.dumps(dead.to_dict()))
+        metrics.observe_batch(len(events), out, time.perf_counter() - started)
+
+
+@app.page("/health")
+async def health(web: Any, request: Any) -> Any:
+    return web.json({"status": "ok", "model_version": _processor.scorer.version})
+
+
+@app.page("/ready")
+async def ready(web: Any, request: Any) -> Any:
+    ok = not app.rebalancing
+    return web.json({"ready": ok}, status=200 if ok else 503)
+
+
+@app.page("/model")
+async def model_view(web: Any, request: Any) -> Any:
+    return web.json(processor().scorer.manifest.to_dict())
+
+
+@app.page("/users/{user_id}")
+async def user_view(web: Any, request: Any, user_id: str) -> Any:
+    if len(user_id) > 256:
+        return web.json({"error": "user id too long"}, status=400)
+    view = processor().user_view(user_id)
+    if view is None:
+        return web.json({"error": "unknown user (or held by another worker)"}, status=404)
+    return web.json(view)
+
+
+@app.page("/clocks")
+async def clocks_view(web: Any, request: Any) -> Any:
+    return web.json({str(k): v for k, v in processor().clocks_view().items()})
+
+
+@app.page("/metrics")
+async def metrics_view(web: Any, request: Any) -> Any:
+    body, content_type = metrics.render()
+    return web.bytes(body, content_type=content_type)

@@ -1,0 +1,113 @@
+"""Byte encoding of per-user and per-partition worker state, as stored in the Faust table.
+
+Owns :class:`UserRecord` (the feature state of :mod:`features.state` plus what the worker
+adds: last fresh-signal time and last scores) and its compact codec: a small JSON header
+(orjson) followed by the ring buffer's raw float32 bytes, so the bulk of a user's state is
+copied, not formatted. Also :class:`PartitionClock`, a partition's event-time watermark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from features.state import OpenWindow, UserState
+from features.windows import N_FEATURES
+
+CODEC_VERSION = 1
+
+
+@dataclass(slots=True)
+class UserRecord:
+    state: UserState
+    last_fresh_ms: int | None = None
+    last_scores: dict[str, Any] = field(default_factory=dict)
+
+
+def _open_to_json(w: OpenWindow) -> list[Any]:
+    return [
+        w.counts,
+        w.units,
+        w.spend,
+        sorted(w.orders),
+        w.anonymous_orders,
+        sorted(w.products),
+        sorted(w.categories),
+        sorted(w.sessions),
+    ]
+
+
+def _open_from_json(v: list[Any]) -> OpenWindow:
+    return OpenWindow(
+        counts=list(v[0]),
+        units=int(v[1]),
+        spend=float(v[2]),
+        orders=set(v[3]),
+        anonymous_orders=int(v[4]),
+        products=set(v[5]),
+        categories=set(v[6]),
+        sessions=set(v[7]),
+    )
+
+
+def encode_user(record: UserRecord) -> bytes:
+    s = record.state
+    header = orjson.dumps(
+        {
+            "v": CODEC_VERSION,
+            "f": s.first_window,
+            "c": s.closed_through,
+            "lo": s.last_order_window,
+            "ot": s.orders_total,
+            "st": s.spend_total,
+            "le": s.last_event_ms,
+            "lom": s.last_order_ms,
+            "o": {str(k): _open_to_json(w) for k, w in s.open.items()},
+            "lf": record.last_fresh_ms,
+            "ls": record.last_scores,
+            "n": int(s.ring.shape[0]),
+        }
+    )
+    return len(header).to_bytes(4, "big") + header + s.ring.astype("<f4").tobytes()
+
+
+def decode_user(data: bytes) -> UserRecord:
+    size = int.from_bytes(data[:4], "big")
+    h = orjson.loads(data[4 : 4 + size])
+    if h.get("v") != CODEC_VERSION:
+        raise ValueError(f"user state codec version {h.get('v')}, expected {CODEC_VERSION}")
+    ring = np.frombuffer(data[4 + size :], dtype="<f4").astype(np.float32)
+    ring = ring.reshape(int(h["n"]), N_FEATURES).copy()
+    state = UserState(
+        first_window=int(h["f"]),
+        ring=ring,
+        closed_through=h["c"],
+        last_order_window=h["lo"],
+        orders_total=float(h["ot"]),
+        spend_total=float(h["st"]),
+        last_event_ms=int(h["le"]),
+        last_order_ms=h["lom"],
+        open={int(k): _open_from_json(v) for k, v in h["o"].items()},
+    )
+    return UserRecord(state, h["lf"], h["ls"])
+
+
+@dataclass(slots=True)
+class PartitionClock:
+    """Event-time progress of one source partition."""
+
+    max_event_ms: int | None = None
+    closed_through: int | None = None
+    """Last window closed for every user of the partition."""
+
+
+def encode_clock(clock: PartitionClock) -> bytes:
+    return orjson.dumps({"m": clock.max_event_ms, "c": clock.closed_through})
+
+
+def decode_clock(data: bytes) -> PartitionClock:
+    h = orjson.loads(data)
+    return PartitionClock(h["m"], h["c"])

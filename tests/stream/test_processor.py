@@ -1,0 +1,257 @@
+"""The worker's logic without a broker: routing, dead letters, watermarks, silent users,
+restarts, and parity of window-close signals with offline prediction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from features.validation import ValidationPolicy
+from ingest.adapters import to_wire_bytes
+from stream.model import load_model
+from stream.processor import DictStore, Processor, RawMessage, partition_of
+from training.offline import predict_windows
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "onnx_models" / "default"
+PARTITIONS = 4
+DAY = 86_400_000
+WEEK = 7 * DAY
+
+
+@pytest.fixture(scope="module")
+def scorer():  # type: ignore[no-untyped-def]
+    return load_model(MODEL_DIR)
+
+
+def make_processor(scorer, store: DictStore | None = None, lateness_ms: int = 0) -> Processor:  # type: ignore[no-untyped-def]
+    return Processor(
+        scorer,
+        store if store is not None else DictStore(),
+        partitions=PARTITIONS,
+        policy=ValidationPolicy(),
+        allowed_lateness_ms=lateness_ms,
+        fresh_interval_ms=10**15,  # window-close signals only, unless a test asks
+        routed_topics=frozenset({"routed"}),
+        clock=lambda: 1_900_000_000_000,
+    )
+
+
+def messages(frame: pd.DataFrame) -> list[RawMessage]:
+    """Keyed by user as a well-behaved producer would, offsets per partition."""
+    offsets = [0] * PARTITIONS
+    out = []
+    for key, value in to_wire_bytes(frame):
+        p = partition_of(key, PARTITIONS)
+        out.append(RawMessage(key, value, "clickstream", p, offsets[p]))
+        offsets[p] += 1
+    return out
+
+
+def run(proc: Processor, store: DictStore, msgs: list[RawMessage], batch: int) -> list:  # type: ignore[type-arg]
+    signals = []
+    for lo in range(0, len(msgs), batch):
+        out = proc.process(msgs[lo : lo + batch])
+        store.apply(out.writes)
+        signals.extend(out.demand)
+        signals.extend(out.churn)
+    return signals
+
+
+def synthetic(seed: int = 0, users: int = 60, weeks: int = 30) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 4000
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    times = np.sort(rng.integers(0, weeks * WEEK, n)) + start
+    kinds = rng.choice(["view", "cart", "purchase", "return"], n, p=[0.5, 0.2, 0.25, 0.05])
+    return pd.DataFrame(
+        {
+            "event_time_ms": times,
+            "event_type": kinds,
+            "user_id": [f"user-{u}" for u in rng.integers(0, users, n)],
+            "product_id": [f"p{x}" for x in rng.integers(0, 90, n)],
+            "category": None,
+            "brand": None,
+            "price": rng.lognormal(1.5, 0.8, n).round(2),
+            "quantity": rng.integers(1, 6, n),
+            "session_id": None,
+            "order_id": [f"o{x}" for x in rng.integers(0, 900, n)],
+        }
+    )
+
+
+def close_signals(signals: list, kind: type | None = None) -> dict[tuple[str, int], object]:  # type: ignore[type-arg]
+    return {
+        (s.user_id, s.window_end_ms): s
+        for s in signals
+        if s.trigger == "window_close" and (kind is None or isinstance(s, kind))
+    }
+
+
+def assert_parity(frame: pd.DataFrame, signals: list, proc: Processor) -> None:  # type: ignore[type-arg]
+    from features.signals import ChurnSignal, DemandSignal
+
+    offline = predict_windows(frame, MODEL_DIR)
+    # The stream has closed, per partition, the windows its watermark passed.
+    closed = min(c["closed_through"] for c in proc.clocks_view().values())
+    offline = offline[offline.window_end_ms <= proc.spec.end_ms(closed)]
+    demand = close_signals(signals, DemandSignal)
+    churn = close_signals(signals, ChurnSignal)
+    demand = {k: v for k, v in demand.items() if k[1] <= proc.spec.end_ms(closed)}
+    keys = set(zip(offline.user_id, offline.window_end_ms, strict=True))
+    assert keys == set(demand), (len(keys - set(demand)), len(set(demand) - keys))
+    ordered = [demand[k] for k in zip(offline.user_id, offline.window_end_ms, strict=True)]
+    np.testing.assert_allclose(
+        [s.expected_orders for s in ordered],
+        offline.expected_orders,
+        atol=1e-4,  # type: ignore[attr-defined]
+    )
+    np.testing.assert_allclose(
+        [churn[(s.user_id, s.window_end_ms)].churn_probability for s in ordered],  # type: ignore[attr-defined]
+        offline.churn_probability,
+        atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("batch", [1, 37, 512])
+def test_window_close_signals_equal_offline_prediction(scorer, batch: int) -> None:  # type: ignore[no-untyped-def]
+    frame = synthetic()
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    signals = run(proc, store, messages(frame), batch)
+    assert len(close_signals(signals)) > 200
+    assert_parity(frame, signals, proc)
+
+
+def test_restart_from_the_store_gives_the_signals_of_an_uninterrupted_run(scorer) -> None:  # type: ignore[no-untyped-def]
+    frame = synthetic(seed=3)
+    msgs = messages(frame)
+    store = DictStore()
+    whole = run(make_processor(scorer, store), store, msgs, 64)
+
+    store2 = DictStore()
+    half = len(msgs) // 2
+    first = run(make_processor(scorer, store2), store2, msgs[:half], 64)
+    # A new worker: nothing in memory, only what the table (changelog) restored.
+    rest = run(make_processor(scorer, store2), store2, msgs[half:], 64)
+    a = {(s.signal_id, round(s.expected_orders, 6)) for s in whole if hasattr(s, "expected_orders")}
+    b = {
+        (s.signal_id, round(s.expected_orders, 6))
+        for s in first + rest
+        if hasattr(s, "expected_orders")
+    }
+    assert a == b
+    assert store.data == store2.data
+
+
+def test_silent_users_are_scored_until_the_lookback_passes(scorer) -> None:  # type: ignore[no-untyped-def]
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    # "quiet" buys once; "busy" shares its partition and keeps event time moving.
+    quiet, busy = "quiet", None
+    p = partition_of(quiet.encode(), PARTITIONS)
+    i = 0
+    while busy is None:
+        cand = f"busy{i}"
+        busy = cand if partition_of(cand.encode(), PARTITIONS) == p else None
+        i += 1
+    rows = [(start + 3600_000, quiet, "purchase")]
+    rows += [(start + w * WEEK + 7200_000, busy, "view") for w in range(0, 20)]
+    frame = pd.DataFrame(
+        {
+            "event_time_ms": [r[0] for r in rows],
+            "event_type": [r[2] for r in rows],
+            "user_id": [r[1] for r in rows],
+            "product_id": None,
+            "category": None,
+            "brand": None,
+            "price": 5.0,
+            "quantity": 1,
+            "session_id": None,
+            "order_id": None,
+        }
+    ).sort_values("event_time_ms", kind="stable")
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    signals = run(proc, store, messages(frame), 5)
+    quiet_windows = sorted(k[1] for k in close_signals(signals) if k[0] == quiet)
+    lookback = proc.spec.lookback
+    assert len(quiet_windows) == lookback  # the week it bought and lookback-1 silent weeks
+    churn = [
+        s.churn_probability
+        for s in signals
+        if s.user_id == quiet and hasattr(s, "churn_probability")
+    ]
+    assert churn[-1] > churn[0]  # a user going quiet is what churn risk must catch
+
+
+def test_bad_input_goes_to_dead_letters_with_a_reason(scorer) -> None:  # type: ignore[no-untyped-def]
+    good = {"event_time": "2011-03-01T10:00:00Z", "event_type": "view", "user_id": "u1"}
+    key = b"u1"
+    p = partition_of(key, PARTITIONS)
+    raw = [
+        b"\xff\xfe",
+        b"{not json",
+        b"[1,2]",
+        orjson.dumps({**good, "user_id": ""}),
+        orjson.dumps({**good, "price": -1}),
+        orjson.dumps({**good, "event_time": "1970-01-01T00:00:00Z"}),
+        orjson.dumps(good),
+    ]
+    proc = make_processor(scorer)
+    out = proc.process([RawMessage(key, v, "clickstream", p, i) for i, v in enumerate(raw)])
+    assert [d.offset for d in out.dead_letters] == [0, 1, 2, 3, 4, 5]
+    assert all(d.reason and d.detail for d in out.dead_letters)
+    assert out.dead_letters[0].raw == b"\xff\xfe"
+    # Two weeks later the first window has closed: an event for it is late.
+    later = orjson.dumps({**good, "event_time": "2011-03-20T10:00:00Z"})
+    late = orjson.dumps({**good, "event_time": "2011-03-01T11:00:00Z"})
+    out = proc.process(
+        [RawMessage(key, later, "clickstream", p, 7), RawMessage(key, late, "clickstream", p, 8)]
+    )
+    assert [d.reason for d in out.dead_letters] == ["late"]
+
+
+def test_a_message_on_the_wrong_partition_is_rekeyed_not_folded(scorer) -> None:  # type: ignore[no-untyped-def]
+    value = orjson.dumps({"event_time": 1299000000000, "event_type": "view", "user_id": "u1"})
+    right = partition_of(b"u1", PARTITIONS)
+    wrong = (right + 1) % PARTITIONS
+    proc = make_processor(scorer)
+    out = proc.process([RawMessage(None, value, "clickstream", wrong, 0)])
+    assert out.reroute == [(b"u1", value)] and not out.writes
+    with pytest.raises(RuntimeError, match="partition counts"):
+        proc.process([RawMessage(b"u1", value, "routed", wrong, 0)])
+
+
+def test_activity_signals_are_rate_limited_per_user(scorer) -> None:  # type: ignore[no-untyped-def]
+    proc = make_processor(scorer)
+    proc.fresh_interval_ms = 60_000
+    p = partition_of(b"u1", PARTITIONS)
+    base = 1_299_000_000_000
+    msgs = [
+        RawMessage(
+            b"u1",
+            orjson.dumps({"event_time": base + dt, "event_type": "view", "user_id": "u1"}),
+            "clickstream",
+            p,
+            i,
+        )
+        for i, dt in enumerate([0, 10_000, 59_000, 61_000, 200_000])
+    ]
+    out = proc.process(msgs)
+    fresh = [s for s in out.demand if s.trigger == "activity"]
+    assert [s.window_end_ms - base for s in fresh] == [0, 61_000, 200_000]
+    assert len({s.signal_id for s in fresh}) == 3
+
+
+@pytest.mark.realdata
+def test_uci_replay_through_the_processor_equals_offline_prediction(scorer, shared_data) -> None:  # type: ignore[no-untyped-def]
+    from ingest.adapters import read_events
+
+    frame = read_events(shared_data / "online_retail.csv.gz", "transactions").events
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    signals = run(proc, store, messages(frame), 512)
+    assert_parity(frame, signals, proc)

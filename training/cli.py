@@ -1,0 +1,146 @@
+"""The ``train-and-export`` command: argument parsing and error reporting around the pipeline.
+
+Owns the command line only; the work is in :mod:`training.pipeline`. Errors a user can fix
+(bad file, unknown format, cutoff outside the data, too few users) end with one clear line
+and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("train-and-export")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration_ms(text: str) -> int:
+    """``7d``, ``12h``, ``1w`` → milliseconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 7d, 12h, 1w")
+    value = int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    if value <= 0:
+        raise argparse.ArgumentTypeError("duration must be positive")
+    return value
+
+
+def parse_instant_ms(text: str) -> int:
+    """ISO date or date-time; a bare date is 00:00 UTC, a naive time is taken as UTC."""
+    try:
+        ts = pd.Timestamp(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date: {exc}") from None
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return int(ts.value // 1_000_000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train-and-export",
+        description="Train the demand/churn LSTM on historical events, evaluate it against "
+        "baselines on a time split, and export ONNX + manifest.",
+    )
+    p.add_argument("--events", type=Path, help="events file; omit to use the seeded generator")
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "canonical", "rees46", "taobao", "transactions"],
+    )
+    p.add_argument("--window", type=parse_duration_ms, default="7d", help="window length (7d)")
+    p.add_argument("--seq-len", type=int, default=12, help="windows per input sequence (12)")
+    p.add_argument("--horizon", type=int, default=4, help="windows predicted ahead (4)")
+    p.add_argument("--lookback", type=int, help="score users active in the last N windows")
+    p.add_argument(
+        "--cutoff",
+        type=parse_instant_ms,
+        help="train strictly before this instant; predictions cover [cutoff, cutoff+H*window). "
+        "Default: the data end minus horizon+1 windows, at 00:00 UTC",
+    )
+    p.add_argument("--end", type=parse_instant_ms, help="data end (default: last event)")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+    p.add_argument("--units", type=int, default=64)
+    p.add_argument("--val-windows", type=int, default=4)
+    p.add_argument("--quantize", action="store_true", help="also export dynamic int8")
+    p.add_argument("--gen-users", type=int, default=3000, help="generator: users")
+    p.add_argument("--gen-days", type=int, default=364, help="generator: days of history")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from ingest.adapters import IngestError, read_events
+    from training.pipeline import TrainConfig, TrainingError
+
+    try:
+        if args.events is not None:
+            result = read_events(args.events, args.format)
+            log.info("%s", result.summary.describe())
+            events = result.events
+            source = {"events": str(args.events), "ingest": result.summary.to_dict()}
+        else:
+            from ingest.generator import generate_clickstream
+
+            events = generate_clickstream(
+                n_users=args.gen_users, start="2024-01-01", days=args.gen_days, seed=args.seed
+            )
+            source = {
+                "generator": {"users": args.gen_users, "days": args.gen_days, "seed": args.seed}
+            }
+        if events.empty:
+            raise TrainingError("no valid events to train on")
+        cutoff = args.cutoff
+        if cutoff is None:
+            last = int(events["event_time_ms"].max())
+            day = 86_400_000
+            cutoff = (last - (args.horizon + 1) * args.window) // day * day
+        source["events_rows"] = len(events)
+        source["users"] = int(events["user_id"].nunique())
+        cfg = TrainConfig(
+            out=args.out,
+            cutoff_ms=cutoff,
+            window_ms=args.window,
+            seq_len=args.seq_len,
+            horizon=args.horizon,
+            lookback=args.lookback,
+            end_ms=args.end,
+            val_windows=args.val_windows,
+            epochs=args.epochs,
+            seed=args.seed,
+            cell=args.cell,
+            units=args.units,
+            quantize=args.quantize,
+            source=source,
+        )
+        from training.pipeline import run
+
+        report = run(events, cfg)
+    except (IngestError, TrainingError, ValueError) as exc:
+        log.error("%s", exc)
+        print(f"train-and-export: error: {exc}", file=sys.stderr)
+        return 2
+    headline = report.get("metrics", {})
+    log.info("model %s written to %s", report["model_version"], args.out)
+    if headline:
+        log.info("see %s for model vs baselines", args.out / "report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Multi-task recurrent model: next-horizon orders, spend and churn from a window sequence.
+
+One recurrent layer (LSTM or GRU) reads the ``[batch, seq_len, n_features]`` sequence of
+already-normalised per-window features; a dropout and a small dense trunk feed three heads:
+
+* ``orders`` — expected order count over the horizon (softplus, so > 0), Poisson loss.
+* ``spend``  — ``log1p(spend)`` over the horizon (linear), Huber loss. The *expected spend*
+  the model exposes is ``max(expm1(head), 0)`` (see :func:`predict` and :mod:`training.export`).
+  Note this is the back-transform of a log-scale regression, i.e. closer to a conditional
+  median than a mean: on heavy-tailed spend it is biased low in aggregate.
+* ``churn``  — probability of no order over the horizon (sigmoid), binary cross-entropy.
+
+Layer names are part of the export contract: :mod:`training.export` rebuilds the serving
+graph from ``recurrent`` → ``trunk`` → heads (``dropout`` is the identity at inference).
+
+TensorFlow/Keras are imported here and in :mod:`training.export` only; serving never needs them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+Float32Array = npt.NDArray[np.float32]
+
+#: Target / head keys, in the order the outputs are reported.
+TARGETS: tuple[str, str, str] = ("orders", "spend", "churn")
+#: Names of the predictions (and of the ONNX outputs).
+OUTPUTS: tuple[str, str, str] = ("expected_orders", "expected_spend", "churn_probability")
+INPUT_NAME = "sequence"
+
+# Layer names the export relies on.
+RECURRENT_LAYER = "recurrent"
+DROPOUT_LAYER = "dropout"
+TRUNK_LAYER = "trunk"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and training hyper-parameters."""
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    units: int = 64
+    dropout: float = 0.2
+    #: Width of the dense ReLU trunk between the recurrent layer and the heads (0 = none).
+    dense_units: int = 32
+    learning_rate: float = 1e-3
+    batch_size: int = 256
+    epochs: int = 30
+    patience: int = 4
+    seed: int = 7
+    #: Loss weights per head (orders, spend, churn); the early-stopping ``val_loss`` is the
+    #: weighted sum.
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: Huber delta on the log1p(spend) scale.
+    huber_delta: float = 1.0
+    #: Threads for TF's inter- and intra-op pools (the training machines have 2 cores).
+    threads: int = 2
+    #: Make TF ops deterministic (same data + seed + machine -> same weights).
+    deterministic: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def configure_runtime(cfg: ModelConfig) -> None:
+    """Seed Python/NumPy/TF, pin TF thread pools and (optionally) op determinism.
+
+    Thread pools can only be set before TF starts executing; later calls log and move on.
+    """
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(cfg.threads)
+        tf.config.threading.set_intra_op_parallelism_threads(cfg.threads)
+    except RuntimeError:
+        log.debug("TF runtime already initialised; thread pool sizes left as they are")
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_model(seq_len: int, n_features: int, cfg: ModelConfig | None = None) -> keras.Model:
+    """Build and compile the three-head model (input ``sequence``: [None, seq_len, F] float32).
+
+    Outputs are a dict ``{"orders", "spend", "churn"}`` of ``[N, 1]`` tensors; ``spend`` is on
+    the log1p scale.
+    """
+    cfg = cfg or ModelConfig()
+    if cfg.cell not in ("lstm", "gru"):
+        raise ValueError(f"cell must be 'lstm' or 'gru', not {cfg.cell!r}")
+    inp = keras.Input(shape=(seq_len, n_features), name=INPUT_NAME, dtype="float32")
+    # Forms tf2onnx can fuse into one ONNX LSTM/GRU op: sigmoid recurrent activation, tanh
+    # activation, biases, no recurrent dropout, no unroll, last output only (see export.py).
+    common: dict[str, Any] = {
+        "activation": "tanh",
+        "recurrent_activation": "sigmoid",
+        "use_bias": True,
+        "return_sequences": False,
+        "unroll": False,
+        "name": RECURRENT_LAYER,
+    }
+    if cfg.cell == "lstm":
+        rnn: keras.layers.Layer = keras.layers.LSTM(cfg.units, **common)
+    else:
+        rnn = keras.layers.GRU(cfg.units, reset_after=True, **common)
+    h = rnn(inp)
+    h = keras.layers.Dropout(cfg.dropout, name=DROPOUT_LAYER, seed=cfg.seed)(h)
+    if cfg.dense_units > 0:
+        h = keras.layers.Dense(cfg.dense_units, activation="relu", name=TRUNK_LAYER)(h)
+    outputs = {
+        "orders": keras.layers.Dense(1, activation="softplus", name="orders")(h),
+        "spend": keras.layers.Dense(1, activation=None, name="spend")(h),
+        "churn": keras.layers.Dense(1, activation="sigmoid", name="churn")(h),
+    }
+    model = keras.Model(inp, outputs, name=f"clicksignals_{cfg.cell}")
+    w_o, w_s, w_c = cfg.loss_weights
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+        loss={
+            "orders": keras.losses.Poisson(),
+            "spend": keras.losses.Huber(delta=cfg.huber_delta),
+            "churn": keras.losses.BinaryCrossentropy(),
+        },
+        loss_weights={"orders": w_o, "spend": w_s, "churn": w_c},
+    )
+    return model
+
+
+def _targets(y: Mapping[str, npt.ArrayLike]) -> dict[str, Float32Array]:
+    """Training targets from ``{"orders", "spend", "churn"}`` (``y_``-prefixed keys accepted)."""
+    out: dict[str, Float32Array] = {}
+    for key in TARGETS:
+        value = y[key] if key in y else y[f"y_{key}"]
+        arr = np.asarray(value, dtype=np.float32).reshape(-1, 1)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"target {key!r} has non-finite values")
+        if key == "spend":
+            arr = np.log1p(np.maximum(arr, 0.0)).astype(np.float32)
+        out[key] = arr
+    return out
+
+
+class _EpochLog(keras.callbacks.Callback):  # type: ignore[misc]
+    """Logs one line per epoch through :mod:`logging` and records epoch durations."""
+
+    def __init__(self, total: int, verbose: bool) -> None:
+        super().__init__()
+        self.total = total
+        self.verbose = verbose
+        self.seconds: list[float] = []
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        dt = time.perf_counter() - self._t0
+        self.seconds.append(dt)
+        if not self.verbose:
+            return
+        logs = logs or {}
+        parts = " ".join(f"{k}={float(v):.4f}" for k, v in sorted(logs.items()))
+        log.info("epoch %d/%d %.1fs %s", epoch + 1, self.total, dt, parts)
+
+
+def train_model(
+    X_tr: npt.ArrayLike,
+    y_tr: Mapping[str, npt.ArrayLike],
+    X_val: npt.ArrayLike,
+    y_val: Mapping[str, npt.ArrayLike],
+    cfg: ModelConfig | None = None,
+    progress: bool = True,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train with early stopping on ``val_loss`` (best weights restored).
+
+    ``y_*`` map ``orders``/``spend``/``churn`` (raw, spend in currency — log1p is applied
+    here) to ``[N]`` arrays. Returns the model and a history dict of per-epoch lists:
+    ``loss``, ``val_loss``, ``<head>_loss``, ``val_<head>_loss`` and ``epoch_seconds``.
+    Progress is logged at INFO, one line per epoch (``progress=False`` silences it).
+    """
+    cfg = cfg or ModelConfig()
+    configure_runtime(cfg)
+    x_tr = np.asarray(X_tr, dtype=np.float32)
+    x_val = np.asarray(X_val, dtype=np.float32)
+    if x_tr.ndim != 3 or x_val.shape[1:] != x_tr.shape[1:]:
+        raise ValueError(f"X shapes {x_tr.shape} / {x_val.shape} are not [N, seq_len, F] alike")
+    if not (np.all(np.isfinite(x_tr)) and np.all(np.isfinite(x_val))):
+        raise ValueError("X has non-finite values")
+    t_tr, t_val = _targets(y_tr), _targets(y_val)
+    model = build_model(x_tr.shape[1], x_tr.shape[2], cfg)
+    epoch_log = _EpochLog(cfg.epochs, verbose=progress)
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg.patience, restore_best_weights=True, verbose=0
+        ),
+        epoch_log,
+    ]
+    log.info(
+        "training %s: %d train / %d val samples, seq_len=%d, F=%d, %d parameters",
+        cfg.cell,
+        len(x_tr),
+        len(x_val),
+        x_tr.shape[1],
+        x_tr.shape[2],
+        model.count_params(),
+    )
+    fit = model.fit(
+        x_tr,
+        t_tr,
+        validation_data=(x_val, t_val),
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    history["epoch_seconds"] = list(epoch_log.seconds)
+    best = best_epoch(history)
+    log.info(
+        "trained %d epochs in %.1fs; best epoch %d val_loss=%.4f",
+        len(history["loss"]),
+        sum(epoch_log.seconds),
+        best + 1,
+        history["val_loss"][best],
+    )
+    return model, history
+
+
+def best_epoch(history: Mapping[str, list[float]]) -> int:
+    """0-based index of the epoch with the lowest ``val_loss`` (the weights kept)."""
+    return int(np.argmin(np.asarray(history["val_loss"])))
+
+
+def predict(
+    model: keras.Model, X: npt.ArrayLike, batch_size: int = 4096
+) -> dict[str, Float32Array]:
+    """Keras predictions as ``[N]`` float32 arrays keyed like the ONNX outputs.
+
+    ``expected_spend = max(expm1(spend_head), 0)`` — the same transform the export bakes in.
+    """
+    x = np.asarray(X, dtype=np.float32)
+    raw = model.predict(x, batch_size=batch_size, verbose=0)
+    orders = np.asarray(raw["orders"], dtype=np.float32).reshape(-1)
+    log_spend = np.asarray(raw["spend"], dtype=np.float32).reshape(-1)
+    churn = np.asarray(raw["churn"], dtype=np.float32).reshape(-1)
+    spend = np.maximum(np.expm1(log_spend), np.float32(0.0)).astype(np.float32)
+    return {
+        "expected_orders": orders,
+        "expected_spend": spend,
+        "churn_probability": churn,
+    }
