@@ -280,7 +280,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
             orders_pred=test_scores["expected_orders"].to_numpy(),
             orders_actual=test_scores["actual_orders"].to_numpy(),
             weekly={
-                "window_end": pd.to_datetime(weekly.index, unit="ms", utc=True).to_numpy(),
+                "window_end": pd.to_datetime(weekly.index, unit="ms").to_numpy(),
                 "actual": weekly["actual"].to_numpy(),
                 "predicted": weekly["predicted"].to_numpy(),
             },

@@ -1,0 +1,90 @@
+"""train-and-export from the command line: a tiny generated history end to end, and the clear
+errors a user gets for inputs that cannot give an honest model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from stream.model import load_model
+from training.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model")
+    code = main(["--out", str(out), "--gen-users", "800", "--gen-days", "180", "--epochs", "2"])
+    assert code == 0
+    return out
+
+
+def test_writes_every_artifact(trained: Path) -> None:
+    for name in ("model.onnx", "manifest.json", "report.json", "report.md", "predictions.csv"):
+        assert (trained / name).is_file(), name
+    assert list(trained.glob("*.png"))
+
+
+def test_the_worker_accepts_the_exported_model(trained: Path) -> None:
+    scorer = load_model(trained)
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert scorer.version == manifest["model_version"]
+    assert manifest["libraries"]["tf2onnx"]
+    assert manifest["training_data"]["cutoff"]
+
+
+def test_predictions_cover_the_cutoff_population(trained: Path) -> None:
+    predictions = pd.read_csv(trained / "predictions.csv")
+    expected = {"user_id", "window_end", "expected_orders", "expected_spend", "churn_probability"}
+    assert expected <= set(predictions.columns)
+    assert predictions.window_end.nunique() == 1
+    assert predictions.user_id.is_unique
+    assert predictions.churn_probability.between(0, 1).all()
+
+
+def test_report_sets_the_model_beside_every_baseline(trained: Path) -> None:
+    report = json.loads((trained / "report.json").read_text())
+    models = report["models"] if "models" in report else report["metrics"]
+    assert {"model", "historical_rate", "last_window"} <= set(models)
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--events", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_unknown_columns_name_what_was_found(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "odd.csv"
+    path.write_text("a,b,c\n1,2,3\n")
+    assert main(["--events", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "a" in capsys.readouterr().err
+
+
+def test_cutoff_outside_the_data_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "--out",
+            str(tmp_path / "o"),
+            "--gen-users",
+            "100",
+            "--gen-days",
+            "120",
+            "--cutoff",
+            "2030-01-01",
+        ]
+    )
+    assert code == 2
+    assert "outside the data" in capsys.readouterr().err
+
+
+def test_too_few_users_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--out", str(tmp_path / "o"), "--gen-users", "20", "--gen-days", "200"])
+    assert code == 2
+    assert "users" in capsys.readouterr().err
