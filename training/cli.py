@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--units", type=int, default=64)
     p.add_argument("--val-windows", type=int, default=4)
     p.add_argument("--quantize", action="store_true", help="also export dynamic int8")
+    p.add_argument(
+        "--cv-folds", type=int, default=0, help="rolling-origin folds before the cutoff (0)"
+    )
     p.add_argument("--gen-users", type=int, default=3000, help="generator: users")
     p.add_argument("--gen-days", type=int, default=364, help="generator: days of history")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             cell=args.cell,
             units=args.units,
             quantize=args.quantize,
+            cv_folds=args.cv_folds,
             source=source,
         )
         from training.pipeline import run

@@ -16,6 +16,7 @@ Split, for a cutoff ``C`` and horizon ``H`` windows (window boundaries laid on `
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -56,6 +57,8 @@ class TrainConfig:
     cell: str = "lstm"
     units: int = 64
     quantize: bool = False
+    cv_folds: int = 0
+    """Rolling-origin folds before the cutoff (0: none)."""
     min_users: int = 50
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -180,7 +183,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
     )
 
     onnx_path = cfg.out / "model.onnx"
-    export.export_onnx(model, onnx_path)
+    export_info = export.export_onnx(model, onnx_path).to_dict()
     export.check_recurrent_op(onnx_path)
     x_test = norm.apply(split.test.sequences)
     diffs = export.verify_against_keras(onnx_path, model, x_test if len(x_test) else x_val)
@@ -247,6 +250,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         "thresholds": asdict(thresholds),
         "metrics": metrics,
         "quantized": quant,
+        "rolling_origin": rolling_origin(events, cfg) if cfg.cv_folds else None,
         "source": cfg.source,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -257,6 +261,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         thresholds,
         onnx_sha,
         extra={
+            "export": export_info,
             "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
             "feature_fingerprint_code": contract_fingerprint(),
             "training_data": {**cfg.source, **report_data["split"]},
@@ -291,6 +296,51 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         (cfg.out / "report.json").write_text(json.dumps(report_data, indent=2, default=str))
     log.info("wrote %s in %.1fs", cfg.out, time.perf_counter() - started)
     return report_data
+
+
+def rolling_origin(events: pd.DataFrame, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Refit and evaluate at earlier cutoffs, each ``horizon`` windows before the next.
+
+    Every fold sees only data before the main cutoff (``end`` is the main cutoff), so the
+    held-out period stays unseen; each fold's own normalisation and early stopping use only
+    its own past. Reports the model and baselines on orders MAE and churn ROC-AUC per fold.
+    """
+    from training import evaluate
+    from training.model import ModelConfig, predict, train_model
+
+    folds: list[dict[str, Any]] = []
+    step = cfg.horizon * cfg.window_ms
+    for k in range(cfg.cv_folds, 0, -1):
+        fold_cfg = dataclasses.replace(
+            cfg, cutoff_ms=cfg.cutoff_ms - k * step, end_ms=cfg.cutoff_ms, cv_folds=0
+        )
+        try:
+            split = split_samples(events, fold_cfg)
+        except TrainingError as exc:
+            folds.append({"cutoff": _iso(fold_cfg.cutoff_ms), "skipped": str(exc)})
+            continue
+        norm = NormStats.fit(split.train.sequences)
+        model_cfg = ModelConfig(cell=cfg.cell, units=cfg.units, epochs=cfg.epochs, seed=cfg.seed)  # type: ignore[arg-type]
+        model, _ = train_model(
+            norm.apply(split.train.sequences),
+            _targets(split.train),
+            norm.apply(split.val.sequences),
+            _targets(split.val),
+            model_cfg,
+        )
+        pred = predict(model, norm.apply(split.test.sequences))
+        scores = pd.DataFrame({k2: np.asarray(v, np.float64) for k2, v in pred.items()})
+        metrics = _evaluate(split.test, scores, cfg.horizon, evaluate)
+        folds.append(
+            {
+                "cutoff": _iso(fold_cfg.cutoff_ms),
+                "test_samples": len(split.test),
+                "orders_mae": {m: v["orders"]["mae"] for m, v in metrics.items()},
+                "churn_roc_auc": {m: v["churn"]["roc_auc"] for m, v in metrics.items()},
+            }
+        )
+        log.info("rolling origin %s: %s", folds[-1]["cutoff"], folds[-1]["orders_mae"])
+    return folds
 
 
 def _evaluate(test: Samples, scores: pd.DataFrame, horizon: int, evaluate: Any) -> dict[str, Any]:
