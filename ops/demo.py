@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -26,19 +25,9 @@ from aiokafka import AIOKafkaConsumer
 
 from ops import kafka_local
 from ops.replay import load_wire, produce
-from settings import Settings, env_names
+from settings import Settings, child_environment
 
 log = logging.getLogger(__name__)
-
-
-def _settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, var in env_names().items():
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        env[var] = value.reveal() if hasattr(value, "reveal") else str(value)
-    return env
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
@@ -47,7 +36,7 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     handle = log_path.open("wb")
     return subprocess.Popen(
         [str(faust), "-A", "stream.app", "worker", "-l", "info"],
-        env=_settings_env(settings),
+        env=child_environment(settings),
         stdout=handle,
         stderr=subprocess.STDOUT,
         start_new_session=True,

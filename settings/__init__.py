@@ -134,6 +134,22 @@ def env_names() -> dict[str, str]:
     return {f.name: ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
 
 
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The environment for a child process (a worker) that should see ``settings``.
+
+    The current environment (PATH and the like) plus every field as its variable, secrets
+    revealed: the child's own :func:`load_settings` reads them back.
+    """
+    env = dict(os.environ)
+    for name, var in env_names().items():
+        value = getattr(settings, name)
+        if value is None:
+            env.pop(var, None)
+        else:
+            env[var] = value.reveal() if isinstance(value, Secret) else str(value)
+    return env
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from the environment (or the mapping given, for tests)."""
     env = os.environ if environ is None else environ
@@ -148,4 +164,4 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(**values)
 
 
-__all__ = ["ENV_PREFIX", "Secret", "Settings", "env_names", "load_settings"]
+__all__ = ["ENV_PREFIX", "Secret", "Settings", "child_environment", "env_names", "load_settings"]
