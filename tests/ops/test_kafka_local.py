@@ -205,14 +205,16 @@ def test_create_topics_is_idempotent_and_reports_mismatch(kafka_settings: Settin
         topic_dead_letter=f"dlq-{suffix}",
         topic_bid_adjustments=f"bids-{suffix}",
         topic_churn_alerts=f"alerts-{suffix}",
+        app_id=f"app-{suffix}",  # names the worker's re-keying topic
     )
+    n = len(kafka_local.topic_specs(settings))
     first = run_sync(kafka_local.ensure_topics(settings))
-    assert [r.outcome for r in first] == ["created"] * 6
+    assert [r.outcome for r in first] == ["created"] * n
     assert {r.name for r in first} == set(kafka_local.topic_specs(settings))
     second = run_sync(kafka_local.ensure_topics(settings))
-    assert [(r.outcome, r.actual_partitions) for r in second] == [("exists", 2)] * 6
+    assert [(r.outcome, r.actual_partitions) for r in second] == [("exists", 2)] * n
     third = run_sync(kafka_local.ensure_topics(settings.with_overrides(partitions=3)))
-    assert [(r.outcome, r.actual_partitions) for r in third] == [("mismatch", 2)] * 6
+    assert [(r.outcome, r.actual_partitions) for r in third] == [("mismatch", 2)] * n
     assert "EXISTS WITH 2 PARTITIONS" in third[0].describe()
 
 

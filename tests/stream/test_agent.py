@@ -1,0 +1,378 @@
+"""The Faust agent without a broker: ``score_clickstream`` under Faust's ``test_context``.
+
+One level above ``test_processor.py``: raw messages go in through ``agent.put()`` (Faust's own
+unit-testing wrapper, in-memory channel, ``memory://`` table store) and we look at what the
+agent *sends* -- the topics' ``send`` is replaced by a recorder -- and at what it writes to the
+``user-state`` table and its changelog.
+
+``stream.app`` reads its settings and loads the model at import, so each test imports a fresh
+copy of the module after setting ``CLICKSIGNALS_*`` (see :func:`load_app`) and the previous
+module is put back afterwards.
+
+Notes on ``test_context`` that shape these tests:
+
+* ``put(wait=True)`` returns once Faust has *seen* the value, not after the agent handled it:
+  the agent batches with ``take_events`` and handles a batch only when it is full or the batch
+  timeout passes. :meth:`Worker.settle` therefore waits until ``metrics.observe_batch`` (the
+  agent's last step per batch) has accounted for every message put.
+* ``put()`` names the message's topic after the agent's topic only when that has a single
+  name; ours subscribes to two (clickstream + routed), so Faust says ``"<internal>"``.
+  :meth:`Worker.put` points the wrapper's ``original_channel`` at the topic the message
+  should come from, so dead letters and routing see real topic names.
+* ``put(partition=p)`` sets the message's partition and offsets count up per put (across
+  partitions): enough to deliver a message on the "wrong" partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from unittest.mock import AsyncMock
+
+import orjson
+import pytest
+
+import stream
+from settings import env_names
+from stream import metrics
+from stream.processor import partition_of
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL_DIR = REPO / "onnx_models" / "default"
+DAY = 86_400_000
+WEEK = 7 * DAY
+SETTLE_TIMEOUT_S = 10.0
+
+
+def ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def iso(ms_: int) -> str:
+    return datetime.fromtimestamp(ms_ / 1000, UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+def click(user: str, when: str | int, kind: str = "view", **extra: Any) -> bytes:
+    return orjson.dumps({"event_time": when, "event_type": kind, "user_id": user, **extra})
+
+
+def user_of_partition(p: int, partitions: int, prefix: str = "user") -> str:
+    return next(
+        f"{prefix}-{i}"
+        for i in range(10_000)
+        if partition_of(f"{prefix}-{i}".encode(), partitions) == p
+    )
+
+
+# --- the app module, imported under test settings --------------------------------------------
+
+
+@pytest.fixture
+def load_app(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Callable[..., ModuleType]]:
+    """``load_app(PARTITIONS="2", ...)`` → a freshly imported ``stream.app`` under those settings.
+
+    Keyword names are settings fields without the ``CLICKSIGNALS_`` prefix; every other
+    ``CLICKSIGNALS_*`` variable of the developer's environment is removed for the import.
+    """
+    previous = sys.modules.get("stream.app")
+
+    def load(**overrides: str) -> ModuleType:
+        env = {
+            "STORE_URL": "memory://",
+            "MODEL_DIR": str(MODEL_DIR),
+            "DATA_DIR": str(tmp_path / "worker"),
+            "BROKER_URL": "kafka://127.0.0.1:1",  # nothing listens: no test may need a broker
+            "PARTITIONS": "1",
+            "BATCH_TIMEOUT_S": "0.01",
+            # Activity signals only for a user's first event, so closes are easy to read.
+            "FRESH_SIGNAL_MIN_INTERVAL_S": str(10**9),
+        }
+        env.update(overrides)
+        for name in env_names().values():
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(f"CLICKSIGNALS_{name}", value)
+        sys.modules.pop("stream.app", None)
+        return importlib.import_module("stream.app")
+
+    yield load
+    if previous is None:
+        sys.modules.pop("stream.app", None)
+        with contextlib.suppress(AttributeError):
+            delattr(stream, "app")
+    else:
+        sys.modules["stream.app"] = previous
+        stream.app = previous  # type: ignore[attr-defined]
+
+
+# --- the agent under test_context, with its outputs recorded ---------------------------------
+
+
+class Worker:
+    """``score_clickstream.test_context()`` of one app module, recording what it sends."""
+
+    def __init__(self, app: ModuleType, agent: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.app = app
+        self.agent = agent
+        self.handled = 0
+        self.changelog: list[tuple[int, str]] = []
+        self.sends: dict[str, AsyncMock] = {}
+        for topic in (app.routed, app.demand_topic, app.churn_topic, app.dead_letter_topic):
+            self.sends[topic.get_topic_name()] = AsyncMock()
+            monkeypatch.setattr(topic, "send", self.sends[topic.get_topic_name()])
+
+        observe = metrics.observe_batch
+
+        def count(n_events: int, out: Any, seconds: float) -> None:
+            observe(n_events, out, seconds)
+            self.handled += n_events
+
+        monkeypatch.setattr(metrics, "observe_batch", count)
+
+        table = app.user_state
+        send_changelog = table.send_changelog
+
+        def record(partition: int | None, key: Any, value: Any, *args: Any, **kw: Any) -> Any:
+            assert partition is not None
+            self.changelog.append((partition, key))
+            return send_changelog(partition, key, value, *args, **kw)
+
+        monkeypatch.setattr(table, "send_changelog", record)
+
+    async def put(
+        self, value: bytes, *, key: bytes | None = None, partition: int = 0, topic: Any = None
+    ) -> int:
+        """Deliver one raw message as if read from ``topic[partition]``; returns its offset."""
+        self.agent.original_channel = topic if topic is not None else self.app.clickstream
+        event = await self.agent.put(value, key=key, partition=partition)
+        offset: int = event.message.offset
+        return offset
+
+    async def settle(self) -> None:
+        """Wait until the agent has handled (and sent the output of) every message put."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_TIMEOUT_S
+        while self.handled < self.agent.sent_offset:
+            if self.agent.crash_reason is not None:
+                raise self.agent.crash_reason
+            if loop.time() > deadline:
+                raise AssertionError(
+                    f"agent handled {self.handled} of {self.agent.sent_offset} messages"
+                )
+            await asyncio.sleep(0.002)
+
+    def sent(self, topic_name: str) -> list[tuple[bytes | None, bytes]]:
+        return [(c.kwargs["key"], c.kwargs["value"]) for c in self.sends[topic_name].call_args_list]
+
+    def decoded(self, topic_name: str) -> list[dict[str, Any]]:
+        return [orjson.loads(value) for _, value in self.sent(topic_name)]
+
+    def closes(self, topic_name: str, user: str) -> list[int]:
+        """Window ends of ``user``'s window-close signals on ``topic_name``, in send order."""
+        return [
+            s["window_end_ms"]
+            for s in self.decoded(topic_name)
+            if s["user_id"] == user and s["trigger"] == "window_close"
+        ]
+
+
+@pytest.fixture
+def run_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[ModuleType], contextlib.AbstractAsyncContextManager[Worker]]:
+    @contextlib.asynccontextmanager
+    async def run(app: ModuleType) -> AsyncIterator[Worker]:
+        async with app.score_clickstream.test_context() as agent:
+            yield Worker(app, agent, monkeypatch)
+
+    return run
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
+    load_app: Callable[..., ModuleType], run_worker: Any
+) -> None:
+    # Two messages per batch, flushed as soon as both are in: each batch mixes partitions.
+    app = load_app(PARTITIONS="2", BATCH_SIZE="2", BATCH_TIMEOUT_S="5")
+    home, away = user_of_partition(0, 2), user_of_partition(1, 2)
+    stray = click(away, "2011-03-01T10:00:00Z")
+
+    async def scenario() -> None:
+        async with run_worker(app) as worker:
+            # The producer did not key `away`'s event: it landed on partition 0.
+            await worker.put(stray, key=None, partition=0)
+            await worker.put(click(home, "2011-03-01T11:00:00Z"), key=home.encode(), partition=0)
+            await worker.settle()
+            assert worker.sent(app.settings.topic_routed) == [(away.encode(), stray)]
+            assert away not in app.user_state
+            assert [s["user_id"] for s in worker.decoded(app.settings.topic_demand)] == [home]
+
+            # The routed copy comes back on the user's partition and is folded there. The
+            # batch's last event is of partition 0, so only the TableStore's per-partition
+            # current event files `away`'s state under partition 1.
+            await worker.put(stray, key=away.encode(), partition=1, topic=app.routed)
+            await worker.put(click(home, "2011-03-02T11:00:00Z"), key=home.encode(), partition=0)
+            await worker.settle()
+            assert len(worker.sent(app.settings.topic_routed)) == 1
+            assert {s["user_id"] for s in worker.decoded(app.settings.topic_demand)} == {
+                home,
+                away,
+            }
+            assert app.processor().user_view(away) is not None
+            assert away in app.user_state and home in app.user_state
+            assert worker.changelog, "no table writes"
+            for partition, key in worker.changelog:
+                assert partition == partition_of(key.encode(), 2), (partition, key)
+            assert {key for _, key in worker.changelog} >= {home, away}
+
+    asyncio.run(scenario())
+
+
+def test_a_stray_on_the_routed_topic_stops_the_agent(
+    load_app: Callable[..., ModuleType], run_worker: Any
+) -> None:
+    """The routed topic with another partition count than settings: refuse, don't corrupt."""
+    app = load_app(PARTITIONS="2")
+    away = user_of_partition(1, 2)
+
+    async def scenario() -> None:
+        async with run_worker(app) as worker:
+            await worker.put(click(away, "2011-03-01T10:00:00Z"), key=b"x", topic=app.routed)
+            with pytest.raises(RuntimeError, match="partition counts do not match"):
+                await worker.settle()
+            assert not worker.sent(app.settings.topic_routed)
+            assert away not in app.user_state
+
+    asyncio.run(scenario())
+
+
+def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
+    load_app: Callable[..., ModuleType], run_worker: Any
+) -> None:
+    app = load_app(MAX_EVENT_BYTES="1024")
+    good = {"event_time": "2011-03-01T10:00:00Z", "event_type": "view", "user_id": "u1"}
+    invalid = [
+        (b"\xff\xfe", "not_utf8"),
+        (b"{not json", "not_json"),
+        (b"[1,2]", "not_object"),
+        (orjson.dumps({**good, "user_id": None}), "missing_field"),
+        (orjson.dumps({**good, "user_id": ["u1"]}), "wrong_type"),
+        (orjson.dumps({**good, "event_type": "teleport"}), "unknown_event_type"),
+        (orjson.dumps({**good, "price": -1}), "bad_value"),
+        (orjson.dumps({**good, "event_time": "1970-01-02T00:00:00Z"}), "time_too_old"),
+        (orjson.dumps({**good, "event_time": "2999-01-01T00:00:00Z"}), "time_in_future"),
+        (orjson.dumps({**good, "pad": "x" * 2000}), "too_large"),
+    ]
+    dlq = app.settings.topic_dead_letter
+
+    async def scenario() -> None:
+        async with run_worker(app) as worker:
+            offsets = [await worker.put(raw, key=b"u1") for raw, _ in invalid]
+            await worker.put(orjson.dumps(good), key=b"u1")
+            await worker.settle()
+            letters = worker.decoded(dlq)
+            assert [d["reason"] for d in letters] == [reason for _, reason in invalid]
+            assert [d["offset"] for d in letters] == offsets == list(range(len(invalid)))
+            assert {d["source_topic"] for d in letters} == {app.settings.topic_clickstream}
+            assert {d["partition"] for d in letters} == {0}
+            assert all(d["detail"] for d in letters)
+            assert [base64.b64decode(d["raw_b64"]) for d in letters] == [raw for raw, _ in invalid]
+            assert [d["raw_size"] for d in letters] == [len(raw) for raw, _ in invalid]
+            assert {key for key, _ in worker.sent(dlq)} == {None}
+            assert "u1" in app.user_state  # the valid message of the same batch was folded
+
+            # Two weeks on, the window of 2011-03-01 has closed: an event for it is late.
+            await worker.put(click("u1", "2011-03-20T10:00:00Z"), key=b"u1")
+            late = await worker.put(click("u1", "2011-03-01T11:00:00Z"), key=b"u1")
+            await worker.settle()
+            letters = worker.decoded(dlq)
+            assert len(letters) == len(invalid) + 1
+            assert (letters[-1]["reason"], letters[-1]["offset"]) == ("late", late)
+
+    asyncio.run(scenario())
+
+
+def test_the_watermark_closes_windows_on_the_demand_and_churn_topics(
+    load_app: Callable[..., ModuleType], run_worker: Any
+) -> None:
+    app = load_app(ALLOWED_LATENESS_S="3600")
+    demand, churn = app.settings.topic_demand, app.settings.topic_churn
+    # Windows are weeks ending Monday 00:00 UTC (the model's grid).
+    days = ["2011-03-01T10:00", "2011-03-09T10:00", "2011-03-16T10:00", "2011-03-23T10:00"]
+
+    async def scenario() -> None:
+        async with run_worker(app) as worker:
+            for day in days:
+                await worker.put(click("u1", day + ":00Z", "purchase", price=3.0), key=b"u1")
+            # 30 minutes into the next week: the week to 03-28 closes, within the hour of
+            # allowed lateness the one to 04-04 does not.
+            await worker.put(click("u1", "2011-04-04T00:30:00Z"), key=b"u1")
+            await worker.settle()
+            ends = ["2011-03-07T00:00", "2011-03-14T00:00", "2011-03-21T00:00", "2011-03-28T00:00"]
+            assert [iso(t) for t in worker.closes(demand, "u1")] == ends
+            assert [iso(t) for t in worker.closes(churn, "u1")] == ends
+
+            # An hour after the boundary the watermark passes it: the (quiet) week closes.
+            await worker.put(click("u1", "2011-04-04T01:00:00Z"), key=b"u1")
+            await worker.settle()
+            ends.append("2011-04-04T00:00")
+            assert [iso(t) for t in worker.closes(demand, "u1")] == ends
+            assert [iso(t) for t in worker.closes(churn, "u1")] == ends
+
+            churn_signals = [s for s in worker.decoded(churn) if s["trigger"] == "window_close"]
+            assert {key for key, _ in worker.sent(demand)} == {b"u1"}
+            assert {key for key, _ in worker.sent(churn)} == {b"u1"}
+            assert all(0.0 <= s["churn_probability"] <= 1.0 for s in churn_signals)
+            version = app.processor().scorer.version
+            assert {s["model_version"] for s in worker.decoded(demand)} == {version}
+            assert not worker.sent(app.settings.topic_dead_letter)
+
+    asyncio.run(scenario())
+
+
+def test_a_silent_user_is_scored_at_each_close_until_the_lookback_passes(
+    load_app: Callable[..., ModuleType], run_worker: Any
+) -> None:
+    app = load_app()
+    demand, churn = app.settings.topic_demand, app.settings.topic_churn
+    start = ms("2011-01-03T00:00:00Z")  # a Monday: a window boundary
+    weeks = 20
+
+    async def scenario() -> None:
+        async with run_worker(app) as worker:
+            # "quiet" buys once; "busy" (same partition: there is one) keeps event time moving.
+            await worker.put(click("quiet", start + 3_600_000, "purchase", price=9.0), key=b"quiet")
+            for w in range(weeks):
+                await worker.put(click("busy", start + w * WEEK + 7_200_000), key=b"busy")
+            await worker.settle()
+
+            lookback = app.processor().spec.lookback
+            # The week it bought, then lookback - 1 silent weeks; nothing after.
+            expected = [start + (k + 1) * WEEK for k in range(lookback)]
+            assert worker.closes(demand, "quiet") == expected
+            assert worker.closes(churn, "quiet") == expected
+            # busy kept closing windows well past quiet's last one.
+            assert worker.closes(demand, "busy")[-1] == start + (weeks - 1) * WEEK
+            assert worker.closes(demand, "busy")[-1] > expected[-1] + 2 * WEEK
+
+            risk = [
+                s["churn_probability"]
+                for s in worker.decoded(churn)
+                if s["user_id"] == "quiet" and s["trigger"] == "window_close"
+            ]
+            assert risk[-1] > risk[0]  # going quiet is what churn risk must catch
+            assert "quiet" in app.user_state  # out of the lookback, still in the table
+
+    asyncio.run(scenario())
