@@ -5,10 +5,18 @@ agent decodes nothing itself: it hands raw micro-batches to :class:`stream.proce
 and sends what comes back. Settings come from :func:`settings.load_settings`; the model is
 loaded and checked at start-up, and a model that does not match stops the worker with the
 reason (see :mod:`stream.model`). TensorFlow is never imported here.
+
+Per micro-batch the agent sends the outputs, waits until Kafka has them, and only then writes
+the table: state that exists implies its signals were delivered, so when a crash makes Kafka
+deliver the uncommitted messages again, the processor may skip what the state already holds
+(see "Redelivery" in :mod:`stream.processor`). Re-keyed copies carry their clickstream
+coordinates in the ``clicksignals-origin`` header for the same reason.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import sys
 import time
@@ -91,6 +99,21 @@ user_state = app.Table(
     value_type=bytes,
     partitions=settings.partitions,
 )
+
+
+ORIGIN_HEADER = "clicksignals-origin"
+
+
+def _origin(message: Any) -> tuple[int, int] | None:
+    """The ``partition:offset`` a routed copy came from on the clickstream topic, if given."""
+    headers = message.headers or ()
+    items = headers.items() if isinstance(headers, dict) else headers
+    for name, value in items:
+        if name == ORIGIN_HEADER and value:
+            partition, _, offset = bytes(value).decode("ascii", "replace").partition(":")
+            if partition.isdigit() and offset.isdigit():
+                return int(partition), int(offset)
+    return None
 
 
 class TableStore:
@@ -189,21 +212,32 @@ async def score_clickstream(stream: Any) -> None:
                 e.message.topic,
                 e.message.partition,
                 e.message.offset,
+                _origin(e.message) if e.message.topic == settings.topic_routed else None,
             )
             for e in events
         ]
         out = proc.process(batch)
-        _store.write(out.writes)
-        for key, value in out.reroute:
-            await routed.send(key=key, value=value)
+        sent: list[Any] = []
+        for (key, value), (partition, offset) in zip(out.reroute, out.reroute_origins, strict=True):
+            origin = f"{partition}:{offset}".encode()
+            sent.append(await routed.send(key=key, value=value, headers=[(ORIGIN_HEADER, origin)]))
         for signal in out.demand:
-            await demand_topic.send(
-                key=signal.user_id.encode(), value=orjson.dumps(signal.to_dict())
+            sent.append(
+                await demand_topic.send(
+                    key=signal.user_id.encode(), value=orjson.dumps(signal.to_dict())
+                )
             )
         for churn in out.churn:
-            await churn_topic.send(key=churn.user_id.encode(), value=orjson.dumps(churn.to_dict()))
+            sent.append(
+                await churn_topic.send(
+                    key=churn.user_id.encode(), value=orjson.dumps(churn.to_dict())
+                )
+            )
         for dead in out.dead_letters:
-            await dead_letter_topic.send(key=None, value=orjson.dumps(dead.to_dict()))
+            sent.append(await dead_letter_topic.send(key=None, value=orjson.dumps(dead.to_dict())))
+        # Delivered first, stored second (see the module doc).
+        await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
+        _store.write(out.writes)
         metrics.observe_batch(len(events), out, time.perf_counter() - started)
 
 

@@ -25,6 +25,9 @@ class UserRecord:
     state: UserState
     last_fresh_ms: int | None = None
     last_scores: dict[str, Any] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)
+    """Clickstream partition -> highest offset from it folded into ``state``: a message
+    delivered again after a crash (at-least-once) is recognised and not counted twice."""
 
 
 def _open_to_json(w: OpenWindow) -> list[Any]:
@@ -68,6 +71,7 @@ def encode_user(record: UserRecord) -> bytes:
             "o": {str(k): _open_to_json(w) for k, w in s.open.items()},
             "lf": record.last_fresh_ms,
             "ls": record.last_scores,
+            "so": {str(k): v for k, v in record.seen.items()},
             "n": int(s.ring.shape[0]),
         }
     )
@@ -92,7 +96,8 @@ def decode_user(data: bytes) -> UserRecord:
         last_order_ms=h["lom"],
         open={int(k): _open_from_json(v) for k, v in h["o"].items()},
     )
-    return UserRecord(state, h["lf"], h["ls"])
+    seen = {int(k): int(v) for k, v in h.get("so", {}).items()}
+    return UserRecord(state, h["lf"], h["ls"], seen)
 
 
 @dataclass(slots=True)

@@ -16,6 +16,15 @@ Open windows and fresh signals: an activity signal scores the sequence the user 
 if their open window closed at that moment (:func:`features.state.peek_sequence`), assembled
 exactly as at the real close. It is an early estimate of the window-close signal for the same
 window end and converges to it; the model was trained on closed windows only.
+
+Redelivery: Kafka delivers at least once, so after a crash the messages since the last
+committed offset come again, while the table already holds their effect. Each user's state
+records, per clickstream partition, the highest offset folded into it (a routed copy carries
+its clickstream coordinates as ``origin``), and a message at or below that mark is not folded
+again (its user's state is stored again, so the changelog catches up with the local store).
+A window a user's state has already closed is not closed or scored again. Together with the
+worker storing state only once the batch's outputs were delivered, a restart re-emits some
+signals (same ``signal_id``, same scores) but neither loses nor double-counts events.
 """
 
 from __future__ import annotations
@@ -105,6 +114,8 @@ class RawMessage:
     topic: str
     partition: int
     offset: int
+    origin: tuple[int, int] | None = None
+    """For a routed copy: (partition, offset) of the original on the clickstream topic."""
 
 
 @dataclass
@@ -114,6 +125,10 @@ class BatchOutput:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     reroute: list[tuple[bytes, bytes]] = field(default_factory=list)
     """(user key, raw value) to re-send keyed by user."""
+    reroute_origins: list[tuple[int, int]] = field(default_factory=list)
+    """Per ``reroute`` entry: its clickstream (partition, offset), sent along as the origin."""
+    duplicates: int = 0
+    """Messages skipped because the state already holds them (redelivery after a crash)."""
     writes: dict[int, dict[str, bytes]] = field(default_factory=dict)
     """Partition → table key → encoded state: one write per key per batch."""
     scored: int = 0
@@ -232,19 +247,39 @@ class Processor:
                         f"partition {p}: partition counts do not match settings"
                     )
                 out.reroute.append((key, msg.value))
+                out.reroute_origins.append((msg.partition, msg.offset))
                 continue
             clock = self._ensure_partition(p)
+            origin = msg.origin if msg.topic in self.routed_topics else (msg.partition, msg.offset)
+            record = self._record(event.user_id, p)
+            if (
+                origin is not None
+                and record is not None
+                and record.seen.get(origin[0], -1) >= origin[1]
+            ):
+                out.duplicates += 1
+                # Store the state again: the local store may hold it while its changelog
+                # record was lost in the crash; written now, a restore from the changelog
+                # (another worker, a fresh data dir) gets what these offsets produced.
+                dirty_users[event.user_id] = p
+                dirty_parts.add(p)
+                self._advance(clock, p, event.event_time_ms, requests, dirty_users)
+                continue
             window = self.spec.index(event.event_time_ms)
-            if clock.closed_through is not None and window <= clock.closed_through:
+            closed = clock.closed_through
+            if record is not None and record.state.closed_through is not None:
+                # Normally behind the clock; ahead only if a crash lost the clock's last write.
+                closed = max(closed if closed is not None else -1, record.state.closed_through)
+            if closed is not None and window <= closed:
                 late = Invalid(
                     "late",
                     "event_time",
                     f"event window ends {self.spec.end_ms(window)} but the partition closed "
-                    f"windows through {self.spec.end_ms(clock.closed_through)}",
+                    f"windows through {self.spec.end_ms(closed)}",
                 )
                 self._dead(out, late, msg, now)  # type: ignore[arg-type]
                 continue
-            self._fold(event, window, p, requests)
+            self._fold(event, window, p, requests, origin)
             dirty_users[event.user_id] = p
             dirty_parts.add(p)
             self._advance(clock, p, event.event_time_ms, requests, dirty_users)
@@ -270,12 +305,21 @@ class Processor:
             )
         )
 
-    def _fold(self, event: ClickEvent, window: int, p: int, requests: list[_Request]) -> None:
+    def _fold(
+        self,
+        event: ClickEvent,
+        window: int,
+        p: int,
+        requests: list[_Request],
+        origin: tuple[int, int] | None,
+    ) -> None:
         user = event.user_id
         record = self._record(user, p)
         state = add_event(record.state if record else None, event, self.spec)
         if record is None:
             record = self._users[user] = UserRecord(state)
+        if origin is not None:
+            record.seen[origin[0]] = max(origin[1], record.seen.get(origin[0], -1))
         active = self._active.setdefault(p, {})
         active[user] = max(window, active.get(user, window))
         t = event.event_time_ms
@@ -316,6 +360,11 @@ class Processor:
             record = self._record(user, p)
             if record is None:
                 gone.append(user)
+                continue
+            closed = record.state.closed_through
+            if closed is not None and closed >= window:
+                # Closed and scored before a restart whose partition clock was stored
+                # behind this user's state: that signal went out then.
                 continue
             close_through(record.state, window, self.spec)
             dirty[user] = p

@@ -1,0 +1,537 @@
+"""The real worker (``faust -A stream.app worker`` subprocess) against a real Kafka broker.
+
+* hostile input beside a real REES46 sample: one dead letter per bad record, with its reason
+  and coordinates, and signals for every user;
+* end-to-end parity: UCI Online Retail replayed through Kafka gives the window-close signals
+  offline prediction gives, key for key and score for score;
+* a worker killed mid-replay (SIGKILL) and restarted — from its RocksDB data dir, and from an
+  empty one (changelog restore) — emits what an uninterrupted run emits;
+* a model that does not match stops the worker at start-up with the reason;
+* importing ``stream.app`` never imports TensorFlow.
+
+Workers come from the ``worker_factory`` fixture (tests/stream/conftest.py), which always stops
+them; waits are bounded and fail with the worker log's tail.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from ingest.adapters import read_events, to_wire_bytes
+from ingest.generator import generate_clickstream
+from ops import kafka_local
+from settings import Settings, child_environment
+from stream.model import load_model
+from stream.processor import partition_of
+from tests.conftest import unique_name
+from tests.stream.worker_harness import (
+    FAST_REJOIN,
+    FAUST,
+    MODEL_DIR,
+    REPO_ROOT,
+    Record,
+    WorkerProcess,
+    end_offsets,
+    free_port,
+    produce,
+    read_topic,
+    run_sync,
+    wait_until_done,
+    worker_settings,
+)
+from training.offline import predict_windows
+
+WorkerFactory = Callable[..., WorkerProcess]
+IDLE_S = 4.0  # wait_until_done's default: no output for this long counts as idle
+Key = tuple[str, int]
+
+
+def report(message: str) -> None:
+    """Timings, shown with ``pytest -s`` (and in the captured output of a failure)."""
+    print(f"[worker-kafka] {message}", file=sys.stderr)
+
+
+def window_close(records: list[Record]) -> list[dict[str, Any]]:
+    return [r for r in (rec.json() for rec in records) if r["trigger"] == "window_close"]
+
+
+def by_key(signals: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    out = {(s["user_id"], s["window_end_ms"]): s for s in signals}
+    assert len(out) == len(signals), "a (user, window end) was emitted more than once"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 1. A real sample with hostile records in between
+# --------------------------------------------------------------------------------------------
+
+
+Hostile = tuple[bytes | None, bytes, tuple[str, str | None, str]]
+
+
+def hostile_records(template: dict[str, Any], keys: list[bytes]) -> list[Hostile]:
+    """About fifty bad records ``(key, value, (reason, field, text in detail))``, keyed like
+    real traffic (a real user's key) or not keyed at all."""
+    good = orjson.dumps(template)
+    nan_price = b'{"event_time": %d, "event_type": "view", "user_id": "%s", "price": NaN}' % (
+        template["event_time"],
+        template["user_id"].encode(),
+    )
+    kinds: list[tuple[bytes, tuple[str, str | None, str]]] = [
+        (b"\xff\xfe\xfa not utf-8", ("not_utf8", None, "UTF-8")),
+        (good.replace(b"{", b"{\xc3\x28", 1), ("not_utf8", None, "UTF-8")),
+        (good[: len(good) // 2], ("not_json", None, "")),  # truncated
+        (b'{"event_time": 1569888000000, "event_type": "vi', ("not_json", None, "")),
+        (b"", ("not_json", None, "")),
+        (b"[1, 2, 3]", ("not_object", None, "array")),
+        (orjson.dumps([template]), ("not_object", None, "array")),
+        (b'"just a string"', ("not_object", None, "string")),
+        (
+            orjson.dumps({k: v for k, v in template.items() if k != "user_id"}),
+            ("missing_field", "user_id", ""),
+        ),
+        (orjson.dumps({**template, "user_id": None}), ("missing_field", "user_id", "")),
+        (nan_price, ("bad_value", None, "NaN")),
+        (orjson.dumps({**template, "price": -1.5}), ("bad_value", "price", "-1.5")),
+        (
+            orjson.dumps({**template, "event_time": "1970-01-01T00:00:00Z"}),
+            ("time_too_old", "event_time", ""),
+        ),
+        (orjson.dumps({**template, "event_time": 0}), ("time_too_old", "event_time", "")),
+        (
+            orjson.dumps({**template, "event_type": "click"}),
+            ("unknown_event_type", "event_type", "click"),
+        ),
+        (orjson.dumps({**template, "pad": "x" * 70_000}), ("too_large", None, "bytes")),
+    ]
+    out: list[Hostile] = []
+    i = 0
+    while len(out) < 50:
+        value, expected = kinds[i % len(kinds)]
+        key = None if i % 3 == 0 else keys[(i * 7919) % len(keys)]
+        out.append((key, value, expected))
+        i += 1
+    return out
+
+
+@pytest.mark.kafka
+@pytest.mark.realdata
+def test_rees46_sample_with_hostile_records(
+    isolated_kafka_settings: Settings,
+    shared_data: Path,
+    worker_factory: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    frame = read_events(shared_data / "rees46_2019oct_head.csv", "rees46").events
+    good = to_wire_bytes(frame)
+    keys = [k for k, _ in good]
+    bad = hostile_records(orjson.loads(good[0][1]), keys)
+    # Interleave: one bad record after every `step` good ones.
+    step = len(good) // (len(bad) + 1)
+    records: list[tuple[bytes | None, bytes]] = []
+    expected: dict[int, tuple[str, str | None, str]] = {}  # index in `records` -> dead letter
+    stray: set[int] = set()  # valid events sent without a key: the worker re-keys them
+    bad_iter = iter(bad)
+    for i, (user_key, event) in enumerate(good):
+        if i % 20 == 7:
+            stray.add(len(records))
+        records.append((None if i % 20 == 7 else user_key, event))
+        if (i + 1) % step == 0 and len(expected) < len(bad):
+            key, value, letter = next(bad_iter)
+            expected[len(records)] = letter
+            records.append((key, value))
+
+    s = worker_settings(isolated_kafka_settings, tmp_path / "data", fresh_signal_min_interval_s=1.0)
+    worker = worker_factory(s, "rees46").start()
+    report(f"rees46: worker ready in {worker.wait_ready():.1f} s")
+    t0 = time.monotonic()
+    coords = run_sync(produce(s, s.topic_clickstream, records))
+    wait_until_done(worker, expect_min_source=len(records))
+    report(
+        f"rees46: {len(records)} records produced and processed in "
+        f"{time.monotonic() - t0:.1f} s (incl. {IDLE_S:.0f} s of idle check)"
+    )
+
+    routed = run_sync(read_topic(s, s.topic_routed))
+    dlq = [r.json() for r in run_sync(read_topic(s, s.topic_dead_letter))]
+    demand = [r.json() for r in run_sync(read_topic(s, s.topic_demand))]
+    churn = [r.json() for r in run_sync(read_topic(s, s.topic_churn))]
+    report(
+        f"rees46: {len(demand)} demand, {len(churn)} churn, {len(dlq)} DLQ, {len(routed)} re-keyed"
+    )
+
+    # Every hostile record: exactly one dead letter, with its reason and coordinates.
+    letters = Counter((d["source_topic"], d["partition"], d["offset"]) for d in dlq)
+    assert all(n == 1 for n in letters.values()), [k for k, n in letters.items() if n > 1]
+    wanted = {(s.topic_clickstream, *coords[i]): (i, x) for i, x in expected.items()}
+    assert set(letters) == set(wanted), (
+        f"{len(set(wanted) - set(letters))} hostile records without a dead letter, "
+        f"{len(set(letters) - set(wanted))} dead letters for records that were not hostile"
+    )
+    for d in dlq:
+        index, (reason, field, text) = wanted[(d["source_topic"], d["partition"], d["offset"])]
+        assert (d["reason"], d["field"]) == (reason, field), (d, reason, field)
+        assert d["detail"] and text in d["detail"], (d["detail"], text)
+        raw = records[index][1]
+        assert d["raw_size"] == len(raw)
+        assert base64.b64decode(d["raw_b64"]) == raw[: len(base64.b64decode(d["raw_b64"]))]
+
+    # Unkeyed events on a partition not their user's were re-sent keyed by user, once each,
+    # carrying the coordinates of the original.
+    misplaced = {
+        coords[i]: records[i][1]
+        for i in stray
+        if coords[i][0]
+        != partition_of(orjson.loads(records[i][1])["user_id"].encode(), s.partitions)
+    }
+    assert len(misplaced) > 100
+    origins = {}
+    for r in routed:
+        (name, origin), *_ = r.headers
+        partition, offset = map(int, origin.decode().split(":"))
+        assert name == "clicksignals-origin" and (partition, offset) not in origins
+        origins[(partition, offset)] = r
+    assert set(origins) == set(misplaced)
+    for where, r in origins.items():
+        assert r.value == misplaced[where]
+        assert r.key == orjson.loads(r.value)["user_id"].encode()
+        assert r.key is not None and r.partition == partition_of(r.key, s.partitions)
+
+    # Signals for every user of the sample: activity-triggered (the sample spans < 3 h, so
+    # no weekly window closes), from the shipped model, with finite scores.
+    users = set(frame.user_id.astype(str))
+    version = load_model(MODEL_DIR).version
+    for kind, signals in (("demand", demand), ("churn", churn)):
+        assert {x["user_id"] for x in signals if x["trigger"] == "activity"} == users, kind
+        assert {x["model_version"] for x in signals} == {version}
+        assert not any(x["trigger"] == "window_close" for x in signals)
+        assert len({x["signal_id"] for x in signals}) == len(signals)
+    assert all(np.isfinite(x["expected_orders"]) and x["expected_orders"] >= 0 for x in demand)
+    assert all(0.0 <= x["churn_probability"] <= 1.0 for x in churn)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. End-to-end parity with offline prediction
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+@pytest.mark.realdata
+def test_uci_replay_through_kafka_equals_offline_prediction(
+    isolated_kafka_settings: Settings,
+    shared_data: Path,
+    worker_factory: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    frame = read_events(shared_data / "online_retail.csv.gz", "transactions").events
+    records = to_wire_bytes(frame)
+    s = worker_settings(isolated_kafka_settings, tmp_path / "data")
+    worker = worker_factory(s, "uci").start()
+    report(f"uci: worker ready in {worker.wait_ready():.1f} s")
+    t0 = time.monotonic()
+    run_sync(produce(s, s.topic_clickstream, records))
+    produced = time.monotonic() - t0
+    wait_until_done(worker, expect_min_source=len(records), timeout_s=240.0)
+    processed = time.monotonic() - t0
+    status, clocks = worker.get_json("/clocks")
+    assert status == 200
+    t1 = time.monotonic()
+    demand = window_close(run_sync(read_topic(s, s.topic_demand)))
+    churn = window_close(run_sync(read_topic(s, s.topic_churn)))
+    report(
+        f"uci: {len(records)} events produced in {produced:.1f} s; all processed and "
+        f"committed {processed:.1f} s after the first was sent (incl. {IDLE_S:.0f} s of idle "
+        f"check) ≈ {len(records) / (processed - IDLE_S):,.0f} events/s; read back "
+        f"{len(demand)} + {len(churn)} window-close signals in {time.monotonic() - t1:.1f} s"
+    )
+
+    # The last window each partition closed, from the data: the processor closes window w of
+    # partition p once (max event time in p) - allowed lateness has passed w's end.
+    spec = load_model(MODEL_DIR).manifest.spec
+    lateness_ms = int(s.allowed_lateness_s * 1000)
+    part = np.array([partition_of(u.encode(), s.partitions) for u in frame.user_id.astype(str)])
+    for p in range(s.partitions):
+        max_ms = int(frame.event_time_ms[part == p].max())
+        assert clocks[str(p)]["max_event_ms"] == max_ms
+        assert clocks[str(p)]["closed_through"] == spec.index(max_ms - lateness_ms) - 1
+    last_end = spec.end_ms(min(c["closed_through"] for c in clocks.values()))
+
+    t2 = time.monotonic()
+    offline = predict_windows(frame, MODEL_DIR)
+    offline = offline[offline.window_end_ms <= last_end]
+    report(f"uci: offline prediction of {len(offline)} windows in {time.monotonic() - t2:.1f} s")
+    stream_demand = {k: v for k, v in by_key(demand).items() if k[1] <= last_end}
+    stream_churn = {k: v for k, v in by_key(churn).items() if k[1] <= last_end}
+    keys = list(zip(offline.user_id, offline.window_end_ms.astype(int), strict=True))
+    assert len(keys) > 50_000
+    assert set(stream_demand) == set(keys), (
+        len(set(keys) - set(stream_demand)),
+        len(set(stream_demand) - set(keys)),
+    )
+    assert set(stream_churn) == set(keys)
+    np.testing.assert_allclose(
+        [stream_demand[k]["expected_orders"] for k in keys], offline.expected_orders, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        [stream_churn[k]["churn_probability"] for k in keys], offline.churn_probability, atol=1e-4
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Restart mid-replay
+# --------------------------------------------------------------------------------------------
+
+
+def _wait_for_output(worker: WorkerProcess, topic: str, at_least: int, timeout_s: float) -> int:
+    """Poll the end offsets of ``topic`` until they sum to ``at_least``; returns the sum."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total = sum(run_sync(end_offsets(worker.settings, [topic])).values())
+        if total >= at_least:
+            return total
+        if not worker.alive():
+            raise worker.fail(f"worker {worker.name} died")
+        if time.monotonic() > deadline:
+            raise worker.fail(f"{topic} holds {total} < {at_least} records after {timeout_s} s")
+        time.sleep(0.1)
+
+
+def last_event_per_partition(frame: pd.DataFrame, partitions: int) -> dict[int, int]:
+    part = [partition_of(u.encode(), partitions) for u in frame.user_id.astype(str)]
+    return {int(p): int(t) for p, t in frame.groupby(part).event_time_ms.max().items()}
+
+
+@pytest.mark.kafka
+def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
+    kafka_settings: Settings,
+    isolated_kafka_settings: Settings,
+    worker_factory: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    frame = generate_clickstream(n_users=800, days=140, seed=11)
+    records = to_wire_bytes(frame)
+    last_event_ms = last_event_per_partition(frame, isolated_kafka_settings.partitions)
+
+    # Run A: uninterrupted, its own topics and app id.
+    a = worker_settings(isolated_kafka_settings, tmp_path / "a", store_url="rocksdb://")
+    worker_a = worker_factory(a, "run-a").start()
+    worker_a.wait_ready()
+    t0 = time.monotonic()
+    run_sync(produce(a, a.topic_clickstream, records))
+    wait_until_done(worker_a, expect_min_source=len(records))
+    worker_a.stop()
+    demand_a = by_key(window_close(run_sync(read_topic(a, a.topic_demand))))
+    churn_a = by_key(window_close(run_sync(read_topic(a, a.topic_churn))))
+    total_a = sum(1 for _ in run_sync(read_topic(a, a.topic_demand)))
+    report(
+        f"restart: run A {len(records)} events -> {len(demand_a)} window-close demand signals "
+        f"in {time.monotonic() - t0:.1f} s"
+    )
+    assert len(demand_a) > 3000
+
+    # Run B: the same events, pre-loaded; killed twice while working.
+    suffix = unique_name("b")
+    b = a.with_overrides(
+        app_id=f"{kafka_settings.app_id}-{suffix}",
+        topic_clickstream=f"{kafka_settings.topic_clickstream}-{suffix}",
+        topic_demand=f"{kafka_settings.topic_demand}-{suffix}",
+        topic_churn=f"{kafka_settings.topic_churn}-{suffix}",
+        topic_dead_letter=f"{kafka_settings.topic_dead_letter}-{suffix}",
+        topic_bid_adjustments=f"{kafka_settings.topic_bid_adjustments}-{suffix}",
+        topic_churn_alerts=f"{kafka_settings.topic_churn_alerts}-{suffix}",
+        data_dir=tmp_path / "b",
+    )
+    run_sync(kafka_local.ensure_topics(b))
+    run_sync(produce(b, b.topic_clickstream, records))
+    t0 = time.monotonic()
+    first = worker_factory(b, "run-b1", FAST_REJOIN).start()
+    seen = _wait_for_output(first, b.topic_demand, total_a // 4, timeout_s=120)
+    first.kill()
+    report(f"restart: killed B1 at {seen} demand signals ({time.monotonic() - t0:.1f} s)")
+
+    # Same data dir: RocksDB state survives, the changelog tops it up.
+    second = worker_factory(b, "run-b2", FAST_REJOIN).start()
+    seen = _wait_for_output(second, b.topic_demand, seen + total_a // 4, timeout_s=120)
+    second.kill()
+    report(f"restart: killed B2 at {seen} demand signals ({time.monotonic() - t0:.1f} s)")
+
+    # A fresh data dir: state comes from the changelog topic alone. After these crashes
+    # faust-streaming often leaves some partitions' committed offsets stuck where the last
+    # worker left them although every record gets processed (lag never reaches 0), so "done"
+    # is also: /clocks shows each partition's last event time and the outputs are idle.
+    shutil.rmtree(b.data_dir)
+    third = worker_factory(b, "run-b3", FAST_REJOIN).start()
+    wait_until_done(third, expect_min_source=len(records), last_event_ms=last_event_ms)
+    report(
+        f"restart: B done ({time.monotonic() - t0:.1f} s), consumer lag at the end "
+        f"{third.final_lag}"
+    )
+
+    assert not run_sync(read_topic(b, b.topic_dead_letter)), "redelivered events dead-lettered"
+    for kind, topic, expected, score in (
+        ("demand", b.topic_demand, demand_a, "expected_orders"),
+        ("churn", b.topic_churn, churn_a, "churn_probability"),
+    ):
+        signals_b = window_close(run_sync(read_topic(b, topic)))
+        keys_b = {(x["user_id"], x["window_end_ms"]) for x in signals_b}
+        assert keys_b == set(expected), (
+            kind,
+            f"{len(set(expected) - keys_b)} of A's signals missing in B, "
+            f"{len(keys_b - set(expected))} in B that A lacks",
+        )
+        copies: dict[str, set[float]] = {}
+        for x in signals_b:
+            copies.setdefault(x["signal_id"], set()).add(round(x[score], 6))
+        differing = {sid: v for sid, v in copies.items() if len(v) > 1}
+        assert not differing, (kind, len(differing), list(differing.items())[:3])
+        a_scores = {x["signal_id"]: round(x[score], 6) for x in expected.values()}
+        mismatched = [sid for sid, v in copies.items() if v != {a_scores[sid]}]
+        assert not mismatched, (kind, len(mismatched), mismatched[:3])
+        report(
+            f"restart: {kind}: {len(signals_b)} window-close signals in B, "
+            f"{len(signals_b) - len(keys_b)} duplicates"
+        )
+
+
+def test_redelivered_messages_are_not_counted_twice() -> None:
+    """The processor-level half of the restart test (no broker): a new processor on the
+    stored state gets the tail of the log again, as Kafka redelivers after a crash."""
+    from stream.codec import decode_user
+    from stream.processor import DictStore, RawMessage
+    from tests.stream.test_processor import make_processor, messages, run, synthetic
+
+    scorer = load_model(MODEL_DIR)
+    msgs = messages(synthetic(seed=5))
+    whole_store = DictStore()
+    whole = run(make_processor(scorer, whole_store), whole_store, msgs, 64)
+
+    store = DictStore()
+    cut = len(msgs) // 2
+    first = run(make_processor(scorer, store), store, msgs[:cut], 64)
+    rest = run(make_processor(scorer, store), store, msgs[cut - 300 :], 64)  # 300 come again
+    assert store.data == whole_store.data
+    scores = {
+        (x.signal_id, round(x.expected_orders, 6)) for x in whole if hasattr(x, "expected_orders")
+    }
+    assert scores == {
+        (x.signal_id, round(x.expected_orders, 6))
+        for x in first + rest
+        if hasattr(x, "expected_orders")
+    }
+
+    # A re-keyed copy sent twice (the stray was processed again before its offset was
+    # committed) carries the same origin both times and is folded once.
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    value = orjson.dumps({"event_time": 1299000000000, "event_type": "view", "user_id": "u1"})
+    home = partition_of(b"u1", 4)
+    origin = ((home + 1) % 4, 17)
+    out = proc.process([RawMessage(b"u1", value, "routed", home, n, origin) for n in (0, 1)])
+    store.apply(out.writes)
+    assert out.duplicates == 1
+    (window,) = decode_user(store.data["u1"]).state.open.values()
+    assert window.counts[0] == 1  # one view
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Model faults stop the worker at start-up
+# --------------------------------------------------------------------------------------------
+
+
+def _no_broker_settings(tmp_path: Path, model_dir: Path) -> Settings:
+    # Nothing listens on port 9: a worker that got past the model check would hang connecting,
+    # and the test would fail on its timeout rather than pass.
+    return Settings(
+        broker_url="kafka://127.0.0.1:9",
+        model_dir=model_dir,
+        data_dir=tmp_path / "data",
+        web_port=free_port(),
+    )
+
+
+def _flip_a_byte(model_dir: Path) -> None:
+    onnx = model_dir / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    onnx.write_bytes(bytes(data))
+
+
+def _rename_a_feature(model_dir: Path) -> None:
+    path = model_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["features"]["names"][0] = "n_page_views"
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+@pytest.mark.parametrize(
+    ("fault", "needle"),
+    [
+        ("empty", "no manifest.json"),
+        ("byte_flipped", "sha256"),
+        ("feature_names", "feature names"),
+    ],
+)
+def test_a_model_that_does_not_match_stops_the_worker(
+    fault: str, needle: str, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "model"
+    if fault == "empty":
+        model_dir.mkdir()
+    else:
+        shutil.copytree(MODEL_DIR, model_dir)
+        {"byte_flipped": _flip_a_byte, "feature_names": _rename_a_feature}[fault](model_dir)
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [str(FAUST), "-A", "stream.app", "worker", "-l", "info"],
+        cwd=REPO_ROOT,
+        env=child_environment(_no_broker_settings(tmp_path, model_dir)),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    report(f"model fault {fault}: exit {proc.returncode} after {time.monotonic() - t0:.1f} s")
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
+    assert "refusing to start" in proc.stderr
+    assert needle in proc.stderr, proc.stderr[-2000:]
+    assert str(model_dir) in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# 5. No TensorFlow in the worker
+# --------------------------------------------------------------------------------------------
+
+
+def test_importing_the_worker_does_not_import_tensorflow(tmp_path: Path) -> None:
+    code = (
+        "import stream.app, sys; "
+        "heavy = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')); "
+        "assert not heavy, heavy; print('ok', stream.app.processor().scorer.version)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=child_environment(_no_broker_settings(tmp_path, MODEL_DIR)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok m-"), proc.stdout

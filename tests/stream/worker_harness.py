@@ -1,0 +1,369 @@
+"""Harness for the Kafka tier's worker tests: a real ``faust -A stream.app worker`` subprocess.
+
+:class:`WorkerProcess` starts the worker from the repo root with the test's settings as
+``CLICKSIGNALS_*`` variables (:func:`settings.child_environment`), logs to a file, waits until
+it serves ``/health`` and logged that it is ready, and stops it (SIGTERM, then SIGKILL). The
+Kafka helpers produce records and read topics back *up to the end offsets seen when the read
+started* (deterministic, no idle timeouts), and :func:`wait_until_done` decides that a worker
+has processed everything: its consumer group's committed offsets reached the end of the source
+topics and no output topic grew for a few seconds.
+
+Nothing here mocks Kafka; every wait is bounded and raises with the worker log's tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from settings import Settings, child_environment
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_DIR = REPO_ROOT / "onnx_models" / "default"
+FAUST = Path(sys.executable).with_name("faust")
+READY_LINE = "Worker ready"
+# After a SIGKILL the group waits for the dead member's session to expire before a new
+# worker gets partitions: Faust's default session timeout is 60 s, restart tests use 10 s.
+FAST_REJOIN = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a fresh event loop in a helper thread (like ``tests.conftest.run_sync``)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def worker_settings(base: Settings, data_dir: Path, **overrides: Any) -> Settings:
+    """``base`` (isolated topics/app id) plus a data dir, a free web port and the shipped model."""
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "web_port": free_port(),
+        "web_host": "127.0.0.1",
+        "store_url": "memory://",
+        "model_dir": MODEL_DIR,
+        "log_level": "INFO",
+    }
+    values.update(overrides)
+    return base.with_overrides(**values)
+
+
+class WorkerError(AssertionError):
+    """A worker died, did not get ready, or did not finish in time (message has the log)."""
+
+
+@dataclass
+class WorkerProcess:
+    """One ``faust -A stream.app worker`` subprocess and its log file."""
+
+    name: str
+    settings: Settings
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    exit_codes: list[int] = field(default_factory=list)
+    faust_env: dict[str, str] = field(default_factory=dict)
+    """Faust's own knobs (it reads e.g. ``BROKER_SESSION_TIMEOUT`` from the environment)."""
+    final_lag: int | None = None
+    """Consumer lag when :func:`wait_until_done` returned."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def start(self) -> WorkerProcess:
+        assert self.proc is None or self.proc.poll() is not None, "worker already running"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== start {self.name} at {time.strftime('%X')} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [str(FAUST), "-A", "stream.app", "worker", "-l", "info"],
+                cwd=REPO_ROOT,
+                env={**child_environment(self.settings), **self.faust_env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # no terminal signals; we stop it ourselves
+            )
+        self.started_at = time.monotonic()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
+
+    def fail(self, message: str) -> WorkerError:
+        return WorkerError(f"{message}\n--- tail of {self.log_path} ---\n{self.log_tail()}")
+
+    def _this_run_log(self) -> str:
+        text = self.log_text()
+        return text[text.rfind("===== start ") :]
+
+    def get_json(self, path: str, timeout_s: float = 2.0) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout_s) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> float:
+        """Until ``/health`` answers and the log says the worker is ready; returns seconds."""
+        deadline = self.started_at + timeout_s
+        healthy = False
+        while True:
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                raise self.fail(f"worker {self.name} exited with code {code} during start-up")
+            if not healthy:
+                with contextlib.suppress(OSError, ValueError):
+                    healthy = self.get_json("/health", 1.0)[0] == 200
+            if healthy and READY_LINE in self._this_run_log():
+                return time.monotonic() - self.started_at
+            if time.monotonic() > deadline:
+                raise self.fail(f"worker {self.name} not ready after {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final commit, no flush (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.exit_codes.append(self.proc.wait(timeout=STOP_TIMEOUT_S))
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Safe to call more than once."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            self.exit_codes.append(proc.wait(timeout=timeout_s))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            self.exit_codes.append(proc.wait(timeout=STOP_TIMEOUT_S))
+
+
+# --------------------------------------------------------------------------------------------
+# Kafka helpers (async; tests call them through ``run_sync``)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def json(self) -> Any:
+        return orjson.loads(self.value)
+
+
+async def produce(
+    settings: Settings, topic: str, records: Sequence[tuple[bytes | None, bytes]]
+) -> list[tuple[int, int]]:
+    """Send ``records`` in order; returns each record's (partition, offset)."""
+    producer = AIOKafkaProducer(
+        **settings.kafka_client_kwargs(),
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=2 * 1024 * 1024,
+    )
+    await producer.start()
+    try:
+        futures = []
+        coordinates: list[tuple[int, int]] = []
+        for key, value in records:
+            futures.append(await producer.send(topic, value, key=key))
+            if len(futures) >= 5000:
+                coordinates += [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
+                futures.clear()
+        coordinates += [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
+    finally:
+        await producer.stop()
+    return coordinates
+
+
+async def _end_offsets(
+    consumer: AIOKafkaConsumer, topics: Iterable[str]
+) -> dict[TopicPartition, int]:
+    tps = []
+    for topic in topics:
+        parts = consumer.partitions_for_topic(topic)
+        if parts is None:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps += [TopicPartition(topic, p) for p in sorted(parts)]
+    if not tps:
+        return {}
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+    return ends
+
+
+async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await _end_offsets(consumer, topics)
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -> list[Record]:
+    """Every record of ``topic`` up to its end offsets at the time of the call."""
+    consumer = AIOKafkaConsumer(
+        **settings.kafka_client_kwargs(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    out: list[Record] = []
+    try:
+        ends = {tp: end for tp, end in (await _end_offsets(consumer, [topic])).items() if end > 0}
+        if not ends:
+            return out
+        consumer.assign(list(ends))
+        await consumer.seek_to_beginning(*ends)
+        deadline = time.monotonic() + timeout_s
+        remaining = set(ends)
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}: {len(out)} records after {timeout_s} s")
+            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    if m.offset < ends[tp]:
+                        headers = tuple(m.headers or ())
+                        out.append(Record(tp.partition, m.offset, m.key, m.value, headers))
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def committed(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int]:
+    """Sum of the group's committed offsets per topic (0 for nothing committed)."""
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    wanted = set(topics)
+    totals = dict.fromkeys(wanted, 0)
+    for tp, meta in offsets.items():
+        if tp.topic in wanted and meta.offset > 0:
+            totals[tp.topic] += meta.offset
+    return totals
+
+
+async def _progress(settings: Settings, sources: Sequence[str], outputs: Sequence[str]) -> tuple:  # type: ignore[type-arg]
+    ends = await end_offsets(settings, [*sources, *outputs])
+    per_topic: dict[str, int] = {}
+    for tp, end in ends.items():
+        per_topic[tp.topic] = per_topic.get(tp.topic, 0) + end
+    done = await committed(settings, settings.app_id, sources)
+    lag = sum(per_topic.get(t, 0) - done[t] for t in sources)
+    return lag, tuple(per_topic.get(t, 0) for t in outputs)
+
+
+def clocks_reached(worker: WorkerProcess, last_event_ms: Mapping[int, int]) -> bool:
+    """True when the worker's ``/clocks`` shows every partition's last event time."""
+    with contextlib.suppress(OSError, ValueError):
+        status, clocks = worker.get_json("/clocks", 2.0)
+        if status == 200 and isinstance(clocks, dict):
+            return all(
+                (clocks.get(str(p)) or {}).get("max_event_ms") == ms
+                for p, ms in last_event_ms.items()
+            )
+    return False
+
+
+def wait_until_done(
+    worker: WorkerProcess,
+    *,
+    idle_s: float = 4.0,
+    timeout_s: float = 180.0,
+    expect_min_source: int = 0,
+    last_event_ms: Mapping[int, int] | None = None,
+) -> float:
+    """Until the worker's group has committed the end of the source topics (lag 0) and the
+    output topics did not grow for ``idle_s``. Returns seconds waited; the lag at that moment
+    is left in ``worker.final_lag``.
+
+    ``expect_min_source``: records the source topics must hold before lag 0 counts (guards
+    against declaring an idle worker done before the test's records are visible).
+
+    ``last_event_ms`` (partition -> event time of its last record, records in time order):
+    also done, lag or not, once ``/clocks`` shows those times and outputs are idle. For a
+    worker restored from the changelog after a crash, whose committed offsets faust-streaming
+    may leave stuck (see the restart test), so lag 0 never comes although every record was
+    processed.
+    """
+    s = worker.settings
+    sources = [s.topic_clickstream, s.topic_routed]
+    outputs = [s.topic_demand, s.topic_churn, s.topic_dead_letter]
+    t0 = time.monotonic()
+    last_outputs: tuple[int, ...] | None = None
+    stable_since = t0
+    while True:
+        if not worker.alive():
+            raise worker.fail(f"worker {worker.name} died (code {worker.proc.returncode})")  # type: ignore[union-attr]
+        lag, outs = run_sync(_progress(s, sources, outputs))
+        now = time.monotonic()
+        if outs != last_outputs:
+            last_outputs, stable_since = outs, now
+        ends = run_sync(end_offsets(s, [s.topic_clickstream]))
+        produced = sum(ends.values())
+        caught_up = lag == 0 or (
+            last_event_ms is not None and clocks_reached(worker, last_event_ms)
+        )
+        if produced >= expect_min_source and now - stable_since >= idle_s and caught_up:
+            worker.final_lag = lag
+            return now - t0
+        if now - t0 > timeout_s:
+            raise worker.fail(
+                f"worker {worker.name} not done after {timeout_s:.0f} s (lag {lag}, outputs {outs})"
+            )
+        time.sleep(0.5)
