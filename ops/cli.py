@@ -286,6 +286,8 @@ def _demo_commands(commands: Subcommands) -> None:
     p.set_defaults(handler=_demo)
 
 
+import subscribers.cli  # noqa: E402, F401  (bidder/alerter groups; needs command_group above)
+
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------

@@ -76,6 +76,29 @@ class Settings:
     churn_high_threshold: float | None = None
     """Overrides the manifest's high-risk threshold when set."""
 
+    # --- Subscribers: ad bidding and churn alerting (``subscribers/``) ---------------------
+    bid_floor: float = 0.5
+    """Lowest bid multiplier the bidder ever emits."""
+    bid_cap: float = 2.0
+    """Highest bid multiplier the bidder ever emits."""
+    bid_sensitivity: float = 0.5
+    """``k`` in ``clip(1 + k * (lift - 1), floor, cap)``: how strongly demand moves the bid."""
+    bid_baseline_orders_per_day: float = 0.02
+    """Expected orders per day of an average user (lift 1); the shipped model's mean is ~0.019."""
+    bid_model_baselines: str = ""
+    """Per-model baselines, ``model_version=orders_per_day`` pairs ``;``-separated."""
+    bidder_web_port: int = 6067
+    """Web port of the bidder (``GET /bid/{user_id}``), bound to ``web_host``."""
+    alert_high_threshold: float | None = None
+    """Churn probability that raises an alert even below the signal's ``risk_level`` high."""
+    alert_recovery_threshold: float = 0.5
+    """An alerted user re-arms only after a signal that is not high with probability below this."""
+    alert_webhook_url: Secret = field(default_factory=lambda: Secret(""))
+    """Optional URL each alert is POSTed to as JSON (failures are logged, never fatal)."""
+    alert_webhook_timeout_s: float = 5.0
+    alerter_web_port: int = 6068
+    """Web port of the alerter (``/health``, ``/alerts/{user_id}``), bound to ``web_host``."""
+
     # --- Local broker (ops) ---------------------------------------------------------------
     kafka_home: Path = Path(".cache/kafka")
     kafka_data_dir: Path = Path("var/kafka")
@@ -87,6 +110,16 @@ class Settings:
     def topic_routed(self) -> str:
         """Internal topic where the worker re-keys events a producer did not key by user."""
         return f"{self.app_id}-clickstream-by-user"
+
+    @property
+    def bidder_app_id(self) -> str:
+        """Faust app id (consumer group, table changelog prefix) of the ad-bidding subscriber."""
+        return f"{self.app_id}-bidder"
+
+    @property
+    def alerter_app_id(self) -> str:
+        """Faust app id of the churn-alerting subscriber."""
+        return f"{self.app_id}-alerter"
 
     @property
     def bootstrap_servers(self) -> str:

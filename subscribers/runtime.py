@@ -1,0 +1,114 @@
+"""Faust plumbing shared by the subscriber apps (the logic lives in the pure modules).
+
+Both apps: raw-bytes topics and a raw-bytes table (the pure modules do their own JSON), their own
+app id (``settings.bidder_app_id`` / ``alerter_app_id``: consumer group and changelog prefix),
+their own web port on ``settings.web_host``, and data under ``settings.data_dir / <name>``.
+
+Micro-batches are handled like the worker's: outputs are sent, Kafka's acknowledgement is
+awaited, and only then is the table written -- state that exists implies its outputs were
+delivered. :class:`TableFocus` makes the event of the key's partition current before each
+table read or write, because Faust files a key under the *current event's* partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import weakref
+from typing import Any, Final
+
+import faust
+from faust.streams import _current_event
+from faust.types import EventT
+
+from settings import Settings
+
+log = logging.getLogger(__name__)
+
+RAW: Final[dict[str, Any]] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """Faust credentials for ``settings.security_protocol`` (``None`` for PLAINTEXT)."""
+    protocol = settings.security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    from aiokafka.helpers import create_ssl_context
+
+    ssl_context = create_ssl_context() if protocol.endswith("SSL") else None
+    if protocol == "SSL":
+        return faust.SSLCredentials(context=ssl_context)
+    mechanism = settings.sasl_mechanism.upper()
+    if mechanism == "GSSAPI":
+        return faust.GSSAPICredentials(ssl_context=ssl_context)
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=settings.sasl_password.reveal(),
+        mechanism=mechanism,
+        ssl_context=ssl_context,
+    )
+
+
+def make_app(settings: Settings, *, app_id: str, web_port: int, name: str) -> faust.App:
+    """A Faust app for one subscriber (see the module doc)."""
+    datadir = settings.data_dir / name
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    return faust.App(
+        app_id,
+        broker=settings.broker_url,
+        broker_credentials=broker_credentials(settings),
+        store=settings.store_url,
+        datadir=str(datadir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=web_port,
+        producer_linger_ms=5,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def config_or_exit(build: Any, settings: Settings, what: str) -> Any:
+    """``build(settings)``, or end the process with the reason (bad subscriber settings)."""
+    try:
+        return build(settings)
+    except (ValueError, TypeError) as exc:
+        log.critical("refusing to start the %s: %s", what, exc)
+        print(f"clicksignals {what}: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class TableFocus:
+    """Make an event current before touching a table key (see the module doc)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    @staticmethod
+    def focus(event: EventT[Any]) -> None:
+        _current_event.set(weakref.ref(event))
+
+    def get(self, event: EventT[Any], key: str) -> bytes | None:
+        self.focus(event)
+        value: bytes | None = self.table.get(key)
+        return value
+
+    def set(self, event: EventT[Any], key: str, value: bytes) -> None:
+        self.focus(event)
+        self.table[key] = value
+
+
+__all__ = ["RAW", "TableFocus", "broker_credentials", "config_or_exit", "make_app", "now_ms"]

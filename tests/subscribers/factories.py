@@ -1,0 +1,63 @@
+"""Signal builders for the subscriber tests (records as the worker makes them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from features.signals import ChurnSignal, DemandSignal, RiskThresholds
+
+T0 = 1_569_888_000_000  # 2019-10-01T00:00:00Z
+WEEK_MS = 7 * 86_400_000
+THRESHOLDS = RiskThresholds(medium=0.5, high=0.85)
+
+
+def demand(
+    user: str = "u1",
+    *,
+    window: int = 0,
+    orders: float = 0.56,
+    horizon_days: float = 28.0,
+    model: str = "m-a",
+    trigger: Any = "window_close",
+    emitted: int | None = None,
+    window_end_ms: int | None = None,
+) -> DemandSignal:
+    """A demand signal for window ``window`` (weeks after T0); ``orders`` over ``horizon_days``."""
+    end = T0 + window * WEEK_MS if window_end_ms is None else window_end_ms
+    return DemandSignal.create(
+        user_id=user,
+        window_end_ms=end,
+        horizon_windows=4,
+        horizon_days=horizon_days,
+        expected_orders=orders,
+        expected_spend=orders * 40.0,
+        purchase_probability=min(1.0, orders / (1.0 + orders)),
+        trigger=trigger,
+        model_version=model,
+        emitted_at_ms=end + 1_000 if emitted is None else emitted,
+    )
+
+
+def churn(
+    user: str = "u1",
+    *,
+    window: int = 0,
+    p: float = 0.2,
+    model: str = "m-a",
+    trigger: Any = "window_close",
+    emitted: int | None = None,
+    thresholds: RiskThresholds = THRESHOLDS,
+    days: float | None = 3.0,
+) -> ChurnSignal:
+    """A churn signal with risk level from ``thresholds`` (high at p >= 0.85 by default)."""
+    end = T0 + window * WEEK_MS
+    return ChurnSignal.create(
+        user_id=user,
+        window_end_ms=end,
+        churn_probability=p,
+        thresholds=thresholds,
+        days_since_last_order=days,
+        trigger=trigger,
+        model_version=model,
+        emitted_at_ms=end + 1_000 if emitted is None else emitted,
+    )
