@@ -20,14 +20,14 @@ answers (the bootstrap of a started broker, ``kafka status``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from settings import Settings, load_settings
+from settings.logs import configure_root
 
 log = logging.getLogger("clicksignals.cli")
 
@@ -49,35 +49,15 @@ def command_group(adder: GroupAdder) -> GroupAdder:
 # --------------------------------------------------------------------------------------------
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "ts": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
-        return json.dumps(payload)
-
-
 def configure_logging(settings: Settings, verbose: bool = False) -> None:
     """Root logging to stderr per ``settings.log_format`` / ``settings.log_level``.
 
-    Adds a handler only when the root logger has none (a host such as pytest keeps its own).
+    The formatter (text or JSON) is :mod:`settings.logs`'s, shared with the Faust workers.
     """
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        if settings.log_format == "json":
-            handler.setFormatter(_JsonFormatter())
-        else:
-            handler.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-            )
-        root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else settings.log_level.upper())
+    try:
+        configure_root(settings, verbose=verbose)
+    except ValueError as exc:  # a bad CLICKSIGNALS_LOG_FORMAT: say so, no traceback
+        raise SystemExit(f"clicksignals: {exc}") from None
     # aiokafka logs every refused connection of a readiness probe at ERROR; keep it quiet.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL if not verbose else logging.DEBUG)
 

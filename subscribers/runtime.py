@@ -23,6 +23,7 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from settings import Settings
+from settings.logs import faust_logging_config
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ def make_app(settings: Settings, *, app_id: str, web_port: int, name: str) -> fa
     """A Faust app for one subscriber (see the module doc)."""
     datadir = settings.data_dir / name
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    # Faust re-configures logging at worker start; CLICKSIGNALS_LOG_FORMAT=json goes through
+    # its logging_config (settings.logs), and text keeps Faust's own console format.
+    logging_config = faust_logging_config(settings)
+    extra: dict[str, Any] = {} if logging_config is None else {"logging_config": logging_config}
     return faust.App(
         app_id,
         broker=settings.broker_url,
@@ -78,6 +83,7 @@ def make_app(settings: Settings, *, app_id: str, web_port: int, name: str) -> fa
         producer_linger_ms=5,
         key_serializer="raw",
         value_serializer="raw",
+        **extra,
     )
 
 
