@@ -248,7 +248,9 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 @command_group
 def _demo_commands(commands: Subcommands) -> None:
     p = commands.add_parser(
-        "demo", help="local Kafka + worker with the shipped model + replayed traffic, end to end"
+        "demo",
+        help="local Kafka + worker with the shipped model + both subscribers + replayed "
+        "traffic, end to end, with a live view, summary.json and dashboard.html",
     )
     p.add_argument("--events", type=Path, help="replay this file instead of generated traffic")
     p.add_argument(
@@ -261,8 +263,8 @@ def _demo_commands(commands: Subcommands) -> None:
     p.add_argument("--days", type=int, default=56, help="generator: days")
     p.add_argument("--seed", type=int, default=7, help="generator: seed")
     p.add_argument("--settle", type=float, default=6.0, help="idle seconds that end the run")
-    p.add_argument("--workdir", default="var/demo", help="broker, worker and output files")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workdir", default="var/demo", help="broker, process logs and outputs")
+    p.add_argument("--quiet", action="store_true", help="no live view")
     p.set_defaults(handler=_demo)
 
 

@@ -1,9 +1,27 @@
 """``clicksignals demo``: the whole system on this machine, in one command.
 
-Owns the demo's choreography: start the local Kafka broker (unless one already answers at the
-configured URL), create the topics, start the worker with the shipped model, replay generated
-traffic (or a file), show a live summary (events/s, signals, dead letters, top churn risks),
-then shut everything down — Ctrl-C included — and say where the outputs are.
+Owns the demo's choreography and its processes:
+
+1. a Kafka broker -- the configured one if it answers, else the project's own on a free port
+   with a fresh data directory under ``--workdir`` (so every run starts from empty topics and
+   consumer groups, and the counts are this run's);
+2. the topics; then three Faust workers, each its own process in its own session, on free web
+   ports: the worker (``faust -A stream.app worker``) and both subscribers
+   (``subscribers.cli.worker_argv``: the bidder and the alerter), all waited for on ``/health``;
+3. the replay of generated traffic (or ``--events FILE``) while a collector reads the five
+   output topics into ``<workdir>/out/*.jsonl`` and a :class:`ops.demo_view.Tally`, and a live
+   view shows progress, events/s, signal counts, top churn risks and bid multipliers;
+4. once the replay is done and nothing new arrived for ``--settle`` seconds: ``summary.json``
+   and ``dashboard.html`` (:mod:`ops.dashboard`), then everything it started is stopped.
+
+Ending: a normal end, Ctrl-C and SIGTERM all take the same path -- the collector and producer
+close, each child gets SIGTERM to its process group (SIGKILL after a grace period), the broker
+the demo started is stopped, and the outputs collected so far are still written. Further
+Ctrl-C/SIGTERM during that shutdown are ignored (with a note) so it cannot be cut half-way and
+leave processes behind.
+
+The live view is redrawn in place on a terminal (stderr); elsewhere (CI, a pipe) it is logged
+as one line every few seconds instead.
 """
 
 from __future__ import annotations
@@ -12,184 +30,501 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import IO, Any, Final
 
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ops import kafka_local
+from ops.dashboard import render_dashboard
+from ops.demo_view import (
+    FILES,
+    KINDS,
+    LiveStatus,
+    Tally,
+    rate,
+    redraw,
+    render_live,
+    summary_record,
+)
 from ops.replay import load_wire, produce
 from settings import Settings, child_environment
+from subscribers.cli import worker_argv
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S: Final = 20.0
+READY_TIMEOUT_S: Final = 120.0
+TICK_S: Final = 0.5
+LOG_EVERY_S: Final = 5.0
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    faust = Path(sys.executable).with_name("faust")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = log_path.open("wb")
-    return subprocess.Popen(
-        [str(faust), "-A", "stream.app", "worker", "-l", "info"],
+
+# --------------------------------------------------------------------------------------------
+# Child processes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """One Faust worker process the demo started."""
+
+    name: str
+    argv: list[str]
+    health_url: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+
+def children(settings: Settings, base: Path) -> list[Child]:
+    """The three Faust workers of a demo (not yet started): worker, bidder, alerter."""
+    level = settings.log_level
+    host = settings.web_host
+    # The worker is started as the README runs it; the subscribers as `clicksignals bidder`
+    # and `clicksignals alerter` run them (the same argv, without the exec).
+    worker = [sys.executable, "-m", "faust", "-A", "stream.app", "worker", "-l", "info"]
+    return [
+        Child("worker", worker, f"http://{host}:{settings.web_port}/health", base / "worker.log"),
+        Child(
+            "bidder",
+            worker_argv("bidder", level),
+            f"http://{host}:{settings.bidder_web_port}/health",
+            base / "bidder.log",
+        ),
+        Child(
+            "alerter",
+            worker_argv("alerter", level),
+            f"http://{host}:{settings.alerter_web_port}/health",
+            base / "alerter.log",
+        ),
+    ]
+
+
+def start_child(child: Child, settings: Settings) -> None:
+    child.log_path.parent.mkdir(parents=True, exist_ok=True)
+    child._log = child.log_path.open("wb")
+    child.proc = subprocess.Popen(
+        child.argv,
         env=child_environment(settings),
-        stdout=handle,
+        stdout=child._log,
         stderr=subprocess.STDOUT,
+        # Own session: the terminal's Ctrl-C reaches only the demo, which stops the children
+        # in order; and killpg on the session's group leaves nothing behind.
         start_new_session=True,
     )
+    log.info("started %s (pid %d, log %s)", child.name, child.proc.pid, child.log_path)
 
 
-def wait_ready(settings: Settings, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
-    url = f"http://{settings.web_host}:{settings.web_port}/health"
+def _healthy(url: str) -> bool:
+    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+        return bool(response.status == 200)
+    return False
+
+
+def wait_ready(kids: list[Child], timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Until every child answers ``/health`` (RuntimeError if one exits or time runs out)."""
+    pending = list(kids)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with code {proc.returncode} during start-up")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"worker not healthy at {url} after {timeout_s:.0f}s")
+    while pending:
+        for child in list(pending):
+            assert child.proc is not None
+            if child.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{child.name} exited with code {child.proc.returncode} during start-up "
+                    f"(see {child.log_path})"
+                )
+            if _healthy(child.health_url):
+                log.info("%s ready (%s)", child.name, child.health_url.removesuffix("/health"))
+                pending.remove(child)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(c.name for c in pending)
+            raise RuntimeError(f"not healthy after {timeout_s:.0f}s: {names}")
+        if pending:
+            time.sleep(0.5)
 
 
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)  # the child leads its own session (start_new_session)
+
+
+def stop_children(kids: list[Child], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every running child at once, wait, SIGKILL what is left; close the logs."""
+    running = [c for c in kids if c.proc is not None and c.proc.poll() is None]
+    for child in running:
+        assert child.proc is not None
+        _signal_group(child.proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for child in running:
+        assert child.proc is not None
+        try:
+            child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            log.info("%s stopped (exit code %s)", child.name, child.proc.returncode)
+        except subprocess.TimeoutExpired:
+            log.warning("%s ignored SIGTERM for %.0fs; killing it", child.name, grace_s)
+            _signal_group(child.proc, signal.SIGKILL)
+            child.proc.wait()
+    for child in kids:
+        if child.proc is not None:
+            # A worker's own helper processes, if any, share its group: make sure none stay.
+            _signal_group(child.proc, signal.SIGKILL)
+        if child._log is not None:
+            child._log.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Signals
+# --------------------------------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that one shutdown path serves both."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` inside the block (Python's default would just die)."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-class Summary:
-    """Counts what comes out of the worker and keeps the riskiest users."""
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C/SIGTERM (noting them) while the demo shuts its processes down."""
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        log.warning("%s: already shutting down, please wait", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+# --------------------------------------------------------------------------------------------
+# Collecting and showing
+# --------------------------------------------------------------------------------------------
+
+
+class Outputs:
+    """The ``<kind>.jsonl`` files, one record per line as it came off its topic."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.counts = {"demand": 0, "churn": 0, "dlq": 0}
-        self.risk: dict[str, float] = {}
-        self.out_dir = out_dir
-        self.files = {k: (out_dir / f"{k}.jsonl").open("wb") for k in self.counts}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.paths = {kind: out_dir / FILES[kind] for kind in KINDS}
+        self.files = {kind: path.open("wb") for kind, path in self.paths.items()}
 
-    def add(self, kind: str, value: bytes) -> None:
-        self.counts[kind] += 1
+    def write(self, kind: str, value: bytes) -> None:
         self.files[kind].write(value + b"\n")
-        if kind == "churn":
-            record = orjson.loads(value)
-            if record.get("trigger") == "window_close":
-                self.risk[record["user_id"]] = record["churn_probability"]
-
-    def top_risks(self, n: int = 5) -> list[tuple[str, float]]:
-        return sorted(self.risk.items(), key=lambda kv: -kv[1])[:n]
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
 
 
-async def collect(settings: Settings, summary: Summary, stop: asyncio.Event) -> None:
-    topics = {
+def output_topics(settings: Settings) -> dict[str, str]:
+    """Topic name -> output kind, for the five topics the demo reads."""
+    return {
         settings.topic_demand: "demand",
         settings.topic_churn: "churn",
         settings.topic_dead_letter: "dlq",
+        settings.topic_bid_adjustments: "bids",
+        settings.topic_churn_alerts: "alerts",
     }
-    consumer = AIOKafkaConsumer(
-        *topics, **settings.kafka_client_kwargs(), auto_offset_reset="latest", group_id=None
-    )
+
+
+async def collect(
+    settings: Settings,
+    partitions: Mapping[str, int],
+    sink: Callable[[str, bytes], None],
+    ready: asyncio.Event,
+    stop: asyncio.Event,
+) -> None:
+    """Read the output topics from their current ends until ``stop``; ``ready`` once placed.
+
+    Partitions (``partitions``: topic -> count, as the broker reported them when the topics
+    were created) are assigned explicitly and positioned at their end *before* ``ready`` is
+    set, so nothing the replay causes can be missed, whatever the topics held before.
+    """
+    topics = output_topics(settings)
+    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None)
     await consumer.start()
     try:
+        parts = [TopicPartition(t, p) for t in topics for p in range(partitions[t])]
+        consumer.assign(parts)
+        await consumer.seek_to_end(*parts)
+        for tp in parts:
+            await consumer.position(tp)
+        ready.set()
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             for tp, messages in batch.items():
+                kind = topics[tp.topic]
                 for m in messages:
-                    summary.add(topics[tp.topic], m.value)
+                    sink(kind, m.value)
     finally:
         await consumer.stop()
 
 
-async def run_demo(settings: Settings, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+class LiveView:
+    """Draws :func:`ops.demo_view.render_live` in place on a TTY, or logs it now and then."""
+
+    def __init__(self, stream: IO[str], *, quiet: bool = False) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() and not quiet
+        self.quiet = quiet
+        self.drawn = 0
+        self.last_log = float("-inf")
+
+    def show(self, status: LiveStatus, tally: Tally, *, final: bool = False) -> None:
+        lines = render_live(status, tally)
+        if self.tty:
+            self.stream.write(redraw(self.drawn, lines))  # a UI, not a log: drawn in place
+            self.stream.flush()
+            self.drawn = len(lines)
+        elif not self.quiet and (final or status.elapsed_s - self.last_log >= LOG_EVERY_S):
+            self.last_log = status.elapsed_s
+            log.info("%s", " | ".join(line.strip() for line in lines))
+
+
+@dataclass
+class RunState:
+    """What the asynchronous part reports back (also when it is interrupted)."""
+
+    events: int = 0
+    sent: int = 0
+    replay_seconds: float | None = None
+    started: float | None = None
+
+
+async def run_demo(
+    settings: Settings,
+    partitions: Mapping[str, int],
+    args: argparse.Namespace,
+    tally: Tally,
+    outputs: Outputs,
+    state: RunState,
+) -> None:
+    """Replay, collect and show until the outputs settle (module doc, step 3)."""
     records = load_wire(args.events, args.format, args.users, args.days, args.seed)
-    summary = Summary(out_dir)
-    stop = asyncio.Event()
-    collector = asyncio.create_task(collect(settings, summary, stop))
-    await asyncio.sleep(1.0)  # let the collector join before traffic starts
-    started = time.perf_counter()
-    producer = asyncio.create_task(
-        produce(settings, records, rate=args.rate, progress=not args.quiet)
-    )
-    last_total = -1
-    idle_since = time.perf_counter()
-    while True:
-        await asyncio.sleep(2.0)
-        total = sum(summary.counts.values())
-        elapsed = time.perf_counter() - started
-        top = ", ".join(f"{u}:{p:.2f}" for u, p in summary.top_risks(3))
-        log.info(
-            "%.0fs  replay %s (%d events)  demand %d  churn %d  dlq %d  top churn risk [%s]",
-            elapsed,
-            "done" if producer.done() else "running",
-            len(records),
-            summary.counts["demand"],
-            summary.counts["churn"],
-            summary.counts["dlq"],
-            top,
+    state.events = len(records)
+
+    def sink(kind: str, value: bytes) -> None:
+        outputs.write(kind, value)
+        tally.add(kind, value)
+
+    def on_sent(n: int) -> None:
+        state.sent = n
+
+    view = LiveView(sys.stderr, quiet=args.quiet)
+    ready, stop = asyncio.Event(), asyncio.Event()
+    collector = asyncio.create_task(collect(settings, partitions, sink, ready, stop))
+    producer: asyncio.Task[float] | None = None
+    try:
+        await asyncio.wait(
+            [collector, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
         )
-        if total != last_total:
-            last_total, idle_since = total, time.perf_counter()
-        if producer.done() and time.perf_counter() - idle_since > args.settle:
-            break
-    seconds = await producer
-    stop.set()
-    await collector
-    summary.close()
-    result = {
-        "events": len(records),
-        "replay_seconds": round(seconds, 2),
-        "signals": summary.counts,
-        "top_churn_risks": summary.top_risks(10),
-        "outputs": {k: str(f.name) for k, f in summary.files.items()},
-    }
-    (out_dir / "summary.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    return result
+        if collector.done():
+            collector.result()  # the collector failed before it was placed: raise why
+        started = state.started = time.perf_counter()
+        tally.sample(0.0, 0)
+        producer = asyncio.create_task(
+            produce(settings, records, rate=args.rate, progress=False, on_sent=on_sent)
+        )
+        last_total, idle_since = -1, started
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.perf_counter()
+            tally.sample(now - started, state.sent)
+            if producer.done():
+                state.replay_seconds = producer.result()  # raises if the replay failed
+            if tally.total != last_total:
+                last_total, idle_since = tally.total, now
+            settled = producer.done() and now - idle_since > args.settle
+            phase = "replaying" if not producer.done() else ("done" if settled else "processing")
+            events_per_s = (
+                state.sent / state.replay_seconds if state.replay_seconds else rate(tally.samples)
+            )
+            status = LiveStatus(
+                phase,
+                now - started,
+                state.sent,
+                state.events,
+                events_per_s,
+                rate(tally.samples, outputs=True),
+            )
+            view.show(status, tally, final=settled)
+            if settled:
+                break
+    finally:
+        stop.set()
+        if producer is not None and not producer.done():
+            producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            if producer is not None:
+                await asyncio.gather(producer, return_exceptions=True)
+            await collector
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+# --------------------------------------------------------------------------------------------
+
+
+def _own_broker(settings: Settings, kafka_dir: Path) -> Settings:
+    """Start the demo's broker on a free port with empty data; settings pointing at it."""
+    # A broker left by an interrupted earlier demo is ours to end (stop checks the pid).
+    kafka_local.stop(kafka_dir)
+    shutil.rmtree(kafka_dir, ignore_errors=True)
+    state = kafka_local.start(settings, kafka_dir, port=kafka_local.free_port())
+    return settings.with_overrides(broker_url=state.broker_url)
+
+
+def write_reports(
+    tally: Tally,
+    state: RunState,
+    outputs: Mapping[str, Path],
+    out_dir: Path,
+    *,
+    wall_seconds: float,
+    interrupted: bool,
+    title: str,
+) -> dict[str, Any]:
+    """``summary.json`` and ``dashboard.html`` in ``out_dir``; returns the summary record."""
+    files = {k: str(p) for k, p in outputs.items()}
+    files["summary"] = str(out_dir / "summary.json")
+    files["dashboard"] = str(out_dir / "dashboard.html")
+    summary = summary_record(
+        tally,
+        events=state.events,
+        events_sent=state.sent,
+        replay_seconds=state.replay_seconds,
+        wall_seconds=wall_seconds,
+        interrupted=interrupted,
+        outputs=files,
+    )
+    (out_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    (out_dir / "dashboard.html").write_text(
+        render_dashboard(tally, summary, title=title), encoding="utf-8"
+    )
+    return summary
+
+
+def _print_summary(summary: Mapping[str, Any], logs: list[Path]) -> None:
+    s = summary["signals"]
+    rate_text = (
+        f" ({summary['events_per_second']:,.0f} events/s)" if summary["events_per_second"] else ""
+    )
+    print(
+        f"events replayed: {summary['events_sent']:,} of {summary['events']:,} in "
+        f"{summary['replay_seconds']}s{rate_text}; wall time {summary['wall_seconds']}s"
+        + ("  [interrupted]" if summary["interrupted"] else "")
+    )
+    print(
+        f"signals: demand {s['demand']:,}, churn {s['churn']:,}, dead letters {s['dlq']:,}, "
+        f"bid-adjustments {s['bid_adjustments']:,}, churn-alerts {s['churn_alerts']:,}"
+    )
+    print(
+        "top churn risks: "
+        + (", ".join(f"{u} {p:.3f}" for u, p in summary["top_churn_risks"][:5]) or "none")
+    )
+    d = summary["bid_distribution"]
+    print(
+        "top bid multipliers: "
+        + (", ".join(f"{u} ×{m:.2f}" for u, m in summary["top_bid_multipliers"][:5]) or "none")
+        + f"  (floor {d['floor']:,}, neutral {d['neutral']:,}, cap {d['cap']:,})"
+    )
+    out_dir = Path(summary["outputs"]["summary"]).parent
+    names = ", ".join(Path(p).name for p in summary["outputs"].values())
+    print(f"outputs: {out_dir} ({names})")
+    print(f"dashboard: {summary['outputs']['dashboard']}")
+    print("logs: " + ", ".join(str(p) for p in logs))
 
 
 def demo_command(args: argparse.Namespace, settings: Settings) -> int:
+    wall_started = time.monotonic()
     base = Path(args.workdir).resolve()
     out_dir = base / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
     kafka_dir = base / "kafka"
+    tally, state = Tally(), RunState()
+    kids: list[Child] = []
     started_broker = False
-    if not kafka_local._answers(settings.bootstrap_servers, timeout_s=2.0):
-        port = kafka_local.free_port()
-        state = kafka_local.start(settings, kafka_dir, port=port)
-        settings = settings.with_overrides(broker_url=state.broker_url)
-        started_broker = True
-    settings = settings.with_overrides(
-        data_dir=base / "worker", web_port=kafka_local.free_port(), store_url="memory://"
+    outputs: Outputs | None = None
+    interrupted: str | None = None
+    failed = False
+    with sigterm_as_interrupt():
+        try:
+            if not kafka_local._answers(settings.bootstrap_servers, timeout_s=2.0):
+                settings = _own_broker(settings, kafka_dir)
+                started_broker = True
+            else:
+                log.info("using the broker that answers at %s", settings.bootstrap_servers)
+            shutil.rmtree(base / "worker", ignore_errors=True)  # in-memory tables: no state
+            settings = settings.with_overrides(
+                data_dir=base / "worker",
+                store_url="memory://",
+                web_port=kafka_local.free_port(),
+                bidder_web_port=kafka_local.free_port(),
+                alerter_web_port=kafka_local.free_port(),
+            )
+            partitions = {r.name: r.actual_partitions for r in kafka_local.create_topics(settings)}
+            kids = children(settings, base)
+            for child in kids:
+                start_child(child, settings)
+            wait_ready(kids)
+            outputs = Outputs(out_dir)
+            asyncio.run(run_demo(settings, partitions, args, tally, outputs, state))
+        except Terminated:
+            interrupted = "SIGTERM"
+        except KeyboardInterrupt:
+            interrupted = "SIGINT"
+        except (RuntimeError, kafka_local.KafkaLocalError, OSError) as exc:
+            log.error("demo failed: %s", exc)
+            failed = True
+        finally:
+            if interrupted:
+                log.warning("%s: shutting down", interrupted)
+            with signals_deferred():
+                if outputs is not None:
+                    outputs.close()
+                stop_children(kids)
+                if started_broker:
+                    kafka_local.stop(kafka_dir)
+    if outputs is None:
+        return 1 if failed else (143 if interrupted == "SIGTERM" else 130)
+    title = f"events from {args.events}" if args.events else "generated traffic"
+    summary = write_reports(
+        tally,
+        state,
+        outputs.paths,
+        out_dir,
+        wall_seconds=time.monotonic() - wall_started,
+        interrupted=interrupted is not None,
+        title=title,
     )
-    kafka_local.create_topics(settings)
-    worker = start_worker(settings, base / "worker.log")
-    try:
-        wait_ready(settings, worker)
-        log.info("worker ready (web views on http://%s:%d)", settings.web_host, settings.web_port)
-        result = asyncio.run(run_demo(settings, args, out_dir))
-    except KeyboardInterrupt:
-        log.warning("interrupted: shutting down")
-        result = None
-    finally:
-        stop_worker(worker)
-        if started_broker:
-            kafka_local.stop(kafka_dir)
-    if result is None:
-        return 130
-    print(f"events replayed: {result['events']} in {result['replay_seconds']}s")
-    print("signals: demand {demand}, churn {churn}, dead letters {dlq}".format(**result["signals"]))
-    print("top churn risks:", ", ".join(f"{u} {p:.2f}" for u, p in result["top_churn_risks"][:5]))
-    print(f"outputs: {out_dir} (demand.jsonl, churn.jsonl, dlq.jsonl, summary.json)")
-    print(f"worker log: {base / 'worker.log'}")
+    _print_summary(summary, [c.log_path for c in kids])
+    if failed:
+        return 1
+    if interrupted:
+        return 143 if interrupted == "SIGTERM" else 130
     return 0

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,13 @@ async def produce(
     topic: str | None = None,
     rate: float | None = None,
     progress: bool = True,
+    on_sent: Callable[[int], None] | None = None,
 ) -> float:
-    """Send ``records`` to ``topic`` (default: clickstream); returns seconds taken."""
+    """Send ``records`` to ``topic`` (default: clickstream); returns seconds taken.
+
+    ``on_sent(n)`` is called with the number of records acknowledged so far, after each
+    acknowledged chunk (the demo's live view draws its own progress bar from it).
+    """
     from tqdm import tqdm
 
     producer = AIOKafkaProducer(
@@ -62,6 +67,10 @@ async def produce(
     bar = tqdm(total=len(records), unit="ev", disable=not progress, file=sys.stderr)
     try:
         pending = []
+        acked = 0
+        # Acknowledgements are awaited per chunk; at a set rate the chunk is about a second of
+        # traffic, so progress (and back-pressure) follows the rate rather than 5000 records.
+        chunk = 5000 if not rate else max(1, min(5000, int(rate)))
         for i, (key, value) in enumerate(records):
             if rate:
                 due = started + i / rate
@@ -69,13 +78,18 @@ async def produce(
                 if delay > 0:
                     await asyncio.sleep(delay)
             pending.append(await producer.send(topic or settings.topic_clickstream, value, key=key))
-            if len(pending) >= 5000:
+            if len(pending) >= chunk:
                 await asyncio.gather(*pending)
                 bar.update(len(pending))
+                acked += len(pending)
                 pending.clear()
+                if on_sent is not None:
+                    on_sent(acked)
         await asyncio.gather(*pending)
         bar.update(len(pending))
         await producer.flush()
+        if on_sent is not None:
+            on_sent(acked + len(pending))
     finally:
         bar.close()
         await producer.stop()

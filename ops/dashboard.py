@@ -1,0 +1,233 @@
+"""The demo's dashboard: one self-contained HTML file with hand-written inline SVG charts.
+
+Pure: :func:`render_dashboard` takes the demo's :class:`ops.demo_view.Tally` and its
+``summary.json`` record and returns HTML text -- signals over time, the churn-risk
+distribution, the bid-multiplier distribution, and the top users. No scripts, styles or images
+are fetched from anywhere (the file opens offline, from a mail attachment or a CI artefact),
+and no plotting library is needed, so the demo runs on the worker's dependencies alone. Every
+piece of data-derived text (user ids come from input files) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from ops.demo_view import BID_CLASSES, KINDS, LABELS, Sample, Tally, histogram
+
+COLORS: Final = {
+    "events": "#6b7280",
+    "demand": "#2563eb",
+    "churn": "#dc2626",
+    "dlq": "#a16207",
+    "bids": "#059669",
+    "alerts": "#7c3aed",
+}
+MAX_POINTS: Final = 400
+"""Timeline points per series drawn (longer runs are thinned evenly; the last point is kept)."""
+W, H = 640, 260
+PAD_L, PAD_R, PAD_T, PAD_B = 64, 16, 30, 40
+"""Plot margins; the top one holds the legend."""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _nice_max(value: float) -> float:
+    """A round axis maximum at or above ``value`` (1, 1.2, 1.5, 2, 2.5, ... 8 × 10^k)."""
+    if value <= 0:
+        return 1.0
+    exp = 10.0 ** math.floor(math.log10(value))
+    for step in (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0):
+        if value <= step * exp:
+            return step * exp
+    return 10 * exp
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 10 or value == int(value) else f"{value:g}"
+
+
+def thin(samples: Sequence[Sample], max_points: int = MAX_POINTS) -> list[Sample]:
+    """At most ``max_points`` samples, evenly spaced, always keeping the last."""
+    if len(samples) <= max_points:
+        return list(samples)
+    step = (len(samples) - 1) / (max_points - 1)
+    return [samples[round(i * step)] for i in range(max_points)]
+
+
+def _frame(y_max: float, x_labels: Sequence[tuple[float, str]], x_title: str, y_title: str) -> str:
+    """Axes, horizontal grid with labels, x tick labels (x given as 0..1 fractions)."""
+    parts = []
+    plot_w, plot_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    for i in range(5):
+        y = PAD_T + plot_h * (1 - i / 4)
+        parts.append(
+            f'<line x1="{PAD_L}" y1="{y:.1f}" x2="{W - PAD_R}" y2="{y:.1f}" stroke="#e5e7eb"/>'
+            f'<text x="{PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{_e(_fmt(y_max * i / 4))}'
+            "</text>"
+        )
+    for fraction, label in x_labels:
+        x = PAD_L + plot_w * fraction
+        parts.append(
+            f'<text x="{x:.1f}" y="{H - PAD_B + 16}" text-anchor="middle">{_e(label)}</text>'
+        )
+    parts.append(
+        f'<line x1="{PAD_L}" y1="{H - PAD_B}" x2="{W - PAD_R}" y2="{H - PAD_B}" stroke="#9ca3af"/>'
+        f'<text x="{PAD_L + plot_w / 2:.1f}" y="{H - 6}" text-anchor="middle">{_e(x_title)}</text>'
+        f'<text x="14" y="{PAD_T + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {PAD_T + plot_h / 2:.1f})">{_e(y_title)}</text>'
+    )
+    return "".join(parts)
+
+
+def _svg(title: str, body: str) -> str:
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" '
+        f'height="{H}" role="img" aria-label="{_e(title)}" font-family="sans-serif" '
+        f'font-size="11" fill="#374151">{body}</svg>'
+    )
+
+
+def timeline_svg(samples: Sequence[Sample]) -> str:
+    """Cumulative events replayed and records out per kind, against seconds of the run."""
+    points = thin(samples)
+    series: dict[str, list[tuple[float, float]]] = {"events": [(s.t, s.events) for s in points]}
+    for kind in KINDS:
+        series[kind] = [(s.t, s.counts.get(kind, 0)) for s in points]
+    t_max = max((s.t for s in points), default=0.0) or 1.0
+    y_max = _nice_max(max((v for pts in series.values() for _, v in pts), default=0.0))
+    plot_w, plot_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    ticks = [(i / 4, f"{t_max * i / 4:.0f}s") for i in range(5)]
+    body = [_frame(y_max, ticks, "seconds since the replay started", "cumulative records")]
+    legend_x: float = PAD_L + 8
+    for name, pts in series.items():
+        if not pts:
+            continue
+        coords = " ".join(
+            f"{PAD_L + plot_w * t / t_max:.1f},{PAD_T + plot_h * (1 - v / y_max):.1f}"
+            for t, v in pts
+        )
+        body.append(
+            f'<polyline fill="none" stroke="{COLORS[name]}" stroke-width="2" points="{coords}"/>'
+        )
+    for name in series:
+        label = "events replayed" if name == "events" else LABELS[name]
+        body.append(
+            f'<rect x="{legend_x:.1f}" y="6" width="10" height="10" fill="{COLORS[name]}"/>'
+            f'<text x="{legend_x + 14:.1f}" y="15">{_e(label)}</text>'
+        )
+        legend_x += 26 + 6.6 * len(label)  # ~6.6 px per character at font-size 11
+    if not points:
+        body.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no samples</text>')
+    return _svg("signals over time", "".join(body))
+
+
+def histogram_svg(
+    counts: Sequence[int], lo: float, hi: float, *, color: str, x_title: str, title: str
+) -> str:
+    """Bars of ``counts`` over ``[lo, hi]`` (equal bins), users on the y axis."""
+    bins = len(counts)
+    y_max = _nice_max(max(counts, default=0))
+    plot_w, plot_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    ticks = [(i / 4, f"{lo + (hi - lo) * i / 4:.2f}") for i in range(5)]
+    body = [_frame(y_max, ticks, x_title, "users")]
+    bar_w = plot_w / max(bins, 1)
+    for i, n in enumerate(counts):
+        h = plot_h * n / y_max
+        low, high = lo + (hi - lo) * i / bins, lo + (hi - lo) * (i + 1) / bins
+        body.append(
+            f'<rect x="{PAD_L + i * bar_w + 1:.1f}" y="{PAD_T + plot_h - h:.1f}" '
+            f'width="{max(bar_w - 2, 1):.1f}" height="{h:.1f}" fill="{color}">'
+            f"<title>{low:.3f}–{high:.3f}: {n:,} users</title></rect>"
+        )
+    if not any(counts):
+        body.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no data</text>')
+    return _svg(title, "".join(body))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    if not rows:
+        body = f'<tr><td colspan="{len(headers)}">none</td></tr>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#111827;max-width:1340px}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:15px;margin:0 0 8px}
+.meta{color:#6b7280;margin-bottom:16px}.cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}
+.card{border:1px solid #e5e7eb;border-radius:6px;padding:8px 12px;min-width:110px}
+.card b{display:block;font-size:18px}.grid{display:flex;flex-wrap:wrap;gap:16px}
+section{border:1px solid #e5e7eb;border-radius:6px;padding:12px}
+table{border-collapse:collapse;font-size:13px}td,th{padding:3px 10px;text-align:left;
+border-bottom:1px solid #f3f4f6}svg text{fill:#374151}
+"""
+
+
+def render_dashboard(tally: Tally, summary: Mapping[str, Any], *, title: str = "") -> str:
+    """The dashboard HTML for a demo run (module doc)."""
+    cards = [
+        ("events replayed", f"{summary.get('events_sent', 0):,}"),
+        ("replay", f"{summary.get('replay_seconds') or 0:g} s"),
+        ("events/s", f"{summary.get('events_per_second') or 0:,.0f}"),
+    ] + [(LABELS[k], f"{tally.counts[k]:,}") for k in KINDS]
+    cards_html = "".join(f'<div class="card">{_e(n)}<b>{_e(v)}</b></div>' for n, v in cards)
+    churn = histogram_svg(
+        histogram(tally.churn_values(), 0.0, 1.0, 20),
+        0.0,
+        1.0,
+        color=COLORS["churn"],
+        x_title="current churn probability",
+        title="churn-risk distribution",
+    )
+    bounds = tally.bounds
+    lo, hi = (bounds.floor, bounds.cap) if bounds else (0.0, 2.0)
+    bids = histogram_svg(
+        histogram(tally.bid_values(), lo, hi, 15),
+        lo,
+        hi,
+        color=COLORS["bids"],
+        x_title="current bid multiplier",
+        title="bid multiplier distribution",
+    )
+    dist = tally.bid_distribution()
+    dist_text = " · ".join(f"{name} {dist[name]:,}" for name in BID_CLASSES)
+    if bounds:
+        dist_text += f" (floor ×{bounds.floor:g}, neutral ×{bounds.neutral:g}, cap ×{bounds.cap:g})"
+    state = "interrupted" if summary.get("interrupted") else "completed"
+    return (
+        "<!DOCTYPE html>\n"
+        f'<html lang="en"><head><meta charset="utf-8"><title>clicksignals demo</title>'
+        f"<style>{_STYLE}</style></head><body>"
+        f"<h1>clicksignals demo</h1>"
+        f'<div class="meta">{_e(title)} · run {_e(state)} · wall time '
+        f"{_e(summary.get('wall_seconds', 0))} s · distributions are of each user's current "
+        f"value</div>"
+        f'<div class="cards">{cards_html}</div>'
+        '<div class="grid">'
+        f"<section><h2>Signals over time</h2>{timeline_svg(tally.samples)}</section>"
+        f"<section><h2>Churn-risk distribution ({len(tally.churn):,} users)</h2>{churn}"
+        f"</section>"
+        f"<section><h2>Bid multiplier distribution ({len(tally.bids):,} users)</h2>{bids}"
+        f"<p>{_e(dist_text)}</p></section>"
+        "<section><h2>Top churn risks</h2>"
+        + _table(["user", "churn probability"], [(u, f"{p:.4f}") for u, p in tally.top_churn(10)])
+        + "</section><section><h2>Top bid multipliers</h2>"
+        + _table(["user", "multiplier"], [(u, f"×{m:.3f}") for u, m in tally.top_bids(10)])
+        + "</section><section><h2>Counts</h2>"
+        + _table(
+            ["output", "records"],
+            [(LABELS[k], f"{tally.counts[k]:,}") for k in KINDS]
+            + [("users alerted", f"{len(tally.alerted):,}"), ("malformed", tally.malformed)]
+            + [(f"dead letters: {r}", n) for r, n in sorted(tally.dlq_reasons.items())],
+        )
+        + "</section></div></body></html>\n"
+    )
+
+
+__all__ = ["histogram_svg", "render_dashboard", "thin", "timeline_svg"]

@@ -1,0 +1,160 @@
+"""``ops.demo``'s plumbing without a broker: what it starts, how it stops, what it writes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ops import demo
+from ops.demo_view import FILES, Tally
+from ops.kafka_local import topic_specs
+from settings import Settings
+
+
+def test_children_are_the_worker_and_both_subscribers_on_their_own_ports(tmp_path: Path) -> None:
+    settings = Settings(web_port=7001, bidder_web_port=7002, alerter_web_port=7003)
+    kids = demo.children(settings, tmp_path)
+    assert [k.name for k in kids] == ["worker", "bidder", "alerter"]
+    apps = [k.argv[k.argv.index("-A") + 1] for k in kids]
+    assert apps == ["stream.app", "subscribers.bidding_app", "subscribers.alerting_app"]
+    for app in apps:
+        assert importlib.util.find_spec(app) is not None, app
+    for kid in kids:
+        assert kid.argv[:3] == [sys.executable, "-m", "faust"]
+        assert kid.argv[kid.argv.index("-A") + 2] == "worker"
+    assert [k.health_url for k in kids] == [
+        "http://127.0.0.1:7001/health",
+        "http://127.0.0.1:7002/health",
+        "http://127.0.0.1:7003/health",
+    ]
+    assert len({k.log_path for k in kids}) == 3
+
+
+def test_the_demo_reads_every_output_topic_the_topics_command_creates() -> None:
+    settings = Settings()
+    kinds = demo.output_topics(settings)
+    assert sorted(kinds.values()) == sorted(FILES)
+    assert set(kinds) <= set(topic_specs(settings))
+    inputs = {settings.topic_clickstream, settings.topic_routed}
+    assert set(kinds) == set(topic_specs(settings)) - inputs
+
+
+_STUBBORN = """
+import os, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still "exists"; it is gone for our purpose once it is not running.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def test_stop_children_kills_what_ignores_sigterm_and_its_whole_group(tmp_path: Path) -> None:
+    kid = demo.Child("stubborn", [sys.executable, "-c", _STUBBORN], "http://x", tmp_path / "s.log")
+    demo.start_child(kid, Settings())
+    assert kid.proc is not None
+    deadline = time.monotonic() + 20
+    while not kid.log_path.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(kid.log_path.read_text().split()[0])
+    started = time.monotonic()
+    demo.stop_children([kid], grace_s=0.5)
+    assert time.monotonic() - started < 10
+    assert kid.proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild), "the child's own process was left behind"
+
+
+def test_stop_children_stops_a_well_behaved_child_with_sigterm(tmp_path: Path) -> None:
+    kid = demo.Child(
+        "polite", [sys.executable, "-c", "import time; time.sleep(60)"], "x", tmp_path / "p.log"
+    )
+    demo.start_child(kid, Settings())
+    demo.stop_children([kid], grace_s=10)
+    assert kid.proc is not None and kid.proc.returncode == -signal.SIGTERM
+
+
+def test_wait_ready_reports_a_child_that_exits(tmp_path: Path) -> None:
+    kid = demo.Child(
+        "broken",
+        [sys.executable, "-c", "raise SystemExit(3)"],
+        "http://127.0.0.1:9/health",
+        tmp_path / "b.log",
+    )
+    demo.start_child(kid, Settings())
+    with pytest.raises(RuntimeError, match="broken exited with code 3"):
+        demo.wait_ready([kid], timeout_s=20)
+    demo.stop_children([kid])
+
+
+def test_sigterm_becomes_an_interrupt_only_inside_the_block() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(demo.Terminated), demo.sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert issubclass(demo.Terminated, KeyboardInterrupt)  # one shutdown path for both
+
+
+def test_signals_are_noted_not_obeyed_during_shutdown(caplog: pytest.LogCaptureFixture) -> None:
+    with demo.signals_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+    assert "already shutting down" in caplog.text
+
+
+def test_reports_are_written_next_to_the_jsonl_files(tmp_path: Path) -> None:
+    outputs = demo.Outputs(tmp_path)
+    tally = Tally()
+    value = b'{"reason": "invalid_json"}'
+    outputs.write("dlq", value)
+    tally.add("dlq", value)
+    outputs.close()
+    state = demo.RunState(events=5, sent=5, replay_seconds=0.5)
+    summary = demo.write_reports(
+        tally, state, outputs.paths, tmp_path, wall_seconds=3.0, interrupted=False, title="t"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*FILES.values(), "summary.json", "dashboard.html"]
+    )
+    assert (tmp_path / "dlq.jsonl").read_bytes() == value + b"\n"
+    assert orjson.loads((tmp_path / "summary.json").read_bytes()) == summary
+    assert summary["outputs"]["dashboard"] == str(tmp_path / "dashboard.html")
+    assert summary["signals"]["dlq"] == 1
+    assert "<svg" in (tmp_path / "dashboard.html").read_text()
+
+
+def test_demo_script_runs_the_demo_command() -> None:
+    from tests.conftest import REPO_ROOT
+
+    script = (REPO_ROOT / "scripts" / "demo.sh").read_text()
+    assert "clicksignals demo" in script
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.cli", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+    )
+    for option in ("--events", "--rate", "--settle", "--workdir", "--quiet"):
+        assert option in result.stdout

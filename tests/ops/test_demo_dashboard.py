@@ -1,0 +1,116 @@
+"""``ops.dashboard``: the demo's self-contained HTML, without a broker or a browser."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+import orjson
+
+from ops.dashboard import histogram_svg, render_dashboard, thin, timeline_svg
+from ops.demo_view import Sample, Tally, summary_record
+from subscribers.bidding import BidConfig, adjustment_for
+from tests.subscribers.factories import churn, demand
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def _tally() -> Tally:
+    tally = Tally()
+    tally.sample(0.0, 0)
+    for i in range(40):
+        user = f"u{i:03d}"
+        tally.add("demand", orjson.dumps(demand(user).to_dict()))
+        tally.add("churn", orjson.dumps(churn(user, p=i / 40).to_dict()))
+        adjustment = adjustment_for(demand(user, orders=0.05 * i), BidConfig(), 1)
+        tally.add("bids", orjson.dumps(adjustment.to_dict()))
+        tally.sample(0.1 * (i + 1), 100 * (i + 1))
+    return tally
+
+
+def _summary(tally: Tally, interrupted: bool = False) -> dict[str, object]:
+    return summary_record(
+        tally,
+        events=4000,
+        events_sent=4000,
+        replay_seconds=1.5,
+        wall_seconds=40.0,
+        interrupted=interrupted,
+        outputs={},
+    )
+
+
+def _svgs(html: str) -> list[ET.Element]:
+    return [ET.fromstring(s) for s in re.findall(r"<svg\b.*?</svg>", html, flags=re.S)]
+
+
+def test_dashboard_has_the_three_charts_as_well_formed_svg() -> None:
+    tally = _tally()
+    html = render_dashboard(tally, _summary(tally), title="generated traffic")
+    assert html.startswith("<!DOCTYPE html>")
+    charts = _svgs(html)
+    labels = [c.get("aria-label") for c in charts]
+    assert labels == [
+        "signals over time",
+        "churn-risk distribution",
+        "bid multiplier distribution",
+    ]
+    timeline, risk, bids = charts
+    # One line per series: events replayed + five output kinds.
+    assert len(timeline.findall(f"{SVG}polyline")) == 6
+    # 20 churn bins and 15 multiplier bins; each bar says what it counts.
+    risk_bars = [r for r in risk.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
+    bid_bars = [r for r in bids.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
+    assert len(risk_bars) == 20 and len(bid_bars) == 15
+    assert sum(int(r.find(f"{SVG}title").text.split(": ")[1].split()[0]) for r in risk_bars) == 40  # type: ignore[union-attr]
+
+
+def test_dashboard_is_self_contained() -> None:
+    tally = _tally()
+    html = render_dashboard(tally, _summary(tally))
+    assert "<script" not in html and "<link" not in html and "<img" not in html
+    assert "src=" not in html and "url(" not in html
+    # The only URL is the SVG namespace identifier, which nothing fetches.
+    assert set(re.findall(r"https?://[^\s\"'<>]+", html)) == {"http://www.w3.org/2000/svg"}
+
+
+def test_dashboard_shows_top_users_counts_and_state() -> None:
+    tally = _tally()
+    html = render_dashboard(tally, _summary(tally, interrupted=True))
+    assert "run interrupted" in html
+    assert "u039" in html  # highest churn probability and highest multiplier
+    assert "4,000" in html  # events replayed
+    assert "bid-adjustments" in html and "churn-alerts" in html and "dead letters" in html
+
+
+def test_user_ids_from_input_files_are_escaped() -> None:
+    tally = Tally()
+    evil = '<script>alert("x")</script>'
+    tally.add("churn", orjson.dumps(churn(evil, p=0.9).to_dict()))
+    html = render_dashboard(tally, _summary(tally))
+    assert evil not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_empty_run_still_renders() -> None:
+    html = render_dashboard(Tally(), _summary(Tally()))
+    assert len(_svgs(html)) == 3
+    assert "no samples" in html and "no data" in html
+
+
+def test_long_runs_are_thinned_keeping_the_ends() -> None:
+    samples = [Sample(float(i), i, {}) for i in range(10_000)]
+    kept = thin(samples, 100)
+    assert len(kept) == 100
+    assert kept[0] is samples[0] and kept[-1] is samples[-1]
+    assert thin(samples[:5], 100) == samples[:5]
+    polyline = ET.fromstring(timeline_svg(samples)).find(f"{SVG}polyline")
+    assert polyline is not None
+    assert len(polyline.get("points", "").split()) <= 400
+
+
+def test_histogram_bars_scale_to_the_axis() -> None:
+    svg = ET.fromstring(histogram_svg([0, 5, 10], 0.0, 1.0, color="#000", x_title="x", title="t"))
+    bars = [r for r in svg.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
+    heights = [float(r.get("height", "nan")) for r in bars]
+    assert heights[0] == 0.0 and heights[2] == 2 * heights[1] > 0
