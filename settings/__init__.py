@@ -67,6 +67,10 @@ class Settings:
     batch_size: int = 512
     batch_timeout_s: float = 0.05
     ort_intra_op_threads: int = 1
+    model_poll_interval_s: float = 10.0
+    """How often the worker looks for a new model version in ``model_dir`` (0: never)."""
+    lag_interval_s: float = 5.0
+    """How often the worker updates its consumer-lag gauge (0: never)."""
     max_event_bytes: int = 65536
     max_future_skew_s: float = 86400.0
     """Events more than this far ahead of the processing clock are rejected."""

@@ -6,6 +6,11 @@ and sends what comes back. Settings come from :func:`settings.load_settings`; th
 loaded and checked at start-up, and a model that does not match stops the worker with the
 reason (see :mod:`stream.model`). TensorFlow is never imported here.
 
+Two timers: one polls the model directory (``model_poll_interval_s``) and switches to a new
+model version that passes the checks between micro-batches (a rejected one is logged and
+counted, the old model keeps serving; :class:`stream.model.ModelHolder`); one sets the
+consumer-lag gauge of the source partitions this worker holds (``lag_interval_s``).
+
 Per micro-batch the agent sends the outputs, waits until Kafka has them, and only then writes
 the table: state that exists implies its signals were delivered, so when a crash makes Kafka
 deliver the uncommitted messages again, the processor may skip what the state already holds
@@ -33,7 +38,7 @@ from features.signals import RiskThresholds
 from features.validation import ValidationPolicy
 from settings import load_settings
 from stream import metrics
-from stream.model import ModelLoadError, Scorer, load_model
+from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
 from stream.processor import Processor, RawMessage
 
 log = logging.getLogger(__name__)
@@ -164,14 +169,19 @@ def load_scorer() -> Scorer:
         raise SystemExit(3) from None
 
 
+def risk_thresholds(scorer: Scorer) -> RiskThresholds:
+    """The model's risk cuts, or the configured high cut when one is set."""
+    m = scorer.manifest.thresholds
+    if settings.churn_high_threshold is None:
+        return RiskThresholds(medium=m.medium, high=m.high)
+    return RiskThresholds(
+        medium=min(m.medium, settings.churn_high_threshold),
+        high=settings.churn_high_threshold,
+    )
+
+
 def build_processor(scorer: Scorer) -> Processor:
-    thresholds = None
-    if settings.churn_high_threshold is not None:
-        m = scorer.manifest.thresholds
-        thresholds = RiskThresholds(
-            medium=min(m.medium, settings.churn_high_threshold),
-            high=settings.churn_high_threshold,
-        )
+    thresholds = risk_thresholds(scorer)
     return Processor(
         scorer,
         _store,
@@ -185,7 +195,9 @@ def build_processor(scorer: Scorer) -> Processor:
 
 
 _store = TableStore()
-_processor = build_processor(load_scorer())
+_holder = ModelHolder(settings.model_dir, settings.ort_intra_op_threads, scorer=load_scorer())
+_processor = build_processor(_holder.scorer)
+metrics.observe_model_reload("unchanged", _holder.version)
 
 
 def processor() -> Processor:
@@ -239,6 +251,43 @@ async def score_clickstream(stream: Any) -> None:
         await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
         _store.write(out.writes)
         metrics.observe_batch(len(events), out, time.perf_counter() - started)
+
+
+def swap_model(scorer: Scorer) -> None:
+    """Serve ``scorer`` from the next micro-batch on (called on the event loop, so never in
+    the middle of ``Processor.process``, which does not await)."""
+    _processor.scorer = scorer
+    _processor.thresholds = risk_thresholds(scorer)
+
+
+if settings.model_poll_interval_s > 0:
+
+    @app.timer(interval=settings.model_poll_interval_s)
+    async def poll_model() -> None:
+        # Hashing and ONNX Runtime session creation off the loop; the swap itself on it.
+        reload = await asyncio.to_thread(_holder.poll)
+        metrics.observe_model_reload(reload.outcome, reload.serving)
+        if reload.outcome == "swapped":
+            swap_model(_holder.scorer)
+
+
+if settings.lag_interval_s > 0:
+
+    @app.timer(interval=settings.lag_interval_s)
+    async def update_consumer_lag() -> None:
+        if app.rebalancing:
+            return  # assignments are in flux; the next tick reports the new ones
+        sources = {settings.topic_clickstream, settings.topic_routed}
+        held = [tp for tp in app.assignor.assigned_actives() if tp.topic in sources]
+        highwaters: dict[tuple[str, int], int | None] = {}
+        positions: dict[tuple[str, int], int | None] = {}
+        for tp in held:
+            try:
+                highwaters[(tp.topic, tp.partition)] = app.consumer.highwater(tp)
+                positions[(tp.topic, tp.partition)] = await app.consumer.position(tp)
+            except Exception as exc:  # revoked between the listing and the call
+                log.debug("no lag for %s: %r", tp, exc)
+        metrics.set_consumer_lag(metrics.consumer_lag(highwaters, positions))
 
 
 @app.page("/health")

@@ -1,11 +1,15 @@
 """Prometheus metrics of the worker, rendered by the ``/metrics`` web view.
 
 Owns the metric objects and :func:`observe_batch`, which records one micro-batch's outcome
-(events in, invalid by reason, late, signals out, batch size, inference time).
+(events in, invalid by reason, late, signals out, batch size, inference time);
+:func:`observe_model_reload` (model hot swaps and rejected candidates, the serving version);
+and :func:`consumer_lag` / :func:`set_consumer_lag`, which the worker's lag timer feeds with
+the consumer's highwater and position of each source partition it holds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -40,8 +44,23 @@ BATCH_SECONDS = Histogram(
     "clicksignals_batch_seconds", "Processing time per micro-batch", registry=REGISTRY
 )
 CONSUMER_LAG = Gauge(
-    "clicksignals_consumer_lag", "Messages behind the log end", ["partition"], registry=REGISTRY
+    "clicksignals_consumer_lag",
+    "Messages behind the log end (highwater - fetch position) per source partition held",
+    ["topic", "partition"],
+    registry=REGISTRY,
 )
+MODEL_RELOADS = Counter(
+    "clicksignals_model_reloads_total",
+    "Model directory changes acted on, by outcome (swapped, failed, same_version)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+MODEL_INFO = Gauge(
+    "clicksignals_model_info", "1 for the model version serving", ["version"], registry=REGISTRY
+)
+
+_lag_labels: set[tuple[str, str]] = set()
+_served: set[str] = set()
 
 
 def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
@@ -59,6 +78,48 @@ def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
     if out.scored:
         SCORED.observe(out.scored)
         INFERENCE.observe(out.inference_seconds)
+
+
+def consumer_lag(
+    highwaters: Mapping[tuple[str, int], int | None],
+    positions: Mapping[tuple[str, int], int | None],
+) -> dict[tuple[str, int], int]:
+    """Messages behind the log end per (topic, partition): highwater minus position.
+
+    Partitions whose highwater or position the consumer does not know yet (nothing fetched
+    since the assignment) are left out rather than reported as 0, which would read as
+    "caught up". A position past the highwater (the highwater is from the last fetch
+    response) counts as 0.
+    """
+    lags: dict[tuple[str, int], int] = {}
+    for tp, high in highwaters.items():
+        pos = positions.get(tp)
+        if high is None or pos is None:
+            continue
+        lags[tp] = max(int(high) - int(pos), 0)
+    return lags
+
+
+def set_consumer_lag(lags: Mapping[tuple[str, int], int]) -> None:
+    """Publish ``lags``; partitions no longer held (revoked) disappear from the gauge."""
+    labels = {(topic, str(partition)) for topic, partition in lags}
+    for stale in _lag_labels - labels:
+        CONSUMER_LAG.remove(*stale)
+    _lag_labels.clear()
+    _lag_labels.update(labels)
+    for (topic, partition), lag in lags.items():
+        CONSUMER_LAG.labels(topic=topic, partition=str(partition)).set(lag)
+
+
+def observe_model_reload(outcome: str, serving: str) -> None:
+    """Count a model reload outcome (``unchanged`` is not counted) and mark the serving version."""
+    if outcome != "unchanged":
+        MODEL_RELOADS.labels(outcome=outcome).inc()
+    for old in _served - {serving}:
+        MODEL_INFO.remove(old)
+    _served.clear()
+    _served.add(serving)
+    MODEL_INFO.labels(version=serving).set(1)
 
 
 def render() -> tuple[bytes, str]:

@@ -1,0 +1,404 @@
+"""Faults against the real worker and a real broker: the worker keeps going and loses nothing.
+
+* scale-out and failover: two workers share the group with standby replicas; one is killed
+  (SIGKILL) mid-stream, the other takes its partitions and finishes; restarted, it gets
+  partitions back and processes new events;
+* broker restart: the broker is stopped and started mid-stream (a dedicated broker, same data
+  dir); the worker reconnects by itself and finishes;
+* model hot swap: a new model version dropped into the model directory serves from the next
+  micro-batch on; a broken one is refused and the old model keeps serving;
+* the consumer-lag gauge follows the backlog down to 0 for exactly the partitions held.
+
+"Nothing lost" is always the same check (:func:`assert_complete`): every (user, window end)
+window-close signal of an uninterrupted reference run appears at least once, copies of one
+signal carry one ``signal_id`` and one score, and nothing appears that the reference lacks.
+The reference is a processor run without a broker over the same messages (window closes
+depend on event time and partition only, not on batching), or an uninterrupted worker run
+where the table's final state is compared too.
+
+Every wait is bounded; workers come from ``worker_factory`` and are always stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingest.adapters import to_wire_bytes
+from ingest.generator import generate_clickstream
+from ops import kafka_local
+from settings import Settings
+from stream.codec import decode_clock, decode_user
+from stream.processor import META_PREFIX, partition_of
+from tests.conftest import _unavailable, run_sync, unique_name
+from tests.stream.test_worker_kafka import last_event_per_partition, report, window_close
+from tests.stream.worker_harness import (
+    FAST_REJOIN,
+    Record,
+    WorkerProcess,
+    end_offsets,
+    produce,
+    read_topic,
+    wait_until_done,
+    worker_settings,
+)
+
+WorkerFactory = Callable[..., WorkerProcess]
+Key = tuple[str, int]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def fresh_topics(base: Settings, prefix: str) -> Settings:
+    """``base`` with an app id and application topics of its own, created on its broker."""
+    suffix = unique_name(prefix)
+    s = base.with_overrides(
+        app_id=f"clicksignals-{suffix}",
+        topic_clickstream=f"clickstream-{suffix}",
+        topic_demand=f"demand-signals-{suffix}",
+        topic_churn=f"churn-risk-{suffix}",
+        topic_dead_letter=f"clickstream-dlq-{suffix}",
+        topic_bid_adjustments=f"bid-adjustments-{suffix}",
+        topic_churn_alerts=f"churn-alerts-{suffix}",
+    )
+    run_sync(kafka_local.ensure_topics(s))
+    return s
+
+
+def metric_samples(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The worker's ``/metrics`` as sample name -> [(labels, value)] (empty if unreachable)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(worker.url + "/metrics", timeout=2.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def held_partitions(worker: WorkerProcess) -> set[int]:
+    """Clickstream partitions the worker reports consumer lag for, i.e. holds as active."""
+    topic = worker.settings.topic_clickstream
+    return {
+        int(labels["partition"])
+        for labels, _ in metric_samples(worker).get("clicksignals_consumer_lag", [])
+        if labels.get("topic") == topic
+    }
+
+
+def events_in(worker: WorkerProcess) -> float:
+    samples = metric_samples(worker).get("clicksignals_events_in_total", [])
+    return sum(value for _, value in samples)
+
+
+def wait_for(
+    what: str, condition: Callable[[], bool], timeout_s: float, workers: Sequence[WorkerProcess]
+) -> float:
+    """Poll ``condition`` until true; returns seconds waited. Fails if a worker died."""
+    t0 = time.monotonic()
+    while not condition():
+        for w in workers:
+            if not w.alive():
+                raise w.fail(f"worker {w.name} died while waiting for {what}")
+        if time.monotonic() - t0 > timeout_s:
+            raise workers[0].fail(f"{what}: not reached after {timeout_s:.0f} s")
+        time.sleep(0.25)
+    return time.monotonic() - t0
+
+
+def output_count(settings: Settings, topic: str) -> int:
+    return sum(run_sync(end_offsets(settings, [topic])).values())
+
+
+@dataclass
+class PacedProducer:
+    """Produces ``records`` in ``chunks`` chunks ``pause_s`` apart from a background thread, so
+    that faults can be injected while the stream is still arriving."""
+
+    settings: Settings
+    records: Sequence[tuple[bytes | None, bytes]]
+    chunks: int = 10
+    pause_s: float = 1.0
+    error: BaseException | None = None
+    sent: int = 0
+    thread: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="paced-producer", daemon=True)
+
+    def _run(self) -> None:
+        size = -(-len(self.records) // self.chunks)
+        try:
+            for i in range(0, len(self.records), size):
+                chunk = list(self.records[i : i + size])
+                run_sync(produce(self.settings, self.settings.topic_clickstream, chunk))
+                self.sent += len(chunk)
+                time.sleep(self.pause_s)
+        except BaseException as exc:  # reported by join()
+            self.error = exc
+
+    def start(self) -> PacedProducer:
+        self.thread.start()
+        return self
+
+    def join(self, timeout_s: float) -> None:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), f"producer still running after {timeout_s} s"
+        if self.error is not None:
+            raise self.error
+
+
+def table_state(settings: Settings) -> dict[str, bytes]:
+    """The table's final state: the last value of every key in its changelog topic."""
+    topic = f"{settings.app_id}-user-state-changelog"
+    state: dict[str, bytes] = {}
+    for record in run_sync(read_topic(settings, topic)):
+        assert record.key is not None
+        key = record.key.decode()
+        if key.startswith('"'):  # a str key may arrive JSON-encoded by Faust's key codec
+            key = json.loads(key)
+        state[key] = record.value
+    return state
+
+
+def decoded(state: dict[str, bytes]) -> dict[str, Any]:
+    """Table state in comparable form (the encoded bytes are compared as well)."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.startswith(META_PREFIX):
+            clock = decode_clock(value)
+            out[key] = (clock.max_event_ms, clock.closed_through)
+        else:
+            record = decode_user(value)
+            out[key] = (record.state.last_event_ms, record.state.closed_through, record.seen)
+    return out
+
+
+@dataclass(frozen=True)
+class Completeness:
+    signals: int
+    keys: int
+    duplicates: int
+
+
+def assert_complete(
+    settings: Settings, reference: dict[str, dict[Key, tuple[str, float]]], label: str
+) -> dict[str, Completeness]:
+    """Every window-close signal of the reference, at least once, with its id and score.
+
+    ``reference``: kind (demand/churn) -> (user, window end) -> (signal_id, score).
+    """
+    figures = {}
+    for kind, topic, score in (
+        ("demand", settings.topic_demand, "expected_orders"),
+        ("churn", settings.topic_churn, "churn_probability"),
+    ):
+        signals = window_close(run_sync(read_topic(settings, topic)))
+        copies: dict[Key, set[tuple[str, float]]] = {}
+        for x in signals:
+            key = (x["user_id"], x["window_end_ms"])
+            copies.setdefault(key, set()).add((x["signal_id"], round(x[score], 5)))
+        expected = reference[kind]
+        missing = set(expected) - set(copies)
+        extra = set(copies) - set(expected)
+        assert not missing and not extra, (
+            f"{label} {kind}: {len(missing)} reference signals missing, {len(extra)} unexpected; "
+            f"e.g. {sorted(missing)[:3]} {sorted(extra)[:3]}"
+        )
+        differing = {k: v for k, v in copies.items() if v != {expected[k]}}
+        assert not differing, (
+            f"{label} {kind}: {len(differing)} signals whose copies differ from the reference "
+            f"(id or score), e.g. {list(differing.items())[:2]} vs "
+            f"{[expected[k] for k in list(differing)[:2]]}"
+        )
+        figures[kind] = Completeness(len(signals), len(copies), len(signals) - len(copies))
+    return figures
+
+
+def reference_of(settings: Settings) -> dict[str, dict[Key, tuple[str, float]]]:
+    """(user, window end) -> (signal_id, score) of a finished run's window-close signals."""
+    out: dict[str, dict[Key, tuple[str, float]]] = {}
+    for kind, topic, score in (
+        ("demand", settings.topic_demand, "expected_orders"),
+        ("churn", settings.topic_churn, "churn_probability"),
+    ):
+        signals = window_close(run_sync(read_topic(settings, topic)))
+        out[kind] = {
+            (x["user_id"], x["window_end_ms"]): (x["signal_id"], round(x[score], 5))
+            for x in signals
+        }
+        assert len(out[kind]) == len(signals), "the reference emitted a signal twice"
+    return out
+
+
+def follow_up_events(
+    frame_max_ms: int, users: Sequence[str], partitions: int
+) -> tuple[list[tuple[bytes | None, bytes]], dict[str, int]]:
+    """One view per user an hour after the stream's end: new events for every partition."""
+    records: list[tuple[bytes | None, bytes]] = []
+    times: dict[str, int] = {}
+    for i, user in enumerate(users):
+        t = frame_max_ms + 3_600_000 + i * 1000
+        times[user] = t
+        records.append(
+            (user.encode(), orjson.dumps({"event_time": t, "event_type": "view", "user_id": user}))
+        )
+    assert {partition_of(u.encode(), partitions) for u in users} == set(range(partitions))
+    return records, times
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Scale-out and failover
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
+    isolated_kafka_settings: Settings,
+    worker_factory: WorkerFactory,
+    tmp_path: Path,
+) -> None:
+    frame = generate_clickstream(n_users=600, days=120, seed=21)
+    records = to_wire_bytes(frame)
+    last_event_ms = last_event_per_partition(frame, isolated_kafka_settings.partitions)
+    common = {"lag_interval_s": 0.5, "store_url": "memory://"}
+
+    # Reference: one worker, uninterrupted.
+    ref = worker_settings(isolated_kafka_settings, tmp_path / "ref", **common)
+    t0 = time.monotonic()
+    reference = worker_factory(ref, "reference").start()
+    reference.wait_ready()
+    run_sync(produce(ref, ref.topic_clickstream, records))
+    wait_until_done(reference, expect_min_source=len(records))
+    reference.stop()
+    expected = reference_of(ref)
+    state_ref = table_state(ref)
+    report(
+        f"failover: reference {len(records)} events -> {len(expected['demand'])} window-close "
+        f"demand signals, {len(state_ref)} table keys in {time.monotonic() - t0:.1f} s"
+    )
+    assert len(expected["demand"]) > 1000
+
+    # Two workers in one group, standby replicas on (the app's table_standby_replicas=1).
+    s = fresh_topics(ref, "failover")
+    one = worker_factory(worker_settings(s, tmp_path / "w1", **common), "w1", FAST_REJOIN)
+    two = worker_factory(worker_settings(s, tmp_path / "w2", **common), "w2", FAST_REJOIN)
+    one.start()
+    two.start()
+    one.wait_ready()
+    two.wait_ready()
+    wait_for(
+        "both workers hold clickstream partitions",
+        lambda: (
+            bool(held_partitions(one))
+            and bool(held_partitions(two))
+            and held_partitions(one) | held_partitions(two) == set(range(s.partitions))
+        ),
+        60,
+        [one, two],
+    )
+    before = (sorted(held_partitions(one)), sorted(held_partitions(two)))
+    report(f"failover: assignment w1 {before[0]}, w2 {before[1]}")
+
+    producer = PacedProducer(s, records, chunks=12, pause_s=0.5).start()
+    total = len(expected["demand"])
+    wait_for(
+        "a third of the stream processed",
+        lambda: output_count(s, s.topic_demand) >= total // 3,
+        120,
+        [one, two],
+    )
+    two_in = events_in(two)
+    assert two_in > 0, "w2 processed nothing before it was killed"
+    two.kill()
+    killed_at = time.monotonic()
+    report(f"failover: killed w2 after it consumed {two_in:.0f} messages; {producer.sent} sent")
+    takeover = wait_for(
+        "w1 holds every partition",
+        lambda: held_partitions(one) == set(range(s.partitions)),
+        90,
+        [one],
+    )
+    producer.join(120)
+    wait_until_done(one, expect_min_source=len(records), last_event_ms=last_event_ms)
+    finished = time.monotonic() - killed_at
+    report(
+        f"failover: w1 took over all partitions {takeover:.1f} s after the kill, finished "
+        f"{finished:.1f} s after it (lag at the end {one.final_lag})"
+    )
+
+    figures = assert_complete(s, expected, "failover")
+    for kind, f in figures.items():
+        report(f"failover: {kind}: {f.signals} window-close signals, {f.duplicates} duplicates")
+    assert not run_sync(read_topic(s, s.topic_dead_letter)), "redelivered events dead-lettered"
+    state = table_state(s)
+    assert decoded(state) == decoded(state_ref)
+    assert state == state_ref
+
+    # The killed worker comes back: partitions are shared again and it processes new events.
+    users = list(dict.fromkeys(frame.user_id.astype(str)))[:40]
+    follow, times = follow_up_events(int(frame.event_time_ms.max()), users, s.partitions)
+    t1 = time.monotonic()
+    two.start()
+    two.wait_ready()
+    rebalance = wait_for(
+        "w2 holds partitions again",
+        lambda: (
+            bool(held_partitions(two))
+            and held_partitions(one) | held_partitions(two) == set(range(s.partitions))
+            and not held_partitions(one) & held_partitions(two)
+        ),
+        90,
+        [one, two],
+    )
+    mine = held_partitions(two)
+    report(f"failover: w2 restarted, holds {sorted(mine)} {time.monotonic() - t1:.1f} s later")
+    run_sync(produce(s, s.topic_clickstream, follow))
+    want = {(u, times[u]) for u in users}
+
+    def scored() -> bool:
+        demand = run_sync(read_topic(s, s.topic_demand))
+        got = {(x["user_id"], x["window_end_ms"]) for x in map(Record.json, demand)}
+        return want <= got
+
+    wait_for("an activity signal for every new event", scored, 60, [one, two])
+    mine_users = [u for u in users if partition_of(u.encode(), s.partitions) in mine]
+    assert mine_users and events_in(two) >= len(mine_users), "w2 processed none of its events"
+    report(f"failover: rebalance back took {rebalance:.1f} s; {len(follow)} new events scored")
+
+
+# --------------------------------------------------------------------------------------------
+# Dedicated broker (for the restart test)
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dedicated_broker(base: Settings, data_dir: Path) -> Iterator[kafka_local.BrokerState]:
+    try:
+        state = kafka_local.start(base, data_dir, port=None, timeout_s=90.0)
+    except Exception as exc:  # missing java, port trouble: same rule as the session broker
+        with contextlib.suppress(Exception):
+            kafka_local.stop(data_dir)
+        _unavailable(f"could not start a dedicated broker: {exc}")
+    try:
+        yield state
+    finally:
+        kafka_local.stop(data_dir)
