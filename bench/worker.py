@@ -41,7 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,8 +74,10 @@ class BenchConfig:
     partitions: int = 4
     days: int = 56
     seed: int = 7
-    latency_seconds: float = 60.0
-    latency_fraction: float = 0.5
+    latency_seconds: float = 45.0
+    latency_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    naive_events: int = 100_000
+    """The naive pattern runs on the first ``naive_events`` events (it is ~10x slower)."""
     stores: tuple[str, ...] = ("memory",)
     quick: bool = False
     out_dir: Path = REPO / "bench" / "results"
@@ -83,43 +85,64 @@ class BenchConfig:
     keep_data: bool = False
     stall_timeout_s: float = 120.0
     verbose: bool = False
+    bootstrap: str | None = None
+    """Use this running broker (host:port) instead of starting one (the smoke test does)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> BenchConfig:
     p = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.split("\n")[0])
+    add_common_args(p)
+    a = p.parse_args(argv)
+    return config_from_args(p, a)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``python -m bench.worker`` and ``python -m bench``."""
     p.add_argument("--events", type=int, help="events pre-loaded (default 1,000,000)")
     p.add_argument("--users", type=int, help="generator users (default 100,000)")
     p.add_argument("--partitions", type=int, help="partitions of every topic (default 4)")
     p.add_argument("--days", type=int, help="generated time span in days (default 56)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--latency-seconds", type=float, help="length of the latency phase (60)")
+    p.add_argument("--naive-events", type=int, help="events for the naive pattern (100,000)")
+    p.add_argument("--latency-seconds", type=float, help="send time per latency rate (45)")
     p.add_argument(
-        "--latency-fraction",
-        type=float,
-        default=0.5,
-        help="latency-phase send rate as a fraction of the measured worker rate (0.5)",
-    )
-    p.add_argument(
-        "--stores",
-        help="comma-separated worker stores to measure: memory, rocksdb (default both; "
-        "memory only with --quick; the first one sets the latency phase's rate)",
+        "--latency-fractions",
+        help="latency send rates as fractions of the measured worker rate (0.25,0.5,0.75)",
     )
     p.add_argument("--quick", action="store_true", help="tiny smoke configuration (< 1 min)")
-    p.add_argument("--out", type=Path, help="where worker.json / worker.md go")
+    p.add_argument("--out", type=Path, help="where the results go")
+    p.add_argument("--bootstrap", help="use this running broker (host:port), start none")
     p.add_argument("--keep-data", action="store_true", help="keep the broker's topic data")
     p.add_argument("-v", "--verbose", action="store_true")
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--stores",
+        help="comma-separated worker stores to measure: memory, rocksdb (default memory; "
+        "the first one sets the latency phase's rates)",
+    )
+
+
+def config_from_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> BenchConfig:
     if a.quick:
         base = BenchConfig(
-            events=20_000,
-            users=2_000,
-            latency_seconds=5.0,
+            events=10_000,
+            users=1_000,
+            naive_events=1_000,
+            latency_seconds=3.0,
+            latency_fractions=(0.5,),
             out_dir=REPO / "var" / "bench" / "quick",
             stall_timeout_s=45.0,
             quick=True,
         )
     else:
-        base = BenchConfig(stores=("memory", "rocksdb"))
+        base = BenchConfig()
+    fractions = base.latency_fractions
+    if a.latency_fractions:
+        try:
+            fractions = tuple(float(x) for x in a.latency_fractions.split(","))
+        except ValueError:
+            p.error(f"--latency-fractions: not numbers: {a.latency_fractions!r}")
+    stores = tuple(s.strip() for s in a.stores.split(",")) if getattr(a, "stores", None) else ()
+    stores = stores or base.stores
     stores = tuple(s.strip() for s in a.stores.split(",")) if a.stores else base.stores
     for s in stores:
         if s not in ("memory", "rocksdb"):
@@ -134,7 +157,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
         days=a.days or base.days,
         seed=a.seed,
         latency_seconds=a.latency_seconds or base.latency_seconds,
-        latency_fraction=a.latency_fraction,
+        latency_fractions=fractions,
+        naive_events=a.naive_events or base.naive_events,
         stores=stores,
         quick=base.quick,
         out_dir=(a.out or base.out_dir).resolve(),
@@ -142,6 +166,7 @@ def parse_args(argv: Sequence[str] | None) -> BenchConfig:
         keep_data=a.keep_data,
         stall_timeout_s=base.stall_timeout_s,
         verbose=a.verbose,
+        bootstrap=a.bootstrap,
     )
 
 
@@ -176,12 +201,14 @@ def _worker_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def start_worker(name: str, settings: Settings, log_path: Path) -> Worker:
+def start_worker(
+    name: str, settings: Settings, log_path: Path, app_module: str = "stream.app"
+) -> Worker:
     faust = Path(sys.executable).with_name("faust")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as handle:
         proc = subprocess.Popen(
-            [str(faust), "-A", "stream.app", "worker", "-l", "info"],
+            [str(faust), "-A", app_module, "worker", "-l", "info"],
             env=_worker_env(settings),
             cwd=REPO,
             stdin=subprocess.DEVNULL,
@@ -264,7 +291,7 @@ class CpuMark:
     machine: float | None
 
     @classmethod
-    def take(cls, t: float, worker_pid: int, broker_pid: int) -> CpuMark:
+    def take(cls, t: float, worker_pid: int, broker_pid: int | None) -> CpuMark:
         return cls(
             t,
             cpu_seconds(worker_pid),
@@ -294,8 +321,10 @@ class CpuMark:
         return out
 
 
-def cpu_seconds(pid: int) -> float | None:
+def cpu_seconds(pid: int | None) -> float | None:
     """utime + stime of ``pid`` (its threads included) from /proc, in seconds."""
+    if pid is None:
+        return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -498,7 +527,9 @@ def log_findings(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def run_processor_only(settings: Settings, records: Sequence[Record]) -> dict[str, Any]:
+def run_processor_only(
+    settings: Settings, records: Sequence[Record], keep_states: dict[str, bytes] | None = None
+) -> dict[str, Any]:
     """The worker's logic in this process: the same events through :class:`Processor` with a
     dict store, in micro-batches of ``batch_size``, signals serialised as the agent does.
 
@@ -545,6 +576,8 @@ def run_processor_only(settings: Settings, records: Sequence[Record]) -> dict[st
         calls += 1 if out.scored else 0
         ort += out.inference_seconds
     seconds = time.perf_counter() - t0
+    if keep_states is not None:  # the state phase measures and clones these
+        keep_states.update(store.data)
     return {
         "events": len(messages),
         "seconds": seconds,
@@ -565,7 +598,12 @@ def run_processor_only(settings: Settings, records: Sequence[Record]) -> dict[st
 
 
 async def run_ceiling(
-    settings: Settings, in_topic: str, out_topic: str, n: int, stall_s: float, broker_pid: int
+    settings: Settings,
+    in_topic: str,
+    out_topic: str,
+    n: int,
+    stall_s: float,
+    broker_pid: int | None,
 ) -> dict[str, Any]:
     kw = settings.kafka_client_kwargs()
     consumer = AIOKafkaConsumer(
@@ -669,17 +707,22 @@ async def run_worker_throughput(
     run_dir: Path,
     store: str,
     records: Sequence[Record],
-    broker_pid: int,
+    broker_pid: int | None,
+    *,
+    name: str | None = None,
+    app_module: str = "stream.app",
 ) -> dict[str, Any]:
-    s = phase_settings(base, f"{run_dir.name}-{store}", run_dir, store_url=f"{store}://")
+    """Pre-load ``records``, start ``faust -A app_module worker``, time it through them."""
+    name = name or store
+    s = phase_settings(base, f"{run_dir.name}-{name}", run_dir, store_url=f"{store}://")
     await kafka_local.ensure_topics(s)
-    log.info("[%s] pre-loading %d events into %s", store, len(records), s.topic_clickstream)
+    log.info("[%s] pre-loading %d events into %s", name, len(records), s.topic_clickstream)
     preload_s = await preload(s, s.topic_clickstream, records)
     total = (await end_offsets(s, [s.topic_clickstream], cfg.partitions))[s.topic_clickstream]
     if total != len(records):
         raise RuntimeError(f"{s.topic_clickstream} holds {total} records, wanted {len(records)}")
 
-    worker = start_worker(store, s, run_dir / f"worker-{store}.log")
+    worker = start_worker(name, s, run_dir / f"worker-{name}.log", app_module)
     try:
         t_start = time.perf_counter()
         ready_s = await wait_worker_ready(worker)
@@ -741,13 +784,20 @@ async def run_worker_throughput(
     cores = None
     if "first" in cpu_marks and "processed" in cpu_marks:
         cores = cpu_marks["processed"].cores_since(cpu_marks["first"])
+    ort_s = metrics["ort_seconds"]
     return {
         "store": store,
+        "name": name,
+        "app": app_module,
         "app_id": s.app_id,
         "events": total,
+        # ONNX Runtime inside the worker: sequences scored per second of Scorer.score time.
+        "ort_sequences_per_s": metrics["sequences_scored"] / ort_s if ort_s else None,
         "preload_seconds": preload_s,
         "worker_ready_seconds": ready_s,
-        "events_per_s": committed_rate["events_per_s"] if committed_rate else None,
+        # Committed offsets are the headline; a run shorter than Faust's commit interval
+        # (a smoke run) has no committed rate, so the processed counter stands in.
+        "events_per_s": (committed_rate or processed_rate or {}).get("events_per_s"),
         "committed": committed_rate,
         "processed": processed_rate,
         "cores_used": cores,
@@ -786,10 +836,11 @@ async def run_latency(
     run_dir: Path,
     records: Sequence[Record],
     rate: float,
+    tag: str = "latency",
 ) -> dict[str, Any]:
     s = phase_settings(
         base,
-        f"{run_dir.name}-latency",
+        f"{run_dir.name}-{tag}",
         run_dir,
         store_url="memory://",
         fresh_signal_min_interval_s=0.0,
@@ -797,7 +848,7 @@ async def run_latency(
     n = min(len(records), max(1, round(rate * cfg.latency_seconds)))
     events = records[:n]
     await kafka_local.ensure_topics(s)
-    worker = start_worker("latency", s, run_dir / "worker-latency.log")
+    worker = start_worker(tag, s, run_dir / f"worker-{tag}.log")
     kw = s.kafka_client_kwargs()
     consumer = AIOKafkaConsumer(
         s.topic_demand, **kw, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=100
@@ -928,6 +979,7 @@ async def run_latency(
     # The same percentiles without the first 5 s of sending (start-up transient).
     steady = np.array([x for x, t in zip(lat, sent_at, strict=True) if t >= 5.0]) * 1000.0
     return {
+        "name": tag,
         "app_id": s.app_id,
         "target_rate": rate,
         "achieved_send_rate": n / send_seconds,
@@ -955,6 +1007,8 @@ async def run_latency(
         "last_signal_s": last_s,
         "effective_rate": n / last_s if last_s > 0 else None,
         "by_send_second": {"columns": ["second", "events", "p50_ms", "p99_ms"], "rows": by_second},
+        # Every matched latency (ms, send order), for the distribution plot.
+        "latencies_ms": [round(float(x), 2) for x in arr_by_time],
         "metrics": metrics,
         "log": log_findings(worker.log_path),
         "log_path": str(worker.log_path),
@@ -1019,10 +1073,11 @@ def _fmt(x: float | None, digits: int = 0) -> str:
 
 def problems(result: dict[str, Any]) -> list[str]:
     found = []
-    for run in [*result.get("worker", []), result.get("latency") or {}]:
+    naive = [result["naive"]] if result.get("naive") else []
+    for run in [*result.get("worker", []), *naive, *(result.get("latency") or [])]:
         if not run:
             continue
-        name = run.get("store", "latency")
+        name = run.get("name") or run.get("store", "latency")
         counts = run["log"]["counts"]
         if counts["ERROR"] or counts["CRITICAL"] or counts["Traceback"]:
             found.append(
@@ -1054,21 +1109,21 @@ def problems(result: dict[str, Any]) -> list[str]:
                 f"worker {run['store']}: {run['signals_out']['demand']:,} demand signals, the "
                 f"in-process Processor gave {proc['signals_out']['demand']:,} for the same events"
             )
-    lat = result.get("latency")
-    if lat:
+    for lat in result.get("latency") or []:
         if lat["matched"] < lat["events_sent"]:
             found.append(
-                f"latency: only {lat['matched']} of {lat['events_sent']} events matched a signal"
+                f"{lat['name']}: only {lat['matched']} of {lat['events_sent']} events matched "
+                "a signal"
             )
         if lat["achieved_send_rate"] < 0.95 * lat["target_rate"]:
             found.append(
-                f"latency: sent at {lat['achieved_send_rate']:,.0f}/s, target "
+                f"{lat['name']}: sent at {lat['achieved_send_rate']:,.0f}/s, target "
                 f"{lat['target_rate']:,.0f}/s (the bench process could not keep the pace)"
             )
         first, last = lat.get("p50_first_tenth_ms"), lat.get("p50_last_tenth_ms")
         if first and last and last > 3 * first and last > 100:
             found.append(
-                f"latency: p50 grew from {first:.0f} ms (first tenth) to {last:.0f} ms (last "
+                f"{lat['name']}: p50 grew from {first:.0f} ms (first tenth) to {last:.0f} ms (last "
                 "tenth): the worker did not keep up at this rate"
             )
     load = result["machine"].get("load_average_start", (0, 0, 0))[0]
@@ -1107,22 +1162,41 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| processor alone (no Kafka, no Faust; same events, dict store) | "
             f"{_fmt(proc_only['events_per_s'])} events/s ({proc_only['seconds']:.1f} s) |"
         )
+    lines += worker_rows(result)
+    lines += ["", "Problems seen:" if result["problems"] else "Problems seen: none."]
+    lines += [f"- {p}" for p in result["problems"]]
+    lines += ["", "How these are measured: see `bench/README.md`.", ""]
+    return "\n".join(lines)
+
+
+def worker_rows(result: dict[str, Any]) -> list[str]:
+    """Markdown table rows of the worker, naive and latency phases."""
+    lines: list[str] = []
+    naive = result.get("naive")
     for run in result["worker"]:
         name = f"worker `{run['store']}://`"
         proc = run["processed"] or {}
         cores = run["cores_used"] or {}
+        micro = run.get("ort_microbench") or {}
         lines += [
             f"| {name}: events/s (committed offsets) | **{_fmt(run['events_per_s'])}** "
             f"(processed counter: {_fmt(proc.get('events_per_s'))}) |",
             f"| {name}: worker / ceiling | **{_fmt(run['ratio_to_ceiling'], 3)}** "
-            f"(worker / processor alone: {_fmt(run.get('ratio_to_processor'), 2)}) |",
+            f"(target ≥ 0.5; worker / processor alone: "
+            f"{_fmt(run.get('ratio_to_processor'), 2)}) |",
+            f"| {name}: worker / naive pattern | **{_fmt(run.get('ratio_to_naive'), 1)}** "
+            "(target ≥ 5) |",
             f"| {name}: mean micro-batch size | {_fmt(run['metrics']['mean_batch_size'], 1)} |",
             f"| {name}: mean sequences per ONNX Runtime call | "
             f"{_fmt(run['metrics']['mean_sequences_per_ort_call'], 1)} "
             f"({run['metrics']['ort_calls']:,} calls, "
             f"{_fmt(run['metrics']['mean_ort_call_ms'], 2)} ms each) |",
+            f"| {name}: ORT in the worker vs microbenchmark at batch {micro.get('batch', '—')} | "
+            f"{_fmt(run.get('ort_sequences_per_s'))} vs "
+            f"{_fmt(micro.get('microbench_sequences_per_s'))} sequences/s: "
+            f"**{_fmt(micro.get('ratio'), 2)}** (target ≥ 0.7) |",
             f"| {name}: ORT share of batch processing time | "
-            f"{_fmt(100 * run['ort_share_of_batch_time'], 1)} % |",
+            f"{_fmt(100 * (run['ort_share_of_batch_time'] or 0), 1)} % |",
             f"| {name}: CPU cores used (worker / broker / others) | "
             f"{_fmt(cores.get('worker'), 2)} / {_fmt(cores.get('broker'), 2)} / "
             f"{_fmt(cores.get('others'), 2)} |",
@@ -1133,33 +1207,36 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{run['signals_out']['demand']:,} / {run['signals_out']['churn']:,} / "
             f"{run['signals_out']['dead_letters']:,} |",
         ]
-    lat = result.get("latency")
-    if lat:
-        after = lat.get("after_5s") or {}
+    if naive:
         lines += [
-            f"| latency at {_fmt(lat['target_rate'])} events/s "
-            f"({100 * c['latency_fraction']:.0f} % of worker rate), event → activity signal: "
-            f"p50 / p99 / p99.9 | **{_fmt(lat['p50_ms'], 1)} / {_fmt(lat['p99_ms'], 1)} / "
-            f"{_fmt(lat['p999_ms'], 1)} ms** (max {_fmt(lat['max_ms'], 1)}) |",
+            f"| naive pattern (`bench.naive_app`: per event 1 table write + batch-1 ORT call), "
+            f"first {naive['events']:,} events | **{_fmt(naive['events_per_s'])} events/s** "
+            f"(ORT {_fmt(naive['metrics']['mean_ort_call_ms'], 3)} ms per call; "
+            f"{naive['log'].get('producer_buffer_full', 0):,} producer-buffer waits) |",
+        ]
+    for lat in result.get("latency") or []:
+        after = lat.get("after_5s") or {}
+        pct = f"{100 * lat['fraction']:.0f} %"
+        lines += [
+            f"| latency at {_fmt(lat['target_rate'])} events/s ({pct} of worker rate), event → "
+            f"activity signal: p50 / p99 / p99.9 | **{_fmt(lat['p50_ms'], 1)} / "
+            f"{_fmt(lat['p99_ms'], 1)} / {_fmt(lat['p999_ms'], 1)} ms** "
+            f"(max {_fmt(lat['max_ms'], 1)}; {lat['matched']:,}/{lat['events_sent']:,} matched) |",
             *(
                 [
-                    f"| latency without the first 5 s of sending: p50 / p99 / p99.9 | "
+                    f"| latency at {pct}, without the first 5 s: p50 / p99 / p99.9 | "
                     f"{_fmt(after['p50_ms'], 1)} / {_fmt(after['p99_ms'], 1)} / "
                     f"{_fmt(after['p999_ms'], 1)} ms (max {_fmt(after['max_ms'], 1)}) |"
                 ]
                 if after.get("matched")
                 else []
             ),
-            f"| latency: events sent / matched | {lat['events_sent']:,} / {lat['matched']:,} "
-            f"(sent at {_fmt(lat['achieved_send_rate'])}/s for {lat['send_seconds']:.1f} s) |",
-            f"| latency: mean batch size / sequences per ORT call | "
+            f"| latency at {pct}: sent at / mean batch size / sequences per ORT call | "
+            f"{_fmt(lat['achieved_send_rate'])}/s for {lat['send_seconds']:.1f} s / "
             f"{_fmt(lat['metrics']['mean_batch_size'], 1)} / "
             f"{_fmt(lat['metrics']['mean_sequences_per_ort_call'], 1)} |",
         ]
-    lines += ["", "Problems seen:" if result["problems"] else "Problems seen: none."]
-    lines += [f"- {p}" for p in result["problems"]]
-    lines += ["", "How these are measured: see `bench/README.md`.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -1168,7 +1245,11 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 
 async def run_all(
-    cfg: BenchConfig, settings: Settings, run_dir: Path, broker_pid: int
+    cfg: BenchConfig,
+    settings: Settings,
+    run_dir: Path,
+    broker_pid: int | None,
+    keep_states: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
     log.info("generating %d events over %d users and %d days", cfg.events, cfg.users, cfg.days)
     data = await asyncio.to_thread(make_dataset, cfg)
@@ -1195,7 +1276,10 @@ async def run_all(
     # 0. the processor alone (broker idle)
     log.info("[processor] %d events through the Processor in this process", len(data.records))
     result["processor"] = await asyncio.to_thread(
-        run_processor_only, settings.with_overrides(app_id=f"{run_dir.name}-proc"), data.records
+        run_processor_only,
+        settings.with_overrides(app_id=f"{run_dir.name}-proc"),
+        data.records,
+        keep_states,
     )
     log.info("[processor] %.0f events/s", result["processor"]["events_per_s"])
 
@@ -1226,6 +1310,7 @@ async def run_all(
         run["ratio_to_processor"] = rate / result["processor"]["events_per_s"] if rate else None
         bs = run["metrics"]["batch_seconds"]
         run["ort_share_of_batch_time"] = run["metrics"]["ort_seconds"] / bs if bs else None
+        run["ort_microbench"] = await worker_ort_vs_microbench(run)
         result["worker"].append(run)
         log.info(
             "[%s] %s events/s, mean batch %.1f, %.1f sequences per ORT call",
@@ -1235,23 +1320,120 @@ async def run_all(
             run["metrics"]["mean_sequences_per_ort_call"] or 0,
         )
 
-    # 3. latency at a fraction of the first store's rate
-    worker_rate = result["worker"][0]["events_per_s"] if result["worker"] else None
-    if worker_rate:
-        target = worker_rate * cfg.latency_fraction
-        log.info("[latency] %.0f events/s for %.0f s", target, cfg.latency_seconds)
-        result["latency"] = await run_latency(cfg, settings, run_dir, data.records, target)
-        lat = result["latency"]
+    # 2b. the naive pattern (per-event table write + batch-1 ORT call) on the first events
+    naive_records = data.records[: cfg.naive_events]
+    naive = await run_worker_throughput(
+        cfg,
+        settings,
+        run_dir,
+        "memory",
+        naive_records,
+        broker_pid,
+        name="naive",
+        app_module="bench.naive_app",
+    )
+    naive["ratio_to_ceiling"] = (
+        naive["events_per_s"] / result["ceiling"]["events_per_s"] if naive["events_per_s"] else None
+    )
+    result["naive"] = naive
+    log.info("[naive] %s events/s on %d events", _fmt(naive["events_per_s"]), len(naive_records))
+    for run in result["worker"]:
+        run["ratio_to_naive"] = (
+            run["events_per_s"] / naive["events_per_s"]
+            if run["events_per_s"] and naive["events_per_s"]
+            else None
+        )
+
+    # 3. latency at fractions of the first store's rate
+    worker_rate: float = (result["worker"][0]["events_per_s"] if result["worker"] else 0) or 0
+    result["latency"] = []
+    for fraction in cfg.latency_fractions if worker_rate else ():
+        target = worker_rate * fraction
+        tag = f"latency-{round(100 * fraction)}"
+        log.info("[%s] %.0f events/s for %.0f s", tag, target, cfg.latency_seconds)
+        lat = await run_latency(cfg, settings, run_dir, data.records, target, tag)
+        lat["fraction"] = fraction
+        result["latency"].append(lat)
         log.info(
-            "[latency] p50 %s ms, p99 %s ms, p99.9 %s ms (%d matched)",
+            "[%s] p50 %s ms, p99 %s ms, p99.9 %s ms (%d matched)",
+            tag,
             _fmt(lat["p50_ms"], 1),
             _fmt(lat["p99_ms"], 1),
             _fmt(lat["p999_ms"], 1),
             lat["matched"],
         )
-    else:
-        result["latency"] = None
     return result
+
+
+async def worker_ort_vs_microbench(run: dict[str, Any]) -> dict[str, Any] | None:
+    """ORT in the bench process at the worker's mean batch size, beside the worker's figure.
+
+    Run after the worker stopped, so the microbenchmark has the core to itself.
+    """
+    from bench.inference import ort_at_batch
+
+    mean = run["metrics"]["mean_sequences_per_ort_call"]
+    if not mean:
+        return None
+    batch = max(1, round(mean))
+    micro = await asyncio.to_thread(ort_at_batch, batch, 1.0)
+    worker = run["ort_sequences_per_s"]
+    return {
+        "batch": batch,
+        "microbench_sequences_per_s": micro["sequences_per_s"],
+        "microbench_ms_per_call": micro["ms_per_call"],
+        "worker_sequences_per_s": worker,
+        "ratio": worker / micro["sequences_per_s"] if worker else None,
+    }
+
+
+def new_run_dir(cfg: BenchConfig) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = (cfg.work_root / f"w{stamp}-{os.getpid()}").resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def base_settings(cfg: BenchConfig) -> Settings:
+    return load_settings().with_overrides(
+        partitions=cfg.partitions,
+        replication_factor=1,
+        model_dir=(REPO / load_settings().model_dir).resolve(),
+        web_host="127.0.0.1",
+        log_format="text",
+    )
+
+
+@contextlib.contextmanager
+def bench_broker(
+    cfg: BenchConfig, base: Settings, run_dir: Path
+) -> Iterator[tuple[Settings, int | None]]:
+    """The broker of one run: ``--bootstrap`` if given, else our own one in ``run_dir/kafka``.
+
+    On the way out (whatever happened) every worker we started is stopped, our broker too, and
+    its topic data and the workers' data dirs are deleted unless ``--keep-data``.
+    """
+    kafka_dir = run_dir / "kafka"
+    state = None
+    try:
+        if cfg.bootstrap:
+            yield base.with_overrides(broker_url=f"kafka://{cfg.bootstrap}"), None
+        else:
+            state = kafka_local.start(base, kafka_dir, port=kafka_local.free_port(), timeout_s=90)
+            settings = base.with_overrides(broker_url=state.broker_url, kafka_data_dir=kafka_dir)
+            yield settings, state.pid
+    finally:
+        for worker in list(_WORKERS):
+            with contextlib.suppress(Exception):
+                stop_worker(worker)
+        if state is not None:
+            with contextlib.suppress(Exception):
+                kafka_local.stop(kafka_dir)
+        if not cfg.keep_data:
+            shutil.rmtree(kafka_dir / kafka_local.LOG_DIRS, ignore_errors=True)
+            for child in run_dir.iterdir() if run_dir.exists() else ():
+                if child.is_dir() and child.name != "kafka":
+                    shutil.rmtree(child, ignore_errors=True)  # worker data dirs
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -1268,40 +1450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if inherited as ignored
 
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = (cfg.work_root / f"w{stamp}-{os.getpid()}").resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    kafka_dir = run_dir / "kafka"
+    run_dir = new_run_dir(cfg)
     started = dt.datetime.now(dt.UTC)
     machine = machine_info()
-    base = load_settings().with_overrides(
-        partitions=cfg.partitions,
-        replication_factor=1,
-        model_dir=(REPO / load_settings().model_dir).resolve(),
-        web_host="127.0.0.1",
-        log_format="text",
-    )
-    state = None
+    base = base_settings(cfg)
     t0 = time.perf_counter()
     try:
-        state = kafka_local.start(base, kafka_dir, port=kafka_local.free_port(), timeout_s=90)
-        settings = base.with_overrides(broker_url=state.broker_url, kafka_data_dir=kafka_dir)
-        result = asyncio.run(run_all(cfg, settings, run_dir, state.pid))
+        with bench_broker(cfg, base, run_dir) as (settings, broker_pid):
+            result = asyncio.run(run_all(cfg, settings, run_dir, broker_pid))
     except KeyboardInterrupt:
         log.warning("interrupted: stopping workers and the broker")
         return 130
-    finally:
-        for worker in list(_WORKERS):
-            with contextlib.suppress(Exception):
-                stop_worker(worker)
-        if state is not None:
-            with contextlib.suppress(Exception):
-                kafka_local.stop(kafka_dir)
-        if not cfg.keep_data:
-            shutil.rmtree(kafka_dir / kafka_local.LOG_DIRS, ignore_errors=True)
-            for child in run_dir.iterdir() if run_dir.exists() else ():
-                if child.is_dir() and child.name != "kafka":
-                    shutil.rmtree(child, ignore_errors=True)  # worker data dirs
 
     machine["load_average_end"] = os.getloadavg()
     result = {
@@ -1315,7 +1474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "days": cfg.days,
             "seed": cfg.seed,
             "latency_seconds": cfg.latency_seconds,
-            "latency_fraction": cfg.latency_fraction,
+            "latency_fractions": list(cfg.latency_fractions),
+            "naive_events": cfg.naive_events,
             "stores": list(cfg.stores),
             "quick": cfg.quick,
             "batch_size": base.batch_size,
