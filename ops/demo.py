@@ -315,6 +315,8 @@ class RunState:
     sent: int = 0
     replay_seconds: float | None = None
     started: float | None = None
+    terminated: bool = False
+    """SIGTERM arrived while the replay ran (the run was cancelled because of it)."""
 
 
 async def run_demo(
@@ -336,14 +338,28 @@ async def run_demo(
     def on_sent(n: int) -> None:
         state.sent = n
 
+    # SIGTERM is handled like asyncio.run handles Ctrl-C: cancel this task, so the finally
+    # below closes producer and collector in order (an exception raised from a plain signal
+    # handler could land anywhere in the loop, even inside that clean-up).
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_sigterm() -> None:
+        if state.terminated:
+            log.warning("SIGTERM: already shutting down, please wait")
+            return
+        state.terminated = True
+        main.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     view = LiveView(sys.stderr, quiet=args.quiet)
     ready, stop = asyncio.Event(), asyncio.Event()
     collector = asyncio.create_task(collect(settings, partitions, sink, ready, stop))
+    placed = asyncio.create_task(ready.wait())
     producer: asyncio.Task[float] | None = None
     try:
-        await asyncio.wait(
-            [collector, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait([collector, placed], return_when=asyncio.FIRST_COMPLETED)
         if collector.done():
             collector.result()  # the collector failed before it was placed: raise why
         started = state.started = time.perf_counter()
@@ -378,12 +394,17 @@ async def run_demo(
                 break
     finally:
         stop.set()
+        placed.cancel()
         if producer is not None and not producer.done():
             producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             if producer is not None:
                 await asyncio.gather(producer, return_exceptions=True)
             await collector
+        # Back to the synchronous handler before the loop closes (closing would reset SIGTERM
+        # to its default, which kills the demo before it stops its processes).
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 # --------------------------------------------------------------------------------------------
@@ -435,9 +456,10 @@ def _print_summary(summary: Mapping[str, Any], logs: list[Path]) -> None:
     rate_text = (
         f" ({summary['events_per_second']:,.0f} events/s)" if summary["events_per_second"] else ""
     )
+    took = f" in {summary['replay_seconds']}s" if summary["replay_seconds"] is not None else ""
     print(
-        f"events replayed: {summary['events_sent']:,} of {summary['events']:,} in "
-        f"{summary['replay_seconds']}s{rate_text}; wall time {summary['wall_seconds']}s"
+        f"events replayed: {summary['events_sent']:,} of {summary['events']:,}{took}"
+        f"{rate_text}; wall time {summary['wall_seconds']}s"
         + ("  [interrupted]" if summary["interrupted"] else "")
     )
     print(
@@ -475,8 +497,9 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
     with sigterm_as_interrupt():
         try:
             if not kafka_local._answers(settings.bootstrap_servers, timeout_s=2.0):
-                settings = _own_broker(settings, kafka_dir)
+                # Set first: an interrupt while the broker starts must still stop it.
                 started_broker = True
+                settings = _own_broker(settings, kafka_dir)
             else:
                 log.info("using the broker that answers at %s", settings.bootstrap_servers)
             shutil.rmtree(base / "worker", ignore_errors=True)  # in-memory tables: no state
@@ -497,7 +520,10 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
         except Terminated:
             interrupted = "SIGTERM"
         except KeyboardInterrupt:
-            interrupted = "SIGINT"
+            interrupted = "SIGTERM" if state.terminated else "SIGINT"
+        except asyncio.CancelledError:
+            # run_demo cancelled by its SIGTERM handler (Ctrl-C arrives as KeyboardInterrupt).
+            interrupted = "SIGTERM" if state.terminated else "SIGINT"
         except (RuntimeError, kafka_local.KafkaLocalError, OSError) as exc:
             log.error("demo failed: %s", exc)
             failed = True
