@@ -1,0 +1,193 @@
+"""Model hot swap without a broker: :class:`stream.model.ModelHolder` and the reload metrics.
+
+A "new version" is the shipped model copied to a temporary directory with another
+``model_version`` in its manifest (the sha256 covers ``model.onnx`` only, so the manifest may
+change freely); broken drops are the start-up faults (hash mismatch, missing files, another
+feature definition) plus one only a running worker has: another window grid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stream import metrics
+from stream.model import ModelHolder, directory_fingerprint
+from tests.stream.worker_harness import MODEL_DIR
+
+
+def edit_manifest(model_dir: Path, **changes: Any) -> None:
+    """Rewrite the manifest with ``changes`` (nested keys as ``window__length_ms``), by rename
+    as a deployment would."""
+    path = model_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for key, value in changes.items():
+        node = manifest
+        *parents, leaf = key.split("__")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, path)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, target)
+    return target
+
+
+def test_nothing_changed_nothing_happens(model_dir: Path) -> None:
+    holder = ModelHolder(model_dir)
+    before = holder.scorer
+    assert holder.poll().outcome == "unchanged"
+    assert holder.scorer is before
+
+
+def test_a_new_version_is_swapped_in_and_scores_like_its_files(model_dir: Path) -> None:
+    holder = ModelHolder(model_dir)
+    old = holder.scorer
+    edit_manifest(model_dir, model_version="m-next")
+    reload = holder.poll()
+    assert (reload.outcome, reload.serving, reload.candidate) == ("swapped", "m-next", "m-next")
+    assert holder.version == "m-next" and holder.scorer is not old
+    x = np.random.default_rng(0).random((5, 12, 20)).astype(np.float32)
+    np.testing.assert_allclose(
+        holder.scorer.score(x).expected_orders, old.score(x).expected_orders, rtol=1e-6
+    )
+    assert holder.poll().outcome == "unchanged"
+
+
+@pytest.mark.parametrize(
+    ("fault", "needle"),
+    [
+        ("hash", "sha256"),
+        ("onnx_missing", "not found"),
+        ("manifest_missing", "no manifest.json"),
+        ("manifest_junk", "not valid JSON"),
+        ("feature_names", "feature names"),
+        ("window_grid", "window spec"),
+        ("corrupt_onnx", "sha256"),
+    ],
+)
+def test_a_broken_drop_is_refused_logged_once_and_the_old_model_keeps_serving(
+    model_dir: Path, fault: str, needle: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = ModelHolder(model_dir)
+    served = holder.scorer
+    if fault == "hash":
+        edit_manifest(model_dir, model_version="m-bad", onnx_sha256="0" * 64)
+    elif fault == "onnx_missing":
+        edit_manifest(model_dir, model_version="m-bad", onnx_file="other.onnx")
+    elif fault == "manifest_missing":
+        (model_dir / "manifest.json").unlink()
+    elif fault == "manifest_junk":
+        (model_dir / "manifest.json").write_text("{ not json")
+    elif fault == "feature_names":
+        names = json.loads((model_dir / "manifest.json").read_text())["features"]["names"]
+        edit_manifest(model_dir, model_version="m-bad", features__names=names[::-1])
+    elif fault == "window_grid":
+        edit_manifest(model_dir, model_version="m-bad", window__length_ms=86_400_000)
+    elif fault == "corrupt_onnx":
+        data = bytearray((model_dir / "model.onnx").read_bytes())
+        data[len(data) // 3] ^= 0xFF
+        (model_dir / "model.onnx").write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="stream.model"):
+        reload = holder.poll()
+    assert reload.outcome == "failed"
+    assert reload.error is not None and needle in reload.error, reload.error
+    assert holder.scorer is served and reload.serving == served.version
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and needle in errors[0].getMessage()
+    assert served.version in errors[0].getMessage()
+    # The same broken content is judged once, not re-logged on every poll.
+    caplog.clear()
+    assert holder.poll().outcome == "unchanged"
+    assert not caplog.records
+
+
+def test_a_fixed_drop_after_a_broken_one_is_taken(model_dir: Path) -> None:
+    holder = ModelHolder(model_dir)
+    edit_manifest(model_dir, model_version="m-next", onnx_sha256="0" * 64)
+    assert holder.poll().outcome == "failed"
+    sha = json.loads((MODEL_DIR / "manifest.json").read_text())["onnx_sha256"]
+    edit_manifest(model_dir, onnx_sha256=sha)
+    assert holder.poll().outcome == "swapped"
+    assert holder.version == "m-next"
+
+
+def test_rewritten_files_of_the_same_version_are_not_a_swap(model_dir: Path) -> None:
+    holder = ModelHolder(model_dir)
+    served = holder.scorer
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    (model_dir / "manifest.json").write_text(json.dumps(manifest))  # same content, new layout
+    assert holder.poll().outcome == "same_version"
+    assert holder.scorer is served
+
+
+def test_the_fingerprint_covers_manifest_and_onnx_files(model_dir: Path) -> None:
+    first = directory_fingerprint(model_dir)
+    assert directory_fingerprint(model_dir) == first
+    (model_dir / "report.md").write_text("not part of the model")
+    assert directory_fingerprint(model_dir) == first
+    (model_dir / "extra.onnx").write_bytes(b"x")
+    second = directory_fingerprint(model_dir)
+    assert second != first
+    (model_dir / "manifest.json").unlink()
+    assert directory_fingerprint(model_dir) not in {first, second}
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics fed by the worker's timers
+# --------------------------------------------------------------------------------------------
+
+
+def _samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    out = {}
+    for family in metrics.REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_consumer_lag_is_highwater_minus_position_for_known_partitions() -> None:
+    highwaters = {("t", 0): 100, ("t", 1): 5, ("t", 2): None, ("t", 3): 7}
+    positions = {("t", 0): 40, ("t", 1): 5, ("t", 2): 3, ("t", 3): 9}
+    assert metrics.consumer_lag(highwaters, positions) == {("t", 0): 60, ("t", 1): 0, ("t", 3): 0}
+    assert metrics.consumer_lag({("t", 0): 10}, {}) == {}
+
+
+def test_the_lag_gauge_shows_exactly_the_partitions_held() -> None:
+    metrics.set_consumer_lag({("t", 0): 60, ("t", 1): 0, ("r", 0): 2})
+    assert _samples("clicksignals_consumer_lag") == {
+        (("partition", "0"), ("topic", "t")): 60,
+        (("partition", "1"), ("topic", "t")): 0,
+        (("partition", "0"), ("topic", "r")): 2,
+    }
+    metrics.set_consumer_lag({("t", 1): 3})  # partitions 0 were revoked
+    assert _samples("clicksignals_consumer_lag") == {(("partition", "1"), ("topic", "t")): 3}
+    metrics.set_consumer_lag({})
+    assert _samples("clicksignals_consumer_lag") == {}
+
+
+def test_model_reloads_are_counted_and_the_serving_version_marked() -> None:
+    before = _samples("clicksignals_model_reloads_total")
+    metrics.observe_model_reload("unchanged", "m-a")
+    metrics.observe_model_reload("failed", "m-a")
+    metrics.observe_model_reload("swapped", "m-b")
+    after = _samples("clicksignals_model_reloads_total")
+    for outcome, n in (("failed", 1), ("swapped", 1)):
+        key = (("outcome", outcome),)
+        assert after[key] - before.get(key, 0) == n
+    assert (("outcome", "unchanged"),) not in after
+    assert _samples("clicksignals_model_info") == {(("version", "m-b"),): 1}
