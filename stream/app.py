@@ -208,6 +208,7 @@ def processor() -> Processor:
 async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
     parts = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
     _processor.forget_partitions(parts)
+    metrics.forget_processed({(tp.topic, tp.partition) for tp in revoked})
 
 
 @app.agent(app.topic(settings.topic_clickstream, settings.topic_routed, **_raw))
@@ -251,6 +252,7 @@ async def score_clickstream(stream: Any) -> None:
         await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
         _store.write(out.writes)
         metrics.observe_batch(len(events), out, time.perf_counter() - started)
+        metrics.note_processed(batch)
 
 
 def swap_model(scorer: Scorer) -> None:
@@ -284,7 +286,13 @@ if settings.lag_interval_s > 0:
         for tp in held:
             try:
                 highwaters[(tp.topic, tp.partition)] = app.consumer.highwater(tp)
-                positions[(tp.topic, tp.partition)] = await app.consumer.position(tp)
+                # Processed, not fetched: the fetch position runs ahead by the stream
+                # buffer. Before this worker finished a batch of the partition, the fetch
+                # position is the best it knows.
+                done = metrics.processed_position(tp.topic, tp.partition)
+                positions[(tp.topic, tp.partition)] = (
+                    done if done is not None else await app.consumer.position(tp)
+                )
             except Exception as exc:  # revoked between the listing and the call
                 log.debug("no lag for %s: %r", tp, exc)
         metrics.set_consumer_lag(metrics.consumer_lag(highwaters, positions))

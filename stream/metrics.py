@@ -4,13 +4,14 @@ Owns the metric objects and :func:`observe_batch`, which records one micro-batch
 (events in, invalid by reason, late, signals out, batch size, inference time);
 :func:`observe_model_reload` (model hot swaps and rejected candidates, the serving version);
 and :func:`consumer_lag` / :func:`set_consumer_lag`, which the worker's lag timer feeds with
-the consumer's highwater and position of each source partition it holds.
+the consumer's highwater and the processed position (:func:`note_processed`) of each source
+partition it holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -45,7 +46,7 @@ BATCH_SECONDS = Histogram(
 )
 CONSUMER_LAG = Gauge(
     "clicksignals_consumer_lag",
-    "Messages behind the log end (highwater - fetch position) per source partition held",
+    "Messages behind the log end (highwater - processed position) per source partition held",
     ["topic", "partition"],
     registry=REGISTRY,
 )
@@ -60,6 +61,8 @@ MODEL_INFO = Gauge(
 )
 
 _lag_labels: set[tuple[str, str]] = set()
+_processed: dict[tuple[str, int], int] = {}
+"""(topic, partition) -> offset after the last message whose batch was delivered and stored."""
 _served: set[str] = set()
 
 
@@ -78,6 +81,31 @@ def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
     if out.scored:
         SCORED.observe(out.scored)
         INFERENCE.observe(out.inference_seconds)
+
+
+class _Coordinates(Protocol):
+    topic: str
+    partition: int
+    offset: int
+
+
+def note_processed(batch: Iterable[_Coordinates]) -> None:
+    """Record the messages of a finished micro-batch (outputs delivered, state stored)."""
+    for m in batch:
+        key = (m.topic, m.partition)
+        if m.offset >= _processed.get(key, -1):
+            _processed[key] = m.offset + 1
+
+
+def processed_position(topic: str, partition: int) -> int | None:
+    """The offset after the last processed message of the partition, if any was processed."""
+    return _processed.get((topic, partition))
+
+
+def forget_processed(partitions: Iterable[tuple[str, int]]) -> None:
+    """Drop revoked partitions: another worker moves them on from now."""
+    for key in partitions:
+        _processed.pop(key, None)
 
 
 def consumer_lag(

@@ -616,3 +616,60 @@ def test_a_new_model_version_is_swapped_in_between_batches_and_a_broken_one_refu
         assert got == {k: v[1] for k, v in expected[kind].items()}, kind
     assert not run_sync(read_topic(s, s.topic_dead_letter))
     assert worker.alive()
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Consumer lag gauge
+# --------------------------------------------------------------------------------------------
+
+
+def lag_samples(worker: WorkerProcess) -> dict[tuple[str, int], float]:
+    return {
+        (labels["topic"], int(labels["partition"])): value
+        for labels, value in metric_samples(worker).get("clicksignals_consumer_lag", [])
+    }
+
+
+@pytest.mark.kafka
+def test_the_consumer_lag_gauge_follows_a_backlog_down_to_zero(
+    isolated_kafka_settings: Settings, worker_factory: WorkerFactory, tmp_path: Path
+) -> None:
+    frame = generate_clickstream(n_users=600, days=120, seed=24)
+    records = to_wire_bytes(frame)
+    s = worker_settings(isolated_kafka_settings, tmp_path / "w", lag_interval_s=0.25)
+    # The backlog is there before the worker starts: it must report it, then work it off.
+    run_sync(produce(s, s.topic_clickstream, records))
+    ends = {
+        tp.partition: end for tp, end in run_sync(end_offsets(s, [s.topic_clickstream])).items()
+    }
+    worker = worker_factory(s, "w").start()
+    worker.wait_ready()
+    seen: list[dict[tuple[str, int], float]] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 90:
+        lags = lag_samples(worker)
+        if lags:
+            seen.append(lags)
+        backlog = sum(v for (topic, _), v in lags.items() if topic == s.topic_clickstream)
+        if seen and backlog == 0 and len(lags) == 2 * s.partitions:
+            break
+        time.sleep(0.2)
+    wait_until_done(worker, expect_min_source=len(records))
+    final = lag_samples(worker)
+    peak = max(sum(x.values()) for x in seen)
+    report(
+        f"lag gauge: {len(records)} events backlog, {len(seen)} samples, peak {peak:.0f}, "
+        f"0 after {time.monotonic() - t0:.1f} s"
+    )
+    # Every source partition held (clickstream and the re-keying topic), each caught up.
+    assert set(final) == {
+        (topic, p) for topic in (s.topic_clickstream, s.topic_routed) for p in range(s.partitions)
+    }
+    assert all(v == 0 for v in final.values()), final
+    # It showed the backlog on the way: never more than the partition held, and at some
+    # point a large part of it.
+    for sample in seen:
+        for (topic, p), value in sample.items():
+            if topic == s.topic_clickstream:
+                assert 0 <= value <= ends[p]
+    assert peak >= len(records) // 4, f"peak lag {peak} for a backlog of {len(records)}"

@@ -191,3 +191,20 @@ def test_model_reloads_are_counted_and_the_serving_version_marked() -> None:
         assert after[key] - before.get(key, 0) == n
     assert (("outcome", "unchanged"),) not in after
     assert _samples("clicksignals_model_info") == {(("version", "m-b"),): 1}
+
+
+def test_processed_positions_follow_finished_batches_and_forget_revoked_partitions() -> None:
+    from stream.processor import RawMessage
+
+    batch = [RawMessage(None, b"", "t", 0, o) for o in (5, 7, 6)] + [
+        RawMessage(None, b"", "t", 1, 3)
+    ]
+    metrics.note_processed(batch)
+    assert metrics.processed_position("t", 0) == 8
+    assert metrics.processed_position("t", 1) == 4
+    metrics.note_processed([RawMessage(None, b"", "t", 0, 2)])  # a redelivered older one
+    assert metrics.processed_position("t", 0) == 8
+    metrics.forget_processed({("t", 0)})
+    assert metrics.processed_position("t", 0) is None
+    assert metrics.processed_position("t", 1) == 4
+    metrics.forget_processed({("t", 1)})
