@@ -64,8 +64,11 @@ Key = tuple[str, int]
 # --------------------------------------------------------------------------------------------
 
 
-def fresh_topics(base: Settings, prefix: str) -> Settings:
-    """``base`` with an app id and application topics of its own, created on its broker."""
+def fresh_topics(
+    base: Settings, prefix: str, clickstream_config: dict[str, str] | None = None
+) -> Settings:
+    """``base`` with an app id and application topics of its own, created on its broker
+    (the clickstream topic with ``clickstream_config`` when given)."""
     suffix = unique_name(prefix)
     s = base.with_overrides(
         app_id=f"clicksignals-{suffix}",
@@ -76,8 +79,23 @@ def fresh_topics(base: Settings, prefix: str) -> Settings:
         topic_bid_adjustments=f"bid-adjustments-{suffix}",
         topic_churn_alerts=f"churn-alerts-{suffix}",
     )
+    if clickstream_config:
+        run_sync(_create_topic(s, s.topic_clickstream, s.partitions, clickstream_config))
     run_sync(kafka_local.ensure_topics(s))
     return s
+
+
+async def _create_topic(
+    settings: Settings, name: str, partitions: int, config: dict[str, str]
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
+    finally:
+        await admin.close()
 
 
 def metric_samples(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -673,3 +691,127 @@ def test_the_consumer_lag_gauge_follows_a_backlog_down_to_zero(
             if topic == s.topic_clickstream:
                 assert 0 <= value <= ends[p]
     assert peak >= len(records) // 4, f"peak lag {peak} for a backlog of {len(records)}"
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Hostile input mixed into a valid stream
+# --------------------------------------------------------------------------------------------
+
+BIG_PAYLOAD_BYTES = 5 * 1024 * 1024
+
+
+async def _produce_big(settings: Settings, topic: str, key: bytes, value: bytes) -> tuple[int, int]:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        **settings.kafka_client_kwargs(), max_request_size=2 * BIG_PAYLOAD_BYTES, acks="all"
+    )
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+    return meta.partition, meta.offset
+
+
+@pytest.mark.kafka
+def test_ten_percent_hostile_records_are_dead_lettered_and_valid_ones_unaffected(
+    kafka_settings: Settings, worker_factory: WorkerFactory, tmp_path: Path
+) -> None:
+    from features.validation import ValidationPolicy, validate
+    from stream.model import load_model
+    from tests.stream.test_hostile_input import NOW_MS, hostile_catalogue
+    from tests.stream.test_hostile_input import run as processor_run
+    from tests.stream.worker_harness import MODEL_DIR
+
+    frame = generate_clickstream(n_users=200, days=60, seed=25)
+    good = to_wire_bytes(frame)
+    template = orjson.loads(good[0][1])
+    keys = sorted({k for k, _ in good})
+    catalogue = hostile_catalogue(template, 70_000)
+    # 10 % hostile: the catalogue cycled, keyed by real users or not at all, plus late events
+    # (valid JSON, a window long closed) and duplicates (valid, delivered again) in the second
+    # half, where every partition has closed windows.
+    records: list[tuple[bytes | None, bytes]] = []
+    expected: dict[int, str] = {}  # index in records -> reason
+    n_hostile = len(good) // 10
+    step = len(good) // n_hostile
+    late_or_dup = 0
+    for i, (key, value) in enumerate(good):
+        records.append((key, value))
+        if i % step == step - 1:
+            j = i // step
+            if i > len(good) // 2 and j % 5 == 0:
+                source = orjson.loads(good[(j * 31) % i][1])
+                late = {**source, "event_time": template["event_time"]}
+                records.append((source["user_id"].encode(), orjson.dumps(late)))
+                records.append(good[i])  # a duplicate of a recent event: folded again
+                late_or_dup += 2
+            else:
+                payload, reason = catalogue[j % len(catalogue)]
+                expected[len(records)] = reason
+                records.append((None if j % 3 == 0 else keys[(j * 7919) % len(keys)], payload))
+    policy = ValidationPolicy()
+    assert all(
+        validate(v, now_ms=NOW_MS, policy=policy).__class__.__name__ == "Invalid"
+        for i, (_, v) in enumerate(records)
+        if i in expected
+    )
+
+    s = worker_settings(
+        fresh_topics(kafka_settings, "hostile", {"max.message.bytes": str(2 * BIG_PAYLOAD_BYTES)}),
+        tmp_path / "w",
+        fresh_signal_min_interval_s=3600.0,
+        allowed_lateness_s=3600.0,
+    )
+    worker = worker_factory(s, "w").start()
+    worker.wait_ready()
+    half = len(records) // 2
+    coords = run_sync(produce(s, s.topic_clickstream, records[:half]))
+    big_value = orjson.dumps({**template, "pad": "x" * BIG_PAYLOAD_BYTES})
+    big = run_sync(_produce_big(s, s.topic_clickstream, keys[0], big_value))
+    coords += run_sync(produce(s, s.topic_clickstream, records[half:]))
+    t0 = time.monotonic()
+    wait_until_done(worker, expect_min_source=len(records) + 1)
+    report(
+        f"hostile: {len(records) + 1} records ({len(expected) + 1} invalid incl. one of "
+        f"{len(big_value) / 1e6:.1f} MB, {late_or_dup} late or duplicate) done "
+        f"{time.monotonic() - t0:.1f} s after the last was sent"
+    )
+
+    dlq = [r.json() for r in run_sync(read_topic(s, s.topic_dead_letter))]
+    at = {(d["partition"], d["offset"]): d for d in dlq if d["source_topic"] == s.topic_clickstream}
+    assert len(at) == len(dlq), "a dead letter for a record not on the clickstream topic"
+    wanted = {coords[i]: reason for i, reason in expected.items()}
+    wanted[big] = "too_large"
+    for where, reason in wanted.items():
+        assert where in at, f"no dead letter for {where} ({reason})"
+        assert at[where]["reason"] == reason, (where, at[where]["reason"], reason)
+    assert at[big]["raw_size"] == len(big_value) and at[big]["raw_truncated"]
+
+    # The valid records (late ones and duplicates included) give the clean run's signals and
+    # its late dead letters, nothing more.
+    valid = [
+        (orjson.loads(v)["user_id"].encode(), v)
+        for i, (_, v) in enumerate(records)
+        if i not in expected
+    ]
+    ref_signals, ref_dead, _ = processor_run(load_model(MODEL_DIR), valid, 512)
+    extra = {w: d["reason"] for w, d in at.items() if w not in wanted}
+    assert set(extra.values()) <= {"late"} and len(extra) == len(ref_dead), (extra, ref_dead)
+    signals = {
+        ("demand", x["signal_id"], round(x["expected_orders"], 6))
+        for x in map(Record.json, run_sync(read_topic(s, s.topic_demand)))
+    } | {
+        ("churn", x["signal_id"], round(x["churn_probability"], 6))
+        for x in map(Record.json, run_sync(read_topic(s, s.topic_churn)))
+    }
+    # Same ids; scores equal up to float32 noise of batches composed differently.
+    got = {(kind, sid): score for kind, sid, score in signals}
+    ref = {(kind, sid): score for kind, sid, score in ref_signals}
+    assert len(got) == len(signals) and len(ref) == len(ref_signals)
+    assert set(got) == set(ref), (len(set(got) - set(ref)), len(set(ref) - set(got)))
+    assert all(abs(got[k] - ref[k]) <= 1e-5 for k in ref)
+    report(f"hostile: {len(dlq)} dead letters ({len(extra)} late), {len(signals)} signals")
+    assert worker.alive() and not worker.exit_codes
+    assert "Traceback" not in worker.log_text()
