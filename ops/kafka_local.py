@@ -16,6 +16,16 @@ The quorum is a *static* single voter (``controller.quorum.voters=1@127.0.0.1:<c
 not a ``--standalone`` dynamic quorum: with a dynamic quorum the controller endpoint is
 recorded in the metadata log, so a restart on different ports would not find its controller.
 With static voters the configuration is the source of truth and any free ports work.
+
+Access control (opt-in, ``start(..., sasl=SaslConfig(...))``): the client listener becomes
+``SASL_PLAINTEXT`` with SCRAM-SHA-256, the controller listener SASL/PLAIN (KRaft cannot
+authenticate controllers with SCRAM: its credentials live in the metadata log the controller
+serves), ``StandardAuthorizer`` with no ACL meaning no access, and only the admin user a super
+user. SCRAM users are written into the metadata log when the storage is formatted
+(``--add-scram``); :func:`create_acls` grants access with Kafka's own Admin client
+(``ops/kafka/Acls.java``, run as a single-file Java program, credentials on stdin). Passwords
+are kept in ``server.properties`` (mode 0600) and passed to the one-off format process on its
+command line: fine for a loopback test broker, not a production set-up.
 """
 
 from __future__ import annotations
@@ -41,11 +51,13 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from settings import Settings
+from settings import Secret, Settings
 
 log = logging.getLogger(__name__)
 
 POM_PATH = Path(__file__).resolve().parent / "kafka" / "pom.xml"
+ACLS_JAVA = Path(__file__).resolve().parent / "kafka" / "Acls.java"
+SCRAM = "SCRAM-SHA-256"
 MARKER_NAME = ".fetched.json"
 PID_FILE = "kafka.pid"
 STATE_FILE = "state.json"
@@ -186,12 +198,69 @@ def new_cluster_id() -> str:
             return raw
 
 
+@dataclass(frozen=True)
+class SaslConfig:
+    """Opt-in access control of a local broker: SCRAM users and the admin (super user)."""
+
+    admin_user: str
+    admin_password: Secret
+    users: Mapping[str, Secret]
+    """Further SCRAM-SHA-256 users (no rights until :func:`create_acls` grants them some)."""
+
+    def client_kwargs(self, bootstrap: str) -> dict[str, Any]:
+        """aiokafka connection options of the admin user."""
+        return {
+            "bootstrap_servers": bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": SCRAM,
+            "sasl_plain_username": self.admin_user,
+            "sasl_plain_password": self.admin_password.reveal(),
+        }
+
+
+def _jaas(module: str, user: str, password: Secret, extra: str = "") -> str:
+    quoted = password.reveal().replace("\\", "\\\\").replace('"', '\\"')
+    return f'{module} required username="{user}" password="{quoted}"{extra};'
+
+
+def _sasl_properties(sasl: SaslConfig, port: int, controller_port: int) -> dict[str, str]:
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+    admin_pw = sasl.admin_password.reveal().replace('"', '\\"')
+    return {
+        "listeners": f"SASL_PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"SASL_PLAINTEXT://{HOST}:{port}",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        "sasl.enabled.mechanisms": SCRAM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM,
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": _jaas(
+            plain,
+            sasl.admin_user,
+            sasl.admin_password,
+            f' user_{sasl.admin_user}="{admin_pw}"',
+        ),
+        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": _jaas(
+            scram, sasl.admin_user, sasl.admin_password
+        ),
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{sasl.admin_user}",
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
 def server_properties(
-    settings: Settings, data_dir: Path, port: int, controller_port: int
+    settings: Settings,
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    sasl: SaslConfig | None = None,
 ) -> dict[str, str]:
     """The broker's ``server.properties`` as an ordered mapping (loopback-only, KRaft)."""
     data_dir = Path(data_dir).resolve()
-    return {
+    props = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         "controller.quorum.voters": f"{NODE_ID}@{HOST}:{controller_port}",
@@ -221,6 +290,9 @@ def server_properties(
         "log.segment.bytes": str(64 * 1024 * 1024),
         "log.retention.check.interval.ms": "300000",
     }
+    if sasl is not None:
+        props.update(_sasl_properties(sasl, port, controller_port))
+    return props
 
 
 def render_properties(props: Mapping[str, str]) -> str:
@@ -267,6 +339,7 @@ class BrokerState:
     cluster_id: str
     kafka_version: str
     started_at: float
+    security_protocol: str = "PLAINTEXT"
 
     @property
     def broker_url(self) -> str:
@@ -383,15 +456,22 @@ async def broker_answers(client_kwargs: Mapping[str, Any], timeout_s: float = 5.
             await admin.close()
 
 
-def _answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
+def _answers(
+    bootstrap: str, timeout_s: float = 5.0, client_kwargs: Mapping[str, Any] | None = None
+) -> bool:
     if not _tcp_open(bootstrap):
         return False
-    kwargs = {"bootstrap_servers": bootstrap, "security_protocol": "PLAINTEXT"}
+    kwargs = client_kwargs or {"bootstrap_servers": bootstrap, "security_protocol": "PLAINTEXT"}
     return asyncio.run(broker_answers(kwargs, timeout_s))
 
 
 def _wait_ready(
-    state: BrokerState, data_dir: Path, timeout_s: float, *, check_pid: bool = True
+    state: BrokerState,
+    data_dir: Path,
+    timeout_s: float,
+    *,
+    check_pid: bool = True,
+    client_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -403,7 +483,7 @@ def _wait_ready(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"broker at {state.bootstrap} did not answer within {timeout_s} s")
-        if _answers(state.bootstrap, timeout_s=min(5.0, max(remaining, 0.5))):
+        if _answers(state.bootstrap, min(5.0, max(remaining, 0.5)), client_kwargs):
             return
         time.sleep(0.25)
 
@@ -420,7 +500,9 @@ def _java() -> str:
     return java
 
 
-def _format_storage(java: str, classpath: str, data_dir: Path, cluster_id: str) -> None:
+def _format_storage(
+    java: str, classpath: str, data_dir: Path, cluster_id: str, sasl: SaslConfig | None = None
+) -> None:
     """Run Kafka's StorageTool once per data dir (``meta.properties`` marks it done)."""
     if (data_dir / LOG_DIRS / "meta.properties").exists():
         log.info("storage in %s already formatted; keeping its data", data_dir / LOG_DIRS)
@@ -438,6 +520,10 @@ def _format_storage(java: str, classpath: str, data_dir: Path, cluster_id: str) 
         "--config",
         str(data_dir / SERVER_PROPERTIES),
     ]
+    if sasl is not None:
+        users = {sasl.admin_user: sasl.admin_password, **sasl.users}
+        for user, password in users.items():
+            cmd += ["--add-scram", f"{SCRAM}=[name={user},password={password.reveal()}]"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=data_dir)
     if proc.returncode != 0:
         raise KafkaLocalError(
@@ -469,6 +555,7 @@ def start(
     *,
     timeout_s: float = DEFAULT_START_TIMEOUT_S,
     fetch: bool = True,
+    sasl: SaslConfig | None = None,
 ) -> BrokerState:
     """Start the local broker on ``127.0.0.1:port`` (a free port if None) with data in ``data_dir``.
 
@@ -476,6 +563,9 @@ def start(
     directory's recorded broker is alive and answering, nothing is started and its state is
     returned. On failure the new process is killed and :class:`KafkaLocalError` carries the tail
     of ``broker.log``. ``fetch`` runs :func:`fetch_artifacts` first (a no-op when done).
+
+    ``sasl`` turns on SCRAM authentication and ACLs (see the module doc); it must be given on
+    every start of that data dir (SCRAM users are created only when the storage is formatted).
 
     Synchronous (the readiness probe runs its own event loop): call it from plain code, not
     from inside a running event loop.
@@ -490,7 +580,8 @@ def start(
                 f"a broker from {data_dir} already runs on {existing.bootstrap} (pid "
                 f"{existing.pid}); stop it before starting on port {port}"
             )
-        _wait_ready(existing, data_dir, timeout_s)
+        probe = sasl.client_kwargs(existing.bootstrap) if sasl is not None else None
+        _wait_ready(existing, data_dir, timeout_s, client_kwargs=probe)
         log.info(
             "broker already running: pid %d, bootstrap %s (nothing started)",
             existing.pid,
@@ -514,13 +605,16 @@ def start(
     while controller_port == port:
         controller_port = free_port()
 
-    props = server_properties(settings, data_dir, port, controller_port)
-    (data_dir / SERVER_PROPERTIES).write_text(render_properties(props))
+    props = server_properties(settings, data_dir, port, controller_port, sasl)
+    config_path = data_dir / SERVER_PROPERTIES
+    config_path.touch(mode=0o600)
+    config_path.chmod(0o600)  # it holds the admin password when sasl is on
+    config_path.write_text(render_properties(props))
     (data_dir / LOG4J_PROPERTIES).write_text(LOG4J2_CONFIG)
 
     java = _java()
     cluster_id = _cluster_id(data_dir)
-    _format_storage(java, classpath, data_dir, cluster_id)
+    _format_storage(java, classpath, data_dir, cluster_id, sasl)
 
     cmd = [
         java,
@@ -554,12 +648,14 @@ def start(
         cluster_id=cluster_id,
         kafka_version=kafka_version(),
         started_at=started_at,
+        security_protocol="SASL_PLAINTEXT" if sasl is not None else "PLAINTEXT",
     )
     (data_dir / PID_FILE).write_text(f"{proc.pid}\n")
     (data_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
     log.info("started broker pid %d on %s; waiting for it to answer", proc.pid, state.bootstrap)
+    probe = sasl.client_kwargs(state.bootstrap) if sasl is not None else None
     try:
-        _wait_ready(state, data_dir, timeout_s)
+        _wait_ready(state, data_dir, timeout_s, client_kwargs=probe)
     except (KafkaLocalError, TimeoutError) as exc:
         _terminate(proc.pid, timeout_s=10.0)
         _clear_records(data_dir)
@@ -766,18 +862,63 @@ async def ensure_topics(
     return results
 
 
+@dataclass(frozen=True)
+class AclSpec:
+    """One ALLOW ACL: ``operation`` (e.g. ``ALL``, ``READ``) on a resource for ``principal``."""
+
+    resource_type: str
+    """``TOPIC``, ``GROUP``, ``CLUSTER``, ``TRANSACTIONAL_ID``."""
+    name: str
+    principal: str
+    """``User:<name>``."""
+    operation: str
+    pattern: str = "LITERAL"
+    """``LITERAL`` or ``PREFIXED``."""
+
+    def arg(self) -> str:
+        return f"{self.resource_type},{self.pattern},{self.name},{self.principal},{self.operation}"
+
+
+def create_acls(
+    settings: Settings, sasl: SaslConfig, bootstrap: str, acls: Iterable[AclSpec]
+) -> None:
+    """Grant ``acls`` on the broker at ``bootstrap`` as the admin user of ``sasl``.
+
+    Runs ``ops/kafka/Acls.java`` (Kafka's Admin client) with the broker's jars; the admin's
+    credentials go to it on stdin, so they are in no process listing.
+    """
+    specs = [a.arg() for a in acls]
+    jaas = _jaas(
+        "org.apache.kafka.common.security.scram.ScramLoginModule",
+        sasl.admin_user,
+        sasl.admin_password,
+    )
+    client = f"security.protocol=SASL_PLAINTEXT\nsasl.mechanism={SCRAM}\nsasl.jaas.config={jaas}\n"
+    cmd = [_java(), "-cp", str(libs_dir(settings).resolve() / "*"), str(ACLS_JAVA), bootstrap]
+    proc = subprocess.run(
+        [*cmd, *specs], input=client, capture_output=True, text=True, check=False, timeout=120
+    )
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr).replace(sasl.admin_password.reveal(), "***")
+        raise KafkaLocalError(f"creating ACLs failed (exit {proc.returncode}):\n{output[-3000:]}")
+    log.info("created %d ACLs on %s", len(specs), bootstrap)
+
+
 def create_topics(settings: Settings) -> list[TopicResult]:
     """Create the application's topics (see :func:`ensure_topics`) from synchronous code."""
     return asyncio.run(ensure_topics(settings))
 
 
 __all__ = [
+    "AclSpec",
     "BrokerState",
     "BrokerStatus",
     "KafkaLocalError",
+    "SaslConfig",
     "TopicResult",
     "artifacts_ready",
     "broker_answers",
+    "create_acls",
     "create_topics",
     "ensure_topics",
     "fetch_artifacts",
