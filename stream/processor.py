@@ -177,6 +177,9 @@ class Processor:
         self._active: dict[int, dict[str, int]] = {}
         """Per partition: user → last window with an event (the close candidates)."""
         self._clock_keys = {p: clock_key(p, partitions) for p in range(partitions)}
+        self._partition_cache: dict[str, int] = {}
+        """user id → partition: murmur2 in pure Python costs more than the dict lookup, and
+        a user's events come again and again."""
 
     # --- partition lifecycle -------------------------------------------------------------
 
@@ -210,6 +213,14 @@ class Processor:
         self._active[p] = active
         return clock
 
+    def _partition_of_user(self, user: str, key: bytes) -> int:
+        p = self._partition_cache.get(user)
+        if p is None:
+            if len(self._partition_cache) >= 1_000_000:
+                self._partition_cache.clear()  # bounded memory; it refills from live users
+            p = self._partition_cache[user] = partition_of(key, self.partitions)
+        return p
+
     def _items(self) -> Iterator[tuple[str, bytes]]:
         yield from self.store.items()
 
@@ -237,7 +248,7 @@ class Processor:
                 continue
             event = result
             key = event.user_id.encode()
-            p = partition_of(key, self.partitions)
+            p = self._partition_of_user(event.user_id, key)
             if p != msg.partition:
                 if msg.topic in self.routed_topics:
                     # A routed message on the wrong partition means the topic's partition
