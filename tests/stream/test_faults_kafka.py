@@ -200,16 +200,48 @@ def table_state(settings: Settings) -> dict[str, bytes]:
 
 
 def decoded(state: dict[str, bytes]) -> dict[str, Any]:
-    """Table state in comparable form (the encoded bytes are compared as well)."""
+    """Table state in comparable form (see :func:`same_state`)."""
     out: dict[str, Any] = {}
     for key, value in state.items():
         if key.startswith(META_PREFIX):
             clock = decode_clock(value)
             out[key] = (clock.max_event_ms, clock.closed_through)
-        else:
-            record = decode_user(value)
-            out[key] = (record.state.last_event_ms, record.state.closed_through, record.seen)
+            continue
+        record = decode_user(value)
+        st = record.state
+        scores = dict(record.last_scores or {})
+        out[key] = {
+            "state": (
+                st.first_window,
+                st.closed_through,
+                st.last_order_window,
+                st.orders_total,
+                st.spend_total,
+                st.last_event_ms,
+                st.last_order_ms,
+                st.ring.tobytes(),
+                repr(sorted(st.open.items())),
+            ),
+            "last_fresh_ms": record.last_fresh_ms,
+            "last_scores": scores,
+            "seen": record.seen,
+        }
     return out
+
+
+def same_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal in every field, model scores within 1e-5: ONNX Runtime's float32 results differ
+    in the last bits between batches of different composition, and a restart re-forms them."""
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return bool(a == b)
+    if {k: v for k, v in a.items() if k != "last_scores"} != {
+        k: v for k, v in b.items() if k != "last_scores"
+    }:
+        return False
+    sa, sb = a["last_scores"], b["last_scores"]
+    return sa.keys() == sb.keys() and all(
+        abs(sa[k] - sb[k]) <= 1e-5 if isinstance(sa[k], float) else sa[k] == sb[k] for k in sa
+    )
 
 
 @dataclass(frozen=True)
@@ -369,9 +401,10 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
     for kind, f in figures.items():
         report(f"failover: {kind}: {f.signals} window-close signals, {f.duplicates} duplicates")
     assert not run_sync(read_topic(s, s.topic_dead_letter)), "redelivered events dead-lettered"
-    state = table_state(s)
-    assert decoded(state) == decoded(state_ref)
-    assert state == state_ref
+    state, mine = decoded(table_state(s)), decoded(state_ref)
+    assert state.keys() == mine.keys()
+    differing = [k for k in mine if not same_state(state[k], mine[k])]
+    assert not differing, [(k, state[k], mine[k]) for k in differing[:2]]
 
     # The killed worker comes back: partitions are shared again and it processes new events.
     users = list(dict.fromkeys(frame.user_id.astype(str)))[:40]
@@ -527,6 +560,7 @@ def test_broker_restart_mid_stream_the_worker_reconnects_and_loses_nothing(
             report(f"broker restart: {kind}: {f.signals} window-close, {f.duplicates} duplicates")
         assert not run_sync(read_topic(s, s.topic_dead_letter))
         assert worker.alive() and not worker.exit_codes, "the worker restarted or exited"
+        worker.stop()  # while its broker still runs: a clean shutdown, not a 30 s timeout
 
 
 # --------------------------------------------------------------------------------------------
