@@ -38,6 +38,7 @@ from faust.types import EventT
 from features.signals import RiskThresholds
 from features.validation import ValidationPolicy
 from settings import load_settings
+from settings.logs import faust_logging_config
 from stream import metrics
 from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
 from stream.processor import Processor, RawMessage
@@ -89,6 +90,8 @@ app = faust.App(
     # Every topic and the table carry raw bytes: the processor does its own (de)coding.
     key_serializer="raw",
     value_serializer="raw",
+    # CLICKSIGNALS_LOG_FORMAT=json: one JSON object per line, secrets masked (settings.logs).
+    logging_config=faust_logging_config(settings),
 )
 
 # Faust's ProducerBuffer carries the table's changelog writes and stops the stream whenever
