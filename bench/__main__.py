@@ -12,7 +12,8 @@ Owns the order of the phases and the combined report; each phase lives in its ow
 7. :mod:`bench.training` — ``train-and-export`` on the full Online Retail data (after the
    broker has stopped; skipped without the data, and in ``--quick``).
 
-Writes ``bench.json`` (everything), ``bench.md`` (the table, the targets, problems),
+Writes ``bench.json`` (everything but the raw latency samples, which go to
+``latency_samples.json``), ``bench.md`` (the table, the targets, problems),
 ``throughput_vs_batch.png`` and ``latency.png`` into ``--out`` (default ``bench/results``;
 ``--quick``: ``var/bench/quick``) and prints the Markdown. ``--skip state,training`` leaves
 phases out. Every process it started is stopped on the way out, Ctrl-C and SIGTERM included.
@@ -242,9 +243,24 @@ def plot_latency(result: dict[str, Any], path: Path) -> None:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> str:
+    """bench.json, latency_samples.json, bench.md and the plots; returns the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
+    # Raw latency samples (~rate x seconds each) go to their own compact file: indented in
+    # bench.json they would be one line per number.
+    samples = {
+        lat["name"]: lat.get("latencies_ms", [])
+        for lat in result.get("latency") or []
+        if "latencies_ms" in lat
+    }
+    if samples:
+        (out / "latency_samples.json").write_bytes(orjson.dumps(samples) + b"\n")
+    slim = dict(result)
+    if result.get("latency"):
+        slim["latency"] = [
+            {k: v for k, v in lat.items() if k != "latencies_ms"} for lat in result["latency"]
+        ]
     (out / "bench.json").write_bytes(
-        orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        orjson.dumps(slim, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY) + b"\n"
     )
     md = render_markdown(result)
     (out / "bench.md").write_text(md)

@@ -58,6 +58,8 @@ class StateConfig:
     users: int = 1_000_000
     sample_reads: int = 50
     restore_timeout_s: float = 600.0
+    app_module: str = "stream.app"
+    """The Faust app restoring (``--app``: e.g. a variant with other consumer settings)."""
 
 
 def state_size(states: Mapping[str, bytes]) -> dict[str, Any]:
@@ -169,7 +171,7 @@ async def restore_once(
 
     t_start_wall = time.time()
     t0 = time.perf_counter()
-    worker = start_worker(name, settings, log_path)
+    worker = start_worker(name, settings, log_path, cfg.app_module)
     try:
         while True:
             if worker.proc.poll() is not None:
@@ -311,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=200_000, help="events for the template states")
     p.add_argument("--users", type=int, default=20_000, help="users for the template states")
     p.add_argument("--bootstrap")
+    p.add_argument("--app", default="stream.app", help="Faust app module of the workers")
     a = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -323,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     states: dict[str, bytes] = {}
     run_processor_only(base, data.records, keep_states=states)
     with bench_broker(bcfg, base, run_dir) as (settings, _pid):
-        res = asyncio.run(run_state(StateConfig(users=a.state_users), settings, run_dir, states))
+        scfg = StateConfig(users=a.state_users, app_module=a.app)
+        res = asyncio.run(run_state(scfg, settings, run_dir, states))
     print("\n".join(["| measure | value |", "|---|---|", *render_rows(res)]))
     return 0
 

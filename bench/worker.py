@@ -87,6 +87,8 @@ class BenchConfig:
     verbose: bool = False
     bootstrap: str | None = None
     """Use this running broker (host:port) instead of starting one (the smoke test does)."""
+    app_module: str = "stream.app"
+    """The Faust app of the worker and latency phases (``--app``: compare a variant)."""
 
 
 def parse_args(argv: Sequence[str] | None) -> BenchConfig:
@@ -112,6 +114,7 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny smoke configuration (< 1 min)")
     p.add_argument("--out", type=Path, help="where the results go")
     p.add_argument("--bootstrap", help="use this running broker (host:port), start none")
+    p.add_argument("--app", default="stream.app", help="Faust app module of the worker phases")
     p.add_argument("--keep-data", action="store_true", help="keep the broker's topic data")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument(
@@ -167,6 +170,7 @@ def config_from_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Bench
         stall_timeout_s=base.stall_timeout_s,
         verbose=a.verbose,
         bootstrap=a.bootstrap,
+        app_module=a.app,
     )
 
 
@@ -848,7 +852,7 @@ async def run_latency(
     n = min(len(records), max(1, round(rate * cfg.latency_seconds)))
     events = records[:n]
     await kafka_local.ensure_topics(s)
-    worker = start_worker(tag, s, run_dir / f"worker-{tag}.log")
+    worker = start_worker(tag, s, run_dir / f"worker-{tag}.log", cfg.app_module)
     kw = s.kafka_client_kwargs()
     consumer = AIOKafkaConsumer(
         s.topic_demand, **kw, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=100
@@ -1304,7 +1308,9 @@ async def run_all(
     # 2. the worker, per store
     result["worker"] = []
     for store in cfg.stores:
-        run = await run_worker_throughput(cfg, settings, run_dir, store, data.records, broker_pid)
+        run = await run_worker_throughput(
+            cfg, settings, run_dir, store, data.records, broker_pid, app_module=cfg.app_module
+        )
         rate = run["events_per_s"]
         run["ratio_to_ceiling"] = rate / result["ceiling"]["events_per_s"] if rate else None
         run["ratio_to_processor"] = rate / result["processor"]["events_per_s"] if rate else None
