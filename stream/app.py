@@ -86,6 +86,12 @@ app = faust.App(
     web_port=settings.web_port,
     producer_linger_ms=5,
     stream_buffer_maxsize=4096,
+    # Bigger fetches than Faust's 1 MiB per partition (~770 user states of ~1.3 kB): a fresh
+    # worker replays the table's changelog ~2x faster (bench.state, 200k users: 41.8 s ->
+    # 20.3 s in memory, 51.2 s -> 21.3 s into RocksDB) and the stream gets more per round
+    # trip (bench.worker, 150k events: +15 % events/s). The record cap bounds one poll.
+    consumer_max_fetch_size=16 * 1024 * 1024,
+    broker_max_poll_records=10_000,
     table_standby_replicas=1,
     # Every topic and the table carry raw bytes: the processor does its own (de)coding.
     key_serializer="raw",
