@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,48 +115,47 @@ def test_faust_logging_config_does_not_show_secrets() -> None:
     assert WEBHOOK not in repr(config)
 
 
-@pytest.fixture
-def restore_root_logging() -> Iterator[None]:
-    """mode's setup_logging clears the root handlers (pytest's capture among them)."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
+# Run as a child process: mode's set-up reconfigures the whole process's logging (and with a
+# logfile redirects its stdout/stderr), which a pytest process does not survive ("lost
+# sys.stderr" at a later test). A worker is a fresh process anyway.
+_WORKER_LOGGING = """
+import logging, sys
+from mode.utils.logging import setup_logging
+from settings import Secret, Settings
+from settings.logs import faust_logging_config
+
+logfile, password = sys.argv[1] or None, sys.argv[2]
+config = faust_logging_config(Settings(log_format="json", sasl_password=Secret(password)))
+# faust.Worker hands mode a shallow copy of app.conf.logging_config, as here.
+setup_logging(loglevel="info", logfile=logfile, logging_config=dict(config))
+log = logging.getLogger("faust.test")
+log.debug("not at -l info")
+log.info("consumer started with %s", password)
+# The config stays usable for a second worker start in the same process.
+assert config["formatters"]["default"]["()"] is config["formatters"]["colored"]["()"]
+logging.shutdown()
+"""
 
 
-@pytest.mark.usefixtures("restore_root_logging")
 @pytest.mark.parametrize("logfile", [True, False])
 def test_a_faust_worker_logs_json_with_its_level_and_destination(
-    tmp_path: Path, logfile: bool, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, logfile: bool
 ) -> None:
     """What ``faust ... worker -l info [--logfile F]`` does with the app's logging_config."""
-    from mode.utils.logging import setup_logging
-
-    config = faust_logging_config(_secret_settings(log_format="json"))
-    assert config is not None
     target = tmp_path / "worker.log"
-    # faust.Worker hands mode a shallow copy of app.conf.logging_config, as here.
-    setup_logging(
-        loglevel="info", logfile=str(target) if logfile else None, logging_config=dict(config)
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER_LOGGING, str(target) if logfile else "", PASSWORD],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    log = logging.getLogger("faust.test")
-    log.debug("not at -l info")
-    log.info("consumer started with %s", PASSWORD)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    text = target.read_text() if logfile else capsys.readouterr().err
+    assert done.returncode == 0, done.stderr
+    text = target.read_text() if logfile else done.stderr
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert [(p["level"], p["logger"], p["message"]) for p in lines] == [
         ("INFO", "faust.test", "consumer started with ***")
     ]
-    # The config stays usable for a second worker start in the same process.
-    assert config["formatters"]["default"]["()"] is config["formatters"]["colored"]["()"]
 
 
 def test_subscriber_apps_pass_the_json_config_to_faust(tmp_path: Path) -> None:
