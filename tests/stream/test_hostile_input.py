@@ -240,5 +240,10 @@ def test_hostile_payloads_are_dead_lettered_with_a_reason_and_valid_ones_are_una
     assert all(r in REASONS or r == "late" for r in reasons.values())
     assert len(late) == sum(1 for _, r in clean_dead if r == "late")
     assert all(r == "late" for _, r in clean_dead)
-    assert signals == clean_signals
+    # Same signals; scores to 1e-5, because ONNX Runtime's float32 results move in the last
+    # bits when a batch is composed differently (the hostile records change the batches).
+    got = {(kind, sid): score for kind, sid, score in signals}
+    want = {(kind, sid): score for kind, sid, score in clean_signals}
+    assert got.keys() == want.keys()
+    assert all(abs(got[k] - want[k]) <= 1e-5 for k in got)
     assert all(math.isfinite(score) for _, _, score in signals)
