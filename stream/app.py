@@ -340,9 +340,19 @@ async def user_view(web: Any, request: Any, user_id: str) -> Any:
     return web.json(view)
 
 
+def _held_partitions() -> set[int]:
+    """The clickstream partitions this worker holds; none before its consumer has started."""
+    try:
+        assigned = app.consumer.assignment()
+    except Exception:  # faust raises ConsumerNotStarted (and friends) before the first rebalance
+        return set()
+    return {tp.partition for tp in assigned if tp.topic == settings.topic_clickstream}
+
+
 @app.page("/clocks")
 async def clocks_view(web: Any, request: Any) -> Any:
-    return web.json({str(k): v for k, v in processor().clocks_view().items()})
+    clocks = processor().clocks_view(_held_partitions())
+    return web.json({str(k): v for k, v in clocks.items()})
 
 
 @app.page("/metrics")

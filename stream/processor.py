@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -463,8 +463,17 @@ class Processor:
             "last_scores": record.last_scores,
         }
 
-    def clocks_view(self) -> dict[int, dict[str, Any]]:
+    def clocks_view(self, held: Iterable[int] = ()) -> dict[int, dict[str, Any]]:
+        """The clocks of the partitions touched since start, and of ``held`` ones read from
+        the store: a partition whose records were all processed before a restart gets no
+        message afterwards, and its clock must still show (read only, nothing cached)."""
+        clocks = dict(self._clocks)
+        for p in held:
+            if p not in clocks and 0 <= p < self.partitions:
+                raw = self.store.get(self._clock_keys[p], p)
+                if raw:
+                    clocks[p] = decode_clock(raw)
         return {
             p: {"max_event_ms": c.max_event_ms, "closed_through": c.closed_through}
-            for p, c in self._clocks.items()
+            for p, c in sorted(clocks.items())
         }

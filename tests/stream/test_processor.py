@@ -147,6 +147,23 @@ def test_restart_from_the_store_gives_the_signals_of_an_uninterrupted_run(scorer
     assert store.data == store2.data
 
 
+def test_clocks_of_held_partitions_show_after_a_restart_without_new_messages(scorer) -> None:  # type: ignore[no-untyped-def]
+    """A restarted worker whose partitions were all processed gets no message: ``/clocks``
+    must still show where each held partition's event time stands (read from the store)."""
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    run(proc, store, messages(synthetic(seed=5)), 128)
+    before = proc.clocks_view()
+    assert len(before) == PARTITIONS
+
+    restarted = make_processor(scorer, store)
+    assert restarted.clocks_view() == {}
+    held = {0, PARTITIONS - 1}
+    assert restarted.clocks_view(held) == {p: before[p] for p in sorted(held)}
+    # Read only: nothing loaded, so the first real message still rebuilds its partition.
+    assert restarted.clocks_view() == {}
+
+
 def test_silent_users_are_scored_until_the_lookback_passes(scorer) -> None:  # type: ignore[no-untyped-def]
     start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
     # "quiet" buys once; "busy" shares its partition and keeps event time moving.

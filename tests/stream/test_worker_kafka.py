@@ -376,6 +376,9 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
     shutil.rmtree(b.data_dir)
     third = worker_factory(b, "run-b3", FAST_REJOIN).start()
     wait_until_done(third, expect_min_source=len(records), last_event_ms=last_event_ms)
+    # Every held partition shows its clock, also one whose records B2 had all processed.
+    _, clocks = third.get_json("/clocks")
+    assert {int(p): c["max_event_ms"] for p, c in clocks.items()} == dict(last_event_ms)
     report(
         f"restart: B done ({time.monotonic() - t0:.1f} s), consumer lag at the end "
         f"{third.final_lag}"

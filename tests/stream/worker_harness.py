@@ -320,6 +320,13 @@ def clocks_reached(worker: WorkerProcess, last_event_ms: Mapping[int, int]) -> b
     return False
 
 
+def _clocks_or_error(worker: WorkerProcess) -> object:
+    try:
+        return worker.get_json("/clocks", 2.0)
+    except (OSError, ValueError) as exc:
+        return repr(exc)
+
+
 def wait_until_done(
     worker: WorkerProcess,
     *,
@@ -365,5 +372,6 @@ def wait_until_done(
         if now - t0 > timeout_s:
             raise worker.fail(
                 f"worker {worker.name} not done after {timeout_s:.0f} s (lag {lag}, outputs {outs})"
+                f"; /clocks {_clocks_or_error(worker)}, expected last events {last_event_ms}"
             )
         time.sleep(0.5)
