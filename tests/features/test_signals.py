@@ -7,6 +7,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from features.signals import (
     DLQ_MAX_RAW_BYTES,
@@ -153,3 +155,45 @@ def test_dead_letter_truncates_huge_raw() -> None:
     assert d["raw_truncated"] is True and d["raw_size"] == len(raw)
     assert len(base64.b64decode(d["raw_b64"])) == DLQ_MAX_RAW_BYTES
     assert len(d["preview"]) == 200
+
+
+# --- the fast paths against their definitions -------------------------------------------------
+
+
+def _reference_signal_id(kind: str, user: str, end: int, trigger: str, version: str) -> str:
+    import hashlib
+
+    canonical = json.dumps(
+        [kind, user, int(end), trigger, version], ensure_ascii=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:32]
+
+
+def _reference_ms_to_iso(ms: int) -> str:
+    from datetime import UTC, datetime, timedelta
+
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+_TEXT = st.one_of(
+    st.text(max_size=12),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x7F), max_size=12),
+    st.sampled_from(["u1", "17850", 'a"b', "a\\b", "tab\tx", "\x7f", "é", "", "m-5f322bdeeaa3"]),
+)
+
+
+@settings(max_examples=500)
+@given(_TEXT, _TEXT, st.integers(-(2**53), 2**53), _TEXT, _TEXT)
+def test_signal_id_fast_path_gives_the_json_definitions_id(
+    kind: str, user: str, end: int, trigger: str, version: str
+) -> None:
+    assert signal_id(kind, user, end, trigger, version) == _reference_signal_id(
+        kind, user, end, trigger, version
+    )
+
+
+@settings(max_examples=500)
+@given(st.integers(min_value=-62_135_596_800_000 + 86_400_000, max_value=253_402_300_799_999))
+def test_ms_to_iso_matches_datetime_for_every_representable_instant(ms: int) -> None:
+    assert ms_to_iso(ms) == _reference_ms_to_iso(ms)
