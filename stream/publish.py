@@ -35,12 +35,26 @@ Headers = Sequence[tuple[str, bytes]]
 
 @dataclass(frozen=True, slots=True)
 class OutRecord:
-    """One record to produce: topic name, key (``None``: any partition), value, headers."""
+    """One record to produce: topic name, key, value, headers, and where it goes: ``partition``
+    if given (a table's changelog: the source partition), else the key's default partition,
+    else (no key) any partition."""
 
     topic: str
     key: bytes | None
     value: bytes
     headers: Headers = ()
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedBatch:
+    """One record batch handed to the producer: ``count`` records from ``future``'s base offset
+    on (the future resolves to aiokafka's ``RecordMetadata`` of the batch)."""
+
+    topic: str
+    partition: int
+    count: int
+    future: Awaitable[Any]
 
 
 class Publisher(Protocol):
@@ -62,6 +76,8 @@ class TopicPublisher:
             kwargs: dict[str, Any] = {"key": record.key, "value": record.value}
             if record.headers:
                 kwargs["headers"] = list(record.headers)
+            if record.partition is not None:
+                kwargs["partition"] = record.partition
             pending.append(await topic.send(**kwargs))
         await asyncio.gather(*(f for f in pending if inspect.isawaitable(f)))
 
@@ -109,25 +125,41 @@ class RecordBatchPublisher:
             p = self._key_cache[cache_key] = self.partitioner(key, count)
         return p
 
-    async def publish(self, records: Sequence[OutRecord]) -> None:
+    async def submit(self, records: Sequence[OutRecord]) -> list[SubmittedBatch]:
+        """Hand ``records`` to the producer as record batches; returns them, not yet delivered.
+
+        Order is kept within each (topic, partition), as Kafka keeps it.
+        """
         grouped: dict[tuple[str, int], list[OutRecord]] = {}
         for record in records:
-            count = self._partitions.get(record.topic) or await self._partition_count(record.topic)
-            tp = (record.topic, self._partition(record.topic, count, record.key))
-            grouped.setdefault(tp, []).append(record)
-        futures: list[Awaitable[Any]] = []
+            if record.partition is not None:
+                p = record.partition
+            else:
+                count = self._partitions.get(record.topic) or await self._partition_count(
+                    record.topic
+                )
+                p = self._partition(record.topic, count, record.key)
+            grouped.setdefault((record.topic, p), []).append(record)
+        submitted: list[SubmittedBatch] = []
         for (topic, partition), group in grouped.items():
-            batch = self.producer.create_batch()
+            batch, n = self.producer.create_batch(), 0
             for record in group:
                 if _append(batch, record):
+                    n += 1
                     continue
                 # Full: submit it and carry on in a fresh one (the first append always fits).
-                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-                batch = self.producer.create_batch()
+                future = await self.producer.send_batch(batch, topic, partition=partition)
+                submitted.append(SubmittedBatch(topic, partition, n, future))
+                batch, n = self.producer.create_batch(), 0
                 if not _append(batch, record):
                     raise RuntimeError(f"a record for {topic} does not fit an empty record batch")
-            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+                n += 1
+            future = await self.producer.send_batch(batch, topic, partition=partition)
+            submitted.append(SubmittedBatch(topic, partition, n, future))
+        return submitted
+
+    async def publish(self, records: Sequence[OutRecord]) -> None:
+        await asyncio.gather(*(b.future for b in await self.submit(records)))
 
 
 def _append(batch: Any, record: OutRecord) -> bool:

@@ -376,3 +376,56 @@ def test_a_silent_user_is_scored_at_each_close_until_the_lookback_passes(
             assert "quiet" in app.user_state  # out of the lookback, still in the table
 
     asyncio.run(scenario())
+
+
+# --- the changelog as record batches (the path on a real producer) ---------------------------
+
+
+def test_changelog_records_written_in_batches_decode_as_fausts_own_and_fill_the_store(
+    load_app: Callable[..., ModuleType],
+) -> None:
+    """``TableStore.write_in_batches`` must put on the changelog exactly what Faust's
+    recovery reads back (its key serializer is json: a raw key would fail every restore) and
+    set the store's persisted offset to each delivered batch's last record."""
+    from stream.publish import SubmittedBatch
+
+    app = load_app(PARTITIONS="2")
+    topic = app.user_state.changelog_topic
+    submitted: list[Any] = []
+    persisted: dict[Any, int] = {}
+
+    class Recorder:
+        async def submit(self, records: list[Any]) -> list[SubmittedBatch]:
+            submitted.extend(records)
+            batches = []
+            for p in sorted({r.partition for r in records}):
+                done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                done.set_result(type("Metadata", (), {"offset": 100 * p})())
+                n = sum(1 for r in records if r.partition == p)
+                batches.append(SubmittedBatch(topic.get_topic_name(), p, n, done))
+            return batches
+
+    async def scenario() -> None:
+        store = app.user_state.data
+        store.set_persisted_offset = lambda tp, offset: persisted.__setitem__(tp, offset)
+        writes = {0: {"u0": b"\x00state-0", "v0": b"x"}, 1: {"\x00clock/1": b"{}"}}
+        await app._store.write_in_batches(writes, Recorder())
+        await asyncio.sleep(0)  # the delivery callbacks
+        for entries in writes.values():
+            for key, value in entries.items():
+                assert app.user_state.data[key] == value
+
+    asyncio.run(scenario())
+    decoded = [
+        (
+            r.partition,
+            app.app.serializers.loads_key(topic.key_type, r.key, serializer=topic.key_serializer),
+            app.app.serializers.loads_value(
+                topic.value_type, r.value, serializer=topic.value_serializer
+            ),
+        )
+        for r in submitted
+    ]
+    assert decoded == [(0, "u0", b"\x00state-0"), (0, "v0", b"x"), (1, "\x00clock/1", b"{}")]
+    assert {r.topic for r in submitted} == {topic.get_topic_name()}
+    assert {tp.partition: offset for tp, offset in persisted.items()} == {0: 1, 1: 100}
