@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import importlib.metadata
 import logging
 import os
@@ -892,6 +893,11 @@ async def run_latency(
     )
     producer = AIOKafkaProducer(**kw, acks=1, linger_ms=0)
     received: dict[tuple[str, int], list[float]] = defaultdict(list)
+    # The worker's clock when it built each signal (``emitted_at_ms``, wall time): splits the
+    # latency into send -> scored (Kafka in, the worker's queue and batch) and scored ->
+    # received (the output's way through Kafka to this process).
+    emitted: dict[tuple[str, int], list[float]] = defaultdict(list)
+    sent_wall: dict[tuple[str, int], list[float]] = defaultdict(list)
     last_receive = [0.0]
     stop = asyncio.Event()
     collector: asyncio.Task[None] | None = None
@@ -906,7 +912,9 @@ async def run_latency(
                 for m in messages:
                     signal_ = orjson.loads(m.value)
                     if signal_.get("trigger") == "activity":
-                        received[(signal_["user_id"], signal_["window_end_ms"])].append(now)
+                        key_ = (signal_["user_id"], signal_["window_end_ms"])
+                        received[key_].append(now)
+                        emitted[key_].append(signal_["emitted_at_ms"] / 1000.0)
 
     try:
         ready_s = await wait_worker_ready(worker)
@@ -940,8 +948,13 @@ async def run_latency(
         # Deliveries are checked by callback: gathering tens of thousands of futures at the
         # end would stall this loop and show up as latency of the last events.
         failures: list[BaseException] = []
+        # Send call -> broker ack per event: the share of the latency that is the bench's own
+        # producer and the broker, before the worker could have seen the event.
+        acked = np.zeros(n)
+        send_call = np.zeros(n)
 
-        def delivered(fut: asyncio.Future[Any]) -> None:
+        def delivered(index: int, fut: asyncio.Future[Any]) -> None:
+            acked[index] = time.perf_counter()
             if not fut.cancelled() and fut.exception() is not None:
                 failures.append(fut.exception())  # type: ignore[arg-type]
 
@@ -951,9 +964,11 @@ async def run_latency(
             due = min(n, int((time.perf_counter() - t0) * rate) + 1)
             while i < due:
                 key, value = events[i]
-                sent[keys[i]].append(time.perf_counter())
+                send_call[i] = time.perf_counter()
+                sent[keys[i]].append(send_call[i])
+                sent_wall[keys[i]].append(time.time())
                 fut = await producer.send(s.topic_clickstream, value, key=key)
-                fut.add_done_callback(delivered)
+                fut.add_done_callback(functools.partial(delivered, i))
                 i += 1
             next_due = t0 + i / rate
             await asyncio.sleep(max(0.0, next_due - time.perf_counter()))
@@ -994,6 +1009,10 @@ async def run_latency(
 
     lat: list[float] = []
     sent_at: list[float] = []
+    to_scored: list[float] = []
+    for k, walls in sent_wall.items():
+        if k in expected:
+            to_scored += [e - w for w, e in zip(walls, emitted.get(k, ()), strict=False)]
     for k, sends in sent.items():
         if k not in expected:
             continue  # no signal of its own (within the user's activity interval)
@@ -1044,6 +1063,15 @@ async def run_latency(
             "p99_ms": pct(steady, 99),
             "p999_ms": pct(steady, 99.9),
             "max_ms": float(steady.max()) if len(steady) else None,
+        },
+        "send_to_scored_ms": {
+            "p50": pct(np.array(to_scored) * 1000.0, 50),
+            "p99": pct(np.array(to_scored) * 1000.0, 99),
+        },
+        "send_to_ack_ms": {
+            "p50": pct((acked - send_call) * 1000.0, 50),
+            "p99": pct((acked - send_call) * 1000.0, 99),
+            "max": float(((acked - send_call) * 1000.0).max()) if n else None,
         },
         "p50_first_tenth_ms": pct(arr_by_time[:tenth], 50),
         "p50_last_tenth_ms": pct(arr_by_time[-tenth:], 50),

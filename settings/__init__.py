@@ -71,6 +71,9 @@ class Settings:
     """How often the worker looks for a new model version in ``model_dir`` (0: never)."""
     lag_interval_s: float = 5.0
     """How often the worker updates its consumer-lag gauge (0: never)."""
+    fetch_max_wait_ms: int = 50
+    """How long the broker may hold the worker's fetch request when it has no new data.
+    Faust fixes 1,500 ms; see "fetch wait" in stream/app.py for why that costs latency."""
     max_event_bytes: int = 65536
     max_future_skew_s: float = 86400.0
     """Events more than this far ahead of the processing clock are rejected."""
