@@ -113,10 +113,12 @@ app = faust.App(
     logging_config=faust_logging_config(settings),
 )
 
-# Faust's ProducerBuffer carries the table's changelog writes and stops the stream whenever
-# more than `max_messages` (100, no setting) are pending, then waits for them one at a time.
-# A micro-batch writes one record per user it touched (hundreds), so the default stalled every
-# batch (bench: ~16 % of wall time). Room for a few batches keeps it bounded without stalls.
+# Faust's ProducerBuffer carries table changelog writes made through the table (here: only
+# under test_context, see TableStore; on a real producer they go as record batches) and stops
+# the stream whenever more than `max_messages` (100, no setting) are pending, then waits for
+# them one at a time. A micro-batch writes one record per user it touched (hundreds), so the
+# default stalled every batch (bench: ~16 % of wall time). Room for a few batches keeps it
+# bounded without stalls.
 ProducerBuffer.max_messages = 8 * settings.batch_size
 
 # Fetch wait. Faust creates the worker's aiokafka consumer with fetch_max_wait_ms=1500 (no
