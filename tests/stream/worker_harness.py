@@ -375,3 +375,32 @@ def wait_until_done(
                 f"; /clocks {_clocks_or_error(worker)}, expected last events {last_event_ms}"
             )
         time.sleep(0.5)
+
+
+FAUST_OFFSET_KEY = b"__faust\x00offset__"
+
+
+def persisted_offsets(data_dir: Path, table: str = "user-state") -> dict[int, int]:
+    """Per partition, the changelog offset a stopped worker's RocksDB store says it holds.
+
+    Faust keeps it under its own key in each partition's database; a warm restart resumes
+    the changelog after it. Read with Faust's raw-mode options, the databases opened
+    read-only (the worker must have stopped).
+    """
+    import re
+
+    from rocksdict import AccessType, Options, Rdict
+
+    found: dict[int, int] = {}
+    for path in sorted(data_dir.rglob(f"*{table}-*.db")):
+        match = re.search(r"-(\d+)\.db$", path.name)
+        if match is None:
+            continue
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            raw = db.get(FAUST_OFFSET_KEY)
+        finally:
+            db.close()
+        if raw is not None:
+            found[int(match.group(1))] = int(raw)
+    return found
