@@ -29,6 +29,7 @@ signals (same ``signal_id``, same scores) but neither loses nor double-counts ev
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -59,8 +60,13 @@ META_PREFIX = "\x00clock/"
 DAY_MS = 86_400_000
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java and aiokafka alike) gives ``key``."""
+    """The partition Kafka's default partitioner (Java and aiokafka alike) gives ``key``.
+
+    Cached: murmur2 in pure Python costs more per event than the lookup, and the same users
+    recur batch after batch (the processor per event, the publisher per signal).
+    """
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
@@ -177,7 +183,6 @@ class Processor:
         self._active: dict[int, dict[str, int]] = {}
         """Per partition: user → last window with an event (the close candidates)."""
         self._clock_keys = {p: clock_key(p, partitions) for p in range(partitions)}
-        self._partition_cache: dict[str, int] = {}
         """user id → partition: murmur2 in pure Python costs more than the dict lookup, and
         a user's events come again and again."""
 
@@ -213,14 +218,6 @@ class Processor:
         self._active[p] = active
         return clock
 
-    def _partition_of_user(self, user: str, key: bytes) -> int:
-        p = self._partition_cache.get(user)
-        if p is None:
-            if len(self._partition_cache) >= 1_000_000:
-                self._partition_cache.clear()  # bounded memory; it refills from live users
-            p = self._partition_cache[user] = partition_of(key, self.partitions)
-        return p
-
     def _items(self) -> Iterator[tuple[str, bytes]]:
         yield from self.store.items()
 
@@ -248,7 +245,7 @@ class Processor:
                 continue
             event = result
             key = event.user_id.encode()
-            p = self._partition_of_user(event.user_id, key)
+            p = partition_of(key, self.partitions)
             if p != msg.partition:
                 if msg.topic in self.routed_topics:
                     # A routed message on the wrong partition means the topic's partition

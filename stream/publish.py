@@ -100,9 +100,6 @@ class RecordBatchPublisher:
         self.partitioner = partitioner
         self._partitions: dict[str, int] = {}
         self._round_robin: dict[str, itertools.cycle[int]] = {}
-        # (topic partition count, key) -> partition: murmur2 in pure Python per record costs
-        # more than the lookup, and the same users recur batch after batch.
-        self._key_cache: dict[tuple[int, bytes], int] = {}
 
     async def _partition_count(self, topic: str) -> int:
         count = self._partitions.get(topic)
@@ -117,28 +114,22 @@ class RecordBatchPublisher:
     def _partition(self, topic: str, count: int, key: bytes | None) -> int:
         if key is None:
             return next(self._round_robin[topic])
-        cache_key = (count, key)
-        p = self._key_cache.get(cache_key)
-        if p is None:
-            if len(self._key_cache) >= 1_000_000:
-                self._key_cache.clear()  # bounded; refills from the users that are live
-            p = self._key_cache[cache_key] = self.partitioner(key, count)
-        return p
+        return self.partitioner(key, count)
 
     async def submit(self, records: Sequence[OutRecord]) -> list[SubmittedBatch]:
         """Hand ``records`` to the producer as record batches; returns them, not yet delivered.
 
         Order is kept within each (topic, partition), as Kafka keeps it.
         """
+        counts = {
+            topic: await self._partition_count(topic)
+            for topic in {r.topic for r in records if r.partition is None}
+        }
         grouped: dict[tuple[str, int], list[OutRecord]] = {}
         for record in records:
-            if record.partition is not None:
-                p = record.partition
-            else:
-                count = self._partitions.get(record.topic) or await self._partition_count(
-                    record.topic
-                )
-                p = self._partition(record.topic, count, record.key)
+            p = record.partition
+            if p is None:
+                p = self._partition(record.topic, counts[record.topic], record.key)
             grouped.setdefault((record.topic, p), []).append(record)
         submitted: list[SubmittedBatch] = []
         for (topic, partition), group in grouped.items():
