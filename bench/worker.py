@@ -846,13 +846,13 @@ def warmup_users(partitions: int) -> list[str]:
     return [found[p] for p in range(partitions)]
 
 
-def expected_activity(events: Sequence[Record], interval_s: float) -> set[tuple[str, int]]:
-    """(user, event time) of the events the worker's activity rule scores, from empty state."""
+def expected_activity(keys: Sequence[tuple[str, int]], interval_s: float) -> set[tuple[str, int]]:
+    """Of the events' (user, event time), those the worker's activity rule scores, from empty
+    state."""
     interval_ms = int(interval_s * 1000)
     last: dict[str, int] = {}
     out: set[tuple[str, int]] = set()
-    for key, value in events:
-        user, t = key.decode(), int(orjson.loads(value)["event_time"])
+    for user, t in keys:
         prev = last.get(user)
         if prev is None or t - prev >= interval_ms:
             last[user] = t
@@ -884,7 +884,8 @@ async def run_latency(
     # The events that get an activity signal of their own (the worker's per-user interval
     # rule on a fresh state; the generator's events are valid and in order per user). Only
     # those have an event -> signal latency; the others update state and wait for the next.
-    expected = expected_activity(events, s.fresh_signal_min_interval_s)
+    keys = [(key.decode(), int(orjson.loads(value)["event_time"])) for key, value in events]
+    expected = expected_activity(keys, s.fresh_signal_min_interval_s)
     await kafka_local.ensure_topics(s)
     worker = start_worker(tag, s, run_dir / f"worker-{tag}.log", cfg.app_module)
     kw = s.kafka_client_kwargs()
@@ -897,7 +898,7 @@ async def run_latency(
     # latency into send -> scored (Kafka in, the worker's queue and batch) and scored ->
     # received (the output's way through Kafka to this process).
     emitted: dict[tuple[str, int], list[float]] = defaultdict(list)
-    sent_wall: dict[tuple[str, int], list[float]] = defaultdict(list)
+    wall_minus_perf = time.time() - time.perf_counter()  # send times on the worker's clock
     last_receive = [0.0]
     stop = asyncio.Event()
     collector: asyncio.Task[None] | None = None
@@ -942,9 +943,6 @@ async def run_latency(
 
         # Paced send: every event at (start + i / rate); send times taken at the send call.
         sent: dict[tuple[str, int], list[float]] = defaultdict(list)
-        keys = []
-        for key, value in events:
-            keys.append((key.decode(), orjson.loads(value)["event_time"]))
         # Deliveries are checked by callback: gathering tens of thousands of futures at the
         # end would stall this loop and show up as latency of the last events.
         failures: list[BaseException] = []
@@ -966,7 +964,6 @@ async def run_latency(
                 key, value = events[i]
                 send_call[i] = time.perf_counter()
                 sent[keys[i]].append(send_call[i])
-                sent_wall[keys[i]].append(time.time())
                 fut = await producer.send(s.topic_clickstream, value, key=key)
                 fut.add_done_callback(functools.partial(delivered, i))
                 i += 1
@@ -1010,12 +1007,12 @@ async def run_latency(
     lat: list[float] = []
     sent_at: list[float] = []
     to_scored: list[float] = []
-    for k, walls in sent_wall.items():
-        if k in expected:
-            to_scored += [e - w for w, e in zip(walls, emitted.get(k, ()), strict=False)]
     for k, sends in sent.items():
         if k not in expected:
             continue  # no signal of its own (within the user's activity interval)
+        to_scored += [
+            e - (t + wall_minus_perf) for t, e in zip(sends, emitted.get(k, ()), strict=False)
+        ]
         for t_send, t_recv in zip(sends, received.get(k, ()), strict=False):
             lat.append(t_recv - t_send)
             sent_at.append(t_send - t0)
