@@ -294,12 +294,16 @@ def main(argv: Sequence[str] | None = None, settings: Settings | None = None) ->
     configure_logging(settings, verbose=args.verbose)
     handler: Handler = args.handler
     from ops.kafka_local import KafkaLocalError
+    from settings.kafka import KafkaClientConfigError
 
     try:
         return handler(args, settings)
     except KafkaLocalError as exc:
         log.error("%s", exc)
         return 1
+    except KafkaClientConfigError as exc:  # TLS/SASL settings that make no client: say which
+        log.error("%s", exc)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -496,7 +496,16 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
     failed = False
     with sigterm_as_interrupt():
         try:
-            if not kafka_local._answers(settings.bootstrap_servers, timeout_s=2.0):
+            # Probed as every client connects (TLS, SASL: settings.kafka), or a secured
+            # broker would look absent and the demo would start a plaintext one beside it.
+            probe = settings.kafka_client_kwargs()
+            if not kafka_local._answers(settings.bootstrap_servers, 2.0, probe):
+                if probe["security_protocol"] != "PLAINTEXT":
+                    raise RuntimeError(
+                        f"no broker answers at {settings.bootstrap_servers} over "
+                        f"{probe['security_protocol']}; the demo starts a broker of its own "
+                        "only for PLAINTEXT (it cannot make certificates or users yours trust)"
+                    )
                 # Set first: an interrupt while the broker starts must still stop it.
                 started_broker = True
                 settings = _own_broker(settings, kafka_dir)

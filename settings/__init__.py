@@ -2,8 +2,8 @@
 
 Nothing else in the project reads ``os.environ``. Each field maps to one variable named
 ``CLICKSIGNALS_<FIELD>`` (upper case); ``docker-compose.yml`` and the README's settings table
-list the same names, and a test keeps them in step. Secrets (SASL password) are held as
-:class:`Secret` so that they never appear in ``repr`` or logs.
+list the same names, and a test keeps them in step. Secrets (SASL password, TLS key password,
+webhook URL) are held as :class:`Secret` so that they never appear in ``repr`` or logs.
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ class Settings:
     sasl_mechanism: str = "SCRAM-SHA-256"
     sasl_username: str = ""
     sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    ssl_cafile: Path | None = None
+    """PEM CA bundle that signed the brokers' certificates (SSL, SASL_SSL); unset: the
+    system's trusted CAs (what managed Kafka services' public certificates need)."""
+    ssl_certfile: Path | None = None
+    """PEM client certificate (chain) for brokers that require client authentication (mTLS)."""
+    ssl_keyfile: Path | None = None
+    """PEM private key of ``ssl_certfile``; unset: the key is in ``ssl_certfile``."""
+    ssl_key_password: Secret = field(default_factory=lambda: Secret(""))
+    """Password of an encrypted ``ssl_keyfile``."""
 
     # --- Topics (names and partition counts live here and only here) -------------------
     topic_clickstream: str = "clickstream"
@@ -135,18 +144,14 @@ class Settings:
         return ",".join(h.strip() for h in hosts if h.strip())
 
     def kafka_client_kwargs(self) -> dict[str, Any]:
-        """Connection options for aiokafka producers/consumers/admin clients."""
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "security_protocol": self.security_protocol,
-        }
-        if self.security_protocol.startswith("SASL"):
-            kwargs.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password.reveal(),
-            )
-        return kwargs
+        """Connection options for aiokafka producers/consumers/admin clients.
+
+        Built by :func:`settings.kafka.client_kwargs`, the one place that turns the security
+        settings into client configuration (it also builds the Faust apps' credentials).
+        """
+        from settings.kafka import client_kwargs  # settings.kafka imports this module
+
+        return client_kwargs(self)
 
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -162,6 +167,8 @@ def _convert(raw: str, annotation: str) -> Any:
         return float(raw) if raw.strip() else None
     if kind == "Path":
         return Path(raw)
+    if kind == "Path|None":
+        return Path(raw) if raw.strip() else None
     if kind == "Secret":
         return Secret(raw)
     if kind == "bool":

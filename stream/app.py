@@ -40,6 +40,7 @@ from faust.types import TP, EventT
 from features.signals import RiskThresholds
 from features.validation import ValidationPolicy
 from settings import load_settings
+from settings.kafka import faust_credentials
 from settings.logs import faust_logging_config
 from stream import metrics
 from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
@@ -57,32 +58,11 @@ log = logging.getLogger(__name__)
 settings = load_settings()
 
 
-def _broker_credentials() -> Any:
-    if not settings.security_protocol.startswith("SASL"):
-        return None
-    mechanism = settings.sasl_mechanism.upper()
-    if mechanism == "PLAIN":
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.reveal(),
-        )
-    from aiokafka.helpers import create_ssl_context  # noqa: F401  (SSL variants need it later)
-
-    return (
-        faust.GSSAPICredentials()
-        if mechanism == "GSSAPI"
-        else faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.reveal(),
-            mechanism=mechanism,
-        )
-    )
-
-
 app = faust.App(
     settings.app_id,
     broker=settings.broker_url,
-    broker_credentials=_broker_credentials(),
+    # The one place that builds every client's connection options (TLS, SASL): settings.kafka.
+    broker_credentials=faust_credentials(settings),
     store=settings.store_url,
     datadir=str(settings.data_dir),
     topic_partitions=settings.partitions,

@@ -23,6 +23,7 @@ from faust.streams import _current_event
 from faust.types import EventT
 
 from settings import Settings
+from settings.kafka import faust_credentials
 from settings.logs import faust_logging_config
 
 log = logging.getLogger(__name__)
@@ -40,24 +41,9 @@ def now_ms() -> int:
 
 
 def broker_credentials(settings: Settings) -> Any:
-    """Faust credentials for ``settings.security_protocol`` (``None`` for PLAINTEXT)."""
-    protocol = settings.security_protocol.upper()
-    if protocol == "PLAINTEXT":
-        return None
-    from aiokafka.helpers import create_ssl_context
-
-    ssl_context = create_ssl_context() if protocol.endswith("SSL") else None
-    if protocol == "SSL":
-        return faust.SSLCredentials(context=ssl_context)
-    mechanism = settings.sasl_mechanism.upper()
-    if mechanism == "GSSAPI":
-        return faust.GSSAPICredentials(ssl_context=ssl_context)
-    return faust.SASLCredentials(
-        username=settings.sasl_username,
-        password=settings.sasl_password.reveal(),
-        mechanism=mechanism,
-        ssl_context=ssl_context,
-    )
+    """Faust credentials for ``settings`` (``None`` for PLAINTEXT): :mod:`settings.kafka`'s,
+    the one place that builds every Kafka client's connection options."""
+    return faust_credentials(settings)
 
 
 def make_app(settings: Settings, *, app_id: str, web_port: int, name: str) -> faust.App:
@@ -71,7 +57,8 @@ def make_app(settings: Settings, *, app_id: str, web_port: int, name: str) -> fa
     return faust.App(
         app_id,
         broker=settings.broker_url,
-        broker_credentials=broker_credentials(settings),
+        # A TLS/SASL setting that cannot make a client ends the process with the reason.
+        broker_credentials=config_or_exit(broker_credentials, settings, name),
         store=settings.store_url,
         datadir=str(datadir),
         topic_partitions=settings.partitions,
