@@ -26,6 +26,13 @@ user. SCRAM users are written into the metadata log when the storage is formatte
 (``ops/kafka/Acls.java``, run as a single-file Java program, credentials on stdin). Passwords
 are kept in ``server.properties`` (mode 0600) and passed to the one-off format process on its
 command line: fine for a loopback test broker, not a production set-up.
+
+TLS (opt-in, ``start(..., tls=TlsConfig(...))``): the client listener speaks TLS -- ``SSL``, or
+``SASL_SSL`` when ``sasl`` is given too (what managed Kafka services offer) -- with the broker's
+key and certificate chain and its trusted CAs read from PEM files the caller made (the tests make
+them at test time; nothing secret is kept in the repository), and client certificates
+``required`` or not. A plaintext client is refused on that listener. The controller listener
+stays unencrypted on loopback: only the broker's own controller talks to it.
 """
 
 from __future__ import annotations
@@ -218,20 +225,92 @@ class SaslConfig:
         }
 
 
+TLS_CLIENT_AUTH = ("required", "requested", "none")
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Opt-in TLS on a local broker's client listener (see the module doc); PEM files."""
+
+    keystore: Path
+    """The broker's private key (unencrypted PKCS#8) followed by its certificate chain. The
+    certificate must name 127.0.0.1 (a SAN): clients check the host they dialled."""
+    ca_file: Path
+    """CA certificate(s): the broker trusts client certificates they signed, and the readiness
+    probe trusts the broker's certificate through them."""
+    client_auth: str = "none"
+    """``required`` (mutual TLS: a client without a certificate the CA signed is refused),
+    ``requested`` or ``none``."""
+    probe_certfile: Path | None = None
+    """Client certificate and key (one PEM file) of the readiness probe, needed when
+    ``client_auth`` is ``required``."""
+
+    def __post_init__(self) -> None:
+        if self.client_auth not in TLS_CLIENT_AUTH:
+            raise ValueError(f"client_auth={self.client_auth!r}: use one of {TLS_CLIENT_AUTH}")
+
+
+def client_protocol(sasl: SaslConfig | None, tls: TlsConfig | None) -> str:
+    """The security protocol of the client listener :func:`start` opens for these options."""
+    if sasl is not None:
+        return "SASL_SSL" if tls is not None else "SASL_PLAINTEXT"
+    return "SSL" if tls is not None else "PLAINTEXT"
+
+
+def probe_settings(
+    settings: Settings, bootstrap: str, sasl: SaslConfig | None, tls: TlsConfig | None
+) -> Settings:
+    """Settings of a client that can reach a broker started with ``sasl``/``tls`` (the admin).
+
+    Connection options then come from :mod:`settings.kafka`, as every other client's do.
+    """
+    # Whatever the caller's settings say about security is replaced: the probe speaks exactly
+    # the listener's protocol (a CA file left in the environment must not break a plain start).
+    changes: dict[str, Any] = {
+        "broker_url": f"kafka://{bootstrap}",
+        "security_protocol": client_protocol(sasl, tls),
+        "sasl_username": "",
+        "sasl_password": Secret(""),
+        "ssl_cafile": None,
+        "ssl_certfile": None,
+        "ssl_keyfile": None,
+        "ssl_key_password": Secret(""),
+    }
+    if sasl is not None:
+        changes.update(
+            sasl_mechanism=SCRAM, sasl_username=sasl.admin_user, sasl_password=sasl.admin_password
+        )
+    if tls is not None:
+        changes.update(ssl_cafile=tls.ca_file, ssl_certfile=tls.probe_certfile)
+    return settings.with_overrides(**changes)
+
+
+def _tls_properties(tls: TlsConfig) -> dict[str, str]:
+    return {
+        # PEM stores straight from files: no keytool step, no keystore password to keep.
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(Path(tls.keystore).resolve()),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(Path(tls.ca_file).resolve()),
+        "ssl.client.auth": tls.client_auth,
+        "ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+        # The broker's own connections to its inter-broker listener check the name too.
+        "ssl.endpoint.identification.algorithm": "https",
+    }
+
+
 def _jaas(module: str, user: str, password: Secret, extra: str = "") -> str:
     quoted = password.reveal().replace("\\", "\\\\").replace('"', '\\"')
     return f'{module} required username="{user}" password="{quoted}"{extra};'
 
 
-def _sasl_properties(sasl: SaslConfig, port: int, controller_port: int) -> dict[str, str]:
+def _sasl_properties(sasl: SaslConfig, listener: str) -> dict[str, str]:
+    """SCRAM on the client listener ``listener`` (its name is its protocol), PLAIN on the
+    controller's, and the authorizer (see the module doc)."""
     plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
     scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
     admin_pw = sasl.admin_password.reveal().replace('"', '\\"')
     return {
-        "listeners": f"SASL_PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"SASL_PLAINTEXT://{HOST}:{port}",
-        "inter.broker.listener.name": "SASL_PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
         "sasl.enabled.mechanisms": SCRAM,
         "sasl.mechanism.inter.broker.protocol": SCRAM,
         "sasl.mechanism.controller.protocol": "PLAIN",
@@ -242,7 +321,7 @@ def _sasl_properties(sasl: SaslConfig, port: int, controller_port: int) -> dict[
             sasl.admin_password,
             f' user_{sasl.admin_user}="{admin_pw}"',
         ),
-        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": _jaas(
+        f"listener.name.{listener.lower()}.scram-sha-256.sasl.jaas.config": _jaas(
             scram, sasl.admin_user, sasl.admin_password
         ),
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
@@ -257,8 +336,12 @@ def server_properties(
     port: int,
     controller_port: int,
     sasl: SaslConfig | None = None,
+    tls: TlsConfig | None = None,
 ) -> dict[str, str]:
-    """The broker's ``server.properties`` as an ordered mapping (loopback-only, KRaft)."""
+    """The broker's ``server.properties`` as an ordered mapping (loopback-only, KRaft).
+
+    The client listener is named after its protocol (:func:`client_protocol`).
+    """
     data_dir = Path(data_dir).resolve()
     props = {
         "process.roles": "broker,controller",
@@ -290,8 +373,20 @@ def server_properties(
         "log.segment.bytes": str(64 * 1024 * 1024),
         "log.retention.check.interval.ms": "300000",
     }
+    listener = client_protocol(sasl, tls)
+    controller = "SASL_PLAINTEXT" if sasl is not None else "PLAINTEXT"
+    props.update(
+        {
+            "listeners": f"{listener}://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+            "advertised.listeners": f"{listener}://{HOST}:{port}",
+            "inter.broker.listener.name": listener,
+            "listener.security.protocol.map": f"CONTROLLER:{controller},{listener}:{listener}",
+        }
+    )
     if sasl is not None:
-        props.update(_sasl_properties(sasl, port, controller_port))
+        props.update(_sasl_properties(sasl, listener))
+    if tls is not None:
+        props.update(_tls_properties(tls))
     return props
 
 
@@ -556,6 +651,7 @@ def start(
     timeout_s: float = DEFAULT_START_TIMEOUT_S,
     fetch: bool = True,
     sasl: SaslConfig | None = None,
+    tls: TlsConfig | None = None,
 ) -> BrokerState:
     """Start the local broker on ``127.0.0.1:port`` (a free port if None) with data in ``data_dir``.
 
@@ -566,6 +662,8 @@ def start(
 
     ``sasl`` turns on SCRAM authentication and ACLs (see the module doc); it must be given on
     every start of that data dir (SCRAM users are created only when the storage is formatted).
+    ``tls`` puts the client listener on TLS (``SSL``, or ``SASL_SSL`` with ``sasl``); the
+    readiness probe then connects as a TLS client (:func:`probe_settings`).
 
     Synchronous (the readiness probe runs its own event loop): call it from plain code, not
     from inside a running event loop.
@@ -580,7 +678,7 @@ def start(
                 f"a broker from {data_dir} already runs on {existing.bootstrap} (pid "
                 f"{existing.pid}); stop it before starting on port {port}"
             )
-        probe = sasl.client_kwargs(existing.bootstrap) if sasl is not None else None
+        probe = probe_settings(settings, existing.bootstrap, sasl, tls).kafka_client_kwargs()
         _wait_ready(existing, data_dir, timeout_s, client_kwargs=probe)
         log.info(
             "broker already running: pid %d, bootstrap %s (nothing started)",
@@ -605,7 +703,7 @@ def start(
     while controller_port == port:
         controller_port = free_port()
 
-    props = server_properties(settings, data_dir, port, controller_port, sasl)
+    props = server_properties(settings, data_dir, port, controller_port, sasl, tls)
     config_path = data_dir / SERVER_PROPERTIES
     config_path.touch(mode=0o600)
     config_path.chmod(0o600)  # it holds the admin password when sasl is on
@@ -648,12 +746,12 @@ def start(
         cluster_id=cluster_id,
         kafka_version=kafka_version(),
         started_at=started_at,
-        security_protocol="SASL_PLAINTEXT" if sasl is not None else "PLAINTEXT",
+        security_protocol=client_protocol(sasl, tls),
     )
     (data_dir / PID_FILE).write_text(f"{proc.pid}\n")
     (data_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
     log.info("started broker pid %d on %s; waiting for it to answer", proc.pid, state.bootstrap)
-    probe = sasl.client_kwargs(state.bootstrap) if sasl is not None else None
+    probe = probe_settings(settings, state.bootstrap, sasl, tls).kafka_client_kwargs()
     try:
         _wait_ready(state, data_dir, timeout_s, client_kwargs=probe)
     except (KafkaLocalError, TimeoutError) as exc:
@@ -915,9 +1013,11 @@ __all__ = [
     "BrokerStatus",
     "KafkaLocalError",
     "SaslConfig",
+    "TlsConfig",
     "TopicResult",
     "artifacts_ready",
     "broker_answers",
+    "client_protocol",
     "create_acls",
     "create_topics",
     "ensure_topics",
@@ -925,6 +1025,7 @@ __all__ = [
     "free_port",
     "kafka_version",
     "port_is_free",
+    "probe_settings",
     "server_properties",
     "start",
     "status",
