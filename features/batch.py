@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from features.events import EVENT_TYPE_CODES, EVENT_TYPES, PURCHASE
 from features.windows import (
+    DAY_MS,
     I_ACTIVE,
     N_BASE,
     N_FEATURES,
@@ -138,7 +139,24 @@ def build_window_tensor(ev: EventArrays, spec: WindowSpec, first: int, last: int
     base[:, _N_TYPES + 3] = _count_distinct(cell, ev.product[keep], n_cells)
     base[:, _N_TYPES + 4] = _count_distinct(cell, ev.category[keep], n_cells)
     base[:, _N_TYPES + 5] = _count_distinct(cell, ev.session[keep], n_cells)
+    purchase_ms = ev.time_ms[purchase_rows]
+    # UTC day numbers; only events of this window are counted (see BASE_FEATURES on the
+    # boundary case).
+    day = purchase_ms // DAY_MS
+    # Offset to 0: _count_distinct drops negative keys (pre-1970) and sizes its key by the span.
+    if day.size:
+        day = day - int(day.min())
+    base[:, _N_TYPES + 6] = _count_distinct(purchase_cell, day, n_cells)
     base3 = base.reshape(n_users, n_windows, N_BASE)
+    # First and last purchase time per cell (NaN without one), then carried through the later
+    # windows: fmin/fmax ignore NaN, so a window without purchases keeps the earlier value.
+    # Per-cell min/max rather than first/last row, so input order does not matter.
+    first_ms = np.full(n_cells, np.nan)
+    last_ms = np.full(n_cells, np.nan)
+    np.fmin.at(first_ms, purchase_cell, purchase_ms.astype(np.float64))
+    np.fmax.at(last_ms, purchase_cell, purchase_ms.astype(np.float64))
+    first_order_ms = np.fmin.accumulate(first_ms.reshape(n_users, n_windows), axis=1)
+    last_order_ms = np.fmax.accumulate(last_ms.reshape(n_users, n_windows), axis=1)
 
     cols = np.arange(n_windows, dtype=np.int64)
     first_col = np.full(n_users, n_windows, dtype=np.int64)
@@ -149,6 +167,7 @@ def build_window_tensor(ev: EventArrays, spec: WindowSpec, first: int, last: int
     # No order yet: one below the first window, the convention assemble() reads as "none".
     last_order_col = np.where(last_order_col >= 0, last_order_col, first_col[:, None] - 1)
 
+    start_ms = spec.origin_ms + (cols + first) * spec.length_ms
     features = assemble(
         base3,
         window=(cols + first)[None, :],
@@ -156,7 +175,11 @@ def build_window_tensor(ev: EventArrays, spec: WindowSpec, first: int, last: int
         last_order_window=last_order_col + first,
         orders_total=np.cumsum(orders, axis=1),
         spend_total=np.cumsum(spend, axis=1),
-        start_ms=(spec.origin_ms + (cols + first) * spec.length_ms)[None, :],
+        start_ms=start_ms[None, :],
+        end_ms=(start_ms + spec.length_ms)[None, :],
+        order_days_total=np.cumsum(base3[:, :, _N_TYPES + 6], axis=1),
+        first_order_ms=first_order_ms,
+        last_order_ms=last_order_ms,
     )
     features[cols[None, :] < first_col[:, None]] = 0.0
     return WindowTensor(spec, first, features, orders.copy(), spend.copy())

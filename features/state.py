@@ -18,9 +18,11 @@ import numpy as np
 
 from features.events import EVENT_TYPE_CODES, EVENT_TYPES, PURCHASE, ClickEvent
 from features.windows import (
+    DAY_MS,
     N_BASE,
     N_FEATURES,
     Float32Array,
+    FloatArray,
     WindowSpec,
     assemble,
 )
@@ -52,6 +54,10 @@ class OpenWindow:
     products: set[str] = field(default_factory=set)
     categories: set[str] = field(default_factory=set)
     sessions: set[str] = field(default_factory=set)
+    purchase_days: set[int] = field(default_factory=set)
+    """UTC day numbers (``time_ms // DAY_MS``) with a purchase event in this window."""
+    first_purchase_ms: int | None = None
+    last_purchase_ms: int | None = None
 
     def add(self, event: ClickEvent) -> None:
         self.counts[EVENT_TYPE_CODES[event.event_type]] += 1
@@ -64,6 +70,13 @@ class OpenWindow:
             self.units += event.quantity
             if event.price is not None:
                 self.spend += event.price * event.quantity
+            t = event.event_time_ms
+            self.purchase_days.add(t // DAY_MS)
+            # min/max, not first/last: events may arrive out of order within the lateness.
+            if self.first_purchase_ms is None or t < self.first_purchase_ms:
+                self.first_purchase_ms = t
+            if self.last_purchase_ms is None or t > self.last_purchase_ms:
+                self.last_purchase_ms = t
         if event.product_id is not None:
             self.products.add(event.product_id)
         if event.category is not None:
@@ -81,6 +94,7 @@ class OpenWindow:
             float(len(self.products)),
             float(len(self.categories)),
             float(len(self.sessions)),
+            float(len(self.purchase_days)),
         ]
 
 
@@ -101,7 +115,16 @@ class UserState:
     spend_total: float = 0.0
     last_event_ms: int = 0
     last_order_ms: int | None = None
+    """Latest purchase seen by :func:`add_event`, open windows included: the worker's signals
+    read it (:func:`days_since_last_order`); the feature vector does not."""
     open: dict[int, OpenWindow] = field(default_factory=dict)
+    # Lifetime summary over CLOSED windows only, folded in _vector like orders_total, so that an
+    # open window ahead of the one closing cannot leak into that window's vector.
+    order_days_total: float = 0.0
+    first_order_ms: int | None = None
+    """Time of the first purchase event in a closed window; ``None`` before one."""
+    last_closed_order_ms: int | None = None
+    """Time of the last purchase event in a closed window; ``None`` before one."""
 
 
 def new_state(spec: WindowSpec, first_window: int) -> UserState:
@@ -148,6 +171,8 @@ def _vector(state: UserState, window: int, spec: WindowSpec) -> Float32Array:
         state.last_order_window = window
     state.orders_total += orders
     state.spend_total += spend
+    if aggregate is not None:
+        _fold_purchases(state, aggregate)
     last_order = (
         state.last_order_window if state.last_order_window is not None else state.first_window - 1
     )
@@ -159,8 +184,33 @@ def _vector(state: UserState, window: int, spec: WindowSpec) -> Float32Array:
         orders_total=np.asarray(state.orders_total, dtype=np.float64),
         spend_total=np.asarray(state.spend_total, dtype=np.float64),
         start_ms=np.asarray(spec.start_ms(window), dtype=np.int64),
+        end_ms=np.asarray(spec.end_ms(window), dtype=np.int64),
+        order_days_total=np.asarray(state.order_days_total, dtype=np.float64),
+        first_order_ms=_ms_or_nan(state.first_order_ms),
+        last_order_ms=_ms_or_nan(state.last_closed_order_ms),
     )
     return vector
+
+
+def _fold_purchases(state: UserState, closing: OpenWindow) -> None:
+    """Add a closing window's purchases to the lifetime summary (closed windows only)."""
+    first, last = closing.first_purchase_ms, closing.last_purchase_ms
+    if first is None or last is None:
+        return
+    state.order_days_total += len(closing.purchase_days)
+    # Windows close in order, so the first closed purchase is the first one; min/max anyway,
+    # which costs nothing and cannot be wrong.
+    state.first_order_ms = (
+        first if state.first_order_ms is None else min(state.first_order_ms, first)
+    )
+    state.last_closed_order_ms = (
+        last if state.last_closed_order_ms is None else max(state.last_closed_order_ms, last)
+    )
+
+
+def _ms_or_nan(ms: int | None) -> FloatArray:
+    """assemble()'s convention for an optional time: float64 milliseconds, NaN for none."""
+    return np.asarray(np.nan if ms is None else float(ms), dtype=np.float64)
 
 
 def close_through(state: UserState, window: int, spec: WindowSpec) -> int:

@@ -7,11 +7,12 @@ population rule (who is scored at a window close) and the label definition.
 A window's vector is built in two steps:
 
 1. *base aggregates* (counts per event type, orders, units, spend, distinct products,
-   categories and sessions) — computed by two code paths, vectorised in
+   categories, sessions and order days) — computed by two code paths, vectorised in
    :func:`features.batch.build_window_tensor` and event by event in :mod:`features.state`;
 2. *assembly* (:func:`assemble`), which adds the history features (tenure, windows since the
-   last order, running totals) and the calendar encoding. Both paths call this same function,
-   so the derived features cannot drift apart; tests check that the base aggregates agree.
+   last order, running totals, the lifetime order-day summary) and the calendar encoding. Both
+   paths call this same function, so the derived features cannot drift apart; tests check that
+   the base aggregates agree.
 
 Pure: stdlib and numpy only, no I/O.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,10 @@ YEAR_DAYS: Final = 365.2425
 # History counters are capped so that a very old account does not produce values the
 # training data never showed; two years of weekly windows is beyond any horizon we predict.
 HISTORY_CAP: Final = 104
+# The same guard for the lifetime day counts (days since first/last order): ten years, beyond
+# any customer age the training data holds, so a stray very old first order cannot push the
+# input outside what the model saw.
+HISTORY_CAP_DAYS: Final = 3653
 
 COUNT_FEATURES: Final[tuple[str, ...]] = tuple(f"n_{t}" for t in EVENT_TYPES)
 BASE_FEATURES: Final[tuple[str, ...]] = (
@@ -47,8 +52,17 @@ BASE_FEATURES: Final[tuple[str, ...]] = (
     "distinct_products",
     "distinct_categories",
     "sessions",
+    "order_days",
 )
-"""Aggregates of one window's events; the two code paths each compute these."""
+"""Aggregates of one window's events; the two code paths each compute these.
+
+``order_days`` is the number of distinct UTC calendar days (``time_ms // DAY_MS``) with at
+least one purchase event in the window: the "frequency" unit of BG/NBD, where several orders on
+one day are one purchase occasion. It is exact when windows are whole days aligned on midnight
+UTC (the default: 7-day windows laid on a 00:00 UTC cutoff). Otherwise a day cut by a window
+boundary, with purchases on both sides, counts once in each window, so ``order_days_total``
+can exceed the true number of distinct order days by the number of such cut days.
+"""
 
 FEATURE_NAMES: Final[tuple[str, ...]] = (
     *BASE_FEATURES,
@@ -58,9 +72,23 @@ FEATURE_NAMES: Final[tuple[str, ...]] = (
     "tenure_windows",
     "orders_total",
     "spend_total",
+    "order_days_total",
+    "days_since_first_order",
+    "days_since_last_order",
     "season_sin",
     "season_cos",
 )
+"""The per-window vector. The lifetime summary (what BG/NBD reads, see :func:`lifetime_summary`):
+
+* ``order_days_total`` — ``order_days`` summed over every window through this one;
+* ``days_since_first_order`` — (this window's end − time of the user's first purchase event)
+  in days, 0.0 before any purchase; capped at :data:`HISTORY_CAP_DAYS`;
+* ``days_since_last_order`` — (this window's end − time of the last purchase event at or before
+  that end) in days, 0.0 before any purchase; capped at :data:`HISTORY_CAP_DAYS`.
+
+Both day features are measured to the window END, so they are what is known when the window
+closes, the instant the vector is scored.
+"""
 N_BASE: Final = len(BASE_FEATURES)
 N_FEATURES: Final = len(FEATURE_NAMES)
 FEATURE_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -74,6 +102,9 @@ _UNBOUNDED: Final = frozenset(
         "tenure_windows",
         "orders_total",
         "spend_total",
+        "order_days_total",
+        "days_since_first_order",
+        "days_since_last_order",
     }
 )
 FEATURE_TRANSFORMS: Final[tuple[str, ...]] = tuple(
@@ -81,14 +112,19 @@ FEATURE_TRANSFORMS: Final[tuple[str, ...]] = tuple(
 )
 
 # Bump when the meaning of any feature changes without its name changing.
-FEATURE_DEFINITION_VERSION: Final = 1
+# 2: order_days, order_days_total, days_since_first_order, days_since_last_order added.
+FEATURE_DEFINITION_VERSION: Final = 2
 
 _I = {name: i for i, name in enumerate(BASE_FEATURES)}
 I_PURCHASE: Final = _I["n_purchase"]
 I_CART: Final = _I["n_cart"]
 I_ORDERS: Final = _I["orders"]
 I_SPEND: Final = _I["spend"]
+I_ORDER_DAYS: Final = _I["order_days"]
 I_ACTIVE: Final = FEATURE_INDEX["active"]
+I_ORDER_DAYS_TOTAL: Final = FEATURE_INDEX["order_days_total"]
+I_DAYS_SINCE_FIRST_ORDER: Final = FEATURE_INDEX["days_since_first_order"]
+I_DAYS_SINCE_LAST_ORDER: Final = FEATURE_INDEX["days_since_last_order"]
 
 
 def contract_fingerprint() -> str:
@@ -102,6 +138,7 @@ def contract_fingerprint() -> str:
             "names": FEATURE_NAMES,
             "transforms": FEATURE_TRANSFORMS,
             "history_cap": HISTORY_CAP,
+            "history_cap_days": HISTORY_CAP_DAYS,
             "event_types": EVENT_TYPES,
         },
         sort_keys=True,
@@ -163,11 +200,18 @@ def assemble(
     orders_total: FloatArray,
     spend_total: FloatArray,
     start_ms: IntArray,
+    end_ms: IntArray,
+    order_days_total: FloatArray,
+    first_order_ms: FloatArray,
+    last_order_ms: FloatArray,
 ) -> Float32Array:
     """Full feature vectors from base aggregates plus history, shape ``[..., N_FEATURES]``.
 
     ``last_order_window`` is the latest window ``<=`` this one with an order, or a value below
-    ``first_window`` when there was none; ``orders_total``/``spend_total`` include this window.
+    ``first_window`` when there was none; ``orders_total``/``spend_total``/``order_days_total``
+    include this window. ``start_ms``/``end_ms`` bound the window (``end_ms`` exclusive).
+    ``first_order_ms`` is the time of the user's first purchase event, ``last_order_ms`` of the
+    last one before ``end_ms``; both float64 milliseconds, NaN when there was no purchase yet.
     Every argument broadcasts over the leading axes; the batch path passes whole tensors, the
     event path arrays of one.
     """
@@ -179,12 +223,69 @@ def assemble(
     ordered = last_order_window >= first_window
     since = np.where(ordered, window - last_order_window, window - first_window + 1)
     since = np.minimum(since, HISTORY_CAP).astype(np.float64)
+    since_first = _days_before(end_ms, first_order_ms)
+    since_last = _days_before(end_ms, last_order_ms)
     sin, cos = season(start_ms)
     derived = np.stack(
-        np.broadcast_arrays(conversion, active, since, tenure, orders_total, spend_total, sin, cos),
+        np.broadcast_arrays(
+            conversion,
+            active,
+            since,
+            tenure,
+            orders_total,
+            spend_total,
+            order_days_total,
+            since_first,
+            since_last,
+            sin,
+            cos,
+        ),
         axis=-1,
     )
     return np.concatenate([base, derived], axis=-1).astype(np.float32)
+
+
+def _days_before(end_ms: IntArray, event_ms: FloatArray) -> FloatArray:
+    """Days from ``event_ms`` to ``end_ms``, 0.0 where ``event_ms`` is NaN, capped."""
+    # Milliseconds below 2**53 are exact in float64, so both paths get the same bits.
+    days = (end_ms.astype(np.float64) - event_ms) / DAY_MS
+    days = np.where(np.isnan(event_ms), 0.0, days)
+    return np.minimum(days, float(HISTORY_CAP_DAYS))
+
+
+def lifetime_summary(
+    last_vectors: npt.NDArray[np.floating[Any]],
+) -> tuple[FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+    """BG/NBD's inputs ``(x, t_x, T, ordered)`` read from raw feature vectors ``[..., N_FEATURES]``.
+
+    Pass each user's RAW (untransformed, unnormalised) vector of the window at which the model
+    is fitted or scored, e.g. ``sequence[:, -1, :]``; the summary is as of that window's end.
+    In BG/NBD's units, with order days as purchase occasions and time in WEEKS:
+
+    * ``x`` — repeat order days: ``order_days_total - 1``, 0 for a user who never ordered;
+    * ``T`` — age: weeks from the first purchase to the window end;
+    * ``t_x`` — recency: weeks from the first to the last purchase (``T`` minus weeks since the
+      last purchase), 0 when ``x`` is 0;
+    * ``ordered`` — users with at least one order day; BG/NBD says nothing of the others, whose
+      ``x``, ``t_x`` and ``T`` are all 0.
+
+    Limits inherited from the features: order days are exact only for day-aligned windows
+    (see :data:`BASE_FEATURES`); the time of the first and last purchase *event* stands for the
+    day, so ``T`` and ``t_x`` are fractional; both day features are capped at
+    :data:`HISTORY_CAP_DAYS`, so for a customer older than that ``T`` is the cap and ``t_x`` is
+    understated by the same amount.
+    """
+    v = np.asarray(last_vectors, dtype=np.float64)
+    order_days = v[..., I_ORDER_DAYS_TOTAL]
+    ordered = np.asarray(order_days > 0)
+    x = np.where(ordered, order_days - 1.0, 0.0)
+    age_days = v[..., I_DAYS_SINCE_FIRST_ORDER]
+    since_last_days = v[..., I_DAYS_SINCE_LAST_ORDER]
+    big_t = np.where(ordered, age_days / 7.0, 0.0)
+    # BG/NBD's convention: no repeat, no recency (several purchases on the first order day
+    # would otherwise give a recency of hours). max() guards against float32 rounding.
+    t_x = np.where(x > 0, np.maximum(age_days - since_last_days, 0.0) / 7.0, 0.0)
+    return x, t_x, big_t, ordered
 
 
 def transform(raw: Float32Array) -> Float32Array:

@@ -16,7 +16,7 @@ import pytest
 from features.batch import scored_mask, sequences_at
 from features.events import EVENT_TYPES, ClickEvent
 from features.state import UserState, add_event, close_through, peek_sequence, sequence
-from features.windows import N_FEATURES, WindowSpec
+from features.windows import I_ACTIVE, N_FEATURES, WindowSpec
 from training.dataset import build_tensor, to_event_arrays
 
 WEEK_MS = 7 * 86_400_000
@@ -54,7 +54,7 @@ def replay_sequences(
         for user, state in states.items():
             close_through(state, upto, spec)
             seq = sequence(state)
-            if np.any(seq[-spec.lookback :, 13] > 0):
+            if np.any(seq[-spec.lookback :, I_ACTIVE] > 0):
                 out[(user, upto)] = seq
 
     for event in _events_from_frame(df):
