@@ -4,6 +4,12 @@ Owns :class:`UserRecord` (the feature state of :mod:`features.state` plus what t
 adds: last fresh-signal time and last scores) and its compact codec: a small JSON header
 (orjson) followed by the ring buffer's raw float32 bytes, so the bulk of a user's state is
 copied, not formatted. Also :class:`PartitionClock`, a partition's event-time watermark.
+
+Versions: a record names its :data:`CODEC_VERSION`, and a record of another version is refused
+with :class:`StateVersionError`, never migrated. Version 2 (feature definition 2) holds each
+user's order days and first/last purchase times; a version-1 record has none of them and its
+ring holds vectors of the old length, so no decoding could recover them: the worker's state
+must be rebuilt from the clickstream, as for a changed window grid (the error says how).
 """
 
 from __future__ import annotations
@@ -17,7 +23,12 @@ import orjson
 from features.state import OpenWindow, UserState
 from features.windows import N_FEATURES
 
-CODEC_VERSION = 1
+# 2: order days and first/last purchase times (feature definition 2, issue 14).
+CODEC_VERSION = 2
+
+
+class StateVersionError(ValueError):
+    """A stored user state of another codec version: this worker cannot read it."""
 
 
 @dataclass(slots=True)
@@ -40,6 +51,9 @@ def _open_to_json(w: OpenWindow) -> list[Any]:
         sorted(w.products),
         sorted(w.categories),
         sorted(w.sessions),
+        sorted(w.purchase_days),
+        w.first_purchase_ms,
+        w.last_purchase_ms,
     ]
 
 
@@ -53,6 +67,9 @@ def _open_from_json(v: list[Any]) -> OpenWindow:
         products=set(v[5]),
         categories=set(v[6]),
         sessions=set(v[7]),
+        purchase_days={int(d) for d in v[8]},
+        first_purchase_ms=v[9],
+        last_purchase_ms=v[10],
     )
 
 
@@ -68,6 +85,9 @@ def encode_user(record: UserRecord) -> bytes:
             "st": s.spend_total,
             "le": s.last_event_ms,
             "lom": s.last_order_ms,
+            "odt": s.order_days_total,
+            "fom": s.first_order_ms,
+            "lcm": s.last_closed_order_ms,
             "o": {str(k): _open_to_json(w) for k, w in s.open.items()},
             "lf": record.last_fresh_ms,
             "ls": record.last_scores,
@@ -82,7 +102,15 @@ def decode_user(data: bytes) -> UserRecord:
     size = int.from_bytes(data[:4], "big")
     h = orjson.loads(data[4 : 4 + size])
     if h.get("v") != CODEC_VERSION:
-        raise ValueError(f"user state codec version {h.get('v')}, expected {CODEC_VERSION}")
+        raise StateVersionError(
+            f"stored user state has codec version {h.get('v')}; this worker reads version "
+            f"{CODEC_VERSION} only. Version 2 (feature definition 2) keeps order days and "
+            "first/last purchase times that older records never recorded, so they are not "
+            "migrated. Rebuild the state: run the worker under a new app id "
+            "(CLICKSIGNALS_APP_ID) replaying the clickstream from the start of the history, or "
+            "stop every worker and delete the '<app_id>-user-state-changelog' topic, each "
+            "worker's data dir and the consumer group's offsets"
+        )
     ring = np.frombuffer(data[4 + size :], dtype="<f4").astype(np.float32)
     ring = ring.reshape(int(h["n"]), N_FEATURES).copy()
     state = UserState(
@@ -94,6 +122,9 @@ def decode_user(data: bytes) -> UserRecord:
         spend_total=float(h["st"]),
         last_event_ms=int(h["le"]),
         last_order_ms=h["lom"],
+        order_days_total=float(h["odt"]),
+        first_order_ms=h["fom"],
+        last_closed_order_ms=h["lcm"],
         open={int(k): _open_from_json(v) for k, v in h["o"].items()},
     )
     seen = {int(k): int(v) for k, v in h.get("so", {}).items()}
