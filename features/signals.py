@@ -40,6 +40,12 @@ as ``too_large``; copying them whole could push the dead letter past the broker'
 
 _DAY_MS: Final = 86_400_000
 
+WORKER_REASONS: Final[tuple[str, ...]] = ("late", "null_value", "processing_error")
+"""Dead-letter reasons the worker adds to :data:`features.validation.REASONS`: ``late`` (the
+event's window already closed for its partition), ``null_value`` (a record without a value,
+e.g. a tombstone) and ``processing_error`` (processing the message raised; ``detail`` holds
+the exception's type and message)."""
+
 
 @functools.lru_cache(maxsize=4096)
 def _day_prefix(day: int) -> str:
@@ -259,8 +265,9 @@ class ChurnSignal:
 class DeadLetter:
     """A refused message with its coordinates and raw bytes, for the dead-letter topic.
 
-    ``reason``/``field``/``detail`` are those of :class:`features.validation.Invalid`, or a
-    worker-side reason such as ``too_late`` (past the allowed lateness).
+    ``reason``/``field``/``detail`` are those of :class:`features.validation.Invalid`, or one
+    of :data:`WORKER_REASONS` (the worker's own refusals: late events, null values, messages
+    whose processing raised).
     """
 
     reason: str
@@ -276,14 +283,19 @@ class DeadLetter:
     def from_invalid(
         cls,
         invalid: Invalid,
-        raw: bytes,
+        raw: bytes | None,
         *,
         source_topic: str,
         partition: int,
         offset: int,
         received_at_ms: int,
     ) -> DeadLetter:
-        """The dead letter for a message :func:`features.validation.validate` refused."""
+        """The dead letter for a message :func:`features.validation.validate` refused.
+
+        ``raw`` may be ``None``: Kafka delivers a null value (a tombstone) as ``None``, and
+        ``bytes(None)`` raises; the dead letter then carries no bytes (``raw_size`` 0) and its
+        reason (``null_value``) says why.
+        """
         return cls(
             reason=invalid.reason,
             field=invalid.field,
@@ -291,7 +303,7 @@ class DeadLetter:
             source_topic=source_topic,
             partition=partition,
             offset=offset,
-            raw=bytes(raw),
+            raw=b"" if raw is None else bytes(raw),
             received_at_ms=received_at_ms,
         )
 
@@ -329,6 +341,7 @@ __all__ = [
     "RISK_LEVELS",
     "SIGNAL_ID_CHARS",
     "TRIGGERS",
+    "WORKER_REASONS",
     "ChurnSignal",
     "DeadLetter",
     "DemandSignal",

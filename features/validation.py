@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
@@ -73,6 +74,9 @@ _OPTIONAL_IDS: Final = ("product_id", "category", "brand", "session_id", "order_
 # Longest ISO-8601 timestamp worth parsing ("2019-10-01T00:00:00.123456+05:30" is 32 chars);
 # anything much longer is junk and is refused before reaching the parser.
 _MAX_ISO_CHARS: Final = 64
+# C0 controls and DEL. U+0000 starts every internal key of the worker's table: refusing these in
+# user ids is what keeps user state and internal state in disjoint key spaces.
+_CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 MIN_EVENT_TIME_MS_DEFAULT: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 DAY_MS: Final = 86_400_000
@@ -268,6 +272,10 @@ def _validate(raw: bytes, now_ms: int, policy: ValidationPolicy) -> ClickEvent |
         return Invalid("missing_field", "user_id", "user_id is missing")
     if isinstance(user_id, Invalid):
         return user_id
+    if _CONTROL_CHARS.search(user_id) is not None:
+        return Invalid(
+            "bad_value", "user_id", "user_id contains a control character (U+0000-U+001F, U+007F)"
+        )
 
     time_ms = parse_event_time(raw_time)
     if isinstance(time_ms, str):

@@ -25,6 +25,27 @@ again (its user's state is stored again, so the changelog catches up with the lo
 A window a user's state has already closed is not closed or scored again. Together with the
 worker storing state only once the batch's outputs were delivered, a restart re-emits some
 signals (same ``signal_id``, same scores) but neither loses nor double-counts events.
+
+Every shape Kafka can deliver is handled: a null value (a tombstone) is dead-lettered as
+``null_value``; keys and headers are never trusted (the user comes from the validated value,
+the re-keying origin only from a well-formed header on the re-keying topic).
+
+Internal keys: the table also holds one clock per partition, under keys in the reserved
+namespace :data:`INTERNAL_PREFIX` (U+0000). :func:`features.validation.validate` refuses user
+ids with control characters, so no user id can name an internal key. State written before
+that rule is read as it is (the key names did not change); a clock key that does not hold a
+clock stops the worker with :class:`StateError` instead of being read as something else.
+
+Poison-message isolation (after Kafka Streams' processing-exception handler, KIP-1033): when
+processing a micro-batch raises, the batch's effects on the in-memory state are rolled back
+and its halves are processed again, recursively, against the state as it was before them;
+the single messages that still raise are dead-lettered as ``processing_error`` (exception
+type and message in ``detail``) and everything else is emitted as usual. The processor is
+pure and writes nothing before :meth:`Processor.process` returns, so a rolled-back run leaves
+no trace, and the merged outputs are what processing the batch without those messages gives.
+:class:`FatalError` is not isolated: it means the worker itself is wrong (partition counts,
+unreadable state), and so does a long run of consecutive processing errors (a systemic fault
+such as a broken model must stop the worker, not dead-letter the stream).
 """
 
 from __future__ import annotations
@@ -33,7 +54,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -56,8 +77,53 @@ from stream.model import Scorer
 
 log = logging.getLogger(__name__)
 
-META_PREFIX = "\x00clock/"
+INTERNAL_PREFIX = "\x00"
+"""Every internal table key starts with it; validated user ids never contain it."""
+META_PREFIX = INTERNAL_PREFIX + "clock/"
 DAY_MS = 86_400_000
+ORIGIN_HEADER = "clicksignals-origin"
+MAX_ERROR_STREAK = 256
+"""Consecutive messages whose processing raised, with no message processed in between, after
+which the processor gives up (:class:`SystemicFailure`): that is no longer a poison message."""
+
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
+class FatalError(RuntimeError):
+    """The worker itself is wrong (configuration, state): never blamed on a message."""
+
+
+class StateError(FatalError):
+    """Stored state the processor cannot read as what its key says it is."""
+
+
+class SystemicFailure(FatalError):
+    """Too many consecutive messages failed: a fault of the worker, not of the messages."""
+
+
+def is_internal_key(key: str) -> bool:
+    """True for the table's internal keys (partition clocks); never for a validated user id."""
+    return key.startswith(INTERNAL_PREFIX)
+
+
+def origin_from_headers(headers: Any) -> tuple[int, int] | None:
+    """The ``partition:offset`` a routed copy came from (``clicksignals-origin``), if well formed.
+
+    Headers are outside input like the rest of a message: any shape (a list of pairs, a dict,
+    names and values of any type, ``None`` values) gives an origin or ``None``, never an error.
+    """
+    try:
+        items = headers.items() if isinstance(headers, dict) else headers or ()
+        for item in items:
+            name, value = item
+            if name == ORIGIN_HEADER and isinstance(value, bytes | bytearray | memoryview):
+                text = bytes(value).decode("ascii", "replace")
+                partition, _, offset = text.partition(":")
+                if partition.isdigit() and offset.isdigit():  # int() may still refuse: caught
+                    return int(partition), int(offset)
+    except (TypeError, ValueError):
+        return None
+    return None
 
 
 @functools.lru_cache(maxsize=1 << 20)
@@ -116,7 +182,9 @@ class DictStore:
 @dataclass(frozen=True, slots=True)
 class RawMessage:
     key: bytes | None
-    value: bytes
+    """Never read: the user comes from the validated value (keys may be null or not UTF-8)."""
+    value: bytes | None
+    """``None`` for a record with a null value (a tombstone): dead-lettered as ``null_value``."""
     topic: str
     partition: int
     offset: int
@@ -140,6 +208,29 @@ class BatchOutput:
     scored: int = 0
     inference_seconds: float = 0.0
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
+    processing_errors: dict[str, int] = field(default_factory=dict)
+    """Exception type name -> messages dead-lettered as ``processing_error`` for it."""
+    isolation_runs: int = 0
+    """Extra runs over parts of the batch to find the messages that raise (0: none raised)."""
+
+    def merge(self, later: BatchOutput) -> None:
+        """Append the outputs of a run that came after this one (isolation's halves)."""
+        self.demand += later.demand
+        self.churn += later.churn
+        self.dead_letters += later.dead_letters
+        self.reroute += later.reroute
+        self.reroute_origins += later.reroute_origins
+        self.duplicates += later.duplicates
+        for p, entries in later.writes.items():
+            # Each write is a key's whole encoded state: the later run's is the current one.
+            self.writes.setdefault(p, {}).update(entries)
+        self.scored += later.scored
+        self.inference_seconds += later.inference_seconds
+        for reason, n in later.invalid_by_reason.items():
+            self.invalid_by_reason[reason] = self.invalid_by_reason.get(reason, 0) + n
+        for name, n in later.processing_errors.items():
+            self.processing_errors[name] = self.processing_errors.get(name, 0) + n
+        self.isolation_runs += later.isolation_runs
 
 
 @dataclass(slots=True)
@@ -183,8 +274,19 @@ class Processor:
         self._active: dict[int, dict[str, int]] = {}
         """Per partition: user → last window with an event (the close candidates)."""
         self._clock_keys = {p: clock_key(p, partitions) for p in range(partitions)}
-        """user id → partition: murmur2 in pure Python costs more than the dict lookup, and
-        a user's events come again and again."""
+        self.max_error_streak = MAX_ERROR_STREAK
+        self._error_streak = 0
+        # Undo information of the run in progress (see _checkpoint / _rollback): what the
+        # in-memory caches held before it, so a run that raises can be taken back.
+        self._touched: set[str] = set()
+        """Users whose cached record this run read or changed (dropped on rollback: the store,
+        or the overlay, still has their state from before the run)."""
+        self._clock_backup: dict[int, PartitionClock | None] = {}
+        """Partition -> its clock before the run (a copy), or None if the run loaded it."""
+        self._active_undo: list[tuple[int, str, int | None]] = []
+        """(partition, user, previous last window or None if absent), in the order changed."""
+        self._overlay: dict[str, bytes] = {}
+        """During isolation: writes of the parts already done, read before the store."""
 
     # --- partition lifecycle -------------------------------------------------------------
 
@@ -199,9 +301,13 @@ class Processor:
     def _ensure_partition(self, p: int) -> PartitionClock:
         clock = self._clocks.get(p)
         if clock is not None:
+            if p not in self._clock_backup:
+                self._clock_backup[p] = replace(clock)
             return clock
-        raw = self.store.get(self._clock_keys[p], p)
-        clock = decode_clock(raw) if raw else PartitionClock()
+        self._clock_backup.setdefault(p, None)
+        key = self._clock_keys[p]
+        raw = self._get(key, p)
+        clock = self._decode_clock(key, p, raw) if raw else PartitionClock()
         self._clocks[p] = clock
         active: dict[str, int] = {}
         if clock.closed_through is not None:
@@ -209,36 +315,175 @@ class Processor:
             # rebalance moved this partition here).
             horizon = clock.closed_through - self.spec.lookback + 1
             for key, value in self._items():
-                if key.startswith(META_PREFIX) or partition_of(key.encode(), self.partitions) != p:
+                # Internal keys are not users. Before user ids with control characters were
+                # refused, a user could be stored under this namespace: such a record is
+                # left alone (no event can reach it any more), never read as a clock.
+                if is_internal_key(key) or partition_of(key.encode(), self.partitions) != p:
                     continue
-                record = decode_user(value)
+                try:
+                    record = decode_user(value)
+                except Exception as exc:
+                    # One unreadable record must not stop the partition: the user is no close
+                    # candidate; an event of theirs fails alone (processing_error).
+                    log.error("partition %d: user %r has unreadable state: %r", p, key, exc)
+                    continue
                 last = self.spec.index(record.state.last_event_ms)
                 if last >= horizon or record.state.open:
                     active[key] = last
         self._active[p] = active
         return clock
 
+    @staticmethod
+    def _decode_clock(key: str, p: int, raw: bytes) -> PartitionClock:
+        try:
+            return decode_clock(raw)
+        except Exception as exc:
+            raise StateError(
+                f"partition {p}: table key {key!r} does not hold a partition clock "
+                f"({type(exc).__name__}: {exc}; value starts {raw[:40]!r}). Refusing to "
+                f"process the partition: the state was written by an incompatible version; "
+                f"rebuild it (a new app id replaying the history)"
+            ) from exc
+
+    def _get(self, key: str, partition: int) -> bytes | None:
+        if self._overlay:
+            value = self._overlay.get(key)
+            if value is not None:
+                return value
+        return self.store.get(key, partition)
+
     def _items(self) -> Iterator[tuple[str, bytes]]:
         yield from self.store.items()
 
     def _record(self, user: str, partition: int) -> UserRecord | None:
+        self._touched.add(user)
         record = self._users.get(user)
         if record is None:
-            raw = self.store.get(user, partition)
+            raw = self._get(user, partition)
             if raw:
                 record = decode_user(raw)
                 self._users[user] = record
         return record
 
+    # --- checkpoints: taking back a run that raised ---------------------------------------
+
+    def _checkpoint(self) -> None:
+        self._touched.clear()
+        self._clock_backup.clear()
+        self._active_undo.clear()
+
+    def _rollback(self) -> None:
+        """Put the caches back as they were when the run started (see ``_checkpoint``)."""
+        for user in self._touched:
+            self._users.pop(user, None)
+        for p, user, previous in reversed(self._active_undo):
+            active = self._active.get(p)
+            if active is None:
+                continue
+            if previous is None:
+                active.pop(user, None)
+            else:
+                active[user] = previous
+        for p, backup in self._clock_backup.items():
+            if backup is None:  # loaded by the run: loaded again from the store next time
+                self._clocks.pop(p, None)
+                self._active.pop(p, None)
+            else:
+                self._clocks[p] = backup
+        self._checkpoint()
+
     # --- the batch ----------------------------------------------------------------------------
 
     def process(self, messages: list[RawMessage]) -> BatchOutput:
+        """One micro-batch: outputs and table writes. Raises only :class:`FatalError`.
+
+        A message whose processing raises is dead-lettered as ``processing_error`` and the
+        rest of the batch is processed as if it had not been there (module doc).
+        """
+        now = self.now_ms()
+        self._checkpoint()
+        try:
+            out = self._run(messages, now)
+        except FatalError:
+            self._rollback()
+            raise
+        except Exception as exc:
+            self._rollback()
+            log.warning(
+                "a batch of %d messages raised %s: %s; isolating the message(s) at fault",
+                len(messages),
+                type(exc).__name__,
+                exc,
+            )
+            out = BatchOutput()
+            try:
+                self._isolate(messages, now, out, exc)
+            finally:
+                self._overlay.clear()
+            return out
+        if messages:
+            self._error_streak = 0
+        return out
+
+    def _isolate(
+        self, messages: list[RawMessage], now: int, out: BatchOutput, exc: Exception
+    ) -> None:
+        """``messages`` raised ``exc`` against the current (rolled-back) state: bisect.
+
+        Halves run in order, each against the state the previous parts left, so the merged
+        outputs are those of the batch without the messages that raise.
+        """
+        if len(messages) == 1:
+            self._poisoned(out, messages[0], now, exc)
+            return
+        middle = len(messages) // 2
+        for part in (messages[:middle], messages[middle:]):
+            out.isolation_runs += 1
+            self._checkpoint()
+            try:
+                done = self._run(part, now)
+            except FatalError:
+                self._rollback()
+                raise
+            except Exception as part_exc:
+                self._rollback()
+                self._isolate(part, now, out, part_exc)
+                continue
+            self._error_streak = 0
+            out.merge(done)
+            for entries in done.writes.values():
+                self._overlay.update(entries)
+
+    def _poisoned(self, out: BatchOutput, msg: RawMessage, now: int, exc: Exception) -> None:
+        self._error_streak += 1
+        name = type(exc).__name__
+        log.error(
+            "processing %s[%d]@%d raised %s: dead-lettered as processing_error",
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            name,
+            exc_info=exc,
+        )
+        if self._error_streak > self.max_error_streak:
+            raise SystemicFailure(
+                f"{self._error_streak} consecutive messages raised while processing "
+                f"(the last: {name}: {exc}): a fault of the worker, not of its input"
+            ) from exc
+        out.processing_errors[name] = out.processing_errors.get(name, 0) + 1
+        detail = f"{name}: {exc}"
+        self._dead(out, Invalid("processing_error", None, detail[:1000]), msg, now)  # type: ignore[arg-type]
+
+    def _run(self, messages: list[RawMessage], now: int) -> BatchOutput:
         out = BatchOutput()
         requests: list[_Request] = []
         dirty_users: dict[str, int] = {}
         dirty_parts: set[int] = set()
-        now = self.now_ms()
         for msg in messages:
+            if msg.value is None:
+                null = Invalid("null_value", None, "the record has a null value (a tombstone)")  # type: ignore[arg-type]
+                self._dead(out, null, msg, now)
+                continue
             result = validate(msg.value, now_ms=now, policy=self.policy)
             if isinstance(result, Invalid):
                 self._dead(out, result, msg, now)
@@ -250,7 +495,7 @@ class Processor:
                 if msg.topic in self.routed_topics:
                     # A routed message on the wrong partition means the topic's partition
                     # count differs from settings: refuse loudly rather than corrupt state.
-                    raise RuntimeError(
+                    raise FatalError(
                         f"{msg.topic}[{msg.partition}] holds user {event.user_id!r} of "
                         f"partition {p}: partition counts do not match settings"
                     )
@@ -301,6 +546,7 @@ class Processor:
         return out
 
     def _dead(self, out: BatchOutput, invalid: Invalid, msg: RawMessage, now: int) -> None:
+        # ``invalid.reason`` is a validation reason or one of features.signals.WORKER_REASONS.
         out.invalid_by_reason[invalid.reason] = out.invalid_by_reason.get(invalid.reason, 0) + 1
         out.dead_letters.append(
             DeadLetter.from_invalid(
@@ -329,7 +575,9 @@ class Processor:
         if origin is not None:
             record.seen[origin[0]] = max(origin[1], record.seen.get(origin[0], -1))
         active = self._active.setdefault(p, {})
-        active[user] = max(window, active.get(user, window))
+        previous = active.get(user)
+        self._active_undo.append((p, user, previous))
+        active[user] = window if previous is None else max(window, previous)
         t = event.event_time_ms
         if record.last_fresh_ms is None or t - record.last_fresh_ms >= self.fresh_interval_ms:
             record.last_fresh_ms = t
@@ -380,7 +628,7 @@ class Processor:
                 end_ms = self.spec.end_ms(window)
                 requests.append(_Request(user, end_ms, "window_close", record.state.ring.copy()))
         for user in gone:
-            del active[user]
+            self._active_undo.append((p, user, active.pop(user)))
             # A user out of the lookback is no longer needed in memory; the table has them.
             if user not in dirty:
                 self._users.pop(user, None)
@@ -442,7 +690,12 @@ class Processor:
     # --- views ----------------------------------------------------------------------------------
 
     def user_view(self, user: str) -> dict[str, Any] | None:
-        record = self._record(user, partition_of(user.encode(), self.partitions))
+        if is_internal_key(user):
+            return None  # not a user: the table's internal keys are never shown as one
+        record = self._users.get(user)
+        if record is None:
+            raw = self.store.get(user, partition_of(user.encode(), self.partitions))
+            record = decode_user(raw) if raw else None
         if record is None:
             return None
         s = record.state
@@ -467,9 +720,10 @@ class Processor:
         clocks = dict(self._clocks)
         for p in held:
             if p not in clocks and 0 <= p < self.partitions:
-                raw = self.store.get(self._clock_keys[p], p)
+                key = self._clock_keys[p]
+                raw = self.store.get(key, p)
                 if raw:
-                    clocks[p] = decode_clock(raw)
+                    clocks[p] = self._decode_clock(key, p, raw)
         return {
             p: {"max_event_ms": c.max_event_ms, "closed_through": c.closed_through}
             for p, c in sorted(clocks.items())

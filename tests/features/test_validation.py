@@ -205,6 +205,23 @@ def test_user_id_blank(value: str) -> None:
     invalid(with_(user_id=value), "bad_value", "user_id")
 
 
+@pytest.mark.parametrize(
+    "value", ["\x00clock/0/0", "\x00", "u\x00", "a\tb", "line\nbreak", "\x1f", "del\x7f"]
+)
+def test_user_id_with_control_characters(value: str) -> None:
+    # The worker's internal table keys start with U+0000: no accepted user id may contain it.
+    invalid(with_(user_id=value), "bad_value", "user_id")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_no_accepted_user_id_is_in_the_internal_key_namespace(user_id: str) -> None:
+    result = check(with_(user_id=user_id))
+    if isinstance(result, ClickEvent):
+        assert not result.user_id.startswith("\x00")
+        assert not any(c < " " or c == "\x7f" for c in result.user_id)
+
+
 def test_user_id_too_long() -> None:
     invalid(with_(user_id="u" * 257), "bad_value", "user_id")
 
@@ -368,7 +385,10 @@ def test_junk_event_objects_never_raise(obj: dict[str, Any]) -> None:
         ClickEvent,
         event_time_ms=st.integers(min_value=MIN_EVENT_TIME_MS_DEFAULT, max_value=NOW),
         event_type=st.sampled_from(EVENT_TYPES),
-        user_id=st.text(min_size=1, max_size=30).filter(lambda s: s.strip() != ""),
+        # Control characters in user ids are refused (test_user_id_with_control_characters).
+        user_id=st.text(min_size=1, max_size=30).filter(
+            lambda s: s.strip() != "" and not any(c < " " or c == "\x7f" for c in s)
+        ),
         product_id=st.none() | st.text(min_size=1, max_size=10).filter(str.strip),
         category=st.none() | st.text(min_size=1, max_size=10).filter(str.strip),
         brand=st.none() | st.text(min_size=1, max_size=10).filter(str.strip),
