@@ -47,6 +47,8 @@ HYP2F1_MAX_TERMS: Final = 200_000
 ``alpha`` and ``T`` ≈ 0); the partial sum is then a finite lower bound."""
 
 _BLOCK: Final = 256
+_C_FLOOR: Final = 1e-6
+"""Below this, 2F1's c = a + b + x - 1 leaves the positive-series domain (x = 0, a + b < 1)."""
 _A_NEAR_ONE: Final = 1e-4
 """Within this of a = 1 the expectation's (1 - Q)/(a - 1) is 0/0; it is interpolated between
 a = 1 ± this, where the cancellation costs at most eps/1e-4 ≈ 2e-12 relative."""
@@ -217,6 +219,8 @@ def _log_expected(
     if t <= 0.0:
         return np.full(x.shape, -np.inf)
     xf, Tf = np.ravel(x), np.ravel(T)
+    if p.a + p.b + xf.min(initial=1.0) - 1.0 <= _C_FLOOR:
+        return _log_expected_low_c(p, x, t_x, T, t)
     if abs(p.a - 1.0) < _A_NEAR_ONE:
         lo, hi = 1.0 - _A_NEAR_ONE, 1.0 + _A_NEAR_ONE
         k_lo, k_hi = np.exp(_log_k(p, lo, xf, Tf, t)), np.exp(_log_k(p, hi, xf, Tf, t))
@@ -226,6 +230,49 @@ def _log_expected(
         log_k = _log_k(p, p.a, xf, Tf, t)
     log_pa = _log_p_alive(_log_alive_odds(p, x, t_x, T))
     return (np.log(p.a + p.b + x - 1.0) + log_k.reshape(x.shape)) + log_pa
+
+
+def _hyp2f1_linear(a: FloatArray, b: FloatArray, c: FloatArray, z: FloatArray) -> FloatArray:
+    """2F1 summed in linear space, for the rows whose c is at or below zero (see below).
+
+    With -1 < c < 0 every term after the first is negative (``(c)_k < 0`` for k >= 1) and
+    they decay like ``k^(a+b-c-1) z^k``, so plain summation converges for z < 1.
+    """
+    total = np.ones_like(z)
+    term = np.ones_like(z)
+    for k in range(HYP2F1_MAX_TERMS):
+        term = term * (a + k) * (b + k) / ((c + k) * (k + 1.0)) * z
+        total = total + term
+        if k > 8 and np.all(np.abs(term) <= HYP2F1_RTOL * np.maximum(np.abs(total), 1e-300)):
+            break
+    return total
+
+
+def _log_expected_low_c(
+    p: BgNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: float
+) -> FloatArray:
+    """The expectation when a + b < 1: for customers without a repeat purchase (x = 0) the
+    hypergeometric's c = a + b - 1 is negative, outside the positive series above. Those rows
+    are summed in linear space (c nudged off 0, where the expression has a finite limit);
+    rows with x >= 1 have c > 0 and take the log-space path."""
+    xf, tf, Tf = np.ravel(x), np.ravel(t_x), np.ravel(T)
+    out = np.empty(xf.shape)
+    c_all = p.a + p.b + xf - 1.0
+    low = c_all <= _C_FLOOR
+    if np.any(~low):
+        out[~low] = _log_expected(p, xf[~low], tf[~low], Tf[~low], t)
+    if np.any(low):
+        xl, Tl = xf[low], Tf[low]
+        c = c_all[low]
+        c = np.where(np.abs(c) < 1e-9, -1e-9, c)
+        m = p.r + xl
+        log_v = np.log(p.alpha + Tl) - np.log(p.alpha + Tl + t)
+        z = t / (p.alpha + Tl + t)
+        q = np.exp(m * log_v) * _hyp2f1_linear(m, p.b + xl, c, z)
+        expected = c * (1.0 - q) / (p.a - 1.0) if abs(p.a - 1.0) > 1e-12 else c * (1.0 - q) / 1e-12
+        # P(alive) is 1 for these rows (x = 0), so the expectation is the bracket alone.
+        out[low] = np.log(np.maximum(expected, 1e-300))
+    return out.reshape(x.shape)
 
 
 def bgnbd_expected(
