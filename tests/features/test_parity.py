@@ -1,8 +1,10 @@
 """Batch (training) and event-by-event (worker) feature paths give the same numbers.
 
 Synthetic events cover the corner cases (orders by id, by session and anonymous, missing
-prices and keys, silent gaps longer than a sequence); the real-data case replays UCI Online
-Retail. Both compare every scored (user, window) sequence, float32 to 1e-6 relative.
+prices and keys, silent gaps longer than a sequence, windows aligned on midnight UTC or cutting
+days, events arriving out of order within a window); the real-data case replays UCI Online
+Retail. Both compare every scored (user, window) sequence, float32 to 1e-6 relative, and check
+that the lifetime order-day features are exercised, not all zero.
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ import pytest
 from features.batch import scored_mask, sequences_at
 from features.events import EVENT_TYPES, ClickEvent
 from features.state import UserState, add_event, close_through, peek_sequence, sequence
-from features.windows import I_ACTIVE, N_FEATURES, WindowSpec
+from features.windows import (
+    DAY_MS,
+    FEATURE_INDEX,
+    I_ACTIVE,
+    I_DAYS_SINCE_FIRST_ORDER,
+    I_DAYS_SINCE_LAST_ORDER,
+    I_ORDER_DAYS,
+    I_ORDER_DAYS_TOTAL,
+    N_FEATURES,
+    WindowSpec,
+)
 from training.dataset import build_tensor, to_event_arrays
 
 WEEK_MS = 7 * 86_400_000
@@ -92,6 +104,21 @@ def assert_same(a: dict[tuple[str, int], np.ndarray], b: dict[tuple[str, int], n
     np.testing.assert_allclose(stacked_a, stacked_b, rtol=1e-6, atol=1e-6)
 
 
+def assert_order_days_exercised(sequences: dict[tuple[str, int], np.ndarray]) -> None:
+    """The new features take non-trivial values, so agreeing on them means something."""
+    last = np.stack([seq[-1] for seq in sequences.values()])
+    orders, order_days = last[:, FEATURE_INDEX["orders"]], last[:, I_ORDER_DAYS]
+    assert np.any(order_days > 0)
+    # Some window has more orders than order days (several orders on one day).
+    assert np.any(order_days < orders)
+    assert np.all(order_days <= last[:, FEATURE_INDEX["n_purchase"]])
+    assert np.any(last[:, I_ORDER_DAYS_TOTAL] > 1)
+    first, since_last = last[:, I_DAYS_SINCE_FIRST_ORDER], last[:, I_DAYS_SINCE_LAST_ORDER]
+    assert np.any(since_last > 7)
+    assert np.any(first > since_last)
+    assert np.all(first >= since_last - 1e-3)
+
+
 def synthetic_frame(seed: int, n: int = 3000, users: int = 40) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     times = np.sort(rng.integers(0, 30 * WEEK_MS, n)) + 1_600_000_000_000
@@ -123,14 +150,38 @@ def synthetic_frame(seed: int, n: int = 3000, users: int = 40) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_batch_and_event_paths_agree_on_synthetic_events(seed: int) -> None:
+@pytest.mark.parametrize("midnight", [False, True], ids=["cut_days", "midnight_utc"])
+def test_batch_and_event_paths_agree_on_synthetic_events(seed: int, midnight: bool) -> None:
     df = synthetic_frame(seed)
-    spec = WindowSpec(WEEK_MS, 1_600_000_000_000 - 3 * 86_400_000, seq_len=5, horizon=2, lookback=3)
+    origin = 1_600_000_000_000 - 3 * DAY_MS
+    if midnight:
+        origin -= origin % DAY_MS
+    else:
+        # Boundaries at 02:40 UTC: days cut by a boundary count in both windows, on both paths.
+        assert origin % DAY_MS != 0
+    spec = WindowSpec(WEEK_MS, origin, seq_len=5, horizon=2, lookback=3)
     last = spec.index(int(df.event_time_ms.max())) + 2
     batch = batch_sequences(df, spec, last)
     stream = replay_sequences(df, spec, last)
     assert len(batch) > 100
     assert_same(batch, stream)
+    assert_order_days_exercised(batch)
+
+
+def test_events_out_of_order_within_a_window_give_the_same_vectors() -> None:
+    """The worker folds events as they arrive (within the allowed lateness, before a close):
+    first/last purchase times are min/max, not first/last seen."""
+    df = synthetic_frame(4)
+    spec = WindowSpec(WEEK_MS, 1_600_000_000_000, seq_len=5, horizon=2, lookback=3)
+    window = (df.event_time_ms - spec.origin_ms) // spec.length_ms
+    shuffled = (
+        df.assign(_w=window, _r=np.random.default_rng(0).random(len(df)))
+        .sort_values(["_w", "_r"])
+        .drop(columns=["_w", "_r"])
+    )
+    assert not shuffled.event_time_ms.is_monotonic_increasing
+    last = spec.index(int(df.event_time_ms.max())) + 2
+    assert_same(batch_sequences(df, spec, last), replay_sequences(shuffled, spec, last))
 
 
 def test_sparse_user_with_gap_longer_than_sequence() -> None:
@@ -183,3 +234,39 @@ def test_batch_and_event_paths_agree_on_uci_online_retail(shared_data) -> None: 
     batch = batch_sequences(df, spec, last)
     assert len(batch) > 90_000
     assert_same(batch, replay_sequences(df, spec, last))
+    assert_order_days_exercised(batch)
+
+
+@pytest.mark.realdata
+def test_order_days_are_the_distinct_purchase_days_of_uci_online_retail(shared_data) -> None:  # type: ignore[no-untyped-def]
+    """With windows on a midnight-UTC grid the features are exact: at the last window, each
+    customer's order_days_total is their number of distinct purchase days, and the day
+    features are measured from their first and last purchase to the window end."""
+    from ingest.adapters import read_events
+
+    df = read_events(shared_data / "online_retail.csv.gz", "transactions").events
+    cutoff = int(pd.Timestamp("2011-09-05", tz="UTC").value // 1_000_000)
+    spec = WindowSpec(WEEK_MS, cutoff, seq_len=12, horizon=4, lookback=12)
+    last = spec.index(int(df.event_time_ms.max()))
+    arrays, user_ids = to_event_arrays(df)
+    vectors = build_tensor(arrays, spec, last).features[:, -1, :].astype(np.float64)
+    purchases = df[df.event_type == "purchase"]
+    per_user = purchases.assign(day=purchases.event_time_ms // DAY_MS).groupby("user_id")
+    expected = pd.DataFrame(
+        {
+            "days": per_user.day.nunique(),
+            "first": per_user.event_time_ms.min(),
+            "last": per_user.event_time_ms.max(),
+        }
+    )
+    row = {str(u): i for i, u in enumerate(user_ids)}
+    idx = np.array([row[str(u)] for u in expected.index])
+    assert len(idx) > 4000
+    got = vectors[idx]
+    np.testing.assert_array_equal(got[:, I_ORDER_DAYS_TOTAL], expected.days.to_numpy())
+    end = spec.end_ms(last)
+    for col, feature in (("first", I_DAYS_SINCE_FIRST_ORDER), ("last", I_DAYS_SINCE_LAST_ORDER)):
+        days = (end - expected[col].to_numpy()) / DAY_MS
+        np.testing.assert_allclose(got[:, feature], days, rtol=1e-6)
+    never = np.setdiff1d(np.arange(len(user_ids)), idx)
+    assert np.all(vectors[never][:, [I_ORDER_DAYS_TOTAL, I_DAYS_SINCE_FIRST_ORDER]] == 0)
