@@ -978,12 +978,17 @@ class AclSpec:
 
 
 def create_acls(
-    settings: Settings, sasl: SaslConfig, bootstrap: str, acls: Iterable[AclSpec]
+    settings: Settings,
+    sasl: SaslConfig,
+    bootstrap: str,
+    acls: Iterable[AclSpec],
+    tls: TlsConfig | None = None,
 ) -> None:
     """Grant ``acls`` on the broker at ``bootstrap`` as the admin user of ``sasl``.
 
     Runs ``ops/kafka/Acls.java`` (Kafka's Admin client) with the broker's jars; the admin's
-    credentials go to it on stdin, so they are in no process listing.
+    credentials go to it on stdin, so they are in no process listing. ``tls``: the broker was
+    started with it (SASL_SSL); the tool trusts its CA (and shows the probe's certificate).
     """
     specs = [a.arg() for a in acls]
     jaas = _jaas(
@@ -991,7 +996,16 @@ def create_acls(
         sasl.admin_user,
         sasl.admin_password,
     )
-    client = f"security.protocol=SASL_PLAINTEXT\nsasl.mechanism={SCRAM}\nsasl.jaas.config={jaas}\n"
+    protocol = client_protocol(sasl, tls)
+    client = f"security.protocol={protocol}\nsasl.mechanism={SCRAM}\nsasl.jaas.config={jaas}\n"
+    if tls is not None:
+        ca_file = Path(tls.ca_file).resolve()
+        client += f"ssl.truststore.type=PEM\nssl.truststore.location={ca_file}\n"
+        if tls.probe_certfile is not None:
+            client += (
+                "ssl.keystore.type=PEM\n"
+                f"ssl.keystore.location={Path(tls.probe_certfile).resolve()}\n"
+            )
     cmd = [_java(), "-cp", str(libs_dir(settings).resolve() / "*"), str(ACLS_JAVA), bootstrap]
     proc = subprocess.run(
         [*cmd, *specs], input=client, capture_output=True, text=True, check=False, timeout=120
