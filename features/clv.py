@@ -46,6 +46,12 @@ HYP2F1_MAX_TERMS: Final = 200_000
 """Series cap. Only reached when z is within ~1e-5 of 1 with a slowly decaying series (a tiny
 ``alpha`` and ``T`` ≈ 0); the partial sum is then a finite lower bound."""
 
+Z_QUADRATURE: Final = 0.99
+"""Above this z = t/(alpha+T+t) the conditional expectation is integrated numerically: the series
+would need thousands of terms per row (and ~1e6 for a tiny alpha at T = 0)."""
+C_MIN: Final = 0.5
+_QUAD_NODES: Final = 2001
+
 _BLOCK: Final = 256
 _C_FLOOR: Final = 1e-6
 """Below this, 2F1's c = a + b + x - 1 leaves the positive-series domain (x = 0, a + b < 1)."""
@@ -194,22 +200,68 @@ def bgnbd_p_alive(params: BgNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLik
     return np.exp(_log_p_alive(_log_alive_odds(params, x_, t_x_, T_)))
 
 
-def _log_k(p: BgNbdParams, a: float, x: FloatArray, T: FloatArray, t: float) -> FloatArray:
-    """log of (1 - Q) / (a - 1), Q = ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z).
+def _log_h_quadrature(a: float, beta: FloatArray, m: FloatArray, u: FloatArray) -> FloatArray:
+    """log E_p[(1 - (1 + p u)^-m) / p] for p ~ Beta(a, beta), by quadrature over s = logit(p).
 
-    This is the conditional expectation given alive, divided by (a + b + x - 1). (1 - Q) and
-    (a - 1) have the same sign for every a != 1, so the ratio is positive.
+    This is the expectation given alive (u = t/(alpha + T), m = r + x): the 2F1 form integrated
+    over the posterior of p. Where z = u/(1 + u) is close to 1 (a tiny alpha + T against t) the
+    2F1 series needs ~1/(1 - z) terms, while this integrand stays smooth in s: it decays like
+    e^(a s) below and e^(-beta s) above, so the trapezoid rule on a uniform grid converges
+    geometrically. It is self-normalised (the same grid integrates the Beta weight), so no log-beta
+    function is needed and grid error largely cancels.
+    """
+    s_peak = math.log(a) - np.log(beta)
+    s_lo = np.minimum(s_peak, -np.log(u)) - 40.0 / a - 5.0
+    s_hi = s_peak + np.minimum(40.0 / beta, 400.0) + 5.0
+    grid = np.linspace(0.0, 1.0, _QUAD_NODES)[None, :]
+    s = s_lo[:, None] + (s_hi - s_lo)[:, None] * grid
+    log_p = -np.logaddexp(0.0, -s)
+    log_1mp = -np.logaddexp(0.0, s)
+    log_w = a * log_p + beta[:, None] * log_1mp
+    log_pu = log_p + np.log(u)[:, None]
+    y = m[:, None] * np.log1p(np.exp(log_pu))  # -log E[exp(-λ p t)], λ ~ its posterior
+    # Far below p = 1/u, y underflows; there 1 - e^-y = y (1 - y/2) and log y is taken from logs.
+    tiny = y < 1e-8
+    log_y = np.where(tiny, np.log(m)[:, None] + log_pu, np.log(np.where(tiny, 1.0, y)))
+    with np.errstate(divide="ignore"):
+        log_1m_ey = np.log(-np.expm1(-y))
+    log_g = np.where(tiny, log_y - 0.5 * y, log_1m_ey) - log_p
+
+    def logsumexp(v: FloatArray) -> FloatArray:
+        peak = v.max(axis=1)
+        out: FloatArray = peak + np.log(np.exp(v - peak[:, None]).sum(axis=1))
+        return out
+
+    return logsumexp(log_g + log_w) - logsumexp(log_w)
+
+
+def _log_h(p: BgNbdParams, a: float, x: FloatArray, T: FloatArray, t: float) -> FloatArray:
+    """log E[purchases in (T, T + t] | alive at T], with drop-out parameter ``a``.
+
+    FHL (2005), eq. 10 without P(alive): (a + b + x - 1)/(a - 1) (1 - Q) with
+    Q = ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; z), z = t/(alpha+T+t). (1 - Q) and
+    (a - 1) have the same sign for every a != 1. Rows where that series is slow or not of
+    positive terms (z above :data:`Z_QUADRATURE`, or c = a + b + x - 1 below :data:`C_MIN`, which
+    happens at x = 0 when a + b < 1) are integrated numerically instead.
     """
     m = p.r + x
     beta = p.b + x
     c = a + beta - 1.0
     log_v = np.log(p.alpha + T) - np.log(p.alpha + T + t)  # log(1 - z), exact near z = 1
     z = t / (p.alpha + T + t)
-    log_q = m * log_v + log_hyp2f1(m, beta, c, z, log1mz=log_v)
-    ratio = -np.expm1(log_q) / (a - 1.0)
-    # A series stopped at the cap (z within ~1e-5 of 1) could round the ratio to <= 0; the
-    # floor keeps the log finite there.
-    out: FloatArray = np.log(np.maximum(ratio, 1e-300))
+    quad = (z > Z_QUADRATURE) | (c < C_MIN)
+    out = np.empty_like(z)
+    ser = ~quad
+    if np.any(ser):
+        log_q = m[ser] * log_v[ser] + log_hyp2f1(
+            m[ser], beta[ser], c[ser], z[ser], log1mz=log_v[ser]
+        )
+        ratio = -np.expm1(log_q) / (a - 1.0)
+        # Rounding can only push the ratio to <= 0 when it is ~eps; the floor keeps the log finite.
+        out[ser] = np.log(c[ser]) + np.log(np.maximum(ratio, 1e-300))
+    if np.any(quad):
+        u = t / (p.alpha + T[quad])
+        out[quad] = _log_h_quadrature(a, beta[quad], m[quad], u)
     return out
 
 
@@ -219,60 +271,16 @@ def _log_expected(
     if t <= 0.0:
         return np.full(x.shape, -np.inf)
     xf, Tf = np.ravel(x), np.ravel(T)
-    if p.a + p.b + xf.min(initial=1.0) - 1.0 <= _C_FLOOR:
-        return _log_expected_low_c(p, x, t_x, T, t)
     if abs(p.a - 1.0) < _A_NEAR_ONE:
         lo, hi = 1.0 - _A_NEAR_ONE, 1.0 + _A_NEAR_ONE
-        k_lo, k_hi = np.exp(_log_k(p, lo, xf, Tf, t)), np.exp(_log_k(p, hi, xf, Tf, t))
+        h_lo, h_hi = np.exp(_log_h(p, lo, xf, Tf, t)), np.exp(_log_h(p, hi, xf, Tf, t))
         w = (p.a - lo) / (hi - lo)
-        log_k = np.log((1.0 - w) * k_lo + w * k_hi)
+        log_h = np.log((1.0 - w) * h_lo + w * h_hi)
     else:
-        log_k = _log_k(p, p.a, xf, Tf, t)
+        log_h = _log_h(p, p.a, xf, Tf, t)
     log_pa = _log_p_alive(_log_alive_odds(p, x, t_x, T))
-    return (np.log(p.a + p.b + x - 1.0) + log_k.reshape(x.shape)) + log_pa
-
-
-def _hyp2f1_linear(a: FloatArray, b: FloatArray, c: FloatArray, z: FloatArray) -> FloatArray:
-    """2F1 summed in linear space, for the rows whose c is at or below zero (see below).
-
-    With -1 < c < 0 every term after the first is negative (``(c)_k < 0`` for k >= 1) and
-    they decay like ``k^(a+b-c-1) z^k``, so plain summation converges for z < 1.
-    """
-    total = np.ones_like(z)
-    term = np.ones_like(z)
-    for k in range(HYP2F1_MAX_TERMS):
-        term = term * (a + k) * (b + k) / ((c + k) * (k + 1.0)) * z
-        total = total + term
-        if k > 8 and np.all(np.abs(term) <= HYP2F1_RTOL * np.maximum(np.abs(total), 1e-300)):
-            break
-    return total
-
-
-def _log_expected_low_c(
-    p: BgNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: float
-) -> FloatArray:
-    """The expectation when a + b < 1: for customers without a repeat purchase (x = 0) the
-    hypergeometric's c = a + b - 1 is negative, outside the positive series above. Those rows
-    are summed in linear space (c nudged off 0, where the expression has a finite limit);
-    rows with x >= 1 have c > 0 and take the log-space path."""
-    xf, tf, Tf = np.ravel(x), np.ravel(t_x), np.ravel(T)
-    out = np.empty(xf.shape)
-    c_all = p.a + p.b + xf - 1.0
-    low = c_all <= _C_FLOOR
-    if np.any(~low):
-        out[~low] = _log_expected(p, xf[~low], tf[~low], Tf[~low], t)
-    if np.any(low):
-        xl, Tl = xf[low], Tf[low]
-        c = c_all[low]
-        c = np.where(np.abs(c) < 1e-9, -1e-9, c)
-        m = p.r + xl
-        log_v = np.log(p.alpha + Tl) - np.log(p.alpha + Tl + t)
-        z = t / (p.alpha + Tl + t)
-        q = np.exp(m * log_v) * _hyp2f1_linear(m, p.b + xl, c, z)
-        expected = c * (1.0 - q) / (p.a - 1.0) if abs(p.a - 1.0) > 1e-12 else c * (1.0 - q) / 1e-12
-        # P(alive) is 1 for these rows (x = 0), so the expectation is the bracket alone.
-        out[low] = np.log(np.maximum(expected, 1e-300))
-    return out.reshape(x.shape)
+    out: FloatArray = log_h.reshape(x.shape) + log_pa
+    return out
 
 
 def bgnbd_expected(
