@@ -11,6 +11,12 @@ model version that passes the checks between micro-batches (a rejected one is lo
 counted, the old model keeps serving; :class:`stream.model.ModelHolder`); one sets the
 consumer-lag gauge of the source partitions this worker holds (``lag_interval_s``).
 
+A message whose processing raises costs that message, not the stream: the processor isolates
+it (dead letter ``processing_error``, see :mod:`stream.processor`). What still stops the agent
+(a :class:`stream.processor.FatalError`, a failed delivery, anything outside the processor)
+stops the process: ``/health`` and ``/ready`` answer 503 with the reason, the failed batch's
+offsets are never committed, and the process exits with status 70 (:mod:`stream.liveness`).
+
 Per micro-batch the agent sends the outputs, waits until Kafka has them, and only then writes
 the table: state that exists implies its signals were delivered, so when a crash makes Kafka
 deliver the uncommitted messages again, the processor may skip what the state already holds
@@ -43,8 +49,15 @@ from settings import load_settings
 from settings.kafka import faust_credentials
 from settings.logs import faust_logging_config
 from stream import metrics
+from stream.liveness import Liveness, hold_back
 from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
-from stream.processor import BatchOutput, Processor, RawMessage
+from stream.processor import (
+    ORIGIN_HEADER,
+    BatchOutput,
+    Processor,
+    RawMessage,
+    origin_from_headers,
+)
 from stream.publish import (
     OutRecord,
     Publisher,
@@ -137,19 +150,7 @@ user_state = app.Table(
 )
 
 
-ORIGIN_HEADER = "clicksignals-origin"
-
-
-def _origin(message: Any) -> tuple[int, int] | None:
-    """The ``partition:offset`` a routed copy came from on the clickstream topic, if given."""
-    headers = message.headers or ()
-    items = headers.items() if isinstance(headers, dict) else headers
-    for name, value in items:
-        if name == ORIGIN_HEADER and value:
-            partition, _, offset = bytes(value).decode("ascii", "replace").partition(":")
-            if partition.isdigit() and offset.isdigit():
-                return int(partition), int(offset)
-    return None
+liveness = Liveness("clicksignals worker")
 
 
 class TableStore:
@@ -295,30 +296,44 @@ async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
 async def score_clickstream(stream: Any) -> None:
     """Decode nothing, decide nothing: batch raw messages through the processor and send."""
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        proc = processor()
-        started = time.perf_counter()
-        _store.events = {e.message.partition: e for e in events}
-        batch = [
-            RawMessage(
-                e.message.key,
-                e.message.value,
-                e.message.topic,
-                e.message.partition,
-                e.message.offset,
-                _origin(e.message) if e.message.topic == settings.topic_routed else None,
-            )
-            for e in events
-        ]
-        out = proc.process(batch)
-        # Delivered first, stored second (see the module doc).
-        pub = publisher()
-        await pub.publish(output_records(out))
-        if isinstance(pub, RecordBatchPublisher):
-            await _store.write_in_batches(out.writes, pub)
-        else:
-            _store.write(out.writes)
-        metrics.observe_batch(len(events), out, time.perf_counter() - started)
-        metrics.note_processed(batch)
+        try:
+            await handle_batch(events)
+        except BaseException as exc:
+            # The batch is not done: its offsets must never be committed (a restarted worker
+            # or the partition's next owner processes it again), and the process must go.
+            hold_back(events)
+            if not isinstance(exc, asyncio.CancelledError):
+                liveness.fail(f"agent score_clickstream crashed: {type(exc).__name__}: {exc}")
+            raise
+
+
+async def handle_batch(events: list[EventT[Any]]) -> None:
+    proc = processor()
+    started = time.perf_counter()
+    _store.events = {e.message.partition: e for e in events}
+    batch = [
+        RawMessage(
+            e.message.key,
+            e.message.value,
+            e.message.topic,
+            e.message.partition,
+            e.message.offset,
+            origin_from_headers(e.message.headers)
+            if e.message.topic == settings.topic_routed
+            else None,
+        )
+        for e in events
+    ]
+    out = proc.process(batch)
+    # Delivered first, stored second (see the module doc).
+    pub = publisher()
+    await pub.publish(output_records(out))
+    if isinstance(pub, RecordBatchPublisher):
+        await _store.write_in_batches(out.writes, pub)
+    else:
+        _store.write(out.writes)
+    metrics.observe_batch(len(events), out, time.perf_counter() - started)
+    metrics.note_processed(batch)
 
 
 def output_records(out: BatchOutput) -> list[OutRecord]:
@@ -398,15 +413,19 @@ if settings.lag_interval_s > 0:
         metrics.set_consumer_lag(metrics.consumer_lag(highwaters, positions))
 
 
+liveness.watch(app, [score_clickstream])
+
+
 @app.page("/health")
 async def health(web: Any, request: Any) -> Any:
-    return web.json({"status": "ok", "model_version": _processor.scorer.version})
+    body, status = liveness.health({"model_version": _processor.scorer.version})
+    return web.json(body, status=status)
 
 
 @app.page("/ready")
 async def ready(web: Any, request: Any) -> Any:
-    ok = not app.rebalancing
-    return web.json({"ready": ok}, status=200 if ok else 503)
+    body, status = liveness.ready(bool(app.rebalancing))
+    return web.json(body, status=status)
 
 
 @app.page("/model")

@@ -1,7 +1,8 @@
 """Prometheus metrics of the worker, rendered by the ``/metrics`` web view.
 
 Owns the metric objects and :func:`observe_batch`, which records one micro-batch's outcome
-(events in, invalid by reason, late, signals out, batch size, inference time);
+(events in, invalid by reason, late, signals out, batch size, inference time, messages whose
+processing raised and the batches bisected to find them);
 :func:`observe_model_reload` (model hot swaps and rejected candidates, the serving version);
 and :func:`consumer_lag` / :func:`set_consumer_lag`, which the worker's lag timer feeds with
 the consumer's highwater and the processed position (:func:`note_processed`) of each source
@@ -56,6 +57,22 @@ MODEL_RELOADS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+PROCESSING_ERRORS = Counter(
+    "clicksignals_processing_errors_total",
+    "Messages whose processing raised, dead-lettered as processing_error, by exception type",
+    ["exception"],
+    registry=REGISTRY,
+)
+ISOLATED_BATCHES = Counter(
+    "clicksignals_isolated_batches_total",
+    "Micro-batches that raised and were bisected to find the messages at fault",
+    registry=REGISTRY,
+)
+ISOLATION_RUNS = Counter(
+    "clicksignals_isolation_runs_total",
+    "Extra processor runs over parts of batches that raised (the cost of isolation)",
+    registry=REGISTRY,
+)
 MODEL_INFO = Gauge(
     "clicksignals_model_info", "1 for the model version serving", ["version"], registry=REGISTRY
 )
@@ -81,6 +98,11 @@ def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
     if out.scored:
         SCORED.observe(out.scored)
         INFERENCE.observe(out.inference_seconds)
+    if out.isolation_runs:
+        ISOLATED_BATCHES.inc()
+        ISOLATION_RUNS.inc(out.isolation_runs)
+    for exception, count in out.processing_errors.items():
+        PROCESSING_ERRORS.labels(exception=exception).inc(count)
 
 
 class _Coordinates(Protocol):

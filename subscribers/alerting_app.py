@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from settings import load_settings
+from stream.liveness import Liveness, hold_back
 from subscribers.alerting import AlertConfig, AlertState, ChurnAlert, apply_churn
 from subscribers.records import Rejected, parse_churn
 from subscribers.runtime import RAW, TableFocus, config_or_exit, make_app, now_ms
@@ -42,6 +43,7 @@ alert_state = app.Table(
 )
 _table = TableFocus(alert_state)
 counters: Counter[str] = Counter()
+liveness = Liveness("clicksignals alerter")
 webhook = (
     WebhookSink(settings.alert_webhook_url.reveal(), timeout_s=settings.alert_webhook_timeout_s)
     if settings.alert_webhook_url
@@ -62,55 +64,66 @@ if webhook is not None:
 async def alert_on_churn(stream: Any) -> None:
     """Churn signals -> alerts: sent and acknowledged, then the sinks, then the table."""
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        states: dict[str, AlertState] = {}
-        owners: dict[str, Any] = {}
-        raised: list[ChurnAlert] = []
-        sent: list[Any] = []
-        for event in events:
-            signal = parse_churn(event.message.value)
-            if isinstance(signal, Rejected):
-                counters["rejected"] += 1
-                log.warning(
-                    "alerter: refused record %s:%d@%d: %s (%s)",
-                    event.message.topic,
-                    event.message.partition,
-                    event.message.offset,
-                    signal.reason,
-                    signal.detail,
+        try:
+            await handle_batch(events)
+        except BaseException as exc:
+            # Not done: never commit the batch's offsets; and a dead agent ends the process.
+            hold_back(events)
+            if not isinstance(exc, asyncio.CancelledError):
+                liveness.fail(f"agent alert_on_churn crashed: {type(exc).__name__}: {exc}")
+            raise
+
+
+async def handle_batch(events: list[Any]) -> None:
+    states: dict[str, AlertState] = {}
+    owners: dict[str, Any] = {}
+    raised: list[ChurnAlert] = []
+    sent: list[Any] = []
+    for event in events:
+        signal = parse_churn(event.message.value)
+        if isinstance(signal, Rejected):
+            counters["rejected"] += 1
+            log.warning(
+                "alerter: refused record %s:%d@%d: %s (%s)",
+                event.message.topic,
+                event.message.partition,
+                event.message.offset,
+                signal.reason,
+                signal.detail,
+            )
+            continue
+        user = signal.user_id
+        held = states.get(user)
+        if held is None:
+            raw = _table.get(event, user)
+            held = AlertState.from_json(raw) if raw is not None else None
+        decision = apply_churn(held, signal, config, now_ms())
+        counters[decision.outcome] += 1
+        if decision.outcome != "newer" or decision.state is None:
+            continue
+        states[user], owners[user] = decision.state, event
+        if decision.transition == "recovered":
+            counters["recovered"] += 1
+            log.info(
+                "churn alert cleared: user %s recovered (p=%.3f)",
+                user,
+                signal.churn_probability,
+            )
+        if decision.alert is not None:
+            raised.append(decision.alert)
+            sent.append(
+                await alerts_topic.send(
+                    key=user.encode(), value=orjson.dumps(decision.alert.to_dict())
                 )
-                continue
-            user = signal.user_id
-            held = states.get(user)
-            if held is None:
-                raw = _table.get(event, user)
-                held = AlertState.from_json(raw) if raw is not None else None
-            decision = apply_churn(held, signal, config, now_ms())
-            counters[decision.outcome] += 1
-            if decision.outcome != "newer" or decision.state is None:
-                continue
-            states[user], owners[user] = decision.state, event
-            if decision.transition == "recovered":
-                counters["recovered"] += 1
-                log.info(
-                    "churn alert cleared: user %s recovered (p=%.3f)",
-                    user,
-                    signal.churn_probability,
-                )
-            if decision.alert is not None:
-                raised.append(decision.alert)
-                sent.append(
-                    await alerts_topic.send(
-                        key=user.encode(), value=orjson.dumps(decision.alert.to_dict())
-                    )
-                )
-        await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
-        counters["alerts"] += len(raised)
-        for alert in raised:
-            log_alert(alert)
-            if webhook is not None:
-                webhook.submit(alert.to_dict())
-        for user, state in states.items():
-            _table.set(owners[user], user, state.to_json())
+            )
+    await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
+    counters["alerts"] += len(raised)
+    for alert in raised:
+        log_alert(alert)
+        if webhook is not None:
+            webhook.submit(alert.to_dict())
+    for user, state in states.items():
+        _table.set(owners[user], user, state.to_json())
 
 
 @app.page("/alerts/{user_id}")
@@ -131,4 +144,15 @@ async def health(web: Any, request: Any) -> Any:
             webhook_failed=webhook.failed,
             webhook_dropped=webhook.dropped,
         )
-    return web.json({"status": "ok", "app_id": settings.alerter_app_id, "counts": counts})
+    body, status = liveness.health({"app_id": settings.alerter_app_id, "counts": counts})
+    return web.json(body, status=status)
+
+
+@app.page("/ready")
+async def ready(web: Any, request: Any) -> Any:
+    body, status = liveness.ready(bool(app.rebalancing))
+    return web.json(body, status=status)
+
+
+# A stopped agent answers 503 on /health and /ready and ends the process (stream.liveness).
+liveness.watch(app, [alert_on_churn])

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from settings import load_settings
+from stream.liveness import Liveness, hold_back
 from subscribers.bidding import BidConfig, BidState, apply_demand
 from subscribers.records import Rejected, parse_demand
 from subscribers.runtime import RAW, TableFocus, config_or_exit, make_app, now_ms
@@ -43,47 +44,59 @@ bids = app.Table(
 )
 _table = TableFocus(bids)
 counters: Counter[str] = Counter()
+liveness = Liveness("clicksignals bidder")
 
 
 @app.agent(demand_topic)
 async def bid_on_demand(stream: Any) -> None:
     """Demand signals -> adjustments: sent and acknowledged first, then the table written."""
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        states: dict[str, BidState] = {}
-        owners: dict[str, Any] = {}
-        sent: list[Any] = []
-        for event in events:
-            signal = parse_demand(event.message.value)
-            if isinstance(signal, Rejected):
-                counters["rejected"] += 1
-                log.warning(
-                    "bidder: refused record %s:%d@%d: %s (%s)",
-                    event.message.topic,
-                    event.message.partition,
-                    event.message.offset,
-                    signal.reason,
-                    signal.detail,
-                )
-                continue
-            user = signal.user_id
-            held = states.get(user)
-            if held is None:
-                raw = _table.get(event, user)
-                held = BidState.from_json(raw) if raw is not None else None
-            decision = apply_demand(held, signal, config, now_ms())
-            counters[decision.outcome] += 1
-            if decision.adjustment is None or decision.state is None:
-                continue
-            states[user], owners[user] = decision.state, event
-            sent.append(
-                await adjustments_topic.send(
-                    key=user.encode(), value=orjson.dumps(decision.adjustment.to_dict())
-                )
+        try:
+            await handle_batch(events)
+        except BaseException as exc:
+            # Not done: never commit the batch's offsets; and a dead agent ends the process.
+            hold_back(events)
+            if not isinstance(exc, asyncio.CancelledError):
+                liveness.fail(f"agent bid_on_demand crashed: {type(exc).__name__}: {exc}")
+            raise
+
+
+async def handle_batch(events: list[Any]) -> None:
+    states: dict[str, BidState] = {}
+    owners: dict[str, Any] = {}
+    sent: list[Any] = []
+    for event in events:
+        signal = parse_demand(event.message.value)
+        if isinstance(signal, Rejected):
+            counters["rejected"] += 1
+            log.warning(
+                "bidder: refused record %s:%d@%d: %s (%s)",
+                event.message.topic,
+                event.message.partition,
+                event.message.offset,
+                signal.reason,
+                signal.detail,
             )
-        await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
-        counters["adjustments"] += len(sent)
-        for user, state in states.items():
-            _table.set(owners[user], user, state.to_json())
+            continue
+        user = signal.user_id
+        held = states.get(user)
+        if held is None:
+            raw = _table.get(event, user)
+            held = BidState.from_json(raw) if raw is not None else None
+        decision = apply_demand(held, signal, config, now_ms())
+        counters[decision.outcome] += 1
+        if decision.adjustment is None or decision.state is None:
+            continue
+        states[user], owners[user] = decision.state, event
+        sent.append(
+            await adjustments_topic.send(
+                key=user.encode(), value=orjson.dumps(decision.adjustment.to_dict())
+            )
+        )
+    await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
+    counters["adjustments"] += len(sent)
+    for user, state in states.items():
+        _table.set(owners[user], user, state.to_json())
 
 
 @app.page("/bid/{user_id}")
@@ -104,4 +117,15 @@ async def get_bid(web: Any, request: Any, user_id: str) -> Any:
 
 @app.page("/health")
 async def health(web: Any, request: Any) -> Any:
-    return web.json({"status": "ok", "app_id": settings.bidder_app_id, "counts": dict(counters)})
+    body, status = liveness.health({"app_id": settings.bidder_app_id, "counts": dict(counters)})
+    return web.json(body, status=status)
+
+
+@app.page("/ready")
+async def ready(web: Any, request: Any) -> Any:
+    body, status = liveness.ready(bool(app.rebalancing))
+    return web.json(body, status=status)
+
+
+# A stopped agent answers 503 on /health and /ready and ends the process (stream.liveness).
+liveness.watch(app, [bid_on_demand])
