@@ -14,9 +14,9 @@ configuration, for every process of the project:
 
 JSON lines carry ``ts`` (ISO-8601 UTC, milliseconds, ``Z``), ``level``, ``logger``,
 ``message`` and, when the record has one, ``exc_info`` (the formatted traceback). The values
-of the settings' secrets (:class:`settings.Secret` fields) are replaced by ``***`` wherever they
-would appear in a message or traceback, so a client library that echoes its configuration
-cannot leak them.
+of the settings' secrets (every :class:`settings.Secret` field: the SASL password, the TLS key
+password, the alert webhook URL) are replaced by ``***`` wherever they would appear in a message
+or traceback, so a client library that echoes its configuration cannot leak them.
 """
 
 from __future__ import annotations

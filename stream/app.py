@@ -46,7 +46,7 @@ from faust.types import TP, EventT
 from features.signals import RiskThresholds
 from features.validation import ValidationPolicy
 from settings import load_settings
-from settings.kafka import faust_credentials
+from settings.kafka import KafkaClientConfigError, faust_credentials
 from settings.logs import faust_logging_config
 from stream import metrics
 from stream.liveness import Liveness, hold_back
@@ -69,13 +69,18 @@ from stream.publish import (
 log = logging.getLogger(__name__)
 
 settings = load_settings()
+try:
+    # The one place that builds every client's connection options (TLS, SASL): settings.kafka.
+    _credentials = faust_credentials(settings)
+except KafkaClientConfigError as exc:  # e.g. a missing CA file: the reason, not a traceback
+    print(f"clicksignals worker: refusing to start: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 app = faust.App(
     settings.app_id,
     broker=settings.broker_url,
-    # The one place that builds every client's connection options (TLS, SASL): settings.kafka.
-    broker_credentials=faust_credentials(settings),
+    broker_credentials=_credentials,
     store=settings.store_url,
     datadir=str(settings.data_dir),
     topic_partitions=settings.partitions,

@@ -247,12 +247,17 @@ def test_the_worker_and_both_subscribers_take_tls_from_their_environment(
     assert last.split() == ["SASL_SSL", "SCRAM-SHA-256", "CERT_REQUIRED", "1"], out.stderr
 
 
-def test_a_subscriber_with_a_bad_ca_file_exits_with_the_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "module", ["stream.app", "subscribers.bidding_app", "subscribers.alerting_app"]
+)
+def test_a_bad_ca_file_stops_the_worker_and_the_subscribers_with_the_reason(
+    module: str, tmp_path: Path
+) -> None:
     settings = Settings(
         data_dir=tmp_path / "d", security_protocol="SSL", ssl_cafile=tmp_path / "missing.pem"
     )
     out = subprocess.run(
-        [sys.executable, "-c", "import subscribers.bidding_app"],
+        [sys.executable, "-c", f"import {module}"],
         cwd=REPO_ROOT,
         env=child_environment(settings),
         capture_output=True,
@@ -260,7 +265,8 @@ def test_a_subscriber_with_a_bad_ca_file_exits_with_the_reason(tmp_path: Path) -
         timeout=120,
     )
     assert out.returncode == 2, out.stderr
-    assert "CLICKSIGNALS_SSL_CAFILE=" in out.stderr and "no such file" in out.stderr
+    assert "refusing to start: CLICKSIGNALS_SSL_CAFILE=" in out.stderr, out.stderr
+    assert "no such file" in out.stderr and "Traceback" not in out.stderr
 
 
 # --------------------------------------------------------------------------------------------
