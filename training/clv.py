@@ -309,7 +309,11 @@ def fit_pareto_nbd(x: npt.ArrayLike, t_x: npt.ArrayLike, T: npt.ArrayLike) -> Pa
         common, alive, death = _pareto_terms(theta, xu, tu, Tu, pairs)
         return -float((w * (common + np.logaddexp(alive, death))).sum())
 
-    theta = _fit(neg_ll, np.log([1.0, scale, 1.0, scale]), n, "Pareto/NBD")
+    # The purchase-rate gamma (r, alpha) means much the same in both models, and BG/NBD fits in
+    # a fraction of the time (no 2F1 in its likelihood): starting from it roughly halves the
+    # Pareto/NBD evaluations on frequent buyers.
+    bg = fit_bgnbd(x, t_x, T)
+    theta = _fit(neg_ll, np.log([bg.r, bg.alpha, 1.0, scale]), n, "Pareto/NBD")
     r, alpha, s, beta = (float(v) for v in np.exp(theta))
     return ParetoNbdParams(r=r, alpha=alpha, s=s, beta=beta)
 
