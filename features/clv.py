@@ -43,19 +43,20 @@ LOG_EXPECTED_FLOOR: Final = math.log(1e-8)
 
 HYP2F1_RTOL: Final = 1e-14
 HYP2F1_MAX_TERMS: Final = 200_000
-"""Series cap. Only reached when z is within ~1e-5 of 1 with a slowly decaying series (a tiny
-``alpha`` and ``T`` ≈ 0); the partial sum is then a finite lower bound."""
+"""Series cap for :func:`hyp2f1` called directly with z within ~1e-5 of 1; the partial sum is then
+a finite lower bound. The BG/NBD expectation never gets there: it integrates above
+:data:`Z_QUADRATURE`."""
 
 Z_QUADRATURE: Final = 0.99
 """Above this z = t/(alpha+T+t) the conditional expectation is integrated numerically: the series
 would need thousands of terms per row (and ~1e6 for a tiny alpha at T = 0)."""
 C_MIN: Final = 0.5
+"""Below this c = a + b + x - 1 (only at x = 0 with a + b < 1.5) the expectation is integrated
+too: at c <= 0 the 2F1 series is no longer one of positive terms."""
 _QUAD_NODES: Final = 2001
 
 _FIRST_BLOCK: Final = 32
 _MAX_BLOCK: Final = 4096
-_C_FLOOR: Final = 1e-6
-"""Below this, 2F1's c = a + b + x - 1 leaves the positive-series domain (x = 0, a + b < 1)."""
 _A_NEAR_ONE: Final = 1e-4
 """Within this of a = 1 the expectation's (1 - Q)/(a - 1) is 0/0; it is interpolated between
 a = 1 ± this, where the cancellation costs at most eps/1e-4 ≈ 2e-12 relative."""
