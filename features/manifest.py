@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.summary import N_SUMMARY, SUMMARY_NAMES, PriorSpec
 from features.windows import (
     FEATURE_DEFINITION_VERSION,
     FEATURE_NAMES,
@@ -23,6 +24,7 @@ from features.windows import (
 
 MANIFEST_FORMAT = 1
 INPUT_NAME = "sequence"
+SUMMARY_INPUT_NAME = "summary"
 OUTPUT_NAMES = ("expected_orders", "expected_spend", "churn_probability")
 
 
@@ -50,6 +52,8 @@ class Manifest:
     feature_transforms: tuple[str, ...] = FEATURE_TRANSFORMS
     feature_fingerprint: str = field(default_factory=contract_fingerprint)
     feature_definition_version: int = FEATURE_DEFINITION_VERSION
+    prior: PriorSpec | None = None
+    """The BG/NBD prior behind the ``summary`` input; ``None`` for a sequence-only model."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Training summary, metrics, library versions: informative, not checked."""
 
@@ -80,7 +84,21 @@ class Manifest:
                     "shape": ["batch", self.spec.seq_len, len(self.feature_names)],
                     "meaning": "last seq_len closed window vectors, oldest first, "
                     "transformed and normalised with the stats above",
-                }
+                },
+                *(
+                    [
+                        {
+                            "name": SUMMARY_INPUT_NAME,
+                            "dtype": "float32",
+                            "shape": ["batch", N_SUMMARY],
+                            "meaning": "features.summary.summarize() of the raw sequence with "
+                            "the prior below (raw; the graph normalises it)",
+                            "columns": list(SUMMARY_NAMES),
+                        }
+                    ]
+                    if self.prior is not None
+                    else []
+                ),
             ],
             "outputs": [
                 {
@@ -100,6 +118,7 @@ class Manifest:
                 },
             ],
             "thresholds": {"medium": self.thresholds.medium, "high": self.thresholds.high},
+            **({"prior": self.prior.to_dict()} if self.prior is not None else {}),
             **self.extra,
         }
 
@@ -122,6 +141,7 @@ class Manifest:
                 "inputs",
                 "outputs",
                 "thresholds",
+                "prior",
             }
             return cls(
                 model_version=str(data["model_version"]),
@@ -144,6 +164,7 @@ class Manifest:
                 feature_transforms=tuple(str(x) for x in feats["transforms"]),
                 feature_fingerprint=str(feats["fingerprint"]),
                 feature_definition_version=int(feats["definition_version"]),
+                prior=PriorSpec.from_dict(data["prior"]) if "prior" in data else None,
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except ManifestError:

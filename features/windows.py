@@ -323,3 +323,13 @@ class NormStats:
 def is_scored(sequence: Float32Array, lookback: int) -> bool:
     """Population rule: active in any of the last ``lookback`` windows of the sequence."""
     return bool(np.any(sequence[-lookback:, I_ACTIVE] > 0))
+
+
+def population_mask(sequences: Float32Array, lookback: int) -> npt.NDArray[np.bool_]:
+    """Who a model is trained on and evaluated for at a window end, vectorised over raw
+    sequences ``[N, seq_len, F]``: every customer with an order day at any time before
+    (however long dormant: those are who a churn model exists for), and every user active in
+    the last ``lookback`` windows (viewers and carters who never bought)."""
+    ordered = sequences[:, -1, I_ORDER_DAYS_TOTAL] > 0
+    active = np.any(sequences[:, -lookback:, I_ACTIVE] > 0, axis=1)
+    return np.asarray(ordered | active)

@@ -31,10 +31,12 @@ import onnxruntime as ort
 from features.manifest import (
     INPUT_NAME,
     OUTPUT_NAMES,
+    SUMMARY_INPUT_NAME,
     Manifest,
     ManifestError,
     check_compatible,
 )
+from features.summary import N_SUMMARY, summarize
 from features.windows import N_FEATURES, Float32Array
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,12 @@ class Scorer:
         if raw.shape[0] == 0:
             empty = np.zeros(0, dtype=np.float32)
             return Scores(empty, empty, empty)
-        x = self.manifest.norm.apply(raw)
-        outputs = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+        feeds = {INPUT_NAME: self.manifest.norm.apply(raw)}
+        prior = self.manifest.prior
+        if prior is not None:
+            # The summary reads the raw sequence's last vector, exactly as training did.
+            feeds[SUMMARY_INPUT_NAME] = summarize(raw, prior, self.manifest.spec)
+        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
         orders, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
         return Scores(orders, spend, churn)
 
@@ -91,6 +97,19 @@ def _check_io(session: ort.InferenceSession, manifest: Manifest) -> list[str]:
         want = [manifest.spec.seq_len, N_FEATURES]
         if len(shape) != 3 or [d if isinstance(d, int) else None for d in shape[1:]] != want:
             problems.append(f"ONNX input shape {shape}, manifest/features need [batch, {want}]")
+    if manifest.prior is not None:
+        if SUMMARY_INPUT_NAME not in inputs:
+            problems.append(
+                f"manifest has a prior but the ONNX model has no input {SUMMARY_INPUT_NAME!r}"
+            )
+        else:
+            shape = list(inputs[SUMMARY_INPUT_NAME].shape)
+            if len(shape) != 2 or shape[1] != N_SUMMARY:
+                problems.append(f"ONNX summary input shape {shape}, need [batch, {N_SUMMARY}]")
+    elif SUMMARY_INPUT_NAME in inputs:
+        problems.append(
+            f"ONNX model takes a {SUMMARY_INPUT_NAME!r} input but the manifest has no prior"
+        )
     outputs = {o.name for o in session.get_outputs()}
     missing = [n for n in OUTPUT_NAMES if n not in outputs]
     if missing:

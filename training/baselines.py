@@ -1,6 +1,10 @@
 """Honest baselines, computed from the same raw sequences the model sees.
 
-Owns the three reference predictors the report sets beside the model: historical rate
+Orders here are order days (the model's target, see :mod:`training.pipeline`). BG/NBD and
+Pareto/NBD, the stronger references, are in :mod:`training.clv` and
+:func:`training.pipeline.baseline_predictions`.
+
+Owns the three simple reference predictors the report sets beside the model: historical rate
 (orders so far / tenure × horizon), last window (× horizon) and a moving average of the last
 ``ma_windows`` windows (× horizon). Each gives expected orders, expected spend and a churn
 probability; the churn probability is the Poisson chance of zero orders at the predicted
@@ -34,12 +38,12 @@ def baselines(
     """Baseline predictions for raw (un-normalised) sequences ``[N, seq_len, F]``."""
     last = raw[:, -1, :].astype(np.float64)
     tenure = np.maximum(last[:, FEATURE_INDEX["tenure_windows"]], 1.0)
-    orders = raw[:, :, FEATURE_INDEX["orders"]].astype(np.float64)
+    orders = raw[:, :, FEATURE_INDEX["order_days"]].astype(np.float64)
     spend = raw[:, :, FEATURE_INDEX["spend"]].astype(np.float64)
     k = min(ma_windows, raw.shape[1])
     return {
         "historical_rate": _predictions(
-            last[:, FEATURE_INDEX["orders_total"]] / tenure,
+            last[:, FEATURE_INDEX["order_days_total"]] / tenure,
             last[:, FEATURE_INDEX["spend_total"]] / tenure,
             horizon,
         ),

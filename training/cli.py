@@ -17,6 +17,9 @@ import pandas as pd
 
 log = logging.getLogger("train-and-export")
 
+OFFLINE_MIN_EVENT_TIME_MS = -2_208_988_800_000
+"""1900-01-01T00:00:00Z: the floor for history files (a date before it is a broken row)."""
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
@@ -67,10 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--end", type=parse_instant_ms, help="data end (default: last event)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument(
+        "--epochs", type=int, default=12, help="most epochs; the count is chosen on a pseudo-cutoff"
+    )
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
-    p.add_argument("--units", type=int, default=64)
+    p.add_argument("--seeds", type=int, default=1, help="models trained (first one exported)")
+    p.add_argument("--cell", choices=["lstm"], default="lstm")
+    p.add_argument("--units", type=int, default=32)
     p.add_argument("--val-windows", type=int, default=4)
     p.add_argument("--quantize", action="store_true", help="also export dynamic int8")
     p.add_argument(
@@ -93,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.events is not None:
-            result = read_events(args.events, args.format)
+            # History of any age trains: the worker's live-stream floor (min_event_time,
+            # 2000-01-01 by default) guards against clock bugs in live traffic, not old files.
+            result = read_events(
+                args.events, args.format, min_event_time_ms=OFFLINE_MIN_EVENT_TIME_MS
+            )
             log.info("%s", result.summary.describe())
             events = result.events
             source = {"events": str(args.events), "ingest": result.summary.to_dict()}
@@ -126,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             val_windows=args.val_windows,
             epochs=args.epochs,
             seed=args.seed,
+            seeds=args.seeds,
             cell=args.cell,
             units=args.units,
             quantize=args.quantize,

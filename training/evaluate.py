@@ -225,6 +225,30 @@ def evaluate_churn(p: ArrayLike, y: ArrayLike, n_bins: int = 10) -> dict[str, An
 # --- comparison ---------------------------------------------------------------------------
 
 
+def lift_by_decile(score: ArrayLike, actual: ArrayLike, n: int = 10) -> list[dict[str, float]]:
+    """Rows ranked by ``score`` (highest first) in ``n`` equal groups: each group's mean score,
+    mean actual and lift (group mean actual / overall mean actual)."""
+    s, a = _pair(score, actual)
+    if s.size == 0:
+        return []
+    order = np.argsort(-s, kind="stable")
+    overall = float(a.mean())
+    out: list[dict[str, float]] = []
+    for k, idx in enumerate(np.array_split(order, n)):
+        if idx.size == 0:
+            continue
+        mean_a = float(a[idx].mean())
+        out.append(
+            {
+                "decile": float(k + 1),
+                "mean_score": float(s[idx].mean()),
+                "mean_actual": mean_a,
+                "lift": mean_a / overall if overall > 0 else math.nan,
+            }
+        )
+    return out
+
+
 def task_kind(metrics: Mapping[str, Any]) -> str:
     """``"demand"`` or ``"churn"`` from the keys of a metrics dict."""
     if "roc_auc" in metrics:

@@ -240,6 +240,36 @@ def _serving_function(model: keras.Model, cell: str, seq_len: int, n_features: i
     return serve
 
 
+def _residual_serving_function(model: keras.Model, value_scale: float) -> Any:
+    """Serving graph of :func:`training.model.build_residual_model`: the model itself (LSTM
+    only: Keras 3's LSTM fuses as is), per-window outputs summed over the horizon, spend
+    scaled back to the data's currency."""
+    import tensorflow as tf
+
+    from features.summary import N_SUMMARY
+    from training.model import SUMMARY_INPUT_NAME
+
+    _, seq_len, n_features = model.inputs[0].shape
+    spec = (
+        tf.TensorSpec([None, seq_len, n_features], tf.float32, name=INPUT_NAME),
+        tf.TensorSpec([None, N_SUMMARY], tf.float32, name=SUMMARY_INPUT_NAME),
+    )
+
+    @tf.function(input_signature=spec, autograph=False)  # type: ignore[untyped-decorator]
+    def serve(sequence: Any, summary: Any) -> dict[str, Any]:
+        out = model({INPUT_NAME: sequence, SUMMARY_INPUT_NAME: summary}, training=False)
+        orders = tf.reduce_sum(out["orders"], axis=1)
+        spend = tf.reduce_sum(out["spend"], axis=1) * tf.constant(value_scale, tf.float32)
+        churn = tf.reshape(out["churn"], [-1])
+        return {
+            "expected_orders": tf.identity(orders),
+            "expected_spend": tf.identity(spend),
+            "churn_probability": tf.identity(churn),
+        }
+
+    return serve
+
+
 def _finish_graph(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     """Outputs in contract order, a named dynamic batch dim, metadata props."""
     graph = proto.graph
@@ -259,7 +289,11 @@ def _finish_graph(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 
 def export_onnx(
-    model: keras.Model, path: str | Path, opset: int = 17, metadata: dict[str, str] | None = None
+    model: keras.Model,
+    path: str | Path,
+    opset: int = 17,
+    metadata: dict[str, str] | None = None,
+    value_scale: float | None = None,
 ) -> ExportInfo:
     """Convert ``model`` to ONNX at ``path`` and check that the recurrent op is fused.
 
@@ -286,7 +320,12 @@ def export_onnx(
         raise ExportError(f"unsupported recurrent layer {type(recurrent).__name__}")
     _check_layer_config(recurrent, cell)
 
-    serve = _serving_function(model, cell, int(seq_len), int(n_features))
+    if len(model.inputs) == 2:
+        if cell != "lstm" or value_scale is None:
+            raise ExportError("the residual model exports as LSTM with a value scale only")
+        serve = _residual_serving_function(model, value_scale)
+    else:
+        serve = _serving_function(model, cell, int(seq_len), int(n_features))
     t0 = time.perf_counter()
     proto, _ = tf2onnx.convert.from_function(
         serve, input_signature=serve.input_signature, opset=opset
@@ -344,18 +383,24 @@ def export_onnx(
 
 
 def run_onnx(
-    path: str | Path, X: npt.ArrayLike, batch_size: int = 8192
+    path: str | Path, X: npt.ArrayLike | dict[str, npt.ArrayLike], batch_size: int = 8192
 ) -> dict[str, npt.NDArray[np.float32]]:
-    """Run the exported model on ``X`` with onnxruntime (CPU, 2 threads), in batches."""
+    """Run the exported model on ``X`` (the sequence, or every input by name) with
+    onnxruntime (CPU, 2 threads), in batches."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    x = np.asarray(X, dtype=np.float32)
+    feeds = (
+        {k: np.asarray(v, dtype=np.float32) for k, v in X.items()}
+        if isinstance(X, dict)
+        else {INPUT_NAME: np.asarray(X, dtype=np.float32)}
+    )
+    n = len(feeds[INPUT_NAME])
     names = [o.name for o in sess.get_outputs()]
     parts: dict[str, list[npt.NDArray[np.float32]]] = {n: [] for n in names}
-    for start in range(0, len(x), batch_size):
-        outs = sess.run(names, {INPUT_NAME: x[start : start + batch_size]})
+    for start in range(0, n, batch_size):
+        outs = sess.run(names, {k: v[start : start + batch_size] for k, v in feeds.items()})
         for name, value in zip(names, outs, strict=True):
             parts[name].append(np.asarray(value, dtype=np.float32).reshape(-1))
     return {n: np.concatenate(v) if v else np.zeros(0, np.float32) for n, v in parts.items()}
@@ -364,9 +409,10 @@ def run_onnx(
 def verify_against_keras(
     path: str | Path,
     model: keras.Model,
-    X: npt.ArrayLike,
+    X: npt.ArrayLike | dict[str, npt.ArrayLike],
     atol: float = 1e-4,
     rtol: float = 1e-5,
+    value_scale: float | None = None,
 ) -> dict[str, float]:
     """Max absolute ONNX-vs-Keras difference per output on ``X``; raise if out of tolerance.
 
@@ -375,11 +421,15 @@ def verify_against_keras(
     the thousands where one ulp alone exceeds 1e-4; orders and churn are small enough that
     it adds ~1e-5 at most.
     """
-    from training.model import predict
+    from training.model import predict, predict_residual
 
-    x = np.asarray(X, dtype=np.float32)
-    ref = predict(model, x)
-    got = run_onnx(path, x)
+    if isinstance(X, dict):
+        ref = predict_residual(model, X, value_scale if value_scale is not None else 1.0)
+        rows = len(next(iter(X.values())))  # type: ignore[arg-type]
+    else:
+        ref = predict(model, np.asarray(X, dtype=np.float32))
+        rows = len(ref["expected_orders"])
+    got = run_onnx(path, X)
     diffs: dict[str, float] = {}
     failures: list[str] = []
     for name in OUTPUT_NAMES:
@@ -395,7 +445,7 @@ def verify_against_keras(
             failures.append(f"{name}: max |diff| {diffs[name]:.3g} ({int(bad.sum())} over tol)")
     log.info(
         "ONNX vs Keras on %d rows: %s",
-        len(x),
+        rows,
         ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()),
     )
     if failures:

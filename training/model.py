@@ -263,3 +263,276 @@ def predict(
         "expected_spend": spend,
         "churn_probability": churn,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The residual model: BG/NBD's prediction corrected by an LSTM over the window sequence
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_INPUT_NAME = "summary"
+NORM_LAYER = "summary_norm"
+#: Masked targets: a per-window target (or a churn label) below zero is "not observed yet".
+MASKED = -1.0
+
+
+def masked_poisson(y_true: Any, y_pred: Any) -> Any:
+    """Poisson deviance per window, summed over the observed windows of each sample.
+
+    Origins close to the cutoff have horizons that are only partly observed; their unobserved
+    windows carry :data:`MASKED` and add nothing, so the latest origins still teach the model.
+    """
+    from keras import ops
+
+    mask = ops.cast(ops.greater_equal(y_true, 0.0), "float32")
+    y = ops.maximum(y_true, 0.0)
+    p = ops.maximum(y_pred, 1e-6)
+    dev = 2.0 * (ops.where(y > 0, y * ops.log(ops.maximum(y, 1e-6) / p), 0.0) - (y - p))
+    return ops.sum(dev * mask, axis=-1)
+
+
+def masked_binary_crossentropy(y_true: Any, y_pred: Any) -> Any:
+    """Binary cross-entropy for labelled samples; :data:`MASKED` labels add nothing."""
+    from keras import ops
+
+    mask = ops.cast(ops.greater_equal(y_true, 0.0), "float32")
+    y = ops.maximum(y_true, 0.0)
+    p = ops.clip(y_pred, 1e-6, 1.0 - 1e-6)
+    bce = -(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p))
+    return ops.sum(bce * mask, axis=-1)
+
+
+@dataclass(frozen=True)
+class ResidualConfig:
+    """Architecture and training of the residual model (defaults: checked on rolling origins
+    before the cutoff on Online Retail and generated clickstream, never on a test period)."""
+
+    units: int = 32
+    dense_units: int = 32
+    dropout: float = 0.2
+    learning_rate: float = 1e-3
+    batch_size: int = 512
+    max_epochs: int = 12
+    patience: int = 2
+    seeds: tuple[int, ...] = (7,)
+    #: Loss weights of (orders, spend, churn).
+    loss_weights: tuple[float, float, float] = (1.0, 0.5, 1.0)
+    threads: int = 2
+    deterministic: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_residual_model(
+    seq_len: int,
+    n_features: int,
+    horizon: int,
+    summary_mean: npt.ArrayLike,
+    summary_std: npt.ArrayLike,
+    cfg: ResidualConfig | None = None,
+    seed: int = 7,
+) -> keras.Model:
+    """Two inputs (``sequence`` normalised, ``summary`` raw), three outputs:
+
+    * ``orders`` ``[N, H]``: expected order days per horizon window,
+      ``exp(log E_bgnbd - log H + c_h)``;
+    * ``spend`` ``[N, H]``: expected spend per window in units of the prior's spend per order
+      day, ``orders * value * exp(c_v)`` (the orders term is not trained by the spend loss);
+    * ``churn`` ``[N, 1]``: ``sigmoid(logit P0_bgnbd + c_0)``, P(no order in the horizon).
+
+    The corrections ``c`` come from zero-initialised dense layers on top of the LSTM and the
+    normalised summary, so an untrained model predicts exactly what BG/NBD does.
+    """
+    from keras import ops
+
+    from features.summary import I_LOG_EXPECTED, I_LOG_VALUE, I_LOGIT_P_ZERO, N_SUMMARY
+
+    cfg = cfg or ResidualConfig()
+    seq = keras.Input(shape=(seq_len, n_features), name=INPUT_NAME, dtype="float32")
+    summary = keras.Input(shape=(N_SUMMARY,), name=SUMMARY_INPUT_NAME, dtype="float32")
+    h = keras.layers.LSTM(
+        cfg.units,
+        activation="tanh",
+        recurrent_activation="sigmoid",
+        use_bias=True,
+        return_sequences=False,
+        unroll=False,
+        name=RECURRENT_LAYER,
+    )(seq)
+    h = keras.layers.Dropout(cfg.dropout, name=DROPOUT_LAYER, seed=seed)(h)
+    mean = np.asarray(summary_mean, dtype=np.float32)
+    std = np.asarray(summary_std, dtype=np.float32)
+    # Constants, not a Normalization layer: its statistics are variables, which the ONNX
+    # conversion would turn into extra graph inputs.
+    z = ops.divide(ops.subtract(summary, mean[None, :]), std[None, :])
+    t = keras.layers.Concatenate(name="joined")([h, z])
+    t = keras.layers.Dense(cfg.dense_units, activation="relu", name=TRUNK_LAYER)(t)
+    zeros = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
+    c_orders = keras.layers.Dense(horizon, name="orders_correction", **zeros)(t)
+    c_spend = keras.layers.Dense(1, name="spend_correction", **zeros)(t)
+    c_churn = keras.layers.Dense(1, name="churn_correction", **zeros)(t)
+
+    log_expected = summary[:, I_LOG_EXPECTED : I_LOG_EXPECTED + 1]
+    log_rates = ops.clip(log_expected - float(np.log(horizon)) + c_orders, -25.0, 6.0)
+    rates = ops.exp(log_rates)
+    log_value = summary[:, I_LOG_VALUE : I_LOG_VALUE + 1] + c_spend
+    spend = ops.stop_gradient(rates) * ops.exp(ops.clip(log_value, -20.0, 20.0))
+    logit = summary[:, I_LOGIT_P_ZERO : I_LOGIT_P_ZERO + 1] + c_churn
+    churn = ops.sigmoid(logit)
+    outputs = {
+        "orders": keras.layers.Identity(name="orders")(rates),
+        "spend": keras.layers.Identity(name="spend")(spend),
+        "churn": keras.layers.Identity(name="churn")(churn),
+    }
+    model = keras.Model([seq, summary], outputs, name="clicksignals_residual_lstm")
+    w_o, w_s, w_c = cfg.loss_weights
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+        loss={
+            "orders": masked_poisson,
+            "spend": masked_poisson,
+            "churn": masked_binary_crossentropy,
+        },
+        loss_weights={"orders": w_o, "spend": w_s, "churn": w_c},
+    )
+    return model
+
+
+@dataclass
+class ResidualData:
+    """Model inputs and masked targets of one sample set."""
+
+    sequence: Float32Array
+    """``[N, seq_len, F]`` normalised."""
+    summary: Float32Array
+    """``[N, N_SUMMARY]`` raw."""
+    orders: Float32Array
+    """``[N, H]`` order days per window, :data:`MASKED` where not observed."""
+    spend: Float32Array
+    """``[N, H]`` spend per window / the prior's value per order day, masked alike."""
+    churn: Float32Array
+    """``[N, 1]`` 1 = no order in the horizon, :data:`MASKED` when not fully observed."""
+
+    def inputs(self) -> dict[str, Float32Array]:
+        return {INPUT_NAME: self.sequence, SUMMARY_INPUT_NAME: self.summary}
+
+    def targets(self) -> dict[str, Float32Array]:
+        return {"orders": self.orders, "spend": self.spend, "churn": self.churn}
+
+    def __len__(self) -> int:
+        return int(self.sequence.shape[0])
+
+
+def _fit_epochs(
+    data: ResidualData,
+    val: ResidualData | None,
+    epochs: int,
+    summary_mean: npt.ArrayLike,
+    summary_std: npt.ArrayLike,
+    cfg: ResidualConfig,
+    seed: int,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    configure_runtime(ModelConfig(threads=cfg.threads, seed=seed, deterministic=cfg.deterministic))
+    model = build_residual_model(
+        data.sequence.shape[1],
+        data.sequence.shape[2],
+        data.orders.shape[1],
+        summary_mean,
+        summary_std,
+        cfg,
+        seed,
+    )
+    history: dict[str, list[float]] = {"loss": [], "epoch_seconds": []}
+    if val is not None:
+        history["val_loss"] = [_evaluate_loss(model, val, cfg)]
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        fit = model.fit(
+            data.inputs(),
+            data.targets(),
+            batch_size=cfg.batch_size,
+            epochs=1,
+            shuffle=True,
+            verbose=0,
+        )
+        history["loss"].append(float(fit.history["loss"][-1]))
+        history["epoch_seconds"].append(time.perf_counter() - t0)
+        line = f"epoch {epoch + 1}/{epochs} {history['epoch_seconds'][-1]:.1f}s "
+        line += f"loss={history['loss'][-1]:.4f}"
+        if val is not None:
+            history["val_loss"].append(_evaluate_loss(model, val, cfg))
+            line += f" val_loss={history['val_loss'][-1]:.4f}"
+            best = int(np.argmin(history["val_loss"]))
+            if len(history["val_loss"]) - 1 - best > cfg.patience:
+                log.info(line)
+                break
+        log.info(line)
+    return model, history
+
+
+def _evaluate_loss(model: keras.Model, data: ResidualData, cfg: ResidualConfig) -> float:
+    """The weighted loss on ``data`` per sample (the same quantity ``fit`` minimises)."""
+    result = model.evaluate(
+        data.inputs(), data.targets(), batch_size=4096, verbose=0, return_dict=True
+    )
+    return float(result["loss"])
+
+
+def train_residual(
+    select: ResidualData,
+    select_val: ResidualData,
+    full: ResidualData,
+    cfg: ResidualConfig | None = None,
+) -> tuple[list[keras.Model], dict[str, Any]]:
+    """Choose the epoch count on a pseudo-cutoff, then refit on every origin.
+
+    ``select`` holds origins before a pseudo-cutoff one horizon before the real one (targets
+    masked beyond it) and ``select_val`` the samples at that pseudo-cutoff with their whole
+    horizon observed: the real task, one horizon earlier. The epoch count with the lowest
+    ``select_val`` loss -- 0 included, which is BG/NBD itself -- is then used to fit ``full``
+    (every origin up to the real cutoff, targets masked beyond it), once per seed.
+    """
+    cfg = cfg or ResidualConfig()
+    mean, std = summary_stats(full.summary)
+    _, sel_hist = _fit_epochs(select, select_val, cfg.max_epochs, mean, std, cfg, cfg.seeds[0])
+    epochs = int(np.argmin(sel_hist["val_loss"]))
+    log.info(
+        "epoch count chosen on the pseudo-cutoff: %d (val loss %.4f, BG/NBD alone %.4f)",
+        epochs,
+        sel_hist["val_loss"][epochs],
+        sel_hist["val_loss"][0],
+    )
+    models: list[keras.Model] = []
+    histories: list[dict[str, list[float]]] = []
+    for seed in cfg.seeds:
+        model, hist = _fit_epochs(full, None, epochs, mean, std, cfg, seed)
+        models.append(model)
+        histories.append(hist)
+    info = {
+        "selection": sel_hist,
+        "epochs": epochs,
+        "refit": histories,
+        "summary_mean": [float(v) for v in mean],
+        "summary_std": [float(v) for v in std],
+    }
+    return models, info
+
+
+def summary_stats(summary: npt.ArrayLike) -> tuple[Float32Array, Float32Array]:
+    s = np.asarray(summary, dtype=np.float64)
+    mean = s.mean(axis=0)
+    std = s.std(axis=0)
+    std = np.where(std < 1e-6, 1.0, std)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def predict_residual(
+    model: keras.Model, inputs: Mapping[str, npt.ArrayLike], value_scale: float
+) -> dict[str, Float32Array]:
+    """Keras predictions keyed like the ONNX outputs (what :mod:`training.export` bakes in)."""
+    feeds = {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
+    raw = model.predict(feeds, batch_size=4096, verbose=0)
+    orders = np.asarray(raw["orders"], dtype=np.float32).sum(axis=1)
+    spend = np.asarray(raw["spend"], dtype=np.float32).sum(axis=1) * np.float32(value_scale)
+    churn = np.asarray(raw["churn"], dtype=np.float32).reshape(-1)
+    return {"expected_orders": orders, "expected_spend": spend, "churn_probability": churn}

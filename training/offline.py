@@ -15,6 +15,9 @@ import pandas as pd
 
 from stream.model import Scorer, load_model
 from training.dataset import Samples, build_tensor, first_window, samples_at, to_event_arrays
+from training.origins import OriginSet
+
+OUTPUTS = ("expected_orders", "expected_spend", "churn_probability")
 
 
 def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> pd.DataFrame:
@@ -35,6 +38,28 @@ def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> p
             "actual_orders": samples.orders,
             "actual_spend": samples.spend,
             "actual_churn": samples.churn,
+        }
+    )
+
+
+def score_rows(scorer: Scorer, rows: OriginSet, batch_size: int = 8192) -> pd.DataFrame:
+    """Like :func:`score_samples` for training's origin rows (actuals where fully observed)."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUTS}
+    for lo in range(0, len(rows), batch_size):
+        scores = scorer.score(rows.sequences[lo : lo + batch_size])
+        for k in OUTPUTS:
+            parts[k].append(getattr(scores, k))
+    columns = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
+    orders = rows.orders_total
+    return pd.DataFrame(
+        {
+            "user_id": rows.user_ids.astype(str),
+            "window_end": pd.to_datetime(rows.window_end_ms, unit="ms", utc=True),
+            "window_end_ms": rows.window_end_ms,
+            **columns,
+            "actual_orders": orders,
+            "actual_spend": rows.spend_total,
+            "actual_churn": np.where(np.isnan(orders), np.nan, (orders == 0).astype(float)),
         }
     )
 

@@ -1,22 +1,28 @@
-"""train-and-export, step by step: events → samples → model → evaluation → ONNX + manifest.
+"""train-and-export, step by step: events → origins → model → evaluation → ONNX + manifest.
 
-Owns the time split (explicit instants, no shuffling across time, normalisation and early
-stopping on the past only), the evaluation against baselines on the held-out period, and
-the files written into the output directory. Each step is a function so tests can run the
+Owns the time protocol, the evaluation against baselines on the held-out period, and the
+files written into the output directory. Each step is a function so tests can run the
 pipeline on a tiny generated history.
 
-Split, for a cutoff ``C`` and horizon ``H`` windows (window boundaries laid on ``C``):
+Protocol, for a cutoff ``C`` and a horizon of ``H`` windows (window boundaries laid on ``C``;
+window ``-1`` ends exactly at ``C``):
 
-* training samples end at windows whose labels close before the validation ones start
-  (purged: no training label overlaps a validation label period);
-* validation: the last ``val_windows`` window ends whose labels still close by ``C``;
-* test: window ends from ``C`` on, as long as the data covers their horizon; the sample
-  ending exactly at ``C`` is the evaluation cutoff written to ``predictions.csv``.
+* **origins**: every window end before ``C`` is a training origin; its ``H`` per-window targets
+  are masked where they fall after ``C``, so the latest weeks before the cutoff still teach
+  the model (see :mod:`training.origins`). Each origin's BG/NBD prior is fitted on data
+  before that origin only.
+* **selection**: the same training one horizon earlier (pseudo-cutoff ``C - H``, targets
+  masked beyond it) chooses the epoch count on the pseudo-cutoff's own, fully observed
+  horizon -- the real task one horizon earlier. Nothing after ``C`` is ever seen.
+* **refit**: every origin up to ``C`` with that epoch count.
+* **test**: the origin at ``C`` (the headline, and ``predictions.csv``) and any later window
+  ends whose horizon the data covers, each scored with the deployed model and its prior.
+* **population**: every customer with an order before the origin, however long dormant, and
+  every user active in the lookback (:func:`features.windows.population_mask`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import platform
@@ -28,10 +34,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.manifest import Manifest, Thresholds
-from features.windows import NormStats, WindowSpec, contract_fingerprint
+from features.batch import WindowTensor, sequences_at
+from features.manifest import INPUT_NAME, OUTPUT_NAMES, Manifest, Thresholds
+from features.summary import I_LOG_VALUE, PriorSpec
+from features.windows import (
+    NormStats,
+    WindowSpec,
+    contract_fingerprint,
+    lifetime_summary,
+    population_mask,
+)
 from training.baselines import baselines
-from training.dataset import Samples, build_tensor, first_window, samples_at, to_event_arrays
+from training.dataset import build_tensor, first_window, to_event_arrays
+from training.origins import MASKED, OriginSet, PriorFit, origin_set, prior_at
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +67,14 @@ class TrainConfig:
     lookback: int | None = None
     end_ms: int | None = None
     val_windows: int = 4
-    epochs: int = 30
+    """Unused by the residual model (selection is on the pseudo-cutoff); kept for the CLI."""
+    epochs: int = 12
+    """Most epochs the selection may run; the refit runs the count it chose."""
     seed: int = 7
+    seeds: int = 1
+    """Models trained with seeds ``seed .. seed + seeds - 1``; the first is exported."""
     cell: str = "lstm"
-    units: int = 64
+    units: int = 32
     quantize: bool = False
     cv_folds: int = 0
     """Rolling-origin folds before the cutoff (0: none)."""
@@ -73,70 +92,8 @@ class TrainConfig:
         )
 
 
-@dataclass
-class Split:
-    train: Samples
-    val: Samples
-    test: Samples
-    cutoff: Samples
-    train_windows: tuple[int, int]
-    val_windows: tuple[int, int]
-    test_windows: tuple[int, int]
-
-
-def split_samples(events: pd.DataFrame, cfg: TrainConfig) -> Split:
-    """Build the three time-ordered sample sets (see the module docstring)."""
-    spec = cfg.spec
-    arrays, user_ids = to_event_arrays(events)
-    start_ms, stop_ms = int(arrays.time_ms.min()), int(arrays.time_ms.max())
-    end_ms = cfg.end_ms if cfg.end_ms is not None else stop_ms + 1
-    if not start_ms < cfg.cutoff_ms < end_ms:
-        raise TrainingError(
-            f"cutoff {_iso(cfg.cutoff_ms)} is outside the data ({_iso(start_ms)} .. {_iso(end_ms)})"
-        )
-    first = first_window(arrays, spec)
-    # With the origin on the cutoff, window -1 ends exactly at it.
-    last_complete = spec.index(end_ms) - 1
-    val_hi = -1 - spec.horizon
-    val_lo = val_hi - cfg.val_windows + 1
-    train_hi = val_lo - spec.horizon
-    if train_hi < first + 1:
-        raise TrainingError(
-            f"too little history before the cutoff: {-first} windows of "
-            f"{spec.length_ms / DAY_MS:g}d, need at least {cfg.val_windows + 2 * spec.horizon + 2}"
-        )
-    test_hi = max(-1, last_complete - spec.horizon)
-    tensor = build_tensor(arrays, spec, max(test_hi + spec.horizon, -1))
-    train = samples_at(tensor, user_ids, list(range(first, train_hi + 1)))
-    val = samples_at(tensor, user_ids, list(range(val_lo, val_hi + 1)))
-    covered = last_complete - spec.horizon >= -1
-    test = (
-        samples_at(tensor, user_ids, list(range(-1, test_hi + 1)))
-        if covered
-        else samples_at(tensor, user_ids, [-1], with_labels=False)
-    )
-    cutoff = test.select(test.window_index == -1)
-    n_users = len(np.unique(train.user_ids))
-    if n_users < cfg.min_users:
-        raise TrainingError(f"only {n_users} users in the training split, need {cfg.min_users}")
-    log.info(
-        "samples: train %d (%d users), val %d, test %d over %d window ends, cutoff %d",
-        len(train),
-        n_users,
-        len(val),
-        len(test),
-        test_hi + 2 if covered else 0,
-        len(cutoff),
-    )
-    return Split(train, val, test, cutoff, (first, train_hi), (val_lo, val_hi), (-1, test_hi))
-
-
 def _iso(ms: int) -> str:
     return pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
-
-
-def _targets(samples: Samples) -> dict[str, np.ndarray]:
-    return {"orders": samples.orders, "spend": samples.spend, "churn": samples.churn}
 
 
 def churn_thresholds(p: np.ndarray, y: np.ndarray, precision: float = 0.9) -> Thresholds:
@@ -167,53 +124,269 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+MAX_SAMPLES = 200_000
+"""Cap on (customer, origin) training rows per fit: a seeded uniform draw beyond it keeps the
+epoch time and memory bounded whatever the shop's size (Online Retail has ~100k rows)."""
+
+
+def fit_prior(horizon_weeks: float) -> PriorFit:
+    """The prior fitter: BG/NBD by maximum likelihood plus the population's spend per day."""
+    from training.clv import fit_bgnbd
+
+    def fit(
+        x: np.ndarray, t_x: np.ndarray, age: np.ndarray, spend: np.ndarray, days: np.ndarray
+    ) -> PriorSpec:
+        if len(x) < 2:
+            raise TrainingError("fewer than two customers with an order: no BG/NBD prior")
+        params = fit_bgnbd(x, t_x, age)
+        total_days = float(days.sum())
+        value = float(spend.sum()) / total_days if total_days > 0 else 0.0
+        # Data without prices has no spend: a unit scale keeps the spend head defined.
+        return PriorSpec(params, horizon_weeks, value if value > 0 else 1.0)
+
+    return fit
+
+
+@dataclass
+class Fit:
+    """What one cutoff's training produced."""
+
+    cut: int
+    norm: NormStats
+    prior: PriorSpec
+    models: list[Any]
+    info: dict[str, Any]
+    select_val: OriginSet
+    n_train: int
+
+
+def _residual_data(rows: OriginSet, norm: NormStats) -> Any:
+    from training.model import ResidualData
+
+    scale = rows.value_scale[:, None].astype(np.float32)
+    spend = np.where(rows.spend >= 0, rows.spend / scale, MASKED).astype(np.float32)
+    return ResidualData(
+        norm.apply(rows.sequences),
+        rows.summary,
+        rows.orders.astype(np.float32),
+        spend,
+        rows.churn.astype(np.float32).reshape(-1, 1),
+    )
+
+
+def fit_at(
+    tensor: WindowTensor, user_ids: np.ndarray, first: int, cut: int, cfg: TrainConfig
+) -> Fit:
+    """Select the epoch count one horizon before origin ``cut``, refit on origins before it.
+
+    ``cut`` is the window index of the cutoff origin (-1 for the main cutoff); nothing after
+    its end is read.
+    """
+    from training.model import ResidualConfig, train_residual
+
+    spec = tensor.spec
+    horizon = spec.horizon
+    fit = fit_prior(horizon * spec.length_ms / (7 * DAY_MS))
+    pseudo = cut - horizon
+    if pseudo - 1 < first:
+        raise TrainingError(
+            f"too little history before the cutoff: {cut + 1 - first} windows of "
+            f"{spec.length_ms / DAY_MS:g}d, need more than one horizon ({horizon}) plus one"
+        )
+    select = origin_set(
+        tensor, user_ids, list(range(first, pseudo)), pseudo, fit, max_samples=MAX_SAMPLES
+    )
+    select_val = origin_set(tensor, user_ids, [pseudo], cut, fit)
+    full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, max_samples=MAX_SAMPLES)
+    n_users = len(np.unique(full.user_ids))
+    if n_users < cfg.min_users:
+        raise TrainingError(f"only {n_users} users in the training split, need {cfg.min_users}")
+    norm = NormStats.fit(full.sequences)
+    prior = prior_at(
+        sequences_at(tensor, cut)[population_mask(sequences_at(tensor, cut), spec.lookback)][
+            :, -1, :
+        ],
+        fit,
+    )
+    log.info(
+        "origins %s..%s: %d rows (%d customers); selection %d rows, pseudo-cutoff %d rows",
+        _iso(spec.end_ms(first)),
+        _iso(spec.end_ms(cut - 1)),
+        len(full),
+        n_users,
+        len(select),
+        len(select_val),
+    )
+    res_cfg = ResidualConfig(
+        units=cfg.units, max_epochs=cfg.epochs, seeds=tuple(cfg.seed + i for i in range(cfg.seeds))
+    )
+    models, info = train_residual(
+        _residual_data(select, norm),
+        _residual_data(select_val, norm),
+        _residual_data(full, norm),
+        res_cfg,
+    )
+    info["config"] = res_cfg.to_dict()
+    return Fit(cut, norm, prior, models, info, select_val, len(full))
+
+
+def baseline_predictions(rows: OriginSet, prior: PriorSpec, pareto: Any) -> dict[str, Any]:
+    """BG/NBD (the model's own prior), Pareto/NBD and the simple baselines, on ``rows``."""
+    from features.clv import bgnbd_expected, bgnbd_p_zero
+    from training.clv import pareto_nbd_expected, pareto_nbd_p_zero
+
+    last = rows.sequences[:, -1, :].astype(np.float64)
+    x, t_x, age, ordered = lifetime_summary(last)
+    # Customers who never ordered enter BG/NBD as just acquired (x = t_x = T = 0).
+    x, t_x, age = (np.where(ordered, v, 0.0) for v in (x, t_x, age))
+    t = prior.horizon_weeks
+    value = np.exp(rows.summary[:, I_LOG_VALUE].astype(np.float64)) * prior.value_per_order_day
+    out = baselines(rows.sequences, rows.orders.shape[1])
+    e_bg = bgnbd_expected(prior.bgnbd, x, t_x, age, t)
+    out["bgnbd"] = {
+        "expected_orders": e_bg,
+        "expected_spend": e_bg * value,
+        "churn_probability": bgnbd_p_zero(prior.bgnbd, x, t_x, age, t),
+    }
+    if pareto is not None:
+        e_p = pareto_nbd_expected(pareto, x, t_x, age, t)
+        out["pareto_nbd"] = {
+            "expected_orders": e_p,
+            "expected_spend": e_p * value,
+            "churn_probability": pareto_nbd_p_zero(pareto, x, t_x, age, t),
+        }
+    return out
+
+
+def evaluate_rows(rows: OriginSet, preds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Every predictor's metrics on the fully observed rows of ``rows``."""
+    from training import evaluate
+
+    done = rows.complete
+    y_orders, y_spend = rows.orders_total[done], rows.spend_total[done]
+    y_churn = (y_orders == 0).astype(np.float64)
+    metrics: dict[str, Any] = {}
+    for name, p in preds.items():
+        orders = np.asarray(p["expected_orders"], np.float64)[done]
+        churn = np.asarray(p["churn_probability"], np.float64)[done]
+        metrics[name] = {
+            "orders": evaluate.evaluate_demand(orders, y_orders),
+            "spend": evaluate.evaluate_demand(
+                np.asarray(p["expected_spend"], np.float64)[done], y_spend
+            ),
+            "churn": evaluate.evaluate_churn(churn, y_churn),
+        }
+    return metrics
+
+
+def lift_rows(rows: OriginSet, preds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Per-decile lift of every predictor: order days by expected orders, churners by churn
+    probability."""
+    from training import evaluate
+
+    done = rows.complete
+    y_orders = rows.orders_total[done]
+    y_churn = (y_orders == 0).astype(np.float64)
+    return {
+        name: {
+            "orders": evaluate.lift_by_decile(np.asarray(p["expected_orders"])[done], y_orders),
+            "churn": evaluate.lift_by_decile(np.asarray(p["churn_probability"])[done], y_churn),
+        }
+        for name, p in preds.items()
+    }
+
+
 def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
     """The whole command; returns the report dict (also written to ``report.json``)."""
-    from training import evaluate, export, report
-    from training.model import ModelConfig, predict, train_model
+    from training import export, report
+    from training.clv import fit_pareto_nbd
+    from training.model import SUMMARY_INPUT_NAME
 
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
-    split = split_samples(events, cfg)
-    norm = NormStats.fit(split.train.sequences)
-    x_train, x_val = norm.apply(split.train.sequences), norm.apply(split.val.sequences)
-    model_cfg = ModelConfig(cell=cfg.cell, units=cfg.units, epochs=cfg.epochs, seed=cfg.seed)  # type: ignore[arg-type]
-    model, history = train_model(
-        x_train, _targets(split.train), x_val, _targets(split.val), model_cfg
-    )
+    spec = cfg.spec
+    arrays, user_ids = to_event_arrays(events)
+    start_ms, stop_ms = int(arrays.time_ms.min()), int(arrays.time_ms.max())
+    end_ms = cfg.end_ms if cfg.end_ms is not None else stop_ms + 1
+    if not start_ms < cfg.cutoff_ms < end_ms:
+        raise TrainingError(
+            f"cutoff {_iso(cfg.cutoff_ms)} is outside the data ({_iso(start_ms)} .. {_iso(end_ms)})"
+        )
+    first = first_window(arrays, spec)
+    last_complete = spec.index(end_ms) - 1
+    test_hi = last_complete - spec.horizon
+    covered = test_hi >= -1
+    tensor = build_tensor(arrays, spec, max(last_complete, -1))
+    main = fit_at(tensor, user_ids, first, -1, cfg)
+    model = main.models[0]
+    prior = main.prior
 
     onnx_path = cfg.out / "model.onnx"
-    export_info = export.export_onnx(model, onnx_path).to_dict()
+    export_info = export.export_onnx(
+        model, onnx_path, value_scale=prior.value_per_order_day
+    ).to_dict()
     export.check_recurrent_op(onnx_path)
-    x_test = norm.apply(split.test.sequences)
-    diffs = export.verify_against_keras(onnx_path, model, x_test if len(x_test) else x_val)
-
-    val_pred = predict(model, x_val)
-    thresholds = churn_thresholds(val_pred["churn_probability"], split.val.churn)
-    spec = cfg.spec
+    test_windows = list(range(-1, test_hi + 1)) if covered else [-1]
+    fit = fit_prior(prior.horizon_weeks)
+    test = origin_set(tensor, user_ids, test_windows, last_complete, fit, prior=prior)
+    sample = test.select(np.arange(len(test)) < 4096)
+    diffs = export.verify_against_keras(
+        onnx_path,
+        model,
+        {INPUT_NAME: main.norm.apply(sample.sequences), SUMMARY_INPUT_NAME: sample.summary},
+        value_scale=prior.value_per_order_day,
+    )
     onnx_sha = export.sha256_file(onnx_path)
     model_version = "m-" + onnx_sha[:12]
 
-    # Scores downstream come from ONNX Runtime, the scorer the worker uses.
+    # Scores come from ONNX Runtime, the scorer the worker uses, fed raw sequences only: the
+    # summary is recomputed from them with the manifest's prior, as in the worker.
     from stream.model import load_model
+    from training.offline import score_rows
 
-    metrics: dict[str, Any] = {}
-    predictions = None
-    test_has_labels = len(split.test) and not np.isnan(split.test.orders).any()
-    tmp_manifest = Manifest(model_version, spec, norm, thresholds, onnx_sha)
+    placeholder = Thresholds(medium=0.5, high=0.9)
+    tmp_manifest = Manifest(model_version, spec, main.norm, placeholder, onnx_sha, prior=prior)
     (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     scorer = load_model(cfg.out)
-    from training.offline import score_samples
-
-    test_scores = score_samples(scorer, split.test)
-    if test_has_labels:
-        metrics = _evaluate(split.test, test_scores, spec.horizon, evaluate)
-    predictions = score_samples(scorer, split.cutoff)
+    val_scores = score_rows(scorer, main.select_val)
+    thresholds = churn_thresholds(val_scores["churn_probability"].to_numpy(), main.select_val.churn)
+    test_scores = score_rows(scorer, test)
+    at_cutoff = test.window_index == -1
+    pareto = None
+    if covered:
+        x, t_x, age, ordered = lifetime_summary(
+            test.sequences[at_cutoff][:, -1, :].astype(np.float64)
+        )
+        try:
+            pareto = fit_pareto_nbd(x[ordered], t_x[ordered], age[ordered])
+        except Exception as exc:  # a baseline that cannot fit must not sink the model
+            log.warning("Pareto/NBD baseline not fitted: %s", exc)
+    metrics: dict[str, Any] = {}
+    lifts: dict[str, Any] = {}
+    rolling: dict[str, Any] = {}
+    if covered:
+        preds = {
+            "model": {k: test_scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES},
+            **baseline_predictions(test, prior, pareto),
+        }
+        cut_preds = {m: {k: v[at_cutoff] for k, v in p.items()} for m, p in preds.items()}
+        metrics = evaluate_rows(test.select(at_cutoff), cut_preds)
+        lifts = lift_rows(test.select(at_cutoff), cut_preds)
+        if len(test_windows) > 1:
+            rolling["test_window_ends"] = evaluate_rows(test, preds)
+    # The pseudo-cutoff one horizon before C: a rolling origin no test data touched.
+    select_preds = {
+        "model": {k: val_scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES},
+        **baseline_predictions(main.select_val, _prior_of(main.select_val, fit), None),
+    }
+    rolling["pseudo_cutoff"] = _brief(evaluate_rows(main.select_val, select_preds))
+    folds = _rolling_folds(tensor, user_ids, first, cfg) if cfg.cv_folds else []
 
     quant: dict[str, Any] | None = None
     if cfg.quantize:
-        quant = _quantize(cfg, onnx_path, split, metrics, export, evaluate, spec.horizon)
+        quant = _quantize(cfg, onnx_path, test.select(at_cutoff), metrics)
 
+    cut_rows = test.select(at_cutoff)
     report_data: dict[str, Any] = {
         "model_version": model_version,
         "window": {
@@ -224,42 +397,45 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         },
         "split": {
             "cutoff": _iso(cfg.cutoff_ms),
-            "train_window_ends": [_iso(spec.end_ms(w)) for w in split.train_windows],
-            "val_window_ends": [_iso(spec.end_ms(w)) for w in split.val_windows],
-            "test_window_ends": [_iso(spec.end_ms(w)) for w in split.test_windows],
+            "train_origins": [_iso(spec.end_ms(first)), _iso(spec.end_ms(-2))],
+            "pseudo_cutoff": _iso(spec.end_ms(-1 - spec.horizon)),
+            "test_window_ends": [_iso(spec.end_ms(w)) for w in test_windows],
             "samples": {
-                "train": len(split.train),
-                "val": len(split.val),
-                "test": len(split.test),
-                "cutoff": len(split.cutoff),
+                "train": main.n_train,
+                "pseudo_cutoff": len(main.select_val),
+                "test": len(test),
+                "cutoff": len(cut_rows),
             },
-            "users": {"train": len(np.unique(split.train.user_ids)), "cutoff": len(split.cutoff)},
+            "users": {"cutoff": len(cut_rows)},
             "base_rates": {
-                "train_churn": float(split.train.churn.mean()),
-                "test_churn": float(np.nanmean(split.test.churn)) if test_has_labels else None,
+                "test_churn": float((cut_rows.orders_total == 0).mean()) if covered else None,
             },
         },
-        "population": "users with at least one event in the last lookback windows before the "
-        "window end (the worker scores the same users at each window close)",
+        "population": "every customer with an order before the window end, however long ago, "
+        "and every user with an event in the last lookback windows",
+        "target": "orders = distinct UTC days with a purchase (order days); churn = no order "
+        "day in the horizon; spend = purchase value in the horizon",
+        "prior": prior.to_dict(),
         "training": {
-            "config": asdict(model_cfg) if hasattr(model_cfg, "__dataclass_fields__") else {},
-            "history": history,
-            "epochs_run": len(history.get("loss", [])),
+            **{k: v for k, v in main.info.items() if k not in ("summary_mean", "summary_std")},
+            "epochs_run": main.info["epochs"],
         },
         "export": {"onnx_vs_keras_max_abs_diff": diffs, "opset": 17},
         "thresholds": asdict(thresholds),
         "metrics": metrics,
+        "lift_by_decile": lifts,
+        "rolling_origin": {**rolling, "folds": folds},
         "quantized": quant,
-        "rolling_origin": rolling_origin(events, cfg) if cfg.cv_folds else None,
         "source": cfg.source,
         "seconds": round(time.perf_counter() - started, 1),
     }
     manifest = Manifest(
         model_version,
         spec,
-        norm,
+        main.norm,
         thresholds,
         onnx_sha,
+        prior=prior,
         extra={
             "export": export_info,
             "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
@@ -270,25 +446,23 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         },
     )
     (cfg.out / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
-    predictions.drop(columns=["window_end_ms"]).to_csv(cfg.out / "predictions.csv", index=False)
+    predictions = test_scores[at_cutoff].drop(columns=["window_end_ms"])
+    predictions.to_csv(cfg.out / "predictions.csv", index=False)
     if metrics:
-        weekly = test_scores.groupby("window_end_ms").agg(
-            actual=("actual_orders", "sum"), predicted=("expected_orders", "sum")
-        )
+        weekly = _weekly(test, test_scores)
         report.write_report(
             cfg.out,
             metrics,
             "model",
-            history=history,
-            churn_p=test_scores["churn_probability"].to_numpy(),
-            churn_y=test_scores["actual_churn"].to_numpy(),
-            orders_pred=test_scores["expected_orders"].to_numpy(),
-            orders_actual=test_scores["actual_orders"].to_numpy(),
-            weekly={
-                "window_end": pd.to_datetime(weekly.index, unit="ms").to_numpy(),
-                "actual": weekly["actual"].to_numpy(),
-                "predicted": weekly["predicted"].to_numpy(),
+            history={
+                "loss": main.info["selection"]["loss"],
+                "val_loss": main.info["selection"]["val_loss"][1:],
             },
+            churn_p=test_scores["churn_probability"].to_numpy()[at_cutoff],
+            churn_y=(cut_rows.orders_total == 0).astype(float),
+            orders_pred=test_scores["expected_orders"].to_numpy()[at_cutoff],
+            orders_actual=cut_rows.orders_total,
+            weekly=weekly,
             export_info={"onnx_vs_keras_max_abs_diff": diffs},
             extra={k: v for k, v in report_data.items() if k != "metrics"},
         )
@@ -298,82 +472,102 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
     return report_data
 
 
-def rolling_origin(events: pd.DataFrame, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Refit and evaluate at earlier cutoffs, each ``horizon`` windows before the next.
+def _prior_of(rows: OriginSet, fit: PriorFit) -> PriorSpec:
+    return prior_at(rows.sequences[:, -1, :], fit)
 
-    Every fold sees only data before the main cutoff (``end`` is the main cutoff), so the
-    held-out period stays unseen; each fold's own normalisation and early stopping use only
-    its own past. Reports the model and baselines on orders MAE and churn ROC-AUC per fold.
-    """
-    from training import evaluate
-    from training.model import ModelConfig, predict, train_model
 
-    folds: list[dict[str, Any]] = []
-    step = cfg.horizon * cfg.window_ms
-    for k in range(cfg.cv_folds, 0, -1):
-        fold_cfg = dataclasses.replace(
-            cfg, cutoff_ms=cfg.cutoff_ms - k * step, end_ms=cfg.cutoff_ms, cv_folds=0
-        )
-        try:
-            split = split_samples(events, fold_cfg)
-        except TrainingError as exc:
-            folds.append({"cutoff": _iso(fold_cfg.cutoff_ms), "skipped": str(exc)})
-            continue
-        norm = NormStats.fit(split.train.sequences)
-        model_cfg = ModelConfig(cell=cfg.cell, units=cfg.units, epochs=cfg.epochs, seed=cfg.seed)  # type: ignore[arg-type]
-        model, _ = train_model(
-            norm.apply(split.train.sequences),
-            _targets(split.train),
-            norm.apply(split.val.sequences),
-            _targets(split.val),
-            model_cfg,
-        )
-        pred = predict(model, norm.apply(split.test.sequences))
-        scores = pd.DataFrame({k2: np.asarray(v, np.float64) for k2, v in pred.items()})
-        metrics = _evaluate(split.test, scores, cfg.horizon, evaluate)
-        folds.append(
+def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: {
+            "orders_mae": m["orders"]["mae"],
+            "orders_bias": m["orders"]["bias"],
+            "churn_roc_auc": m["churn"]["roc_auc"],
+        }
+        for name, m in metrics.items()
+    }
+
+
+def _weekly(test: OriginSet, scores: pd.DataFrame) -> dict[str, Any] | None:
+    """Per test origin: actual vs predicted order days over the horizon, summed."""
+    done = test.complete
+    if not done.any():
+        return None
+    frame = (
+        pd.DataFrame(
             {
-                "cutoff": _iso(fold_cfg.cutoff_ms),
-                "test_samples": len(split.test),
-                "orders_mae": {m: v["orders"]["mae"] for m, v in metrics.items()},
-                "churn_roc_auc": {m: v["churn"]["roc_auc"] for m, v in metrics.items()},
+                "end": test.window_end_ms[done],
+                "actual": test.orders_total[done],
+                "predicted": scores["expected_orders"].to_numpy()[done],
             }
         )
-        log.info("rolling origin %s: %s", folds[-1]["cutoff"], folds[-1]["orders_mae"])
-    return folds
-
-
-def _evaluate(test: Samples, scores: pd.DataFrame, horizon: int, evaluate: Any) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
-    preds = {
-        "model": {
-            k: scores[k].to_numpy(np.float64)
-            for k in ("expected_orders", "expected_spend", "churn_probability")
-        },
-        **baselines(test.sequences, horizon),
+        .groupby("end")
+        .sum()
+    )
+    return {
+        "window_end": pd.to_datetime(frame.index, unit="ms").to_numpy(),
+        "actual": frame["actual"].to_numpy(),
+        "predicted": frame["predicted"].to_numpy(),
     }
-    for name, p in preds.items():
-        rows[name] = {
-            "orders": evaluate.evaluate_demand(p["expected_orders"], test.orders),
-            "spend": evaluate.evaluate_demand(p["expected_spend"], test.spend),
-            "churn": evaluate.evaluate_churn(p["churn_probability"], test.churn),
+
+
+def _rolling_folds(
+    tensor: WindowTensor, user_ids: np.ndarray, first: int, cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """Refit at earlier cutoffs ``k * H`` windows before ``C`` (data after ``C`` unseen) and
+    compare the fold's model (Keras, same graph as the export) with BG/NBD at the fold's cutoff."""
+    from training.model import predict_residual
+
+    folds: list[dict[str, Any]] = []
+    spec = tensor.spec
+    for k in range(cfg.cv_folds, 0, -1):
+        cut = -1 - k * spec.horizon
+        try:
+            fold = fit_at(tensor, user_ids, first, cut, cfg)
+        except TrainingError as exc:
+            folds.append({"cutoff": _iso(spec.end_ms(cut)), "skipped": str(exc)})
+            continue
+        rows = origin_set(
+            tensor,
+            user_ids,
+            [cut],
+            cut + spec.horizon,
+            fit_prior(fold.prior.horizon_weeks),
+            prior=fold.prior,
+        )
+        from training.model import SUMMARY_INPUT_NAME
+
+        pred = predict_residual(
+            fold.models[0],
+            {INPUT_NAME: fold.norm.apply(rows.sequences), SUMMARY_INPUT_NAME: rows.summary},
+            fold.prior.value_per_order_day,
+        )
+        preds = {
+            "model": {k2: np.asarray(v, np.float64) for k2, v in pred.items()},
+            **baseline_predictions(rows, fold.prior, None),
         }
-    return rows
+        folds.append({"cutoff": _iso(spec.end_ms(cut)), **_brief(evaluate_rows(rows, preds))})
+        log.info("rolling origin %s: %s", folds[-1]["cutoff"], folds[-1])
+    return folds
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     model = metrics.get("model")
     if not model:
         return {}
+    bg = metrics.get("bgnbd")
     return {
         "test_orders_mae": model["orders"]["mae"],
+        "test_orders_bias": model["orders"]["bias"],
         "test_spend_mae": model["spend"]["mae"],
+        "test_spend_bias": model["spend"]["bias"],
         "test_churn_roc_auc": model["churn"]["roc_auc"],
+        "bgnbd_orders_mae": bg["orders"]["mae"] if bg else None,
+        "bgnbd_churn_roc_auc": bg["churn"]["roc_auc"] if bg else None,
         "beats_all_baselines_on_orders_mae": all(
-            model["orders"]["mae"] < m["orders"]["mae"] for k, m in metrics.items() if k != "model"
+            model["orders"]["mae"] <= m["orders"]["mae"] for k, m in metrics.items() if k != "model"
         ),
         "beats_all_baselines_on_churn_roc_auc": all(
-            model["churn"]["roc_auc"] > m["churn"]["roc_auc"]
+            model["churn"]["roc_auc"] >= m["churn"]["roc_auc"]
             for k, m in metrics.items()
             if k != "model"
         ),
@@ -381,17 +575,13 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _quantize(
-    cfg: TrainConfig,
-    onnx_path: Path,
-    split: Split,
-    metrics: dict[str, Any],
-    export: Any,
-    evaluate: Any,
-    horizon: int,
+    cfg: TrainConfig, onnx_path: Path, rows: OriginSet, metrics: dict[str, Any]
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
     from stream.model import Scorer
+    from training import export
+    from training.offline import score_rows
 
     qdir = cfg.out / "quantized"
     qdir.mkdir(exist_ok=True)
@@ -399,15 +589,13 @@ def _quantize(
     export.quantize_dynamic_int8(onnx_path, qpath)
     base = Manifest.from_dict(json.loads((cfg.out / "manifest.json").read_text()))
     session = ort.InferenceSession(str(qpath), providers=["CPUExecutionProvider"])
-    scorer = Scorer(base, session, qpath)
-    from training.offline import score_samples
-
-    scores = score_samples(scorer, split.test)
+    scores = score_rows(Scorer(base, session, qpath), rows)
     out: dict[str, Any] = {
         "path": str(qpath),
         "bytes": qpath.stat().st_size,
         "fp32_bytes": onnx_path.stat().st_size,
     }
     if metrics:
-        out["metrics"] = _evaluate(split.test, scores, horizon, evaluate)["model"]
+        preds = {"model": {k: scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES}}
+        out["metrics"] = evaluate_rows(rows, preds)["model"]
     return out

@@ -1,0 +1,126 @@
+"""The model's second input: a customer's lifetime summary and what BG/NBD makes of it.
+
+Owns :class:`PriorSpec` (the BG/NBD parameters fitted at training time, the horizon in weeks,
+the spend scale: everything the summary needs besides the features) and :func:`summarize`,
+which turns raw (un-normalised) window sequences into the ``summary`` matrix the model reads
+next to the sequence. Training and the worker's scorer both call :func:`summarize` on the same
+raw sequences, so the summary cannot drift between them; it reads only the *last* vector of
+each sequence, whose lifetime features (:func:`features.windows.lifetime_summary`) carry the
+whole history, however long the customer has been dormant.
+
+Why a prior at all: BG/NBD is what a retail analyst runs in a few lines, and on small or
+sparse shops it is hard to beat. The model takes its conditional expectation and its
+probability of no order as *starting points* and learns multiplicative corrections from the
+sequence, the calendar and the summary (see :mod:`training.model`): with zero corrections the
+model is BG/NBD, and training keeps a correction only where it lowers the loss on later
+origins.
+
+Pure: stdlib and numpy only, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from features.clv import PRIOR_FEATURE_NAMES, BgNbdParams, prior_features
+from features.windows import (
+    DAY_MS,
+    FEATURE_INDEX,
+    YEAR_DAYS,
+    Float32Array,
+    WindowSpec,
+    lifetime_summary,
+)
+
+WEEK_DAYS: Final = 7.0
+
+SUMMARY_NAMES: Final[tuple[str, ...]] = (
+    *PRIOR_FEATURE_NAMES,
+    "log1p_repeat_days",
+    "log1p_age_weeks",
+    "log1p_weeks_since_last_order",
+    "ordered",
+    "log_value_per_order_day",
+    "horizon_season_sin",
+    "horizon_season_cos",
+)
+"""Columns of the ``summary`` input, in order. The first ones are BG/NBD's (see
+:data:`features.clv.PRIOR_FEATURE_NAMES`); the model's residual heads read two of them raw."""
+N_SUMMARY: Final = len(SUMMARY_NAMES)
+SUMMARY_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(SUMMARY_NAMES)}
+I_LOG_EXPECTED: Final = SUMMARY_INDEX["bgnbd_log_expected"]
+I_LOGIT_P_ZERO: Final = SUMMARY_INDEX["bgnbd_logit_p_zero"]
+I_LOG_VALUE: Final = SUMMARY_INDEX["log_value_per_order_day"]
+
+# Shrinkage of a customer's spend per order day towards the population's, in order days: a
+# one-order customer's value is half their own, half the shop's (the Gamma-Gamma idea without
+# its fit; the model corrects the rest).
+VALUE_PRIOR_DAYS: Final = 1.0
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    """What :func:`summarize` needs from training: fitted once, stored in the manifest."""
+
+    bgnbd: BgNbdParams
+    horizon_weeks: float
+    value_per_order_day: float
+    """The population's spend per order day at fit time (> 0): the spend scale and prior."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": "bgnbd",
+            "bgnbd": self.bgnbd.to_dict(),
+            "horizon_weeks": self.horizon_weeks,
+            "value_per_order_day": self.value_per_order_day,
+            "summary_names": list(SUMMARY_NAMES),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriorSpec:
+        if data.get("model") != "bgnbd":
+            raise ValueError(f"prior model {data.get('model')!r}, this code knows 'bgnbd'")
+        names = tuple(str(n) for n in data.get("summary_names", ()))
+        if names != SUMMARY_NAMES:
+            raise ValueError(f"summary columns {list(names)} differ from {list(SUMMARY_NAMES)}")
+        value = float(data["value_per_order_day"])
+        horizon = float(data["horizon_weeks"])
+        if not (value > 0 and horizon > 0):
+            raise ValueError("value_per_order_day and horizon_weeks must be positive")
+        return cls(BgNbdParams.from_dict(data["bgnbd"]), horizon, value)
+
+
+def summarize(raw: Float32Array, prior: PriorSpec, spec: WindowSpec) -> Float32Array:
+    """``[N, N_SUMMARY]`` float32 summary of raw sequences ``[N, seq_len, F]``."""
+    last = raw[:, -1, :].astype(np.float64)
+    x, t_x, age, ordered = lifetime_summary(last)
+    prior_cols = prior_features(prior.bgnbd, x, t_x, age, ordered, prior.horizon_weeks)
+    spend_total = np.maximum(last[:, FEATURE_INDEX["spend_total"]], 0.0)
+    order_days = np.maximum(last[:, FEATURE_INDEX["order_days_total"]], 0.0)
+    pop = prior.value_per_order_day
+    value = (spend_total + VALUE_PRIOR_DAYS * pop) / (order_days + VALUE_PRIOR_DAYS)
+    # The season of the middle of the horizon: the last window's start rotated forward by one
+    # window (to its end) plus half the horizon.
+    shift_days = spec.length_ms / DAY_MS * (1.0 + spec.horizon / 2.0)
+    delta = 2.0 * np.pi * shift_days / YEAR_DAYS
+    sin0, cos0 = last[:, FEATURE_INDEX["season_sin"]], last[:, FEATURE_INDEX["season_cos"]]
+    own = np.stack(
+        [
+            np.log1p(np.where(ordered, x, 0.0)),
+            np.log1p(np.where(ordered, age, 0.0)),
+            np.log1p(np.where(ordered, np.maximum(age - t_x, 0.0), 0.0)),
+            ordered.astype(np.float64),
+            np.log(np.maximum(value, 1e-9) / pop),
+            sin0 * np.cos(delta) + cos0 * np.sin(delta),
+            cos0 * np.cos(delta) - sin0 * np.sin(delta),
+        ],
+        axis=1,
+    )
+    out = np.concatenate([np.asarray(prior_cols, dtype=np.float64), own], axis=1)
+    clean: Float32Array = np.nan_to_num(out, nan=0.0, posinf=30.0, neginf=-30.0).astype(
+        np.float32
+    )
+    return clean
