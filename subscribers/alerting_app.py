@@ -7,7 +7,9 @@ Consumes ``settings.topic_churn``, keeps each user's alert state in the table ``
 ``settings.topic_churn_alerts`` keyed by user, then -- once Kafka has it -- to the log sink and,
 when ``settings.alert_webhook_url`` is set, to the webhook (:mod:`subscribers.sinks`).
 
-Web views on ``settings.web_host:settings.alerter_web_port``: ``GET /health`` (counters) and
+Web views on ``settings.web_host:settings.alerter_web_port``: ``GET /health`` (counters; 503
+with the reason once the agent stopped, and the process exits with status 70:
+:mod:`stream.liveness`), ``GET /ready`` (503 while rebalancing or stopped) and
 ``GET /alerts/{user_id}`` (the user's alert state).
 """
 

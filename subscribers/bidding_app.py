@@ -7,7 +7,9 @@ accepted change to ``settings.topic_bid_adjustments`` keyed by user, and serves
 * ``GET /bid/{user_id}`` -- the user's current adjustment (the record last published for them;
   routed to the worker holding the user when several run), or 404 with ``default_multiplier``
   (the neutral multiplier) for a user without a demand signal;
-* ``GET /health`` -- status and counters of signals by outcome.
+* ``GET /health`` -- status and counters of signals by outcome; 503 with the reason once the
+  agent stopped (the process then exits with status 70: :mod:`stream.liveness`);
+* ``GET /ready`` -- 503 while rebalancing or stopped.
 
 on ``settings.web_host:settings.bidder_web_port``. The multiplier and the ordering rules are in
 :mod:`subscribers.bidding`; this module only wires them to Kafka.
