@@ -418,6 +418,13 @@ class Processor:
             out = BatchOutput()
             try:
                 self._isolate(messages, now, out, exc)
+            except FatalError:
+                # The parts already done changed the caches but nothing reached the store:
+                # start again from the store, as after a restart.
+                self._users.clear()
+                self._clocks.clear()
+                self._active.clear()
+                raise
             finally:
                 self._overlay.clear()
             return out
