@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=12, help="most epochs; the count is chosen on a pseudo-cutoff"
     )
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--seeds", type=int, default=1, help="models trained (first one exported)")
+    p.add_argument("--seeds", type=int, default=3, help="models averaged into the exported one (3)")
     p.add_argument("--cell", choices=["lstm"], default="lstm")
     p.add_argument("--units", type=int, default=32)
     p.add_argument("--val-windows", type=int, default=4)

@@ -111,10 +111,11 @@ def _node_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in _all_nodes(model.graph)).items()))
 
 
-def check_recurrent_op(path: str | Path) -> str:
-    """Return ``"LSTM"``/``"GRU"`` if the model has exactly one fused recurrent op and no loops.
+def check_recurrent_op(path: str | Path, members: int = 1) -> str:
+    """Return ``"LSTM"``/``"GRU"`` if the model has ``members`` fused recurrent ops of one kind
+    (one per seed-averaged member) and no loops.
 
-    Raises :class:`ExportError` when there is no ``LSTM``/``GRU`` node, more than one, any
+    Raises :class:`ExportError` when there is no ``LSTM``/``GRU`` node, another count, any
     ``Loop``/``Scan`` node (at any depth), or a default-domain opset below 15.
     """
     model = onnx.load(str(path))
@@ -125,12 +126,29 @@ def check_recurrent_op(path: str | Path) -> str:
     rec = {op: n for op, n in counts.items() if op in RECURRENT_OPS}
     if not rec:
         raise ExportError(f"{path}: no LSTM/GRU node; ops are {counts}")
-    if len(rec) != 1 or next(iter(rec.values())) != 1:
-        raise ExportError(f"{path}: expected one recurrent node, found {rec}")
+    if len(rec) != 1 or next(iter(rec.values())) != members:
+        raise ExportError(f"{path}: expected {members} recurrent node(s), found {rec}")
     opset = _default_opset(model)
     if opset < MIN_OPSET:
         raise ExportError(f"{path}: opset {opset} < {MIN_OPSET}")
     return next(iter(rec))
+
+
+def _recurrent_layers(model: keras.Model) -> list[Any]:
+    """The recurrent layer(s): the model's own, or each member's in a seed average."""
+    from training.model import RECURRENT_LAYER
+
+    names = {layer.name for layer in model.layers}
+    if RECURRENT_LAYER in names:
+        return [model.get_layer(RECURRENT_LAYER)]
+    found = [
+        layer.get_layer(RECURRENT_LAYER)
+        for layer in model.layers
+        if hasattr(layer, "get_layer") and RECURRENT_LAYER in {x.name for x in layer.layers}
+    ]
+    if not found:
+        raise ExportError(f"model has no {RECURRENT_LAYER!r} layer")
+    return found
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
@@ -304,21 +322,20 @@ def export_onnx(
     import tensorflow as tf
     import tf2onnx
 
-    from training.model import RECURRENT_LAYER
-
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} < {MIN_OPSET}")
     _, seq_len, n_features = model.inputs[0].shape
     if seq_len is None or n_features is None:
         raise ExportError("model input must have fixed seq_len and n_features")
-    recurrent = model.get_layer(RECURRENT_LAYER)
+    recurrent = _recurrent_layers(model)[0]
     if isinstance(recurrent, keras.layers.LSTM):
         cell = "lstm"
     elif isinstance(recurrent, keras.layers.GRU):
         cell = "gru"
     else:
         raise ExportError(f"unsupported recurrent layer {type(recurrent).__name__}")
-    _check_layer_config(recurrent, cell)
+    for layer in _recurrent_layers(model):
+        _check_layer_config(layer, cell)
 
     if len(model.inputs) == 2:
         if cell != "lstm" or value_scale is None:
@@ -347,7 +364,7 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
-    rec_op = check_recurrent_op(path)
+    rec_op = check_recurrent_op(path, members=len(_recurrent_layers(model)))
     info = ExportInfo(
         path=str(path),
         sha256=sha256_file(path),

@@ -309,7 +309,7 @@ class ResidualConfig:
     units: int = 32
     dense_units: int = 32
     dropout: float = 0.2
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     batch_size: int = 512
     max_epochs: int = 12
     patience: int = 2
@@ -384,7 +384,7 @@ def build_residual_model(
         "spend": keras.layers.Identity(name="spend")(spend),
         "churn": keras.layers.Identity(name="churn")(churn),
     }
-    model = keras.Model([seq, summary], outputs, name="clicksignals_residual_lstm")
+    model = keras.Model([seq, summary], outputs, name=f"residual_lstm_{seed}")
     w_o, w_s, w_c = cfg.loss_weights
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
@@ -508,6 +508,8 @@ def train_residual(
         model, hist = _fit_epochs(full, None, epochs, mean, std, cfg, seed)
         models.append(model)
         histories.append(hist)
+    if len(models) > 1:
+        models.insert(0, average_models(models))
     info = {
         "selection": sel_hist,
         "epochs": epochs,
@@ -516,6 +518,20 @@ def train_residual(
         "summary_std": [float(v) for v in std],
     }
     return models, info
+
+
+def average_models(models: list[keras.Model]) -> keras.Model:
+    """One model whose outputs are the mean of ``models``' outputs (seed averaging): the
+    deployed artefact stays one graph, one ONNX file."""
+    first = models[0]
+    seq = keras.Input(shape=first.inputs[0].shape[1:], name=INPUT_NAME, dtype="float32")
+    summary = keras.Input(shape=first.inputs[1].shape[1:], name=SUMMARY_INPUT_NAME, dtype="float32")
+    outs = [m({INPUT_NAME: seq, SUMMARY_INPUT_NAME: summary}) for m in models]
+    averaged = {
+        key: keras.layers.Average(name=key)([o[key] for o in outs])
+        for key in ("orders", "spend", "churn")
+    }
+    return keras.Model([seq, summary], averaged, name="residual_lstm_mean")
 
 
 def summary_stats(summary: npt.ArrayLike) -> tuple[Float32Array, Float32Array]:

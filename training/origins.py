@@ -97,6 +97,10 @@ class OriginSet:
         )
 
 
+class PriorUnavailable(ValueError):
+    """Too few customers with an order at an origin to fit the prior."""
+
+
 PriorFit = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], PriorSpec]
 """``(x, t_x, T, spend_total, order_days_total)`` of the ordered customers → prior."""
 
@@ -151,7 +155,12 @@ def origin_set(
         seq = seq[mask]
         if len(seq) == 0:
             continue
-        origin_prior = prior if prior is not None else prior_at(seq[:, -1, :], fit)
+        try:
+            origin_prior = prior if prior is not None else prior_at(seq[:, -1, :], fit)
+        except PriorUnavailable as exc:
+            # The shop's first weeks: too few buyers yet to say anything; no rows from here.
+            log.debug("origin %d skipped: %s", w, exc)
+            continue
         orders = np.full((len(seq), horizon), MASKED, dtype=np.float32)
         spend = np.full((len(seq), horizon), MASKED, dtype=np.float32)
         lo = tensor.column(w) + 1

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from features.windows import N_FEATURES
 from stream import metrics
 from stream.model import ModelHolder, directory_fingerprint
 from tests.stream.worker_harness import MODEL_DIR
@@ -60,7 +61,8 @@ def test_a_new_version_is_swapped_in_and_scores_like_its_files(model_dir: Path) 
     reload = holder.poll()
     assert (reload.outcome, reload.serving, reload.candidate) == ("swapped", "m-next", "m-next")
     assert holder.version == "m-next" and holder.scorer is not old
-    x = np.random.default_rng(0).random((5, 12, 20)).astype(np.float32)
+    spec = old.manifest.spec
+    x = np.random.default_rng(0).random((5, spec.seq_len, N_FEATURES)).astype(np.float32)
     np.testing.assert_allclose(
         holder.scorer.score(x).expected_orders, old.score(x).expected_orders, rtol=1e-6
     )

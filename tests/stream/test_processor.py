@@ -137,13 +137,13 @@ def test_restart_from_the_store_gives_the_signals_of_an_uninterrupted_run(scorer
     first = run(make_processor(scorer, store2), store2, msgs[:half], 64)
     # A new worker: nothing in memory, only what the table (changelog) restored.
     rest = run(make_processor(scorer, store2), store2, msgs[half:], 64)
-    a = {(s.signal_id, round(s.expected_orders, 6)) for s in whole if hasattr(s, "expected_orders")}
-    b = {
-        (s.signal_id, round(s.expected_orders, 6))
-        for s in first + rest
-        if hasattr(s, "expected_orders")
-    }
-    assert a == b
+    a = {s.signal_id: s.expected_orders for s in whole if hasattr(s, "expected_orders")}
+    b = {s.signal_id: s.expected_orders for s in first + rest if hasattr(s, "expected_orders")}
+    assert set(a) == set(b)
+    # Same signals, same scores up to float32 inference noise: ONNX Runtime's LSTM results
+    # move in the last bit (~2e-7 relative) when the rows batched together differ, and the
+    # restarted run batches differently.
+    np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-6)
     assert store.data == store2.data
 
 
@@ -175,7 +175,9 @@ def test_silent_users_are_scored_until_the_lookback_passes(scorer) -> None:  # t
         busy = cand if partition_of(cand.encode(), PARTITIONS) == p else None
         i += 1
     rows = [(start + 3600_000, quiet, "purchase")]
-    rows += [(start + w * WEEK + 7200_000, busy, "view") for w in range(0, 20)]
+    # Enough weeks for the quiet user's lookback to pass, whatever the shipped model's is.
+    weeks = scorer.manifest.spec.lookback + 8
+    rows += [(start + w * WEEK + 7200_000, busy, "view") for w in range(0, weeks)]
     frame = pd.DataFrame(
         {
             "event_time_ms": [r[0] for r in rows],
