@@ -120,7 +120,5 @@ def summarize(raw: Float32Array, prior: PriorSpec, spec: WindowSpec) -> Float32A
         axis=1,
     )
     out = np.concatenate([np.asarray(prior_cols, dtype=np.float64), own], axis=1)
-    clean: Float32Array = np.nan_to_num(out, nan=0.0, posinf=30.0, neginf=-30.0).astype(
-        np.float32
-    )
+    clean: Float32Array = np.nan_to_num(out, nan=0.0, posinf=30.0, neginf=-30.0).astype(np.float32)
     return clean
