@@ -262,6 +262,12 @@ def _demo_commands(commands: Subcommands) -> None:
     p.add_argument("--users", type=int, default=2000, help="generator: users")
     p.add_argument("--days", type=int, default=56, help="generator: days")
     p.add_argument("--seed", type=int, default=7, help="generator: seed")
+    p.add_argument(
+        "--model-dir",
+        type=Path,
+        help="model the worker serves (default: CLICKSIGNALS_MODEL_DIR if set, else "
+        "onnx_models/generated for generated traffic, onnx_models/default for --events)",
+    )
     p.add_argument("--settle", type=float, default=6.0, help="idle seconds that end the run")
     p.add_argument("--workdir", default="var/demo", help="broker, process logs and outputs")
     p.add_argument("--quiet", action="store_true", help="no live view")

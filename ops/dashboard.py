@@ -2,10 +2,12 @@
 
 Pure: :func:`render_dashboard` takes the demo's :class:`ops.demo_view.Tally` and its
 ``summary.json`` record and returns HTML text -- signals over time, the churn-risk
-distribution, the bid-multiplier distribution, and the top users. No scripts, styles or images
-are fetched from anywhere (the file opens offline, from a mail attachment or a CI artefact),
-and no plotting library is needed, so the demo runs on the worker's dependencies alone. Every
-piece of data-derived text (user ids come from input files) is HTML-escaped.
+distribution, the bid-multiplier distribution, the top users and, for generated traffic, the
+churn scores against the generator's truth (``summary["truth"]``, :mod:`ops.demo_truth`).
+No scripts, styles or images are fetched from anywhere (the file opens offline, from a mail
+attachment or a CI artefact), and no plotting library is needed, so the demo runs on the
+worker's dependencies alone. Every piece of data-derived text (user ids come from input
+files) is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -149,6 +151,84 @@ def histogram_svg(
     return _svg(title, "".join(body))
 
 
+def calibration_svg(bins: Sequence[Mapping[str, Any]]) -> str:
+    """Observed churn rate against mean score per score bin, with the diagonal of perfect
+    calibration; a point's area follows its users (``ops.demo_truth.evaluate``'s bins)."""
+    plot_w, plot_h = W - PAD_L - PAD_R, H - PAD_T - PAD_B
+    ticks = [(i / 4, f"{i / 4:.2f}") for i in range(5)]
+    body = [_frame(1.0, ticks, "mean churn score in the bin", "true churners")]
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return PAD_L + plot_w * x, PAD_T + plot_h * (1 - y)
+
+    (x0, y0), (x1, y1) = xy(0, 0), xy(1, 1)
+    body.append(
+        f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="#9ca3af" '
+        'stroke-dasharray="4 4"/>'
+        f'<text x="{PAD_L + 8}" y="18">dashed: perfectly calibrated</text>'
+    )
+    most = max((int(b["users"]) for b in bins), default=1) or 1
+    points = [(float(b["mean_score"]), float(b["churn_rate"]), int(b["users"])) for b in bins]
+    if points:
+        coords = " ".join(f"{xy(x, y)[0]:.1f},{xy(x, y)[1]:.1f}" for x, y, _ in points)
+        body.append(
+            f'<polyline fill="none" stroke="{COLORS["churn"]}" stroke-width="1.5" '
+            f'points="{coords}"/>'
+        )
+    for x, y, n in points:
+        cx, cy = xy(x, y)
+        r = 3 + 9 * math.sqrt(n / most)  # area, not radius, follows the count
+        body.append(
+            f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" fill="{COLORS["churn"]}" '
+            f'fill-opacity="0.5"><title>score {x:.3f}: {y:.1%} churned, {n:,} users</title>'
+            "</circle>"
+        )
+    if not points:
+        body.append(f'<text x="{W / 2}" y="{H / 2}" text-anchor="middle">no data</text>')
+    return _svg("calibration against the generator's truth", "".join(body))
+
+
+def _pct(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "n/a"
+
+
+def _num(value: object, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "n/a"
+
+
+def truth_section(truth: Mapping[str, Any]) -> str:
+    """The "predictions vs truth" panel: AUC, calibration, alert precision, score spread."""
+    q = truth.get("score_quantiles") or {}
+    spread = " · ".join(f"{k} {v:.3f}" for k, v in q.items()) or "n/a"
+    cards = [
+        ("churn ROC-AUC", _num(truth.get("roc_auc"))),
+        ("true churners", f"{truth.get('true_churners', 0):,} of {truth.get('users_scored', 0):,}"),
+        ("base rate", _pct(truth.get("base_rate"))),
+        ("mean score", _num(truth.get("mean_score"))),
+        (
+            "alerted who churn",
+            f"{_pct(truth.get('alerted_precision'))} "
+            f"({truth.get('alerted_true_churners', 0):,}/{truth.get('alerted_users', 0):,})",
+        ),
+    ]
+    cards_html = "".join(f'<div class="card">{_e(n)}<b>{_e(v)}</b></div>' for n, v in cards)
+    rows = [
+        (f"{b['mean_score']:.3f}", _pct(b["churn_rate"]), f"{b['users']:,}")
+        for b in truth.get("calibration", [])
+    ]
+    return (
+        "<section><h2>Predictions vs the generator's truth</h2>"
+        f'<div class="cards">{cards_html}</div>'
+        f"{calibration_svg(truth.get('calibration', []))}"
+        f"<p>score spread: {_e(spread)}</p>"
+        "<p>Each user's current churn score against whether the generator makes them leave "
+        "during the replayed span; alerted: users the alerter raised a churn alert for.</p>"
+        "</section><section><h2>Calibration table</h2>"
+        + _table(["mean score", "true churners", "users"], rows)
+        + "</section>"
+    )
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -226,8 +306,17 @@ def render_dashboard(tally: Tally, summary: Mapping[str, Any], *, title: str = "
             + [("users alerted", f"{len(tally.alerted):,}"), ("malformed", tally.malformed)]
             + [(f"dead letters: {r}", n) for r, n in sorted(tally.dlq_reasons.items())],
         )
-        + "</section></div></body></html>\n"
+        + "</section>"
+        + (truth_section(summary["truth"]) if summary.get("truth") else "")
+        + "</div></body></html>\n"
     )
 
 
-__all__ = ["histogram_svg", "render_dashboard", "thin", "timeline_svg"]
+__all__ = [
+    "calibration_svg",
+    "histogram_svg",
+    "render_dashboard",
+    "thin",
+    "timeline_svg",
+    "truth_section",
+]

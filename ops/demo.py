@@ -44,10 +44,12 @@ from types import FrameType
 from typing import IO, Any, Final
 
 import orjson
+import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ops import kafka_local
 from ops.dashboard import render_dashboard
+from ops.demo_truth import Truth, evaluate
 from ops.demo_view import (
     FILES,
     KINDS,
@@ -61,13 +63,63 @@ from ops.demo_view import (
 from ops.replay import load_wire, produce
 from settings import Settings, child_environment
 from subscribers.cli import worker_argv
+from training.evaluate import roc_auc
 
 log = logging.getLogger(__name__)
 
+GENERATED_MODEL_DIR: Final = Path("onnx_models/generated")
+"""The model trained on the generator's clickstream (README, *The demo's model*)."""
+GENERATOR_START: Final = "2024-01-01"
+"""The generator's first day, as ``ops.replay.load_wire`` and ``train-and-export`` use it."""
 STOP_GRACE_S: Final = 20.0
 READY_TIMEOUT_S: Final = 120.0
 TICK_S: Final = 0.5
 LOG_EVERY_S: Final = 5.0
+
+
+# --------------------------------------------------------------------------------------------
+# Traffic, its truth, and the model that fits it
+# --------------------------------------------------------------------------------------------
+
+
+def demo_model_dir(settings: Settings, model_dir: Path | None, *, generated: bool) -> Path:
+    """The model the demo's worker serves.
+
+    ``--model-dir`` if given; else a ``CLICKSIGNALS_MODEL_DIR`` that differs from the default;
+    else, for generated traffic, the model trained on that generator (the shipped Online
+    Retail model scores clickstream it has never seen nearly constantly: issue 20), and for
+    ``--events FILE`` the default model.
+    """
+    if model_dir is not None:
+        return model_dir
+    if settings.model_dir != Settings().model_dir or not generated:
+        return settings.model_dir
+    return GENERATED_MODEL_DIR
+
+
+def load_traffic(args: argparse.Namespace) -> tuple[list[tuple[bytes, bytes]], Truth | None]:
+    """The records to replay and, for generated traffic, who the generator makes churn."""
+    if args.events is not None:
+        return load_wire(args.events, args.format, args.users, args.days, args.seed), None
+    from ingest.adapters import to_wire_bytes
+    from ingest.generator import DAY_MS, simulate
+
+    # The same simulation as ``load_wire``'s generator path, kept whole for its truth table.
+    sim = simulate(n_users=args.users, start=GENERATOR_START, days=args.days, seed=args.seed)
+    end_ms = int(pd.Timestamp(GENERATOR_START, tz="UTC").value // 1_000_000) + args.days * DAY_MS
+    return to_wire_bytes(sim.events), Truth.from_users(sim.users, end_ms)
+
+
+def live_auc(tally: Tally, truth: Truth | None) -> float | None:
+    """ROC-AUC of the current churn scores against the truth (``None``: no truth or one class)."""
+    if truth is None:
+        return None
+    pairs = [(p, truth.churned(u)) for u, (_, p) in tally.churn.items()]
+    known = [(p, bool(c)) for p, c in pairs if c is not None]
+    if not known:
+        return None
+    auc = roc_auc([p for p, _ in known], [1.0 if c else 0.0 for _, c in known])
+    return None if auc != auc else auc  # NaN (one class so far) shows as none
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,6 +367,8 @@ class RunState:
     sent: int = 0
     replay_seconds: float | None = None
     started: float | None = None
+    truth: Truth | None = None
+    """Generated traffic only: who the generator makes churn (compared in the reports)."""
     terminated: bool = False
     """SIGTERM arrived while the replay ran (the run was cancelled because of it)."""
 
@@ -328,7 +382,7 @@ async def run_demo(
     state: RunState,
 ) -> None:
     """Replay, collect and show until the outputs settle (module doc, step 3)."""
-    records = load_wire(args.events, args.format, args.users, args.days, args.seed)
+    records, state.truth = load_traffic(args)
     state.events = len(records)
 
     def sink(kind: str, value: bytes) -> None:
@@ -388,6 +442,7 @@ async def run_demo(
                 state.events,
                 events_per_s,
                 rate(tally.samples, outputs=True),
+                live_auc(tally, state.truth),
             )
             view.show(status, tally, final=settled)
             if settled:
@@ -435,6 +490,12 @@ def write_reports(
     files = {k: str(p) for k, p in outputs.items()}
     files["summary"] = str(out_dir / "summary.json")
     files["dashboard"] = str(out_dir / "dashboard.html")
+    truth_eval = None
+    if state.truth is not None:
+        files["truth"] = str(out_dir / "truth.jsonl")
+        state.truth.write(out_dir / "truth.jsonl")
+        scores = {u: p for u, (_, p) in tally.churn.items()}
+        truth_eval = evaluate(scores, tally.alerted, state.truth)
     summary = summary_record(
         tally,
         events=state.events,
@@ -443,6 +504,7 @@ def write_reports(
         wall_seconds=wall_seconds,
         interrupted=interrupted,
         outputs=files,
+        truth=truth_eval,
     )
     (out_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     (out_dir / "dashboard.html").write_text(
@@ -476,6 +538,17 @@ def _print_summary(summary: Mapping[str, Any], logs: list[Path]) -> None:
         + (", ".join(f"{u} ×{m:.2f}" for u, m in summary["top_bid_multipliers"][:5]) or "none")
         + f"  (floor {d['floor']:,}, neutral {d['neutral']:,}, cap {d['cap']:,})"
     )
+    t = summary.get("truth")
+    if t:
+        q = t["score_quantiles"]
+        auc = "n/a" if t["roc_auc"] is None else f"{t['roc_auc']:.3f}"
+        share = "n/a" if t["alerted_precision"] is None else f"{t['alerted_precision']:.0%}"
+        print(
+            f"vs the generator's truth: churn ROC-AUC {auc} over {t['users_scored']:,} users "
+            f"({t['true_churners']:,} churn); alerted {t['alerted_users']:,}, of whom {share} "
+            f"churn; scores p05 {q.get('p05', 0):.3f} · p50 {q.get('p50', 0):.3f} · "
+            f"p95 {q.get('p95', 0):.3f}"
+        )
     out_dir = Path(summary["outputs"]["summary"]).parent
     names = ", ".join(Path(p).name for p in summary["outputs"].values())
     print(f"outputs: {out_dir} ({names})")
@@ -512,7 +585,10 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 log.info("using the broker that answers at %s", settings.bootstrap_servers)
             shutil.rmtree(base / "worker", ignore_errors=True)  # in-memory tables: no state
+            model_dir = demo_model_dir(settings, args.model_dir, generated=args.events is None)
+            log.info("the worker serves the model in %s", model_dir)
             settings = settings.with_overrides(
+                model_dir=model_dir,
                 data_dir=base / "worker",
                 store_url="memory://",
                 web_port=kafka_local.free_port(),

@@ -201,6 +201,8 @@ class LiveStatus:
     """Replay rate: recent while replaying, the whole replay's average once it is done."""
     outputs_per_s: float
     """Records arriving on the output topics per second, recently."""
+    churn_auc: float | None = None
+    """ROC-AUC of the current churn scores against the generator's truth (generated traffic)."""
 
 
 def render_live(status: LiveStatus, tally: Tally, *, top: int = 5) -> list[str]:
@@ -220,6 +222,11 @@ def render_live(status: LiveStatus, tally: Tally, *, top: int = 5) -> list[str]:
         "  top churn risk  "
         + ("  ".join(f"{u} {p:.3f}" for u, p in risks) if risks else "(none yet)")
     )
+    if status.churn_auc is not None:
+        lines.append(
+            f"  vs truth        churn ROC-AUC {status.churn_auc:.3f} over {len(tally.churn):,} "
+            "users (the generator's churners)"
+        )
     bids = tally.top_bids(top)
     dist = tally.bid_distribution()
     bounds = tally.bounds
@@ -253,8 +260,10 @@ def summary_record(
     wall_seconds: float,
     interrupted: bool,
     outputs: Mapping[str, str],
+    truth: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``summary.json``: the run's numbers (JSON-serialisable)."""
+    """``summary.json``: the run's numbers (JSON-serialisable); ``truth``: the scores against
+    the generator's truth (:func:`ops.demo_truth.evaluate`), generated traffic only."""
     bounds = tally.bounds
     return {
         "events": events,
@@ -285,6 +294,7 @@ def summary_record(
             else {"floor": bounds.floor, "neutral": bounds.neutral, "cap": bounds.cap}
         ),
         "bid_distribution": tally.bid_distribution(),
+        "truth": None if truth is None else dict(truth),
         "outputs": dict(outputs),
     }
 

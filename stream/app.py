@@ -49,6 +49,7 @@ from settings import load_settings
 from settings.kafka import KafkaClientConfigError, faust_credentials
 from settings.logs import faust_logging_config
 from stream import metrics
+from stream.input_check import InputCheck
 from stream.liveness import Liveness, hold_back
 from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
 from stream.processor import (
@@ -283,6 +284,7 @@ def build_processor(scorer: Scorer) -> Processor:
 _store = TableStore()
 _holder = ModelHolder(settings.model_dir, settings.ort_intra_op_threads, scorer=load_scorer())
 _processor = build_processor(_holder.scorer)
+_input_check = InputCheck(_holder.scorer.manifest)
 metrics.observe_model_reload("unchanged", _holder.version)
 
 
@@ -330,6 +332,7 @@ async def handle_batch(events: list[EventT[Any]]) -> None:
         for e in events
     ]
     out = proc.process(batch)
+    _input_check.observe(m.value for m in batch)  # warns once per model version (its doc)
     # Delivered first, stored second (see the module doc).
     pub = publisher()
     await pub.publish(output_records(out))
@@ -380,6 +383,7 @@ def swap_model(scorer: Scorer) -> None:
     the middle of ``Processor.process``, which does not await)."""
     _processor.scorer = scorer
     _processor.thresholds = risk_thresholds(scorer)
+    _input_check.reset(scorer.manifest)
 
 
 if settings.model_poll_interval_s > 0:
@@ -423,7 +427,9 @@ liveness.watch(app, [score_clickstream])
 
 @app.page("/health")
 async def health(web: Any, request: Any) -> Any:
-    body, status = liveness.health({"model_version": _processor.scorer.version})
+    body, status = liveness.health(
+        {"model_version": _processor.scorer.version, "model_input": _input_check.status()}
+    )
     return web.json(body, status=status)
 
 
@@ -435,7 +441,7 @@ async def ready(web: Any, request: Any) -> Any:
 
 @app.page("/model")
 async def model_view(web: Any, request: Any) -> Any:
-    return web.json(processor().scorer.manifest.to_dict())
+    return web.json({**processor().scorer.manifest.to_dict(), "input": _input_check.status()})
 
 
 @app.page("/users/{user_id}")

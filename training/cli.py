@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from features.input_kind import input_kind_of
     from ingest.adapters import IngestError, read_events
     from training.pipeline import TrainConfig, TrainingError
 
@@ -125,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             cutoff = (last - (args.horizon + 1) * args.window) // day * day
         source["events_rows"] = len(events)
         source["users"] = int(events["user_id"].nunique())
+        # The worker compares this with the stream it scores (features.input_kind): a model
+        # that never saw a view or a cart must say so, or it scores clickstream silently.
+        counts = events["event_type"].value_counts()
+        source["event_types"] = {str(k): int(v) for k, v in sorted(counts.items())}
+        source["input_kind"] = input_kind_of(source["event_types"])
         cfg = TrainConfig(
             out=args.out,
             cutoff_ms=cutoff,

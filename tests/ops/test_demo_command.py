@@ -142,6 +142,42 @@ def test_reports_are_written_next_to_the_jsonl_files(tmp_path: Path) -> None:
     assert summary["outputs"]["dashboard"] == str(tmp_path / "dashboard.html")
     assert summary["signals"]["dlq"] == 1
     assert "<svg" in (tmp_path / "dashboard.html").read_text()
+    assert summary["truth"] is None  # replayed file: no truth, no panel
+
+
+def test_generated_traffic_brings_its_truth_into_the_reports(tmp_path: Path) -> None:
+    import argparse
+
+    from ops.demo_truth import Truth
+
+    args = argparse.Namespace(events=None, format="auto", users=50, days=14, seed=3)
+    records, truth = demo.load_traffic(args)
+    assert records and isinstance(truth, Truth) and len(truth.churn_ms) == 50
+    users = sorted({key.decode() for key, _ in records})
+    tally = Tally()
+    for i, user in enumerate(users):
+        p = 0.9 if truth.churned(user) else 0.1 + i / 1000
+        tally.add("churn", orjson.dumps({"user_id": user, "churn_probability": p}))
+    outputs = demo.Outputs(tmp_path)
+    outputs.close()
+    state = demo.RunState(events=len(records), sent=len(records), replay_seconds=1.0, truth=truth)
+    summary = demo.write_reports(
+        tally, state, outputs.paths, tmp_path, wall_seconds=3.0, interrupted=False, title="t"
+    )
+    assert (tmp_path / "truth.jsonl").exists() and summary["outputs"]["truth"]
+    assert summary["truth"]["roc_auc"] == 1.0
+    assert summary["truth"]["users_scored"] == len(users)
+    assert "Predictions vs the generator's truth" in (tmp_path / "dashboard.html").read_text()
+    assert demo.live_auc(tally, truth) == 1.0
+
+
+def test_the_demo_serves_the_generated_model_for_generated_traffic() -> None:
+    default = Settings()
+    assert demo.demo_model_dir(default, None, generated=True) == demo.GENERATED_MODEL_DIR
+    assert demo.demo_model_dir(default, None, generated=False) == default.model_dir
+    chosen = default.with_overrides(model_dir=Path("elsewhere"))
+    assert demo.demo_model_dir(chosen, None, generated=True) == Path("elsewhere")
+    assert demo.demo_model_dir(default, Path("x"), generated=True) == Path("x")
 
 
 def test_demo_script_runs_the_demo_command() -> None:
