@@ -201,7 +201,9 @@ def sequences_at(tensor: WindowTensor, window: int) -> Float32Array:
 
 
 def scored_mask(sequences: Float32Array, lookback: int) -> npt.NDArray[np.bool_]:
-    """Population rule, vectorised: see :func:`features.windows.is_scored`."""
+    """Users active in the last ``lookback`` windows (:func:`features.windows.is_scored`),
+    vectorised: the lookback half of the close population; the whole rule, dormant customers
+    included, is :func:`features.windows.close_population`."""
     return np.asarray(np.any(sequences[:, -lookback:, I_ACTIVE] > 0, axis=1))
 
 

@@ -2,7 +2,8 @@
 
 Owns: how event time maps to tumbling windows (:class:`WindowSpec`), the named per-window
 feature vector (:data:`FEATURE_NAMES`), its model-input transform and normalisation, the
-population rule (who is scored at a window close) and the label definition.
+population rules (who a model is trained for, :func:`population_mask`; who is scored at a
+window close, :func:`close_population`) and the label definition.
 
 A window's vector is built in two steps:
 
@@ -333,3 +334,60 @@ def population_mask(sequences: Float32Array, lookback: int) -> npt.NDArray[np.bo
     ordered = sequences[:, -1, I_ORDER_DAYS_TOTAL] > 0
     active = np.any(sequences[:, -lookback:, I_ACTIVE] > 0, axis=1)
     return np.asarray(ordered | active)
+
+
+DORMANT_CHURN_FLOOR: Final = 0.8
+"""Default churn probability at which a dormant customer stops being scored at window closes.
+
+Chosen from what the shipped model (m-93f83fb9098d) gives long-dormant customers: their churn
+rises with dormancy and then plateaus with a seasonal swing, 0.74-0.93 (a one-time buyer sits
+at 0.82-0.93 for years; the median Online Retail customer's maximum over four dormant years is
+0.89). Of 1,195 Online Retail customers followed four years past the data's end, the share
+whose churn ever reaches the floor is 98 % at 0.75, 90 % at 0.80 (median 73 weeks), 70 % at
+0.85 and 10 % at 0.95. At 0.95 almost nobody would ever leave the close population, so the
+cost would not be bounded; 0.80 bounds it for nine customers in ten while every frozen signal
+still says "likely churned". ``CLICKSIGNALS_DORMANT_CHURN_FLOOR`` sets it in the worker.
+"""
+
+
+def close_population(
+    sequences: Float32Array,
+    lookback: int,
+    previous_churn: npt.NDArray[np.floating[Any]],
+    floor: float,
+) -> npt.NDArray[np.bool_]:
+    """Who is scored at a window close, vectorised over raw sequences ``[N, seq_len, F]``.
+
+    The rule the worker and offline prediction both apply:
+
+    * a user active in any of the last ``lookback`` windows is scored (:func:`is_scored`);
+    * a customer (``order_days_total > 0``) who is not — dormant — is scored as long as the
+      churn probability of their latest window-close score, ``previous_churn``, is below
+      ``floor``; once a close's score reaches it they are not scored again (their last signal
+      stands) until an event makes them active;
+    * anyone else (never ordered, out of the lookback) is not scored.
+
+    ``previous_churn`` is per user the churn of their latest window-close score before this
+    close, NaN if they were never scored at a close. The latest score rather than "the score
+    at the previous close" because the two agree wherever the rule is applied close after
+    close (a dormant customer not scored at the previous close had, by the same rule, a latest
+    score at or above the floor), and the latest is what a user's stored state holds.
+
+    The result is a subset of :func:`population_mask` (training's population): equal to it
+    except for dormant customers whose risk already passed the floor. Applying it needs the
+    scores of the previous close, so callers go close by close (see
+    :func:`training.offline.predict_windows`).
+    """
+    active = np.any(sequences[:, -lookback:, I_ACTIVE] > 0, axis=1)
+    ordered = sequences[:, -1, I_ORDER_DAYS_TOTAL] > 0
+    # NaN < floor is False: a customer never scored at a close is not dormant-scored.
+    under = np.asarray(previous_churn, dtype=np.float64) < floor
+    return np.asarray(active | (ordered & under))
+
+
+def is_scored_at_close(
+    sequence: Float32Array, lookback: int, previous_churn: float | None, floor: float
+) -> bool:
+    """:func:`close_population` for one user's raw sequence ``[seq_len, F]`` (the worker's)."""
+    churn = np.asarray([np.nan if previous_churn is None else previous_churn])
+    return bool(close_population(sequence[None], lookback, churn, floor)[0])

@@ -73,6 +73,10 @@ class Settings:
     """Event-time lateness tolerated before a window closes; later events go to the DLQ."""
     fresh_signal_min_interval_s: float = 60.0
     """Per-user minimum interval (event time) between activity-triggered demand signals."""
+    dormant_churn_floor: float = 0.8
+    """A dormant customer (an order, no event in the lookback) is scored at each window close
+    while their last window-close churn probability is below this; ``1.0``: always. Default:
+    ``features.windows.DORMANT_CHURN_FLOOR`` (why 0.8 there)."""
     batch_size: int = 512
     batch_timeout_s: float = 0.05
     ort_intra_op_threads: int = 1

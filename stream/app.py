@@ -278,6 +278,7 @@ def build_processor(scorer: Scorer) -> Processor:
         fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
         routed_topics=frozenset({settings.topic_routed}),
         thresholds=thresholds,
+        dormant_churn_floor=settings.dormant_churn_floor,
     )
 
 

@@ -5,8 +5,18 @@ send and what to store. Per message: validate (invalid → dead letter with reas
 (a message on the wrong partition for its user is re-keyed, never folded into state there),
 drop late events (their window already closed for the partition → dead letter ``late``),
 fold the event into the user's window state, maybe request an activity ("fresh") score, and
-advance the partition's watermark; when the watermark passes a window end, every user of the
-partition active within the lookback is closed and scored — silent users included.
+advance the partition's watermark; when the watermark passes a window end, the partition's
+users are closed and scored by :func:`features.windows.close_population`: every user active
+within the lookback (silent users included) and every dormant customer (an order, no event in
+the lookback) whose latest window-close churn is below ``dormant_churn_floor``.
+
+Dormant customers: a customer who leaves the lookback stays a close candidate while under the
+floor; a close whose score reaches the floor is their last (that signal stands) until an event
+makes them active again, which bounds the cost of a base of long-dormant customers (see
+``bench.dormant``). A never-ordered user leaves the candidates with the lookback. The rule
+reads the previous close's score, so when one batch closes several windows, a dormant user's
+later closes are scored speculatively in the batch's one inference call and kept only if the
+score before them, known by then, is under the floor (:meth:`Processor._score`).
 
 All scoring requests of a batch go to ONNX Runtime in one call; each user's state is encoded
 once per batch. The Faust agent in :mod:`stream.app` only moves bytes between Kafka, the
@@ -64,7 +74,7 @@ from features.events import ClickEvent
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
-from features.windows import WindowSpec, is_scored
+from features.windows import DORMANT_CHURN_FLOOR, WindowSpec, is_scored_at_close
 from stream.codec import (
     PartitionClock,
     UserRecord,
@@ -240,6 +250,10 @@ class _Request:
     """The window end scored; for an activity signal, the event time the open window is cut at."""
     trigger: str
     sequence: np.ndarray
+    partition: int = -1
+    dormant: bool = False
+    """A dormant customer's close: kept only if their latest close score is under the floor
+    when this request's turn comes in :meth:`Processor._score` (it may be in the same batch)."""
 
 
 class Processor:
@@ -257,6 +271,7 @@ class Processor:
         routed_topics: frozenset[str] = frozenset(),
         thresholds: RiskThresholds | None = None,
         clock: Callable[[], int] | None = None,
+        dormant_churn_floor: float = DORMANT_CHURN_FLOOR,
     ) -> None:
         self.scorer = scorer
         self.spec: WindowSpec = scorer.manifest.spec
@@ -269,10 +284,14 @@ class Processor:
         m = scorer.manifest.thresholds
         self.thresholds = thresholds or RiskThresholds(medium=m.medium, high=m.high)
         self.now_ms = clock or (lambda: int(time.time() * 1000))
+        self.dormant_churn_floor = dormant_churn_floor
         self._users: dict[str, UserRecord] = {}
         self._clocks: dict[int, PartitionClock] = {}
         self._active: dict[int, dict[str, int]] = {}
-        """Per partition: user → last window with an event (the close candidates)."""
+        """Per partition: user → last window with an event (the close candidates: users in the
+        lookback and dormant customers under the churn floor)."""
+        self._closing: set[str] = set()
+        """Users with a window-close request in the run in progress (its score not known yet)."""
         self._clock_keys = {p: clock_key(p, partitions) for p in range(partitions)}
         self.max_error_streak = MAX_ERROR_STREAK
         self._error_streak = 0
@@ -328,7 +347,9 @@ class Processor:
                     log.error("partition %d: user %r has unreadable state: %r", p, key, exc)
                     continue
                 last = self.spec.index(record.state.last_event_ms)
-                if last >= horizon or record.state.open:
+                # Dormant customers under the floor too, from their stored last scores: the
+                # restored worker closes the same users an uninterrupted one would.
+                if last >= horizon or record.state.open or self._dormant_candidate(record):
                     active[key] = last
         self._active[p] = active
         return clock
@@ -344,6 +365,29 @@ class Processor:
                 f"process the partition: the state was written by an incompatible version; "
                 f"rebuild it (a new app id replaying the history)"
             ) from exc
+
+    @staticmethod
+    def _close_churn(record: UserRecord) -> float | None:
+        """Churn of the user's latest score if it was a window close's, else None.
+
+        For a dormant user the latest score is always a close's: each of their events was
+        followed by the close of its window, where they were in the lookback.
+        """
+        scores = record.last_scores
+        if scores.get("trigger") != "window_close":
+            return None
+        churn = scores.get("churn_probability")
+        return float(churn) if churn is not None else None
+
+    def _dormant_candidate(self, record: UserRecord) -> bool:
+        """A customer whose latest close score is under the floor (the part of
+        :func:`features.windows.close_population` that does not need the sequence)."""
+        churn = self._close_churn(record)
+        return (
+            record.state.order_days_total > 0
+            and churn is not None
+            and churn < self.dormant_churn_floor
+        )
 
     def _get(self, key: str, partition: int) -> bytes | None:
         if self._overlay:
@@ -484,6 +528,7 @@ class Processor:
     def _run(self, messages: list[RawMessage], now: int) -> BatchOutput:
         out = BatchOutput()
         requests: list[_Request] = []
+        self._closing.clear()
         dirty_users: dict[str, int] = {}
         dirty_parts: set[int] = set()
         for msg in messages:
@@ -617,13 +662,22 @@ class Processor:
         active = self._active.get(p, {})
         gone: list[str] = []
         for user, last in active.items():
-            if last < floor:
-                gone.append(user)
-                continue
             record = self._record(user, p)
             if record is None:
                 gone.append(user)
                 continue
+            dormant = last < floor
+            pending = user in self._closing
+            if dormant and not record.state.open:
+                # Out of the lookback: only a customer under the churn floor stays. Decided
+                # on the stored state before closing it, so dropping costs no write; with a
+                # close of theirs still unscored in this batch the score decides in _score.
+                if record.state.order_days_total <= 0:
+                    gone.append(user)
+                    continue
+                if not pending and not self._dormant_candidate(record):
+                    gone.append(user)
+                    continue
             closed = record.state.closed_through
             if closed is not None and closed >= window:
                 # Closed and scored before a restart whose partition clock was stored
@@ -631,9 +685,26 @@ class Processor:
                 continue
             close_through(record.state, window, self.spec)
             dirty[user] = p
-            if is_scored(record.state.ring, self.spec.lookback):
+            # The rule, on the closed sequence; a pending previous close counts as under the
+            # floor here and is checked again once scored.
+            previous = 0.0 if pending else self._close_churn(record)
+            if is_scored_at_close(
+                record.state.ring, self.spec.lookback, previous, self.dormant_churn_floor
+            ):
                 end_ms = self.spec.end_ms(window)
-                requests.append(_Request(user, end_ms, "window_close", record.state.ring.copy()))
+                requests.append(
+                    _Request(
+                        user,
+                        end_ms,
+                        "window_close",
+                        record.state.ring.copy(),
+                        partition=p,
+                        dormant=dormant,
+                    )
+                )
+                self._closing.add(user)
+            elif dormant:
+                gone.append(user)
         for user in gone:
             self._active_undo.append((p, user, active.pop(user)))
             # A user out of the lookback is no longer needed in memory; the table has them.
@@ -651,11 +722,13 @@ class Processor:
         version = self.scorer.version
         horizon_days = spec.horizon * spec.length_ms / DAY_MS
         for i, r in enumerate(requests):
+            record = self._users.get(r.user_id)
+            if r.dormant and not self._dormant_scored(r, record):
+                continue
             end_ms = r.end_ms
             orders = float(scores.expected_orders[i])
             spend = float(scores.expected_spend[i])
             churn = float(scores.churn_probability[i])
-            record = self._users.get(r.user_id)
             since = days_since_last_order(record.state, end_ms) if record else None
             trigger: Any = r.trigger
             out.demand.append(
@@ -693,6 +766,21 @@ class Processor:
                     "churn_probability": churn,
                     "model_version": version,
                 }
+
+    def _dormant_scored(self, request: _Request, record: UserRecord | None) -> bool:
+        """Whether a dormant customer's close request stands: their latest close score, now
+        known even if it came earlier in this batch, is under the floor. If not, the close
+        before was their last: they leave the candidates (until an event brings them back)."""
+        if record is not None and self._dormant_candidate(record):
+            return True
+        if record is not None and record.state.open:
+            return False  # an event later in this batch made them active: they stay
+        active = self._active.get(request.partition)
+        if active is not None and request.user_id in active:
+            self._active_undo.append(
+                (request.partition, request.user_id, active.pop(request.user_id))
+            )
+        return False
 
     # --- views ----------------------------------------------------------------------------------
 

@@ -98,7 +98,9 @@ def first_window(arrays: EventArrays, spec: WindowSpec) -> int:
 def samples_at(
     tensor: WindowTensor, user_ids: np.ndarray, windows: list[int], with_labels: bool = True
 ) -> Samples:
-    """Samples for every scored user at the close of each window in ``windows``."""
+    """Samples for every user active in the lookback at the close of each window in
+    ``windows`` (:func:`features.batch.scored_mask`). What the worker emits, dormant customers
+    included, is :func:`training.offline.score_closes`: that rule needs the previous scores."""
     spec = tensor.spec
     parts: list[Samples] = []
     for window in windows:

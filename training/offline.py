@@ -1,9 +1,9 @@
 """Offline prediction with an exported model: the reference the stream is compared against.
 
-Owns :func:`predict_windows`, which scores every user the population rule selects at each
-window close of a history, with the batch feature path and the same ONNX Runtime scorer the
-worker uses. Replaying that history through Kafka must give the same (user, window end)
-keys and scores. No TensorFlow.
+Owns :func:`predict_windows`, which scores every user the close population rule
+(:func:`features.windows.close_population`) selects at each window close of a history, with the
+batch feature path and the same ONNX Runtime scorer the worker uses. Replaying that history
+through Kafka must give the same (user, window end) keys and scores. No TensorFlow.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.batch import WindowTensor, sequences_at
+from features.windows import DORMANT_CHURN_FLOOR, close_population
 from stream.model import Scorer, load_model
-from training.dataset import Samples, build_tensor, first_window, samples_at, to_event_arrays
+from training.dataset import Samples, build_tensor, first_window, to_event_arrays
 from training.origins import OriginSet
 
 OUTPUTS = ("expected_orders", "expected_spend", "churn_probability")
@@ -64,13 +66,53 @@ def score_rows(scorer: Scorer, rows: OriginSet, batch_size: int = 8192) -> pd.Da
     )
 
 
+def score_closes(
+    scorer: Scorer,
+    tensor: WindowTensor,
+    user_ids: np.ndarray,
+    windows: range,
+    dormant_churn_floor: float = DORMANT_CHURN_FLOOR,
+) -> pd.DataFrame:
+    """The worker's window-close signals for ``windows`` (consecutive, in order), offline.
+
+    Close by close, because the rule reads each user's latest close score: users are
+    vectorised within a close, closes run in sequence. Only the users a close selects are
+    scored, so a customer past the floor costs nothing after, as in the worker.
+    """
+    spec = tensor.spec
+    previous = np.full(len(user_ids), np.nan)  # latest close churn per user, NaN: none yet
+    parts: list[pd.DataFrame] = []
+    for window in windows:
+        seq = sequences_at(tensor, window)
+        mask = close_population(seq, spec.lookback, previous, dormant_churn_floor)
+        n = int(mask.sum())
+        nan = np.full(n, np.nan)
+        samples = Samples(
+            user_ids[mask],
+            np.full(n, window, dtype=np.int64),
+            np.full(n, spec.end_ms(window), dtype=np.int64),
+            seq[mask],
+            nan,
+            nan,
+            nan,
+        )
+        frame = score_samples(scorer, samples)
+        previous[mask] = frame["churn_probability"].to_numpy(dtype=np.float64)
+        parts.append(frame)
+    return pd.concat(parts, ignore_index=True)
+
+
 def predict_windows(
-    events: pd.DataFrame, model_dir: Path, last_window_end_ms: int | None = None
+    events: pd.DataFrame,
+    model_dir: Path,
+    last_window_end_ms: int | None = None,
+    dormant_churn_floor: float = DORMANT_CHURN_FLOOR,
 ) -> pd.DataFrame:
     """Scores at every window close from the first event up to ``last_window_end_ms``.
 
     Defaults to the last window that closed before the final event (the stream only closes a
-    window once event time has passed its end).
+    window once event time has passed its end). ``dormant_churn_floor`` must be the worker's
+    (``CLICKSIGNALS_DORMANT_CHURN_FLOOR``) for the rows to be the ones it emits.
     """
     scorer = load_model(model_dir)
     spec = scorer.manifest.spec
@@ -81,5 +123,4 @@ def predict_windows(
         last = spec.index(last_window_end_ms) - 1
     first = first_window(arrays, spec)
     tensor = build_tensor(arrays, spec, last)
-    samples = samples_at(tensor, user_ids, list(range(first, last + 1)), with_labels=False)
-    return score_samples(scorer, samples)
+    return score_closes(scorer, tensor, user_ids, range(first, last + 1), dormant_churn_floor)

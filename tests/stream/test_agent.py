@@ -342,31 +342,39 @@ def test_the_watermark_closes_windows_on_the_demand_and_churn_topics(
     asyncio.run(scenario())
 
 
-def test_a_silent_user_is_scored_at_each_close_until_the_lookback_passes(
+def test_a_quiet_buyer_is_scored_past_the_lookback_and_a_quiet_viewer_stops_at_it(
     load_app: Callable[..., ModuleType], run_worker: Any
 ) -> None:
-    app = load_app()
+    """The close population (features.windows.close_population) through the real agent and
+    settings: with CLICKSIGNALS_DORMANT_CHURN_FLOOR=1.0 no churn reaches the floor, so the
+    customer who bought once is scored at every close; the user who only viewed is scored
+    until the lookback passes and never after."""
+    app = load_app(DORMANT_CHURN_FLOOR="1.0")
+    assert app.processor().dormant_churn_floor == 1.0
     demand, churn = app.settings.topic_demand, app.settings.topic_churn
     start = ms("2011-01-03T00:00:00Z")  # a Monday: a window boundary
-    # Enough weeks for quiet's lookback to pass, whatever the shipped model's is.
+    # Enough weeks for the lookback to pass, whatever the shipped model's is.
     weeks = app.processor().spec.lookback + 8
 
     async def scenario() -> None:
         async with run_worker(app) as worker:
-            # "quiet" buys once; "busy" (same partition: there is one) keeps event time moving.
+            # "quiet" buys once, "viewer" views once; "busy" (same partition: there is one)
+            # keeps event time moving.
             await worker.put(click("quiet", start + 3_600_000, "purchase", price=9.0), key=b"quiet")
+            await worker.put(click("viewer", start + 3_700_000), key=b"viewer")
             for w in range(weeks):
                 await worker.put(click("busy", start + w * WEEK + 7_200_000), key=b"busy")
             await worker.settle()
 
             lookback = app.processor().spec.lookback
-            # The week it bought, then lookback - 1 silent weeks; nothing after.
-            expected = [start + (k + 1) * WEEK for k in range(lookback)]
-            assert worker.closes(demand, "quiet") == expected
-            assert worker.closes(churn, "quiet") == expected
-            # busy kept closing windows well past quiet's last one.
-            assert worker.closes(demand, "busy")[-1] == start + (weeks - 1) * WEEK
-            assert worker.closes(demand, "busy")[-1] > expected[-1] + 2 * WEEK
+            # Every close busy's event time reached: the week it bought, then each silent week.
+            every = [start + (k + 1) * WEEK for k in range(weeks - 1)]
+            assert worker.closes(demand, "quiet") == every
+            assert worker.closes(churn, "quiet") == every
+            assert len(every) > lookback + 2  # well past the lookback
+            # The week it viewed, then lookback - 1 silent weeks; nothing after.
+            assert worker.closes(demand, "viewer") == every[:lookback]
+            assert worker.closes(churn, "viewer") == every[:lookback]
 
             risk = [
                 s["churn_probability"]
@@ -374,7 +382,7 @@ def test_a_silent_user_is_scored_at_each_close_until_the_lookback_passes(
                 if s["user_id"] == "quiet" and s["trigger"] == "window_close"
             ]
             assert risk[-1] > risk[0]  # going quiet is what churn risk must catch
-            assert "quiet" in app.user_state  # out of the lookback, still in the table
+            assert "viewer" in app.user_state  # out of the lookback, still in the table
 
     asyncio.run(scenario())
 

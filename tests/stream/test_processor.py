@@ -91,10 +91,17 @@ def close_signals(signals: list, kind: type | None = None) -> dict[tuple[str, in
     }
 
 
-def assert_parity(frame: pd.DataFrame, signals: list, proc: Processor) -> None:  # type: ignore[type-arg]
+def assert_parity(
+    frame: pd.DataFrame,
+    signals: list,  # type: ignore[type-arg]
+    proc: Processor,
+    floor: float | None = None,
+) -> None:
     from features.signals import ChurnSignal, DemandSignal
+    from features.windows import DORMANT_CHURN_FLOOR
 
-    offline = predict_windows(frame, MODEL_DIR)
+    floor = DORMANT_CHURN_FLOOR if floor is None else floor
+    offline = predict_windows(frame, MODEL_DIR, dormant_churn_floor=floor)
     # The stream has closed, per partition, the windows its watermark passed.
     closed = min(c["closed_through"] for c in proc.clocks_view().values())
     offline = offline[offline.window_end_ms <= proc.spec.end_ms(closed)]
@@ -164,21 +171,18 @@ def test_clocks_of_held_partitions_show_after_a_restart_without_new_messages(sco
     assert restarted.clocks_view() == {}
 
 
-def test_silent_users_are_scored_until_the_lookback_passes(scorer) -> None:  # type: ignore[no-untyped-def]
-    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
-    # "quiet" buys once; "busy" shares its partition and keeps event time moving.
-    quiet, busy = "quiet", None
-    p = partition_of(quiet.encode(), PARTITIONS)
-    i = 0
-    while busy is None:
-        cand = f"busy{i}"
-        busy = cand if partition_of(cand.encode(), PARTITIONS) == p else None
-        i += 1
-    rows = [(start + 3600_000, quiet, "purchase")]
-    # Enough weeks for the quiet user's lookback to pass, whatever the shipped model's is.
-    weeks = scorer.manifest.spec.lookback + 8
-    rows += [(start + w * WEEK + 7200_000, busy, "view") for w in range(0, weeks)]
-    frame = pd.DataFrame(
+def one_partition_pair(name: str) -> tuple[str, str]:
+    """``name`` and a "busy" user on its partition (keeps that partition's event time moving)."""
+    p = partition_of(name.encode(), PARTITIONS)
+    busy = next(
+        f"busy{i}" for i in range(10_000) if partition_of(f"busy{i}".encode(), PARTITIONS) == p
+    )
+    return name, busy
+
+
+def frame_of(rows: list[tuple[int, str, str]]) -> pd.DataFrame:
+    """Canonical events from (time, user, type) rows, in time order."""
+    return pd.DataFrame(
         {
             "event_time_ms": [r[0] for r in rows],
             "event_type": [r[2] for r in rows],
@@ -192,18 +196,134 @@ def test_silent_users_are_scored_until_the_lookback_passes(scorer) -> None:  # t
             "order_id": None,
         }
     ).sort_values("event_time_ms", kind="stable")
+
+
+def quiet_closes(scorer, kind: str, floor: float) -> tuple[list[int], list[float], int]:  # type: ignore[no-untyped-def]
+    """A user who did one ``kind`` event in week 0 and nothing after, with a busy user on
+    their partition for lookback + 8 weeks: their window-close ends and churn, and the number
+    of closes of the partition."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    quiet, busy = one_partition_pair("quiet")
+    weeks = scorer.manifest.spec.lookback + 8  # well past the lookback, whatever the model's
+    rows = [(start + 3600_000, quiet, kind)]
+    rows += [(start + w * WEEK + 7200_000, busy, "view") for w in range(0, weeks)]
     store = DictStore()
     proc = make_processor(scorer, store)
-    signals = run(proc, store, messages(frame), 5)
-    quiet_windows = sorted(k[1] for k in close_signals(signals) if k[0] == quiet)
-    lookback = proc.spec.lookback
-    assert len(quiet_windows) == lookback  # the week it bought and lookback-1 silent weeks
-    churn = [
-        s.churn_probability
-        for s in signals
-        if s.user_id == quiet and hasattr(s, "churn_probability")
-    ]
-    assert churn[-1] > churn[0]  # a user going quiet is what churn risk must catch
+    proc.dormant_churn_floor = floor
+    signals = run(proc, store, messages(frame_of(rows)), 5)
+    closes = close_signals([s for s in signals if hasattr(s, "churn_probability")])
+    mine = sorted((k[1], s.churn_probability) for k, s in closes.items() if k[0] == quiet)  # type: ignore[attr-defined]
+    return [m[0] for m in mine], [m[1] for m in mine], weeks - 1
+
+
+def test_a_buyer_is_scored_past_the_lookback_until_their_churn_reaches_the_floor(scorer) -> None:  # type: ignore[no-untyped-def]
+    lookback = scorer.manifest.spec.lookback
+    # Floor 1.0: never reached, so the customer is scored at every close of the partition.
+    ends, churn, closes = quiet_closes(scorer, "purchase", 1.0)
+    assert len(ends) == closes > lookback + 2
+    assert churn[lookback - 1] > churn[0]  # a user going quiet is what churn risk must catch
+    # A floor their churn reaches at the k-th dormant close: scored through that close (its
+    # signal stands), never after.
+    k = 3
+    floor = churn[lookback - 1 + k]
+    assert max(churn[lookback - 1 : lookback - 1 + k]) < floor  # (the model's risk rises)
+    ends_f, churn_f, _ = quiet_closes(scorer, "purchase", floor)
+    assert ends_f == ends[: lookback + k]
+    np.testing.assert_allclose(churn_f, churn[: lookback + k], atol=1e-6)
+    assert churn_f[-1] >= floor
+
+
+def test_a_user_who_never_bought_is_scored_until_the_lookback_passes(scorer) -> None:  # type: ignore[no-untyped-def]
+    lookback = scorer.manifest.spec.lookback
+    ends, _, closes = quiet_closes(scorer, "view", 1.0)  # whatever the floor
+    assert closes > lookback + 2
+    assert len(ends) == lookback  # the week it viewed and lookback-1 silent weeks
+
+
+def dormant_base(seed: int = 7, weeks: int = 90) -> pd.DataFrame:
+    """A shop whose customers go dormant: one-time buyers (dormant over a year by the end),
+    repeat buyers who stop, a customer who comes back after a long silence, viewers who never
+    buy, and one busy user per partition keeping every partition's event time moving."""
+    rng = np.random.default_rng(seed)
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    rows: list[tuple[int, str, str]] = []
+    for p in range(PARTITIONS):
+        busy = next(
+            f"busy{i}" for i in range(10_000) if partition_of(f"busy{i}".encode(), PARTITIONS) == p
+        )
+        rows += [(start + w * WEEK + 7200_000, busy, "view") for w in range(weeks)]
+    for u in range(16):
+        rows.append((start + int(rng.integers(0, 8 * WEEK)), f"once-{u}", "purchase"))
+    for u in range(10):
+        n = int(rng.integers(2, 12))
+        rows += [(start + int(t), f"repeat-{u}", "purchase") for t in rng.integers(0, 30 * WEEK, n)]
+    for u in range(3):
+        rows.append((start + int(rng.integers(0, 4 * WEEK)), f"back-{u}", "purchase"))
+        rows.append((start + (50 + 5 * u) * WEEK + 3600_000, f"back-{u}", "purchase"))
+    for u in range(8):
+        rows += [(start + int(t), f"viewer-{u}", "view") for t in rng.integers(0, 10 * WEEK, 3)]
+    return frame_of(rows)
+
+
+@pytest.mark.parametrize(("floor", "batch"), [(0.87, 1), (0.87, 512), (None, 97)])
+def test_dormant_one_time_buyers_are_scored_until_their_churn_passes_the_floor_as_offline(
+    scorer, floor: float | None, batch: int
+) -> None:  # type: ignore[no-untyped-def]
+    """Parity on the extended population: window-close signals of dormant customers (one-time
+    and repeat buyers out of the lookback, under the floor) equal offline prediction's rows,
+    including the close at which each stops; batch 512 closes many windows per batch (a
+    dormant customer's later closes wait on scores of the same batch)."""
+    from features.windows import DORMANT_CHURN_FLOOR
+
+    floor = DORMANT_CHURN_FLOOR if floor is None else floor
+    frame = dormant_base()
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    proc.dormant_churn_floor = floor
+    signals = run(proc, store, messages(frame), batch)
+    assert_parity(frame, signals, proc, floor)
+
+    lookback_ms = proc.spec.lookback * proc.spec.length_ms
+    last_event = frame.groupby("user_id").event_time_ms.max()
+    churn = close_signals([s for s in signals if hasattr(s, "churn_probability")])
+    dormant = {k: s for k, s in churn.items() if k[1] > last_event[k[0]] + lookback_ms}
+    assert dormant, "no dormant customer was scored: the test exercises nothing"
+    assert not [k for k in dormant if k[0].startswith(("viewer", "busy"))]
+    if floor == 0.87:
+        # Scored a year after their only order, and some have stopped at the floor.
+        year = 52 * WEEK
+        assert any(k[0].startswith("once") and k[1] > last_event[k[0]] + year for k in dormant)
+        ends = max(k[1] for k in churn)
+        stopped = {
+            u: max((k for k in churn if k[0] == u), key=lambda k: k[1])
+            for u in {k[0] for k in dormant}
+        }
+        stopped = {u: k for u, k in stopped.items() if k[1] < ends}
+        assert stopped
+        assert all(churn[k].churn_probability >= floor for k in stopped.values())  # type: ignore[attr-defined]
+
+
+def test_a_restart_keeps_scoring_the_dormant_customers_under_the_floor(scorer) -> None:  # type: ignore[no-untyped-def]
+    """The candidates a restarted worker rebuilds from the table include dormant customers
+    under the floor (from their stored last scores): same signals as an uninterrupted run."""
+    msgs = messages(dormant_base(seed=11))
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    proc.dormant_churn_floor = 0.87
+    whole = run(proc, store, msgs, 64)
+
+    store2 = DictStore()
+    part = make_processor(scorer, store2)
+    part.dormant_churn_floor = 0.87
+    cut = len(msgs) * 2 // 3  # well after the first customers went dormant
+    first = run(part, store2, msgs[:cut], 64)
+    restarted = make_processor(scorer, store2)
+    restarted.dormant_churn_floor = 0.87
+    rest = run(restarted, store2, msgs[cut:], 64)
+    a = {s.signal_id: s.expected_orders for s in whole if hasattr(s, "expected_orders")}
+    b = {s.signal_id: s.expected_orders for s in first + rest if hasattr(s, "expected_orders")}
+    assert set(a) == set(b)
+    np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-6)
 
 
 def test_bad_input_goes_to_dead_letters_with_a_reason(scorer) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,8 @@
 * hostile input beside a real REES46 sample: one dead letter per bad record, with its reason
   and coordinates, and signals for every user;
 * end-to-end parity: UCI Online Retail replayed through Kafka gives the window-close signals
-  offline prediction gives, key for key and score for score;
+  offline prediction gives, key for key and score for score, dormant customers under the
+  churn floor included;
 * a worker killed mid-replay (SIGKILL) and restarted — from its RocksDB data dir, and from an
   empty one (changelog restore) — emits what an uninterrupted run emits;
 * a model that does not match stops the worker at start-up with the reason;
@@ -232,7 +233,7 @@ def test_rees46_sample_with_hostile_records(
 
 @pytest.mark.kafka
 @pytest.mark.realdata
-def test_uci_replay_through_kafka_equals_offline_prediction(
+def test_uci_replay_through_kafka_equals_offline_prediction_dormant_customers_included(
     isolated_kafka_settings: Settings,
     shared_data: Path,
     worker_factory: WorkerFactory,
@@ -272,9 +273,20 @@ def test_uci_replay_through_kafka_equals_offline_prediction(
     last_end = spec.end_ms(min(c["closed_through"] for c in clocks.values()))
 
     t2 = time.monotonic()
-    offline = predict_windows(frame, MODEL_DIR)
+    # The worker's floor: the rows are those of the close population it applies.
+    offline = predict_windows(frame, MODEL_DIR, dormant_churn_floor=s.dormant_churn_floor)
     offline = offline[offline.window_end_ms <= last_end]
     report(f"uci: offline prediction of {len(offline)} windows in {time.monotonic() - t2:.1f} s")
+    # Customers out of the lookback, under the churn floor, are part of the population.
+    last_event = (
+        frame.assign(user_id=frame.user_id.astype(str)).groupby("user_id").event_time_ms.max()
+    )
+    lookback_ms = spec.lookback * spec.length_ms
+    dormant = (
+        offline.window_end_ms.to_numpy() > last_event[offline.user_id].to_numpy() + lookback_ms
+    )
+    report(f"uci: {int(dormant.sum())} window-close rows of dormant customers under the floor")
+    assert dormant.sum() > 100
     stream_demand = {k: v for k, v in by_key(demand).items() if k[1] <= last_end}
     stream_churn = {k: v for k, v in by_key(churn).items() if k[1] <= last_end}
     keys = list(zip(offline.user_id, offline.window_end_ms.astype(int), strict=True))
