@@ -110,3 +110,14 @@ def test_the_worker_warns_about_the_shipped_model_on_a_view(
     }
     assert [r.getMessage().split()[1] for r in caplog.records] == [version]
     assert _gauge(version) == 1
+
+
+def test_the_generated_default_model_loads_and_says_clickstream() -> None:
+    from stream.model import load_model
+
+    scorer = load_model(REPO / "onnx_models" / "generated")
+    data = scorer.manifest.extra["training_data"]
+    assert data["input_kind"] == "clickstream" and data["event_types"]["view"] > 0
+    # The demo's generator: the same span and start (ops.demo), another seed.
+    assert data["generator"]["days"] == 56 and data["generator"]["seed"] != 7
+    assert InputCheck(scorer.manifest).status() == {"trained_on": "clickstream", "mismatch": False}
