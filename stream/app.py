@@ -50,7 +50,7 @@ from settings.kafka import KafkaClientConfigError, faust_credentials
 from settings.logs import faust_logging_config
 from stream import metrics
 from stream.input_check import InputCheck
-from stream.liveness import Liveness, hold_back
+from stream.liveness import Liveness
 from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
 from stream.processor import (
     ORIGIN_HEADER,
@@ -304,15 +304,7 @@ async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
 async def score_clickstream(stream: Any) -> None:
     """Decode nothing, decide nothing: batch raw messages through the processor and send."""
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        try:
-            await handle_batch(events)
-        except BaseException as exc:
-            # The batch is not done: its offsets must never be committed (a restarted worker
-            # or the partition's next owner processes it again), and the process must go.
-            hold_back(events)
-            if not isinstance(exc, asyncio.CancelledError):
-                liveness.fail(f"agent score_clickstream crashed: {type(exc).__name__}: {exc}")
-            raise
+        await liveness.run_batch("score_clickstream", events, handle_batch)
 
 
 async def handle_batch(events: list[EventT[Any]]) -> None:

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,26 @@ class Liveness:
             )
         if self._armed:
             self._schedule_exit()
+
+    async def run_batch(
+        self,
+        agent: str,
+        events: list[Any],
+        handle: Callable[[list[Any]], Awaitable[None]],
+    ) -> None:
+        """Run one micro-batch of ``agent``; if it raises, the batch is not done.
+
+        Its offsets are held back (:func:`hold_back`: a restarted worker or the partition's
+        next owner processes it again) and, unless the agent is being cancelled, the process
+        fails (503, then exit); the exception propagates and ends the agent.
+        """
+        try:
+            await handle(events)
+        except BaseException as exc:
+            hold_back(events)
+            if not isinstance(exc, asyncio.CancelledError):
+                self.fail(f"agent {agent} crashed: {type(exc).__name__}: {exc}")
+            raise
 
     async def on_agent_error(self, agent: Any, exc: BaseException) -> None:
         """Faust's per-agent ``on_error`` hook: an exception ended the agent."""

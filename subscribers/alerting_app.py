@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from settings import load_settings
-from stream.liveness import Liveness, hold_back
+from stream.liveness import Liveness
 from subscribers.alerting import AlertConfig, AlertState, ChurnAlert, apply_churn
 from subscribers.records import Rejected, parse_churn
 from subscribers.runtime import RAW, TableFocus, config_or_exit, make_app, now_ms
@@ -66,14 +66,7 @@ if webhook is not None:
 async def alert_on_churn(stream: Any) -> None:
     """Churn signals -> alerts: sent and acknowledged, then the sinks, then the table."""
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        try:
-            await handle_batch(events)
-        except BaseException as exc:
-            # Not done: never commit the batch's offsets; and a dead agent ends the process.
-            hold_back(events)
-            if not isinstance(exc, asyncio.CancelledError):
-                liveness.fail(f"agent alert_on_churn crashed: {type(exc).__name__}: {exc}")
-            raise
+        await liveness.run_batch("alert_on_churn", events, handle_batch)
 
 
 async def handle_batch(events: list[Any]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from settings import load_settings
-from stream.liveness import Liveness, hold_back
+from stream.liveness import Liveness
 from subscribers.bidding import BidConfig, BidState, apply_demand
 from subscribers.records import Rejected, parse_demand
 from subscribers.runtime import RAW, TableFocus, config_or_exit, make_app, now_ms
@@ -53,14 +53,7 @@ liveness = Liveness("clicksignals bidder")
 async def bid_on_demand(stream: Any) -> None:
     """Demand signals -> adjustments: sent and acknowledged first, then the table written."""
     async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
-        try:
-            await handle_batch(events)
-        except BaseException as exc:
-            # Not done: never commit the batch's offsets; and a dead agent ends the process.
-            hold_back(events)
-            if not isinstance(exc, asyncio.CancelledError):
-                liveness.fail(f"agent bid_on_demand crashed: {type(exc).__name__}: {exc}")
-            raise
+        await liveness.run_batch("bid_on_demand", events, handle_batch)
 
 
 async def handle_batch(events: list[Any]) -> None:
