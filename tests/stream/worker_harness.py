@@ -48,6 +48,16 @@ STOP_TIMEOUT_S = 30.0
 T = TypeVar("T")
 
 
+SCORE_TOLERANCE = 1e-5
+"""How far one signal's score may move between runs: ONNX Runtime's float32 results move in
+the last bits when the rows batched with it differ (a restart, a redelivery, another worker
+composes its micro-batches differently). Ids must match exactly; scores within this."""
+
+
+def same_score(a: float, b: float) -> bool:
+    return abs(a - b) <= SCORE_TOLERANCE
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` on a fresh event loop in a helper thread (like ``tests.conftest.run_sync``)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
