@@ -73,16 +73,20 @@ class Scorer:
     def version(self) -> str:
         return self.manifest.model_version
 
+    def feeds(self, raw: Float32Array) -> dict[str, Float32Array]:
+        """The ONNX inputs for raw sequences: the normalised sequence, and the summary when the
+        model has a prior (it reads the raw sequence's last vector, exactly as training did)."""
+        feeds = {INPUT_NAME: self.manifest.norm.apply(raw)}
+        prior = self.manifest.prior
+        if prior is not None:
+            feeds[SUMMARY_INPUT_NAME] = summarize(raw, prior, self.manifest.spec)
+        return feeds
+
     def score(self, raw: Float32Array) -> Scores:
         if raw.shape[0] == 0:
             empty = np.zeros(0, dtype=np.float32)
             return Scores(empty, empty, empty)
-        feeds = {INPUT_NAME: self.manifest.norm.apply(raw)}
-        prior = self.manifest.prior
-        if prior is not None:
-            # The summary reads the raw sequence's last vector, exactly as training did.
-            feeds[SUMMARY_INPUT_NAME] = summarize(raw, prior, self.manifest.spec)
-        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
+        outputs = self.session.run(list(OUTPUT_NAMES), self.feeds(raw))
         orders, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
         return Scores(orders, spend, churn)
 
