@@ -300,6 +300,17 @@ async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
     metrics.forget_processed({(tp.topic, tp.partition) for tp in revoked})
 
 
+@app.on_partitions_assigned.connect
+async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+    # A partition's cached clock and close candidates are only valid while it is held
+    # without a break. Revocation drops them, but a partition this worker held once, lost
+    # and gets back (a failover) must never find a cache from before another worker moved
+    # its state on, whatever the order of rebalance callbacks and in-flight batches: it is
+    # rebuilt from the restored table at its first event.
+    parts = {tp.partition for tp in assigned if tp.topic == settings.topic_clickstream}
+    _processor.forget_partitions(parts)
+
+
 @app.agent(app.topic(settings.topic_clickstream, settings.topic_routed, **_raw))
 async def score_clickstream(stream: Any) -> None:
     """Decode nothing, decide nothing: batch raw messages through the processor and send."""

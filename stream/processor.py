@@ -310,12 +310,18 @@ class Processor:
     # --- partition lifecycle -------------------------------------------------------------
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        """Drop cached state of partitions this worker no longer holds."""
+        """Drop cached state of partitions this worker no longer holds (or gets back: the
+        table is the truth then). Every cached user of them goes, not only the close
+        candidates: a user read for a redelivered duplicate, or dropped from the candidates in
+        a batch that also wrote them, is cached too, and must not outlive the partition."""
+        if not partitions:
+            return
         for p in partitions:
             self._clocks.pop(p, None)
-            users = self._active.pop(p, {})
-            for user in users:
-                self._users.pop(user, None)
+            self._active.pop(p, None)
+        stale = [u for u in self._users if partition_of(u.encode(), self.partitions) in partitions]
+        for user in stale:
+            self._users.pop(user, None)
 
     def _ensure_partition(self, p: int) -> PartitionClock:
         clock = self._clocks.get(p)
@@ -351,6 +357,12 @@ class Processor:
                 # restored worker closes the same users an uninterrupted one would.
                 if last >= horizon or record.state.open or self._dormant_candidate(record):
                     active[key] = last
+        log.info(
+            "partition %d: clock closed through %s, %d close candidates restored from the table",
+            p,
+            clock.closed_through,
+            len(active),
+        )
         self._active[p] = active
         return clock
 

@@ -154,6 +154,37 @@ def test_restart_from_the_store_gives_the_signals_of_an_uninterrupted_run(scorer
     assert store.data == store2.data
 
 
+def test_a_partition_lost_and_taken_back_continues_from_the_table_not_the_cache(scorer) -> None:  # type: ignore[no-untyped-def]
+    """Failover and back: worker A holds every partition, loses them to B, which moves the
+    state on, then A gets them back (forget on revocation and again on assignment, as the
+    app's rebalance callbacks do). A continues from the table, never from users it cached
+    before B's work: the signals and the table are those of one uninterrupted worker."""
+    frame = synthetic(seed=5)
+    msgs = messages(frame)
+    store = DictStore()
+    whole = run(make_processor(scorer, store), store, msgs, 64)
+
+    shared = DictStore()
+    a, b = make_processor(scorer, shared), make_processor(scorer, shared)
+    third = len(msgs) // 3
+    first = run(a, shared, msgs[:third], 64)
+    # A re-reads one of its own messages (a redelivery): its user is read for the check.
+    run(a, shared, msgs[third - 1 : third], 1)
+    a.forget_partitions(set(range(PARTITIONS)))  # revoked
+    assert not a._users and not a._active  # nothing of the partitions stays in memory
+    second = run(b, shared, msgs[third : 2 * third], 64)
+    b.forget_partitions(set(range(PARTITIONS)))
+    a.forget_partitions(set(range(PARTITIONS)))  # assigned back: the cache is not trusted
+    rest = run(a, shared, msgs[2 * third :], 64)
+
+    want = {s.signal_id: s.expected_orders for s in whole if hasattr(s, "expected_orders")}
+    both = first + second + rest
+    got = {s.signal_id: s.expected_orders for s in both if hasattr(s, "expected_orders")}
+    assert set(got) == set(want)
+    np.testing.assert_allclose([got[k] for k in want], [want[k] for k in want], rtol=1e-6)
+    assert shared.data == store.data
+
+
 def test_clocks_of_held_partitions_show_after_a_restart_without_new_messages(scorer) -> None:  # type: ignore[no-untyped-def]
     """A restarted worker whose partitions were all processed gets no message: ``/clocks``
     must still show where each held partition's event time stands (read from the store)."""
