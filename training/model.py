@@ -431,7 +431,9 @@ def _fit_epochs(
     summary_std: npt.ArrayLike,
     cfg: ResidualConfig,
     seed: int,
-) -> tuple[keras.Model, dict[str, list[float]]]:
+) -> tuple[keras.Model, dict[str, list[float]], list[npt.NDArray[np.float64]]]:
+    """Fit ``epochs`` epochs (fewer if ``val`` stops improving); with ``val``, also the
+    per-sample validation losses after each epoch, epoch 0 first."""
     configure_runtime(ModelConfig(threads=cfg.threads, seed=seed, deterministic=cfg.deterministic))
     model = build_residual_model(
         data.sequence.shape[1],
@@ -443,8 +445,10 @@ def _fit_epochs(
         seed,
     )
     history: dict[str, list[float]] = {"loss": [], "epoch_seconds": []}
+    val_losses: list[npt.NDArray[np.float64]] = []
     if val is not None:
-        history["val_loss"] = [_evaluate_loss(model, val, cfg)]
+        val_losses.append(sample_losses(model, val, cfg))
+        history["val_loss"] = [float(val_losses[-1].mean())]
     for epoch in range(epochs):
         t0 = time.perf_counter()
         fit = model.fit(
@@ -460,22 +464,65 @@ def _fit_epochs(
         line = f"epoch {epoch + 1}/{epochs} {history['epoch_seconds'][-1]:.1f}s "
         line += f"loss={history['loss'][-1]:.4f}"
         if val is not None:
-            history["val_loss"].append(_evaluate_loss(model, val, cfg))
+            val_losses.append(sample_losses(model, val, cfg))
+            history["val_loss"].append(float(val_losses[-1].mean()))
             line += f" val_loss={history['val_loss'][-1]:.4f}"
             best = int(np.argmin(history["val_loss"]))
             if len(history["val_loss"]) - 1 - best > cfg.patience:
                 log.info(line)
                 break
         log.info(line)
-    return model, history
+    return model, history, val_losses
 
 
-def _evaluate_loss(model: keras.Model, data: ResidualData, cfg: ResidualConfig) -> float:
-    """The weighted loss on ``data`` per sample (the same quantity ``fit`` minimises)."""
-    result = model.evaluate(
-        data.inputs(), data.targets(), batch_size=4096, verbose=0, return_dict=True
-    )
-    return float(result["loss"])
+def _poisson_deviance(y: Float32Array, p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """:func:`masked_poisson` in numpy, per sample."""
+    mask = y >= 0.0
+    yy = np.maximum(y.astype(np.float64), 0.0)
+    pp = np.maximum(p, 1e-6)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(yy > 0, yy * np.log(np.maximum(yy, 1e-6) / pp), 0.0)
+    return np.asarray(np.sum(2.0 * (term - (yy - pp)) * mask, axis=-1))
+
+
+def sample_losses(
+    model: keras.Model, data: ResidualData, cfg: ResidualConfig
+) -> npt.NDArray[np.float64]:
+    """The weighted training loss of each sample of ``data`` (masked Poisson deviance of
+    orders and spend, masked cross-entropy of churn): per sample, so that two models can be
+    compared pairwise on the same samples (see :func:`significant_epoch`)."""
+    raw = model.predict(data.inputs(), batch_size=4096, verbose=0)
+    w_o, w_s, w_c = cfg.loss_weights
+    orders = _poisson_deviance(data.orders, np.asarray(raw["orders"], dtype=np.float64))
+    spend = _poisson_deviance(data.spend, np.asarray(raw["spend"], dtype=np.float64))
+    y = data.churn.astype(np.float64)
+    p = np.clip(np.asarray(raw["churn"], dtype=np.float64), 1e-6, 1.0 - 1e-6)
+    bce = -(np.maximum(y, 0.0) * np.log(p) + (1.0 - np.maximum(y, 0.0)) * np.log(1.0 - p))
+    churn = np.sum(bce * (y >= 0.0), axis=-1)
+    return np.asarray(w_o * orders + w_s * spend + w_c * churn)
+
+
+SIGNIFICANCE_Z = 2.0
+"""How many standard errors the pseudo-cutoff loss must improve on BG/NBD's before corrections
+are trained at all (see :func:`significant_epoch`)."""
+
+
+def significant_epoch(losses: list[npt.NDArray[np.float64]], z: float = SIGNIFICANCE_Z) -> int:
+    """The epoch count to refit with, from per-sample validation losses after 0, 1, ... epochs.
+
+    The best epoch, unless its gain over epoch 0 (BG/NBD alone: the corrections start at
+    zero) is within ``z`` standard errors of the paired per-sample differences: then 0. On a
+    shop where BG/NBD already is the right model, a correction learnt from noise makes the
+    forecast worse, by a little, everywhere; the prior is kept unless the data shows the
+    correction helps on the real task one horizon earlier.
+    """
+    means = [float(np.mean(x)) for x in losses]
+    best = int(np.argmin(means))
+    if best == 0:
+        return 0
+    gain = losses[0] - losses[best]
+    se = float(np.std(gain, ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else float("inf")
+    return best if float(np.mean(gain)) > z * se else 0
 
 
 def train_residual(
@@ -489,29 +536,36 @@ def train_residual(
     ``select`` holds origins before a pseudo-cutoff one horizon before the real one (targets
     masked beyond it) and ``select_val`` the samples at that pseudo-cutoff with their whole
     horizon observed: the real task, one horizon earlier. The epoch count with the lowest
-    ``select_val`` loss -- 0 included, which is BG/NBD itself -- is then used to fit ``full``
+    ``select_val`` loss -- 0 included, which is BG/NBD itself, and chosen whenever the best
+    gain over it is within noise (:func:`significant_epoch`) -- is then used to fit ``full``
     (every origin up to the real cutoff, targets masked beyond it), once per seed.
     """
     cfg = cfg or ResidualConfig()
     mean, std = summary_stats(full.summary)
-    _, sel_hist = _fit_epochs(select, select_val, cfg.max_epochs, mean, std, cfg, cfg.seeds[0])
-    epochs = int(np.argmin(sel_hist["val_loss"]))
+    _, sel_hist, sel_losses = _fit_epochs(
+        select, select_val, cfg.max_epochs, mean, std, cfg, cfg.seeds[0]
+    )
+    best = int(np.argmin(sel_hist["val_loss"]))
+    epochs = significant_epoch(sel_losses)
     log.info(
-        "epoch count chosen on the pseudo-cutoff: %d (val loss %.4f, BG/NBD alone %.4f)",
+        "epoch count chosen on the pseudo-cutoff: %d (best %d: val loss %.4f, BG/NBD alone %.4f%s)",
         epochs,
-        sel_hist["val_loss"][epochs],
+        best,
+        sel_hist["val_loss"][best],
         sel_hist["val_loss"][0],
+        "" if epochs == best else "; the gain is within noise, so BG/NBD is kept",
     )
     models: list[keras.Model] = []
     histories: list[dict[str, list[float]]] = []
     for seed in cfg.seeds:
-        model, hist = _fit_epochs(full, None, epochs, mean, std, cfg, seed)
+        model, hist, _ = _fit_epochs(full, None, epochs, mean, std, cfg, seed)
         models.append(model)
         histories.append(hist)
     if len(models) > 1:
         models.insert(0, average_models(models))
     info = {
         "selection": sel_hist,
+        "best_epoch": best,
         "epochs": epochs,
         "refit": histories,
         "summary_mean": [float(v) for v in mean],

@@ -1,0 +1,38 @@
+"""The epoch count the residual model is refitted with: BG/NBD is kept unless the correction
+shows a gain beyond noise on the pseudo-cutoff (training.model.significant_epoch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.model import significant_epoch
+
+
+def _losses(base: np.ndarray, shifts: list[float], noise: float, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [base] + [base - s + rng.normal(0.0, noise, base.size) for s in shifts]
+
+
+def test_a_shop_where_bgnbd_is_the_truth_keeps_bgnbd() -> None:
+    # 3,000 customers at the pseudo-cutoff; the corrections only fit noise: the mean loss
+    # wobbles by a few thousandths around BG/NBD's, below two standard errors.
+    base = np.random.default_rng(1).gamma(2.0, 0.5, 3_000)
+    losses = _losses(base, [0.001, 0.002, 0.0015], noise=0.3, seed=2)
+    assert int(np.argmin([x.mean() for x in losses])) > 0  # a naive argmin would train
+    assert significant_epoch(losses) == 0
+
+
+def test_a_shop_with_a_learnable_correction_trains_to_the_best_epoch() -> None:
+    # A seasonal shop: the correction lowers every customer's loss by ~0.05 after 2 epochs.
+    base = np.random.default_rng(3).gamma(2.0, 0.5, 3_000)
+    losses = _losses(base, [0.02, 0.05, 0.04], noise=0.1, seed=4)
+    assert significant_epoch(losses) == 2
+
+
+def test_no_gain_at_all_is_bgnbd() -> None:
+    base = np.ones(500)
+    assert significant_epoch([base, base + 0.1, base + 0.2]) == 0
+
+
+def test_a_single_validation_customer_cannot_show_significance() -> None:
+    assert significant_epoch([np.array([1.0]), np.array([0.5])]) == 0
