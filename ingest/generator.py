@@ -80,6 +80,29 @@ class GeneratorConfig:
     """Amplitude of the yearly seasonal cycle, peaking at the start of December."""
 
 
+REGULAR_SHOP: Final = GeneratorConfig(
+    mean_sessions_per_day=0.18,
+    activity_sigma=0.4,
+    mean_views_per_session=2.5,
+    cart_session_rate=0.55,
+    propensity_sigma=0.3,
+    purchase_given_cart=0.85,
+)
+"""A shop whose customers order regularly (the demo's: README, *The demo's model*).
+
+A visit every five to six days, two or three views a visit, and about 40 % of visits end in
+an order, so a customer who stays orders every week or two and one who leaves stops ordering:
+"no order day in the horizon", the model's churn, then tells churners from the others. With
+the defaults only ~2 % of sessions buy and nearly everyone goes two weeks without an order.
+Churn share, fade and arrivals are the defaults'."""
+
+PRESETS: Final[dict[str, GeneratorConfig]] = {
+    "default": GeneratorConfig(),
+    "regular": REGULAR_SHOP,
+}
+"""Named shops for the command line (``clicksignals demo|replay|generate --shop NAME``)."""
+
+
 @dataclass(frozen=True)
 class SimulatedClickstream:
     events: pd.DataFrame
@@ -301,6 +324,8 @@ def users_for_events(target_events: int, days: int, config: GeneratorConfig | No
 
 
 __all__ = [
+    "PRESETS",
+    "REGULAR_SHOP",
     "GeneratorConfig",
     "SimulatedClickstream",
     "generate_clickstream",

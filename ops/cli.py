@@ -210,6 +210,23 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     return replay_command(args, settings)
 
 
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.replay import generate_command
+
+    return generate_command(args, settings)
+
+
+def _shop_option(p: argparse.ArgumentParser, default: str) -> None:
+    from ingest.generator import PRESETS
+
+    p.add_argument(
+        "--shop",
+        default=default,
+        choices=sorted(PRESETS),
+        help=f"generator: the shop's preset (ingest.generator.PRESETS; default {default})",
+    )
+
+
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
     from ops.replay import tail_command
 
@@ -229,8 +246,19 @@ def _replay_commands(commands: Subcommands) -> None:
     p.add_argument("--users", type=int, default=2000, help="generator: users")
     p.add_argument("--days", type=int, default=56, help="generator: days")
     p.add_argument("--seed", type=int, default=7, help="generator: seed")
+    _shop_option(p, "default")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_replay)
+    g = commands.add_parser(
+        "generate", help="write the seeded generator's events to a canonical CSV file"
+    )
+    g.add_argument("--out", type=Path, required=True, help="CSV file to write (.gz: compressed)")
+    g.add_argument("--users", type=int, default=2000, help="users")
+    g.add_argument("--days", type=int, default=56, help="days")
+    g.add_argument("--start", default="2024-01-01", help="first day (UTC)")
+    g.add_argument("--seed", type=int, default=7, help="seed")
+    _shop_option(g, "default")
+    g.set_defaults(handler=_generate)
     t = commands.add_parser("tail", help="print records of a topic (demand, churn, dlq or a name)")
     t.add_argument("topic")
     t.add_argument("--limit", type=int)
@@ -262,6 +290,7 @@ def _demo_commands(commands: Subcommands) -> None:
     p.add_argument("--users", type=int, default=2000, help="generator: users")
     p.add_argument("--days", type=int, default=56, help="generator: days")
     p.add_argument("--seed", type=int, default=7, help="generator: seed")
+    _shop_option(p, "regular")
     p.add_argument(
         "--model-dir",
         type=Path,

@@ -8,7 +8,8 @@ Owns the demo's choreography and its processes:
 2. the topics; then three Faust workers, each its own process in its own session, on free web
    ports: the worker (``faust -A stream.app worker``) and both subscribers
    (``subscribers.cli.worker_argv``: the bidder and the alerter), all waited for on ``/health``;
-3. the replay of generated traffic (or ``--events FILE``) while a collector reads the five
+3. the replay of generated traffic (the generator's ``regular`` shop, :data:`DEMO_SHOP`) or of
+   ``--events FILE``, while a collector reads the five
    output topics into ``<workdir>/out/*.jsonl`` and a :class:`ops.demo_view.Tally`, and a live
    view shows progress, events/s, signal counts, top churn risks and bid multipliers;
 4. once the replay is done and nothing new arrived for ``--settle`` seconds: ``summary.json``
@@ -71,6 +72,9 @@ GENERATED_MODEL_DIR: Final = Path("onnx_models/generated")
 """The model trained on the generator's clickstream (README, *The demo's model*)."""
 GENERATOR_START: Final = "2024-01-01"
 """The generator's first day, as ``ops.replay.load_wire`` and ``train-and-export`` use it."""
+DEMO_SHOP: Final = "regular"
+"""The generator's preset the demo replays (:data:`ingest.generator.REGULAR_SHOP`: customers
+who order regularly, so the model's order-based churn can see who leaves; issue 20)."""
 STOP_GRACE_S: Final = 20.0
 READY_TIMEOUT_S: Final = 120.0
 TICK_S: Final = 0.5
@@ -97,15 +101,54 @@ def demo_model_dir(settings: Settings, model_dir: Path | None, *, generated: boo
     return GENERATED_MODEL_DIR
 
 
+def demo_bid_baselines(settings: Settings, model_dir: Path) -> str:
+    """``bid_model_baselines`` with the served model's own "average user", unless one is set.
+
+    The bidder's default baseline (0.02 orders/day) is Online Retail's model's mean; a model
+    of a shop whose customers order every week or two would put nearly every user at the cap.
+    The model's "average" is its mean expected order rate over the users it scored at its
+    cutoff (``predictions.csv``, written by ``train-and-export``), per day of its horizon --
+    the per-model baseline the README's bidding section asks an operator to set. Unchanged
+    when the settings already name this model version or the model has no predictions.
+    """
+    from subscribers.bidding import parse_model_baselines
+
+    configured = settings.bid_model_baselines
+    try:
+        manifest = orjson.loads((model_dir / "manifest.json").read_bytes())
+        version = str(manifest["model_version"])
+        days = manifest["window"]["length_ms"] * manifest["window"]["horizon"] / 86_400_000
+        if version in parse_model_baselines(configured):
+            return configured
+        expected = pd.read_csv(model_dir / "predictions.csv", usecols=["expected_orders"])
+        per_day = float(expected["expected_orders"].mean()) / days
+    except (OSError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
+        return configured
+    if not per_day > 0:
+        return configured
+    log.info("bidder: the served model's average user orders %.4f times a day", per_day)
+    return (
+        f"{configured};{version}={per_day:.6g}"
+        if configured.strip()
+        else f"{version}={per_day:.6g}"
+    )
+
+
 def load_traffic(args: argparse.Namespace) -> tuple[list[tuple[bytes, bytes]], Truth | None]:
     """The records to replay and, for generated traffic, who the generator makes churn."""
     if args.events is not None:
         return load_wire(args.events, args.format, args.users, args.days, args.seed), None
     from ingest.adapters import to_wire_bytes
-    from ingest.generator import DAY_MS, simulate
+    from ingest.generator import DAY_MS, PRESETS, simulate
 
     # The same simulation as ``load_wire``'s generator path, kept whole for its truth table.
-    sim = simulate(n_users=args.users, start=GENERATOR_START, days=args.days, seed=args.seed)
+    sim = simulate(
+        n_users=args.users,
+        start=GENERATOR_START,
+        days=args.days,
+        seed=args.seed,
+        config=PRESETS[args.shop],
+    )
     end_ms = int(pd.Timestamp(GENERATOR_START, tz="UTC").value // 1_000_000) + args.days * DAY_MS
     return to_wire_bytes(sim.events), Truth.from_users(sim.users, end_ms)
 
@@ -589,6 +632,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
             log.info("the worker serves the model in %s", model_dir)
             settings = settings.with_overrides(
                 model_dir=model_dir,
+                bid_model_baselines=demo_bid_baselines(settings, model_dir),
                 data_dir=base / "worker",
                 store_url="memory://",
                 web_port=kafka_local.free_port(),

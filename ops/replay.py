@@ -2,7 +2,9 @@
 
 Owns ``clicksignals replay`` (a canonical / REES46 / Taobao / transactions file or the seeded
 generator → the clickstream topic, keyed by user, in event-time order, as fast as possible or
-at a chosen rate, with a progress bar) and ``clicksignals tail`` (pretty-print an output topic).
+at a chosen rate, with a progress bar), ``clicksignals tail`` (pretty-print an output topic)
+and ``clicksignals generate`` (the seeded generator → a canonical CSV file, e.g. to train the
+demo's model on with ``train-and-export --events``).
 """
 
 from __future__ import annotations
@@ -25,18 +27,22 @@ log = logging.getLogger(__name__)
 
 
 def load_wire(
-    events: Path | None, fmt: str, users: int, days: int, seed: int
+    events: Path | None, fmt: str, users: int, days: int, seed: int, shop: str = "default"
 ) -> list[tuple[bytes, bytes]]:
-    """(key, value) records in event-time order from a file, or from the generator."""
+    """(key, value) records in event-time order from a file, or from the generator.
+
+    ``shop`` names the generator's preset (:data:`ingest.generator.PRESETS`).
+    """
     from ingest.adapters import read_events, to_wire_bytes
 
     if events is not None:
         result = read_events(events, fmt)
         log.info("%s", result.summary.describe())
         return to_wire_bytes(result.events)
-    from ingest.generator import generate_clickstream
+    from ingest.generator import PRESETS, generate_clickstream
 
-    return to_wire_bytes(generate_clickstream(n_users=users, days=days, seed=seed))
+    frame = generate_clickstream(n_users=users, days=days, seed=seed, config=PRESETS[shop])
+    return to_wire_bytes(frame)
 
 
 async def produce(
@@ -131,12 +137,32 @@ async def consume(
 
 
 def replay_command(args: argparse.Namespace, settings: Settings) -> int:
-    records = load_wire(args.events, args.format, args.users, args.days, args.seed)
+    records = load_wire(args.events, args.format, args.users, args.days, args.seed, args.shop)
     seconds = asyncio.run(produce(settings, records, rate=args.rate, progress=not args.quiet))
     rate = len(records) / seconds if seconds else float("inf")
     print(
         f"replayed {len(records)} events to {settings.topic_clickstream} "
         f"in {seconds:.1f}s ({rate:,.0f} events/s)"
+    )
+    return 0
+
+
+def generate_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Write the seeded generator's events as a canonical CSV (``event_time_ms`` in ms)."""
+    from ingest.generator import PRESETS, generate_clickstream
+
+    frame = generate_clickstream(
+        n_users=args.users,
+        start=args.start,
+        days=args.days,
+        seed=args.seed,
+        config=PRESETS[args.shop],
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    print(
+        f"wrote {len(frame):,} events of {frame['user_id'].nunique():,} users "
+        f"(shop {args.shop!r}, seed {args.seed}) to {args.out}"
     )
     return 0
 

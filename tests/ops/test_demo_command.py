@@ -150,7 +150,9 @@ def test_generated_traffic_brings_its_truth_into_the_reports(tmp_path: Path) -> 
 
     from ops.demo_truth import Truth
 
-    args = argparse.Namespace(events=None, format="auto", users=50, days=14, seed=3)
+    args = argparse.Namespace(
+        events=None, format="auto", users=50, days=14, seed=3, shop=demo.DEMO_SHOP
+    )
     records, truth = demo.load_traffic(args)
     assert records and isinstance(truth, Truth) and len(truth.churn_ms) == 50
     users = sorted({key.decode() for key, _ in records})
