@@ -17,6 +17,8 @@ of day; spend per order is gamma around a gamma-distributed per-customer mean):
   Q4 peak (x1.6 in October-November), horizon over September-December of year two;
 * ``dormant``: five years; half the customers bought once in the first two years and never
   came back, the other half are a live Pareto/NBD base; cutoff 13 weeks before the end;
+* ``regular``: 3,000 customers who buy at gamma-distributed gaps (more regular than Poisson,
+  the Pareto/GGG story), about every two weeks, with exponential lifetimes; 104 weeks;
 * ``online_retail``: the real UCI file at ``../shared/data/online_retail.csv.gz`` (format
   ``transactions``, cutoff 2011-09-09), when present.
 
@@ -61,6 +63,10 @@ TAIL_DAYS = 3
 """Days the synthetic processes run past the horizon (see the module docstring)."""
 QUICK_DIVISOR = 5
 BIAS_LIMIT = 0.05
+TIE = 1e-6
+"""A model that keeps BG/NBD (no correction trained) predicts BG/NBD's numbers through a
+float32 ONNX graph: its MAE and AUC differ from the float64 baseline's by ~1e-8. Differences
+under this (relative for MAE) are ties, and a tie meets "≤" and "≥"."""
 COMPARED = ("model", "bgnbd", "pareto_nbd")
 TRAIN_ARGS = ["--window", "7d", "--seq-len", "26", "--horizon", str(HORIZON)]
 
@@ -285,11 +291,54 @@ def gen_dormant(seed: int, scale: float = 1.0) -> ShopData:
     return _finish("dormant", [once, live], start, cutoff, n)
 
 
+def gen_regular(seed: int, scale: float = 1.0) -> ShopData:
+    """Regular buyers (the Pareto/GGG story, Platzer & Reutterer 2016): 3,000 customers whose
+    gaps between orders are gamma-distributed with a customer-specific regularity ``k``
+    (k ~ Gamma(6, 1/2), mean 3: a gap's coefficient of variation about 0.6 where Poisson
+    buying has 1), mean gap ``1/lambda`` weeks with lambda ~ Gamma(3, 1/6) (an order every two
+    weeks on average), an exponential lifetime (mu ~ Gamma(1, 1/150) per week), acquired over
+    the first year, 104 weeks, cutoff 13 weeks before the end. BG/NBD assumes Poisson buying:
+    a regular customer overdue for an order is more likely gone than it can tell."""
+    rng = np.random.default_rng(seed)
+    n = round(3_000 * scale)
+    start = pd.Timestamp("2021-01-04", tz="UTC")
+    cutoff = start + pd.Timedelta(weeks=104 - HORIZON)
+    end = _horizon_end(cutoff)
+    n_days = (end - start) / pd.Timedelta(days=1)
+    acquired = rng.uniform(0.0, 365.0, n)
+    lam = rng.gamma(3.0, 1.0 / 6.0, n)
+    k = rng.gamma(6.0, 0.5, n)
+    mu = rng.gamma(1.0, 1.0 / 150.0, n)
+    stop = np.minimum(acquired + rng.exponential(1.0 / mu) * 7.0, n_days)
+    # Enough gaps for the most frequent customer to outlast the span, drawn in one block.
+    most = int(np.ceil(n_days / 7.0 * float(lam.max()) * 3.0)) + 10
+    gaps = rng.gamma(k[:, None], 7.0 / (k * lam)[:, None], (n, most))
+    when = acquired[:, None] + np.cumsum(gaps, axis=1)
+    owner, idx = np.nonzero(when < stop[:, None])
+    all_owner = np.concatenate([np.arange(n), owner])
+    all_day = np.floor(np.concatenate([acquired, when[owner, idx]])).astype(np.int64)
+    frame = pd.DataFrame({"u": all_owner, "d": all_day}).drop_duplicates().sort_values(["u", "d"])
+    u_idx = frame["u"].to_numpy()
+    seconds = rng.integers(6 * 3600, 22 * 3600, len(frame))
+    time_ms = _ms(start) + frame["d"].to_numpy() * DAY_MS + seconds * 1000
+    cust_mean = rng.gamma(3.0, 50.0 / 3.0, n)
+    value = rng.gamma(4.0, cust_mean[u_idx] / 4.0)
+    part = pd.DataFrame(
+        {
+            "event_time_ms": time_ms.astype(np.int64),
+            "user_id": [f"c{i}" for i in u_idx],
+            "price": np.maximum(np.round(value, 2), 0.01),
+        }
+    )
+    return _finish("regular", [part], start, cutoff, n)
+
+
 GENERATORS: dict[str, Callable[[int, float], ShopData]] = {
     "cdnow": gen_cdnow,
     "grocery": gen_grocery,
     "wholesale": gen_wholesale,
     "dormant": gen_dormant,
+    "regular": gen_regular,
 }
 SHAPES: tuple[str, ...] = (*GENERATORS, "online_retail")
 
@@ -342,8 +391,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     mae_gap = None if m["mae"] is None or b["mae"] is None else m["mae"] - b["mae"]
     auc_gap = None if m["roc_auc"] is None or b["roc_auc"] is None else m["roc_auc"] - b["roc_auc"]
     checks: dict[str, bool | None] = {
-        "mae_le_bgnbd": None if mae_gap is None else mae_gap <= 0.0,
-        "auc_ge_bgnbd": None if auc_gap is None else auc_gap >= 0.0,
+        "mae_le_bgnbd": None if mae_gap is None else mae_gap <= TIE * max(b["mae"] or 0.0, 1.0),
+        "auc_ge_bgnbd": None if auc_gap is None else auc_gap >= -TIE,
         "abs_bias_le_5pct": None if m["bias"] is None else abs(m["bias"]) <= BIAS_LIMIT,
     }
     return {
@@ -437,7 +486,8 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + " ".join(TRAIN_ARGS)
         + " --cutoff D --out DIR` (Online Retail: `--format transactions`, cutoff 2011-09-09).",
         "Targets: orders MAE ≤ BG/NBD's, churn ROC-AUC ≥ BG/NBD's, |orders bias| ≤ 5 % "
-        "(strict comparisons; in brackets: model − BG/NBD, and the model's bias).",
+        "(ties within float32 noise, 1e-6, count as met; in brackets: model − BG/NBD, and the "
+        "model's bias).",
         "",
         "| shape | customers | orders | MAE ≤ bgnbd | AUC ≥ bgnbd | abs(bias) ≤ 5 % | overall "
         "| train s (report) | wall s |",

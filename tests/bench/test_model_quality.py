@@ -16,14 +16,21 @@ from ingest.adapters import read_events
 from training.cli import OFFLINE_MIN_EVENT_TIME_MS
 
 SCALE = 0.1
-FULL_CUSTOMERS = {"cdnow": 23_570, "grocery": 2_500, "wholesale": 5_000, "dormant": 10_000}
+FULL_CUSTOMERS = {
+    "cdnow": 23_570,
+    "grocery": 2_500,
+    "wholesale": 5_000,
+    "dormant": 10_000,
+    "regular": 3_000,
+}
 CUTOFFS = {
     "cdnow": "1998-04-01",  # 1997-01-01 + 65 weeks
     "grocery": "2022-10-03",  # start + 91 weeks of 104
     "wholesale": "2023-09-04",
     "dormant": "2023-10-09",  # start + 248 weeks of 261
+    "regular": "2022-10-03",  # start + 91 weeks of 104
 }
-SPAN_WEEKS = {"cdnow": 78, "grocery": 104, "dormant": 261}
+SPAN_WEEKS = {"cdnow": 78, "grocery": 104, "dormant": 261, "regular": 104}
 
 
 @pytest.mark.parametrize("name", sorted(mq.GENERATORS))
@@ -67,6 +74,22 @@ def test_shape_specifics() -> None:
     wholesale = mq.gen_wholesale(1, SCALE).events
     month = pd.to_datetime(wholesale["event_time_ms"], unit="ms").dt.month
     assert month.isin([10, 11]).mean() > 2 / 12  # the Q4 peak shows
+
+
+def test_regular_buyers_buy_more_regularly_than_poisson() -> None:
+    """The regular shop's gaps between order days have a coefficient of variation well under
+    1 (Poisson buying's), the grocery panel's (Poisson) about 1."""
+
+    def median_cv(events: pd.DataFrame) -> float:
+        days = events.assign(d=events["event_time_ms"] // mq.DAY_MS).groupby("user_id")["d"]
+        gaps = days.diff().dropna()
+        users = events.loc[gaps.index, "user_id"]
+        stats = gaps.groupby(users).agg(["mean", "std", "size"])
+        stats = stats[stats["size"] >= 8]
+        return float((stats["std"] / stats["mean"]).median())
+
+    assert median_cv(mq.gen_regular(1, 0.3).events) < 0.75
+    assert median_cv(mq.gen_grocery(1, 0.3).events) > 0.85
 
 
 @pytest.mark.parametrize("name", sorted(mq.GENERATORS))

@@ -120,6 +120,9 @@ def test_the_generated_default_model_loads_and_says_clickstream() -> None:
     scorer = load_model(REPO / "onnx_models" / "generated")
     data = scorer.manifest.extra["training_data"]
     assert data["input_kind"] == "clickstream" and data["event_types"]["view"] > 0
-    # The demo's generator: the same span and start (ops.demo), another seed.
-    assert data["generator"]["days"] == 56 and data["generator"]["seed"] != 7
+    # The demo's shop ("regular", written by `clicksignals generate`, README "The demo's
+    # model") over the demo's span (56 days from 2024-01-01, ops.demo), another seed (11).
+    assert data["events"] == "var/train/regular-10k-s11.csv"
+    assert data["cutoff"] == "2024-02-12T00:00:00+00:00"
+    assert data["train_origins"][0] == "2024-01-08T00:00:00+00:00"
     assert InputCheck(scorer.manifest).status() == {"trained_on": "clickstream", "mismatch": False}
