@@ -580,7 +580,7 @@ class Processor:
                 # (another worker, a fresh data dir) gets what these offsets produced.
                 dirty_users[event.user_id] = p
                 dirty_parts.add(p)
-                self._advance(clock, p, event.event_time_ms, requests, dirty_users)
+                self._advance(clock, p, event.event_time_ms, now, requests, dirty_users)
                 continue
             window = self.spec.index(event.event_time_ms)
             closed = clock.closed_through
@@ -599,7 +599,7 @@ class Processor:
             self._fold(event, window, p, requests, origin)
             dirty_users[event.user_id] = p
             dirty_parts.add(p)
-            self._advance(clock, p, event.event_time_ms, requests, dirty_users)
+            self._advance(clock, p, event.event_time_ms, now, requests, dirty_users)
         self._score(requests, out, now)
         for user, p in dirty_users.items():
             record = self._users.get(user)
@@ -653,9 +653,18 @@ class Processor:
         clock: PartitionClock,
         p: int,
         event_ms: int,
+        now: int,
         requests: list[_Request],
         dirty: dict[str, int],
     ) -> None:
+        """Move the partition's event time to ``event_ms`` and close the windows it passes.
+
+        Event time never runs ahead of the wall clock: an event dated in the future (within
+        the accepted skew) is folded into its window, but moves the partition's time only to
+        ``now``. Otherwise one such event would close the current window for every user of the
+        partition and make the rest of its events late. In a backfill every event time is in
+        the past, so this bound never acts there."""
+        event_ms = min(event_ms, now)
         if clock.max_event_ms is not None and event_ms <= clock.max_event_ms:
             return
         clock.max_event_ms = event_ms

@@ -357,6 +357,42 @@ def test_a_restart_keeps_scoring_the_dormant_customers_under_the_floor(scorer) -
     np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-6)
 
 
+def test_a_future_dated_event_within_the_skew_does_not_make_its_partition_late(scorer) -> None:  # type: ignore[no-untyped-def]
+    """Live traffic on a Sunday at noon (weekly windows end Monday 00:00 UTC): one event of a
+    partition is dated 20 h ahead (a device clock; within the accepted 24 h skew), Monday
+    08:00. It is folded, but the partition's event time stops at the wall clock: the rest of
+    Sunday's events of that partition are folded, not dead-lettered as late."""
+    now = int(pd.Timestamp("2024-03-10 12:00", tz="UTC").value // 1_000_000)  # a Sunday
+    hour = 3_600_000
+    proc = Processor(
+        scorer,
+        DictStore(),
+        partitions=PARTITIONS,
+        policy=ValidationPolicy(),
+        allowed_lateness_ms=0,
+        fresh_interval_ms=10**15,
+        routed_topics=frozenset({"routed"}),
+        clock=lambda: now,
+    )
+    a, b = one_partition_pair("live")
+    sunday = [now - 3 * hour + i * 60_000 for i in range(6)]
+    future = now + 20 * hour
+    arrival = [*sunday[:2], future, *sunday[2:]]  # the future-dated one arrives third
+    rows = [(t, a if i % 2 else b, "view") for i, t in enumerate(arrival)]
+    msgs = messages(frame_of(rows).sort_index())
+    assert len({m.partition for m in msgs}) == 1
+    out = proc.process(msgs)
+    assert not out.dead_letters, [d.reason for d in out.dead_letters]
+    clock = proc.clocks_view()[msgs[0].partition]
+    assert clock["max_event_ms"] == now  # not the future event's time
+    # Once the wall clock passes Monday 08:00, the event time follows it to there.
+    later = now + 21 * hour
+    proc.now_ms = lambda: later
+    out = proc.process(messages(frame_of([(later - hour, a, "view")])))
+    assert not out.dead_letters
+    assert proc.clocks_view()[msgs[0].partition]["max_event_ms"] == later - hour
+
+
 def test_bad_input_goes_to_dead_letters_with_a_reason(scorer) -> None:  # type: ignore[no-untyped-def]
     good = {"event_time": "2011-03-01T10:00:00Z", "event_type": "view", "user_id": "u1"}
     key = b"u1"
