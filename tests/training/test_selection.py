@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.model import significant_epoch
+from training.model import EpochCheck, choose_epochs, significant_epoch
 
 
 def _losses(base: np.ndarray, shifts: list[float], noise: float, seed: int) -> list[np.ndarray]:
@@ -36,3 +36,17 @@ def test_no_gain_at_all_is_bgnbd() -> None:
 
 def test_a_single_validation_customer_cannot_show_significance() -> None:
     assert significant_epoch([np.array([1.0]), np.array([0.5])]) == 0
+
+
+def _check(losses: np.ndarray, mae: float, bias: float, auc: float) -> EpochCheck:
+    return EpochCheck(losses=losses, orders_mae=mae, orders_bias=bias, churn_auc=auc)
+
+
+def test_choose_epochs_decides_on_the_loss_alone() -> None:
+    """Online Retail's pseudo-cutoff: the corrections lower the loss clearly while MAE and bias
+    there get worse (a quiet summer horizon; the real one is Christmas): still trained."""
+    base = np.random.default_rng(6).gamma(2.0, 0.5, 3_000)
+    prior = _check(base, mae=0.8223, bias=0.083, auc=0.7405)
+    corrected = _check(base - 0.08, mae=0.8234, bias=0.197, auc=0.752)
+    assert choose_epochs([prior, corrected]) == 1
+    assert choose_epochs([prior, _check(base + 0.01, 0.8, 0.0, 0.76)]) == 0
