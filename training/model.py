@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -572,34 +572,67 @@ def choose_epochs(checks: list[EpochCheck], z: float = SIGNIFICANCE_Z) -> int:
     return significant_epoch([c.losses for c in checks], z)
 
 
+Selection = tuple[ResidualData, ResidualData]
+"""Origins before a pseudo-cutoff (targets masked beyond it) and the samples at it, their
+whole horizon observed: the real task, some horizons earlier."""
+
+
 def train_residual(
-    select: ResidualData,
-    select_val: ResidualData,
+    selections: Iterable[Selection],
     full: ResidualData,
     cfg: ResidualConfig | None = None,
 ) -> tuple[list[keras.Model], dict[str, Any]]:
-    """Choose the epoch count on a pseudo-cutoff, then refit on every origin.
+    """Choose the epoch count on rolling pseudo-cutoffs, then refit on every origin.
 
-    ``select`` holds origins before a pseudo-cutoff one horizon before the real one (targets
-    masked beyond it) and ``select_val`` the samples at that pseudo-cutoff with their whole
-    horizon observed: the real task, one horizon earlier. The epoch count with the lowest
-    ``select_val`` loss -- 0 included, which is BG/NBD itself, and chosen whenever the best
-    gain over it is within noise (:func:`choose_epochs`) -- is then used to fit ``full``
-    (every origin up to the real cutoff, targets masked beyond it), once per seed.
+    ``selections`` are the pseudo-cutoffs one, two, ... horizons before the real cutoff,
+    produced one at a time (each is a training set of its own; only one is held at once). A
+    model is fitted on each and checked on its pseudo-cutoff after every epoch; the per-sample
+    losses of all pseudo-cutoffs are pooled, so the choice sees several seasons rather than the
+    one before the cutoff. The epoch count with the lowest pooled loss -- 0 included, which is
+    BG/NBD itself, and chosen whenever the best gain over it is within noise
+    (:func:`choose_epochs`) -- is then used to fit ``full`` (every origin up to the real
+    cutoff, targets masked beyond it), once per seed.
     """
     cfg = cfg or ResidualConfig()
     mean, std = summary_stats(full.summary)
-    _, sel_hist, sel_checks = _fit_epochs(
-        select, select_val, cfg.max_epochs, mean, std, cfg, cfg.seeds[0]
-    )
-    best = int(np.argmin(sel_hist["val_loss"]))
-    epochs = choose_epochs(sel_checks)
+    runs: list[dict[str, list[float]]] = []
+    checks: list[list[EpochCheck]] = []
+    for k, (select, select_val) in enumerate(selections):
+        log.info(
+            "selection on pseudo-cutoff %d: %d rows, %d checked",
+            k + 1,
+            len(select),
+            len(select_val),
+        )
+        _, hist, run_checks = _fit_epochs(
+            select, select_val, cfg.max_epochs, mean, std, cfg, cfg.seeds[0]
+        )
+        runs.append(hist)
+        checks.append(run_checks)
+    if not checks:
+        raise ValueError("no pseudo-cutoff to choose the epoch count on")
+    # Early stopping may end the runs at different epochs: pool the epochs all of them reached.
+    reached = min(len(c) for c in checks)
+    pooled = [
+        EpochCheck(
+            losses=np.concatenate([c[e].losses for c in checks]),
+            orders_mae=float("nan"),
+            orders_bias=float("nan"),
+            churn_auc=float("nan"),
+        )
+        for e in range(reached)
+    ]
+    pooled_loss = [float(c.losses.mean()) for c in pooled]
+    best = int(np.argmin(pooled_loss))
+    epochs = choose_epochs(pooled)
     log.info(
-        "epoch count chosen on the pseudo-cutoff: %d (best %d: val loss %.4f, BG/NBD alone %.4f%s)",
+        "epoch count chosen on %d pseudo-cutoff(s): %d (best %d: pooled loss %.4f, BG/NBD alone "
+        "%.4f%s)",
+        len(checks),
         epochs,
         best,
-        sel_hist["val_loss"][best],
-        sel_hist["val_loss"][0],
+        pooled_loss[best],
+        pooled_loss[0],
         "" if epochs == best else "; the gain is within noise, so BG/NBD is kept",
     )
     models: list[keras.Model] = []
@@ -611,7 +644,9 @@ def train_residual(
     if len(models) > 1:
         models.insert(0, average_models(models))
     info = {
-        "selection": sel_hist,
+        "selection": runs[0],
+        "selections": runs,
+        "pooled_val_loss": pooled_loss,
         "best_epoch": best,
         "epochs": epochs,
         "refit": histories,

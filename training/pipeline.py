@@ -27,6 +27,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,10 @@ class TrainConfig:
     quantize: bool = False
     cv_folds: int = 0
     """Rolling-origin folds before the cutoff (0: none)."""
+    selection_cutoffs: int = 4
+    """Pseudo-cutoffs, one horizon apart back from the cutoff, whose pooled loss chooses the
+    epoch count (fewer where the history is too short): with a 13-week horizon, a year of
+    seasons rather than the one quarter before the cutoff."""
     min_users: int = 50
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -215,32 +220,50 @@ def fit_at(
         prior = prior_at(at_cut[:, -1, :], fit)
     except PriorUnavailable as exc:
         raise TrainingError(f"too few customers with an order before the cutoff: {exc}") from None
-    select = origin_set(
-        tensor, user_ids, list(range(first, pseudo)), pseudo, fit, max_samples=MAX_SAMPLES
-    )
     select_val = origin_set(tensor, user_ids, [pseudo], cut, fit)
     full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, max_samples=MAX_SAMPLES)
     n_users = len(np.unique(full.user_ids))
     norm = NormStats.fit(full.sequences)
     log.info(
-        "origins %s..%s: %d rows (%d customers); selection %d rows, pseudo-cutoff %d rows",
+        "origins %s..%s: %d rows (%d customers); pseudo-cutoff %d rows",
         _iso(spec.end_ms(first)),
         _iso(spec.end_ms(cut - 1)),
         len(full),
         n_users,
-        len(select),
         len(select_val),
     )
     res_cfg = ResidualConfig(
         units=cfg.units, max_epochs=cfg.epochs, seeds=tuple(cfg.seed + i for i in range(cfg.seeds))
     )
-    models, info = train_residual(
-        _residual_data(select, norm),
-        _residual_data(select_val, norm),
-        _residual_data(full, norm),
-        res_cfg,
-    )
+    used: list[str] = []
+
+    def selections() -> Iterator[tuple[Any, Any]]:
+        """Pseudo-cutoffs one, two, ... horizons back, built one at a time (memory holds one
+        selection set besides ``full``); one whose origins or prior cannot be had ends them."""
+        for k in range(1, cfg.selection_cutoffs + 1):
+            at = cut - k * horizon
+            if at - 1 < first or (k > 1 and at - first < horizon):
+                # The first pseudo-cutoff needs one origin before it (else: too little history,
+                # refused above); further ones a horizon of origins, or they add only noise.
+                break
+            try:
+                val = (
+                    select_val if k == 1 else origin_set(tensor, user_ids, [at], at + horizon, fit)
+                )
+                train = origin_set(
+                    tensor, user_ids, list(range(first, at)), at, fit, max_samples=MAX_SAMPLES
+                )
+            except PriorUnavailable as exc:
+                log.info("pseudo-cutoff %s skipped: %s", _iso(spec.end_ms(at)), exc)
+                break
+            if len(val) < cfg.min_users or len(train) == 0:
+                break
+            used.append(_iso(spec.end_ms(at)))
+            yield _residual_data(train, norm), _residual_data(val, norm)
+
+    models, info = train_residual(selections(), _residual_data(full, norm), res_cfg)
     info["config"] = res_cfg.to_dict()
+    info["pseudo_cutoffs"] = used
     return Fit(cut, norm, prior, models, info, select_val, len(full))
 
 

@@ -3,6 +3,7 @@ errors a user gets for inputs that cannot give an honest model."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -88,3 +89,21 @@ def test_too_few_users_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     code = main(["--out", str(tmp_path / "o"), "--gen-users", "20", "--gen-days", "200"])
     assert code == 2
     assert "users" in capsys.readouterr().err
+
+
+def test_the_epoch_count_is_chosen_on_several_pseudo_cutoffs_a_horizon_apart(
+    trained: Path,
+) -> None:
+    """25 weeks of generated history, 4-week horizon: the selection pools pseudo-cutoffs one,
+    two, ... horizons before the cutoff (each with a horizon of origins before it), not only
+    the quarter before it, and says which it used."""
+    report = json.loads((trained / "report.json").read_text())["extra"]
+    training = report["training"]
+    cutoffs = [pd.Timestamp(c) for c in training["pseudo_cutoffs"]]
+    assert len(cutoffs) >= 2
+    horizon = pd.Timedelta(days=7 * report["window"]["horizon_windows"])
+    cutoff = pd.Timestamp(report["split"]["cutoff"])
+    assert cutoffs[0] == cutoff - horizon
+    assert all(a - b == horizon for a, b in itertools.pairwise(cutoffs))
+    assert len(training["selections"]) == len(cutoffs)
+    assert len(training["pooled_val_loss"]) >= 1
