@@ -426,7 +426,15 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
         mismatched = [
             sid for sid, v in copies.items() if not all(same_score(c, a_scores[sid]) for c in v)
         ]
-        assert not mismatched, (kind, len(mismatched), mismatched[:3])
+        assert not mismatched, (
+            kind,
+            len(mismatched),
+            [
+                (x["user_id"], x["window_end_ms"], sorted(copies[x["signal_id"]]), x[score])
+                for x in expected.values()
+                if x["signal_id"] in mismatched[:5]
+            ],
+        )
         report(
             f"restart: {kind}: {len(signals_b)} window-close signals in B, "
             f"{len(signals_b) - len(keys_b)} duplicates"
