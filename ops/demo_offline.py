@@ -29,14 +29,12 @@ from typing import Any
 
 import orjson
 
-from features.signals import RiskThresholds
-from features.validation import ValidationPolicy
 from ops.demo import DEMO_SHOP, GENERATED_MODEL_DIR, demo_bid_baselines, load_traffic
 from ops.demo_truth import Truth, evaluate
 from ops.demo_view import Tally
 from settings import Settings
 from stream.model import load_model
-from stream.processor import DictStore, Processor, RawMessage, partition_of
+from stream.processor import DictStore, RawMessage, partition_of, processor_from_settings
 from subscribers.alerting import AlertConfig, AlertState, apply_churn
 from subscribers.bidding import BidConfig, BidState, apply_demand
 
@@ -78,28 +76,10 @@ def run_offline(
     """``records`` (key, value), in replay order, through worker and subscribers (module doc)."""
     started = time.perf_counter()
     scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
-    m = scorer.manifest.thresholds
-    high = settings.churn_high_threshold
-    thresholds = (
-        RiskThresholds(medium=m.medium, high=m.high)
-        if high is None
-        else RiskThresholds(medium=min(m.medium, high), high=high)
-    )
     # Emission times: a clock that only moves forward batch by batch (as the worker's does),
     # so "the later-emitted signal at the same window end" is well defined.
     clock_ms = int(time.time() * 1000)
-    proc = Processor(
-        scorer,
-        DictStore(),
-        partitions=settings.partitions,
-        policy=ValidationPolicy.from_settings(settings),
-        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
-        fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
-        routed_topics=frozenset({settings.topic_routed}),
-        thresholds=thresholds,
-        clock=lambda: clock_ms,
-        dormant_churn_floor=settings.dormant_churn_floor,
-    )
+    proc = processor_from_settings(scorer, DictStore(), settings, clock=lambda: clock_ms)
     store = proc.store
     assert isinstance(store, DictStore)
     bid_config = BidConfig.from_settings(settings)

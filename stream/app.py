@@ -43,8 +43,6 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT
 
-from features.signals import RiskThresholds
-from features.validation import ValidationPolicy
 from settings import load_settings
 from settings.kafka import KafkaClientConfigError, faust_credentials
 from settings.logs import faust_logging_config
@@ -58,6 +56,8 @@ from stream.processor import (
     Processor,
     RawMessage,
     origin_from_headers,
+    processor_from_settings,
+    risk_thresholds,
 )
 from stream.publish import (
     OutRecord,
@@ -256,30 +256,8 @@ def load_scorer() -> Scorer:
         raise SystemExit(3) from None
 
 
-def risk_thresholds(scorer: Scorer) -> RiskThresholds:
-    """The model's risk cuts, or the configured high cut when one is set."""
-    m = scorer.manifest.thresholds
-    if settings.churn_high_threshold is None:
-        return RiskThresholds(medium=m.medium, high=m.high)
-    return RiskThresholds(
-        medium=min(m.medium, settings.churn_high_threshold),
-        high=settings.churn_high_threshold,
-    )
-
-
 def build_processor(scorer: Scorer) -> Processor:
-    thresholds = risk_thresholds(scorer)
-    return Processor(
-        scorer,
-        _store,
-        partitions=settings.partitions,
-        policy=ValidationPolicy.from_settings(settings),
-        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
-        fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
-        routed_topics=frozenset({settings.topic_routed}),
-        thresholds=thresholds,
-        dormant_churn_floor=settings.dormant_churn_floor,
-    )
+    return processor_from_settings(scorer, _store, settings)
 
 
 _store = TableStore()
@@ -386,7 +364,7 @@ def swap_model(scorer: Scorer) -> None:
     """Serve ``scorer`` from the next micro-batch on (called on the event loop, so never in
     the middle of ``Processor.process``, which does not await)."""
     _processor.scorer = scorer
-    _processor.thresholds = risk_thresholds(scorer)
+    _processor.thresholds = risk_thresholds(scorer, settings.churn_high_threshold)
     _input_check.reset(scorer.manifest)
 
 

@@ -65,7 +65,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from aiokafka.partitioner import murmur2
@@ -84,6 +84,9 @@ from stream.codec import (
     encode_user,
 )
 from stream.model import Scorer
+
+if TYPE_CHECKING:
+    from settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,35 @@ class _Request:
     dormant: bool = False
     """A dormant customer's close: kept only if their latest close score is under the floor
     when this request's turn comes in :meth:`Processor._score` (it may be in the same batch)."""
+
+
+def risk_thresholds(scorer: Scorer, high: float | None) -> RiskThresholds:
+    """The model's risk cuts, or ``high`` (``CLICKSIGNALS_CHURN_HIGH_THRESHOLD``) when set."""
+    m = scorer.manifest.thresholds
+    if high is None:
+        return RiskThresholds(medium=m.medium, high=m.high)
+    return RiskThresholds(medium=min(m.medium, high), high=high)
+
+
+def processor_from_settings(
+    scorer: Scorer,
+    store: StateStore,
+    settings: Settings,
+    clock: Callable[[], int] | None = None,
+) -> Processor:
+    """The processor the worker runs for ``settings`` (also the demo's offline twin's)."""
+    return Processor(
+        scorer,
+        store,
+        partitions=settings.partitions,
+        policy=ValidationPolicy.from_settings(settings),
+        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
+        fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
+        routed_topics=frozenset({settings.topic_routed}),
+        thresholds=risk_thresholds(scorer, settings.churn_high_threshold),
+        clock=clock,
+        dormant_churn_floor=settings.dormant_churn_floor,
+    )
 
 
 class Processor:
