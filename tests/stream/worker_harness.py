@@ -83,6 +83,11 @@ def worker_settings(base: Settings, data_dir: Path, **overrides: Any) -> Setting
         "store_url": "memory://",
         "model_dir": MODEL_DIR,
         "log_level": "INFO",
+        # A finished replay leaves every source with nothing to read: its last windows close
+        # once the sources are announced idle, well within wait_until_done's 4 s of quiet
+        # outputs (production: 30 s and 1 s).
+        "source_idle_timeout_s": 2.0,
+        "watermark_interval_s": 0.25,
     }
     values.update(overrides)
     return base.with_overrides(**values)

@@ -1,0 +1,344 @@
+"""Event time across partitions, without a broker: a partition closes a window only when every
+source partition that can still send it events has passed it (issue 19).
+
+Populations: a shop's clickstream produced keyed by user (a well-behaved tracker), unkeyed
+(round-robin: many trackers, connectors and CSV loaders) and keyed by session id; a source
+partition that lags behind (a slow or paused consumer) and one with nothing to read (idle).
+The re-keying topic is looped back in process (:mod:`stream.loopback`); the Kafka tier
+(``test_worker_kafka``) runs the same populations through a real broker.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from features.signals import DeadLetter
+from ingest.adapters import to_wire_bytes
+from stream.loopback import run_in_process
+from stream.model import load_model
+from stream.processor import BatchOutput, DictStore, Processor, RawMessage, partition_of
+from tests.stream.test_processor import (
+    MODEL_DIR,
+    PARTITIONS,
+    WEEK,
+    assert_parity,
+    close_signals,
+    dormant_base,
+    frame_of,
+    make_processor,
+    messages,
+    synthetic,
+)
+
+
+@pytest.fixture(scope="module")
+def scorer():  # type: ignore[no-untyped-def]
+    return load_model(MODEL_DIR)
+
+
+def produced(frame: pd.DataFrame, keying: str) -> list[RawMessage]:
+    """The events as a producer with ``keying`` puts them on the clickstream partitions."""
+    offsets = [0] * PARTITIONS
+    out = []
+    sessions = (
+        frame.user_id.astype(str) + "/s" + (frame.event_time_ms // (6 * 3_600_000)).astype(str)
+    )
+    for i, (key, value) in enumerate(to_wire_bytes(frame)):
+        if keying == "user":
+            p = partition_of(key, PARTITIONS)
+        elif keying == "session":
+            p = partition_of(sessions.iloc[i].encode(), PARTITIONS)
+        else:  # round-robin, no key
+            p = i % PARTITIONS
+        out.append(
+            RawMessage(key if keying == "user" else None, value, "clickstream", p, offsets[p])
+        )
+        offsets[p] += 1
+    return out
+
+
+def run_all(
+    proc: Processor, store: DictStore, msgs: list[RawMessage], batch: int
+) -> tuple[list, list[DeadLetter]]:  # type: ignore[type-arg]
+    signals: list = []  # type: ignore[type-arg]
+    dead: list[DeadLetter] = []
+
+    def collect(out: BatchOutput) -> None:
+        store.apply(out.writes)
+        signals.extend(out.demand)
+        signals.extend(out.churn)
+        dead.extend(out.dead_letters)
+
+    run_in_process(proc, msgs, batch, collect)
+    return signals, dead
+
+
+def test_keyed_unkeyed_and_session_keyed_input_give_the_same_window_close_signals(scorer) -> None:  # type: ignore[no-untyped-def]
+    """The issue's run, in process: 30 weeks of a 60-user shop produced three ways. Unkeyed,
+    three events in four arrive on a partition that is not their user's and are re-keyed; they
+    come back after that partition's own events, and before aligned watermarks most were
+    dead-lettered as late."""
+    frame = synthetic(seed=3)
+    results = {}
+    for keying in ("user", "round-robin", "session"):
+        store = DictStore()
+        proc = make_processor(scorer, store)
+        signals, dead = run_all(proc, store, produced(frame, keying), 200)
+        assert not dead, (keying, {d.reason for d in dead}, len(dead))
+        closes = close_signals(signals)
+        results[keying] = (
+            {k: s.signal_id for k, s in closes.items()},
+            {
+                k: getattr(s, "expected_orders", None) or s.churn_probability
+                for k, s in closes.items()
+            },
+        )
+    (ids, scores) = results["user"]
+    assert len(ids) > 200
+    for keying in ("round-robin", "session"):
+        other_ids, other_scores = results[keying]
+        assert other_ids == ids, keying
+        np.testing.assert_allclose(
+            [other_scores[k] for k in ids], [scores[k] for k in ids], rtol=1e-5
+        )
+
+
+def weekly_views(user: str, weeks: range, start: int) -> list[tuple[int, str, str]]:
+    return [(start + w * WEEK + 3_600_000, user, "view") for w in weeks]
+
+
+def users_on_partitions() -> tuple[str, str]:
+    """Two users on different partitions."""
+    a = "alpha"
+    pa = partition_of(a.encode(), PARTITIONS)
+    b = next(
+        f"beta{i}" for i in range(10_000) if partition_of(f"beta{i}".encode(), PARTITIONS) != pa
+    )
+    return a, b
+
+
+def feed(proc: Processor, msgs: list[RawMessage], idle: list[int]) -> BatchOutput:
+    """One batch, then a heartbeat whose watermark records are read on their partitions."""
+    out = proc.process(msgs)
+    beat = proc.heartbeat(range(PARTITIONS), idle)
+    routed = [
+        RawMessage(k, v, "routed", partition_of(k, PARTITIONS), i)
+        for i, (k, v) in enumerate(beat.watermarks)
+    ]
+    after = proc.process(routed)
+    out.merge(beat)
+    out.merge(after)
+    return out
+
+
+def test_a_source_partition_that_lags_holds_back_every_partition_s_closes(scorer) -> None:  # type: ignore[no-untyped-def]
+    """Source A has read 10 weeks of events, source B (a slow consumer with a backlog, not
+    idle) one week: no partition closes past B's time, and B's events, when they come, are
+    folded, not late. Once B has caught up, the windows close."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    a, b = users_on_partitions()
+    pa, pb = partition_of(a.encode(), PARTITIONS), partition_of(b.encode(), PARTITIONS)
+    msgs_a = produced(frame_of(weekly_views(a, range(10), start)), "user")
+    msgs_b = produced(frame_of(weekly_views(b, range(10), start)), "user")
+    others = [q for q in range(PARTITIONS) if q not in (pa, pb)]
+    proc = make_processor(scorer)
+    feed(proc, msgs_a + msgs_b[:1], idle=others)
+    clocks = proc.clocks_view()
+    b_time = orjson.loads(msgs_b[0].value)["event_time"]
+    assert clocks[pa]["watermark_ms"] == b_time
+    assert clocks[pa]["closed_through"] < proc.spec.index(b_time)
+    out = feed(proc, msgs_b[1:], idle=others)
+    assert not out.dead_letters
+    # B caught up: both partitions' time is now the later of the two sources' minimum.
+    assert proc.clocks_view()[pa]["closed_through"] == proc.spec.index(start + 9 * WEEK) - 1
+
+
+def test_an_idle_source_partition_stops_holding_time_back(scorer) -> None:  # type: ignore[no-untyped-def]
+    """A source with nothing to read for the idle timeout announces itself idle: the others'
+    windows close without it. While it is not idle (for example, before its worker has caught
+    up), nothing closes."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    a, _ = users_on_partitions()
+    pa = partition_of(a.encode(), PARTITIONS)
+    msgs = produced(frame_of(weekly_views(a, range(6), start)), "user")
+    proc = make_processor(scorer)
+    feed(proc, msgs, idle=[])
+    assert proc.clocks_view()[pa]["closed_through"] is None  # the others were never heard of
+    assert proc.watermark(pa) is None
+    others = [q for q in range(PARTITIONS) if q != pa]
+    out = feed(proc, [], idle=others)
+    assert proc.clocks_view()[pa]["closed_through"] == proc.spec.index(start + 5 * WEEK) - 1
+    assert close_signals(out.demand), "the idle announcement closed nothing"
+
+
+def test_an_idle_announcement_that_is_not_repeated_stops_counting(scorer) -> None:  # type: ignore[no-untyped-def]
+    """A worker that announced its sources idle and then stopped announcing (paused, dead,
+    cut off) may have a backlog by now: after the TTL its sources hold time back again."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    a, _ = users_on_partitions()
+    pa = partition_of(a.encode(), PARTITIONS)
+    proc = make_processor(scorer)
+    others = [q for q in range(PARTITIONS) if q != pa]
+    feed(proc, produced(frame_of(weekly_views(a, range(3), start)), "user"), idle=others)
+    closed = proc.clocks_view()[pa]["closed_through"]
+    assert closed == proc.spec.index(start + 2 * WEEK) - 1
+    silent = proc.now_ms() + proc.idle_ttl_ms + 1
+    proc.now_ms = lambda: silent
+    assert proc.watermark(pa) is None  # the others read nothing yet, and may have a backlog
+    late_msgs = produced(frame_of(weekly_views(a, range(3, 6), start)), "user")
+    out = proc.process([replace(m, offset=m.offset + 3) for m in late_msgs])
+    assert not out.dead_letters
+    assert proc.clocks_view()[pa]["closed_through"] == closed  # held back
+
+
+def run_shuffled(proc: Processor, store: DictStore, msgs: list[RawMessage], seed: int) -> list:  # type: ignore[type-arg]
+    """As a worker's fetches may deliver them: chunks of a few partitions per batch, watermark
+    records read back at any point of a later batch, heartbeats at any time; at the end, every
+    source idle."""
+    rng = random.Random(seed)
+    signals: list = []  # type: ignore[type-arg]
+    queued: list[RawMessage] = []
+    offsets = [0] * PARTITIONS
+
+    def handle(out: BatchOutput) -> None:
+        store.apply(out.writes)
+        signals.extend(out.demand)
+        signals.extend(out.churn)
+        assert not out.dead_letters, [d.reason for d in out.dead_letters]
+        for key, value in out.watermarks:
+            p = partition_of(key, PARTITIONS)
+            queued.append(RawMessage(key, value, "routed", p, offsets[p]))
+            offsets[p] += 1
+
+    # A fetch brings chunks of a few partitions: one partition's event time runs far ahead
+    # of another's, and closes wait for the slowest source.
+    per = [[m for m in msgs if m.partition == p] for p in range(PARTITIONS)]
+    while any(per):
+        batch = []
+        for _ in range(rng.randint(1, 3)):
+            p = rng.randrange(PARTITIONS)
+            n = rng.randint(1, 1500)
+            batch += per[p][:n]
+            del per[p][:n]
+        arrived = rng.randint(0, len(queued))
+        for m in queued[:arrived]:
+            batch.insert(rng.randint(0, len(batch)), m)
+        del queued[:arrived]
+        handle(proc.process(batch))
+        if rng.random() < 0.3:
+            handle(proc.heartbeat(range(PARTITIONS)))
+    for _ in range(3):
+        pending, queued[:] = list(queued), []
+        if pending:
+            handle(proc.process(pending))
+        handle(proc.heartbeat(range(PARTITIONS), range(PARTITIONS)))
+    return signals
+
+
+def comebacks(seed: int, customers: int = 150, weeks: int = 90) -> pd.DataFrame:
+    """Customers who buy a few times early, go quiet for months (their churn climbing past
+    the floor or not) and come back, on top of :func:`dormant_base`."""
+    rng = np.random.default_rng(seed)
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    rows: list[tuple[int, str, str]] = []
+    for u in range(customers):
+        first = int(rng.integers(0, 10 * WEEK))
+        rows += [
+            (start + first + int(t), f"comeback-{u}", "purchase")
+            for t in rng.integers(0, 6 * WEEK, int(rng.integers(1, 5)))
+        ]
+        back = first + int(rng.integers(20 * WEEK, (weeks - 4) * WEEK - first))
+        rows += [(start + back + i * 3_600_000, f"comeback-{u}", "purchase") for i in range(2)]
+    return pd.concat([dormant_base(seed=seed, weeks=weeks), frame_of(rows)]).sort_values(
+        "event_time_ms", kind="stable"
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_watermarks_read_at_any_point_of_a_batch_give_offline_s_closes(scorer, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """Customers who go dormant and come back, with activity signals on: closes now wait
+    for the other sources, so a comeback event in a later window is often folded (and
+    scored) before the partition closes the windows before it. Those closes are still
+    decided on the customer's previous close score, as offline decides them, and the
+    customer stays a candidate after them."""
+    frame = comebacks(seed)
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    proc.dormant_churn_floor = 0.87
+    proc.fresh_interval_ms = 60_000
+    signals = run_shuffled(proc, store, messages(frame), seed)
+    assert_parity(frame, signals, proc, 0.87)
+
+
+@pytest.mark.realdata
+def test_uci_with_watermarks_read_at_any_point_equals_offline_prediction(
+    scorer, shared_data
+) -> None:  # type: ignore[no-untyped-def]
+    """The same on Online Retail (its 575 long-dormant customers and their comebacks), with
+    the worker's default activity-signal interval."""
+    from ingest.adapters import read_events
+
+    frame = read_events(shared_data / "online_retail.csv.gz", "transactions").events
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    proc.fresh_interval_ms = 60_000
+    signals = run_shuffled(proc, store, messages(frame), 1)
+    assert_parity(frame, signals, proc)
+
+
+def test_a_comeback_scored_before_the_close_before_it_keeps_that_close(scorer) -> None:  # type: ignore[no-untyped-def]
+    """A dormant customer (always scored at closes: floor 1.0) comes back in window K+1 while
+    the partition still waits for another source to pass K-1 and K. The comeback's activity
+    score is written first; the closes of K-1 and K still score them, as offline does, on
+    their previous close."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    back = "comeback"
+    pa = partition_of(back.encode(), PARTITIONS)
+    qb = (pa + 1) % PARTITIONS
+
+    def busy(p: int) -> str:
+        return next(
+            f"b{i}" for i in range(10_000) if partition_of(f"b{i}".encode(), PARTITIONS) == p
+        )
+
+    store = DictStore()
+    proc = make_processor(scorer, store)
+    proc.dormant_churn_floor = 1.0
+    proc.fresh_interval_ms = 60_000
+    k = proc.spec.lookback + 4
+    rows = [(start + 3_600_000, back, "purchase")]
+    rows += [(start + w * WEEK + 7_200_000, busy(p), "view") for w in range(k) for p in (pa, qb)]
+    run_in_process(proc, produced(frame_of(rows), "user"), 50, lambda out: store.apply(out.writes))
+    assert proc.clocks_view()[pa]["closed_through"] == proc.spec.index(start + (k - 1) * WEEK) - 1
+    quiet = [q for q in range(PARTITIONS) if q not in (pa, qb)]
+
+    def at(offset: int, rows: list[tuple[int, str, str]]) -> list[RawMessage]:
+        return [replace(m, offset=m.offset + offset) for m in produced(frame_of(rows), "user")]
+
+    # qb has more to read (not idle any more), pa reads week K+1 with the comeback in it.
+    feed(proc, [], idle=quiet)
+    out = feed(
+        proc,
+        at(
+            k + 1,
+            [
+                (start + (k + 1) * WEEK + 60_000 * i, back if i == 1 else busy(pa), "view")
+                for i in range(3)
+            ],
+        ),
+        idle=quiet,
+    )
+    assert [s.trigger for s in out.demand if s.user_id == back] == ["activity"]
+    store.apply(out.writes)
+    # qb passes them: pa closes K-1 and K.
+    out = feed(proc, at(k, [(start + (k + 1) * WEEK + 7_200_000, busy(qb), "view")]), idle=quiet)
+    ends = [
+        s.window_end_ms for s in out.demand if s.user_id == back and s.trigger == "window_close"
+    ]
+    assert ends == [proc.spec.end_ms(proc.spec.index(start + w * WEEK)) for w in (k - 1, k)]
