@@ -300,6 +300,8 @@ def processor() -> Processor:
 async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
     parts = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
     _processor.forget_partitions(parts)
+    for p in parts:
+        _last_read.pop(p, None)
     metrics.forget_processed({(tp.topic, tp.partition) for tp in revoked})
 
 
@@ -312,6 +314,11 @@ async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
     # rebuilt from the restored table at its first event.
     parts = {tp.partition for tp in assigned if tp.topic == settings.topic_clickstream}
     _processor.forget_partitions(parts)
+    # A partition's idle timer starts at its assignment: the records fetched for it may sit
+    # in the stream buffer, unprocessed, until then.
+    now = time.monotonic()
+    for p in parts:
+        _last_read[p] = now
 
 
 @app.agent(app.topic(settings.topic_clickstream, settings.topic_routed, **_raw))
@@ -430,7 +437,8 @@ async def _is_idle(p: int, now: float) -> bool:
     """Nothing read from clickstream partition ``p`` for the idle timeout, and nothing left to
     read: its consumer is at the log end. A consumer that is slow or paused with a backlog
     holds time back, however long it has been quiet."""
-    if now - _last_read.get(p, _started) < settings.source_idle_timeout_s:
+    last = _last_read.get(p)
+    if last is None or now - last < settings.source_idle_timeout_s:
         return False
     tp = TP(settings.topic_clickstream, p)
     try:
@@ -443,19 +451,30 @@ async def _is_idle(p: int, now: float) -> bool:
     return high is not None and position is not None and position >= high
 
 
-_started = time.monotonic()
+STALL_S = 2.0
+"""A gap between two announcement ticks longer than this (beyond the interval) is a stall."""
+_last_tick: float | None = None
 
 
 @app.timer(interval=settings.watermark_interval_s)
 async def announce_watermarks() -> None:
     """Tell every partition how far the source partitions this worker holds have read (and
     which are idle). The other partitions close windows on the minimum over all sources."""
+    global _last_tick
+    now = time.monotonic()
+    if _last_tick is not None and now - _last_tick > STALL_S + settings.watermark_interval_s:
+        # The process did not run (stopped, starved): what it last knew of the log ends is
+        # stale, and a source it then thought idle may have a backlog now. Idle timers
+        # start again; the next fetches say what there is to read.
+        log.warning("announcements stalled for %.1f s: idle timers restart", now - _last_tick)
+        for p in _last_read:
+            _last_read[p] = now
+    _last_tick = now
     if app.rebalancing:
         return
     held = _held_partitions()
     if not held:
         return
-    now = time.monotonic()
     idle = [p for p in held if await _is_idle(p, now)]
     async with _turn:
         if app.rebalancing:  # came while we waited: the table may be restoring
