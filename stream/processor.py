@@ -5,7 +5,7 @@ send and what to store. Per message: validate (invalid → dead letter with reas
 (a message on the wrong partition for its user is re-keyed, never folded into state there),
 drop late events (their window already closed for the partition → dead letter ``late``),
 fold the event into the user's window state, maybe request an activity ("fresh") score, and
-advance the partition's watermark; when the watermark passes a window end, the partition's
+move the source partition's time on; when the partition's watermark passes a window end, its
 users are closed and scored by :func:`features.windows.close_population`: every user active
 within the lookback (silent users included) and every dormant customer (an order, no event in
 the lookback) whose latest window-close churn is below ``dormant_churn_floor``.
@@ -21,6 +21,14 @@ score before them, known by then, is under the floor (:meth:`Processor._score`).
 All scoring requests of a batch go to ONNX Runtime in one call; each user's state is encoded
 once per batch. The Faust agent in :mod:`stream.app` only moves bytes between Kafka, the
 table and this class, so everything here is unit-tested with a plain dict as the store.
+
+Event time: a partition's watermark is the minimum over every clickstream partition, since
+any of them can send it a user's events through re-keying (:meth:`Processor.watermark`). Its
+own source counts by what this processor read of it (bounded by the wall clock); every other
+source by its latest watermark record read on the partition's re-keying topic partition, which
+comes after the copies that source re-keyed to it. :meth:`Processor.heartbeat` makes those
+records for the sources a worker holds (its runtime calls it on a timer, and says which are
+idle); :mod:`stream.loopback` plays the topic in one process.
 
 Open windows and fresh signals: an activity signal scores the sequence the user would have
 if their open window closed at that moment (:func:`features.state.peek_sequence`), assembled
