@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 from stream.processor import BatchOutput, Processor, RawMessage, partition_of
 
-MAX_DRAIN_ROUNDS = 8
-"""Heartbeat rounds after the input: two reach a fixed point (announce, then read)."""
+MAX_DRAIN_ROUNDS = 100_000
+"""Bound on the heartbeat rounds after the input (each closes at most
+:data:`~stream.processor.MAX_CLOSES_PER_RUN` windows per partition; rounds stop when nothing
+changes)."""
 
 
 def run_in_process(

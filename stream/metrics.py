@@ -32,6 +32,11 @@ WATERMARKS = Counter(
     "Watermark records sent to the re-keying topic (source event time announcements)",
     registry=REGISTRY,
 )
+WATERMARKS_READ = Counter(
+    "clicksignals_watermark_records_read_total",
+    "Watermark records read from the re-keying topic (not counted as events in)",
+    registry=REGISTRY,
+)
 IDLE_SOURCES = Gauge(
     "clicksignals_idle_source_partitions",
     "Held clickstream partitions announced idle at the last announcement",
@@ -94,7 +99,10 @@ _served: set[str] = set()
 
 
 def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
-    EVENTS_IN.inc(n_events)
+    # Watermark records ride the re-keying topic but are not events.
+    EVENTS_IN.inc(n_events - out.announcements)
+    if out.announcements:
+        WATERMARKS_READ.inc(out.announcements)
     BATCH_SIZE.observe(n_events)
     BATCH_SECONDS.observe(seconds)
     for reason, count in out.invalid_by_reason.items():

@@ -54,6 +54,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+MAX_SCORE_ROWS = 4096
+"""Rows per ONNX Runtime call (:meth:`Scorer.score` splits larger requests)."""
+
+
 @dataclass(frozen=True)
 class Scores:
     expected_orders: np.ndarray
@@ -86,6 +90,18 @@ class Scorer:
         if raw.shape[0] == 0:
             empty = np.zeros(0, dtype=np.float32)
             return Scores(empty, empty, empty)
+        if raw.shape[0] > MAX_SCORE_ROWS:
+            # A burst of window closes (every user of several partitions, several windows)
+            # must not size ONNX Runtime's memory arena, which keeps its peak for good.
+            parts = [
+                self.score(raw[i : i + MAX_SCORE_ROWS])
+                for i in range(0, raw.shape[0], MAX_SCORE_ROWS)
+            ]
+            return Scores(
+                np.concatenate([p.expected_orders for p in parts]),
+                np.concatenate([p.expected_spend for p in parts]),
+                np.concatenate([p.churn_probability for p in parts]),
+            )
         outputs = self.session.run(list(OUTPUT_NAMES), self.feeds(raw))
         orders, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
         return Scores(orders, spend, churn)

@@ -106,6 +106,14 @@ WATERMARK_PREFIX = INTERNAL_PREFIX + "wm/"
 """Key prefix of watermark records on the re-keying topic (see "Event time" in the module doc)."""
 DAY_MS = 86_400_000
 ORIGIN_HEADER = "clicksignals-origin"
+MAX_CLOSES_PER_RUN = 1
+"""Windows a partition closes per batch (or heartbeat), however far its watermark jumped.
+
+A window close scores every candidate of the partition and holds their sequences until the
+batch's one inference call; a watermark that jumps several windows at once (the slowest
+source catching up in a backlog) would hold several partitions' worth. The rest close in the
+next batches and heartbeats; events that come meanwhile for a window the watermark passed are
+folded (they are late only once their window is closed)."""
 LAST_CLOSE_CHURN = "last_close_churn_probability"
 """Key, in a user's ``last_scores`` after an activity score, of the latest window-close churn
 (the dormant-customer rule reads it)."""
@@ -284,6 +292,8 @@ class BatchOutput:
     """Per ``reroute`` entry: its clickstream (partition, offset), sent along as the origin."""
     watermarks: list[tuple[bytes, bytes]] = field(default_factory=list)
     """(key, value) watermark records for the re-keying topic, sent after ``reroute``."""
+    announcements: int = 0
+    """Watermark records read in the batch (not events: counted apart)."""
     duplicates: int = 0
     """Messages skipped because the state already holds them (redelivery after a crash)."""
     writes: dict[int, dict[str, bytes]] = field(default_factory=dict)
@@ -304,6 +314,7 @@ class BatchOutput:
         self.reroute += later.reroute
         self.reroute_origins += later.reroute_origins
         self.watermarks += later.watermarks
+        self.announcements += later.announcements
         self.duplicates += later.duplicates
         for p, entries in later.writes.items():
             # Each write is a key's whole encoded state: the later run's is the current one.
@@ -404,6 +415,8 @@ class Processor:
         self._marks: dict[int, dict[int, SourceMark]] = {}
         """Partition -> source partition -> the source's latest watermark read on the
         partition's re-keying topic partition (in memory: announcements repeat)."""
+        self._closes_in_run: dict[int, int] = {}
+        """Partition -> windows closed in the run in progress (see MAX_CLOSES_PER_RUN)."""
         self._idle: set[int] = set()
         """Source partitions this worker holds that its runtime declared idle."""
         self.max_error_streak = MAX_ERROR_STREAK
@@ -672,6 +685,7 @@ class Processor:
         out = BatchOutput()
         requests: list[_Request] = []
         self._closing.clear()
+        self._closes_in_run.clear()
         dirty_users: dict[str, int] = {}
         dirty_parts: set[int] = set()
         for msg in messages:
@@ -682,6 +696,7 @@ class Processor:
                 and msg.key.startswith(self._watermark_prefix)
                 and self._read_watermark(msg, now, requests, dirty_users, dirty_parts)
             ):
+                out.announcements += 1
                 continue
             if msg.value is None:
                 null = Invalid("null_value", None, "the record has a null value (a tombstone)")  # type: ignore[arg-type]
@@ -889,8 +904,11 @@ class Processor:
                 return
             clock.closed_through = min(target, clock.first_window - 1)
         for window in range(clock.closed_through + 1, target + 1):
+            if self._closes_in_run.get(p, 0) >= MAX_CLOSES_PER_RUN:
+                break  # the rest in the next batch or heartbeat (memory: see the constant)
             self._close(p, window, requests, dirty)
             clock.closed_through = window
+            self._closes_in_run[p] = self._closes_in_run.get(p, 0) + 1
 
     def _read_watermark(
         self,
@@ -946,6 +964,7 @@ class Processor:
         held = sorted(set(held))
         self._checkpoint()
         self._closing.clear()
+        self._closes_in_run.clear()
         out = BatchOutput()
         requests: list[_Request] = []
         dirty_users: dict[str, int] = {}

@@ -155,7 +155,7 @@ class WorkerProcess:
         text = self.log_text()
         return text[text.rfind("===== start ") :]
 
-    def get_json(self, path: str, timeout_s: float = 2.0) -> tuple[int, Any]:
+    def get_json(self, path: str, timeout_s: float = 10.0) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(self.url + path, timeout=timeout_s) as response:
                 return response.status, json.loads(response.read() or b"null")
