@@ -18,8 +18,8 @@ from stream.processor import BatchOutput, Processor, RawMessage, partition_of
 
 MAX_DRAIN_ROUNDS = 100_000
 """Bound on the heartbeat rounds after the input (each closes at most
-:data:`~stream.processor.MAX_CLOSES_PER_RUN` windows per partition; rounds stop when nothing
-changes)."""
+:data:`~stream.processor.MAX_CLOSE_REQUESTS_PER_RUN` requests' worth of windows; rounds stop
+when nothing changes)."""
 
 
 def run_in_process(
