@@ -54,8 +54,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-MAX_SCORE_ROWS = 4096
-"""Rows per ONNX Runtime call (:meth:`Scorer.score` splits larger requests)."""
+MAX_SCORE_ROWS = 1024
+"""Rows per ONNX Runtime call (:meth:`Scorer.score` splits larger requests).
+
+Measured on the default model (2 cores): 16,384-row requests scored in chunks of 4,096 peaked
+at +175 MiB RSS and ran at 21k rows/s, in chunks of 1,024 at +94 MiB and 26k rows/s (the
+intermediate tensors of a chunk stay in cache and ONNX Runtime's arena keeps a smaller peak)."""
 
 
 @dataclass(frozen=True)
