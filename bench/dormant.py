@@ -37,7 +37,6 @@ from features.state import add_event, close_through
 from features.validation import ValidationPolicy, validate
 from features.windows import DORMANT_CHURN_FLOOR, WindowSpec
 from stream.codec import PartitionClock, UserRecord, encode_clock, encode_user
-from stream.loopback import exchange_watermarks
 from stream.model import Scorer, load_model
 from stream.processor import DictStore, Processor, RawMessage, clock_key, partition_of
 from training.dataset import build_tensor, to_event_arrays
@@ -169,7 +168,6 @@ def measure(
         policy=ValidationPolicy(),
         allowed_lateness_ms=0,
         fresh_interval_ms=10**15,
-        routed_topics=frozenset({"routed"}),
         clock=lambda: NOW_MS,
         dormant_churn_floor=floor,
     )
@@ -184,10 +182,6 @@ def measure(
             offsets[p] += 1
         started = time.perf_counter()
         out = proc.process(batch)
-        # The partitions close once each has read the others' announcements (aligned event
-        # time): the worker's next heartbeat, here at once.
-        store.apply(out.writes)
-        out.merge(exchange_watermarks(proc))
         seconds = time.perf_counter() - started
         store.apply(out.writes)
         signals = sum(

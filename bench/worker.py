@@ -553,9 +553,8 @@ def run_processor_only(
     the streaming overhead (consuming, per-signal sends, changelog writes, commits).
     """
     from features.validation import ValidationPolicy
-    from stream.loopback import run_in_process
     from stream.model import load_model
-    from stream.processor import BatchOutput, DictStore, Processor, RawMessage
+    from stream.processor import DictStore, Processor, RawMessage
 
     scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
     store = DictStore()
@@ -579,9 +578,8 @@ def run_processor_only(
     ort = 0.0
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-
-    def consume(out: BatchOutput) -> None:
-        nonlocal demand, churn, dead, scored, calls, ort
+    for i in range(0, len(messages), size):
+        out = processor.process(messages[i : i + size])
         store.apply(out.writes)
         for d in out.demand:
             dumps(d.to_dict())
@@ -593,10 +591,6 @@ def run_processor_only(
         scored += out.scored
         calls += 1 if out.scored else 0
         ort += out.inference_seconds
-
-    # Watermark records looped back as the worker's re-keying topic would bring them (here one
-    # announcement per batch, the worker's is one per second: a little more work than live).
-    run_in_process(processor, messages, size, consume)
     seconds = time.perf_counter() - t0
     if keep_states is not None:  # the state phase measures and clones these
         keep_states.update(store.data)

@@ -4,8 +4,7 @@
 module runs the same records through the same logic in one process, to measure what the demo
 will show without starting anything: :class:`stream.processor.Processor` (the worker's window
 state, watermarks, close population and activity signals, over a
-:class:`~stream.processor.DictStore`, partitioned as the producer partitions by key, with the
-re-keying topic's watermark records looped back by :func:`stream.loopback.run_in_process`), then
+:class:`~stream.processor.DictStore`, partitioned as the producer partitions by key), then
 each demand signal through :func:`subscribers.bidding.apply_demand` and each churn signal
 through :func:`subscribers.alerting.apply_churn`, and everything into the demo's
 :class:`ops.demo_view.Tally`, with the settings the demo gives its processes. What differs
@@ -34,15 +33,8 @@ from ops.demo import DEMO_SHOP, GENERATED_MODEL_DIR, demo_bid_baselines, load_tr
 from ops.demo_truth import Truth, evaluate
 from ops.demo_view import Tally
 from settings import Settings
-from stream.loopback import run_in_process
 from stream.model import load_model
-from stream.processor import (
-    BatchOutput,
-    DictStore,
-    RawMessage,
-    partition_of,
-    processor_from_settings,
-)
+from stream.processor import DictStore, RawMessage, partition_of, processor_from_settings
 from subscribers.alerting import AlertConfig, AlertState, apply_churn
 from subscribers.bidding import BidConfig, BidState, apply_demand
 
@@ -95,16 +87,15 @@ def run_offline(
     bids: dict[str, BidState] = {}
     alerts: dict[str, AlertState] = {}
     tally = Tally()
-    messages = []
     offsets = [0] * settings.partitions
-    for key, value in records:
-        p = partition_of(key, settings.partitions)
-        messages.append(RawMessage(key, value, settings.topic_clickstream, p, offsets[p]))
-        offsets[p] += 1
-
-    def subscribe(out: BatchOutput) -> None:
-        nonlocal clock_ms
+    for lo in range(0, len(records), batch):
         clock_ms += 1
+        messages = []
+        for key, value in records[lo : lo + batch]:
+            p = partition_of(key, settings.partitions)
+            messages.append(RawMessage(key, value, settings.topic_clickstream, p, offsets[p]))
+            offsets[p] += 1
+        out = proc.process(messages)
         store.apply(out.writes)
         for demand in out.demand:
             tally.add("demand", orjson.dumps(demand.to_dict()))
@@ -122,8 +113,6 @@ def run_offline(
                 tally.add("alerts", orjson.dumps(verdict.alert.to_dict()))
         for dead in out.dead_letters:
             tally.add("dlq", orjson.dumps(dead.to_dict()))
-
-    run_in_process(proc, messages, batch, subscribe)
     return OfflineRun(tally, truth, len(records), time.perf_counter() - started)
 
 

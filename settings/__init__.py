@@ -84,15 +84,6 @@ class Settings:
     """How often the worker looks for a new model version in ``model_dir`` (0: never)."""
     lag_interval_s: float = 5.0
     """How often the worker updates its consumer-lag gauge (0: never)."""
-    watermark_interval_s: float = 1.0
-    """How often the worker announces the event time of the source partitions it holds to
-    every other partition (watermark records on the re-keying topic). A partition closes a
-    window only when every source partition has passed it, so this bounds how long a window
-    close waits for the other partitions' announcements."""
-    source_idle_timeout_s: float = 30.0
-    """A source partition with nothing to read (caught up, no new record) for this long is
-    idle: it stops holding back the other partitions' event time until it has records again.
-    Records it then brings for windows already closed are late."""
     fetch_max_wait_ms: int = 50
     """How long the broker may hold the worker's fetch request when it has no new data.
     Faust fixes 1,500 ms; see "fetch wait" in stream/app.py for why that costs latency."""

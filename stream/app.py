@@ -6,13 +6,7 @@ and sends what comes back. Settings come from :func:`settings.load_settings`; th
 loaded and checked at start-up, and a model that does not match stops the worker with the
 reason (see :mod:`stream.model`). TensorFlow is never imported here.
 
-Event time: a partition closes a window only when every clickstream partition has passed it
-(the minimum over the sources, less the allowed lateness; :meth:`Processor.watermark`). A timer
-(``watermark_interval_s``) announces the held sources' time to every partition through the
-re-keying topic, behind the copies they re-keyed; a source with nothing to read for
-``source_idle_timeout_s`` is announced idle and stops holding time back.
-
-Two more timers: one polls the model directory (``model_poll_interval_s``) and switches to a new
+Two timers: one polls the model directory (``model_poll_interval_s``) and switches to a new
 model version that passes the checks between micro-batches (a rejected one is logged and
 counted, the old model keeps serving; :class:`stream.model.ModelHolder`); one sets the
 consumer-lag gauge of the source partitions this worker holds (``lag_interval_s``).
@@ -39,7 +33,6 @@ import sys
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiokafka
@@ -166,18 +159,6 @@ user_state = app.Table(
 liveness = Liveness("clicksignals worker")
 
 
-@dataclass
-class _StandInMessage:
-    partition: int
-
-
-@dataclass
-class _StandIn:
-    """What Faust's store reads of the current event, for a partition without one."""
-
-    message: _StandInMessage
-
-
 class TableStore:
     """Reads and writes the Faust table on behalf of a given source partition.
 
@@ -189,17 +170,11 @@ class TableStore:
 
     def __init__(self) -> None:
         self.events: dict[int, EventT] = {}
-        self._stand_ins: dict[int, Any] = {}
 
     def _focus(self, partition: int) -> None:
         event = self.events.get(partition)
-        if event is None:
-            # Nothing of the partition in the batch (a watermark announcement's closes, or
-            # the timer's own task): the store reads only ``event.message.partition``.
-            event = self._stand_ins.get(partition)
-            if event is None:
-                event = self._stand_ins[partition] = _StandIn(_StandInMessage(partition))
-        _current_event.set(weakref.ref(event))
+        if event is not None:
+            _current_event.set(weakref.ref(event))
 
     def get(self, key: str, partition: int) -> bytes | None:
         self._focus(partition)
@@ -300,8 +275,6 @@ def processor() -> Processor:
 async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
     parts = {tp.partition for tp in revoked if tp.topic == settings.topic_clickstream}
     _processor.forget_partitions(parts)
-    for p in parts:
-        _last_read.pop(p, None)
     metrics.forget_processed({(tp.topic, tp.partition) for tp in revoked})
 
 
@@ -314,11 +287,6 @@ async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
     # rebuilt from the restored table at its first event.
     parts = {tp.partition for tp in assigned if tp.topic == settings.topic_clickstream}
     _processor.forget_partitions(parts)
-    # A partition's idle timer starts at its assignment: the records fetched for it may sit
-    # in the stream buffer, unprocessed, until then.
-    now = time.monotonic()
-    for p in parts:
-        _last_read[p] = now
 
 
 @app.agent(app.topic(settings.topic_clickstream, settings.topic_routed, **_raw))
@@ -328,24 +296,9 @@ async def score_clickstream(stream: Any) -> None:
         await liveness.run_batch("score_clickstream", events, handle_batch)
 
 
-_turn = asyncio.Lock()
-"""Batches and watermark announcements take turns: an announcement must never overtake the
-re-keyed copies of the batch that moved the source's time (see :func:`announce_watermarks`)."""
-_last_read: dict[int, float] = {}
-"""Clickstream partition -> monotonic time of the last batch that held a record of it."""
-
-
 async def handle_batch(events: list[EventT[Any]]) -> None:
-    async with _turn:
-        await _handle_batch(events)
-
-
-async def _handle_batch(events: list[EventT[Any]]) -> None:
     proc = processor()
     started = time.perf_counter()
-    for e in events:
-        if e.message.topic == settings.topic_clickstream:
-            _last_read[e.message.partition] = time.monotonic()
     _store.events = {e.message.partition: e for e in events}
     batch = [
         RawMessage(
@@ -362,20 +315,15 @@ async def _handle_batch(events: list[EventT[Any]]) -> None:
     ]
     out = proc.process(batch)
     _input_check.observe(m.value for m in batch)  # warns once per model version (its doc)
-    await emit(out)
-    metrics.observe_batch(len(events), out, time.perf_counter() - started)
-    metrics.note_processed(batch)
-
-
-async def emit(out: BatchOutput) -> None:
-    """Send a batch's (or an announcement's) outputs, then store its state: delivered first,
-    stored second (see the module doc)."""
+    # Delivered first, stored second (see the module doc).
     pub = publisher()
     await pub.publish(output_records(out))
     if isinstance(pub, RecordBatchPublisher):
         await _store.write_in_batches(out.writes, pub)
     else:
         _store.write(out.writes)
+    metrics.observe_batch(len(events), out, time.perf_counter() - started)
+    metrics.note_processed(batch)
 
 
 def output_records(out: BatchOutput) -> list[OutRecord]:
@@ -384,8 +332,6 @@ def output_records(out: BatchOutput) -> list[OutRecord]:
         OutRecord(settings.topic_routed, key, value, ((ORIGIN_HEADER, f"{p}:{o}".encode()),))
         for (key, value), (p, o) in zip(out.reroute, out.reroute_origins, strict=True)
     ]
-    # After the copies: a watermark record announces only what went out before it.
-    records += [OutRecord(settings.topic_routed, key, value) for key, value in out.watermarks]
     demand, churn = settings.topic_demand, settings.topic_churn
     records += [
         OutRecord(demand, s.user_id.encode(), orjson.dumps(s.to_dict())) for s in out.demand
@@ -431,58 +377,6 @@ if settings.model_poll_interval_s > 0:
         metrics.observe_model_reload(reload.outcome, reload.serving)
         if reload.outcome == "swapped":
             swap_model(_holder.scorer)
-
-
-async def _is_idle(p: int, now: float) -> bool:
-    """Nothing read from clickstream partition ``p`` for the idle timeout, and nothing left to
-    read: its consumer is at the log end. A consumer that is slow or paused with a backlog
-    holds time back, however long it has been quiet."""
-    last = _last_read.get(p)
-    if last is None or now - last < settings.source_idle_timeout_s:
-        return False
-    tp = TP(settings.topic_clickstream, p)
-    try:
-        high = app.consumer.highwater(tp)
-        done = metrics.processed_position(tp.topic, p)
-        position = done if done is not None else await app.consumer.position(tp)
-    except Exception as exc:  # revoked meanwhile, or nothing fetched yet: not idle
-        log.debug("idleness of %s unknown: %r", tp, exc)
-        return False
-    return high is not None and position is not None and position >= high
-
-
-STALL_S = 2.0
-"""A gap between two announcement ticks longer than this (beyond the interval) is a stall."""
-_last_tick: float | None = None
-
-
-@app.timer(interval=settings.watermark_interval_s)
-async def announce_watermarks() -> None:
-    """Tell every partition how far the source partitions this worker holds have read (and
-    which are idle). The other partitions close windows on the minimum over all sources."""
-    global _last_tick
-    now = time.monotonic()
-    if _last_tick is not None and now - _last_tick > STALL_S + settings.watermark_interval_s:
-        # The process did not run (stopped, starved): what it last knew of the log ends is
-        # stale, and a source it then thought idle may have a backlog now. Idle timers
-        # start again; the next fetches say what there is to read.
-        log.warning("announcements stalled for %.1f s: idle timers restart", now - _last_tick)
-        for p in _last_read:
-            _last_read[p] = now
-    _last_tick = now
-    if app.rebalancing:
-        return
-    held = _held_partitions()
-    if not held:
-        return
-    idle = [p for p in held if await _is_idle(p, now)]
-    async with _turn:
-        if app.rebalancing:  # came while we waited: the table may be restoring
-            return
-        held_now = _held_partitions()
-        out = processor().heartbeat(held & held_now, [p for p in idle if p in held_now])
-        await emit(out)
-    metrics.observe_announcement(out, len(idle))
 
 
 if settings.lag_interval_s > 0:

@@ -133,25 +133,17 @@ def decode_user(data: bytes) -> UserRecord:
 
 @dataclass(slots=True)
 class PartitionClock:
-    """Event-time progress of one partition: of its source (the clickstream partition) and of
-    the windows closed for its users."""
+    """Event-time progress of one source partition."""
 
     max_event_ms: int | None = None
-    """Latest event time read on the clickstream partition (folded or re-keyed), bounded by the
-    wall clock: the source's own watermark, which it announces to the other partitions."""
     closed_through: int | None = None
     """Last window closed for every user of the partition."""
-    first_window: int | None = None
-    """Earliest window of an event folded into the partition's users before its first close:
-    the first close starts there (re-keyed copies may come before the partition's own time)."""
 
 
 def encode_clock(clock: PartitionClock) -> bytes:
-    return orjson.dumps(
-        {"m": clock.max_event_ms, "c": clock.closed_through, "f": clock.first_window}
-    )
+    return orjson.dumps({"m": clock.max_event_ms, "c": clock.closed_through})
 
 
 def decode_clock(data: bytes) -> PartitionClock:
     h = orjson.loads(data)
-    return PartitionClock(h["m"], h["c"], h.get("f"))  # "f": since aligned watermarks
+    return PartitionClock(h["m"], h["c"])

@@ -27,16 +27,6 @@ INVALID = Counter(
 )
 SIGNALS = Counter("clicksignals_signals_total", "Signals emitted", ["topic"], registry=REGISTRY)
 REROUTED = Counter("clicksignals_rerouted_total", "Messages re-keyed by user", registry=REGISTRY)
-WATERMARKS = Counter(
-    "clicksignals_watermark_records_total",
-    "Watermark records sent to the re-keying topic (source event time announcements)",
-    registry=REGISTRY,
-)
-IDLE_SOURCES = Gauge(
-    "clicksignals_idle_source_partitions",
-    "Held clickstream partitions announced idle at the last announcement",
-    registry=REGISTRY,
-)
 BATCH_SIZE = Histogram(
     "clicksignals_batch_size",
     "Messages per micro-batch",
@@ -113,19 +103,6 @@ def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
         ISOLATION_RUNS.inc(out.isolation_runs)
     for exception, count in out.processing_errors.items():
         PROCESSING_ERRORS.labels(exception=exception).inc(count)
-
-
-def observe_announcement(out: BatchOutput, idle_sources: int) -> None:
-    """A watermark announcement: its records, and the window closes idleness allowed."""
-    WATERMARKS.inc(len(out.watermarks))
-    IDLE_SOURCES.set(idle_sources)
-    if out.demand:
-        SIGNALS.labels(topic="demand").inc(len(out.demand))
-    if out.churn:
-        SIGNALS.labels(topic="churn").inc(len(out.churn))
-    if out.scored:
-        SCORED.observe(out.scored)
-        INFERENCE.observe(out.inference_seconds)
 
 
 class _Coordinates(Protocol):

@@ -5,7 +5,7 @@ send and what to store. Per message: validate (invalid → dead letter with reas
 (a message on the wrong partition for its user is re-keyed, never folded into state there),
 drop late events (their window already closed for the partition → dead letter ``late``),
 fold the event into the user's window state, maybe request an activity ("fresh") score, and
-move the source partition's time on; when the partition's watermark passes a window end, its
+advance the partition's watermark; when the watermark passes a window end, the partition's
 users are closed and scored by :func:`features.windows.close_population`: every user active
 within the lookback (silent users included) and every dormant customer (an order, no event in
 the lookback) whose latest window-close churn is below ``dormant_churn_floor``.
@@ -21,14 +21,6 @@ score before them, known by then, is under the floor (:meth:`Processor._score`).
 All scoring requests of a batch go to ONNX Runtime in one call; each user's state is encoded
 once per batch. The Faust agent in :mod:`stream.app` only moves bytes between Kafka, the
 table and this class, so everything here is unit-tested with a plain dict as the store.
-
-Event time: a partition's watermark is the minimum over every clickstream partition, since
-any of them can send it a user's events through re-keying (:meth:`Processor.watermark`). Its
-own source counts by what this processor read of it (bounded by the wall clock); every other
-source by its latest watermark record read on the partition's re-keying topic partition, which
-comes after the copies that source re-keyed to it. :meth:`Processor.heartbeat` makes those
-records for the sources a worker holds (its runtime calls it on a timer, and says which are
-idle); :mod:`stream.loopback` plays the topic in one process.
 
 Open windows and fresh signals: an activity signal scores the sequence the user would have
 if their open window closed at that moment (:func:`features.state.peek_sequence`), assembled
@@ -76,7 +68,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import orjson
 from aiokafka.partitioner import murmur2
 
 from features.events import ClickEvent
@@ -102,18 +93,8 @@ log = logging.getLogger(__name__)
 INTERNAL_PREFIX = "\x00"
 """Every internal table key starts with it; validated user ids never contain it."""
 META_PREFIX = INTERNAL_PREFIX + "clock/"
-WATERMARK_PREFIX = INTERNAL_PREFIX + "wm/"
-"""Key prefix of watermark records on the re-keying topic (see "Event time" in the module doc)."""
 DAY_MS = 86_400_000
 ORIGIN_HEADER = "clicksignals-origin"
-LAST_CLOSE_CHURN = "last_close_churn_probability"
-"""Key, in a user's ``last_scores`` after an activity score, of the latest window-close churn
-(the dormant-customer rule reads it)."""
-IDLE_TTL_MS = 5_000
-"""How long another source's idle announcement holds without being repeated (its worker
-repeats it every ``watermark_interval_s``): a worker that stops announcing (paused, dead, cut
-off) must not leave its sources idle, which would let the others close windows its backlog
-still holds. Its last watermark then holds time back until a worker announces it again."""
 MAX_ERROR_STREAK = 256
 """Consecutive messages whose processing raised, with no message processed in between, after
 which the processor gives up (:class:`SystemicFailure`): that is no longer a poison message."""
@@ -174,61 +155,12 @@ def clock_key(partition: int, partitions: int) -> str:
     The table is partitioned like the source topic, so a partition's clock travels with it on
     a rebalance and is restored from the same changelog partition as its users.
     """
-    return _key_on(META_PREFIX, partition, partitions)
-
-
-def watermark_key(partition: int, partitions: int) -> bytes:
-    """The key of watermark records for ``partition``: the producer's partitioner sends them
-    there, like the re-keyed events they follow."""
-    return _key_on(WATERMARK_PREFIX, partition, partitions).encode()
-
-
-def _key_on(prefix: str, partition: int, partitions: int) -> str:
     i = 0
     while True:
-        key = f"{prefix}{partition}/{i}"
+        key = f"{META_PREFIX}{partition}/{i}"
         if partition_of(key.encode(), partitions) == partition:
             return key
         i += 1
-
-
-@dataclass(frozen=True, slots=True)
-class SourceMark:
-    """What a partition knows of another source partition's event time: the latest
-    announcement read on the re-keying topic."""
-
-    event_ms: int | None
-    """The source's watermark (``None``: it has read no event yet)."""
-    idle: bool
-    """The source has had nothing to read for the idle timeout: it does not hold time back."""
-    heard_ms: int = 0
-    """When the reading partition read it (its own wall clock; not on the wire): an idle
-    announcement holds only while its worker keeps repeating it."""
-
-
-def encode_watermark(source: int, mark: SourceMark) -> bytes:
-    return orjson.dumps(
-        {"watermark": {"source": source, "event_ms": mark.event_ms, "idle": mark.idle}}
-    )
-
-
-def decode_watermark(value: bytes | None) -> tuple[int, SourceMark]:
-    """A watermark record's (source, mark); ``ValueError`` for anything else."""
-    if value is None:
-        raise ValueError("a watermark record without a value")
-    body = orjson.loads(value)
-    w = body.get("watermark") if isinstance(body, dict) else None
-    if not isinstance(w, dict):
-        raise ValueError(f"not a watermark record: {value[:80]!r}")
-    source, event_ms, idle = w.get("source"), w.get("event_ms"), w.get("idle")
-    if (
-        not isinstance(source, int)
-        or isinstance(source, bool)
-        or not (event_ms is None or (isinstance(event_ms, int) and not isinstance(event_ms, bool)))
-        or not isinstance(idle, bool)
-    ):
-        raise ValueError(f"malformed watermark record: {value[:120]!r}")
-    return source, SourceMark(event_ms, idle)
 
 
 class StateStore(Protocol):
@@ -282,8 +214,6 @@ class BatchOutput:
     """(user key, raw value) to re-send keyed by user."""
     reroute_origins: list[tuple[int, int]] = field(default_factory=list)
     """Per ``reroute`` entry: its clickstream (partition, offset), sent along as the origin."""
-    watermarks: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """(key, value) watermark records for the re-keying topic, sent after ``reroute``."""
     duplicates: int = 0
     """Messages skipped because the state already holds them (redelivery after a crash)."""
     writes: dict[int, dict[str, bytes]] = field(default_factory=dict)
@@ -303,7 +233,6 @@ class BatchOutput:
         self.dead_letters += later.dead_letters
         self.reroute += later.reroute
         self.reroute_origins += later.reroute_origins
-        self.watermarks += later.watermarks
         self.duplicates += later.duplicates
         for p, entries in later.writes.items():
             # Each write is a key's whole encoded state: the later run's is the current one.
@@ -356,7 +285,6 @@ def processor_from_settings(
         thresholds=risk_thresholds(scorer, settings.churn_high_threshold),
         clock=clock,
         dormant_churn_floor=settings.dormant_churn_floor,
-        idle_ttl_ms=int(max(5 * settings.watermark_interval_s, 1.0) * 1000),
     )
 
 
@@ -376,7 +304,6 @@ class Processor:
         thresholds: RiskThresholds | None = None,
         clock: Callable[[], int] | None = None,
         dormant_churn_floor: float = DORMANT_CHURN_FLOOR,
-        idle_ttl_ms: int = IDLE_TTL_MS,
     ) -> None:
         self.scorer = scorer
         self.spec: WindowSpec = scorer.manifest.spec
@@ -390,7 +317,6 @@ class Processor:
         self.thresholds = thresholds or RiskThresholds(medium=m.medium, high=m.high)
         self.now_ms = clock or (lambda: int(time.time() * 1000))
         self.dormant_churn_floor = dormant_churn_floor
-        self.idle_ttl_ms = idle_ttl_ms
         self._users: dict[str, UserRecord] = {}
         self._clocks: dict[int, PartitionClock] = {}
         self._active: dict[int, dict[str, int]] = {}
@@ -399,13 +325,6 @@ class Processor:
         self._closing: set[str] = set()
         """Users with a window-close request in the run in progress (its score not known yet)."""
         self._clock_keys = {p: clock_key(p, partitions) for p in range(partitions)}
-        self._watermark_keys = [watermark_key(p, partitions) for p in range(partitions)]
-        self._watermark_prefix = WATERMARK_PREFIX.encode()
-        self._marks: dict[int, dict[int, SourceMark]] = {}
-        """Partition -> source partition -> the source's latest watermark read on the
-        partition's re-keying topic partition (in memory: announcements repeat)."""
-        self._idle: set[int] = set()
-        """Source partitions this worker holds that its runtime declared idle."""
         self.max_error_streak = MAX_ERROR_STREAK
         self._error_streak = 0
         # Undo information of the run in progress (see _checkpoint / _rollback): what the
@@ -417,8 +336,6 @@ class Processor:
         """Partition -> its clock before the run (a copy), or None if the run loaded it."""
         self._active_undo: list[tuple[int, str, int | None]] = []
         """(partition, user, previous last window or None if absent), in the order changed."""
-        self._marks_backup: dict[tuple[int, int], SourceMark | None] = {}
-        """(partition, source) -> its mark before the run, for the marks the run changed."""
         self._overlay: dict[str, bytes] = {}
         """During isolation: writes of the parts already done, read before the store."""
 
@@ -434,8 +351,6 @@ class Processor:
         for p in partitions:
             self._clocks.pop(p, None)
             self._active.pop(p, None)
-            self._marks.pop(p, None)
-        self._idle -= partitions
         stale = [u for u in self._users if partition_of(u.encode(), self.partitions) in partitions]
         for user in stale:
             self._users.pop(user, None)
@@ -452,13 +367,10 @@ class Processor:
         clock = self._decode_clock(key, p, raw) if raw else PartitionClock()
         self._clocks[p] = clock
         active: dict[str, int] = {}
-        if clock.closed_through is not None or clock.first_window is not None:
+        if clock.closed_through is not None:
             # Rebuild the close candidates from the restored table (after a restart or a
-            # rebalance moved this partition here). Before its first close (the other sources
-            # not heard from yet) every user of the partition has open windows.
-            closed = clock.closed_through
-            closed = closed if closed is not None else clock.first_window - 1  # type: ignore[operator]
-            horizon = closed - self.spec.lookback + 1
+            # rebalance moved this partition here).
+            horizon = clock.closed_through - self.spec.lookback + 1
             for key, value in self._items():
                 # Internal keys are not users. Before user ids with control characters were
                 # refused, a user could be stored under this namespace: such a record is
@@ -502,16 +414,13 @@ class Processor:
     def _close_churn(record: UserRecord) -> float | None:
         """Churn of the user's latest score if it was a window close's, else None.
 
-        An activity score keeps the latest close's churn beside it (:data:`LAST_CLOSE_CHURN`):
-        a dormant customer's event in a later window may be folded, and scored, before the
-        partition closes the earlier one (closes wait for every source's watermark), and that
-        close is decided on the close before it, as offline.
+        For a dormant user the latest score is always a close's: each of their events was
+        followed by the close of its window, where they were in the lookback.
         """
         scores = record.last_scores
-        if scores.get("trigger") == "window_close":
-            churn = scores.get("churn_probability")
-        else:
-            churn = scores.get(LAST_CLOSE_CHURN)
+        if scores.get("trigger") != "window_close":
+            return None
+        churn = scores.get("churn_probability")
         return float(churn) if churn is not None else None
 
     def _dormant_candidate(self, record: UserRecord) -> bool:
@@ -550,7 +459,6 @@ class Processor:
         self._touched.clear()
         self._clock_backup.clear()
         self._active_undo.clear()
-        self._marks_backup.clear()
 
     def _rollback(self) -> None:
         """Put the caches back as they were when the run started (see ``_checkpoint``)."""
@@ -570,12 +478,6 @@ class Processor:
                 self._active.pop(p, None)
             else:
                 self._clocks[p] = backup
-        for (p, source), mark in self._marks_backup.items():
-            marks = self._marks.setdefault(p, {})
-            if mark is None:
-                marks.pop(source, None)
-            else:
-                marks[source] = mark
         self._checkpoint()
 
     # --- the batch ----------------------------------------------------------------------------
@@ -610,7 +512,6 @@ class Processor:
                 self._users.clear()
                 self._clocks.clear()
                 self._active.clear()
-                self._marks.clear()
                 raise
             finally:
                 self._overlay.clear()
@@ -675,14 +576,6 @@ class Processor:
         dirty_users: dict[str, int] = {}
         dirty_parts: set[int] = set()
         for msg in messages:
-            routed = msg.topic in self.routed_topics
-            if (
-                routed
-                and msg.key is not None
-                and msg.key.startswith(self._watermark_prefix)
-                and self._read_watermark(msg, now, requests, dirty_users, dirty_parts)
-            ):
-                continue
             if msg.value is None:
                 null = Invalid("null_value", None, "the record has a null value (a tombstone)")  # type: ignore[arg-type]
                 self._dead(out, null, msg, now)
@@ -694,10 +587,8 @@ class Processor:
             event = result
             key = event.user_id.encode()
             p = partition_of(key, self.partitions)
-            if not routed:
-                self._idle.discard(msg.partition)  # it has something to read: not idle
             if p != msg.partition:
-                if routed:
+                if msg.topic in self.routed_topics:
                     # A routed message on the wrong partition means the topic's partition
                     # count differs from settings: refuse loudly rather than corrupt state.
                     raise FatalError(
@@ -706,13 +597,9 @@ class Processor:
                     )
                 out.reroute.append((key, msg.value))
                 out.reroute_origins.append((msg.partition, msg.offset))
-                # Read on this partition: its source time moves on, and the copy goes out
-                # before any watermark record that announces it.
-                self._advance(msg.partition, event.event_time_ms, now, requests, dirty_users)
-                dirty_parts.add(msg.partition)
                 continue
             clock = self._ensure_partition(p)
-            origin = msg.origin if routed else (msg.partition, msg.offset)
+            origin = msg.origin if msg.topic in self.routed_topics else (msg.partition, msg.offset)
             record = self._record(event.user_id, p)
             if (
                 origin is not None
@@ -725,8 +612,7 @@ class Processor:
                 # (another worker, a fresh data dir) gets what these offsets produced.
                 dirty_users[event.user_id] = p
                 dirty_parts.add(p)
-                if not routed:
-                    self._advance(p, event.event_time_ms, now, requests, dirty_users)
+                self._advance(clock, p, event.event_time_ms, now, requests, dirty_users)
                 continue
             window = self.spec.index(event.event_time_ms)
             closed = clock.closed_through
@@ -742,25 +628,10 @@ class Processor:
                 )
                 self._dead(out, late, msg, now)  # type: ignore[arg-type]
                 continue
-            if clock.closed_through is None:
-                first = clock.first_window
-                clock.first_window = window if first is None else min(first, window)
             self._fold(event, window, p, requests, origin)
             dirty_users[event.user_id] = p
             dirty_parts.add(p)
-            if not routed:
-                self._advance(p, event.event_time_ms, now, requests, dirty_users)
-        self._finish(out, requests, dirty_users, dirty_parts, now)
-        return out
-
-    def _finish(
-        self,
-        out: BatchOutput,
-        requests: list[_Request],
-        dirty_users: dict[str, int],
-        dirty_parts: set[int],
-        now: int,
-    ) -> None:
+            self._advance(clock, p, event.event_time_ms, now, requests, dirty_users)
         self._score(requests, out, now)
         for user, p in dirty_users.items():
             record = self._users.get(user)
@@ -768,6 +639,7 @@ class Processor:
                 out.writes.setdefault(p, {})[user] = encode_user(record)
         for p in dirty_parts:
             out.writes.setdefault(p, {})[self._clock_keys[p]] = encode_clock(self._clocks[p])
+        return out
 
     def _dead(self, out: BatchOutput, invalid: Invalid, msg: RawMessage, now: int) -> None:
         # ``invalid.reason`` is a validation reason or one of features.signals.WORKER_REASONS.
@@ -808,167 +680,35 @@ class Processor:
             upto = max(state.open)
             requests.append(_Request(user, t, "activity", peek_sequence(state, upto, self.spec)))
 
-    # --- event time ------------------------------------------------------------------------
-
     def _advance(
         self,
+        clock: PartitionClock,
         p: int,
         event_ms: int,
         now: int,
         requests: list[_Request],
         dirty: dict[str, int],
     ) -> None:
-        """An event was read on clickstream partition ``p``: move its source time on.
+        """Move the partition's event time to ``event_ms`` and close the windows it passes.
 
         Event time never runs ahead of the wall clock: an event dated in the future (within
-        the accepted skew) is folded into its window, but moves the source's time only to
+        the accepted skew) is folded into its window, but moves the partition's time only to
         ``now``. Otherwise one such event would close the current window for every user of the
         partition and make the rest of its events late. In a backfill every event time is in
         the past, so this bound never acts there."""
-        clock = self._ensure_partition(p)
         event_ms = min(event_ms, now)
         if clock.max_event_ms is not None and event_ms <= clock.max_event_ms:
             return
         clock.max_event_ms = event_ms
-        self._close_to_watermark(p, clock, requests, dirty, now)
-
-    def watermark(self, p: int, now: int | None = None) -> int | None:
-        """Partition ``p``'s event time: the minimum over every source partition that can
-        still send it events (``None``: some source has not been heard from yet).
-
-        Its own source counts by what this worker read of it; every other source by the
-        latest watermark record read on ``p``'s re-keying partition, which comes after the
-        copies that source re-keyed to ``p`` before it. Idle sources do not hold time back;
-        when every source is idle, everything sent has been read, and the latest time wins.
-        Another source's idle announcement counts only while it is repeated (``idle_ttl_ms``).
-        """
-        now = self.now_ms() if now is None else now
-        clock = self._clocks.get(p)
-        if clock is None:
-            return None
-        marks = self._marks.get(p, {})
-        active: int | None = None
-        latest: int | None = None
-        for source in range(self.partitions):
-            if source == p:
-                mark = SourceMark(clock.max_event_ms, p in self._idle)
-            else:
-                found = marks.get(source)
-                if found is None:
-                    return None
-                mark = found
-                if mark.idle and now - mark.heard_ms > self.idle_ttl_ms:
-                    mark = SourceMark(mark.event_ms, False)  # no longer repeated: holds back
-            if mark.event_ms is not None:
-                latest = mark.event_ms if latest is None else max(latest, mark.event_ms)
-            if mark.idle:
-                continue
-            if mark.event_ms is None:
-                return None  # a live source that has read nothing yet
-            active = mark.event_ms if active is None else min(active, mark.event_ms)
-        return active if active is not None else latest
-
-    def _close_to_watermark(
-        self,
-        p: int,
-        clock: PartitionClock,
-        requests: list[_Request],
-        dirty: dict[str, int],
-        now: int,
-    ) -> None:
-        """Close every window of ``p`` its watermark (less the allowed lateness) has passed."""
-        wm = self.watermark(p, now)
-        if wm is None:
-            return
-        target = self.spec.index(wm - self.lateness_ms) - 1
+        target = self.spec.index(event_ms - self.lateness_ms) - 1
         if clock.closed_through is None:
-            if clock.first_window is None:
-                # No event was folded here: no user to close, and anything older than the
-                # watermark that still comes is late.
-                clock.closed_through = target
-                return
-            clock.closed_through = min(target, clock.first_window - 1)
+            # Nothing of this partition was seen before: windows before the first event
+            # hold no users, there is nothing to close.
+            clock.closed_through = min(target, self.spec.index(event_ms) - 1)
+            return
         for window in range(clock.closed_through + 1, target + 1):
             self._close(p, window, requests, dirty)
             clock.closed_through = window
-
-    def _read_watermark(
-        self,
-        msg: RawMessage,
-        now: int,
-        requests: list[_Request],
-        dirty_users: dict[str, int],
-        dirty_parts: set[int],
-    ) -> bool:
-        """Read a watermark record; ``False`` if the message is not one (a key is never
-        trusted: the message is then processed like any other)."""
-        p = msg.partition
-        try:
-            source, mark = decode_watermark(msg.value)
-        except ValueError:
-            return False
-        if msg.key is None or partition_of(msg.key, self.partitions) != p:
-            raise FatalError(
-                f"{msg.topic}[{p}] holds a watermark record for another partition: "
-                f"partition counts do not match settings"
-            )
-        if not 0 <= source < self.partitions or source == p:
-            raise ValueError(f"a watermark record of source {source} on partition {p}")
-        marks = self._marks.setdefault(p, {})
-        old = marks.get(source)
-        # Announcements only move time forward (a restarted source re-reads its backlog).
-        if (
-            old is not None
-            and old.event_ms is not None
-            and (mark.event_ms is None or mark.event_ms < old.event_ms)
-        ):
-            mark = SourceMark(old.event_ms, mark.idle)
-        mark = replace(mark, heard_ms=now)
-        self._marks_backup.setdefault((p, source), old)
-        marks[source] = mark
-        clock = self._ensure_partition(p)
-        before = clock.closed_through
-        self._close_to_watermark(p, clock, requests, dirty_users, now)
-        if clock.closed_through != before:
-            dirty_parts.add(p)
-        return True
-
-    def heartbeat(self, held: Iterable[int], idle: Iterable[int] = ()) -> BatchOutput:
-        """Announce the watermarks of the source partitions this worker holds.
-
-        Called by the runtime on a timer, in turn with the batches (never between a batch and
-        the sending of its re-keyed copies). ``idle``: held sources with nothing to read for
-        the idle timeout; they stop holding time back here and wherever the announcement is
-        read. Returns watermark records for every other partition, and the window closes (and
-        their signals and writes) that idleness allowed on this worker's own partitions.
-        """
-        now = self.now_ms()
-        held = sorted(set(held))
-        self._checkpoint()
-        self._closing.clear()
-        out = BatchOutput()
-        requests: list[_Request] = []
-        dirty_users: dict[str, int] = {}
-        dirty_parts: set[int] = set()
-        try:
-            self._idle = set(idle) & set(held)
-            for source in held:
-                clock = self._ensure_partition(source)
-                before = clock.closed_through
-                self._close_to_watermark(source, clock, requests, dirty_users, now)
-                if clock.closed_through != before:
-                    dirty_parts.add(source)
-                value = encode_watermark(
-                    source, SourceMark(clock.max_event_ms, source in self._idle)
-                )
-                out.watermarks += [
-                    (key, value) for q, key in enumerate(self._watermark_keys) if q != source
-                ]
-            self._finish(out, requests, dirty_users, dirty_parts, now)
-        except Exception:
-            self._rollback()
-            raise
-        return out
 
     def _close(self, p: int, window: int, requests: list[_Request], dirty: dict[str, int]) -> None:
         floor = window - self.spec.lookback + 1
@@ -1001,26 +741,18 @@ class Processor:
             # The rule, on the closed sequence; a pending previous close counts as under the
             # floor here and is checked again once scored.
             previous = 0.0 if pending else self._close_churn(record)
-            ring, lookback, floor_churn = (
-                record.state.ring,
-                self.spec.lookback,
-                self.dormant_churn_floor,
-            )
-            if is_scored_at_close(ring, lookback, previous, floor_churn):
-                # Scored only by the floor rule on a pending previous close: checked again once
-                # that is scored. A customer with an event in a later window (folded while the
-                # partition waits for the other sources) is "dormant" by the closed sequence
-                # too, though not by their latest event.
-                speculative = pending and not is_scored_at_close(ring, lookback, None, floor_churn)
+            if is_scored_at_close(
+                record.state.ring, self.spec.lookback, previous, self.dormant_churn_floor
+            ):
                 end_ms = self.spec.end_ms(window)
                 requests.append(
                     _Request(
                         user,
                         end_ms,
                         "window_close",
-                        ring.copy(),
+                        record.state.ring.copy(),
                         partition=p,
-                        dormant=dormant or speculative,
+                        dormant=dormant,
                     )
                 )
                 self._closing.add(user)
@@ -1079,7 +811,6 @@ class Processor:
                 )
             )
             if record is not None:
-                close_churn = churn if r.trigger == "window_close" else self._close_churn(record)
                 record.last_scores = {
                     "window_end_ms": end_ms,
                     "trigger": r.trigger,
@@ -1088,8 +819,6 @@ class Processor:
                     "churn_probability": churn,
                     "model_version": version,
                 }
-                if r.trigger != "window_close" and close_churn is not None:
-                    record.last_scores[LAST_CLOSE_CHURN] = close_churn
 
     def _dormant_scored(self, request: _Request, record: UserRecord | None) -> bool:
         """Whether a dormant customer's close request stands: their latest close score, now
@@ -1097,15 +826,8 @@ class Processor:
         before was their last: they leave the candidates (until an event brings them back)."""
         if record is not None and self._dormant_candidate(record):
             return True
-        if record is not None and (
-            record.state.open
-            or is_scored_at_close(
-                record.state.ring, self.spec.lookback, None, self.dormant_churn_floor
-            )
-        ):
-            # An event (later in this batch, or in a later window closed in this batch) made
-            # them active: they stay a candidate.
-            return False
+        if record is not None and record.state.open:
+            return False  # an event later in this batch made them active: they stay
         active = self._active.get(request.partition)
         if active is not None and request.user_id in active:
             self._active_undo.append(
@@ -1151,15 +873,6 @@ class Processor:
                 if raw:
                     clocks[p] = self._decode_clock(key, p, raw)
         return {
-            p: {
-                "max_event_ms": c.max_event_ms,
-                "closed_through": c.closed_through,
-                "watermark_ms": self.watermark(p) if p in self._clocks else None,
-                "idle": p in self._idle,
-                "sources": {
-                    s: {"event_ms": m.event_ms, "idle": m.idle, "heard_ms": m.heard_ms}
-                    for s, m in sorted(self._marks.get(p, {}).items())
-                },
-            }
+            p: {"max_event_ms": c.max_event_ms, "closed_through": c.closed_through}
             for p, c in sorted(clocks.items())
         }

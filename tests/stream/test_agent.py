@@ -438,20 +438,3 @@ def test_changelog_records_written_in_batches_decode_as_fausts_own_and_fill_the_
     assert decoded == [(0, "u0", b"\x00state-0"), (0, "v0", b"x"), (1, "\x00clock/1", b"{}")]
     assert {r.topic for r in submitted} == {topic.get_topic_name()}
     assert {tp.partition: offset for tp, offset in persisted.items()} == {0: 1, 1: 100}
-
-
-def test_writes_of_a_partition_without_an_event_in_hand_go_to_that_partition(
-    load_app: Callable[..., ModuleType],
-) -> None:
-    """A watermark announcement closes windows from the timer's task, where no event of the
-    partition is current: Faust's store files a key under the current event's partition, so
-    the table store stands one in for it (a RocksDB store would otherwise write another
-    partition's database, or refuse)."""
-    from faust.streams import _current_event
-
-    app = load_app(PARTITIONS="3")
-    app._store.events = {}
-    for p in (2, 0, 1):
-        app._store._focus(p)
-        current = _current_event.get()
-        assert current is not None and current().message.partition == p

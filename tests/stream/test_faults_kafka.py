@@ -499,12 +499,19 @@ def processor_reference(
     """The window-close signals a worker with ``settings`` must emit for keyed ``records``,
     computed by the processor alone (no broker): window closes depend on event time and
     partition, not on how messages are batched."""
-    from stream.loopback import run_in_process
+    from features.validation import ValidationPolicy
     from stream.model import load_model
-    from stream.processor import BatchOutput, DictStore, RawMessage, processor_from_settings
+    from stream.processor import DictStore, Processor, RawMessage
 
     store = DictStore()
-    proc = processor_from_settings(load_model(settings.model_dir), store, settings)
+    proc = Processor(
+        load_model(settings.model_dir),
+        store,
+        partitions=settings.partitions,
+        policy=ValidationPolicy.from_settings(settings),
+        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
+        fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
+    )
     offsets = [0] * settings.partitions
     msgs = []
     for key, value in records:
@@ -513,8 +520,8 @@ def processor_reference(
         msgs.append(RawMessage(key, value, settings.topic_clickstream, p, offsets[p]))
         offsets[p] += 1
     out: dict[str, dict[Key, tuple[str, float]]] = {"demand": {}, "churn": {}}
-
-    def collect(batch: BatchOutput) -> None:
+    for lo in range(0, len(msgs), 512):
+        batch = proc.process(msgs[lo : lo + 512])
         store.apply(batch.writes)
         for d in batch.demand:
             if d.trigger == "window_close":
@@ -522,8 +529,6 @@ def processor_reference(
         for c in batch.churn:
             if c.trigger == "window_close":
                 out["churn"][(c.user_id, c.window_end_ms)] = (c.signal_id, c.churn_probability)
-
-    run_in_process(proc, msgs, 512, collect)
     return out
 
 

@@ -44,7 +44,6 @@ from stream.processor import (
     clock_key,
     origin_from_headers,
     partition_of,
-    watermark_key,
 )
 from tests.stream.worker_harness import MODEL_DIR
 
@@ -364,8 +363,6 @@ keys = st.one_of(
     st.none(),
     st.binary(max_size=24),
     st.sampled_from(INTERNAL_KEYS).map(str.encode),
-    # Watermark-record keys with an event as the value: processed as the event they hold.
-    st.sampled_from([watermark_key(p, PARTITIONS) for p in range(PARTITIONS)]),
     st.sampled_from([k for k, _ in BASE]),
 )
 fields = st.sampled_from(
@@ -467,6 +464,6 @@ def test_every_message_kafka_can_deliver_is_folded_rekeyed_or_dead_lettered_once
     # Internal keys hold clocks, nothing else.
     for key, value in store.data.items():
         if key.startswith("\x00"):
-            assert key in INTERNAL_KEYS and orjson.loads(value).keys() == {"m", "c", "f"}
+            assert key in INTERNAL_KEYS and orjson.loads(value).keys() == {"m", "c"}
         else:
             decode_user(value)  # a user record

@@ -25,19 +25,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from features.validation import ValidationPolicy
 from ingest.adapters import read_events, to_wire_bytes
 from settings import Settings
 from stream.liveness import EXIT_AGENT_STOPPED
-from stream.loopback import run_in_process
 from stream.model import load_model
-from stream.processor import (
-    BatchOutput,
-    DictStore,
-    RawMessage,
-    clock_key,
-    partition_of,
-    processor_from_settings,
-)
+from stream.processor import DictStore, Processor, RawMessage, clock_key, partition_of
 from tests.stream.worker_harness import (
     MODEL_DIR,
     WorkerProcess,
@@ -60,7 +53,15 @@ def reference_signals(
 ) -> dict[tuple[str, str], float]:
     """The processor alone over ``records`` (keyed: each on its key's partition)."""
     store = DictStore()
-    proc = processor_from_settings(load_model(MODEL_DIR), store, s)
+    proc = Processor(
+        load_model(MODEL_DIR),
+        store,
+        partitions=s.partitions,
+        policy=ValidationPolicy.from_settings(s),
+        allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
+        fresh_interval_ms=int(s.fresh_signal_min_interval_s * 1000),
+        routed_topics=frozenset({s.topic_routed}),
+    )
     offsets = [0] * s.partitions
     msgs = []
     for key, value in records:
@@ -69,13 +70,11 @@ def reference_signals(
         msgs.append(RawMessage(key, value, s.topic_clickstream, p, offsets[p]))
         offsets[p] += 1
     got: dict[tuple[str, str], float] = {}
-
-    def collect(out: BatchOutput) -> None:
+    for lo in range(0, len(msgs), s.batch_size):
+        out = proc.process(msgs[lo : lo + s.batch_size])
         store.apply(out.writes)
-        got.update({("demand", d.signal_id): d.expected_orders for d in out.demand})
-        got.update({("churn", c.signal_id): c.churn_probability for c in out.churn})
-
-    run_in_process(proc, msgs, s.batch_size, collect)
+        got |= {("demand", d.signal_id): d.expected_orders for d in out.demand}
+        got |= {("churn", c.signal_id): c.churn_probability for c in out.churn}
     return got
 
 

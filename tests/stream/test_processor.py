@@ -12,16 +12,8 @@ import pytest
 
 from features.validation import ValidationPolicy
 from ingest.adapters import to_wire_bytes
-from stream.loopback import run_in_process
 from stream.model import load_model
-from stream.processor import (
-    BatchOutput,
-    DictStore,
-    Processor,
-    RawMessage,
-    is_internal_key,
-    partition_of,
-)
+from stream.processor import DictStore, Processor, RawMessage, partition_of
 from training.offline import predict_windows
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "onnx_models" / "default"
@@ -60,15 +52,12 @@ def messages(frame: pd.DataFrame) -> list[RawMessage]:
 
 
 def run(proc: Processor, store: DictStore, msgs: list[RawMessage], batch: int) -> list:  # type: ignore[type-arg]
-    """The processor over ``msgs`` with the re-keying topic (watermarks) looped back."""
-    signals: list = []  # type: ignore[type-arg]
-
-    def collect(out: BatchOutput) -> None:
+    signals = []
+    for lo in range(0, len(msgs), batch):
+        out = proc.process(msgs[lo : lo + batch])
         store.apply(out.writes)
         signals.extend(out.demand)
         signals.extend(out.churn)
-
-    run_in_process(proc, msgs, batch, collect)
     return signals
 
 
@@ -208,25 +197,9 @@ def test_clocks_of_held_partitions_show_after_a_restart_without_new_messages(sco
     restarted = make_processor(scorer, store)
     assert restarted.clocks_view() == {}
     held = {0, PARTITIONS - 1}
-    stored = ("max_event_ms", "closed_through")
-    view = restarted.clocks_view(held)
-    assert sorted(view) == sorted(held)
-    assert {p: {k: view[p][k] for k in stored} for p in view} == {
-        p: {k: before[p][k] for k in stored} for p in sorted(held)
-    }
-    # What the other sources announced is not stored: it comes again within a heartbeat.
-    assert all(view[p]["sources"] == {} and view[p]["watermark_ms"] is None for p in view)
+    assert restarted.clocks_view(held) == {p: before[p] for p in sorted(held)}
     # Read only: nothing loaded, so the first real message still rebuilds its partition.
     assert restarted.clocks_view() == {}
-
-
-def announce_idle(proc: Processor, sources: list[int], to: int) -> None:
-    """``sources`` announce themselves idle with nothing read, and ``to`` reads it (what a
-    worker's heartbeat does through the re-keying topic)."""
-    out = proc.heartbeat(held=sources, idle=sources)
-    mine = [(k, v) for k, v in out.watermarks if partition_of(k, PARTITIONS) == to]
-    assert len(mine) == len(sources)
-    proc.process([RawMessage(k, v, "routed", to, i) for i, (k, v) in enumerate(mine)])
 
 
 def one_partition_pair(name: str) -> tuple[str, str]:
@@ -408,8 +381,6 @@ def test_a_future_dated_event_within_the_skew_does_not_make_its_partition_late(s
     rows = [(t, a if i % 2 else b, "view") for i, t in enumerate(arrival)]
     msgs = messages(frame_of(rows).sort_index())
     assert len({m.partition for m in msgs}) == 1
-    p = msgs[0].partition
-    announce_idle(proc, [q for q in range(PARTITIONS) if q != p], p)  # its time is the stream's
     out = proc.process(msgs)
     assert not out.dead_letters, [d.reason for d in out.dead_letters]
     clock = proc.clocks_view()[msgs[0].partition]
@@ -440,9 +411,7 @@ def test_bad_input_goes_to_dead_letters_with_a_reason(scorer) -> None:  # type: 
     assert [d.offset for d in out.dead_letters] == [0, 1, 2, 3, 4, 5]
     assert all(d.reason and d.detail for d in out.dead_letters)
     assert out.dead_letters[0].raw == b"\xff\xfe"
-    # The other source partitions have nothing to read (idle): this one's time is the
-    # stream's. Two weeks later the first window has closed: an event for it is late.
-    announce_idle(proc, [q for q in range(PARTITIONS) if q != p], p)
+    # Two weeks later the first window has closed: an event for it is late.
     later = orjson.dumps({**good, "event_time": "2011-03-20T10:00:00Z"})
     late = orjson.dumps({**good, "event_time": "2011-03-01T11:00:00Z"})
     out = proc.process(
@@ -457,11 +426,7 @@ def test_a_message_on_the_wrong_partition_is_rekeyed_not_folded(scorer) -> None:
     wrong = (right + 1) % PARTITIONS
     proc = make_processor(scorer)
     out = proc.process([RawMessage(None, value, "clickstream", wrong, 0)])
-    assert out.reroute == [(b"u1", value)]
-    # Nothing folded: the only write is the clock of the partition it was read on, whose
-    # source time it moved (its watermark records follow the copy).
-    assert list(out.writes) == [wrong]
-    assert all(is_internal_key(k) for k in out.writes[wrong])
+    assert out.reroute == [(b"u1", value)] and not out.writes
     with pytest.raises(RuntimeError, match="partition counts"):
         proc.process([RawMessage(b"u1", value, "routed", wrong, 0)])
 

@@ -34,10 +34,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from settings import Settings, child_environment
-from stream.processor import WATERMARK_PREFIX
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-WATERMARK_KEY_PREFIX = WATERMARK_PREFIX.encode()
 MODEL_DIR = REPO_ROOT / "onnx_models" / "default"
 FAUST = Path(sys.executable).with_name("faust")
 READY_LINE = "Worker ready"
@@ -85,11 +83,6 @@ def worker_settings(base: Settings, data_dir: Path, **overrides: Any) -> Setting
         "store_url": "memory://",
         "model_dir": MODEL_DIR,
         "log_level": "INFO",
-        # A finished replay leaves every source with nothing to read: its last windows close
-        # once the sources are announced idle, well within wait_until_done's 4 s of quiet
-        # outputs (production: 30 s and 1 s).
-        "source_idle_timeout_s": 2.0,
-        "watermark_interval_s": 0.25,
     }
     values.update(overrides)
     return base.with_overrides(**values)
@@ -325,53 +318,7 @@ async def _progress(settings: Settings, sources: Sequence[str], outputs: Sequenc
         per_topic[tp.topic] = per_topic.get(tp.topic, 0) + end
     done = await committed(settings, settings.app_id, sources)
     lag = sum(per_topic.get(t, 0) - done[t] for t in sources)
-    if lag and settings.topic_routed in sources:
-        # The workers announce their sources' event time on the re-keying topic every
-        # watermark interval, so it always has a few records newer than the last commit:
-        # those are not work left to do.
-        lag -= await _uncommitted_announcements(settings, ends)
     return lag, tuple(per_topic.get(t, 0) for t in outputs)
-
-
-async def _uncommitted_announcements(settings: Settings, ends: Mapping[TopicPartition, int]) -> int:
-    """Watermark records of the re-keying topic after the group's committed offsets."""
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(settings.app_id)
-    finally:
-        await admin.close()
-    starts = {
-        tp: max(offsets[tp].offset, 0) if tp in offsets else 0
-        for tp in ends
-        if tp.topic == settings.topic_routed
-    }
-    pending = {tp: start for tp, start in starts.items() if start < ends[tp]}
-    if not pending:
-        return 0
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
-    await consumer.start()
-    marks = 0
-    try:
-        consumer.assign(list(pending))
-        for tp, start in pending.items():
-            consumer.seek(tp, start)
-        remaining = set(pending)
-        deadline = time.monotonic() + 10.0
-        while remaining and time.monotonic() < deadline:
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, messages in batch.items():
-                marks += sum(
-                    1
-                    for m in messages
-                    if m.offset < ends[tp] and (m.key or b"").startswith(WATERMARK_KEY_PREFIX)
-                )
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return marks
 
 
 def clocks_reached(worker: WorkerProcess, last_event_ms: Mapping[int, int]) -> bool:
