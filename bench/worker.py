@@ -552,21 +552,12 @@ def run_processor_only(
     What the worker would do if Kafka and Faust cost nothing; the gap to the worker's rate is
     the streaming overhead (consuming, per-signal sends, changelog writes, commits).
     """
-    from features.validation import ValidationPolicy
     from stream.model import load_model
-    from stream.processor import DictStore, Processor, RawMessage
+    from stream.processor import DictStore, RawMessage, processor_from_settings
 
     scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
     store = DictStore()
-    processor = Processor(
-        scorer,
-        store,
-        partitions=settings.partitions,
-        policy=ValidationPolicy.from_settings(settings),
-        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
-        fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
-        routed_topics=frozenset({settings.topic_routed}),
-    )
+    processor = processor_from_settings(scorer, store, settings)  # the worker's own
     parts = settings.partitions
     messages = [
         RawMessage(key, value, settings.topic_clickstream, partition_of(key, parts), i)

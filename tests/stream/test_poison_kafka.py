@@ -25,12 +25,17 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from features.validation import ValidationPolicy
 from ingest.adapters import read_events, to_wire_bytes
 from settings import Settings
 from stream.liveness import EXIT_AGENT_STOPPED
 from stream.model import load_model
-from stream.processor import DictStore, Processor, RawMessage, clock_key, partition_of
+from stream.processor import (
+    DictStore,
+    RawMessage,
+    clock_key,
+    partition_of,
+    processor_from_settings,
+)
 from tests.stream.worker_harness import (
     MODEL_DIR,
     WorkerProcess,
@@ -53,15 +58,7 @@ def reference_signals(
 ) -> dict[tuple[str, str], float]:
     """The processor alone over ``records`` (keyed: each on its key's partition)."""
     store = DictStore()
-    proc = Processor(
-        load_model(MODEL_DIR),
-        store,
-        partitions=s.partitions,
-        policy=ValidationPolicy.from_settings(s),
-        allowed_lateness_ms=int(s.allowed_lateness_s * 1000),
-        fresh_interval_ms=int(s.fresh_signal_min_interval_s * 1000),
-        routed_topics=frozenset({s.topic_routed}),
-    )
+    proc = processor_from_settings(load_model(MODEL_DIR), store, s)
     offsets = [0] * s.partitions
     msgs = []
     for key, value in records:
