@@ -74,7 +74,7 @@ from features.events import ClickEvent
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
-from features.windows import DORMANT_CHURN_FLOOR, WindowSpec, is_scored_at_close
+from features.windows import DAY_MS, DORMANT_CHURN_FLOOR, WindowSpec, is_scored_at_close
 from stream.codec import (
     PartitionClock,
     UserRecord,
@@ -93,7 +93,6 @@ log = logging.getLogger(__name__)
 INTERNAL_PREFIX = "\x00"
 """Every internal table key starts with it; validated user ids never contain it."""
 META_PREFIX = INTERNAL_PREFIX + "clock/"
-DAY_MS = 86_400_000
 ORIGIN_HEADER = "clicksignals-origin"
 MAX_ERROR_STREAK = 256
 """Consecutive messages whose processing raised, with no message processed in between, after
@@ -263,7 +262,7 @@ def risk_thresholds(scorer: Scorer, high: float | None) -> RiskThresholds:
     """The model's risk cuts, or ``high`` (``CLICKSIGNALS_CHURN_HIGH_THRESHOLD``) when set."""
     m = scorer.manifest.thresholds
     if high is None:
-        return RiskThresholds(medium=m.medium, high=m.high)
+        return m
     return RiskThresholds(medium=min(m.medium, high), high=high)
 
 
@@ -313,8 +312,7 @@ class Processor:
         self.lateness_ms = allowed_lateness_ms
         self.fresh_interval_ms = fresh_interval_ms
         self.routed_topics = routed_topics
-        m = scorer.manifest.thresholds
-        self.thresholds = thresholds or RiskThresholds(medium=m.medium, high=m.high)
+        self.thresholds = thresholds or scorer.manifest.thresholds
         self.now_ms = clock or (lambda: int(time.time() * 1000))
         self.dormant_churn_floor = dormant_churn_floor
         self._users: dict[str, UserRecord] = {}
@@ -567,7 +565,7 @@ class Processor:
             ) from exc
         out.processing_errors[name] = out.processing_errors.get(name, 0) + 1
         detail = f"{name}: {exc}"
-        self._dead(out, Invalid("processing_error", None, detail[:1000]), msg, now)  # type: ignore[arg-type]
+        self._dead(out, Invalid("processing_error", None, detail[:1000]), msg, now)
 
     def _run(self, messages: list[RawMessage], now: int) -> BatchOutput:
         out = BatchOutput()
@@ -577,7 +575,7 @@ class Processor:
         dirty_parts: set[int] = set()
         for msg in messages:
             if msg.value is None:
-                null = Invalid("null_value", None, "the record has a null value (a tombstone)")  # type: ignore[arg-type]
+                null = Invalid("null_value", None, "the record has a null value (a tombstone)")
                 self._dead(out, null, msg, now)
                 continue
             result = validate(msg.value, now_ms=now, policy=self.policy)
@@ -626,7 +624,7 @@ class Processor:
                     f"event window ends {self.spec.end_ms(window)} but the partition closed "
                     f"windows through {self.spec.end_ms(closed)}",
                 )
-                self._dead(out, late, msg, now)  # type: ignore[arg-type]
+                self._dead(out, late, msg, now)
                 continue
             self._fold(event, window, p, requests, origin)
             dirty_users[event.user_id] = p
@@ -642,7 +640,7 @@ class Processor:
         return out
 
     def _dead(self, out: BatchOutput, invalid: Invalid, msg: RawMessage, now: int) -> None:
-        # ``invalid.reason`` is a validation reason or one of features.signals.WORKER_REASONS.
+        # ``invalid.reason`` is one of features.validation.DEAD_LETTER_REASONS.
         out.invalid_by_reason[invalid.reason] = out.invalid_by_reason.get(invalid.reason, 0) + 1
         out.dead_letters.append(
             DeadLetter.from_invalid(
