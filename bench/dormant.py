@@ -38,7 +38,8 @@ from features.validation import ValidationPolicy, validate
 from features.windows import DAY_MS, DORMANT_CHURN_FLOOR, WindowSpec
 from stream.codec import PartitionClock, UserRecord, encode_clock, encode_user
 from stream.model import Scorer, load_model
-from stream.processor import DictStore, Processor, RawMessage, clock_key, partition_of
+from stream.processor import DictStore, Processor, RawMessage, clock_key
+from stream.publish import partition_of
 from training.dataset import build_tensor, to_event_arrays
 from training.offline import score_closes
 

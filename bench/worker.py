@@ -56,7 +56,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from features.windows import DAY_MS
 from ops import kafka_local
 from settings import Settings, env_names, load_settings
-from stream.processor import partition_of
+from stream.publish import partition_of
 
 log = logging.getLogger("bench.worker")
 

@@ -34,7 +34,8 @@ from ops.demo_truth import Truth, evaluate
 from ops.demo_view import Tally
 from settings import Settings
 from stream.model import load_model
-from stream.processor import DictStore, RawMessage, partition_of, processor_from_settings
+from stream.processor import DictStore, RawMessage, processor_from_settings
+from stream.publish import partition_of
 from subscribers.alerting import AlertConfig, AlertState, apply_churn
 from subscribers.bidding import BidConfig, BidState, apply_demand
 

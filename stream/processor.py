@@ -60,7 +60,6 @@ such as a broken model must stop the worker, not dead-letter the stream).
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -68,7 +67,6 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from aiokafka.partitioner import murmur2
 
 from features.events import ClickEvent
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
@@ -84,6 +82,7 @@ from stream.codec import (
     encode_user,
 )
 from stream.model import Scorer
+from stream.publish import partition_of
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -136,16 +135,6 @@ def origin_from_headers(headers: Any) -> tuple[int, int] | None:
     except (TypeError, ValueError):
         return None
     return None
-
-
-@functools.lru_cache(maxsize=1 << 20)
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java and aiokafka alike) gives ``key``.
-
-    Cached: murmur2 in pure Python costs more per event than the lookup, and the same users
-    recur batch after batch (the processor per event, the publisher per signal).
-    """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def clock_key(partition: int, partitions: int) -> str:

@@ -43,7 +43,7 @@ import pytest
 import stream
 from settings import env_names
 from stream import metrics
-from stream.processor import partition_of
+from stream.publish import partition_of
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "onnx_models" / "default"

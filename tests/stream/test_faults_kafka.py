@@ -41,7 +41,8 @@ from ingest.generator import generate_clickstream
 from ops import kafka_local
 from settings import Settings
 from stream.codec import decode_clock, decode_user
-from stream.processor import META_PREFIX, partition_of
+from stream.processor import META_PREFIX
+from stream.publish import partition_of
 from tests.conftest import _unavailable, run_sync, unique_name
 from tests.stream.test_worker_kafka import last_event_per_partition, report, window_close
 from tests.stream.worker_harness import (

@@ -23,7 +23,8 @@ from features.validation import REASONS, Invalid, ValidationPolicy, validate
 from ingest.adapters import to_wire_bytes
 from ingest.generator import generate_clickstream
 from stream.model import Scorer, load_model
-from stream.processor import DictStore, Processor, RawMessage, partition_of
+from stream.processor import DictStore, Processor, RawMessage
+from stream.publish import partition_of
 from tests.stream.worker_harness import MODEL_DIR
 
 PARTITIONS = 4

@@ -42,8 +42,8 @@ from stream.processor import (
     SystemicFailure,
     clock_key,
     origin_from_headers,
-    partition_of,
 )
+from stream.publish import partition_of
 from tests.stream.worker_harness import MODEL_DIR
 
 PARTITIONS = 4

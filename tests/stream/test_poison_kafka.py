@@ -33,9 +33,9 @@ from stream.processor import (
     DictStore,
     RawMessage,
     clock_key,
-    partition_of,
     processor_from_settings,
 )
+from stream.publish import partition_of
 from tests.stream.worker_harness import (
     MODEL_DIR,
     WorkerProcess,

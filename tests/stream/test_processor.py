@@ -13,7 +13,8 @@ import pytest
 from features.validation import ValidationPolicy
 from ingest.adapters import to_wire_bytes
 from stream.model import load_model
-from stream.processor import DictStore, Processor, RawMessage, partition_of
+from stream.processor import DictStore, Processor, RawMessage
+from stream.publish import partition_of
 from training.offline import predict_windows
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / "onnx_models" / "default"

@@ -37,7 +37,7 @@ from ingest.generator import generate_clickstream
 from ops import kafka_local
 from settings import Settings, child_environment
 from stream.model import load_model
-from stream.processor import partition_of
+from stream.publish import partition_of
 from tests.conftest import unique_name
 from tests.stream.worker_harness import (
     FAST_REJOIN,
