@@ -1,6 +1,6 @@
 """Fixtures of the worker tests: a factory of real worker subprocesses that are always stopped.
 
-``worker_factory(settings, name)`` returns a :class:`~tests.stream.worker_harness.WorkerProcess`
+``worker_factory(settings, name)`` returns a :class:`~tests.support.worker_harness.WorkerProcess`
 (not started) logging to ``tmp_path/<name>.log``. Every worker it made is stopped (SIGTERM, then
 SIGKILL) when the test ends, pass or fail, and a failed test's report carries the tail of each
 worker's log.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from settings import Settings
-from tests.stream.worker_harness import WorkerProcess
+from tests.support.worker_harness import WorkerProcess
 
 _WORKERS = pytest.StashKey[list[WorkerProcess]]()
 

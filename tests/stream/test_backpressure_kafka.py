@@ -31,7 +31,7 @@ from tests.stream.test_faults_kafka import (
     wait_for,
 )
 from tests.stream.test_worker_kafka import last_event_per_partition, report
-from tests.stream.worker_harness import (
+from tests.support.worker_harness import (
     WorkerProcess,
     clocks_reached,
     end_offsets,

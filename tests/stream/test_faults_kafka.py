@@ -45,7 +45,7 @@ from stream.processor import META_PREFIX
 from stream.publish import partition_of
 from tests.conftest import _unavailable, run_sync, unique_name
 from tests.stream.test_worker_kafka import last_event_per_partition, report, window_close
-from tests.stream.worker_harness import (
+from tests.support.worker_harness import (
     FAST_REJOIN,
     Record,
     WorkerProcess,
@@ -616,7 +616,7 @@ def serving(worker: WorkerProcess) -> str | None:
 def test_a_new_model_version_is_swapped_in_between_batches_and_a_broken_one_refused(
     isolated_kafka_settings: Settings, worker_factory: WorkerFactory, tmp_path: Path
 ) -> None:
-    from tests.stream.worker_harness import MODEL_DIR
+    from tests.support.worker_harness import MODEL_DIR
 
     model_dir = tmp_path / "model"
     shutil.copytree(MODEL_DIR, model_dir)
@@ -783,7 +783,7 @@ def test_ten_percent_hostile_records_are_dead_lettered_and_valid_ones_unaffected
     from stream.model import load_model
     from tests.stream.test_hostile_input import NOW_MS, hostile_catalogue
     from tests.stream.test_hostile_input import run as processor_run
-    from tests.stream.worker_harness import MODEL_DIR
+    from tests.support.worker_harness import MODEL_DIR
 
     frame = generate_clickstream(n_users=200, days=60, seed=25)
     good = to_wire_bytes(frame)

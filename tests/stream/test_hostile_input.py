@@ -25,7 +25,7 @@ from ingest.generator import generate_clickstream
 from stream.model import Scorer, load_model
 from stream.processor import DictStore, Processor, RawMessage
 from stream.publish import partition_of
-from tests.stream.worker_harness import MODEL_DIR
+from tests.support.worker_harness import MODEL_DIR
 
 PARTITIONS = 4
 NOW_MS = 1_900_000_000_000  # the processing clock of these tests (2030)

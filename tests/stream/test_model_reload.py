@@ -20,7 +20,7 @@ import pytest
 
 from features.windows import N_FEATURES
 from stream.model import ModelHolder, directory_fingerprint
-from tests.stream.worker_harness import MODEL_DIR
+from tests.support.worker_harness import MODEL_DIR
 
 
 def edit_manifest(model_dir: Path, **changes: Any) -> None:

@@ -44,7 +44,7 @@ from stream.processor import (
     origin_from_headers,
 )
 from stream.publish import partition_of
-from tests.stream.worker_harness import MODEL_DIR
+from tests.support.worker_harness import MODEL_DIR
 
 PARTITIONS = 4
 NOW_MS = 1_900_000_000_000

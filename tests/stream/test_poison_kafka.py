@@ -36,7 +36,7 @@ from stream.processor import (
     processor_from_settings,
 )
 from stream.publish import partition_of
-from tests.stream.worker_harness import (
+from tests.support.worker_harness import (
     MODEL_DIR,
     WorkerProcess,
     produce,

@@ -39,7 +39,7 @@ from settings import Settings, child_environment
 from stream.model import load_model
 from stream.publish import partition_of
 from tests.conftest import unique_name
-from tests.stream.worker_harness import (
+from tests.support.worker_harness import (
     FAST_REJOIN,
     FAUST,
     MODEL_DIR,
