@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from settings import Settings
+from tests.support.agent import load_app, run_worker
 from tests.support.worker_harness import WorkerProcess
+
+__all__ = ["load_app", "run_worker"]  # the agent tests' fixtures (tests.support.agent)
 
 _WORKERS = pytest.StashKey[list[WorkerProcess]]()
 
