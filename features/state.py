@@ -22,7 +22,6 @@ from features.windows import (
     N_BASE,
     N_FEATURES,
     Float32Array,
-    FloatArray,
     WindowSpec,
     assemble,
 )
@@ -162,8 +161,9 @@ def add_event(state: UserState | None, event: ClickEvent, spec: WindowSpec) -> U
     return state
 
 
-def _vector(state: UserState, window: int, spec: WindowSpec) -> Float32Array:
-    """Close ``window``: fold its aggregates into the history and assemble its vector."""
+def _fold_window(state: UserState, window: int) -> tuple[object, ...]:
+    """Close ``window``: fold its aggregates into the history; returns the window's
+    :func:`~features.windows.assemble` inputs as scalars (base as a list), in argument order."""
     aggregate = state.open.pop(window, None)
     base = aggregate.base() if aggregate is not None else _EMPTY_BASE
     orders, spend = base[_N_TYPES], base[_N_TYPES + 2]
@@ -176,20 +176,40 @@ def _vector(state: UserState, window: int, spec: WindowSpec) -> Float32Array:
     last_order = (
         state.last_order_window if state.last_order_window is not None else state.first_window - 1
     )
-    vector = assemble(
-        np.asarray(base, dtype=np.float64),
-        window=np.asarray(window, dtype=np.int64),
-        first_window=np.asarray(state.first_window, dtype=np.int64),
-        last_order_window=np.asarray(last_order, dtype=np.int64),
-        orders_total=np.asarray(state.orders_total, dtype=np.float64),
-        spend_total=np.asarray(state.spend_total, dtype=np.float64),
-        start_ms=np.asarray(spec.start_ms(window), dtype=np.int64),
-        end_ms=np.asarray(spec.end_ms(window), dtype=np.int64),
-        order_days_total=np.asarray(state.order_days_total, dtype=np.float64),
-        first_order_ms=_ms_or_nan(state.first_order_ms),
-        last_order_ms=_ms_or_nan(state.last_closed_order_ms),
+    return (
+        base,
+        window,
+        state.first_window,
+        last_order,
+        state.orders_total,
+        state.spend_total,
+        state.order_days_total,
+        _ms_or_nan(state.first_order_ms),
+        _ms_or_nan(state.last_closed_order_ms),
     )
-    return vector
+
+
+def _assemble_rows(rows: list[tuple[object, ...]], spec: WindowSpec) -> Float32Array:
+    """Vectors of closed windows, shape ``[len(rows), N_FEATURES]``: one
+    :func:`~features.windows.assemble` call for all of them (a catch-up of several windows
+    costs one call's numpy overhead, not one per window)."""
+    base, window, first, last_order, orders, spend, order_days, first_ms, last_ms = zip(
+        *rows, strict=True
+    )
+    windows = np.asarray(window, dtype=np.int64)
+    return assemble(
+        np.asarray(base, dtype=np.float64),
+        window=windows,
+        first_window=np.asarray(first, dtype=np.int64),
+        last_order_window=np.asarray(last_order, dtype=np.int64),
+        orders_total=np.asarray(orders, dtype=np.float64),
+        spend_total=np.asarray(spend, dtype=np.float64),
+        start_ms=spec.origin_ms + windows * spec.length_ms,
+        end_ms=spec.origin_ms + (windows + 1) * spec.length_ms,
+        order_days_total=np.asarray(order_days, dtype=np.float64),
+        first_order_ms=np.asarray(first_ms, dtype=np.float64),
+        last_order_ms=np.asarray(last_ms, dtype=np.float64),
+    )
 
 
 def _fold_purchases(state: UserState, closing: OpenWindow) -> None:
@@ -208,9 +228,9 @@ def _fold_purchases(state: UserState, closing: OpenWindow) -> None:
     )
 
 
-def _ms_or_nan(ms: int | None) -> FloatArray:
-    """assemble()'s convention for an optional time: float64 milliseconds, NaN for none."""
-    return np.asarray(np.nan if ms is None else float(ms), dtype=np.float64)
+def _ms_or_nan(ms: int | None) -> float:
+    """assemble()'s convention for an optional time: float milliseconds, NaN for none."""
+    return np.nan if ms is None else float(ms)
 
 
 def close_through(state: UserState, window: int, spec: WindowSpec) -> int:
@@ -226,12 +246,13 @@ def close_through(state: UserState, window: int, spec: WindowSpec) -> int:
     keep_from = max(start, window - spec.seq_len + 1)
     pending = sorted(w for w in state.open if w <= window)
     windows = sorted({*(w for w in pending if w < keep_from), *range(keep_from, window + 1)})
+    rows = [_fold_window(state, w) for w in windows]
+    kept = [row for w, row in zip(windows, rows, strict=True) if w >= keep_from]
+    vectors = _assemble_rows(kept, spec)
     ring = state.ring
-    for w in windows:
-        vector = _vector(state, w, spec)
-        if w >= keep_from:
-            ring[:-1] = ring[1:]
-            ring[-1] = vector
+    n = len(vectors)  # 1 .. seq_len
+    ring[: ring.shape[0] - n] = ring[n:]
+    ring[ring.shape[0] - n :] = vectors
     state.closed_through = window
     return window - start + 1
 
