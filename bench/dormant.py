@@ -35,11 +35,12 @@ import pandas as pd
 
 from features.state import add_event, close_through
 from features.validation import ValidationPolicy, validate
-from features.windows import DORMANT_CHURN_FLOOR, WindowSpec
+from features.windows import DAY_MS, DORMANT_CHURN_FLOOR, WindowSpec
 from stream.codec import PartitionClock, UserRecord, encode_clock, encode_user
 from stream.loopback import exchange_watermarks
 from stream.model import Scorer, load_model
-from stream.processor import DictStore, Processor, RawMessage, clock_key, partition_of
+from stream.processor import DictStore, Processor, RawMessage, clock_key
+from stream.publish import partition_of
 from training.dataset import build_tensor, to_event_arrays
 from training.offline import score_closes
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 MODEL_DIR = Path("onnx_models/default")
 PARTITIONS = 4
-WEEK = 7 * 86_400_000
+WEEK = 7 * DAY_MS
 NOW_MS = 1_900_000_000_000
 
 

@@ -49,6 +49,8 @@ import numpy.typing as npt
 import orjson
 import pandas as pd
 
+from features.windows import DAY_MS
+
 log = logging.getLogger("bench.model_quality")
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +58,6 @@ RESULTS = REPO / "bench" / "results"
 DATA_DIR = REPO / "var" / "model_quality"
 ONLINE_RETAIL = REPO.parent / "shared" / "data" / "online_retail.csv.gz"
 
-DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 HORIZON = 13
 TAIL_DAYS = 3

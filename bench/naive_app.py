@@ -29,6 +29,7 @@ import orjson
 from features.signals import ChurnSignal, DemandSignal, RiskThresholds
 from features.state import add_event, is_late, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
+from features.windows import DAY_MS
 from settings import load_settings
 from stream import metrics
 from stream.codec import UserRecord, decode_user, encode_user
@@ -71,7 +72,7 @@ policy = ValidationPolicy.from_settings(settings)
 thresholds = RiskThresholds(
     medium=scorer.manifest.thresholds.medium, high=scorer.manifest.thresholds.high
 )
-horizon_days = spec.horizon * spec.length_ms / 86_400_000
+horizon_days = spec.horizon * spec.length_ms / DAY_MS
 
 
 @app.agent(clickstream)

@@ -46,7 +46,8 @@ from aiokafka import AIOKafkaProducer
 
 from ops import kafka_local
 from settings import Settings
-from stream.processor import META_PREFIX, clock_key, partition_of
+from stream.processor import META_PREFIX, clock_key
+from stream.publish import partition_of
 
 log = logging.getLogger("bench.state")
 

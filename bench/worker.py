@@ -53,9 +53,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from features.windows import DAY_MS
 from ops import kafka_local
 from settings import Settings, env_names, load_settings
-from stream.processor import partition_of
+from stream.publish import partition_of
 
 log = logging.getLogger("bench.worker")
 
@@ -364,7 +365,7 @@ class Dataset:
 
     @property
     def span_days(self) -> float:
-        return (self.last_event_ms - self.first_event_ms) / 86_400_000
+        return (self.last_event_ms - self.first_event_ms) / DAY_MS
 
 
 def make_dataset(cfg: BenchConfig) -> Dataset:

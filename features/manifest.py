@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.signals import RiskThresholds
 from features.summary import N_SUMMARY, SUMMARY_NAMES, PriorSpec
 from features.windows import (
     FEATURE_DEFINITION_VERSION,
@@ -33,19 +34,11 @@ class ManifestError(ValueError):
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    """Churn-probability cut points for risk levels: ``p >= high`` is high, ``>= medium``."""
-
-    medium: float
-    high: float
-
-
-@dataclass(frozen=True)
 class Manifest:
     model_version: str
     spec: WindowSpec
     norm: NormStats
-    thresholds: Thresholds
+    thresholds: RiskThresholds
     onnx_sha256: str
     onnx_file: str = "model.onnx"
     feature_names: tuple[str, ...] = FEATURE_NAMES
@@ -155,9 +148,7 @@ class Manifest:
                 norm=NormStats(
                     tuple(float(x) for x in norm["mean"]), tuple(float(x) for x in norm["std"])
                 ),
-                thresholds=Thresholds(
-                    float(data["thresholds"]["medium"]), float(data["thresholds"]["high"])
-                ),
+                thresholds=RiskThresholds.from_mapping(data["thresholds"]),
                 onnx_sha256=str(data["onnx_sha256"]),
                 onnx_file=str(data.get("onnx_file", "model.onnx")),
                 feature_names=tuple(str(x) for x in feats["names"]),

@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from features.validation import Invalid
+from features.windows import DAY_MS
 
 Trigger = Literal["window_close", "activity"]
 RiskLevel = Literal["low", "medium", "high"]
-SignalKind = Literal["demand", "churn"]
 
 TRIGGERS: Final[tuple[Trigger, ...]] = ("window_close", "activity")
 RISK_LEVELS: Final[tuple[RiskLevel, ...]] = ("low", "medium", "high")
@@ -38,15 +38,6 @@ DLQ_MAX_RAW_BYTES: Final = 65_536
 as ``too_large``; copying them whole could push the dead letter past the broker's message limit."""
 
 
-_DAY_MS: Final = 86_400_000
-
-WORKER_REASONS: Final[tuple[str, ...]] = ("late", "null_value", "processing_error")
-"""Dead-letter reasons the worker adds to :data:`features.validation.REASONS`: ``late`` (the
-event's window already closed for its partition), ``null_value`` (a record without a value,
-e.g. a tombstone) and ``processing_error`` (processing the message raised; ``detail`` holds
-the exception's type and message)."""
-
-
 @functools.lru_cache(maxsize=4096)
 def _day_prefix(day: int) -> str:
     """``'2019-10-01T'`` for a day number since the epoch (a stream touches few distinct days)."""
@@ -57,7 +48,7 @@ def ms_to_iso(ms: int) -> str:
     """``1569888000000`` -> ``'2019-10-01T00:00:00.000Z'`` (exact integer arithmetic)."""
     # Integer divisions instead of a datetime + strftime per call: two of these per signal
     # were ~9 % of the processor's time (bench/results/profile.md).
-    day, rest = divmod(ms, _DAY_MS)
+    day, rest = divmod(ms, DAY_MS)
     seconds, millis = divmod(rest, 1000)
     minutes, seconds = divmod(seconds, 60)
     hours, minutes = divmod(minutes, 60)
@@ -265,9 +256,9 @@ class ChurnSignal:
 class DeadLetter:
     """A refused message with its coordinates and raw bytes, for the dead-letter topic.
 
-    ``reason``/``field``/``detail`` are those of :class:`features.validation.Invalid`, or one
-    of :data:`WORKER_REASONS` (the worker's own refusals: late events, null values, messages
-    whose processing raised).
+    ``reason``/``field``/``detail`` are those of :class:`features.validation.Invalid`: a
+    reason of :data:`features.validation.DEAD_LETTER_REASONS` (the validator's, or the
+    worker's own refusals: late events, null values, messages whose processing raised).
     """
 
     reason: str
@@ -341,13 +332,11 @@ __all__ = [
     "RISK_LEVELS",
     "SIGNAL_ID_CHARS",
     "TRIGGERS",
-    "WORKER_REASONS",
     "ChurnSignal",
     "DeadLetter",
     "DemandSignal",
     "RiskLevel",
     "RiskThresholds",
-    "SignalKind",
     "Trigger",
     "ms_to_iso",
     "risk_level",

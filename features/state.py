@@ -276,4 +276,4 @@ def peek_sequence(state: UserState, window: int, spec: WindowSpec) -> Float32Arr
 def days_since_last_order(state: UserState, at_ms: int) -> float | None:
     if state.last_order_ms is None:
         return None
-    return max(0.0, (at_ms - state.last_order_ms) / 86_400_000)
+    return max(0.0, (at_ms - state.last_order_ms) / DAY_MS)

@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
 from features.events import EVENT_TYPES, ClickEvent
+from features.windows import DAY_MS
 
 Reason = Literal[
     "too_large",
@@ -66,6 +67,18 @@ REASONS: Final[tuple[Reason, ...]] = (
     "time_in_future",
     "unknown_event_type",
 )
+"""Why the validator refuses a message."""
+
+WorkerReason = Literal["late", "null_value", "processing_error"]
+WORKER_REASONS: Final[tuple[WorkerReason, ...]] = ("late", "null_value", "processing_error")
+"""Why the worker refuses a message the validator accepted (or never saw): ``late`` (the
+event's window already closed for its partition), ``null_value`` (a record without a value,
+e.g. a tombstone) and ``processing_error`` (processing the message raised; ``detail`` holds
+the exception's type and message)."""
+
+DeadLetterReason = Reason | WorkerReason
+DEAD_LETTER_REASONS: Final[tuple[DeadLetterReason, ...]] = (*REASONS, *WORKER_REASONS)
+"""Every ``reason`` a dead letter can carry: one vocabulary, the validator's and the worker's."""
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)
@@ -79,7 +92,6 @@ _MAX_ISO_CHARS: Final = 64
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 MIN_EVENT_TIME_MS_DEFAULT: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
-DAY_MS: Final = 86_400_000
 
 
 class _SettingsLike(Protocol):
@@ -125,7 +137,7 @@ DEFAULT_POLICY: Final = ValidationPolicy()
 class Invalid:
     """Why a message was refused: a machine ``reason``, the ``field`` at fault, human ``detail``."""
 
-    reason: Reason
+    reason: DeadLetterReason
     field: str | None
     detail: str
 
@@ -361,13 +373,16 @@ def _validate(raw: bytes, now_ms: int, policy: ValidationPolicy) -> ClickEvent |
 
 
 __all__ = [
-    "DAY_MS",
+    "DEAD_LETTER_REASONS",
     "DEFAULT_POLICY",
     "MIN_EVENT_TIME_MS_DEFAULT",
     "REASONS",
+    "WORKER_REASONS",
+    "DeadLetterReason",
     "Invalid",
     "Reason",
     "ValidationPolicy",
+    "WorkerReason",
     "parse_event_time",
     "validate",
 ]

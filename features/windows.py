@@ -181,10 +181,6 @@ class WindowSpec:
     def end_ms(self, index: int) -> int:
         return self.origin_ms + (index + 1) * self.length_ms
 
-    def aligned(self, instant_ms: int) -> WindowSpec:
-        """The same spec with its boundary grid moved so that one boundary is ``instant_ms``."""
-        return WindowSpec(self.length_ms, instant_ms, self.seq_len, self.horizon, self.lookback)
-
 
 def season(start_ms: IntArray) -> tuple[FloatArray, FloatArray]:
     """Position in the year of each window start, as a point on the unit circle."""

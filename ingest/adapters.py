@@ -36,12 +36,12 @@ import pandas as pd
 
 from features.events import EVENT_TYPES, ClickEvent
 from features.validation import (
-    DAY_MS,
     MIN_EVENT_TIME_MS_DEFAULT,
     Invalid,
     ValidationPolicy,
     validate,
 )
+from features.windows import DAY_MS
 
 Format = Literal["auto", "rees46", "taobao", "transactions", "canonical"]
 FORMATS: Final[tuple[str, ...]] = ("rees46", "taobao", "transactions", "canonical")

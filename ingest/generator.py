@@ -32,9 +32,9 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
+from features.windows import DAY_MS
 from ingest.adapters import CANONICAL_COLUMNS, STR_DTYPE, sort_events
 
-DAY_MS: Final = 86_400_000
 HOUR_MS: Final = 3_600_000
 
 # Relative session intensity by UTC hour: quiet 02-06, lunch bump, evening peak 19-21.

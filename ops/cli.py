@@ -5,10 +5,10 @@ itself lives in the modules the commands call (``ops.kafka_local`` for the broke
 
 Commands are grouped; each group is a function that adds its sub-commands to the top-level
 sub-parser set and binds each to a handler ``(args, settings) -> exit code`` via
-``set_defaults(handler=...)``. A new group (``replay``, ``tail``, ``demo``, ...) is a function
-decorated with :func:`command_group`, defined here or in a module imported below::
+``set_defaults(handler=...)``. A new group (``replay``, ``tail``, ``demo``, ...) is such a
+function, listed in :func:`command_groups` (the one list of commands; nothing registers
+itself on import)::
 
-    @command_group
     def _replay(commands: Subcommands) -> None:
         p = commands.add_parser("replay", help="...")
         p.set_defaults(handler=_replay_handler)
@@ -34,15 +34,6 @@ log = logging.getLogger("clicksignals.cli")
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler: TypeAlias = Callable[[argparse.Namespace, Settings], int]
 GroupAdder: TypeAlias = Callable[[Subcommands], None]
-
-_GROUPS: list[GroupAdder] = []
-
-
-def command_group(adder: GroupAdder) -> GroupAdder:
-    """Register a function that adds a command group to the parser (decorator)."""
-    _GROUPS.append(adder)
-    return adder
-
 
 # --------------------------------------------------------------------------------------------
 # Logging
@@ -126,7 +117,6 @@ def _kafka_fetch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-@command_group
 def _kafka_commands(commands: Subcommands) -> None:
     kafka = commands.add_parser("kafka", help="the project's own single-node Kafka broker")
     sub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
@@ -189,7 +179,6 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-@command_group
 def _topics_commands(commands: Subcommands) -> None:
     topics = commands.add_parser("topics", help="the application's topics on the broker")
     sub = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
@@ -233,7 +222,6 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
     return tail_command(args, settings)
 
 
-@command_group
 def _replay_commands(commands: Subcommands) -> None:
     p = commands.add_parser("replay", help="send a file (or generated traffic) to the clickstream")
     p.add_argument("--events", type=Path, help="events file; omit for the seeded generator")
@@ -273,7 +261,6 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     return demo_command(args, settings)
 
 
-@command_group
 def _demo_commands(commands: Subcommands) -> None:
     p = commands.add_parser(
         "demo",
@@ -303,7 +290,18 @@ def _demo_commands(commands: Subcommands) -> None:
     p.set_defaults(handler=_demo)
 
 
-import subscribers.cli  # noqa: E402, F401  (bidder/alerter groups; needs command_group above)
+def command_groups() -> list[GroupAdder]:
+    """Every command group, in the order ``clicksignals --help`` lists them."""
+    from subscribers.cli import add_subscriber_commands
+
+    return [
+        _kafka_commands,
+        _topics_commands,
+        _replay_commands,
+        _demo_commands,
+        add_subscriber_commands,
+    ]
+
 
 # --------------------------------------------------------------------------------------------
 # Entry point
@@ -317,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_group in _GROUPS:
+    for add_group in command_groups():
         add_group(commands)
     return parser
 

@@ -48,6 +48,7 @@ import orjson
 import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from features.windows import DAY_MS
 from ops import kafka_local
 from ops.dashboard import render_dashboard
 from ops.demo_truth import Truth, evaluate
@@ -117,7 +118,7 @@ def demo_bid_baselines(settings: Settings, model_dir: Path) -> str:
     try:
         manifest = orjson.loads((model_dir / "manifest.json").read_bytes())
         version = str(manifest["model_version"])
-        days = manifest["window"]["length_ms"] * manifest["window"]["horizon"] / 86_400_000
+        days = manifest["window"]["length_ms"] * manifest["window"]["horizon"] / DAY_MS
         if version in parse_model_baselines(configured):
             return configured
         expected = pd.read_csv(model_dir / "predictions.csv", usecols=["expected_orders"])
@@ -139,7 +140,7 @@ def load_traffic(args: argparse.Namespace) -> tuple[list[tuple[bytes, bytes]], T
     if args.events is not None:
         return load_wire(args.events, args.format, args.users, args.days, args.seed), None
     from ingest.adapters import to_wire_bytes
-    from ingest.generator import DAY_MS, PRESETS, simulate
+    from ingest.generator import PRESETS, simulate
 
     # The same simulation as ``load_wire``'s generator path, kept whole for its truth table.
     sim = simulate(

@@ -40,9 +40,9 @@ from stream.processor import (
     BatchOutput,
     DictStore,
     RawMessage,
-    partition_of,
     processor_from_settings,
 )
+from stream.publish import partition_of
 from subscribers.alerting import AlertConfig, AlertState, apply_churn
 from subscribers.bidding import BidConfig, BidState, apply_demand
 

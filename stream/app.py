@@ -23,6 +23,10 @@ it (dead letter ``processing_error``, see :mod:`stream.processor`). What still s
 stops the process: ``/health`` and ``/ready`` answer 503 with the reason, the failed batch's
 offsets are never committed, and the process exits with status 70 (:mod:`stream.liveness`).
 
+What Faust and aiokafka do not offer as API (the fetch wait, the producer buffer's limit, the
+current event, the store's persisted offsets, the aiokafka producer) is reached through
+:mod:`stream.faust_runtime` only, which the worker checks before it builds anything.
+
 Per micro-batch the agent sends the outputs, waits until Kafka has them, and only then writes
 the table: state that exists implies its signals were delivered, so when a crash makes Kafka
 deliver the uncommitted messages again, the processor may skip what the state already holds
@@ -37,23 +41,18 @@ import functools
 import logging
 import sys
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiokafka
 import faust
 import orjson
-from faust.streams import _current_event
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-from faust.transport.producer import ProducerBuffer
 from faust.types import TP, EventT
 
 from settings import load_settings
 from settings.kafka import KafkaClientConfigError, faust_credentials
 from settings.logs import faust_logging_config
-from stream import metrics
+from stream import faust_runtime, metrics
 from stream.input_check import InputCheck
 from stream.liveness import Liveness
 from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
@@ -77,6 +76,11 @@ from stream.publish import (
 log = logging.getLogger(__name__)
 
 settings = load_settings()
+try:
+    faust_runtime.require()  # an upgrade that moved a private part stops us here, named
+except faust_runtime.RuntimeIncompatible as exc:
+    print(f"clicksignals worker: refusing to start: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 try:
     # The one place that builds every client's connection options (TLS, SASL): settings.kafka.
     _credentials = faust_credentials(settings)
@@ -125,27 +129,13 @@ app = faust.App(
 # them one at a time. A micro-batch writes one record per user it touched (hundreds), so the
 # default stalled every batch (bench: ~16 % of wall time). Room for a few batches keeps it
 # bounded without stalls.
-ProducerBuffer.max_messages = 8 * settings.batch_size
+faust_runtime.set_producer_buffer_limit(8 * settings.batch_size)
 
 # Fetch wait. Faust creates the worker's aiokafka consumer with fetch_max_wait_ms=1500 (no
-# setting). aiokafka keeps one fetch request in flight per broker and leaves out of it the
-# partitions whose records are still buffered; when that request holds only partitions with
-# nothing new (the re-keying topic, usually, or partitions that were just drained), the broker
-# holds it the full wait and data arriving on the others waits too. Under live traffic the
-# worker settled ~1.4 s behind at a third of its CPU (bench.worker latency at 3,100 events/s:
-# send -> scored p50 1,265 ms; 58 ms at fetch wait 100 ms). An idle fetch answered every
-# 50 ms costs the broker next to nothing.
-_create_worker_consumer = AIOKafkaConsumerThread._create_worker_consumer
-
-
-def _worker_consumer_with_fetch_wait(self: AIOKafkaConsumerThread, transport: Any) -> Any:
-    consumer = _create_worker_consumer(self, transport)
-    # Read by aiokafka when it builds its Fetcher in start(), which comes after this.
-    consumer._fetch_max_wait_ms = settings.fetch_max_wait_ms
-    return consumer
-
-
-AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer_with_fetch_wait  # type: ignore[method-assign]
+# setting); under live traffic the worker settled ~1.4 s behind at a third of its CPU
+# (bench.worker latency at 3,100 events/s: send -> scored p50 1,265 ms; 58 ms at fetch wait
+# 100 ms). An idle fetch answered every 50 ms costs the broker next to nothing.
+faust_runtime.install_fetch_wait(settings.fetch_max_wait_ms)
 
 _raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 clickstream = app.topic(settings.topic_clickstream, partitions=settings.partitions, **_raw)
@@ -199,7 +189,7 @@ class TableStore:
             event = self._stand_ins.get(partition)
             if event is None:
                 event = self._stand_ins[partition] = _StandIn(_StandInMessage(partition))
-        _current_event.set(weakref.ref(event))
+        faust_runtime.set_current_event(event)
 
     def get(self, key: str, partition: int) -> bytes | None:
         self._focus(partition)
@@ -232,7 +222,7 @@ class TableStore:
         resumes the changelog after it. Not awaited here, like Faust's changelog sends; Faust
         flushes the producer before it commits source offsets.
         """
-        store = user_state.data
+        store = faust_runtime.table_store(user_state)
         topic = user_state.changelog_topic.get_topic_name()
         # The changelog's bytes as Faust's send_changelog makes them (the table's key
         # serializer is Faust's default json: the key "u1" is b'"u1"'; values are raw).
@@ -264,7 +254,7 @@ def _persist_offset(store: Any, tp: TP, count: int, delivered: asyncio.Future[An
         # Not delivered: the producer reports it (and Faust's commit flush fails); the store
         # keeps the older persisted offset, so a warm restart replays from there.
         return
-    store.set_persisted_offset(tp, delivered.result().offset + count - 1)
+    faust_runtime.set_persisted_offset(store, tp, delivered.result().offset + count - 1)
 
 
 def load_scorer() -> Scorer:
@@ -406,8 +396,8 @@ def publisher() -> Publisher:
     """Record batches on the app's started aiokafka producer; Faust's ``Topic.send`` when
     there is none (``test_context()``). Re-made if Faust replaced its producer."""
     global _batch_publisher
-    producer = getattr(app.producer, "_producer", None)
-    if not isinstance(producer, aiokafka.AIOKafkaProducer):
+    producer = faust_runtime.aiokafka_producer(app)
+    if producer is None:
         return _topic_publisher
     if _batch_publisher is None or _batch_publisher[0] is not producer:
         _batch_publisher = (producer, record_batch_publisher(producer))

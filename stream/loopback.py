@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from stream.processor import BatchOutput, Processor, RawMessage, partition_of
+from stream.processor import BatchOutput, Processor, RawMessage
+from stream.publish import partition_of
 
 MAX_DRAIN_ROUNDS = 100_000
 """Bound on the heartbeat rounds after the input (each closes at most

@@ -37,7 +37,7 @@ from features.manifest import (
     check_compatible,
 )
 from features.summary import N_SUMMARY, summarize
-from features.windows import N_FEATURES, Float32Array
+from features.windows import DAY_MS, N_FEATURES, Float32Array
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,10 @@ class ModelLoadError(RuntimeError):
     """The model directory cannot be served; the message says what does not match."""
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes (the manifest pins the ONNX file by it)."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -181,7 +182,7 @@ def load_model(model_dir: Path, intra_op_threads: int = 1) -> Scorer:
         manifest.model_version,
         model_dir,
         manifest.spec.seq_len,
-        manifest.spec.length_ms / 86_400_000,
+        manifest.spec.length_ms / DAY_MS,
         manifest.spec.horizon,
     )
     return Scorer(manifest, session, onnx_path)

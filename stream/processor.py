@@ -68,7 +68,6 @@ such as a broken model must stop the worker, not dead-letter the stream).
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -77,13 +76,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import orjson
-from aiokafka.partitioner import murmur2
 
 from features.events import ClickEvent
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
-from features.windows import DORMANT_CHURN_FLOOR, WindowSpec, is_scored_at_close
+from features.windows import DAY_MS, DORMANT_CHURN_FLOOR, WindowSpec, is_scored_at_close
 from stream.codec import (
     PartitionClock,
     UserRecord,
@@ -93,6 +91,7 @@ from stream.codec import (
     encode_user,
 )
 from stream.model import Scorer
+from stream.publish import partition_of
 
 if TYPE_CHECKING:
     from settings import Settings
@@ -104,7 +103,6 @@ INTERNAL_PREFIX = "\x00"
 META_PREFIX = INTERNAL_PREFIX + "clock/"
 WATERMARK_PREFIX = INTERNAL_PREFIX + "wm/"
 """Key prefix of watermark records on the re-keying topic (see "Event time" in the module doc)."""
-DAY_MS = 86_400_000
 ORIGIN_HEADER = "clicksignals-origin"
 MAX_CLOSE_REQUESTS_PER_RUN = 4_096
 """Scoring requests after which a batch (or heartbeat) closes no further window.
@@ -167,16 +165,6 @@ def origin_from_headers(headers: Any) -> tuple[int, int] | None:
     except (TypeError, ValueError):
         return None
     return None
-
-
-@functools.lru_cache(maxsize=1 << 20)
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java and aiokafka alike) gives ``key``.
-
-    Cached: murmur2 in pure Python costs more per event than the lookup, and the same users
-    recur batch after batch (the processor per event, the publisher per signal).
-    """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def clock_key(partition: int, partitions: int) -> str:
@@ -348,7 +336,7 @@ def risk_thresholds(scorer: Scorer, high: float | None) -> RiskThresholds:
     """The model's risk cuts, or ``high`` (``CLICKSIGNALS_CHURN_HIGH_THRESHOLD``) when set."""
     m = scorer.manifest.thresholds
     if high is None:
-        return RiskThresholds(medium=m.medium, high=m.high)
+        return m
     return RiskThresholds(medium=min(m.medium, high), high=high)
 
 
@@ -680,7 +668,7 @@ class Processor:
             ) from exc
         out.processing_errors[name] = out.processing_errors.get(name, 0) + 1
         detail = f"{name}: {exc}"
-        self._dead(out, Invalid("processing_error", None, detail[:1000]), msg, now)  # type: ignore[arg-type]
+        self._dead(out, Invalid("processing_error", None, detail[:1000]), msg, now)
 
     def _run(self, messages: list[RawMessage], now: int) -> BatchOutput:
         out = BatchOutput()
@@ -699,7 +687,7 @@ class Processor:
                 out.announcements += 1
                 continue
             if msg.value is None:
-                null = Invalid("null_value", None, "the record has a null value (a tombstone)")  # type: ignore[arg-type]
+                null = Invalid("null_value", None, "the record has a null value (a tombstone)")
                 self._dead(out, null, msg, now)
                 continue
             result = validate(msg.value, now_ms=now, policy=self.policy)
@@ -755,7 +743,7 @@ class Processor:
                     f"event window ends {self.spec.end_ms(window)} but the partition closed "
                     f"windows through {self.spec.end_ms(closed)}",
                 )
-                self._dead(out, late, msg, now)  # type: ignore[arg-type]
+                self._dead(out, late, msg, now)
                 continue
             if clock.closed_through is None:
                 first = clock.first_window
@@ -785,7 +773,7 @@ class Processor:
             out.writes.setdefault(p, {})[self._clock_keys[p]] = encode_clock(self._clocks[p])
 
     def _dead(self, out: BatchOutput, invalid: Invalid, msg: RawMessage, now: int) -> None:
-        # ``invalid.reason`` is a validation reason or one of features.signals.WORKER_REASONS.
+        # ``invalid.reason`` is one of features.validation.DEAD_LETTER_REASONS.
         out.invalid_by_reason[invalid.reason] = out.invalid_by_reason.get(invalid.reason, 0) + 1
         out.dead_letters.append(
             DeadLetter.from_invalid(

@@ -13,7 +13,8 @@ Two implementations of one contract:
   third of the worker's busy time when every event yields ~1.6 signals (bench/profile.md).
   Keyed records go to the partition Kafka's default partitioner gives the key (murmur2, as
   Java and aiokafka do), so downstream tables stay co-partitioned; unkeyed ones (dead
-  letters) are spread round-robin.
+  letters) are spread round-robin. :func:`partition_of` is that partitioner; the processor
+  routes users by it too, so the re-keying and the outputs agree with Kafka.
 * :class:`TopicPublisher` -- Faust's own per-record ``Topic.send``. Used when the app's
   producer is not a started aiokafka producer (Faust's ``test_context()``, which records
   sends on the topics).
@@ -22,15 +23,26 @@ Two implementations of one contract:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from stream.processor import partition_of
+from aiokafka.partitioner import murmur2
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java and aiokafka alike) gives ``key``.
+
+    Cached: murmur2 in pure Python costs more per event than the lookup, and the same users
+    recur batch after batch (the processor per event, the publisher per signal).
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,8 @@
 The command replaces itself (``exec``) with ``python -m faust -A subscribers.<app> worker``, in
 the environment :func:`settings.child_environment` builds from the CLI's settings. The worker
 is then *the* process: signals (Ctrl-C, a supervisor's SIGTERM) reach Faust directly and it
-shuts down cleanly, and nothing is left behind as an orphan. Registered with
-:func:`ops.cli.command_group` when :mod:`ops.cli` imports this module.
+shuts down cleanly, and nothing is left behind as an orphan. :func:`add_subscriber_commands`
+is one of :func:`ops.cli.command_groups` (this module does not import the CLI's).
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TypeAlias
 
-from ops.cli import Subcommands, command_group
 from settings import Settings, child_environment
+
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 APPS = {"bidder": "subscribers.bidding_app", "alerter": "subscribers.alerting_app"}
 
@@ -43,8 +45,8 @@ def _run(name: str) -> object:
     return handler
 
 
-@command_group
-def _subscriber_commands(commands: Subcommands) -> None:
+def add_subscriber_commands(commands: Subcommands) -> None:
+    """``clicksignals bidder`` and ``clicksignals alerter``."""
     helps = {
         "bidder": "ad-bidding worker: demand signals -> bid multipliers, GET /bid/{user_id}",
         "alerter": "churn-alerting worker: churn-risk signals -> alerts (topic, log, webhook)",
@@ -57,4 +59,4 @@ def _subscriber_commands(commands: Subcommands) -> None:
         p.set_defaults(handler=_run(name))
 
 
-__all__ = ["APPS", "worker_argv"]
+__all__ = ["APPS", "add_subscriber_commands", "worker_argv"]

@@ -15,16 +15,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import weakref
 from typing import Any, Final
 
 import faust
-from faust.streams import _current_event
 from faust.types import EventT
 
 from settings import Settings
 from settings.kafka import faust_credentials
 from settings.logs import faust_logging_config
+from stream import faust_runtime
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ class TableFocus:
 
     @staticmethod
     def focus(event: EventT[Any]) -> None:
-        _current_event.set(weakref.ref(event))
+        faust_runtime.set_current_event(event)
 
     def get(self, event: EventT[Any], key: str) -> bytes | None:
         self.focus(event)

@@ -10,7 +10,6 @@ running subscribers publish against the same files.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,9 +23,9 @@ from ingest.adapters import events_to_frame, to_wire_bytes
 from ingest.generator import generate_clickstream
 from subscribers.alerting import AlertConfig, apply_churn
 from subscribers.bidding import BidConfig, adjustment_for
-from tests.subscribers.factories import T0, churn, demand
+from tests.support.factories import T0, churn, demand
+from tests.support.schemas import SCHEMA_DIR, assert_invalid, assert_valid, load_schema
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 NAMES = (
     "clickstream-event",
     "demand-signal",
@@ -36,26 +35,6 @@ NAMES = (
     "churn-alert",
 )
 NOW = T0 + 10**9
-
-
-def load_schema(name: str) -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
-    return schema
-
-
-def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(load_schema(name))
-
-
-def assert_valid(name: str, record: Any) -> None:
-    errors = sorted(validator(name).iter_errors(record), key=lambda e: list(e.path))
-    assert not errors, f"{name}: " + "; ".join(
-        f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors
-    )
-
-
-def assert_invalid(name: str, record: Any) -> None:
-    assert not validator(name).is_valid(record), f"{name} accepted {record!r}"
 
 
 def wire(record: dict[str, Any]) -> Any:

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from features.windows import DAY_MS
+
 log = logging.getLogger("train-and-export")
 
 OFFLINE_MIN_EVENT_TIME_MS = -2_208_988_800_000
 """1900-01-01T00:00:00Z: the floor for history files (a date before it is a broken row)."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
 
 
 def parse_duration_ms(text: str) -> int:
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         cutoff = args.cutoff
         if cutoff is None:
             last = int(events["event_time_ms"].max())
-            day = 86_400_000
+            day = DAY_MS
             cutoff = (last - (args.horizon + 1) * args.window) // day * day
         source["events_rows"] = len(events)
         source["users"] = int(events["user_id"].nunique())

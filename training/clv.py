@@ -33,6 +33,7 @@ from scipy.special import betaln, gammaln
 from scipy.special import hyp2f1 as sp_hyp2f1
 
 from features.clv import BgNbdParams, log_hyp2f1
+from features.windows import DAY_MS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ FloatArray = npt.NDArray[np.float64]
 LOG_PRIOR_SD: Final = 10.0
 """sd of the Gaussian prior on each log-parameter: e^±10 spans any plausible scale of weeks."""
 LOG_BOUNDS: Final = (math.log(1e-6), math.log(1e6))
-DAY_MS: Final = 86_400_000.0
 DAYS_PER_WEEK: Final = 7.0
 
 
@@ -53,7 +53,7 @@ def rfm_from_orders(
     time_: npt.ArrayLike,
     origin: float,
     *,
-    day: float = DAY_MS,
+    day: float = float(DAY_MS),
 ) -> tuple[npt.NDArray[np.generic], FloatArray, FloatArray, FloatArray]:
     """(users, x, t_x, T) in weeks from order (user, time) pairs, using orders before ``origin``.
 

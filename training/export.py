@@ -29,7 +29,6 @@ onnxruntime, quantising and hashing need only onnx/onnxruntime (plus Keras for v
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -43,13 +42,14 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
+from features.manifest import INPUT_NAME, OUTPUT_NAMES, SUMMARY_INPUT_NAME
+from stream.model import sha256_file
+
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "sequence"
-OUTPUT_NAMES: tuple[str, str, str] = ("expected_orders", "expected_spend", "churn_probability")
 BATCH_DIM = "batch"
 RECURRENT_OPS = frozenset({"LSTM", "GRU"})
 LOOP_OPS = frozenset({"Loop", "Scan"})
@@ -84,15 +84,6 @@ class ExportInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -265,7 +256,6 @@ def _residual_serving_function(model: keras.Model, value_scale: float) -> Any:
     import tensorflow as tf
 
     from features.summary import N_SUMMARY
-    from training.model import SUMMARY_INPUT_NAME
 
     _, seq_len, n_features = model.inputs[0].shape
     spec = (

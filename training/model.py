@@ -33,15 +33,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import tensorflow as tf
 
+from features.manifest import INPUT_NAME, SUMMARY_INPUT_NAME
+
 log = logging.getLogger(__name__)
 
 Float32Array = npt.NDArray[np.float32]
 
 #: Target / head keys, in the order the outputs are reported.
 TARGETS: tuple[str, str, str] = ("orders", "spend", "churn")
-#: Names of the predictions (and of the ONNX outputs).
-OUTPUTS: tuple[str, str, str] = ("expected_orders", "expected_spend", "churn_probability")
-INPUT_NAME = "sequence"
 
 # Layer names the export relies on.
 RECURRENT_LAYER = "recurrent"
@@ -269,7 +268,6 @@ def predict(
 # The residual model: BG/NBD's prediction corrected by an LSTM over the window sequence
 # --------------------------------------------------------------------------------------------
 
-SUMMARY_INPUT_NAME = "summary"
 NORM_LAYER = "summary_norm"
 #: Masked targets: a per-window target (or a churn label) below zero is "not observed yet".
 MASKED = -1.0

@@ -14,12 +14,11 @@ import numpy as np
 import pandas as pd
 
 from features.batch import WindowTensor, sequences_at
+from features.manifest import OUTPUT_NAMES
 from features.windows import DORMANT_CHURN_FLOOR, close_population
 from stream.model import Scorer, load_model
 from training.dataset import Samples, build_tensor, first_window, to_event_arrays
 from training.origins import OriginSet
-
-OUTPUTS = ("expected_orders", "expected_spend", "churn_probability")
 
 
 def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> pd.DataFrame:
@@ -46,10 +45,10 @@ def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> p
 
 def score_rows(scorer: Scorer, rows: OriginSet, batch_size: int = 8192) -> pd.DataFrame:
     """Like :func:`score_samples` for training's origin rows (actuals where fully observed)."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUTS}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
     for lo in range(0, len(rows), batch_size):
         scores = scorer.score(rows.sequences[lo : lo + batch_size])
-        for k in OUTPUTS:
+        for k in OUTPUT_NAMES:
             parts[k].append(getattr(scores, k))
     columns = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
     orders = rows.orders_total

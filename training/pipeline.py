@@ -36,15 +36,18 @@ import numpy as np
 import pandas as pd
 
 from features.batch import WindowTensor, sequences_at
-from features.manifest import INPUT_NAME, OUTPUT_NAMES, Manifest, Thresholds
+from features.manifest import INPUT_NAME, OUTPUT_NAMES, SUMMARY_INPUT_NAME, Manifest
+from features.signals import RiskThresholds
 from features.summary import I_LOG_VALUE, PriorSpec
 from features.windows import (
+    DAY_MS,
     NormStats,
     WindowSpec,
     contract_fingerprint,
     lifetime_summary,
     population_mask,
 )
+from stream.model import sha256_file
 from training.baselines import baselines
 from training.dataset import build_tensor, first_window, to_event_arrays
 from training.origins import (
@@ -57,8 +60,6 @@ from training.origins import (
 )
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 
 class TrainingError(RuntimeError):
@@ -109,7 +110,7 @@ def _iso(ms: int) -> str:
     return pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
 
 
-def churn_thresholds(p: np.ndarray, y: np.ndarray, precision: float = 0.9) -> Thresholds:
+def churn_thresholds(p: np.ndarray, y: np.ndarray, precision: float = 0.9) -> RiskThresholds:
     """``high``: the lowest cut whose precision for churners on validation reaches ``precision``.
 
     ``medium`` is 0.5. Fixed numbers would mean different things for every data set; this
@@ -121,7 +122,7 @@ def churn_thresholds(p: np.ndarray, y: np.ndarray, precision: float = 0.9) -> Th
     ok = np.flatnonzero(prec >= precision)
     high = float(p[order][ok.max()]) if ok.size else 0.9
     high = min(max(high, 0.55), 0.99)
-    return Thresholds(medium=min(0.5, high), high=high)
+    return RiskThresholds(medium=min(0.5, high), high=high)
 
 
 def library_versions() -> dict[str, str]:
@@ -337,7 +338,6 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
     """The whole command; returns the report dict (also written to ``report.json``)."""
     from training import export, report
     from training.clv import fit_pareto_nbd
-    from training.model import SUMMARY_INPUT_NAME
 
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -373,7 +373,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         {INPUT_NAME: main.norm.apply(sample.sequences), SUMMARY_INPUT_NAME: sample.summary},
         value_scale=prior.value_per_order_day,
     )
-    onnx_sha = export.sha256_file(onnx_path)
+    onnx_sha = sha256_file(onnx_path)
     model_version = "m-" + onnx_sha[:12]
 
     # Scores come from ONNX Runtime, the scorer the worker uses, fed raw sequences only: the
@@ -381,7 +381,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
     from stream.model import load_model
     from training.offline import score_rows
 
-    placeholder = Thresholds(medium=0.5, high=0.9)
+    placeholder = RiskThresholds(medium=0.5, high=0.9)
     tmp_manifest = Manifest(model_version, spec, main.norm, placeholder, onnx_sha, prior=prior)
     (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     scorer = load_model(cfg.out)
@@ -571,7 +571,6 @@ def _rolling_folds(
             fit_prior(fold.prior.horizon_weeks),
             prior=fold.prior,
         )
-        from training.model import SUMMARY_INPUT_NAME
 
         pred = predict_residual(
             fold.models[0],

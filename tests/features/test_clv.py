@@ -20,7 +20,7 @@ from features.clv import (
     hyp2f1,
     prior_features,
 )
-from tests.clv_simulate import simulate_bgnbd
+from tests.support.clv_simulate import simulate_bgnbd
 
 CDNOW = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
 """Fader, Hardie & Lee (2005), Table/section 5: BG/NBD fitted to CDNOW's 2,357 customers, weeks."""

@@ -24,7 +24,7 @@ from features.windows import (
     WindowSpec,
     lifetime_summary,
 )
-from tests.features.test_parity import _events_from_frame
+from tests.support.events import events_from_frame
 from training.dataset import build_tensor, to_event_arrays
 
 WEEK_MS = 7 * DAY_MS
@@ -63,7 +63,7 @@ def both_paths(df: pd.DataFrame, spec: WindowSpec, last: int) -> np.ndarray:
     state = None
     vectors: list[np.ndarray] = []
     closed = None
-    for event in _events_from_frame(df):
+    for event in events_from_frame(df):
         window = spec.index(event.event_time_ms)
         if state is not None and closed is not None:
             for w in range(closed + 1, window):
@@ -180,7 +180,7 @@ def test_an_open_window_ahead_does_not_leak_into_the_closing_one() -> None:
     window 0's vector must not see that purchase; a peek at window 1 must."""
     state = new_state(SPEC, 0)
     for t, kind in [(ORIGIN + DAY_MS, "view"), (ORIGIN + WEEK_MS + DAY_MS, "purchase")]:
-        (event,) = _events_from_frame(frame([(t, kind, "o1" if kind == "purchase" else None)]))
+        (event,) = events_from_frame(frame([(t, kind, "o1" if kind == "purchase" else None)]))
         state = add_event(state, event, SPEC)
     peeked = peek_sequence(state, 1, SPEC)
     close_through(state, 0, SPEC)

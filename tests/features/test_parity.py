@@ -9,14 +9,12 @@ that the lifetime order-day features are exercised, not all zero.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from features.batch import scored_mask, sequences_at
-from features.events import EVENT_TYPES, ClickEvent
+from features.events import EVENT_TYPES
 from features.state import UserState, add_event, close_through, peek_sequence, sequence
 from features.windows import (
     DAY_MS,
@@ -29,29 +27,10 @@ from features.windows import (
     N_FEATURES,
     WindowSpec,
 )
+from tests.support.events import events_from_frame
 from training.dataset import build_tensor, to_event_arrays
 
 WEEK_MS = 7 * 86_400_000
-
-
-def _events_from_frame(df: pd.DataFrame) -> Iterator[ClickEvent]:
-    def opt(v: object) -> str | None:
-        return None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else str(v)
-
-    for row in df.itertuples(index=False):
-        price = None if pd.isna(row.price) else float(row.price)
-        yield ClickEvent(
-            event_time_ms=int(row.event_time_ms),
-            event_type=str(row.event_type),
-            user_id=str(row.user_id),
-            product_id=opt(row.product_id),
-            category=opt(row.category),
-            brand=None,
-            price=price,
-            quantity=int(row.quantity),
-            session_id=opt(row.session_id),
-            order_id=opt(row.order_id),
-        )
 
 
 def replay_sequences(
@@ -69,7 +48,7 @@ def replay_sequences(
             if np.any(seq[-spec.lookback :, I_ACTIVE] > 0):
                 out[(user, upto)] = seq
 
-    for event in _events_from_frame(df):
+    for event in events_from_frame(df):
         window = spec.index(event.event_time_ms)
         if window > last_window:
             break
@@ -209,7 +188,7 @@ def test_peek_sequence_equals_the_sequence_at_close_and_leaves_state_alone() -> 
     df = synthetic_frame(5, n=400, users=3)
     spec = WindowSpec(WEEK_MS, 1_600_000_000_000, seq_len=4, horizon=1, lookback=2)
     state = None
-    for event in _events_from_frame(df[df.user_id == "u1"]):
+    for event in events_from_frame(df[df.user_id == "u1"]):
         state = add_event(state, event, spec)
     assert state is not None
     open_window = max(state.open)

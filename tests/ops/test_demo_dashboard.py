@@ -10,7 +10,7 @@ import orjson
 from ops.dashboard import histogram_svg, render_dashboard, thin, timeline_svg
 from ops.demo_view import Sample, Tally, summary_record
 from subscribers.bidding import BidConfig, adjustment_for
-from tests.subscribers.factories import churn, demand
+from tests.support.factories import churn, demand
 
 SVG = "{http://www.w3.org/2000/svg}"
 

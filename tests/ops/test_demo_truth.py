@@ -13,7 +13,7 @@ import pytest
 from ops.dashboard import render_dashboard
 from ops.demo_truth import Truth, evaluate
 from ops.demo_view import Tally, summary_record
-from tests.subscribers.factories import churn
+from tests.support.factories import churn
 
 SVG = "{http://www.w3.org/2000/svg}"
 # Ten users: u0..u4 churn, u5..u9 stay. Scores rank all churners but u4 above the stayers.

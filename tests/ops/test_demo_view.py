@@ -29,7 +29,7 @@ from ops.demo_view import (
 )
 from subscribers.alerting import AlertConfig, apply_churn
 from subscribers.bidding import BidConfig, adjustment_for
-from tests.subscribers.factories import churn, demand
+from tests.support.factories import churn, demand
 
 NOW = 1_800_000_000_000
 

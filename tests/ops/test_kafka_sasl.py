@@ -32,12 +32,12 @@ from ingest.generator import generate_clickstream
 from ops import kafka_local
 from settings import Secret, Settings, child_environment
 from tests.conftest import _base_settings, _unavailable, run_sync, unique_name
-from tests.stream.test_worker_kafka import report
-from tests.stream.worker_harness import (
+from tests.support.worker_harness import (
     REPO_ROOT,
     WorkerProcess,
     produce,
     read_topic,
+    report,
     wait_until_done,
     worker_settings,
 )

@@ -52,7 +52,7 @@ from settings.kafka import KafkaClientConfigError, client_kwargs, faust_credenti
 from settings.logs import JsonFormatter, secret_values
 from tests.conftest import REPO_ROOT, _base_settings, _unavailable, run_sync, unique_name
 from tests.ops.tls_certs import TlsFiles, make_tls_files
-from tests.stream.worker_harness import end_offsets
+from tests.support.worker_harness import end_offsets
 
 CLI_TIMEOUT_S = 120.0
 DEMO_TIMEOUT_S = 300.0

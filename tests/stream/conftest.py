@@ -1,6 +1,6 @@
 """Fixtures of the worker tests: a factory of real worker subprocesses that are always stopped.
 
-``worker_factory(settings, name)`` returns a :class:`~tests.stream.worker_harness.WorkerProcess`
+``worker_factory(settings, name)`` returns a :class:`~tests.support.worker_harness.WorkerProcess`
 (not started) logging to ``tmp_path/<name>.log``. Every worker it made is stopped (SIGTERM, then
 SIGKILL) when the test ends, pass or fail, and a failed test's report carries the tail of each
 worker's log.
@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from settings import Settings
-from tests.stream.worker_harness import WorkerProcess
+from tests.support.agent import load_app, run_worker
+from tests.support.worker_harness import WorkerProcess
+
+__all__ = ["load_app", "run_worker"]  # the agent tests' fixtures (tests.support.agent)
 
 _WORKERS = pytest.StashKey[list[WorkerProcess]]()
 

@@ -23,20 +23,19 @@ from ingest.adapters import to_wire_bytes
 from ingest.generator import generate_clickstream
 from settings import Settings
 from tests.conftest import run_sync
-from tests.stream.test_faults_kafka import (
+from tests.support.worker_harness import (
     WorkerFactory,
-    events_in,
-    lag_samples,
-    metric_samples,
-    wait_for,
-)
-from tests.stream.test_worker_kafka import last_event_per_partition, report
-from tests.stream.worker_harness import (
     WorkerProcess,
     clocks_reached,
     end_offsets,
+    events_in,
+    lag_samples,
+    last_event_per_partition,
+    metric_samples,
     produce,
     read_topic,
+    report,
+    wait_for,
     wait_until_done,
     worker_settings,
 )

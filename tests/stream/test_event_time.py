@@ -22,8 +22,9 @@ from features.signals import DeadLetter
 from ingest.adapters import to_wire_bytes
 from stream.loopback import run_in_process
 from stream.model import load_model
-from stream.processor import BatchOutput, DictStore, Processor, RawMessage, partition_of
-from tests.stream.test_processor import (
+from stream.processor import BatchOutput, DictStore, Processor, RawMessage
+from stream.publish import partition_of
+from tests.support.processor import (
     MODEL_DIR,
     PARTITIONS,
     WEEK,

@@ -26,18 +26,19 @@ from ingest.generator import generate_clickstream
 from settings import Settings
 from stream.loopback import run_in_process
 from stream.model import load_model
-from stream.processor import BatchOutput, DictStore, RawMessage, partition_of
+from stream.processor import BatchOutput, DictStore, RawMessage
 from stream.processor import processor_from_settings as build_processor
-from tests.stream.test_faults_kafka import fresh_topics
-from tests.stream.worker_harness import (
+from stream.publish import partition_of
+from tests.support.worker_harness import (
     WorkerProcess,
+    fresh_topics,
     read_topic,
     run_sync,
     same_score,
     wait_until_done,
     worker_settings,
 )
-from tests.stream.worker_harness import produce as produce_records
+from tests.support.worker_harness import produce as produce_records
 
 pytestmark = pytest.mark.kafka
 

@@ -27,92 +27,49 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.adapters import to_wire_bytes
 from ingest.generator import generate_clickstream
 from ops import kafka_local
 from settings import Settings
 from stream.codec import decode_clock, decode_user
-from stream.processor import META_PREFIX, partition_of
-from tests.conftest import _unavailable, run_sync, unique_name
-from tests.stream.test_worker_kafka import last_event_per_partition, report, window_close
-from tests.stream.worker_harness import (
+from stream.processor import META_PREFIX
+from stream.publish import partition_of
+from tests.conftest import _unavailable, run_sync
+from tests.support.worker_harness import (
     FAST_REJOIN,
     Record,
+    WorkerFactory,
     WorkerProcess,
     end_offsets,
+    events_in,
+    fresh_topics,
+    lag_samples,
+    last_event_per_partition,
+    metric_samples,
     produce,
     read_topic,
+    report,
     same_score,
+    wait_for,
     wait_until_done,
+    window_close,
     worker_settings,
 )
 
-WorkerFactory = Callable[..., WorkerProcess]
 Key = tuple[str, int]
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def fresh_topics(
-    base: Settings, prefix: str, clickstream_config: dict[str, str] | None = None
-) -> Settings:
-    """``base`` with an app id and application topics of its own, created on its broker
-    (the clickstream topic with ``clickstream_config`` when given)."""
-    suffix = unique_name(prefix)
-    s = base.with_overrides(
-        app_id=f"clicksignals-{suffix}",
-        topic_clickstream=f"clickstream-{suffix}",
-        topic_demand=f"demand-signals-{suffix}",
-        topic_churn=f"churn-risk-{suffix}",
-        topic_dead_letter=f"clickstream-dlq-{suffix}",
-        topic_bid_adjustments=f"bid-adjustments-{suffix}",
-        topic_churn_alerts=f"churn-alerts-{suffix}",
-    )
-    if clickstream_config:
-        run_sync(_create_topic(s, s.topic_clickstream, s.partitions, clickstream_config))
-    run_sync(kafka_local.ensure_topics(s))
-    return s
-
-
-async def _create_topic(
-    settings: Settings, name: str, partitions: int, config: dict[str, str]
-) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
-    finally:
-        await admin.close()
-
-
-def metric_samples(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """The worker's ``/metrics`` as sample name -> [(labels, value)] (empty if unreachable)."""
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(worker.url + "/metrics", timeout=2.0) as response:
-            text = response.read().decode()
-    except OSError:
-        return {}
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
-    return out
 
 
 def held_partitions(worker: WorkerProcess) -> set[int]:
@@ -123,26 +80,6 @@ def held_partitions(worker: WorkerProcess) -> set[int]:
         for labels, _ in metric_samples(worker).get("clicksignals_consumer_lag", [])
         if labels.get("topic") == topic
     }
-
-
-def events_in(worker: WorkerProcess) -> float:
-    samples = metric_samples(worker).get("clicksignals_events_in_total", [])
-    return sum(value for _, value in samples)
-
-
-def wait_for(
-    what: str, condition: Callable[[], bool], timeout_s: float, workers: Sequence[WorkerProcess]
-) -> float:
-    """Poll ``condition`` until true; returns seconds waited. Fails if a worker died."""
-    t0 = time.monotonic()
-    while not condition():
-        for w in workers:
-            if not w.alive():
-                raise w.fail(f"worker {w.name} died while waiting for {what}")
-        if time.monotonic() - t0 > timeout_s:
-            raise workers[0].fail(f"{what}: not reached after {timeout_s:.0f} s")
-        time.sleep(0.25)
-    return time.monotonic() - t0
 
 
 def output_count(settings: Settings, topic: str) -> int:
@@ -610,7 +547,7 @@ def serving(worker: WorkerProcess) -> str | None:
 def test_a_new_model_version_is_swapped_in_between_batches_and_a_broken_one_refused(
     isolated_kafka_settings: Settings, worker_factory: WorkerFactory, tmp_path: Path
 ) -> None:
-    from tests.stream.worker_harness import MODEL_DIR
+    from tests.support.worker_harness import MODEL_DIR
 
     model_dir = tmp_path / "model"
     shutil.copytree(MODEL_DIR, model_dir)
@@ -696,13 +633,6 @@ def test_a_new_model_version_is_swapped_in_between_batches_and_a_broken_one_refu
 # --------------------------------------------------------------------------------------------
 
 
-def lag_samples(worker: WorkerProcess) -> dict[tuple[str, int], float]:
-    return {
-        (labels["topic"], int(labels["partition"])): value
-        for labels, value in metric_samples(worker).get("clicksignals_consumer_lag", [])
-    }
-
-
 @pytest.mark.kafka
 def test_the_consumer_lag_gauge_follows_a_backlog_down_to_zero(
     isolated_kafka_settings: Settings, worker_factory: WorkerFactory, tmp_path: Path
@@ -775,9 +705,9 @@ def test_ten_percent_hostile_records_are_dead_lettered_and_valid_ones_unaffected
 ) -> None:
     from features.validation import ValidationPolicy, validate
     from stream.model import load_model
-    from tests.stream.test_hostile_input import NOW_MS, hostile_catalogue
-    from tests.stream.test_hostile_input import run as processor_run
-    from tests.stream.worker_harness import MODEL_DIR
+    from tests.support.hostile import NOW_MS, hostile_catalogue
+    from tests.support.hostile import run as processor_run
+    from tests.support.worker_harness import MODEL_DIR
 
     frame = generate_clickstream(n_users=200, days=60, seed=25)
     good = to_wire_bytes(frame)

@@ -16,9 +16,7 @@ import pytest
 from features.manifest import Manifest
 from stream.input_check import InputCheck
 from stream.metrics import REGISTRY
-from tests.stream.test_agent import click, load_app, run_worker
-
-__all__ = ["load_app", "run_worker"]  # fixtures, imported to be found
+from tests.support.agent import click
 
 REPO = Path(__file__).resolve().parents[2]
 

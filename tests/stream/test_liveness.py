@@ -23,7 +23,7 @@ import pytest
 from settings import Settings, child_environment
 from stream.liveness import EXIT_AGENT_STOPPED, Liveness, agent_stopped, hold_back
 from tests.conftest import REPO_ROOT
-from tests.subscribers.factories import churn, demand
+from tests.support.factories import churn, demand
 
 
 class FakeActor:

@@ -26,8 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stream.processor as processor_module
-from features.signals import WORKER_REASONS
-from features.validation import REASONS, Invalid, ValidationPolicy, validate
+from features.validation import DEAD_LETTER_REASONS, Invalid, ValidationPolicy, validate
 from ingest.adapters import to_wire_bytes
 from ingest.generator import generate_clickstream
 from stream.codec import decode_user
@@ -43,10 +42,10 @@ from stream.processor import (
     SystemicFailure,
     clock_key,
     origin_from_headers,
-    partition_of,
     watermark_key,
 )
-from tests.stream.worker_harness import MODEL_DIR
+from stream.publish import partition_of
+from tests.support.worker_harness import MODEL_DIR
 
 PARTITIONS = 4
 NOW_MS = 1_900_000_000_000
@@ -443,7 +442,7 @@ def test_every_message_kafka_can_deliver_is_folded_rekeyed_or_dead_lettered_once
         out = proc.process(part)  # must not raise
         store.apply(out.writes)
         for d in out.dead_letters:
-            assert d.reason in REASONS or d.reason in WORKER_REASONS, d.reason
+            assert d.reason in DEAD_LETTER_REASONS, d.reason
             assert d.reason != "processing_error", d.detail  # no input makes the code raise
             once(d.source_topic, d.partition, d.offset, "dead:" + d.reason)
         for p, o in out.reroute_origins:

@@ -35,10 +35,10 @@ from stream.processor import (
     DictStore,
     RawMessage,
     clock_key,
-    partition_of,
     processor_from_settings,
 )
-from tests.stream.worker_harness import (
+from stream.publish import partition_of
+from tests.support.worker_harness import (
     MODEL_DIR,
     WorkerProcess,
     produce,

@@ -15,8 +15,7 @@ import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from stream.processor import partition_of
-from stream.publish import OutRecord, RecordBatchPublisher, TopicPublisher
+from stream.publish import OutRecord, RecordBatchPublisher, TopicPublisher, partition_of
 
 
 class FakeProducer:

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import pandas as pd
 import pytest
 
 from ingest.adapters import read_events, to_wire_bytes
@@ -37,23 +36,26 @@ from ingest.generator import generate_clickstream
 from ops import kafka_local
 from settings import Settings, child_environment
 from stream.model import load_model
-from stream.processor import WATERMARK_PREFIX, decode_watermark, partition_of
+from stream.processor import WATERMARK_PREFIX, decode_watermark
+from stream.publish import partition_of
 from tests.conftest import unique_name
-from tests.stream.worker_harness import (
+from tests.support.worker_harness import (
     FAST_REJOIN,
     FAUST,
     MODEL_DIR,
     REPO_ROOT,
-    Record,
     WorkerProcess,
     end_offsets,
     free_port,
+    last_event_per_partition,
     persisted_offsets,
     produce,
     read_topic,
+    report,
     run_sync,
     same_score,
     wait_until_done,
+    window_close,
     worker_settings,
 )
 from training.offline import predict_windows
@@ -61,15 +63,6 @@ from training.offline import predict_windows
 WorkerFactory = Callable[..., WorkerProcess]
 IDLE_S = 4.0  # wait_until_done's default: no output for this long counts as idle
 Key = tuple[str, int]
-
-
-def report(message: str) -> None:
-    """Timings, shown with ``pytest -s`` (and in the captured output of a failure)."""
-    print(f"[worker-kafka] {message}", file=sys.stderr)
-
-
-def window_close(records: list[Record]) -> list[dict[str, Any]]:
-    return [r for r in (rec.json() for rec in records) if r["trigger"] == "window_close"]
 
 
 def by_key(signals: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
@@ -333,11 +326,6 @@ def _wait_for_output(worker: WorkerProcess, topic: str, at_least: int, timeout_s
         time.sleep(0.1)
 
 
-def last_event_per_partition(frame: pd.DataFrame, partitions: int) -> dict[int, int]:
-    part = [partition_of(u.encode(), partitions) for u in frame.user_id.astype(str)]
-    return {int(p): int(t) for p, t in frame.groupby(part).event_time_ms.max().items()}
-
-
 @pytest.mark.kafka
 def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
     kafka_settings: Settings,
@@ -455,7 +443,7 @@ def test_redelivered_messages_are_not_counted_twice() -> None:
     stored state gets the tail of the log again, as Kafka redelivers after a crash."""
     from stream.codec import decode_user
     from stream.processor import DictStore, RawMessage
-    from tests.stream.test_processor import make_processor, messages, run, synthetic
+    from tests.support.processor import make_processor, messages, run, synthetic
 
     scorer = load_model(MODEL_DIR)
     msgs = messages(synthetic(seed=5))

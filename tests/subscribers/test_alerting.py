@@ -13,7 +13,7 @@ from features.signals import ChurnSignal, RiskThresholds
 from settings import Settings
 from subscribers.alerting import AlertConfig, AlertDecision, AlertState, apply_churn
 from subscribers.records import Position
-from tests.subscribers.factories import T0, churn
+from tests.support.factories import T0, churn
 
 CONFIG = AlertConfig(recovery_threshold=0.5)  # high = the signal's risk_level (p >= 0.85 here)
 NOW = T0 + 10**9

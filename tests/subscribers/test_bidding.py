@@ -23,7 +23,7 @@ from subscribers.bidding import (
     parse_model_baselines,
 )
 from subscribers.records import Position
-from tests.subscribers.factories import T0, demand
+from tests.support.factories import T0, demand
 
 DEFAULT = BidConfig()  # floor 0.5, cap 2.0, k 0.5, baseline 0.02 orders/day
 NOW = T0 + 10**9

@@ -55,3 +55,25 @@ def test_log_levels_are_mapped_to_faust_names(
 def test_commands_are_listed_in_help() -> None:
     text = build_parser().format_help()
     assert "bidder" in text and "alerter" in text
+
+
+def test_the_cli_modules_import_in_either_order_without_a_cycle() -> None:
+    """The subscribers' commands do not import the operations CLI (no registry filled by import
+    side effects): each module imports alone in a fresh interpreter, in either order, and the
+    parser then has every command."""
+    import subprocess
+
+    commands = ["kafka", "topics", "replay", "generate", "tail", "demo", "bidder", "alerter"]
+    for first, second in [("subscribers.cli", "ops.cli"), ("ops.cli", "subscribers.cli")]:
+        code = (
+            f"import sys, {first}\n"
+            f"assert '{first}' == 'ops.cli' or 'ops.cli' not in sys.modules\n"
+            f"import {second}\n"
+            "parser = ops.cli.build_parser()\n"
+            "print(' '.join(parser._subparsers._group_actions[0].choices))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == commands

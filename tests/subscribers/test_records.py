@@ -20,7 +20,7 @@ from subscribers.records import (
     parse_demand,
     remember,
 )
-from tests.subscribers.factories import T0, churn, demand
+from tests.support.factories import T0, churn, demand
 
 
 def test_demand_round_trips_from_its_wire_form() -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from subscribers.alerting import AlertConfig, ChurnAlert, apply_churn
 from subscribers.sinks import WebhookSink, log_alert, redact
-from tests.subscribers.factories import churn
+from tests.support.factories import churn
 
 SECRET_PATH = "/hooks/T000/very-secret-token"
 

@@ -25,7 +25,6 @@ import pytest
 
 from features.signals import ChurnSignal, DemandSignal
 from settings import Settings
-from tests.subscribers.factories import T0, churn, demand
 from tests.subscribers.kafka_harness import (
     Record,
     SubscriberProcess,
@@ -36,7 +35,8 @@ from tests.subscribers.kafka_harness import (
     wait_until,
     webhook_receiver,
 )
-from tests.test_schemas import assert_valid
+from tests.support.factories import T0, churn, demand
+from tests.support.schemas import assert_valid
 
 pytestmark = pytest.mark.kafka
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from features.clv import BgNbdParams, bgnbd_expected, bgnbd_p_zero, prior_features
-from tests.clv_simulate import simulate_bgnbd, simulate_pareto_nbd
+from tests.support.clv_simulate import simulate_bgnbd, simulate_pareto_nbd
 from training.clv import (
     DAY_MS,
     ParetoNbdParams,

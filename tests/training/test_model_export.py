@@ -11,14 +11,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from features.manifest import OUTPUT_NAMES
+from stream.model import sha256_file
 from training.export import (
-    OUTPUT_NAMES,
     ExportError,
     check_recurrent_op,
     export_onnx,
     quantize_dynamic_int8,
     run_onnx,
-    sha256_file,
     verify_against_keras,
 )
 from training.model import ModelConfig, predict, train_model

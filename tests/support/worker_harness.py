@@ -24,17 +24,22 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+import pandas as pd
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from prometheus_client.parser import text_string_to_metric_families
 
+from ops import kafka_local
 from settings import Settings, child_environment
 from stream.processor import WATERMARK_PREFIX
+from stream.publish import partition_of
+from tests.conftest import unique_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WATERMARK_KEY_PREFIX = WATERMARK_PREFIX.encode()
@@ -470,3 +475,97 @@ def persisted_offsets(data_dir: Path, table: str = "user-state") -> dict[int, in
         if raw is not None:
             found[int(match.group(1))] = int(raw)
     return found
+
+
+def report(message: str) -> None:
+    """Timings, shown with ``pytest -s`` (and in the captured output of a failure)."""
+    print(f"[worker-kafka] {message}", file=sys.stderr)
+
+
+def window_close(records: list[Record]) -> list[dict[str, Any]]:
+    return [r for r in (rec.json() for rec in records) if r["trigger"] == "window_close"]
+
+
+def last_event_per_partition(frame: pd.DataFrame, partitions: int) -> dict[int, int]:
+    part = [partition_of(u.encode(), partitions) for u in frame.user_id.astype(str)]
+    return {int(p): int(t) for p, t in frame.groupby(part).event_time_ms.max().items()}
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+def fresh_topics(
+    base: Settings, prefix: str, clickstream_config: dict[str, str] | None = None
+) -> Settings:
+    """``base`` with an app id and application topics of its own, created on its broker
+    (the clickstream topic with ``clickstream_config`` when given)."""
+    suffix = unique_name(prefix)
+    s = base.with_overrides(
+        app_id=f"clicksignals-{suffix}",
+        topic_clickstream=f"clickstream-{suffix}",
+        topic_demand=f"demand-signals-{suffix}",
+        topic_churn=f"churn-risk-{suffix}",
+        topic_dead_letter=f"clickstream-dlq-{suffix}",
+        topic_bid_adjustments=f"bid-adjustments-{suffix}",
+        topic_churn_alerts=f"churn-alerts-{suffix}",
+    )
+    if clickstream_config:
+        run_sync(_create_topic(s, s.topic_clickstream, s.partitions, clickstream_config))
+    run_sync(kafka_local.ensure_topics(s))
+    return s
+
+
+async def _create_topic(
+    settings: Settings, name: str, partitions: int, config: dict[str, str]
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+
+
+def metric_samples(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The worker's ``/metrics`` as sample name -> [(labels, value)] (empty if unreachable)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(worker.url + "/metrics", timeout=2.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def events_in(worker: WorkerProcess) -> float:
+    samples = metric_samples(worker).get("clicksignals_events_in_total", [])
+    return sum(value for _, value in samples)
+
+
+def wait_for(
+    what: str, condition: Callable[[], bool], timeout_s: float, workers: Sequence[WorkerProcess]
+) -> float:
+    """Poll ``condition`` until true; returns seconds waited. Fails if a worker died."""
+    t0 = time.monotonic()
+    while not condition():
+        for w in workers:
+            if not w.alive():
+                raise w.fail(f"worker {w.name} died while waiting for {what}")
+        if time.monotonic() - t0 > timeout_s:
+            raise workers[0].fail(f"{what}: not reached after {timeout_s:.0f} s")
+        time.sleep(0.25)
+    return time.monotonic() - t0
+
+
+def lag_samples(worker: WorkerProcess) -> dict[tuple[str, int], float]:
+    return {
+        (labels["topic"], int(labels["partition"])): value
+        for labels, value in metric_samples(worker).get("clicksignals_consumer_lag", [])
+    }

@@ -1,0 +1,158 @@
+"""Every reach into Faust's and aiokafka's private parts, in one room, each checked at start-up.
+
+The worker and the subscribers rely on a few things faust-streaming and aiokafka do not offer
+as API. Each has a reason (a measured cost or a correctness need) and lives here:
+
+* the consumer's fetch wait (``AIOKafkaConsumerThread._create_worker_consumer``, aiokafka's
+  ``_fetch_max_wait_ms``): Faust fixes it at 1,500 ms, which held live traffic ~1.4 s behind;
+* ``ProducerBuffer.max_messages`` (100, no setting): changelog writes made through a table
+  stalled every micro-batch at that limit;
+* ``faust.streams._current_event``: Faust's stores file a key under the partition of the
+  current event, and a micro-batch spans partitions;
+* a table's store (``Table.data``) and its ``set_persisted_offset``: the worker writes the
+  changelog as record batches and records their offsets as Faust's own callback would;
+* ``Producer._producer``, the started aiokafka producer the record-batch publisher sends on.
+
+:func:`require` checks that every one is there and says what is missing; the worker calls it
+before it builds anything, so an upgrade that moves one stops the worker at start-up with a
+message instead of running slower or wrong. :func:`install_fetch_wait` is idempotent: building
+the app twice in one process (tests do) does not stack wrappers.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any, Final
+
+import aiokafka
+from faust.streams import _current_event
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
+from faust.transport.producer import ProducerBuffer
+
+_ORIGINAL: Final = "_clicksignals_original"
+"""Attribute of the installed wrapper that holds Faust's own ``_create_worker_consumer``."""
+
+_fetch_max_wait_ms: int | None = None
+"""What the installed wrapper gives every new worker consumer (``None``: Faust's default)."""
+
+
+class RuntimeIncompatible(RuntimeError):
+    """The installed Faust or aiokafka lacks something this project relies on."""
+
+
+def problems() -> list[str]:
+    """What this module relies on and does not find, one line each (empty: all there)."""
+    found: list[str] = []
+    if not callable(getattr(AIOKafkaConsumerThread, "_create_worker_consumer", None)):
+        found.append("faust AIOKafkaConsumerThread._create_worker_consumer (the fetch wait)")
+    if "_fetch_max_wait_ms" not in _init_assignments(aiokafka.AIOKafkaConsumer):
+        found.append("aiokafka AIOKafkaConsumer._fetch_max_wait_ms (the fetch wait)")
+    if not isinstance(getattr(ProducerBuffer, "max_messages", None), int):
+        found.append("faust ProducerBuffer.max_messages (the changelog buffer's limit)")
+    if not callable(getattr(_current_event, "set", None)):
+        found.append("faust.streams._current_event (the partition a store files keys under)")
+    from faust.stores.base import Store
+
+    if not callable(getattr(Store, "set_persisted_offset", None)):
+        found.append("faust Store.set_persisted_offset (changelog offsets of batch writes)")
+    if "_producer" not in AIOKafkaFaustProducer.__annotations__:
+        found.append("faust aiokafka Producer._producer (the record-batch publisher's producer)")
+    return found
+
+
+def require() -> None:
+    """Raise :class:`RuntimeIncompatible` naming everything :func:`problems` finds."""
+    missing = problems()
+    if missing:
+        raise RuntimeIncompatible(
+            "the installed faust-streaming/aiokafka lack what this worker relies on: "
+            + "; ".join(missing)
+            + " (see stream/faust_runtime.py; install the versions pinned in pyproject.toml)"
+        )
+
+
+def _init_assignments(cls: type) -> str:
+    """The source of ``cls.__init__`` (where aiokafka sets its private attributes), or ''."""
+    import inspect
+
+    try:
+        return inspect.getsource(cls.__init__)
+    except (OSError, TypeError):
+        return ""
+
+
+def install_fetch_wait(fetch_max_wait_ms: int) -> None:
+    """Give every worker consumer Faust creates from now on ``fetch_max_wait_ms``.
+
+    aiokafka keeps one fetch request in flight per broker and leaves out of it the partitions
+    whose records are still buffered; when that request holds only partitions with nothing new,
+    the broker holds it the full wait, and data arriving on the others waits too.
+    """
+    global _fetch_max_wait_ms
+    _fetch_max_wait_ms = fetch_max_wait_ms
+    current = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(current, _ORIGINAL, None) is not None:
+        return  # installed before: the wrapper reads the new value
+    original: Callable[..., Any] = current
+
+    def create_worker_consumer(self: AIOKafkaConsumerThread, transport: Any) -> Any:
+        consumer = original(self, transport)
+        if _fetch_max_wait_ms is not None:
+            # Read by aiokafka when it builds its Fetcher in start(), which comes after this.
+            consumer._fetch_max_wait_ms = _fetch_max_wait_ms
+        return consumer
+
+    setattr(create_worker_consumer, _ORIGINAL, original)
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+def set_producer_buffer_limit(max_messages: int) -> None:
+    """Let Faust's producer buffer hold ``max_messages`` before it stops the stream to flush."""
+    ProducerBuffer.max_messages = max_messages
+
+
+def set_current_event(event: Any) -> None:
+    """Make ``event`` Faust's current event (its stores read ``event.message.partition``)."""
+    _current_event.set(weakref.ref(event))
+
+
+def table_store(table: Any) -> Any:
+    """The store behind a Faust table (written directly by the batch changelog path)."""
+    return table.data
+
+
+def set_persisted_offset(store: Any, tp: Any, offset: int) -> None:
+    """Record a delivered changelog offset in ``store``, as Faust's own changelog callback does
+    (a RocksDB store restarted warm resumes the changelog after it)."""
+    store.set_persisted_offset(tp, offset)
+
+
+def aiokafka_producer(app: Any) -> aiokafka.AIOKafkaProducer | None:
+    """The started aiokafka producer of ``app``; ``None`` when the app runs without one
+    (``test_context()``'s producer, or before start-up).
+
+    Raises :class:`RuntimeIncompatible` when the app has Faust's aiokafka producer but it no
+    longer carries its aiokafka producer where we read it: a silent fallback to per-record
+    sends would cost about a third of the throughput."""
+    producer = app.producer
+    if not isinstance(producer, AIOKafkaFaustProducer):
+        return None
+    if "_producer" not in vars(producer) and "_producer" not in AIOKafkaFaustProducer.__dict__:
+        raise RuntimeIncompatible("faust's aiokafka Producer has no _producer attribute")
+    inner = producer._producer
+    return inner if isinstance(inner, aiokafka.AIOKafkaProducer) else None
+
+
+__all__ = [
+    "RuntimeIncompatible",
+    "aiokafka_producer",
+    "install_fetch_wait",
+    "problems",
+    "require",
+    "set_current_event",
+    "set_persisted_offset",
+    "set_producer_buffer_limit",
+    "table_store",
+]

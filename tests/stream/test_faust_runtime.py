@@ -1,0 +1,82 @@
+"""The one room of Faust/aiokafka internals: each reach pinned on the installed versions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+import pytest
+from faust.streams import _current_event
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.producer import ProducerBuffer
+
+from stream import faust_runtime
+
+
+def test_the_installed_faust_and_aiokafka_have_everything_the_worker_reaches_into() -> None:
+    assert faust_runtime.problems() == []
+    faust_runtime.require()  # does not raise
+
+
+def test_a_faust_without_one_of_them_is_refused_with_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(ProducerBuffer, "max_messages")
+    with pytest.raises(faust_runtime.RuntimeIncompatible, match=r"ProducerBuffer\.max_messages"):
+        faust_runtime.require()
+
+
+def test_installing_the_fetch_wait_twice_wraps_faust_once_and_keeps_the_latest_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[Any] = []
+
+    @dataclass
+    class Consumer:
+        _fetch_max_wait_ms: int = 1500
+
+    def faust_original(self: Any, transport: Any) -> Consumer:
+        calls.append(transport)
+        return Consumer()
+
+    # A clean slate: Faust's method as the only layer (the worker module may have wrapped it).
+    monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", faust_original)
+    faust_runtime.install_fetch_wait(100)
+    first = AIOKafkaConsumerThread._create_worker_consumer
+    faust_runtime.install_fetch_wait(50)  # a second app built in the same process
+    assert AIOKafkaConsumerThread._create_worker_consumer is first
+    consumer = AIOKafkaConsumerThread._create_worker_consumer(None, "transport")  # type: ignore[arg-type]
+    assert consumer._fetch_max_wait_ms == 50
+    assert calls == ["transport"]  # Faust's own method ran exactly once
+
+
+def test_the_current_event_is_the_one_faust_stores_read() -> None:
+    @dataclass
+    class Message:
+        partition: int
+
+    @dataclass
+    class Event:
+        message: Message
+
+    event = Event(Message(3))
+    faust_runtime.set_current_event(event)
+    ref = _current_event.get()
+    assert ref is not None and ref() is event
+
+
+def test_an_app_that_has_not_started_its_producer_has_no_aiokafka_producer() -> None:
+    app = faust.App("faust-runtime-test", broker="kafka://127.0.0.1:1")
+    assert faust_runtime.aiokafka_producer(app) is None
+
+
+def test_persisted_offsets_go_to_the_store_as_fausts_changelog_callback_records_them() -> None:
+    recorded: dict[Any, int] = {}
+
+    class Store:
+        def set_persisted_offset(self, tp: Any, offset: int) -> None:
+            recorded[tp] = offset
+
+    faust_runtime.set_persisted_offset(Store(), ("changelog", 2), 41)
+    assert recorded == {("changelog", 2): 41}

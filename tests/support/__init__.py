@@ -1,0 +1,1 @@
+"""Shared test harnesses and factories: imported by test modules, never a test module itself."""

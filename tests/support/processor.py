@@ -1,0 +1,170 @@
+"""The processor without Kafka: a processor over a dict store, messages from event frames,
+runs in micro-batches, synthetic and dormant populations, and the parity assertion against
+offline prediction. Shared by the processor, event-time and worker tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.validation import ValidationPolicy
+from ingest.adapters import to_wire_bytes
+from stream.loopback import run_in_process
+from stream.processor import BatchOutput, DictStore, Processor, RawMessage
+from stream.publish import partition_of
+from training.offline import predict_windows
+
+MODEL_DIR = Path(__file__).resolve().parents[2] / "onnx_models" / "default"
+
+
+PARTITIONS = 4
+
+
+DAY = 86_400_000
+
+
+WEEK = 7 * DAY
+
+
+def make_processor(scorer, store: DictStore | None = None, lateness_ms: int = 0) -> Processor:  # type: ignore[no-untyped-def]
+    return Processor(
+        scorer,
+        store if store is not None else DictStore(),
+        partitions=PARTITIONS,
+        policy=ValidationPolicy(),
+        allowed_lateness_ms=lateness_ms,
+        fresh_interval_ms=10**15,  # window-close signals only, unless a test asks
+        routed_topics=frozenset({"routed"}),
+        clock=lambda: 1_900_000_000_000,
+    )
+
+
+def messages(frame: pd.DataFrame) -> list[RawMessage]:
+    """Keyed by user as a well-behaved producer would, offsets per partition."""
+    offsets = [0] * PARTITIONS
+    out = []
+    for key, value in to_wire_bytes(frame):
+        p = partition_of(key, PARTITIONS)
+        out.append(RawMessage(key, value, "clickstream", p, offsets[p]))
+        offsets[p] += 1
+    return out
+
+
+def run(proc: Processor, store: DictStore, msgs: list[RawMessage], batch: int) -> list:  # type: ignore[type-arg]
+    """The processor over ``msgs`` with the re-keying topic (watermarks) looped back."""
+    signals: list = []  # type: ignore[type-arg]
+
+    def collect(out: BatchOutput) -> None:
+        store.apply(out.writes)
+        signals.extend(out.demand)
+        signals.extend(out.churn)
+
+    run_in_process(proc, msgs, batch, collect)
+    return signals
+
+
+def synthetic(seed: int = 0, users: int = 60, weeks: int = 30) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 4000
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    times = np.sort(rng.integers(0, weeks * WEEK, n)) + start
+    kinds = rng.choice(["view", "cart", "purchase", "return"], n, p=[0.5, 0.2, 0.25, 0.05])
+    return pd.DataFrame(
+        {
+            "event_time_ms": times,
+            "event_type": kinds,
+            "user_id": [f"user-{u}" for u in rng.integers(0, users, n)],
+            "product_id": [f"p{x}" for x in rng.integers(0, 90, n)],
+            "category": None,
+            "brand": None,
+            "price": rng.lognormal(1.5, 0.8, n).round(2),
+            "quantity": rng.integers(1, 6, n),
+            "session_id": None,
+            "order_id": [f"o{x}" for x in rng.integers(0, 900, n)],
+        }
+    )
+
+
+def close_signals(signals: list, kind: type | None = None) -> dict[tuple[str, int], object]:  # type: ignore[type-arg]
+    return {
+        (s.user_id, s.window_end_ms): s
+        for s in signals
+        if s.trigger == "window_close" and (kind is None or isinstance(s, kind))
+    }
+
+
+def assert_parity(
+    frame: pd.DataFrame,
+    signals: list,  # type: ignore[type-arg]
+    proc: Processor,
+    floor: float | None = None,
+) -> None:
+    from features.signals import ChurnSignal, DemandSignal
+    from features.windows import DORMANT_CHURN_FLOOR
+
+    floor = DORMANT_CHURN_FLOOR if floor is None else floor
+    offline = predict_windows(frame, MODEL_DIR, dormant_churn_floor=floor)
+    # The stream has closed, per partition, the windows its watermark passed.
+    closed = min(c["closed_through"] for c in proc.clocks_view().values())
+    offline = offline[offline.window_end_ms <= proc.spec.end_ms(closed)]
+    demand = close_signals(signals, DemandSignal)
+    churn = close_signals(signals, ChurnSignal)
+    demand = {k: v for k, v in demand.items() if k[1] <= proc.spec.end_ms(closed)}
+    keys = set(zip(offline.user_id, offline.window_end_ms, strict=True))
+    assert keys == set(demand), (len(keys - set(demand)), len(set(demand) - keys))
+    ordered = [demand[k] for k in zip(offline.user_id, offline.window_end_ms, strict=True)]
+    np.testing.assert_allclose(
+        [s.expected_orders for s in ordered],
+        offline.expected_orders,
+        atol=1e-4,  # type: ignore[attr-defined]
+    )
+    np.testing.assert_allclose(
+        [churn[(s.user_id, s.window_end_ms)].churn_probability for s in ordered],  # type: ignore[attr-defined]
+        offline.churn_probability,
+        atol=1e-4,
+    )
+
+
+def frame_of(rows: list[tuple[int, str, str]]) -> pd.DataFrame:
+    """Canonical events from (time, user, type) rows, in time order."""
+    return pd.DataFrame(
+        {
+            "event_time_ms": [r[0] for r in rows],
+            "event_type": [r[2] for r in rows],
+            "user_id": [r[1] for r in rows],
+            "product_id": None,
+            "category": None,
+            "brand": None,
+            "price": 5.0,
+            "quantity": 1,
+            "session_id": None,
+            "order_id": None,
+        }
+    ).sort_values("event_time_ms", kind="stable")
+
+
+def dormant_base(seed: int = 7, weeks: int = 90) -> pd.DataFrame:
+    """A shop whose customers go dormant: one-time buyers (dormant over a year by the end),
+    repeat buyers who stop, a customer who comes back after a long silence, viewers who never
+    buy, and one busy user per partition keeping every partition's event time moving."""
+    rng = np.random.default_rng(seed)
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    rows: list[tuple[int, str, str]] = []
+    for p in range(PARTITIONS):
+        busy = next(
+            f"busy{i}" for i in range(10_000) if partition_of(f"busy{i}".encode(), PARTITIONS) == p
+        )
+        rows += [(start + w * WEEK + 7200_000, busy, "view") for w in range(weeks)]
+    for u in range(16):
+        rows.append((start + int(rng.integers(0, 8 * WEEK)), f"once-{u}", "purchase"))
+    for u in range(10):
+        n = int(rng.integers(2, 12))
+        rows += [(start + int(t), f"repeat-{u}", "purchase") for t in rng.integers(0, 30 * WEEK, n)]
+    for u in range(3):
+        rows.append((start + int(rng.integers(0, 4 * WEEK)), f"back-{u}", "purchase"))
+        rows.append((start + (50 + 5 * u) * WEEK + 3600_000, f"back-{u}", "purchase"))
+    for u in range(8):
+        rows += [(start + int(t), f"viewer-{u}", "view") for t in rng.integers(0, 10 * WEEK, 3)]
+    return frame_of(rows)
