@@ -35,17 +35,19 @@ from typing import Any
 
 import orjson
 
-from bench import inference, state, training, worker
-from bench.worker import _fmt
+from bench import inference, state, training
+from bench.worker import cli as worker_cli
+from bench.worker import harness, phases, report
+from bench.worker.report import _fmt
 
 log = logging.getLogger("bench")
 
 PHASES = ("worker", "inference", "state", "training")
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[worker.BenchConfig, argparse.Namespace]:
+def parse_args(argv: Sequence[str] | None) -> tuple[harness.BenchConfig, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    worker.add_common_args(p)
+    harness.add_common_args(p)
     p.add_argument("--state-users", type=int, help="users in the state phase (1,000,000)")
     p.add_argument("--max-batch", type=int, help="largest ORT batch size (1024)")
     p.add_argument(
@@ -53,7 +55,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[worker.BenchConfig, argparse
     )
     p.add_argument("--training", action="store_true", help="run the training phase in --quick")
     a = p.parse_args(argv)
-    cfg = worker.config_from_args(p, a)
+    cfg = harness.config_from_args(p, a)
     skip = {x.strip() for x in a.skip.split(",") if x.strip()}
     if unknown := skip - set(PHASES):
         p.error(f"--skip: unknown phases {sorted(unknown)} ({', '.join(PHASES)})")
@@ -66,12 +68,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[worker.BenchConfig, argparse
 
 
 async def _run_kafka_phases(
-    cfg: worker.BenchConfig, a: argparse.Namespace, settings: Any, run_dir: Path, pid: int | None
+    cfg: harness.BenchConfig, a: argparse.Namespace, settings: Any, run_dir: Path, pid: int | None
 ) -> dict[str, Any]:
     states: dict[str, bytes] = {}
     out: dict[str, Any] = {}
     if "worker" not in a.skip_set:
-        out.update(await worker.run_all(cfg, settings, run_dir, pid, keep_states=states))
+        out.update(await worker_cli.run_all(cfg, settings, run_dir, pid, keep_states=states))
     if "inference" not in a.skip_set:
         log.info("[inference] ORT at batch sizes 1..%d", a.max_batch)
         seconds = 0.05 if cfg.quick else 0.5
@@ -80,8 +82,8 @@ async def _run_kafka_phases(
         )
     if "state" not in a.skip_set:
         if not states:  # the worker phases were skipped: template states from a short pass
-            data = await asyncio.to_thread(worker.make_dataset, cfg)
-            await asyncio.to_thread(worker.run_processor_only, settings, data.records, states)
+            data = await asyncio.to_thread(harness.make_dataset, cfg)
+            await asyncio.to_thread(phases.run_processor_only, settings, data.records, states)
         out["state"] = await state.run_state(
             state.StateConfig(users=a.state_users), settings, run_dir, states
         )
@@ -175,7 +177,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{_fmt(proc['events_per_s'])} events/s ({proc['seconds']:.1f} s) |"
         )
     if result.get("worker"):
-        lines += worker.worker_rows(result)
+        lines += report.worker_rows(result)
     inf = result.get("inference")
     if inf:
         best = max(inf["batches"], key=lambda r: r["sequences_per_s"])
@@ -296,17 +298,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    signal.signal(signal.SIGTERM, worker._raise_interrupt)
+    signal.signal(signal.SIGTERM, worker_cli._raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    run_dir = worker.new_run_dir(cfg)
+    run_dir = harness.new_run_dir(cfg)
     started = dt.datetime.now(dt.UTC)
-    machine = worker.machine_info()
-    base = worker.base_settings(cfg)
+    machine = report.machine_info()
+    base = harness.base_settings(cfg)
     t0 = time.perf_counter()
     result: dict[str, Any] = {}
     try:
-        with worker.bench_broker(cfg, base, run_dir) as (settings, pid):
+        with harness.bench_broker(cfg, base, run_dir) as (settings, pid):
             result.update(asyncio.run(_run_kafka_phases(cfg, a, settings, run_dir, pid)))
         if "training" not in a.skip_set:
             result["training"] = training.run_training()
@@ -343,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         **result,
     }
-    result["problems"] = worker.problems(result) if result.get("worker") else []
+    result["problems"] = report.problems(result) if result.get("worker") else []
     md = write_outputs(result, cfg.out_dir)
     print(md)
     print(f"results in {cfg.out_dir}")

@@ -168,7 +168,7 @@ async def restore_once(
     settings: Settings, name: str, log_path: Path, users: int, cfg: StateConfig
 ) -> dict[str, Any]:
     """Start a worker on the changelog, wait for Faust's recovery, measure, stop it."""
-    from bench.worker import _http_get, _log_tail, start_worker, stop_worker
+    from bench.worker.harness import _http_get, _log_tail, start_worker, stop_worker
 
     t_start_wall = time.time()
     t0 = time.perf_counter()
@@ -220,7 +220,7 @@ async def restore_once(
 async def run_state(
     cfg: StateConfig, base: Settings, run_dir: Path, states: Mapping[str, bytes]
 ) -> dict[str, Any]:
-    from bench.worker import phase_settings
+    from bench.worker.harness import phase_settings
 
     size = state_size(states)
     log.info(
@@ -300,14 +300,14 @@ def render_rows(res: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone: template states from a processor pass over a generated stream."""
-    from bench.worker import (
+    from bench.worker.harness import (
         BenchConfig,
         base_settings,
         bench_broker,
         make_dataset,
         new_run_dir,
-        run_processor_only,
     )
+    from bench.worker.phases import run_processor_only
 
     p = argparse.ArgumentParser(prog="python -m bench.state", description=__doc__.split("\n")[0])
     p.add_argument("--state-users", type=int, default=1_000_000)

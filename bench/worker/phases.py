@@ -1,0 +1,586 @@
+"""The benchmark's phases: the processor alone, the raw-aiokafka ceiling, the worker's
+throughput and its latency at fractions of that rate, and ONNX Runtime in the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench.worker.harness import (
+    POLL_S,
+    BenchConfig,
+    CpuMark,
+    Record,
+    _log_tail,
+    cpu_seconds,
+    end_offsets,
+    log_findings,
+    phase_settings,
+    preload,
+    scrape,
+    start_worker,
+    stop_worker,
+    wait_worker_ready,
+)
+from ops import kafka_local
+from settings import Settings
+from stream.publish import partition_of
+
+log = logging.getLogger("bench.worker")
+
+
+def run_processor_only(
+    settings: Settings, records: Sequence[Record], keep_states: dict[str, bytes] | None = None
+) -> dict[str, Any]:
+    """The worker's logic in this process: the same events through :class:`Processor` with a
+    dict store, in micro-batches of ``batch_size``, signals serialised as the agent does.
+
+    What the worker would do if Kafka and Faust cost nothing; the gap to the worker's rate is
+    the streaming overhead (consuming, per-signal sends, changelog writes, commits).
+    """
+    from stream.loopback import run_in_process
+    from stream.model import load_model
+    from stream.processor import BatchOutput, DictStore, RawMessage, processor_from_settings
+
+    scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
+    store = DictStore()
+    processor = processor_from_settings(scorer, store, settings)  # the worker's own
+    parts = settings.partitions
+    messages = [
+        RawMessage(key, value, settings.topic_clickstream, partition_of(key, parts), i)
+        for i, (key, value) in enumerate(records)
+    ]
+    dumps = orjson.dumps
+    size = settings.batch_size
+    demand = churn = dead = scored = calls = 0
+    ort = 0.0
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+
+    def consume(out: BatchOutput) -> None:
+        nonlocal demand, churn, dead, scored, calls, ort
+        store.apply(out.writes)
+        for d in out.demand:
+            dumps(d.to_dict())
+        for c in out.churn:
+            dumps(c.to_dict())
+        demand += len(out.demand)
+        churn += len(out.churn)
+        dead += len(out.dead_letters)
+        scored += out.scored
+        calls += 1 if out.scored else 0
+        ort += out.inference_seconds
+
+    # Watermark records looped back as the worker's re-keying topic would bring them (here one
+    # announcement per batch, the worker's is one per second: a little more work than live).
+    run_in_process(processor, messages, size, consume)
+    seconds = time.perf_counter() - t0
+    if keep_states is not None:  # the state phase measures and clones these
+        keep_states.update(store.data)
+    return {
+        "events": len(messages),
+        "seconds": seconds,
+        "events_per_s": len(messages) / seconds,
+        "cores": (time.process_time() - cpu0) / seconds,
+        "batch_size": size,
+        "ort_calls": calls,
+        "sequences_scored": scored,
+        "mean_sequences_per_ort_call": scored / calls if calls else None,
+        "ort_seconds": ort,
+        "signals_out": {"demand": demand, "churn": churn, "dead_letters": dead},
+    }
+
+
+async def run_ceiling(
+    settings: Settings,
+    in_topic: str,
+    out_topic: str,
+    n: int,
+    stall_s: float,
+    broker_pid: int | None,
+) -> dict[str, Any]:
+    kw = settings.kafka_client_kwargs()
+    consumer = AIOKafkaConsumer(
+        in_topic,
+        **kw,
+        group_id=f"{in_topic}-ceiling",
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+    )
+    producer = AIOKafkaProducer(**kw, acks=1, linger_ms=5)
+    await producer.start()
+    await consumer.start()
+    loads, dumps = orjson.loads, orjson.dumps
+    try:
+        count = 0
+        pending: list[asyncio.Future[Any]] = []
+        t_first: float | None = None
+        cpu0 = time.process_time()
+        broker0 = cpu_seconds(broker_pid)
+        last_data = time.monotonic()
+        while count < n:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=2000)
+            if not batch:
+                if time.monotonic() - last_data > stall_s:
+                    raise RuntimeError(f"ceiling: stalled at {count}/{n} events")
+                continue
+            last_data = time.monotonic()
+            if t_first is None:
+                t_first = time.perf_counter()
+                cpu0 = time.process_time()
+                broker0 = cpu_seconds(broker_pid)
+            for messages in batch.values():
+                for m in messages:
+                    event = loads(m.value)
+                    out = dumps({"u": event["user_id"], "t": event["event_time"]})
+                    pending.append(await producer.send(out_topic, out, key=m.key))
+                count += len(messages)
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        await producer.flush()
+        assert t_first is not None
+        seconds = time.perf_counter() - t_first
+        cpu = time.process_time() - cpu0
+        broker1 = cpu_seconds(broker_pid)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return {
+        "events": count,
+        "seconds": seconds,
+        "events_per_s": count / seconds,
+        "bench_process_cores": cpu / seconds,
+        "broker_cores": (broker1 - broker0) / seconds if broker0 and broker1 else None,
+        "producer": {"acks": 1, "linger_ms": 5},
+    }
+
+
+@dataclass
+class Sample:
+    t: float
+    committed: int
+    events_in: int | None
+
+
+@dataclass
+class Progress:
+    samples: list[Sample] = field(default_factory=list)
+
+    def rate(self, attr: str, total: int) -> dict[str, Any] | None:
+        """From the first sample with progress to the first at ``total``: (total-c1)/(t2-t1)."""
+        first = next((s for s in self.samples if (getattr(s, attr) or 0) > 0), None)
+        last = next((s for s in self.samples if (getattr(s, attr) or 0) >= total), None)
+        if first is None or last is None or last.t <= first.t:
+            return None
+        c1 = getattr(first, attr)
+        seconds = last.t - first.t
+        return {
+            "t_first_progress": first.t,
+            "first_progress_count": c1,
+            "t_done": last.t,
+            "seconds": seconds,
+            "events_per_s": (total - c1) / seconds,
+        }
+
+
+async def committed_total(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:
+    offsets = await admin.list_consumer_group_offsets(group)
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+async def run_worker_throughput(
+    cfg: BenchConfig,
+    base: Settings,
+    run_dir: Path,
+    store: str,
+    records: Sequence[Record],
+    broker_pid: int | None,
+    *,
+    name: str | None = None,
+    app_module: str = "stream.app",
+) -> dict[str, Any]:
+    """Pre-load ``records``, start ``faust -A app_module worker``, time it through them."""
+    name = name or store
+    s = phase_settings(base, f"{run_dir.name}-{name}", run_dir, store_url=f"{store}://")
+    await kafka_local.ensure_topics(s)
+    log.info("[%s] pre-loading %d events into %s", name, len(records), s.topic_clickstream)
+    preload_s = await preload(s, s.topic_clickstream, records)
+    total = (await end_offsets(s, [s.topic_clickstream], cfg.partitions))[s.topic_clickstream]
+    if total != len(records):
+        raise RuntimeError(f"{s.topic_clickstream} holds {total} records, wanted {len(records)}")
+
+    worker = start_worker(name, s, run_dir / f"worker-{name}.log", app_module)
+    try:
+        t_start = time.perf_counter()
+        ready_s = await wait_worker_ready(worker)
+        admin = AIOKafkaAdminClient(**s.kafka_client_kwargs())
+        await admin.start()
+        progress = Progress()
+        cpu_marks: dict[str, CpuMark] = {}
+        try:
+            last_change = time.monotonic()
+            last_value = -1
+            while True:
+                if worker.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"worker {store} exited with code {worker.proc.returncode}; tail of "
+                        f"{worker.log_path}:\n{_log_tail(worker.log_path)}"
+                    )
+                committed = await committed_total(admin, s.app_id, s.topic_clickstream)
+                try:
+                    events_in: int | None = (await scrape(worker))["events_in"]
+                except (OSError, RuntimeError):
+                    events_in = None
+                now = time.perf_counter() - t_start
+                progress.samples.append(Sample(now, committed, events_in))
+                if (events_in or committed) and "first" not in cpu_marks:
+                    cpu_marks["first"] = CpuMark.take(now, worker.proc.pid, broker_pid)
+                if (events_in or 0) >= total and "processed" not in cpu_marks:
+                    cpu_marks["processed"] = CpuMark.take(now, worker.proc.pid, broker_pid)
+                if committed >= total:
+                    break
+                value = max(committed, events_in or 0)
+                if value != last_value:
+                    last_value, last_change = value, time.monotonic()
+                elif time.monotonic() - last_change > cfg.stall_timeout_s:
+                    raise RuntimeError(
+                        f"worker {store}: no progress for {cfg.stall_timeout_s:.0f} s "
+                        f"(committed {committed}/{total}, events_in {events_in})"
+                    )
+                await asyncio.sleep(POLL_S)
+        finally:
+            await admin.close()
+
+        # Let the last sends land: wait until the output topics stop growing (max 30 s).
+        outputs = [s.topic_demand, s.topic_churn, s.topic_dead_letter, s.topic_routed]
+        prev: dict[str, int] | None = None
+        ends: dict[str, int] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ends = await end_offsets(s, outputs, cfg.partitions)
+            if ends == prev:
+                break
+            prev = ends
+            await asyncio.sleep(1.0)
+        metrics = await scrape(worker)
+    finally:
+        stop_worker(worker)
+
+    committed_rate = progress.rate("committed", total)
+    processed_rate = progress.rate("events_in", total)
+    cores = None
+    if "first" in cpu_marks and "processed" in cpu_marks:
+        cores = cpu_marks["processed"].cores_since(cpu_marks["first"])
+    ort_s = metrics["ort_seconds"]
+    return {
+        "store": store,
+        "name": name,
+        "app": app_module,
+        "app_id": s.app_id,
+        "events": total,
+        # ONNX Runtime inside the worker: sequences scored per second of Scorer.score time.
+        "ort_sequences_per_s": metrics["sequences_scored"] / ort_s if ort_s else None,
+        "preload_seconds": preload_s,
+        "worker_ready_seconds": ready_s,
+        # Committed offsets are the headline; a run shorter than Faust's commit interval
+        # (a smoke run) has no committed rate, so the processed counter stands in.
+        "events_per_s": (committed_rate or processed_rate or {}).get("events_per_s"),
+        "committed": committed_rate,
+        "processed": processed_rate,
+        "cores_used": cores,
+        "metrics": metrics,
+        "signals_out": {
+            "demand": ends[s.topic_demand],
+            "churn": ends[s.topic_churn],
+            "dead_letters": ends[s.topic_dead_letter],
+            "rerouted": ends[s.topic_routed],
+        },
+        "log": log_findings(worker.log_path),
+        "log_path": str(worker.log_path),
+        "samples": [[round(x.t, 2), x.committed, x.events_in] for x in progress.samples],
+    }
+
+
+def warmup_users(partitions: int) -> list[str]:
+    """One user id per partition (so every partition is exercised before measuring)."""
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < partitions:
+        user = f"bench-warmup-{i}"
+        found.setdefault(partition_of(user.encode(), partitions), user)
+        i += 1
+    return [found[p] for p in range(partitions)]
+
+
+def expected_activity(keys: Sequence[tuple[str, int]], interval_s: float) -> set[tuple[str, int]]:
+    """Of the events' (user, event time), those the worker's activity rule scores, from empty
+    state."""
+    interval_ms = int(interval_s * 1000)
+    last: dict[str, int] = {}
+    out: set[tuple[str, int]] = set()
+    for user, t in keys:
+        prev = last.get(user)
+        if prev is None or t - prev >= interval_ms:
+            last[user] = t
+            out.add((user, t))
+    return out
+
+
+async def run_latency(
+    cfg: BenchConfig,
+    base: Settings,
+    run_dir: Path,
+    records: Sequence[Record],
+    rate: float,
+    tag: str = "latency",
+) -> dict[str, Any]:
+    s = phase_settings(
+        base,
+        f"{run_dir.name}-{tag}",
+        run_dir,
+        store_url="memory://",
+        fresh_signal_min_interval_s=(
+            base.fresh_signal_min_interval_s
+            if cfg.latency_fresh_interval_s is None
+            else cfg.latency_fresh_interval_s
+        ),
+    )
+    n = min(len(records), max(1, round(rate * cfg.latency_seconds)))
+    events = records[:n]
+    # The events that get an activity signal of their own (the worker's per-user interval
+    # rule on a fresh state; the generator's events are valid and in order per user). Only
+    # those have an event -> signal latency; the others update state and wait for the next.
+    keys = [(key.decode(), int(orjson.loads(value)["event_time"])) for key, value in events]
+    expected = expected_activity(keys, s.fresh_signal_min_interval_s)
+    await kafka_local.ensure_topics(s)
+    worker = start_worker(tag, s, run_dir / f"worker-{tag}.log", cfg.app_module)
+    kw = s.kafka_client_kwargs()
+    consumer = AIOKafkaConsumer(
+        s.topic_demand, **kw, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=100
+    )
+    producer = AIOKafkaProducer(**kw, acks=1, linger_ms=0)
+    received: dict[tuple[str, int], list[float]] = defaultdict(list)
+    # The worker's clock when it built each signal (``emitted_at_ms``, wall time): splits the
+    # latency into send -> scored (Kafka in, the worker's queue and batch) and scored ->
+    # received (the output's way through Kafka to this process).
+    emitted: dict[tuple[str, int], list[float]] = defaultdict(list)
+    wall_minus_perf = time.time() - time.perf_counter()  # send times on the worker's clock
+    last_receive = [0.0]
+    stop = asyncio.Event()
+    collector: asyncio.Task[None] | None = None
+
+    async def collect() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+            now = time.perf_counter()
+            if batch:
+                last_receive[0] = now
+            for messages in batch.values():
+                for m in messages:
+                    signal_ = orjson.loads(m.value)
+                    if signal_.get("trigger") == "activity":
+                        key_ = (signal_["user_id"], signal_["window_end_ms"])
+                        received[key_].append(now)
+                        emitted[key_].append(signal_["emitted_at_ms"] / 1000.0)
+
+    try:
+        ready_s = await wait_worker_ready(worker)
+        await consumer.start()
+        await producer.start()
+        collector = asyncio.create_task(collect())
+
+        # Warm-up: one event per partition, at the stream's first event time; wait for each
+        # one's activity signal so the group is assigned and ORT is warm before measuring.
+        first_ms = orjson.loads(events[0][1])["event_time"]
+        warm = warmup_users(cfg.partitions)
+        t_warm = time.perf_counter()
+        for user in warm:
+            value = orjson.dumps(
+                {"event_time": first_ms - 1, "event_type": "view", "user_id": user}
+            )
+            await producer.send_and_wait(s.topic_clickstream, value, key=user.encode())
+        while not all((u, first_ms - 1) in received for u in warm):
+            if time.perf_counter() - t_warm > 60:
+                raise RuntimeError("latency: warm-up signals did not arrive within 60 s")
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"latency worker exited:\n{_log_tail(worker.log_path)}")
+            await asyncio.sleep(0.05)
+        warmup_s = time.perf_counter() - t_warm
+
+        # Paced send: every event at (start + i / rate); send times taken at the send call.
+        sent: dict[tuple[str, int], list[float]] = defaultdict(list)
+        # Deliveries are checked by callback: gathering tens of thousands of futures at the
+        # end would stall this loop and show up as latency of the last events.
+        failures: list[BaseException] = []
+        # Send call -> broker ack per event: the share of the latency that is the bench's own
+        # producer and the broker, before the worker could have seen the event.
+        acked = np.zeros(n)
+        send_call = np.zeros(n)
+
+        def delivered(index: int, fut: asyncio.Future[Any]) -> None:
+            acked[index] = time.perf_counter()
+            if not fut.cancelled() and fut.exception() is not None:
+                failures.append(fut.exception())  # type: ignore[arg-type]
+
+        t0 = time.perf_counter()
+        i = 0
+        while i < n:
+            due = min(n, int((time.perf_counter() - t0) * rate) + 1)
+            while i < due:
+                key, value = events[i]
+                send_call[i] = time.perf_counter()
+                sent[keys[i]].append(send_call[i])
+                fut = await producer.send(s.topic_clickstream, value, key=key)
+                fut.add_done_callback(functools.partial(delivered, i))
+                i += 1
+            next_due = t0 + i / rate
+            await asyncio.sleep(max(0.0, next_due - time.perf_counter()))
+        send_seconds = time.perf_counter() - t0
+        await producer.flush()
+        if failures:
+            raise RuntimeError(f"latency: {len(failures)} sends failed, first: {failures[0]!r}")
+
+        # Wait for the signals: all expected matched, or nothing new for 10 s (max 120 s).
+        def matched() -> int:
+            return sum(min(len(v), len(received.get(k, ()))) for k, v in sent.items())
+
+        n_expected = len(expected)
+
+        deadline = time.perf_counter() + 120
+        last, last_change = -1, time.perf_counter()
+        while time.perf_counter() < deadline:
+            m = matched()
+            if m >= n_expected:
+                break
+            if m != last:
+                last, last_change = m, time.perf_counter()
+            elif time.perf_counter() - last_change > 10:
+                break
+            await asyncio.sleep(0.2)
+        drain_s = time.perf_counter() - t0 - send_seconds
+        metrics = await scrape(worker)
+    finally:
+        stop.set()
+        if collector is not None:
+            with contextlib.suppress(Exception):
+                await collector
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        stop_worker(worker)
+
+    lat: list[float] = []
+    sent_at: list[float] = []
+    to_scored: list[float] = []
+    for k, sends in sent.items():
+        if k not in expected:
+            continue  # no signal of its own (within the user's activity interval)
+        to_scored += [
+            e - (t + wall_minus_perf) for t, e in zip(sends, emitted.get(k, ()), strict=False)
+        ]
+        for t_send, t_recv in zip(sends, received.get(k, ()), strict=False):
+            lat.append(t_recv - t_send)
+            sent_at.append(t_send - t0)
+    arr = np.array(lat) * 1000.0
+    order = np.argsort(sent_at)
+    arr_by_time = arr[order] if len(arr) else arr
+
+    def pct(a: np.ndarray, q: float) -> float | None:
+        return float(np.percentile(a, q)) if len(a) else None
+
+    tenth = max(1, len(arr_by_time) // 10)
+    by_second = []
+    if len(arr):
+        seconds_of = np.floor(np.array(sent_at)[order]).astype(int)
+        for sec in np.unique(seconds_of):
+            chunk = arr_by_time[seconds_of == sec]
+            by_second.append(
+                [int(sec), len(chunk), round(pct(chunk, 50) or 0, 1), round(pct(chunk, 99) or 0, 1)]
+            )
+    last_s = last_receive[0] - t0
+    # The same percentiles without the first 5 s of sending (start-up transient).
+    steady = np.array([x for x, t in zip(lat, sent_at, strict=True) if t >= 5.0]) * 1000.0
+    return {
+        "name": tag,
+        "app_id": s.app_id,
+        "target_rate": rate,
+        "achieved_send_rate": n / send_seconds,
+        "events_sent": n,
+        "fresh_signal_min_interval_s": s.fresh_signal_min_interval_s,
+        "events_expected_to_signal": len(expected),
+        "send_seconds": send_seconds,
+        "drain_seconds_after_send": drain_s,
+        "worker_ready_seconds": ready_s,
+        "warmup_seconds": warmup_s,
+        "matched": len(arr),
+        "p50_ms": pct(arr, 50),
+        "p90_ms": pct(arr, 90),
+        "p99_ms": pct(arr, 99),
+        "p999_ms": pct(arr, 99.9),
+        "max_ms": float(arr.max()) if len(arr) else None,
+        "mean_ms": float(arr.mean()) if len(arr) else None,
+        "after_5s": {
+            "matched": len(steady),
+            "p50_ms": pct(steady, 50),
+            "p99_ms": pct(steady, 99),
+            "p999_ms": pct(steady, 99.9),
+            "max_ms": float(steady.max()) if len(steady) else None,
+        },
+        "send_to_scored_ms": {
+            "p50": pct(np.array(to_scored) * 1000.0, 50),
+            "p99": pct(np.array(to_scored) * 1000.0, 99),
+        },
+        "send_to_ack_ms": {
+            "p50": pct((acked - send_call) * 1000.0, 50),
+            "p99": pct((acked - send_call) * 1000.0, 99),
+            "max": float(((acked - send_call) * 1000.0).max()) if n else None,
+        },
+        "p50_first_tenth_ms": pct(arr_by_time[:tenth], 50),
+        "p50_last_tenth_ms": pct(arr_by_time[-tenth:], 50),
+        "last_signal_s": last_s,
+        "effective_rate": n / last_s if last_s > 0 else None,
+        "by_send_second": {"columns": ["second", "events", "p50_ms", "p99_ms"], "rows": by_second},
+        # Every matched latency (ms, send order), for the distribution plot.
+        "latencies_ms": [round(float(x), 2) for x in arr_by_time],
+        "metrics": metrics,
+        "log": log_findings(worker.log_path),
+        "log_path": str(worker.log_path),
+    }
+
+
+async def worker_ort_vs_microbench(run: dict[str, Any]) -> dict[str, Any] | None:
+    """ORT in the bench process at the worker's mean batch size, beside the worker's figure.
+
+    Run after the worker stopped, so the microbenchmark has the core to itself.
+    """
+    from bench.inference import ort_at_batch
+
+    mean = run["metrics"]["mean_sequences_per_ort_call"]
+    if not mean:
+        return None
+    batch = max(1, round(mean))
+    micro = await asyncio.to_thread(ort_at_batch, batch, 1.0)
+    worker = run["ort_sequences_per_s"]
+    return {
+        "batch": batch,
+        "microbench_sequences_per_s": micro["sequences_per_s"],
+        "microbench_ms_per_call": micro["ms_per_call"],
+        "worker_sequences_per_s": worker,
+        "ratio": worker / micro["sequences_per_s"] if worker else None,
+    }
