@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 
 from features.validation import ValidationPolicy
+from stream.loopback import run_in_process
 from stream.model import Scorer
-from stream.processor import DictStore, Processor, RawMessage
+from stream.processor import BatchOutput, DictStore, Processor, RawMessage
 from stream.publish import partition_of
 
 PARTITIONS = 4
@@ -110,11 +111,20 @@ def run(
     signals: set[tuple[str, str, float]] = set()
     dead: list[tuple[int, str]] = []
     rekeyed: list[int] = []
-    for lo in range(0, len(msgs), batch):
-        out = proc.process(msgs[lo : lo + batch])
+
+    def collect(out: BatchOutput) -> None:
         store.apply(out.writes)
-        signals |= {("demand", d.signal_id, round(d.expected_orders, 6)) for d in out.demand}
-        signals |= {("churn", c.signal_id, round(c.churn_probability, 6)) for c in out.churn}
-        dead += [(where[(d.partition, d.offset)], d.reason) for d in out.dead_letters]
-        rekeyed += [where[origin] for origin in out.reroute_origins]
+        signals.update(("demand", d.signal_id, round(d.expected_orders, 6)) for d in out.demand)
+        signals.update(("churn", c.signal_id, round(c.churn_probability, 6)) for c in out.churn)
+        dead.extend(
+            (where[(d.partition, d.offset)], d.reason)
+            for d in out.dead_letters
+            if d.source_topic == "clickstream"
+        )
+        rekeyed.extend(where[origin] for origin in out.reroute_origins)
+
+    # The re-keying topic looped back, watermark records included: with event time aligned
+    # over the sources, a processor that never hears the other sources closes nothing (and no
+    # event is ever late), which is not what a worker does.
+    run_in_process(proc, msgs, batch, collect)
     return signals, dead, rekeyed
