@@ -44,28 +44,13 @@ from stream.processor import (
     origin_from_headers,
 )
 from stream.publish import partition_of
+from tests.support.hostile import NOW_MS, PARTITIONS, make_processor
 from tests.support.worker_harness import MODEL_DIR
-
-PARTITIONS = 4
-NOW_MS = 1_900_000_000_000
 
 
 @pytest.fixture(scope="module")
 def scorer() -> Scorer:
     return load_model(MODEL_DIR)
-
-
-def make_processor(scorer: Any, store: DictStore) -> Processor:
-    return Processor(
-        scorer,
-        store,
-        partitions=PARTITIONS,
-        policy=ValidationPolicy(),
-        allowed_lateness_ms=3_600_000,
-        fresh_interval_ms=3_600_000,
-        routed_topics=frozenset({"routed"}),
-        clock=lambda: NOW_MS,
-    )
 
 
 def keyed_messages(pairs: list[tuple[bytes, bytes]], start: list[int]) -> list[RawMessage]:
