@@ -48,6 +48,7 @@ from bench.worker.harness import (
     parse_args,
     phase_settings,
     preload,
+    run_config,
 )
 from bench.worker.phases import (
     run_ceiling,
@@ -222,22 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "total_seconds": time.perf_counter() - t0,
         "machine": machine,
-        "config": {
-            "events": cfg.events,
-            "users": cfg.users,
-            "partitions": cfg.partitions,
-            "days": cfg.days,
-            "seed": cfg.seed,
-            "latency_seconds": cfg.latency_seconds,
-            "latency_fractions": list(cfg.latency_fractions),
-            "naive_events": cfg.naive_events,
-            "stores": list(cfg.stores),
-            "quick": cfg.quick,
-            "batch_size": base.batch_size,
-            "batch_timeout_s": base.batch_timeout_s,
-            "ort_intra_op_threads": base.ort_intra_op_threads,
-            "run_dir": str(run_dir),
-        },
+        "config": run_config(cfg, base, run_dir),
         **result,
     }
     result["problems"] = problems(result)

@@ -544,3 +544,25 @@ def bench_broker(
 
 
 _WORKERS: list[Worker] = []
+
+
+def run_config(cfg: BenchConfig, base: Settings, run_dir: Path, **extra: Any) -> dict[str, Any]:
+    """The ``config`` block of a results file: what was run, and the worker settings it ran
+    with (``extra``: a harness's own options, e.g. ``python -m bench``'s phases skipped)."""
+    return {
+        "events": cfg.events,
+        "users": cfg.users,
+        "partitions": cfg.partitions,
+        "days": cfg.days,
+        "seed": cfg.seed,
+        "latency_seconds": cfg.latency_seconds,
+        "latency_fractions": list(cfg.latency_fractions),
+        "naive_events": cfg.naive_events,
+        "stores": list(cfg.stores),
+        **extra,
+        "quick": cfg.quick,
+        "batch_size": base.batch_size,
+        "batch_timeout_s": base.batch_timeout_s,
+        "ort_intra_op_threads": base.ort_intra_op_threads,
+        "run_dir": str(run_dir),
+    }
