@@ -165,7 +165,7 @@ def test_every_topic_topic_init_creates_is_used_by_the_code_and_vice_versa() -> 
     settings = Settings()
     created = set(topic_specs(settings))
     used = _topic_fields_used(
-        "stream/app.py", "subscribers/bidding_app.py", "subscribers/alerting_app.py"
+        "stream/worker.py", "subscribers/bidding_app.py", "subscribers/alerting_app.py"
     )
     assert used, "no topics found in the apps' sources"
     used_names = {getattr(settings, field) for field in used}

@@ -5,9 +5,8 @@ unit-testing wrapper, in-memory channel, ``memory://`` table store) and we look 
 agent *sends* -- the topics' ``send`` is replaced by a recorder -- and at what it writes to the
 ``user-state`` table and its changelog.
 
-``stream.app`` reads its settings and loads the model at import, so each test imports a fresh
-copy of the module after setting ``CLICKSIGNALS_*`` (see :func:`load_app`) and the previous
-module is put back afterwards.
+Each test builds its own worker with :func:`stream.worker.create_worker` after setting
+``CLICKSIGNALS_*`` (see :func:`load_app`).
 
 Notes on ``test_context`` that shape these tests:
 
@@ -28,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
 
 from stream.publish import partition_of
+from stream.worker import Worker as StreamWorker
 from tests.support.agent import (
     WEEK,
     click,
@@ -53,7 +52,7 @@ from tests.support.agent import (
 
 
 def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     # Two messages per batch, flushed as soon as both are in: each batch mixes partitions.
     app = load_app(PARTITIONS="2", BATCH_SIZE="2", BATCH_TIMEOUT_S="5")
@@ -92,7 +91,7 @@ def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
 
 
 def test_a_stray_on_the_routed_topic_stops_the_agent(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     """The routed topic with another partition count than settings: refuse, don't corrupt."""
     app = load_app(PARTITIONS="2")
@@ -110,7 +109,7 @@ def test_a_stray_on_the_routed_topic_stops_the_agent(
 
 
 def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     app = load_app(MAX_EVENT_BYTES="1024")
     good = {"event_time": "2011-03-01T10:00:00Z", "event_type": "view", "user_id": "u1"}
@@ -156,7 +155,7 @@ def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
 
 
 def test_the_watermark_closes_windows_on_the_demand_and_churn_topics(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     app = load_app(ALLOWED_LATENESS_S="3600")
     demand, churn = app.settings.topic_demand, app.settings.topic_churn
@@ -194,7 +193,7 @@ def test_the_watermark_closes_windows_on_the_demand_and_churn_topics(
 
 
 def test_a_quiet_buyer_is_scored_past_the_lookback_and_a_quiet_viewer_stops_at_it(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     """The close population (features.windows.close_population) through the real agent and
     settings: with CLICKSIGNALS_DORMANT_CHURN_FLOOR=1.0 no churn reaches the floor, so the
@@ -242,7 +241,7 @@ def test_a_quiet_buyer_is_scored_past_the_lookback_and_a_quiet_viewer_stops_at_i
 
 
 def test_changelog_records_written_in_batches_decode_as_fausts_own_and_fill_the_store(
-    load_app: Callable[..., ModuleType],
+    load_app: Callable[..., StreamWorker],
 ) -> None:
     """``TableStore.write_in_batches`` must put on the changelog exactly what Faust's
     recovery reads back (its key serializer is json: a raw key would fail every restore) and
@@ -269,7 +268,7 @@ def test_changelog_records_written_in_batches_decode_as_fausts_own_and_fill_the_
         store = app.user_state.data
         store.set_persisted_offset = lambda tp, offset: persisted.__setitem__(tp, offset)
         writes = {0: {"u0": b"\x00state-0", "v0": b"x"}, 1: {"\x00clock/1": b"{}"}}
-        await app._store.write_in_batches(writes, Recorder())
+        await app.store.write_in_batches(writes, Recorder())
         await asyncio.sleep(0)  # the delivery callbacks
         for entries in writes.values():
             for key, value in entries.items():

@@ -542,7 +542,7 @@ def test_importing_the_worker_does_not_import_tensorflow(tmp_path: Path) -> None
         "import stream.app, sys; "
         "heavy = sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')); "
-        "assert not heavy, heavy; print('ok', stream.app.processor().scorer.version)"
+        "assert not heavy, heavy; print('ok', stream.app.worker.processor().scorer.version)"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
