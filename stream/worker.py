@@ -44,9 +44,9 @@ import orjson
 from faust.types import TP, EventT
 
 from settings import Settings
-from settings.kafka import KafkaClientConfigError, faust_credentials
-from settings.logs import faust_logging_config
+from settings.kafka import KafkaClientConfigError
 from stream import faust_runtime, metrics
+from stream.faust_app import RAW, faust_app
 from stream.input_check import InputCheck
 from stream.liveness import Liveness
 from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
@@ -72,8 +72,6 @@ log = logging.getLogger(__name__)
 AGENT_NAME = "stream.app.score_clickstream"
 """The agent's name as it was when the agent was defined in ``stream.app`` (Faust names
 agents after their function): kept so that logs and metrics read as before."""
-
-_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
 class StartupError(Exception):
@@ -172,51 +170,34 @@ def _persist_offset(store: Any, tp: TP, count: int, delivered: asyncio.Future[An
 
 
 def build_app(settings: Settings) -> faust.App:
-    """The Faust app with the worker's tuning; raises :class:`StartupError` when the installed
-    Faust lacks a part the worker relies on or the Kafka client options are wrong."""
+    """The Faust app (:func:`stream.faust_app.faust_app`) with the worker's tuning; raises
+    :class:`StartupError` when the installed Faust lacks a part the worker relies on or the
+    Kafka client options are wrong."""
     try:
         faust_runtime.require()  # an upgrade that moved a private part stops us here, named
     except faust_runtime.RuntimeIncompatible as exc:
         raise StartupError(str(exc), 2) from None
     try:
-        # The one place that builds every client's connection options (TLS, SASL).
-        credentials = faust_credentials(settings)
+        app = faust_app(
+            settings,
+            app_id=settings.app_id,
+            web_port=settings.web_port,
+            datadir=settings.data_dir,
+            # The agent appends a micro-batch's signals to one record batch per topic
+            # partition (stream.publish); 16 kB (Faust's default) holds ~40 signals, so each
+            # batch would be cut into several that aiokafka sends one after the other. Well
+            # under the broker's 1 MB.
+            producer_max_batch_size=256 * 1024,
+            stream_buffer_maxsize=4096,
+            # Bigger fetches than Faust's 1 MiB per partition (~770 user states of ~1.3 kB): a
+            # fresh worker replays the table's changelog ~2x faster and the stream gets more
+            # per round trip (bench/results/profile.md). The record cap bounds one poll.
+            consumer_max_fetch_size=16 * 1024 * 1024,
+            broker_max_poll_records=10_000,
+            table_standby_replicas=1,
+        )
     except KafkaClientConfigError as exc:  # e.g. a missing CA file: the reason, not a traceback
         raise StartupError(str(exc), 2) from None
-    app = faust.App(
-        settings.app_id,
-        broker=settings.broker_url,
-        broker_credentials=credentials,
-        store=settings.store_url,
-        datadir=str(settings.data_dir),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        # Topics come from `clicksignals topics create`; auto-creation would hide a partition
-        # count that differs from the changelog's.
-        topic_allow_declare=True,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        producer_linger_ms=5,
-        # The agent appends a micro-batch's signals to one record batch per topic partition
-        # (stream.publish); 16 kB (Faust's default) holds ~40 signals, so each batch would be
-        # cut into several that aiokafka sends one after the other. Well under the broker's 1 MB.
-        producer_max_batch_size=256 * 1024,
-        stream_buffer_maxsize=4096,
-        # Bigger fetches than Faust's 1 MiB per partition (~770 user states of ~1.3 kB): a
-        # fresh worker replays the table's changelog ~2x faster (bench.state, 200k users:
-        # 41.8 s -> 20.3 s in memory, 51.2 s -> 21.3 s into RocksDB) and the stream gets more
-        # per round trip (bench.worker, 150k events: +15 % events/s). The record cap bounds
-        # one poll.
-        consumer_max_fetch_size=16 * 1024 * 1024,
-        broker_max_poll_records=10_000,
-        table_standby_replicas=1,
-        # Every topic and the table carry raw bytes: the processor does its own (de)coding.
-        key_serializer="raw",
-        value_serializer="raw",
-        # CLICKSIGNALS_LOG_FORMAT=json: one JSON object per line, secrets masked (settings.logs).
-        logging_config=faust_logging_config(settings),
-    )
     # Faust's ProducerBuffer carries table changelog writes made through the table (here:
     # only under test_context, see TableStore; on a real producer they go as record batches)
     # and stops the stream whenever more than `max_messages` (100, no setting) are pending,
@@ -241,12 +222,12 @@ class Worker:
         self.settings = settings
         self.app = app
         self.clickstream = app.topic(
-            settings.topic_clickstream, partitions=settings.partitions, **_RAW
+            settings.topic_clickstream, partitions=settings.partitions, **RAW
         )
-        self.routed = app.topic(settings.topic_routed, partitions=settings.partitions, **_RAW)
-        self.demand_topic = app.topic(settings.topic_demand, **_RAW)
-        self.churn_topic = app.topic(settings.topic_churn, **_RAW)
-        self.dead_letter_topic = app.topic(settings.topic_dead_letter, **_RAW)
+        self.routed = app.topic(settings.topic_routed, partitions=settings.partitions, **RAW)
+        self.demand_topic = app.topic(settings.topic_demand, **RAW)
+        self.churn_topic = app.topic(settings.topic_churn, **RAW)
+        self.dead_letter_topic = app.topic(settings.topic_dead_letter, **RAW)
         self.user_state = app.Table(
             "user-state",
             default=None,
@@ -387,7 +368,7 @@ def _register_rebalance(worker: Worker) -> None:
 
 def _register_agent(worker: Worker) -> None:
     app, s = worker.app, worker.settings
-    channel = app.topic(s.topic_clickstream, s.topic_routed, **_RAW)
+    channel = app.topic(s.topic_clickstream, s.topic_routed, **RAW)
 
     async def score_clickstream(stream: Any) -> None:
         """Decode nothing, decide nothing: batch raw messages through the processor and send."""

@@ -15,61 +15,30 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Final
+from typing import Any
 
 import faust
 from faust.types import EventT
 
 from settings import Settings
-from settings.kafka import faust_credentials
-from settings.logs import faust_logging_config
 from stream import faust_runtime
+from stream.faust_app import RAW, faust_app
 
 log = logging.getLogger(__name__)
-
-RAW: Final[dict[str, Any]] = {
-    "key_type": bytes,
-    "value_type": bytes,
-    "key_serializer": "raw",
-    "value_serializer": "raw",
-}
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def broker_credentials(settings: Settings) -> Any:
-    """Faust credentials for ``settings`` (``None`` for PLAINTEXT): :mod:`settings.kafka`'s,
-    the one place that builds every Kafka client's connection options."""
-    return faust_credentials(settings)
-
-
 def make_app(settings: Settings, *, app_id: str, web_port: int, name: str) -> faust.App:
-    """A Faust app for one subscriber (see the module doc)."""
-    datadir = settings.data_dir / name
-    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    # Faust re-configures logging at worker start; CLICKSIGNALS_LOG_FORMAT=json goes through
-    # its logging_config (settings.logs), and text keeps Faust's own console format.
-    logging_config = faust_logging_config(settings)
-    extra: dict[str, Any] = {} if logging_config is None else {"logging_config": logging_config}
-    return faust.App(
-        app_id,
-        broker=settings.broker_url,
-        # A TLS/SASL setting that cannot make a client ends the process with the reason.
-        broker_credentials=config_or_exit(broker_credentials, settings, name),
-        store=settings.store_url,
-        datadir=str(datadir),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_allow_declare=True,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
-        web_port=web_port,
-        producer_linger_ms=5,
-        key_serializer="raw",
-        value_serializer="raw",
-        **extra,
+    """A Faust app for one subscriber (:func:`stream.faust_app.faust_app`, data under
+    ``settings.data_dir / name``); a TLS/SASL setting that cannot make a client ends the
+    process with the reason."""
+    return config_or_exit(
+        lambda s: faust_app(s, app_id=app_id, web_port=web_port, datadir=s.data_dir / name),
+        settings,
+        name,
     )
 
 
@@ -103,4 +72,4 @@ class TableFocus:
         self.table[key] = value
 
 
-__all__ = ["RAW", "TableFocus", "broker_credentials", "config_or_exit", "make_app", "now_ms"]
+__all__ = ["RAW", "TableFocus", "config_or_exit", "make_app", "now_ms"]
