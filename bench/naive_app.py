@@ -8,7 +8,7 @@ user's open window with **one ONNX Runtime call of batch size 1**, await the sen
 and a churn signal, write the state back to the table (one changelog record per event).
 
 It uses the same pure pieces as the worker (validation, :mod:`features.state`, the state codec,
-:class:`stream.model.Scorer`, the signal records) so the comparison is about the streaming
+:class:`serving.scorer.Scorer`, the signal records) so the comparison is about the streaming
 pattern, not the feature code. It does *less* than the worker — no partition watermarks, no
 window closes (silent users are never scored), no redelivery bookkeeping, no re-keying — so the
 worker / naive ratio flatters the naive app, if anything.
@@ -29,11 +29,11 @@ from features.signals import ChurnSignal, DemandSignal, RiskThresholds
 from features.state import add_event, is_late, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
 from features.windows import DAY_MS
+from serving.scorer import load_model
 from settings import load_settings
 from stream import metrics
 from stream.codec import UserRecord, decode_user, encode_user
 from stream.faust_app import RAW, faust_app
-from stream.model import load_model
 
 settings = load_settings()
 

@@ -32,8 +32,8 @@ import orjson
 from ops.demo import DEMO_SHOP, GENERATED_MODEL_DIR, demo_bid_baselines, load_traffic
 from ops.demo_truth import Truth, evaluate
 from ops.demo_view import Tally
+from serving.scorer import load_model
 from settings import Settings
-from stream.model import load_model
 from stream.processor import DictStore, RawMessage, processor_from_settings
 from stream.publish import partition_of
 from subscribers.alerting import AlertConfig, AlertState, apply_churn

@@ -73,6 +73,7 @@ from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThreshol
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
 from features.windows import DAY_MS, DORMANT_CHURN_FLOOR, WindowSpec, is_scored_at_close
+from serving.scorer import Scorer
 from stream.codec import (
     PartitionClock,
     UserRecord,
@@ -81,7 +82,6 @@ from stream.codec import (
     encode_clock,
     encode_user,
 )
-from stream.model import Scorer
 from stream.publish import partition_of
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ agent decodes nothing itself: it hands raw micro-batches to :class:`stream.proce
 and sends what comes back. Settings are passed in (``faust -A stream.app worker`` reads
 them from the environment, see :mod:`stream.app`); the model is loaded and checked before the
 app is built, and a model that does not match raises :class:`StartupError` with the reason
-(see :mod:`stream.model`). Nothing happens at import: tests, the bench and the demo build as
+(see :mod:`serving.scorer`). Nothing happens at import: tests, the bench and the demo build as
 many workers as they need, each with its own settings. TensorFlow is never imported here.
 
 Two timers: one polls the model directory (``model_poll_interval_s``) and switches to a new
@@ -43,13 +43,14 @@ import faust
 import orjson
 from faust.types import TP, EventT
 
+from serving.scorer import ModelLoadError, Scorer, load_model
 from settings import Settings
 from settings.kafka import KafkaClientConfigError
 from stream import faust_runtime, metrics
 from stream.faust_app import RAW, faust_app
 from stream.input_check import InputCheck
 from stream.liveness import Liveness
-from stream.model import ModelHolder, ModelLoadError, Scorer, load_model
+from stream.model import ModelHolder
 from stream.processor import (
     ORIGIN_HEADER,
     BatchOutput,

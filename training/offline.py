@@ -16,7 +16,7 @@ import pandas as pd
 from features.batch import WindowTensor, sequences_at
 from features.manifest import OUTPUT_NAMES
 from features.windows import DORMANT_CHURN_FLOOR, close_population
-from stream.model import Scorer, load_model
+from serving.scorer import Scorer, load_model
 from training.dataset import Samples, build_tensor, first_window, to_event_arrays
 from training.origins import OriginSet
 

@@ -47,7 +47,7 @@ from features.windows import (
     lifetime_summary,
     population_mask,
 )
-from stream.model import sha256_file
+from serving.scorer import sha256_file
 from training.baselines import baselines
 from training.dataset import build_tensor, first_window, to_event_arrays
 from training.origins import (
@@ -378,7 +378,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
 
     # Scores come from ONNX Runtime, the scorer the worker uses, fed raw sequences only: the
     # summary is recomputed from them with the manifest's prior, as in the worker.
-    from stream.model import load_model
+    from serving.scorer import load_model
     from training.offline import score_rows
 
     placeholder = RiskThresholds(medium=0.5, high=0.9)
@@ -615,7 +615,7 @@ def _quantize(
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from stream.model import Scorer
+    from serving.scorer import Scorer
     from training import export
     from training.offline import score_rows
 

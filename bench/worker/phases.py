@@ -51,7 +51,7 @@ def run_processor_only(
     What the worker would do if Kafka and Faust cost nothing; the gap to the worker's rate is
     the streaming overhead (consuming, per-signal sends, changelog writes, commits).
     """
-    from stream.model import load_model
+    from serving.scorer import load_model
     from stream.processor import DictStore, RawMessage, processor_from_settings
 
     scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)

@@ -437,7 +437,7 @@ def processor_reference(
     computed by the processor alone (no broker): window closes depend on event time and
     partition, not on how messages are batched."""
     from features.validation import ValidationPolicy
-    from stream.model import load_model
+    from serving.scorer import load_model
     from stream.processor import DictStore, Processor, RawMessage
 
     store = DictStore()
@@ -709,7 +709,7 @@ def test_ten_percent_hostile_records_are_dead_lettered_and_valid_ones_unaffected
     kafka_settings: Settings, worker_factory: WorkerFactory, tmp_path: Path
 ) -> None:
     from features.validation import ValidationPolicy, validate
-    from stream.model import load_model
+    from serving.scorer import load_model
     from tests.support.hostile import NOW_MS, hostile_catalogue
     from tests.support.hostile import run as processor_run
     from tests.support.worker_harness import MODEL_DIR

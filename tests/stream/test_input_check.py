@@ -113,7 +113,7 @@ def test_the_worker_warns_about_the_shipped_model_on_a_view(
 
 
 def test_the_generated_default_model_loads_and_says_clickstream() -> None:
-    from stream.model import load_model
+    from serving.scorer import load_model
 
     scorer = load_model(REPO / "onnx_models" / "generated")
     data = scorer.manifest.extra["training_data"]

@@ -29,8 +29,8 @@ import stream.processor as processor_module
 from features.validation import DEAD_LETTER_REASONS, Invalid, ValidationPolicy, validate
 from ingest.adapters import to_wire_bytes
 from ingest.generator import generate_clickstream
+from serving.scorer import Scorer, Scores, load_model
 from stream.codec import decode_user
-from stream.model import Scorer, Scores, load_model
 from stream.processor import (
     ORIGIN_HEADER,
     BatchOutput,

@@ -26,9 +26,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from ingest.adapters import read_events, to_wire_bytes
+from serving.scorer import load_model
 from settings import Settings
 from stream.liveness import EXIT_AGENT_STOPPED
-from stream.model import load_model
 from stream.processor import (
     DictStore,
     RawMessage,

@@ -34,8 +34,8 @@ import pytest
 from ingest.adapters import read_events, to_wire_bytes
 from ingest.generator import generate_clickstream
 from ops import kafka_local
+from serving.scorer import load_model
 from settings import Settings, child_environment
-from stream.model import load_model
 from stream.publish import partition_of
 from tests.conftest import unique_name
 from tests.support.worker_harness import (

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from features.validation import ValidationPolicy
-from stream.model import Scorer
+from serving.scorer import Scorer
 from stream.processor import DictStore, Processor, RawMessage
 from stream.publish import partition_of
 

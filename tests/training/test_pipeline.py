@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stream.model import load_model
+from serving.scorer import load_model
 from training.cli import main
 
 
