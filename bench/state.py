@@ -168,7 +168,7 @@ async def restore_once(
     settings: Settings, name: str, log_path: Path, users: int, cfg: StateConfig
 ) -> dict[str, Any]:
     """Start a worker on the changelog, wait for Faust's recovery, measure, stop it."""
-    from bench.worker.harness import _http_get, _log_tail, start_worker, stop_worker
+    from bench.worker.harness import _http_get, start_worker, stop_worker
 
     t_start_wall = time.time()
     t0 = time.perf_counter()
@@ -176,14 +176,14 @@ async def restore_once(
     try:
         while True:
             if worker.proc.poll() is not None:
-                raise RuntimeError(f"{name} worker exited:\n{_log_tail(log_path)}")
+                raise RuntimeError(f"{name} worker exited:\n{worker.log_tail(30)}")
             times = _log_times(log_path)
             if "worker_ready" in times:
                 break
             if "Error in recovery" in log_path.read_text(errors="replace"):
                 # Faust logs undecodable changelog records and then waits forever.
                 raise RuntimeError(
-                    f"{name}: Faust could not apply the changelog:\n{_log_tail(log_path)}"
+                    f"{name}: Faust could not apply the changelog:\n{worker.log_tail(30)}"
                 )
             if time.perf_counter() - t0 > cfg.restore_timeout_s:
                 raise RuntimeError(f"{name}: no 'Worker ready' in {cfg.restore_timeout_s:.0f} s")

@@ -31,15 +31,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Final
@@ -63,6 +60,7 @@ from ops.demo_view import (
     summary_record,
 )
 from ops.replay import load_wire, produce
+from ops.supervise import Supervised, stop_all
 from settings import Settings, child_environment
 from subscribers.cli import worker_argv
 from training.evaluate import roc_auc
@@ -171,112 +169,33 @@ def live_auc(tally: Tally, truth: Truth | None) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    """One Faust worker process the demo started."""
-
-    name: str
-    argv: list[str]
-    health_url: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-
-def children(settings: Settings, base: Path) -> list[Child]:
-    """The three Faust workers of a demo (not yet started): worker, bidder, alerter."""
+def children(settings: Settings, base: Path) -> list[Supervised]:
+    """The three Faust workers of a demo (not yet started): worker, bidder, alerter, each
+    supervised by :mod:`ops.supervise` (own session, log file, readiness on ``/health``)."""
     level = settings.log_level
     host = settings.web_host
+    env = child_environment(settings)
     # The worker is started as the README runs it; the subscribers as `clicksignals bidder`
     # and `clicksignals alerter` run them (the same argv, without the exec).
     worker = [sys.executable, "-m", "faust", "-A", "stream.app", "worker", "-l", "info"]
+    ports = {
+        "worker": settings.web_port,
+        "bidder": settings.bidder_web_port,
+        "alerter": settings.alerter_web_port,
+    }
+    argvs = {"worker": worker, "bidder": worker_argv("bidder", level)}
+    argvs["alerter"] = worker_argv("alerter", level)
     return [
-        Child("worker", worker, f"http://{host}:{settings.web_port}/health", base / "worker.log"),
-        Child(
-            "bidder",
-            worker_argv("bidder", level),
-            f"http://{host}:{settings.bidder_web_port}/health",
-            base / "bidder.log",
-        ),
-        Child(
-            "alerter",
-            worker_argv("alerter", level),
-            f"http://{host}:{settings.alerter_web_port}/health",
-            base / "alerter.log",
-        ),
+        Supervised(name, argvs[name], env, base / f"{name}.log", f"http://{host}:{port}")
+        for name, port in ports.items()
     ]
 
 
-def start_child(child: Child, settings: Settings) -> None:
-    child.log_path.parent.mkdir(parents=True, exist_ok=True)
-    child._log = child.log_path.open("wb")
-    child.proc = subprocess.Popen(
-        child.argv,
-        env=child_environment(settings),
-        stdout=child._log,
-        stderr=subprocess.STDOUT,
-        # Own session: the terminal's Ctrl-C reaches only the demo, which stops the children
-        # in order; and killpg on the session's group leaves nothing behind.
-        start_new_session=True,
-    )
-    log.info("started %s (pid %d, log %s)", child.name, child.proc.pid, child.log_path)
-
-
-def _healthy(url: str) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-        return bool(response.status == 200)
-    return False
-
-
-def wait_ready(kids: list[Child], timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_ready(kids: list[Supervised], timeout_s: float = READY_TIMEOUT_S) -> None:
     """Until every child answers ``/health`` (RuntimeError if one exits or time runs out)."""
-    pending = list(kids)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        for child in list(pending):
-            assert child.proc is not None
-            if child.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{child.name} exited with code {child.proc.returncode} during start-up "
-                    f"(see {child.log_path})"
-                )
-            if _healthy(child.health_url):
-                log.info("%s ready (%s)", child.name, child.health_url.removesuffix("/health"))
-                pending.remove(child)
-        if pending and time.monotonic() > deadline:
-            names = ", ".join(c.name for c in pending)
-            raise RuntimeError(f"not healthy after {timeout_s:.0f}s: {names}")
-        if pending:
-            time.sleep(0.5)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)  # the child leads its own session (start_new_session)
-
-
-def stop_children(kids: list[Child], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every running child at once, wait, SIGKILL what is left; close the logs."""
-    running = [c for c in kids if c.proc is not None and c.proc.poll() is None]
-    for child in running:
-        assert child.proc is not None
-        _signal_group(child.proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for child in running:
-        assert child.proc is not None
-        try:
-            child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            log.info("%s stopped (exit code %s)", child.name, child.proc.returncode)
-        except subprocess.TimeoutExpired:
-            log.warning("%s ignored SIGTERM for %.0fs; killing it", child.name, grace_s)
-            _signal_group(child.proc, signal.SIGKILL)
-            child.proc.wait()
     for child in kids:
-        if child.proc is not None:
-            # A worker's own helper processes, if any, share its group: make sure none stay.
-            _signal_group(child.proc, signal.SIGKILL)
-        if child._log is not None:
-            child._log.close()
+        child.wait_ready(timeout_s, poll_s=0.5)
+        log.info("%s ready (%s)", child.name, child.url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,7 +525,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
     out_dir = base / "out"
     kafka_dir = base / "kafka"
     tally, state = Tally(), RunState()
-    kids: list[Child] = []
+    kids: list[Supervised] = []
     started_broker = False
     outputs: Outputs | None = None
     interrupted: str | None = None
@@ -643,7 +562,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
             partitions = {r.name: r.actual_partitions for r in kafka_local.create_topics(settings)}
             kids = children(settings, base)
             for child in kids:
-                start_child(child, settings)
+                child.start()
             wait_ready(kids)
             outputs = Outputs(out_dir)
             asyncio.run(run_demo(settings, partitions, args, tally, outputs, state))
@@ -663,7 +582,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
             with signals_deferred():
                 if outputs is not None:
                     outputs.close()
-                stop_children(kids)
+                stop_all(kids, STOP_GRACE_S)
                 if started_broker:
                     kafka_local.stop(kafka_dir)
     if outputs is None:

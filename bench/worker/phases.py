@@ -24,7 +24,6 @@ from bench.worker.harness import (
     BenchConfig,
     CpuMark,
     Record,
-    _log_tail,
     cpu_seconds,
     end_offsets,
     log_findings,
@@ -233,7 +232,7 @@ async def run_worker_throughput(
                 if worker.proc.poll() is not None:
                     raise RuntimeError(
                         f"worker {store} exited with code {worker.proc.returncode}; tail of "
-                        f"{worker.log_path}:\n{_log_tail(worker.log_path)}"
+                        f"{worker.log_path}:\n{worker.log_tail(30)}"
                     )
                 committed = await committed_total(admin, s.app_id, s.topic_clickstream)
                 try:
@@ -412,7 +411,7 @@ async def run_latency(
             if time.perf_counter() - t_warm > 60:
                 raise RuntimeError("latency: warm-up signals did not arrive within 60 s")
             if worker.proc.poll() is not None:
-                raise RuntimeError(f"latency worker exited:\n{_log_tail(worker.log_path)}")
+                raise RuntimeError(f"latency worker exited:\n{worker.log_tail(30)}")
             await asyncio.sleep(0.05)
         warmup_s = time.perf_counter() - t_warm
 

@@ -30,10 +30,10 @@ def test_children_are_the_worker_and_both_subscribers_on_their_own_ports(tmp_pat
     for kid in kids:
         assert kid.argv[:3] == [sys.executable, "-m", "faust"]
         assert kid.argv[kid.argv.index("-A") + 2] == "worker"
-    assert [k.health_url for k in kids] == [
-        "http://127.0.0.1:7001/health",
-        "http://127.0.0.1:7002/health",
-        "http://127.0.0.1:7003/health",
+    assert [k.url for k in kids] == [
+        "http://127.0.0.1:7001",
+        "http://127.0.0.1:7002",
+        "http://127.0.0.1:7003",
     ]
     assert len({k.log_path for k in kids}) == 3
 
@@ -45,65 +45,6 @@ def test_the_demo_reads_every_output_topic_the_topics_command_creates() -> None:
     assert set(kinds) <= set(topic_specs(settings))
     inputs = {settings.topic_clickstream, settings.topic_routed}
     assert set(kinds) == set(topic_specs(settings)) - inputs
-
-
-_STUBBORN = """
-import os, signal, subprocess, sys, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-print(child.pid, flush=True)
-time.sleep(60)
-"""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still "exists"; it is gone for our purpose once it is not running.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split()[2] != "Z"
-
-
-def test_stop_children_kills_what_ignores_sigterm_and_its_whole_group(tmp_path: Path) -> None:
-    kid = demo.Child("stubborn", [sys.executable, "-c", _STUBBORN], "http://x", tmp_path / "s.log")
-    demo.start_child(kid, Settings())
-    assert kid.proc is not None
-    deadline = time.monotonic() + 20
-    while not kid.log_path.read_text().strip() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    grandchild = int(kid.log_path.read_text().split()[0])
-    started = time.monotonic()
-    demo.stop_children([kid], grace_s=0.5)
-    assert time.monotonic() - started < 10
-    assert kid.proc.returncode == -signal.SIGKILL
-    deadline = time.monotonic() + 5
-    while _alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(grandchild), "the child's own process was left behind"
-
-
-def test_stop_children_stops_a_well_behaved_child_with_sigterm(tmp_path: Path) -> None:
-    kid = demo.Child(
-        "polite", [sys.executable, "-c", "import time; time.sleep(60)"], "x", tmp_path / "p.log"
-    )
-    demo.start_child(kid, Settings())
-    demo.stop_children([kid], grace_s=10)
-    assert kid.proc is not None and kid.proc.returncode == -signal.SIGTERM
-
-
-def test_wait_ready_reports_a_child_that_exits(tmp_path: Path) -> None:
-    kid = demo.Child(
-        "broken",
-        [sys.executable, "-c", "raise SystemExit(3)"],
-        "http://127.0.0.1:9/health",
-        tmp_path / "b.log",
-    )
-    demo.start_child(kid, Settings())
-    with pytest.raises(RuntimeError, match="broken exited with code 3"):
-        demo.wait_ready([kid], timeout_s=20)
-    demo.stop_children([kid])
 
 
 def test_sigterm_becomes_an_interrupt_only_inside_the_block() -> None:

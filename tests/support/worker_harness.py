@@ -16,16 +16,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops import kafka_local
+from ops.supervise import START_TIMEOUT_S, Supervised
 from settings import Settings, child_environment
 from stream.publish import partition_of
 from tests.conftest import unique_name
@@ -47,8 +45,6 @@ READY_LINE = "Worker ready"
 # After a SIGKILL the group waits for the dead member's session to expire before a new
 # worker gets partitions: Faust's default session timeout is 60 s, restart tests use 10 s.
 FAST_REJOIN = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
-START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
 
@@ -97,103 +93,33 @@ class WorkerError(AssertionError):
     """A worker died, did not get ready, or did not finish in time (message has the log)."""
 
 
-@dataclass
-class WorkerProcess:
-    """One ``faust -A stream.app worker`` subprocess and its log file."""
+class WorkerProcess(Supervised):
+    """One ``faust -A stream.app worker`` subprocess and its log file (:mod:`ops.supervise`)."""
 
-    name: str
-    settings: Settings
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    exit_codes: list[int] = field(default_factory=list)
-    faust_env: dict[str, str] = field(default_factory=dict)
-    """Faust's own knobs (it reads e.g. ``BROKER_SESSION_TIMEOUT`` from the environment)."""
-    final_lag: int | None = None
-    """Consumer lag when :func:`wait_until_done` returned."""
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        log_path: Path,
+        faust_env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            name=name,
+            argv=[str(FAUST), "-A", "stream.app", "worker", "-l", "info"],
+            # Faust's own knobs (it reads e.g. BROKER_SESSION_TIMEOUT from the environment).
+            env={**child_environment(settings), **(faust_env or {})},
+            log_path=log_path,
+            url=f"http://{settings.web_host}:{settings.web_port}",
+            cwd=REPO_ROOT,
+            error=WorkerError,
+        )
+        self.settings = settings
+        self.final_lag: int | None = None
+        """Consumer lag when :func:`wait_until_done` returned."""
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
-
-    def start(self) -> WorkerProcess:
-        assert self.proc is None or self.proc.poll() is not None, "worker already running"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start {self.name} at {time.strftime('%X')} =====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [str(FAUST), "-A", "stream.app", "worker", "-l", "info"],
-                cwd=REPO_ROOT,
-                env={**child_environment(self.settings), **self.faust_env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # no terminal signals; we stop it ourselves
-            )
-        self.started_at = time.monotonic()
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
-
-    def fail(self, message: str) -> WorkerError:
-        return WorkerError(f"{message}\n--- tail of {self.log_path} ---\n{self.log_tail()}")
-
-    def _this_run_log(self) -> str:
-        text = self.log_text()
-        return text[text.rfind("===== start ") :]
-
-    def get_json(self, path: str, timeout_s: float = 2.0) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout_s) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
-
-    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> float:
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S, **_: Any) -> float:
         """Until ``/health`` answers and the log says the worker is ready; returns seconds."""
-        deadline = self.started_at + timeout_s
-        healthy = False
-        while True:
-            if not self.alive():
-                code = self.proc.returncode if self.proc else None
-                raise self.fail(f"worker {self.name} exited with code {code} during start-up")
-            if not healthy:
-                with contextlib.suppress(OSError, ValueError):
-                    healthy = self.get_json("/health", 1.0)[0] == 200
-            if healthy and READY_LINE in self._this_run_log():
-                return time.monotonic() - self.started_at
-            if time.monotonic() > deadline:
-                raise self.fail(f"worker {self.name} not ready after {timeout_s:.0f} s")
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no final commit, no flush (a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.exit_codes.append(self.proc.wait(timeout=STOP_TIMEOUT_S))
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Safe to call more than once."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            self.exit_codes.append(proc.wait(timeout=timeout_s))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            self.exit_codes.append(proc.wait(timeout=STOP_TIMEOUT_S))
+        return super().wait_ready(timeout_s, ready_line=READY_LINE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -477,7 +403,6 @@ async def _create_topic(
 
 def metric_samples(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
     """The worker's ``/metrics`` as sample name -> [(labels, value)] (empty if unreachable)."""
-    import urllib.request
 
     try:
         with urllib.request.urlopen(worker.url + "/metrics", timeout=2.0) as response:
