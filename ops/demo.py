@@ -535,7 +535,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
             # Probed as every client connects (TLS, SASL: settings.kafka), or a secured
             # broker would look absent and the demo would start a plaintext one beside it.
             probe = settings.kafka_client_kwargs()
-            if not kafka_local._answers(settings.bootstrap_servers, 2.0, probe):
+            if not kafka_local.answers(settings.bootstrap_servers, 2.0, probe):
                 if probe["security_protocol"] != "PLAINTEXT":
                     raise RuntimeError(
                         f"no broker answers at {settings.bootstrap_servers} over "

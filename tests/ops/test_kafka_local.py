@@ -99,7 +99,7 @@ def test_fetch_is_skipped_when_marker_matches(
     libs.mkdir(parents=True)
     (libs / "kafka_2.13-4.1.1.jar").write_bytes(b"")
     assert not kafka_local.artifacts_ready(settings)
-    digest = kafka_local._pom_digest(kafka_local.POM_PATH)
+    digest = kafka_local.artifacts._pom_digest(kafka_local.POM_PATH)
     (libs / kafka_local.MARKER_NAME).write_text(
         f'{{"kafka_version": "4.1.1", "pom_sha256": "{digest}"}}'
     )
@@ -229,7 +229,7 @@ def test_failed_start_reports_the_broker_log(
     own_kafka_broker: KafkaTestBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A JVM option the JVM rejects: storage formats fine, then the broker process dies at once.
-    monkeypatch.setattr(kafka_local, "JVM_OPTS", ("-XX:+NoSuchOptionForThisTest",))
+    monkeypatch.setattr(kafka_local.broker, "JVM_OPTS", ("-XX:+NoSuchOptionForThisTest",))
     settings = Settings(kafka_home=REPO_ROOT / ".cache" / "kafka")
     with pytest.raises(kafka_local.KafkaLocalError, match="NoSuchOptionForThisTest"):
         kafka_local.start(settings, tmp_path, fetch=False, timeout_s=30)
