@@ -78,7 +78,7 @@ def _init_assignments(cls: type) -> str:
     import inspect
 
     try:
-        return inspect.getsource(cls.__init__)
+        return inspect.getsource(cls.__init__)  # type: ignore[misc]  # the class's own, on purpose
     except (OSError, TypeError):
         return ""
 

@@ -106,9 +106,12 @@ def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
 
 
 class _Coordinates(Protocol):
-    topic: str
-    partition: int
-    offset: int
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
 
 
 def note_processed(batch: Iterable[_Coordinates]) -> None:

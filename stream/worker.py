@@ -96,7 +96,7 @@ class TableStore:
     def __init__(self, table: Any, app: faust.App) -> None:
         self.table = table
         self.app = app
-        self.events: dict[int, EventT] = {}
+        self.events: dict[int, EventT[Any]] = {}
 
     def _focus(self, partition: int) -> None:
         event = self.events.get(partition)
@@ -147,11 +147,13 @@ class TableStore:
             self._focus(partition)
             for key, value in entries.items():
                 store[key] = value
+                raw = dumps_value(value_type, value, serializer=value_ser)
+                assert raw is not None  # a state value is never None, so neither are its bytes
                 records.append(
                     OutRecord(
                         topic,
                         dumps_key(key_type, key, serializer=key_ser),
-                        dumps_value(value_type, value, serializer=value_ser),
+                        raw,
                         partition=partition,
                     )
                 )
@@ -352,12 +354,13 @@ def create_worker(settings: Settings) -> Worker:
 def _register_rebalance(worker: Worker) -> None:
     app = worker.app
 
-    @app.on_partitions_revoked.connect
+    # Faust's signal type wants (sender, *args, signal=...); it calls (app, partitions, signal=).
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         worker.processor().forget_partitions(worker.source_partitions(revoked))
         metrics.forget_processed({(tp.topic, tp.partition) for tp in revoked})
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
         # A partition's cached clock and close candidates are only valid while it is held
         # without a break. Revocation drops them, but a partition this worker held once, lost

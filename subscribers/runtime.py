@@ -35,11 +35,12 @@ def make_app(settings: Settings, *, app_id: str, web_port: int, name: str) -> fa
     """A Faust app for one subscriber (:func:`stream.faust_app.faust_app`, data under
     ``settings.data_dir / name``); a TLS/SASL setting that cannot make a client ends the
     process with the reason."""
-    return config_or_exit(
+    app: faust.App = config_or_exit(
         lambda s: faust_app(s, app_id=app_id, web_port=web_port, datadir=s.data_dir / name),
         settings,
         name,
     )
+    return app
 
 
 def config_or_exit(build: Any, settings: Settings, what: str) -> Any:
