@@ -107,6 +107,7 @@ def horizon_multiplier(
     age_weeks: npt.ArrayLike,
     alpha: float,
     spec: WindowSpec,
+    windows: int | None = None,
 ) -> FloatArray:
     """``[N]`` factor on BG/NBD's horizon: the horizon's season against the season the
     customer's rate was learnt in.
@@ -121,7 +122,8 @@ def horizon_multiplier(
 
     ``last_vectors`` are raw feature vectors ``[N, N_FEATURES]`` of the scored window, whose
     start is read back from its ``season_*`` features, so rows of different closes can share a
-    batch. ``age_weeks`` is BG/NBD's ``T`` (0 for users who never ordered). Without an index, 1.
+    batch. ``age_weeks`` is BG/NBD's ``T`` (0 for users who never ordered). The horizon is
+    ``spec.horizon`` windows unless ``windows`` says otherwise. Without an index, 1.
     """
     v = np.asarray(last_vectors, dtype=np.float64)
     if season is None:
@@ -130,7 +132,7 @@ def horizon_multiplier(
     per_day = 2.0 * np.pi / YEAR_DAYS
     start = np.arctan2(v[:, FEATURE_INDEX["season_sin"]], v[:, FEATURE_INDEX["season_cos"]])
     now = start + per_day * window_days
-    horizon = per_day * window_days * spec.horizon
+    horizon = per_day * window_days * (spec.horizon if windows is None else windows)
     s_h = season.mean_over(now + horizon, horizon)
     age = np.maximum(np.asarray(age_weeks, dtype=np.float64), 0.0)
     s_t = season.mean_over(now, per_day * 7.0 * age)

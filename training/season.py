@@ -36,7 +36,7 @@ from scipy import stats
 
 from features.batch import WindowTensor
 from features.clv import BgNbdParams, bgnbd_expected
-from features.season import SeasonIndex, angle_of
+from features.season import SeasonIndex, angle_of, horizon_multiplier
 from features.windows import DAY_MS, FEATURE_INDEX, YEAR_DAYS, lifetime_summary
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ SIGNIFICANCE: Final = 0.01
 MAX_CUSTOMERS: Final = 50_000
 """A seeded draw of customers beyond this: the ratio is an aggregate, and each window costs
 one BG/NBD evaluation per customer."""
+REFINEMENTS: Final = 2
+"""Passes that re-read the ratios in the calendar's operational time (see :func:`season_at`)."""
 MIN_POINTS: Final = 2 * HARMONICS + 12
 """Windows per year below which (windows longer than about 18 days) no index is fitted."""
 
@@ -65,9 +67,15 @@ class SeasonRatios:
 
 
 def season_ratios(
-    tensor: WindowTensor, first: int, cut: int, params: BgNbdParams, seed: int = 7
+    tensor: WindowTensor,
+    first: int,
+    cut: int,
+    params: BgNbdParams,
+    season: SeasonIndex | None = None,
+    seed: int = 7,
 ) -> SeasonRatios:
-    """Windows ``first + 1 .. cut`` (nothing after window ``cut``'s end is read)."""
+    """Windows ``first + 1 .. cut`` (nothing after window ``cut``'s end is read); with
+    ``season``, BG/NBD's expectation is read in that calendar's operational time."""
     spec = tensor.spec
     weeks = spec.length_ms / (7 * DAY_MS)
     n_users = tensor.features.shape[0]
@@ -80,7 +88,10 @@ def season_ratios(
         last = tensor.features[users, col, :].astype(np.float64)
         x, t_x, age, ordered = lifetime_summary(last)
         known = users[ordered]
-        e = float(bgnbd_expected(params, x[ordered], t_x[ordered], age[ordered], weeks).sum())
+        factor = horizon_multiplier(season, last[ordered], age[ordered], params.alpha, spec, 1)
+        e = float(
+            bgnbd_expected(params, x[ordered], t_x[ordered], age[ordered], weeks * factor).sum()
+        )
         actual.append(float(tensor.features[known, col + 1, I_ORDER_DAYS].sum()))
         expected.append(e)
         middle.append(spec.start_ms(w + 1) + spec.length_ms // 2)
@@ -88,9 +99,12 @@ def season_ratios(
 
 
 def fit_season_index(
-    ratios: SeasonRatios, window_days: float, burn_in: int
+    ratios: SeasonRatios, window_days: float, burn_in: int, base: SeasonIndex | None = None
 ) -> tuple[SeasonIndex | None, str]:
-    """The index from the last year of ``ratios``, or None; and a sentence saying why."""
+    """The index from the last year of ``ratios``, or None; and a sentence saying why.
+
+    With ``base`` (ratios read in ``base``'s operational time) the harmonics found are added
+    to ``base``'s, without a test: a refinement of a calendar already shown to exist."""
     per_year = round(YEAR_DAYS / window_days)
     if per_year < MIN_POINTS:
         return None, f"windows of {window_days:g} days: {per_year} per year, need {MIN_POINTS}"
@@ -123,12 +137,13 @@ def fit_season_index(
         return None, "the ratios are fitted exactly: too few orders to tell"
     f_stat = ((rss0 - rss1) / df1) / (rss1 / df2)
     p_value = float(stats.f.sf(f_stat, df1, df2))
-    if p_value >= SIGNIFICANCE:
+    if base is None and p_value >= SIGNIFICANCE:
         return None, f"no season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}"
     coef = beta[2:]
-    index = SeasonIndex(
-        tuple(float(c) for c in coef[:HARMONICS]), tuple(float(s) for s in coef[HARMONICS:])
-    )
+    cos, sin = coef[:HARMONICS], coef[HARMONICS:]
+    if base is not None:
+        cos, sin = cos + np.asarray(base.cos), sin + np.asarray(base.sin)
+    index = SeasonIndex(tuple(float(c) for c in cos), tuple(float(s) for s in sin))
     return index, f"season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}"
 
 
@@ -137,8 +152,15 @@ def season_at(
 ) -> tuple[SeasonIndex | None, str]:
     """The index as known at the end of window ``cut`` (-1: the cutoff)."""
     spec = tensor.spec
-    ratios = season_ratios(tensor, first, cut, params)
-    index, why = fit_season_index(ratios, spec.length_ms / DAY_MS, burn_in=spec.horizon)
+    days = spec.length_ms / DAY_MS
+    index, why = fit_season_index(season_ratios(tensor, first, cut, params), days, spec.horizon)
+    for _ in range(REFINEMENTS if index is not None else 0):
+        # BG/NBD's one-step expectation read in calendar time has last year's peak inside the
+        # older customers' rates, which shrinks the peak the ratios show; reading it in the
+        # calendar's own operational time and fitting what remains converges on the full size.
+        ratios = season_ratios(tensor, first, cut, params, season=index)
+        refined, _ = fit_season_index(ratios, days, spec.horizon, base=index)
+        index = refined or index
     at = datetime.fromtimestamp(spec.end_ms(cut) / 1000, tz=UTC).date().isoformat()
     log.info("calendar at %s: %s", at, why)
     return index, why
