@@ -16,7 +16,11 @@ START_MS = 1_641_168_000_000  # 2022-01-03
 
 
 def _ratios(
-    weeks: int, multiplier: np.ndarray | None, seed: int, expected: float = 400.0, trend: float = 0.0
+    weeks: int,
+    multiplier: np.ndarray | None,
+    seed: int,
+    expected: float = 400.0,
+    trend: float = 0.0,
 ) -> SeasonRatios:
     rng = np.random.default_rng(seed)
     middle = START_MS + WEEK_MS * np.arange(weeks) + WEEK_MS // 2
