@@ -39,9 +39,9 @@ settings = load_settings()
 
 app = faust_app(
     settings,
-    app_id=settings.app_id,
-    web_port=settings.web_port,
-    datadir=settings.data_dir,
+    app_id=settings.worker.app_id,
+    web_port=settings.worker.web_port,
+    datadir=settings.worker.data_dir,
     # Faust's default, as a team writing from Faust's examples would leave it (the project's
     # apps linger 5 ms; the naive app awaits every send, so that would slow it, not us).
     producer_linger_ms=0,
@@ -52,16 +52,20 @@ def _raw_topic(name: str) -> Any:
     return app.topic(name, **RAW)
 
 
-clickstream = _raw_topic(settings.topic_clickstream)
-demand_topic = _raw_topic(settings.topic_demand)
-churn_topic = _raw_topic(settings.topic_churn)
+clickstream = _raw_topic(settings.topics.clickstream)
+demand_topic = _raw_topic(settings.topics.demand)
+churn_topic = _raw_topic(settings.topics.churn)
 state_table = app.Table(
-    "naive-state", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
+    "naive-state",
+    default=None,
+    key_type=str,
+    value_type=bytes,
+    partitions=settings.topics.partitions,
 )
 
-scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
+scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)
 spec = scorer.manifest.spec
-policy = ValidationPolicy.from_settings(settings)
+policy = ValidationPolicy.from_settings(settings.worker)
 thresholds = RiskThresholds(
     medium=scorer.manifest.thresholds.medium, high=scorer.manifest.thresholds.high
 )

@@ -84,7 +84,7 @@ def state_size(states: Mapping[str, bytes]) -> dict[str, Any]:
 
 
 def changelog_topic(settings: Settings) -> str:
-    return f"{settings.app_id}-user-state-changelog"
+    return f"{settings.worker.app_id}-user-state-changelog"
 
 
 async def write_changelog(
@@ -92,9 +92,9 @@ async def write_changelog(
 ) -> dict[str, Any]:
     """``users`` records (``bench-user-<i>`` → a template, cycled) on their key's partition."""
     topic = changelog_topic(settings)
-    await kafka_local.ensure_topics(settings, {topic: settings.partitions})
+    await kafka_local.ensure_topics(settings, {topic: settings.topics.partitions})
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(), acks=1, linger_ms=20, max_batch_size=1024 * 1024
+        **settings.kafka.client_kwargs(), acks=1, linger_ms=20, max_batch_size=1024 * 1024
     )
     await producer.start()
     t0 = time.perf_counter()
@@ -109,13 +109,13 @@ async def write_changelog(
             key = orjson.dumps(user)
             value = templates[i % n_templates]
             total_bytes += len(key) + len(value)
-            part = partition_of(user.encode(), settings.partitions)
+            part = partition_of(user.encode(), settings.topics.partitions)
             pending.append(await producer.send(topic, value, key=key, partition=part))
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
-        for p in range(settings.partitions):
-            key = orjson.dumps(clock_key(p, settings.partitions))
+        for p in range(settings.topics.partitions):
+            key = orjson.dumps(clock_key(p, settings.topics.partitions))
             value = clocks.get(p) or orjson.dumps({"m": None, "c": None})
             pending.append(await producer.send(topic, value, key=key, partition=p))
         await asyncio.gather(*pending)
@@ -124,7 +124,7 @@ async def write_changelog(
         await producer.stop()
     return {
         "topic": topic,
-        "records": users + settings.partitions,
+        "records": users + settings.topics.partitions,
         "bytes": total_bytes,
         "seconds": time.perf_counter() - t0,
     }
@@ -206,7 +206,7 @@ async def restore_once(
     complete = times.get("recovery_complete")
     return {
         "name": name,
-        "store": settings.store_url,
+        "store": settings.worker.store_url,
         "seconds_to_ready": to_ready,
         "restore_seconds": complete - restoring if restoring and complete else 0.0,
         "replayed": restoring is not None,
@@ -231,9 +231,9 @@ async def run_state(
     )
     templates = [v for k, v in states.items() if not k.startswith(META_PREFIX)]
     clocks = {
-        p: states[clock_key(p, base.partitions)]
-        for p in range(base.partitions)
-        if clock_key(p, base.partitions) in states
+        p: states[clock_key(p, base.topics.partitions)]
+        for p in range(base.topics.partitions)
+        if clock_key(p, base.topics.partitions) in states
     }
     s = phase_settings(base, f"{run_dir.name}-state", run_dir, store_url="memory://")
     await kafka_local.ensure_topics(s)

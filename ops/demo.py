@@ -95,8 +95,8 @@ def demo_model_dir(settings: Settings, model_dir: Path | None, *, generated: boo
     """
     if model_dir is not None:
         return model_dir
-    if settings.model_dir != Settings().model_dir or not generated:
-        return settings.model_dir
+    if settings.worker.model_dir != Settings().worker.model_dir or not generated:
+        return settings.worker.model_dir
     return GENERATED_MODEL_DIR
 
 
@@ -112,7 +112,7 @@ def demo_bid_baselines(settings: Settings, model_dir: Path) -> str:
     """
     from subscribers.bidding import parse_model_baselines
 
-    configured = settings.bid_model_baselines
+    configured = settings.subscribers.bid_model_baselines
     try:
         manifest = orjson.loads((model_dir / "manifest.json").read_bytes())
         version = str(manifest["model_version"])
@@ -172,16 +172,16 @@ def live_auc(tally: Tally, truth: Truth | None) -> float | None:
 def children(settings: Settings, base: Path) -> list[Supervised]:
     """The three Faust workers of a demo (not yet started): worker, bidder, alerter, each
     supervised by :mod:`ops.supervise` (own session, log file, readiness on ``/health``)."""
-    level = settings.log_level
-    host = settings.web_host
+    level = settings.logs.level
+    host = settings.worker.web_host
     env = child_environment(settings)
     # The worker is started as the README runs it; the subscribers as `clicksignals bidder`
     # and `clicksignals alerter` run them (the same argv, without the exec).
     worker = [sys.executable, "-m", "faust", "-A", "stream.app", "worker", "-l", "info"]
     ports = {
-        "worker": settings.web_port,
-        "bidder": settings.bidder_web_port,
-        "alerter": settings.alerter_web_port,
+        "worker": settings.worker.web_port,
+        "bidder": settings.subscribers.bidder_web_port,
+        "alerter": settings.subscribers.alerter_web_port,
     }
     argvs = {"worker": worker, "bidder": worker_argv("bidder", level)}
     argvs["alerter"] = worker_argv("alerter", level)
@@ -260,11 +260,11 @@ class Outputs:
 def output_topics(settings: Settings) -> dict[str, str]:
     """Topic name -> output kind, for the five topics the demo reads."""
     return {
-        settings.topic_demand: "demand",
-        settings.topic_churn: "churn",
-        settings.topic_dead_letter: "dlq",
-        settings.topic_bid_adjustments: "bids",
-        settings.topic_churn_alerts: "alerts",
+        settings.topics.demand: "demand",
+        settings.topics.churn: "churn",
+        settings.topics.dead_letter: "dlq",
+        settings.topics.bid_adjustments: "bids",
+        settings.topics.churn_alerts: "alerts",
     }
 
 
@@ -282,7 +282,7 @@ async def collect(
     set, so nothing the replay causes can be missed, whatever the topics held before.
     """
     topics = output_topics(settings)
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None)
     await consumer.start()
     try:
         parts = [TopicPartition(t, p) for t in topics for p in range(partitions[t])]
@@ -534,11 +534,11 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
         try:
             # Probed as every client connects (TLS, SASL: settings.kafka), or a secured
             # broker would look absent and the demo would start a plaintext one beside it.
-            probe = settings.kafka_client_kwargs()
-            if not kafka_local.answers(settings.bootstrap_servers, 2.0, probe):
+            probe = settings.kafka.client_kwargs()
+            if not kafka_local.answers(settings.kafka.bootstrap_servers, 2.0, probe):
                 if probe["security_protocol"] != "PLAINTEXT":
                     raise RuntimeError(
-                        f"no broker answers at {settings.bootstrap_servers} over "
+                        f"no broker answers at {settings.kafka.bootstrap_servers} over "
                         f"{probe['security_protocol']}; the demo starts a broker of its own "
                         "only for PLAINTEXT (it cannot make certificates or users yours trust)"
                     )
@@ -546,7 +546,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
                 started_broker = True
                 settings = _own_broker(settings, kafka_dir)
             else:
-                log.info("using the broker that answers at %s", settings.bootstrap_servers)
+                log.info("using the broker that answers at %s", settings.kafka.bootstrap_servers)
             shutil.rmtree(base / "worker", ignore_errors=True)  # in-memory tables: no state
             model_dir = demo_model_dir(settings, args.model_dir, generated=args.events is None)
             log.info("the worker serves the model in %s", model_dir)

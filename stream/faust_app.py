@@ -11,7 +11,7 @@ on what every app of the project needs:
 * the store, a data directory, partitions and replication of the topics it declares (topics
   come from ``clicksignals topics create``; auto-creation would hide a partition count that
   differs from the changelog's);
-* its web server on ``settings.web_host``;
+* its web server on ``settings.worker.web_host``;
 * raw bytes on every topic and table: the pure modules do their own (de)coding;
 * ``CLICKSIGNALS_LOG_FORMAT=json`` through Faust's ``logging_config`` (:mod:`settings.logs`).
 
@@ -47,15 +47,15 @@ def faust_app(
     logging_config = faust_logging_config(settings)
     logs: dict[str, Any] = {} if logging_config is None else {"logging_config": logging_config}
     options: dict[str, Any] = {
-        "broker": settings.broker_url,
-        "broker_credentials": faust_credentials(settings),
-        "store": settings.store_url,
+        "broker": settings.kafka.broker_url,
+        "broker_credentials": faust_credentials(settings.kafka),
+        "store": settings.worker.store_url,
         "datadir": str(datadir),
-        "topic_partitions": settings.partitions,
-        "topic_replication_factor": settings.replication_factor,
+        "topic_partitions": settings.topics.partitions,
+        "topic_replication_factor": settings.topics.replication_factor,
         "topic_allow_declare": True,
-        "web_bind": settings.web_host,
-        "web_host": settings.web_host,
+        "web_bind": settings.worker.web_host,
+        "web_host": settings.worker.web_host,
         "web_port": web_port,
         "producer_linger_ms": 5,
         "key_serializer": "raw",

@@ -265,14 +265,14 @@ def processor_from_settings(
     return Processor(
         scorer,
         store,
-        partitions=settings.partitions,
-        policy=ValidationPolicy.from_settings(settings),
-        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
-        fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
-        routed_topics=frozenset({settings.topic_routed}),
-        thresholds=risk_thresholds(scorer, settings.churn_high_threshold),
+        partitions=settings.topics.partitions,
+        policy=ValidationPolicy.from_settings(settings.worker),
+        allowed_lateness_ms=int(settings.worker.allowed_lateness_s * 1000),
+        fresh_interval_ms=int(settings.worker.fresh_signal_min_interval_s * 1000),
+        routed_topics=frozenset({settings.topics.routed}),
+        thresholds=risk_thresholds(scorer, settings.worker.churn_high_threshold),
         clock=clock,
-        dormant_churn_floor=settings.dormant_churn_floor,
+        dormant_churn_floor=settings.worker.dormant_churn_floor,
     )
 
 

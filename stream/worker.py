@@ -183,9 +183,9 @@ def build_app(settings: Settings) -> faust.App:
     try:
         app = faust_app(
             settings,
-            app_id=settings.app_id,
-            web_port=settings.web_port,
-            datadir=settings.data_dir,
+            app_id=settings.worker.app_id,
+            web_port=settings.worker.web_port,
+            datadir=settings.worker.data_dir,
             # The agent appends a micro-batch's signals to one record batch per topic
             # partition (stream.publish); 16 kB (Faust's default) holds ~40 signals, so each
             # batch would be cut into several that aiokafka sends one after the other. Well
@@ -207,12 +207,12 @@ def build_app(settings: Settings) -> faust.App:
     # then waits for them one at a time. A micro-batch writes one record per user it touched
     # (hundreds), so the default stalled every batch (bench: ~16 % of wall time). Room for a
     # few batches keeps it bounded without stalls.
-    faust_runtime.set_producer_buffer_limit(8 * settings.batch_size)
+    faust_runtime.set_producer_buffer_limit(8 * settings.worker.batch_size)
     # Fetch wait. Faust creates the worker's aiokafka consumer with fetch_max_wait_ms=1500 (no
     # setting); under live traffic the worker settled ~1.4 s behind at a third of its CPU
     # (bench.worker latency at 3,100 events/s: send -> scored p50 1,265 ms; 58 ms at fetch
     # wait 100 ms). An idle fetch answered every 50 ms costs the broker next to nothing.
-    faust_runtime.install_fetch_wait(settings.fetch_max_wait_ms)
+    faust_runtime.install_fetch_wait(settings.worker.fetch_max_wait_ms)
     return app
 
 
@@ -225,22 +225,26 @@ class Worker:
         self.settings = settings
         self.app = app
         self.clickstream = app.topic(
-            settings.topic_clickstream, partitions=settings.partitions, **RAW
+            settings.topics.clickstream, partitions=settings.topics.partitions, **RAW
         )
-        self.routed = app.topic(settings.topic_routed, partitions=settings.partitions, **RAW)
-        self.demand_topic = app.topic(settings.topic_demand, **RAW)
-        self.churn_topic = app.topic(settings.topic_churn, **RAW)
-        self.dead_letter_topic = app.topic(settings.topic_dead_letter, **RAW)
+        self.routed = app.topic(
+            settings.topics.routed, partitions=settings.topics.partitions, **RAW
+        )
+        self.demand_topic = app.topic(settings.topics.demand, **RAW)
+        self.churn_topic = app.topic(settings.topics.churn, **RAW)
+        self.dead_letter_topic = app.topic(settings.topics.dead_letter, **RAW)
         self.user_state = app.Table(
             "user-state",
             default=None,
             key_type=str,
             value_type=bytes,
-            partitions=settings.partitions,
+            partitions=settings.topics.partitions,
         )
         self.liveness = Liveness("clicksignals worker")
         self.store = TableStore(self.user_state, app)
-        self.holder = ModelHolder(settings.model_dir, settings.ort_intra_op_threads, scorer=scorer)
+        self.holder = ModelHolder(
+            settings.worker.model_dir, settings.worker.ort_intra_op_threads, scorer=scorer
+        )
         self._processor = processor_from_settings(scorer, self.store, settings)
         self.input_check = InputCheck(scorer.manifest)
         self._topic_publisher = TopicPublisher(
@@ -260,7 +264,7 @@ class Worker:
         proc = self.processor()
         started = time.perf_counter()
         self.store.events = {e.message.partition: e for e in events}
-        routed = self.settings.topic_routed
+        routed = self.settings.topics.routed
         batch = [
             RawMessage(
                 e.message.key,
@@ -288,19 +292,19 @@ class Worker:
         """A batch's outputs as records: re-keyed strays, demand, churn, dead letters."""
         s = self.settings
         records = [
-            OutRecord(s.topic_routed, key, value, ((ORIGIN_HEADER, f"{p}:{o}".encode()),))
+            OutRecord(s.topics.routed, key, value, ((ORIGIN_HEADER, f"{p}:{o}".encode()),))
             for (key, value), (p, o) in zip(out.reroute, out.reroute_origins, strict=True)
         ]
         records += [
-            OutRecord(s.topic_demand, d.user_id.encode(), orjson.dumps(d.to_dict()))
+            OutRecord(s.topics.demand, d.user_id.encode(), orjson.dumps(d.to_dict()))
             for d in out.demand
         ]
         records += [
-            OutRecord(s.topic_churn, c.user_id.encode(), orjson.dumps(c.to_dict()))
+            OutRecord(s.topics.churn, c.user_id.encode(), orjson.dumps(c.to_dict()))
             for c in out.churn
         ]
         records += [
-            OutRecord(s.topic_dead_letter, None, orjson.dumps(d.to_dict()))
+            OutRecord(s.topics.dead_letter, None, orjson.dumps(d.to_dict()))
             for d in out.dead_letters
         ]
         return records
@@ -319,7 +323,9 @@ class Worker:
         """Serve ``scorer`` from the next micro-batch on (called on the event loop, so never
         in the middle of ``Processor.process``, which does not await)."""
         self._processor.scorer = scorer
-        self._processor.thresholds = risk_thresholds(scorer, self.settings.churn_high_threshold)
+        self._processor.thresholds = risk_thresholds(
+            scorer, self.settings.worker.churn_high_threshold
+        )
         self.input_check.reset(scorer.manifest)
 
     def held_partitions(self) -> set[int]:
@@ -328,10 +334,10 @@ class Worker:
             assigned = self.app.consumer.assignment()
         except Exception:  # ConsumerNotStarted (and friends) before the first rebalance
             return set()
-        return {tp.partition for tp in assigned if tp.topic == self.settings.topic_clickstream}
+        return {tp.partition for tp in assigned if tp.topic == self.settings.topics.clickstream}
 
     def source_partitions(self, tps: Any) -> set[int]:
-        return {tp.partition for tp in tps if tp.topic == self.settings.topic_clickstream}
+        return {tp.partition for tp in tps if tp.topic == self.settings.topics.clickstream}
 
 
 def create_worker(settings: Settings) -> Worker:
@@ -339,7 +345,7 @@ def create_worker(settings: Settings) -> Worker:
     timers and the views; raises :class:`StartupError` (before the app joins anything)."""
     app = build_app(settings)
     try:
-        scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
+        scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)
     except ModelLoadError as exc:
         raise StartupError(str(exc), 3) from None
     worker = Worker(settings, app, scorer)
@@ -372,11 +378,13 @@ def _register_rebalance(worker: Worker) -> None:
 
 def _register_agent(worker: Worker) -> None:
     app, s = worker.app, worker.settings
-    channel = app.topic(s.topic_clickstream, s.topic_routed, **RAW)
+    channel = app.topic(s.topics.clickstream, s.topics.routed, **RAW)
 
     async def score_clickstream(stream: Any) -> None:
         """Decode nothing, decide nothing: batch raw messages through the processor and send."""
-        async for events in stream.take_events(s.batch_size, within=s.batch_timeout_s):
+        async for events in stream.take_events(
+            s.worker.batch_size, within=s.worker.batch_timeout_s
+        ):
             await worker.liveness.run_batch("score_clickstream", events, worker.handle_batch)
 
     worker.score_clickstream = app.agent(channel, name=AGENT_NAME)(score_clickstream)
@@ -385,9 +393,9 @@ def _register_agent(worker: Worker) -> None:
 
 def _register_timers(worker: Worker) -> None:
     app, s = worker.app, worker.settings
-    if s.model_poll_interval_s > 0:
+    if s.worker.model_poll_interval_s > 0:
 
-        @app.timer(interval=s.model_poll_interval_s)
+        @app.timer(interval=s.worker.model_poll_interval_s)
         async def poll_model() -> None:
             # Hashing and ONNX Runtime session creation off the loop; the swap itself on it.
             reload = await asyncio.to_thread(worker.holder.poll)
@@ -395,13 +403,13 @@ def _register_timers(worker: Worker) -> None:
             if reload.outcome == "swapped":
                 worker.swap_model(worker.holder.scorer)
 
-    if s.lag_interval_s > 0:
+    if s.worker.lag_interval_s > 0:
 
-        @app.timer(interval=s.lag_interval_s)
+        @app.timer(interval=s.worker.lag_interval_s)
         async def update_consumer_lag() -> None:
             if app.rebalancing:
                 return  # assignments are in flux; the next tick reports the new ones
-            sources = {s.topic_clickstream, s.topic_routed}
+            sources = {s.topics.clickstream, s.topics.routed}
             held = [tp for tp in app.assignor.assigned_actives() if tp.topic in sources]
             highwaters: dict[tuple[str, int], int | None] = {}
             positions: dict[tuple[str, int], int | None] = {}

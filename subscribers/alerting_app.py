@@ -1,14 +1,14 @@
 """The churn-alerting subscriber: ``faust -A subscribers.alerting_app worker`` (or
 ``clicksignals alerter``).
 
-Consumes ``settings.topic_churn``, keeps each user's alert state in the table ``alert-state``
+Consumes ``settings.topics.churn``, keeps each user's alert state in the table ``alert-state``
 (changelog ``<alerter_app_id>-alert-state-changelog``), and for every alert raised
 (:mod:`subscribers.alerting`: hysteresis and de-duplication) sends it to
-``settings.topic_churn_alerts`` keyed by user, then -- once Kafka has it -- to the log sink and,
-when ``settings.alert_webhook_url`` is set, to the webhook (:mod:`subscribers.sinks`).
+``settings.topics.churn_alerts`` keyed by user, then -- once Kafka has it -- to the log sink and,
+when ``settings.subscribers.alert_webhook_url`` is set, to the webhook (:mod:`subscribers.sinks`).
 
-Web views on ``settings.web_host:settings.alerter_web_port``: ``GET /health`` (counters; 503
-with the reason once the agent stopped, and the process exits with status 70:
+Web views on ``worker.web_host:subscribers.alerter_web_port`` (settings): ``GET /health``
+(counters; 503 with the reason once the agent stopped, and the process exits with status 70:
 :mod:`stream.liveness`), ``GET /ready`` (503 while rebalancing or stopped) and
 ``GET /alerts/{user_id}`` (the user's alert state).
 """
@@ -33,22 +33,32 @@ from subscribers.sinks import WebhookSink, log_alert
 log = logging.getLogger(__name__)
 
 settings = load_settings()
-config: AlertConfig = config_or_exit(AlertConfig.from_settings, settings, "alerter")
+config: AlertConfig = config_or_exit(AlertConfig.from_settings, settings.subscribers, "alerter")
 
 app = make_app(
-    settings, app_id=settings.alerter_app_id, web_port=settings.alerter_web_port, name="alerter"
+    settings,
+    app_id=settings.alerter_app_id,
+    web_port=settings.subscribers.alerter_web_port,
+    name="alerter",
 )
-churn_topic = app.topic(settings.topic_churn, **RAW)
-alerts_topic = app.topic(settings.topic_churn_alerts, **RAW)
+churn_topic = app.topic(settings.topics.churn, **RAW)
+alerts_topic = app.topic(settings.topics.churn_alerts, **RAW)
 alert_state = app.Table(
-    "alert-state", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
+    "alert-state",
+    default=None,
+    key_type=str,
+    value_type=bytes,
+    partitions=settings.topics.partitions,
 )
 _table = TableFocus(alert_state)
 counters: Counter[str] = Counter()
 liveness = Liveness("clicksignals alerter")
 webhook = (
-    WebhookSink(settings.alert_webhook_url.reveal(), timeout_s=settings.alert_webhook_timeout_s)
-    if settings.alert_webhook_url
+    WebhookSink(
+        settings.subscribers.alert_webhook_url.reveal(),
+        timeout_s=settings.subscribers.alert_webhook_timeout_s,
+    )
+    if settings.subscribers.alert_webhook_url
     else None
 )
 
@@ -65,7 +75,9 @@ if webhook is not None:
 @app.agent(churn_topic)
 async def alert_on_churn(stream: Any) -> None:
     """Churn signals -> alerts: sent and acknowledged, then the sinks, then the table."""
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
+    async for events in stream.take_events(
+        settings.worker.batch_size, within=settings.worker.batch_timeout_s
+    ):
         await liveness.run_batch("alert_on_churn", events, handle_batch)
 
 

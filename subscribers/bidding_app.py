@@ -1,8 +1,8 @@
 """The ad-bidding subscriber: ``faust -A subscribers.bidding_app worker`` (``clicksignals bidder``).
 
-Consumes ``settings.topic_demand``, keeps each user's current adjustment in the table ``bids``
+Consumes ``settings.topics.demand``, keeps each user's current adjustment in the table ``bids``
 (changelog ``<bidder_app_id>-bids-changelog``: compacted, one record per user), publishes every
-accepted change to ``settings.topic_bid_adjustments`` keyed by user, and serves
+accepted change to ``settings.topics.bid_adjustments`` keyed by user, and serves
 
 * ``GET /bid/{user_id}`` -- the user's current adjustment (the record last published for them;
   routed to the worker holding the user when several run), or 404 with ``default_multiplier``
@@ -11,8 +11,8 @@ accepted change to ``settings.topic_bid_adjustments`` keyed by user, and serves
   agent stopped (the process then exits with status 70: :mod:`stream.liveness`);
 * ``GET /ready`` -- 503 while rebalancing or stopped.
 
-on ``settings.web_host:settings.bidder_web_port``. The multiplier and the ordering rules are in
-:mod:`subscribers.bidding`; this module only wires them to Kafka.
+on ``worker.web_host:subscribers.bidder_web_port`` (settings). The multiplier and the ordering
+rules are in :mod:`subscribers.bidding`; this module only wires them to Kafka.
 """
 
 from __future__ import annotations
@@ -34,15 +34,18 @@ from subscribers.runtime import RAW, TableFocus, config_or_exit, make_app, now_m
 log = logging.getLogger(__name__)
 
 settings = load_settings()
-config: BidConfig = config_or_exit(BidConfig.from_settings, settings, "bidder")
+config: BidConfig = config_or_exit(BidConfig.from_settings, settings.subscribers, "bidder")
 
 app = make_app(
-    settings, app_id=settings.bidder_app_id, web_port=settings.bidder_web_port, name="bidder"
+    settings,
+    app_id=settings.bidder_app_id,
+    web_port=settings.subscribers.bidder_web_port,
+    name="bidder",
 )
-demand_topic = app.topic(settings.topic_demand, **RAW)
-adjustments_topic = app.topic(settings.topic_bid_adjustments, **RAW)
+demand_topic = app.topic(settings.topics.demand, **RAW)
+adjustments_topic = app.topic(settings.topics.bid_adjustments, **RAW)
 bids = app.Table(
-    "bids", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
+    "bids", default=None, key_type=str, value_type=bytes, partitions=settings.topics.partitions
 )
 _table = TableFocus(bids)
 counters: Counter[str] = Counter()
@@ -52,7 +55,9 @@ liveness = Liveness("clicksignals bidder")
 @app.agent(demand_topic)
 async def bid_on_demand(stream: Any) -> None:
     """Demand signals -> adjustments: sent and acknowledged first, then the table written."""
-    async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout_s):
+    async for events in stream.take_events(
+        settings.worker.batch_size, within=settings.worker.batch_timeout_s
+    ):
         await liveness.run_batch("bid_on_demand", events, handle_batch)
 
 

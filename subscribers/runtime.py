@@ -2,7 +2,8 @@
 
 Both apps: raw-bytes topics and a raw-bytes table (the pure modules do their own JSON), their own
 app id (``settings.bidder_app_id`` / ``alerter_app_id``: consumer group and changelog prefix),
-their own web port on ``settings.web_host``, and data under ``settings.data_dir / <name>``.
+their own web port on ``settings.worker.web_host``, and data under
+``settings.worker.data_dir / <name>``.
 
 Micro-batches are handled like the worker's: outputs are sent, Kafka's acknowledgement is
 awaited, and only then is the table written -- state that exists implies its outputs were
@@ -15,7 +16,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import faust
 from faust.types import EventT
@@ -26,6 +28,9 @@ from stream.faust_app import RAW, faust_app
 
 log = logging.getLogger(__name__)
 
+_S = TypeVar("_S")
+_T = TypeVar("_T")
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -33,20 +38,20 @@ def now_ms() -> int:
 
 def make_app(settings: Settings, *, app_id: str, web_port: int, name: str) -> faust.App:
     """A Faust app for one subscriber (:func:`stream.faust_app.faust_app`, data under
-    ``settings.data_dir / name``); a TLS/SASL setting that cannot make a client ends the
+    ``settings.worker.data_dir / name``); a TLS/SASL setting that cannot make a client ends the
     process with the reason."""
-    app: faust.App = config_or_exit(
-        lambda s: faust_app(s, app_id=app_id, web_port=web_port, datadir=s.data_dir / name),
+    app = config_or_exit(
+        lambda s: faust_app(s, app_id=app_id, web_port=web_port, datadir=s.worker.data_dir / name),
         settings,
         name,
     )
     return app
 
 
-def config_or_exit(build: Any, settings: Settings, what: str) -> Any:
-    """``build(settings)``, or end the process with the reason (bad subscriber settings)."""
+def config_or_exit(build: Callable[[_S], _T], source: _S, what: str) -> _T:
+    """``build(source)``, or end the process with the reason (bad subscriber settings)."""
     try:
-        return build(settings)
+        return build(source)
     except (ValueError, TypeError) as exc:
         log.critical("refusing to start the %s: %s", what, exc)
         print(f"clicksignals {what}: refusing to start: {exc}", file=sys.stderr)

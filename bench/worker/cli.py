@@ -110,15 +110,18 @@ async def run_all(
 
     # 1. ceiling
     ceil = phase_settings(settings, f"{run_dir.name}-ceiling", run_dir)
-    specs = {ceil.topic_clickstream: cfg.partitions, f"{ceil.app_id}-out": cfg.partitions}
+    specs = {
+        ceil.topics.clickstream: cfg.partitions,
+        f"{ceil.worker.app_id}-out": cfg.partitions,
+    }
     await kafka_local.ensure_topics(ceil, specs)
     log.info("[ceiling] pre-loading %d events", len(data.records))
-    preload_s = await preload(ceil, ceil.topic_clickstream, data.records)
+    preload_s = await preload(ceil, ceil.topics.clickstream, data.records)
     log.info("[ceiling] pre-loaded in %.1f s; consuming", preload_s)
     result["ceiling"] = await run_ceiling(
         ceil,
-        ceil.topic_clickstream,
-        f"{ceil.app_id}-out",
+        ceil.topics.clickstream,
+        f"{ceil.worker.app_id}-out",
         len(data.records),
         cfg.stall_timeout_s,
         broker_pid,

@@ -169,7 +169,7 @@ class Worker(Supervised):
             argv=[str(faust), "-A", app_module, "worker", "-l", "info"],
             env=child_environment(settings),
             log_path=log_path,
-            url=f"http://{settings.web_host}:{settings.web_port}",
+            url=f"http://{settings.worker.web_host}:{settings.worker.web_port}",
             cwd=REPO,
         )
         self.settings = settings
@@ -334,7 +334,7 @@ def phase_settings(base: Settings, app_id: str, run_dir: Path, **changes: Any) -
 async def preload(settings: Settings, topic: str, records: Sequence[Record]) -> float:
     """Produce ``records`` to ``topic`` as fast as possible (acks=1); returns seconds."""
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(), acks=1, linger_ms=20, max_batch_size=512 * 1024
+        **settings.kafka.client_kwargs(), acks=1, linger_ms=20, max_batch_size=512 * 1024
     )
     await producer.start()
     t0 = time.perf_counter()
@@ -354,7 +354,7 @@ async def preload(settings: Settings, topic: str, records: Sequence[Record]) -> 
 
 async def end_offsets(settings: Settings, topics: Sequence[str], partitions: int) -> dict[str, int]:
     """Sum of end offsets per topic."""
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
@@ -456,7 +456,7 @@ def base_settings(cfg: BenchConfig) -> Settings:
     return load_settings().with_overrides(
         partitions=cfg.partitions,
         replication_factor=1,
-        model_dir=(REPO / load_settings().model_dir).resolve(),
+        model_dir=(REPO / load_settings().worker.model_dir).resolve(),
         web_host="127.0.0.1",
         log_format="text",
     )
@@ -512,8 +512,8 @@ def run_config(cfg: BenchConfig, base: Settings, run_dir: Path, **extra: Any) ->
         "stores": list(cfg.stores),
         **extra,
         "quick": cfg.quick,
-        "batch_size": base.batch_size,
-        "batch_timeout_s": base.batch_timeout_s,
-        "ort_intra_op_threads": base.ort_intra_op_threads,
+        "batch_size": base.worker.batch_size,
+        "batch_timeout_s": base.worker.batch_timeout_s,
+        "ort_intra_op_threads": base.worker.ort_intra_op_threads,
         "run_dir": str(run_dir),
     }

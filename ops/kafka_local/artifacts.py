@@ -31,7 +31,7 @@ def kafka_version(pom: Path = POM_PATH) -> str:
 
 
 def libs_dir(settings: Settings) -> Path:
-    return Path(settings.kafka_home) / "libs"
+    return Path(settings.local.kafka_home) / "libs"
 
 
 def _pom_digest(pom: Path) -> str:

@@ -307,7 +307,7 @@ def start(
                 f"a broker from {data_dir} already runs on {existing.bootstrap} (pid "
                 f"{existing.pid}); stop it before starting on port {port}"
             )
-        probe = probe_settings(settings, existing.bootstrap, sasl, tls).kafka_client_kwargs()
+        probe = probe_settings(settings, existing.bootstrap, sasl, tls).kafka.client_kwargs()
         _wait_ready(existing, data_dir, timeout_s, client_kwargs=probe)
         log.info(
             "broker already running: pid %d, bootstrap %s (nothing started)",
@@ -380,7 +380,7 @@ def start(
     (data_dir / PID_FILE).write_text(f"{proc.pid}\n")
     (data_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
     log.info("started broker pid %d on %s; waiting for it to answer", proc.pid, state.bootstrap)
-    probe = probe_settings(settings, state.bootstrap, sasl, tls).kafka_client_kwargs()
+    probe = probe_settings(settings, state.bootstrap, sasl, tls).kafka.client_kwargs()
     try:
         _wait_ready(state, data_dir, timeout_s, client_kwargs=probe)
     except (KafkaLocalError, TimeoutError) as exc:

@@ -52,17 +52,8 @@ class TopicResult:
 
 
 def topic_specs(settings: Settings) -> dict[str, int]:
-    """The application's topics and their partition counts, all from settings."""
-    names = (
-        settings.topic_clickstream,
-        settings.topic_demand,
-        settings.topic_churn,
-        settings.topic_dead_letter,
-        settings.topic_bid_adjustments,
-        settings.topic_churn_alerts,
-        settings.topic_routed,
-    )
-    return dict.fromkeys(names, settings.partitions)
+    """The application's topics (:meth:`settings.Topics.names`) and their partition counts."""
+    return dict.fromkeys(settings.topics.names(), settings.topics.partitions)
 
 
 async def _partition_counts(
@@ -105,9 +96,9 @@ async def ensure_topics(
     reported as ``mismatch`` (and logged as a warning), never altered.
     """
     specs = dict(topic_specs(settings) if specs is None else specs)
-    rf = settings.replication_factor if replication_factor is None else replication_factor
+    rf = settings.topics.replication_factor if replication_factor is None else replication_factor
     admin = AIOKafkaAdminClient(
-        **settings.kafka_client_kwargs(), request_timeout_ms=int(timeout_s * 1000)
+        **settings.kafka.client_kwargs(), request_timeout_ms=int(timeout_s * 1000)
     )
     await admin.start()
     try:

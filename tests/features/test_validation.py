@@ -313,15 +313,15 @@ def test_parse_event_time() -> None:
 
 
 def test_policy_from_settings_matches_defaults() -> None:
-    assert ValidationPolicy.from_settings(Settings()) == ValidationPolicy()
-    custom = Settings(
+    assert ValidationPolicy.from_settings(Settings().worker) == ValidationPolicy()
+    custom = Settings.from_flat(
         max_event_bytes=100, max_future_skew_s=1.5, min_event_time="2010-01-01T00:00:00Z"
     )
-    policy = ValidationPolicy.from_settings(custom)
+    policy = ValidationPolicy.from_settings(custom.worker)
     assert (policy.max_bytes, policy.max_future_skew_ms) == (100, 1500)
     assert policy.min_event_time_ms == 1_262_304_000_000
     with pytest.raises(ValueError, match="min_event_time"):
-        ValidationPolicy.from_settings(Settings(min_event_time="not a time"))
+        ValidationPolicy.from_settings(Settings.from_flat(min_event_time="not a time").worker)
 
 
 # --- property tests: never raises ----------------------------------------------------------------

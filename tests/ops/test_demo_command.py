@@ -20,7 +20,7 @@ from settings import Settings
 
 
 def test_children_are_the_worker_and_both_subscribers_on_their_own_ports(tmp_path: Path) -> None:
-    settings = Settings(web_port=7001, bidder_web_port=7002, alerter_web_port=7003)
+    settings = Settings.from_flat(web_port=7001, bidder_web_port=7002, alerter_web_port=7003)
     kids = demo.children(settings, tmp_path)
     assert [k.name for k in kids] == ["worker", "bidder", "alerter"]
     apps = [k.argv[k.argv.index("-A") + 1] for k in kids]
@@ -43,7 +43,7 @@ def test_the_demo_reads_every_output_topic_the_topics_command_creates() -> None:
     kinds = demo.output_topics(settings)
     assert sorted(kinds.values()) == sorted(FILES)
     assert set(kinds) <= set(topic_specs(settings))
-    inputs = {settings.topic_clickstream, settings.topic_routed}
+    inputs = {settings.topics.clickstream, settings.topics.routed}
     assert set(kinds) == set(topic_specs(settings)) - inputs
 
 
@@ -117,7 +117,7 @@ def test_generated_traffic_brings_its_truth_into_the_reports(tmp_path: Path) -> 
 def test_the_demo_serves_the_generated_model_for_generated_traffic() -> None:
     default = Settings()
     assert demo.demo_model_dir(default, None, generated=True) == demo.GENERATED_MODEL_DIR
-    assert demo.demo_model_dir(default, None, generated=False) == default.model_dir
+    assert demo.demo_model_dir(default, None, generated=False) == default.worker.model_dir
     chosen = default.with_overrides(model_dir=Path("elsewhere"))
     assert demo.demo_model_dir(chosen, None, generated=True) == Path("elsewhere")
     assert demo.demo_model_dir(default, Path("x"), generated=True) == Path("x")

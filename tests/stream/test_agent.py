@@ -65,9 +65,9 @@ def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
             await worker.put(stray, key=None, partition=0)
             await worker.put(click(home, "2011-03-01T11:00:00Z"), key=home.encode(), partition=0)
             await worker.settle()
-            assert worker.sent(app.settings.topic_routed) == [(away.encode(), stray)]
+            assert worker.sent(app.settings.topics.routed) == [(away.encode(), stray)]
             assert away not in app.user_state
-            assert [s["user_id"] for s in worker.decoded(app.settings.topic_demand)] == [home]
+            assert [s["user_id"] for s in worker.decoded(app.settings.topics.demand)] == [home]
 
             # The routed copy comes back on the user's partition and is folded there. The
             # batch's last event is of partition 0, so only the TableStore's per-partition
@@ -75,8 +75,8 @@ def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
             await worker.put(stray, key=away.encode(), partition=1, topic=app.routed)
             await worker.put(click(home, "2011-03-02T11:00:00Z"), key=home.encode(), partition=0)
             await worker.settle()
-            assert len(worker.sent(app.settings.topic_routed)) == 1
-            assert {s["user_id"] for s in worker.decoded(app.settings.topic_demand)} == {
+            assert len(worker.sent(app.settings.topics.routed)) == 1
+            assert {s["user_id"] for s in worker.decoded(app.settings.topics.demand)} == {
                 home,
                 away,
             }
@@ -102,7 +102,7 @@ def test_a_stray_on_the_routed_topic_stops_the_agent(
             await worker.put(click(away, "2011-03-01T10:00:00Z"), key=b"x", topic=app.routed)
             with pytest.raises(RuntimeError, match="partition counts do not match"):
                 await worker.settle()
-            assert not worker.sent(app.settings.topic_routed)
+            assert not worker.sent(app.settings.topics.routed)
             assert away not in app.user_state
 
     asyncio.run(scenario())
@@ -125,7 +125,7 @@ def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
         (orjson.dumps({**good, "event_time": "2999-01-01T00:00:00Z"}), "time_in_future"),
         (orjson.dumps({**good, "pad": "x" * 2000}), "too_large"),
     ]
-    dlq = app.settings.topic_dead_letter
+    dlq = app.settings.topics.dead_letter
 
     async def scenario() -> None:
         async with run_worker(app) as worker:
@@ -135,7 +135,7 @@ def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
             letters = worker.decoded(dlq)
             assert [d["reason"] for d in letters] == [reason for _, reason in invalid]
             assert [d["offset"] for d in letters] == offsets == list(range(len(invalid)))
-            assert {d["source_topic"] for d in letters} == {app.settings.topic_clickstream}
+            assert {d["source_topic"] for d in letters} == {app.settings.topics.clickstream}
             assert {d["partition"] for d in letters} == {0}
             assert all(d["detail"] for d in letters)
             assert [base64.b64decode(d["raw_b64"]) for d in letters] == [raw for raw, _ in invalid]
@@ -158,7 +158,7 @@ def test_the_watermark_closes_windows_on_the_demand_and_churn_topics(
     load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     app = load_app(ALLOWED_LATENESS_S="3600")
-    demand, churn = app.settings.topic_demand, app.settings.topic_churn
+    demand, churn = app.settings.topics.demand, app.settings.topics.churn
     # Windows are weeks ending Monday 00:00 UTC (the model's grid).
     days = ["2011-03-01T10:00", "2011-03-09T10:00", "2011-03-16T10:00", "2011-03-23T10:00"]
 
@@ -187,7 +187,7 @@ def test_the_watermark_closes_windows_on_the_demand_and_churn_topics(
             assert all(0.0 <= s["churn_probability"] <= 1.0 for s in churn_signals)
             version = app.processor().scorer.version
             assert {s["model_version"] for s in worker.decoded(demand)} == {version}
-            assert not worker.sent(app.settings.topic_dead_letter)
+            assert not worker.sent(app.settings.topics.dead_letter)
 
     asyncio.run(scenario())
 
@@ -201,7 +201,7 @@ def test_a_quiet_buyer_is_scored_past_the_lookback_and_a_quiet_viewer_stops_at_i
     until the lookback passes and never after."""
     app = load_app(DORMANT_CHURN_FLOOR="1.0")
     assert app.processor().dormant_churn_floor == 1.0
-    demand, churn = app.settings.topic_demand, app.settings.topic_churn
+    demand, churn = app.settings.topics.demand, app.settings.topics.churn
     start = ms("2011-01-03T00:00:00Z")  # a Monday: a window boundary
     # Enough weeks for the lookback to pass, whatever the shipped model's is.
     weeks = app.processor().spec.lookback + 8

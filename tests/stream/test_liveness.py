@@ -157,7 +157,7 @@ print("still running", flush=True)
 def test_a_subscriber_agent_that_raises_answers_503_and_ends_the_process(
     module: str, agent: str, broken: str, record: dict[str, Any], tmp_path: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path, store_url="memory://", batch_timeout_s=0.01)
+    settings = Settings.from_flat(data_dir=tmp_path, store_url="memory://", batch_timeout_s=0.01)
     done = subprocess.run(
         [sys.executable, "-c", CHILD, module, agent, broken, orjson.dumps(record).decode()],
         cwd=REPO_ROOT,

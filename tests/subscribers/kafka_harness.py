@@ -86,7 +86,7 @@ class Record:
 
 
 async def _produce(settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all")
+    producer = AIOKafkaProducer(**settings.kafka.client_kwargs(), acks="all")
     await producer.start()
     try:
         for key, value in records:  # one at a time: per-key order is the test's order
@@ -111,7 +111,7 @@ async def _ends(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, 
 
 async def _read(settings: Settings, topic: str, timeout_s: float) -> list[Record]:
     consumer = AIOKafkaConsumer(
-        **settings.kafka_client_kwargs(), enable_auto_commit=False, auto_offset_reset="earliest"
+        **settings.kafka.client_kwargs(), enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     out: list[Record] = []
@@ -147,13 +147,13 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[
 
 
 async def _lag(settings: Settings, group: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await _ends(consumer, topic)
     finally:
         await consumer.stop()
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
@@ -202,7 +202,7 @@ def wait_for_records(
 async def _topic_config(settings: Settings, topic: str) -> dict[str, str]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])

@@ -109,7 +109,7 @@ class WorkerProcess(Supervised):
             # Faust's own knobs (it reads e.g. BROKER_SESSION_TIMEOUT from the environment).
             env={**child_environment(settings), **(faust_env or {})},
             log_path=log_path,
-            url=f"http://{settings.web_host}:{settings.web_port}",
+            url=f"http://{settings.worker.web_host}:{settings.worker.web_port}",
             cwd=REPO_ROOT,
             error=WorkerError,
         )
@@ -144,7 +144,7 @@ async def produce(
 ) -> list[tuple[int, int]]:
     """Send ``records`` in order; returns each record's (partition, offset)."""
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(),
+        **settings.kafka.client_kwargs(),
         linger_ms=20,
         max_batch_size=256 * 1024,
         acks="all",
@@ -183,7 +183,7 @@ async def _end_offsets(
 
 
 async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         return await _end_offsets(consumer, topics)
@@ -194,7 +194,7 @@ async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPa
 async def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -> list[Record]:
     """Every record of ``topic`` up to its end offsets at the time of the call."""
     consumer = AIOKafkaConsumer(
-        **settings.kafka_client_kwargs(),
+        **settings.kafka.client_kwargs(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -228,7 +228,7 @@ async def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -
 
 async def committed(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int]:
     """Sum of the group's committed offsets per topic (0 for nothing committed)."""
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -247,7 +247,7 @@ async def _progress(settings: Settings, sources: Sequence[str], outputs: Sequenc
     per_topic: dict[str, int] = {}
     for tp, end in ends.items():
         per_topic[tp.topic] = per_topic.get(tp.topic, 0) + end
-    done = await committed(settings, settings.app_id, sources)
+    done = await committed(settings, settings.worker.app_id, sources)
     lag = sum(per_topic.get(t, 0) - done[t] for t in sources)
     return lag, tuple(per_topic.get(t, 0) for t in outputs)
 
@@ -293,8 +293,8 @@ def wait_until_done(
     processed.
     """
     s = worker.settings
-    sources = [s.topic_clickstream, s.topic_routed]
-    outputs = [s.topic_demand, s.topic_churn, s.topic_dead_letter]
+    sources = [s.topics.clickstream, s.topics.routed]
+    outputs = [s.topics.demand, s.topics.churn, s.topics.dead_letter]
     t0 = time.monotonic()
     last_outputs: tuple[int, ...] | None = None
     stable_since = t0
@@ -305,7 +305,7 @@ def wait_until_done(
         now = time.monotonic()
         if outs != last_outputs:
             last_outputs, stable_since = outs, now
-        ends = run_sync(end_offsets(s, [s.topic_clickstream]))
+        ends = run_sync(end_offsets(s, [s.topics.clickstream]))
         produced = sum(ends.values())
         caught_up = lag == 0 or (
             last_event_ms is not None and clocks_reached(worker, last_event_ms)
@@ -383,7 +383,7 @@ def fresh_topics(
         topic_churn_alerts=f"churn-alerts-{suffix}",
     )
     if clickstream_config:
-        run_sync(_create_topic(s, s.topic_clickstream, s.partitions, clickstream_config))
+        run_sync(_create_topic(s, s.topics.clickstream, s.topics.partitions, clickstream_config))
     run_sync(kafka_local.ensure_topics(s))
     return s
 
@@ -393,7 +393,7 @@ async def _create_topic(
 ) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
