@@ -19,6 +19,7 @@ from features.validation import (
     parse_event_time,
     validate,
 )
+from features.windows import DAY_MS
 from settings import Settings
 
 NOW = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -266,7 +267,7 @@ def test_time_too_old_with_seconds_hint() -> None:
 
 
 def test_time_in_future() -> None:
-    day = 86_400_000
+    day = DAY_MS
     assert isinstance(check(with_(event_time=NOW + day)), ClickEvent)  # at the skew limit
     invalid(with_(event_time=NOW + day + 1), "time_in_future", "event_time")
     invalid(with_(event_time=10**30), "time_in_future", "event_time")

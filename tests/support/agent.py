@@ -16,6 +16,7 @@ from unittest.mock import AsyncMock
 import orjson
 import pytest
 
+from features.windows import DAY_MS
 from settings import env_names, load_settings
 from stream import metrics
 from stream.publish import partition_of
@@ -28,10 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "onnx_models" / "default"
 
 
-DAY = 86_400_000
-
-
-WEEK = 7 * DAY
+WEEK = 7 * DAY_MS
 
 
 SETTLE_TIMEOUT_S = 10.0
