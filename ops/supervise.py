@@ -3,7 +3,7 @@
 Owns :class:`Supervised` (one child: a Faust worker, a subscriber, the bench's naive app) and
 :func:`stop_all`. The demo (:mod:`ops.demo`), the bench (:mod:`bench.worker.harness`) and the
 Kafka-tier test harnesses (``tests/support/worker_harness.py``,
-``tests/subscribers/kafka_harness.py``) start and stop their children through it, so they agree
+``tests/support/subscriber_harness.py``) start and stop their children through it, so they agree
 on how:
 
 * **Start**: the child leads its own session (``start_new_session``): a terminal's Ctrl-C

@@ -2,7 +2,7 @@
 
 Kafka tier: for each protocol a dedicated local broker (``ops.kafka_local.start(..., tls=...)``)
 whose only client listener speaks it, with certificates made at test time
-(:mod:`tests.ops.tls_certs`):
+(:mod:`tests.support.tls_certs`):
 
 * ``SSL``: mutual TLS -- the broker requires a client certificate signed by the test CA; the
   clients present one whose key is encrypted (``CLICKSIGNALS_SSL_KEY_PASSWORD``);
@@ -51,7 +51,7 @@ from settings import Secret, Settings, child_environment, load_settings
 from settings.kafka import KafkaClientConfigError, client_kwargs, faust_credentials, ssl_context
 from settings.logs import JsonFormatter, secret_values
 from tests.conftest import REPO_ROOT, _base_settings, _unavailable, run_sync, unique_name
-from tests.ops.tls_certs import TlsFiles, make_tls_files
+from tests.support.tls_certs import TlsFiles, make_tls_files
 from tests.support.worker_harness import end_offsets
 
 CLI_TIMEOUT_S = 120.0

@@ -25,7 +25,9 @@ import pytest
 
 from features.signals import ChurnSignal, DemandSignal
 from settings import Settings
-from tests.subscribers.kafka_harness import (
+from tests.support.factories import T0, churn, demand
+from tests.support.schemas import assert_valid
+from tests.support.subscriber_harness import (
     Record,
     SubscriberProcess,
     free_port,
@@ -35,8 +37,6 @@ from tests.subscribers.kafka_harness import (
     wait_until,
     webhook_receiver,
 )
-from tests.support.factories import T0, churn, demand
-from tests.support.schemas import assert_valid
 
 pytestmark = pytest.mark.kafka
 
