@@ -175,7 +175,7 @@ async def restore_once(
     worker = start_worker(name, settings, log_path, cfg.app_module)
     try:
         while True:
-            if worker.proc.poll() is not None:
+            if not worker.alive():
                 raise RuntimeError(f"{name} worker exited:\n{worker.log_tail(30)}")
             times = _log_times(log_path)
             if "worker_ready" in times:
@@ -190,7 +190,8 @@ async def restore_once(
             await asyncio.sleep(0.2)
         to_ready = time.perf_counter() - t0
         await asyncio.sleep(1.0)  # let the freed replay buffers go before reading RSS
-        rss = rss_mb(worker.proc.pid)
+        assert worker.pid is not None
+        rss = rss_mb(worker.pid)
         # Read a sample of users back through the worker (the state is really there).
         found = 0
         step = max(1, users // cfg.sample_reads)

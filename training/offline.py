@@ -23,7 +23,11 @@ from training.origins import OriginSet
 
 def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> pd.DataFrame:
     """One row per sample: ids, window end, the three scores and the actuals if known."""
-    parts = {"expected_orders": [], "expected_spend": [], "churn_probability": []}
+    parts: dict[str, list[np.ndarray]] = {
+        "expected_orders": [],
+        "expected_spend": [],
+        "churn_probability": [],
+    }
     for lo in range(0, len(samples), batch_size):
         scores = scorer.score(samples.sequences[lo : lo + batch_size])
         parts["expected_orders"].append(scores.expected_orders)

@@ -108,7 +108,7 @@ class TrainConfig:
 
 
 def _iso(ms: int) -> str:
-    return pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
+    return str(pd.Timestamp(ms, unit="ms", tz="UTC").isoformat())
 
 
 def churn_thresholds(p: np.ndarray, y: np.ndarray, precision: float = 0.9) -> RiskThresholds:

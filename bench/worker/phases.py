@@ -225,13 +225,15 @@ async def run_worker_throughput(
         await admin.start()
         progress = Progress()
         cpu_marks: dict[str, CpuMark] = {}
+        worker_pid = worker.pid
+        assert worker_pid is not None, "start_worker returns a started worker"
         try:
             last_change = time.monotonic()
             last_value = -1
             while True:
-                if worker.proc.poll() is not None:
+                if not worker.alive():
                     raise RuntimeError(
-                        f"worker {store} exited with code {worker.proc.returncode}; tail of "
+                        f"worker {store} exited with code {worker.returncode}; tail of "
                         f"{worker.log_path}:\n{worker.log_tail(30)}"
                     )
                 committed = await committed_total(admin, s.worker.app_id, s.topics.clickstream)
@@ -242,9 +244,9 @@ async def run_worker_throughput(
                 now = time.perf_counter() - t_start
                 progress.samples.append(Sample(now, committed, events_in))
                 if (events_in or committed) and "first" not in cpu_marks:
-                    cpu_marks["first"] = CpuMark.take(now, worker.proc.pid, broker_pid)
+                    cpu_marks["first"] = CpuMark.take(now, worker_pid, broker_pid)
                 if (events_in or 0) >= total and "processed" not in cpu_marks:
-                    cpu_marks["processed"] = CpuMark.take(now, worker.proc.pid, broker_pid)
+                    cpu_marks["processed"] = CpuMark.take(now, worker_pid, broker_pid)
                 if committed >= total:
                     break
                 value = max(committed, events_in or 0)
@@ -410,7 +412,7 @@ async def run_latency(
         while not all((u, first_ms - 1) in received for u in warm):
             if time.perf_counter() - t_warm > 60:
                 raise RuntimeError("latency: warm-up signals did not arrive within 60 s")
-            if worker.proc.poll() is not None:
+            if not worker.alive():
                 raise RuntimeError(f"latency worker exited:\n{worker.log_tail(30)}")
             await asyncio.sleep(0.05)
         warmup_s = time.perf_counter() - t_warm
