@@ -164,9 +164,7 @@ def test_every_topic_topic_init_creates_is_used_by_the_code_and_vice_versa() -> 
     """`clicksignals topics create` (compose's topic-init) creates kafka_local.topic_specs."""
     settings = Settings()
     created = set(topic_specs(settings))
-    used = _topic_fields_used(
-        "stream/worker.py", "subscribers/bidding_app.py", "subscribers/alerting_app.py"
-    )
+    used = _topic_fields_used("stream/worker.py", "subscribers/bidder.py", "subscribers/alerter.py")
     assert used, "no topics found in the apps' sources"
     used_names = {getattr(settings.topics, field) for field in used}
     assert created == used_names
