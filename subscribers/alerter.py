@@ -18,22 +18,19 @@ state).
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-import orjson
 
 from settings import Settings
 from stream.liveness import Liveness
 from subscribers import alerting
 from subscribers.alerting import AlertConfig, AlertState, ChurnAlert
-from subscribers.records import Rejected, parse_churn
-from subscribers.runtime import RAW, TableFocus, config_or_exit, make_app, now_ms
+from subscribers.records import parse_churn
+from subscribers.runtime import RAW, TableFocus, UserBatch, config_or_exit, make_app, now_ms
 from subscribers.sinks import WebhookSink, log_alert
 
 log = logging.getLogger(__name__)
@@ -62,56 +59,31 @@ class Alerter:
 
     async def handle_batch(self, events: list[Any]) -> None:
         """Churn signals -> alerts: sent and acknowledged, then the sinks, then the table."""
-        states: dict[str, AlertState] = {}
-        owners: dict[str, Any] = {}
+        batch = UserBatch("alerter", self._table, parse_churn, AlertState.from_json, self.counters)
         raised: list[ChurnAlert] = []
-        sent: list[Any] = []
-        for event in events:
-            signal = parse_churn(event.message.value)
-            if isinstance(signal, Rejected):
-                self.counters["rejected"] += 1
-                log.warning(
-                    "alerter: refused record %s:%d@%d: %s (%s)",
-                    event.message.topic,
-                    event.message.partition,
-                    event.message.offset,
-                    signal.reason,
-                    signal.detail,
-                )
-                continue
-            user = signal.user_id
-            held = states.get(user)
-            if held is None:
-                raw = self._table.get(event, user)
-                held = AlertState.from_json(raw) if raw is not None else None
+        for event, signal, held in batch.signals(events):
             # Looked up on the module at each call: the liveness test replaces it.
             decision = alerting.apply_churn(held, signal, self.config, now_ms())
             self.counters[decision.outcome] += 1
             if decision.outcome != "newer" or decision.state is None:
                 continue
-            states[user], owners[user] = decision.state, event
+            batch.keep(event, signal.user_id, decision.state)
             if decision.transition == "recovered":
                 self.counters["recovered"] += 1
                 log.info(
                     "churn alert cleared: user %s recovered (p=%.3f)",
-                    user,
+                    signal.user_id,
                     signal.churn_probability,
                 )
             if decision.alert is not None:
                 raised.append(decision.alert)
-                sent.append(
-                    await self.alerts_topic.send(
-                        key=user.encode(), value=orjson.dumps(decision.alert.to_dict())
-                    )
-                )
-        await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
-        self.counters["alerts"] += len(raised)
+                await batch.send(self.alerts_topic, signal.user_id, decision.alert.to_dict())
+        self.counters["alerts"] += await batch.delivered()
         for alert in raised:
             log_alert(alert)
             if self.webhook is not None:
                 self.webhook.submit(alert.to_dict())
-        for user, state in states.items():
-            self._table.set(owners[user], user, state.to_json())
+        batch.write_states()
 
 
 def create_alerter(settings: Settings) -> Alerter:

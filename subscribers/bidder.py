@@ -20,22 +20,19 @@ to the table. Web views on ``worker.web_host:subscribers.bidder_web_port`` (sett
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-import orjson
 
 from settings import Settings
 from stream.liveness import Liveness
 from subscribers import bidding
 from subscribers.bidding import BidConfig, BidState
-from subscribers.records import Rejected, parse_demand
-from subscribers.runtime import RAW, TableFocus, config_or_exit, make_app, now_ms
+from subscribers.records import parse_demand
+from subscribers.runtime import RAW, TableFocus, UserBatch, config_or_exit, make_app, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -63,42 +60,17 @@ class Bidder:
 
     async def handle_batch(self, events: list[Any]) -> None:
         """Demand signals -> adjustments: sent and acknowledged first, then the table written."""
-        states: dict[str, BidState] = {}
-        owners: dict[str, Any] = {}
-        sent: list[Any] = []
-        for event in events:
-            signal = parse_demand(event.message.value)
-            if isinstance(signal, Rejected):
-                self.counters["rejected"] += 1
-                log.warning(
-                    "bidder: refused record %s:%d@%d: %s (%s)",
-                    event.message.topic,
-                    event.message.partition,
-                    event.message.offset,
-                    signal.reason,
-                    signal.detail,
-                )
-                continue
-            user = signal.user_id
-            held = states.get(user)
-            if held is None:
-                raw = self._table.get(event, user)
-                held = BidState.from_json(raw) if raw is not None else None
+        batch = UserBatch("bidder", self._table, parse_demand, BidState.from_json, self.counters)
+        for event, signal, held in batch.signals(events):
             # Looked up on the module at each call: the liveness test replaces it.
             decision = bidding.apply_demand(held, signal, self.config, now_ms())
             self.counters[decision.outcome] += 1
             if decision.adjustment is None or decision.state is None:
                 continue
-            states[user], owners[user] = decision.state, event
-            sent.append(
-                await self.adjustments_topic.send(
-                    key=user.encode(), value=orjson.dumps(decision.adjustment.to_dict())
-                )
-            )
-        await asyncio.gather(*(f for f in sent if inspect.isawaitable(f)))
-        self.counters["adjustments"] += len(sent)
-        for user, state in states.items():
-            self._table.set(owners[user], user, state.to_json())
+            batch.keep(event, signal.user_id, decision.state)
+            await batch.send(self.adjustments_topic, signal.user_id, decision.adjustment.to_dict())
+        self.counters["adjustments"] += await batch.delivered()
+        batch.write_states()
 
 
 def create_bidder(settings: Settings) -> Bidder:
