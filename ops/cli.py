@@ -287,6 +287,12 @@ def _demo_commands(commands: Subcommands) -> None:
         "onnx_models/generated for generated traffic, onnx_models/default for --events)",
     )
     p.add_argument("--settle", type=float, default=6.0, help="idle seconds that end the run")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=120.0,
+        help="seconds after the replay to wait for every process to consume everything",
+    )
     p.add_argument("--workdir", default="var/demo", help="broker, process logs and outputs")
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.set_defaults(handler=_demo)

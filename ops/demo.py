@@ -12,8 +12,12 @@ Owns the demo's choreography and its processes:
    ``--events FILE``, while a collector reads the five
    output topics into ``<workdir>/out/*.jsonl`` and a :class:`ops.demo_view.Tally`, and a live
    view shows progress, events/s, signal counts, top churn risks and bid multipliers;
-4. once the replay is done and nothing new arrived for ``--settle`` seconds: ``summary.json``
-   and ``dashboard.html`` (:mod:`ops.dashboard`), then everything it started is stopped.
+4. once the replay is done, nothing new arrived for ``--settle`` seconds and each of the three
+   processes has committed everything on its input topic (:mod:`ops.offsets`; an alerter that
+   raises few alerts can be far behind while every output topic is idle), or ``--drain`` seconds
+   after the replay if one has not (a warning names it, ``summary.json`` records the lag):
+   ``summary.json`` and ``dashboard.html`` (:mod:`ops.dashboard`), then everything it started
+   is stopped.
 
 Ending: a normal end, Ctrl-C and SIGTERM all take the same path -- the collector and producer
 close, each child gets SIGTERM to its process group (SIGKILL after a grace period), the broker
@@ -59,6 +63,7 @@ from ops.demo_view import (
     render_live,
     summary_record,
 )
+from ops.offsets import OffsetReader
 from ops.replay import load_wire, produce
 from ops.supervise import Supervised, stop_all
 from settings import Settings, child_environment
@@ -334,6 +339,41 @@ class RunState:
     """Generated traffic only: who the generator makes churn (compared in the reports)."""
     terminated: bool = False
     """SIGTERM arrived while the replay ran (the run was cancelled because of it)."""
+    consumer_lag: dict[str, int] | None = None
+    """Process -> records of its input topic it had not committed when the run ended."""
+
+
+def consumer_groups(settings: Settings) -> dict[str, tuple[str, str]]:
+    """Each demo process -> (its consumer group, the topic it consumes)."""
+    return {
+        "worker": (settings.worker.app_id, settings.topics.clickstream),
+        "bidder": (settings.bidder_app_id, settings.topics.demand),
+        "alerter": (settings.alerter_app_id, settings.topics.churn),
+    }
+
+
+async def drained(
+    offsets: OffsetReader,
+    groups: Mapping[str, tuple[str, str]],
+    state: RunState,
+    drain_s: float,
+    now: float,
+) -> bool:
+    """Whether every process has committed all of its input (module doc, step 4), or
+    ``drain_s`` have passed since the replay ended (then with a warning naming who lags)."""
+    state.consumer_lag = await offsets.lags(groups)
+    behind = {name: lag for name, lag in state.consumer_lag.items() if lag}
+    if not behind:
+        return True
+    assert state.started is not None and state.replay_seconds is not None
+    if now - (state.started + state.replay_seconds) <= drain_s:
+        return False
+    log.warning(
+        "ending %.0f s after the replay with records not consumed: %s",
+        drain_s,
+        ", ".join(f"{name} {lag:,}" for name, lag in behind.items()),
+    )
+    return True
 
 
 async def run_demo(
@@ -385,31 +425,39 @@ async def run_demo(
             produce(settings, records, rate=args.rate, progress=False, on_sent=on_sent)
         )
         last_total, idle_since = -1, started
-        while True:
-            await asyncio.sleep(TICK_S)
-            now = time.perf_counter()
-            tally.sample(now - started, state.sent)
-            if producer.done():
-                state.replay_seconds = producer.result()  # raises if the replay failed
-            if tally.total != last_total:
-                last_total, idle_since = tally.total, now
-            settled = producer.done() and now - idle_since > args.settle
-            phase = "replaying" if not producer.done() else ("done" if settled else "processing")
-            events_per_s = (
-                state.sent / state.replay_seconds if state.replay_seconds else rate(tally.samples)
-            )
-            status = LiveStatus(
-                phase,
-                now - started,
-                state.sent,
-                state.events,
-                events_per_s,
-                rate(tally.samples, outputs=True),
-                live_auc(tally, state.truth),
-            )
-            view.show(status, tally, final=settled)
-            if settled:
-                break
+        groups = consumer_groups(settings)
+        async with OffsetReader(settings) as offsets:
+            while True:
+                await asyncio.sleep(TICK_S)
+                now = time.perf_counter()
+                tally.sample(now - started, state.sent)
+                if producer.done():
+                    state.replay_seconds = producer.result()  # raises if the replay failed
+                if tally.total != last_total:
+                    last_total, idle_since = tally.total, now
+                settled = producer.done() and now - idle_since > args.settle
+                if settled:  # the outputs are idle; are the processes done too?
+                    settled = await drained(offsets, groups, state, args.drain, now)
+                phase = (
+                    "replaying" if not producer.done() else ("done" if settled else "processing")
+                )
+                events_per_s = (
+                    state.sent / state.replay_seconds
+                    if state.replay_seconds
+                    else rate(tally.samples)
+                )
+                status = LiveStatus(
+                    phase,
+                    now - started,
+                    state.sent,
+                    state.events,
+                    events_per_s,
+                    rate(tally.samples, outputs=True),
+                    live_auc(tally, state.truth),
+                )
+                view.show(status, tally, final=settled)
+                if settled:
+                    break
     finally:
         stop.set()
         placed.cancel()
@@ -468,6 +516,7 @@ def write_reports(
         interrupted=interrupted,
         outputs=files,
         truth=truth_eval,
+        consumer_lag=state.consumer_lag,
     )
     (out_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     (out_dir / "dashboard.html").write_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import signal
@@ -137,3 +138,36 @@ def test_demo_script_runs_the_demo_command() -> None:
     )
     for option in ("--events", "--rate", "--settle", "--workdir", "--quiet"):
         assert option in result.stdout
+
+
+class _Lags:
+    """Stands in for ``ops.offsets.OffsetReader``: the lags a broker would report."""
+
+    def __init__(self, lags: dict[str, int]) -> None:
+        self.value = lags
+
+    async def lags(self, groups: object) -> dict[str, int]:
+        return dict(self.value)
+
+
+def test_the_run_waits_for_a_quiet_alerter_until_the_drain_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The alerter emits few alerts: every output topic can be idle while it still has
+    # thousands of churn signals to read (the CI failure of stop 23).
+    groups = demo.consumer_groups(Settings())
+    assert set(groups) == {"worker", "bidder", "alerter"}
+    state = demo.RunState(started=100.0, replay_seconds=10.0)  # the replay ended at 110
+    behind = _Lags({"worker": 0, "bidder": 0, "alerter": 3956})
+
+    def drained(reader: _Lags, now: float) -> bool:
+        return asyncio.run(demo.drained(reader, groups, state, 120.0, now))  # type: ignore[arg-type]
+
+    assert not drained(behind, now=120.0)
+    assert state.consumer_lag == {"worker": 0, "bidder": 0, "alerter": 3956}
+    assert not caplog.records
+    assert drained(behind, now=231.0)  # 121 s after the replay: ends, and says why
+    assert "alerter 3,956" in caplog.text
+    caught_up = _Lags(dict.fromkeys(groups, 0))
+    assert drained(caught_up, now=120.0)
+    assert state.consumer_lag == {"worker": 0, "bidder": 0, "alerter": 0}
