@@ -36,9 +36,9 @@ import pandas as pd
 from features.state import add_event, close_through
 from features.validation import ValidationPolicy, validate
 from features.windows import DAY_MS, DORMANT_CHURN_FLOOR, WindowSpec
+from serving.scorer import Scorer, load_model
 from stream.codec import PartitionClock, UserRecord, encode_clock, encode_user
 from stream.loopback import exchange_watermarks
-from stream.model import Scorer, load_model
 from stream.processor import DictStore, Processor, RawMessage, clock_key
 from stream.publish import partition_of
 from training.dataset import build_tensor, to_event_arrays

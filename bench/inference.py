@@ -6,7 +6,7 @@ process:
 
 - **ORT per batch size** (1, 2, 4, …, ``--max-batch``): ``session.run`` on normalised inputs of
   the model's shape, the session built exactly as the worker builds it
-  (:func:`stream.model.load_model`, ``ort_intra_op_threads`` from settings, default 1). Each
+  (:func:`serving.scorer.load_model`, ``ort_intra_op_threads`` from settings, default 1). Each
   size is timed for at least ``--seconds`` after warm-up calls; reported as sequences/s and
   ms per call (median of the timed calls, so a stray scheduling hiccup does not move it).
 - **FLOPs per sequence**, counted from the ONNX graph: every ``LSTM`` node from its ``W`` /
@@ -114,12 +114,12 @@ def ort_at_batch(
     """``session.run`` at one batch size, the session built as the worker builds it."""
     from features.manifest import OUTPUT_NAMES
     from features.windows import N_FEATURES
-    from stream.model import load_model
+    from serving.scorer import load_model
 
     settings = load_settings()
     scorer = load_model(
-        model_dir or (REPO / settings.model_dir),
-        settings.ort_intra_op_threads if threads is None else threads,
+        model_dir or (REPO / settings.worker.model_dir),
+        settings.worker.ort_intra_op_threads if threads is None else threads,
     )
     # Raw-like inputs (counts are non-negative) through the scorer's own feed builder, outside
     # the timed call: this phase times the session alone, whatever inputs the model takes.
@@ -180,10 +180,10 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 def run(max_batch: int = 1024, seconds: float = 0.5, peak_n: int = 1024) -> dict[str, Any]:
     settings = load_settings()
-    model_dir = (REPO / settings.model_dir).resolve()
-    from stream.model import load_model
+    model_dir = (REPO / settings.worker.model_dir).resolve()
+    from serving.scorer import load_model
 
-    scorer = load_model(model_dir, settings.ort_intra_op_threads)
+    scorer = load_model(model_dir, settings.worker.ort_intra_op_threads)
     flops = model_flops(scorer.path)
     per_seq = flops["flops_per_sequence"]
     rows = []
@@ -207,7 +207,7 @@ def run(max_batch: int = 1024, seconds: float = 0.5, peak_n: int = 1024) -> dict
     return {
         "model_version": scorer.version,
         "model_path": str(scorer.path),
-        "ort_intra_op_threads": settings.ort_intra_op_threads,
+        "ort_intra_op_threads": settings.worker.ort_intra_op_threads,
         "flops": flops,
         "batches": rows,
         "best": {"batch": best["batch"], "sequences_per_s": best["sequences_per_s"]},

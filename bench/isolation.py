@@ -13,9 +13,9 @@ import logging
 import statistics
 import time
 
-from stream.model import load_model
+from serving.scorer import load_model
 from stream.processor import BatchOutput, DictStore, Processor
-from tests.stream import test_poison as scenario
+from tests.support import poison as scenario
 
 log = logging.getLogger(__name__)
 

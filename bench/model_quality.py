@@ -538,7 +538,7 @@ def _commit() -> str:
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     )
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "training", "features", "stream"],
+        ["git", "status", "--porcelain", "training", "features", "serving", "stream"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ user's open window with **one ONNX Runtime call of batch size 1**, await the sen
 and a churn signal, write the state back to the table (one changelog record per event).
 
 It uses the same pure pieces as the worker (validation, :mod:`features.state`, the state codec,
-:class:`stream.model.Scorer`, the signal records) so the comparison is about the streaming
+:class:`serving.scorer.Scorer`, the signal records) so the comparison is about the streaming
 pattern, not the feature code. It does *less* than the worker — no partition watermarks, no
 window closes (silent users are never scored), no redelivery bookkeeping, no re-keying — so the
 worker / naive ratio flatters the naive app, if anything.
@@ -23,52 +23,49 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import faust
 import orjson
 
 from features.signals import ChurnSignal, DemandSignal, RiskThresholds
 from features.state import add_event, is_late, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
 from features.windows import DAY_MS
+from serving.scorer import load_model
 from settings import load_settings
 from stream import metrics
 from stream.codec import UserRecord, decode_user, encode_user
-from stream.model import load_model
+from stream.faust_app import RAW, faust_app
 
 settings = load_settings()
 
-app = faust.App(
-    settings.app_id,
-    broker=settings.broker_url,
-    store=settings.store_url,
-    datadir=str(settings.data_dir),
-    topic_partitions=settings.partitions,
-    topic_replication_factor=settings.replication_factor,
-    topic_allow_declare=True,
-    web_bind=settings.web_host,
-    web_host=settings.web_host,
-    web_port=settings.web_port,
-    key_serializer="raw",
-    value_serializer="raw",
+app = faust_app(
+    settings,
+    app_id=settings.worker.app_id,
+    web_port=settings.worker.web_port,
+    datadir=settings.worker.data_dir,
+    # Faust's default, as a team writing from Faust's examples would leave it (the project's
+    # apps linger 5 ms; the naive app awaits every send, so that would slow it, not us).
+    producer_linger_ms=0,
 )
 
 
 def _raw_topic(name: str) -> Any:
-    return app.topic(
-        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-    )
+    return app.topic(name, **RAW)
 
 
-clickstream = _raw_topic(settings.topic_clickstream)
-demand_topic = _raw_topic(settings.topic_demand)
-churn_topic = _raw_topic(settings.topic_churn)
+clickstream = _raw_topic(settings.topics.clickstream)
+demand_topic = _raw_topic(settings.topics.demand)
+churn_topic = _raw_topic(settings.topics.churn)
 state_table = app.Table(
-    "naive-state", default=None, key_type=str, value_type=bytes, partitions=settings.partitions
+    "naive-state",
+    default=None,
+    key_type=str,
+    value_type=bytes,
+    partitions=settings.topics.partitions,
 )
 
-scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
+scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)
 spec = scorer.manifest.spec
-policy = ValidationPolicy.from_settings(settings)
+policy = ValidationPolicy.from_settings(settings.worker)
 thresholds = RiskThresholds(
     medium=scorer.manifest.thresholds.medium, high=scorer.manifest.thresholds.high
 )

@@ -84,7 +84,7 @@ def state_size(states: Mapping[str, bytes]) -> dict[str, Any]:
 
 
 def changelog_topic(settings: Settings) -> str:
-    return f"{settings.app_id}-user-state-changelog"
+    return f"{settings.worker.app_id}-user-state-changelog"
 
 
 async def write_changelog(
@@ -92,9 +92,9 @@ async def write_changelog(
 ) -> dict[str, Any]:
     """``users`` records (``bench-user-<i>`` → a template, cycled) on their key's partition."""
     topic = changelog_topic(settings)
-    await kafka_local.ensure_topics(settings, {topic: settings.partitions})
+    await kafka_local.ensure_topics(settings, {topic: settings.topics.partitions})
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(), acks=1, linger_ms=20, max_batch_size=1024 * 1024
+        **settings.kafka.client_kwargs(), acks=1, linger_ms=20, max_batch_size=1024 * 1024
     )
     await producer.start()
     t0 = time.perf_counter()
@@ -109,13 +109,13 @@ async def write_changelog(
             key = orjson.dumps(user)
             value = templates[i % n_templates]
             total_bytes += len(key) + len(value)
-            part = partition_of(user.encode(), settings.partitions)
+            part = partition_of(user.encode(), settings.topics.partitions)
             pending.append(await producer.send(topic, value, key=key, partition=part))
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
-        for p in range(settings.partitions):
-            key = orjson.dumps(clock_key(p, settings.partitions))
+        for p in range(settings.topics.partitions):
+            key = orjson.dumps(clock_key(p, settings.topics.partitions))
             value = clocks.get(p) or orjson.dumps({"m": None, "c": None})
             pending.append(await producer.send(topic, value, key=key, partition=p))
         await asyncio.gather(*pending)
@@ -124,7 +124,7 @@ async def write_changelog(
         await producer.stop()
     return {
         "topic": topic,
-        "records": users + settings.partitions,
+        "records": users + settings.topics.partitions,
         "bytes": total_bytes,
         "seconds": time.perf_counter() - t0,
     }
@@ -168,29 +168,30 @@ async def restore_once(
     settings: Settings, name: str, log_path: Path, users: int, cfg: StateConfig
 ) -> dict[str, Any]:
     """Start a worker on the changelog, wait for Faust's recovery, measure, stop it."""
-    from bench.worker.harness import _http_get, _log_tail, start_worker, stop_worker
+    from bench.worker.harness import _http_get, start_worker, stop_worker
 
     t_start_wall = time.time()
     t0 = time.perf_counter()
     worker = start_worker(name, settings, log_path, cfg.app_module)
     try:
         while True:
-            if worker.proc.poll() is not None:
-                raise RuntimeError(f"{name} worker exited:\n{_log_tail(log_path)}")
+            if not worker.alive():
+                raise RuntimeError(f"{name} worker exited:\n{worker.log_tail(30)}")
             times = _log_times(log_path)
             if "worker_ready" in times:
                 break
             if "Error in recovery" in log_path.read_text(errors="replace"):
                 # Faust logs undecodable changelog records and then waits forever.
                 raise RuntimeError(
-                    f"{name}: Faust could not apply the changelog:\n{_log_tail(log_path)}"
+                    f"{name}: Faust could not apply the changelog:\n{worker.log_tail(30)}"
                 )
             if time.perf_counter() - t0 > cfg.restore_timeout_s:
                 raise RuntimeError(f"{name}: no 'Worker ready' in {cfg.restore_timeout_s:.0f} s")
             await asyncio.sleep(0.2)
         to_ready = time.perf_counter() - t0
         await asyncio.sleep(1.0)  # let the freed replay buffers go before reading RSS
-        rss = rss_mb(worker.proc.pid)
+        assert worker.pid is not None
+        rss = rss_mb(worker.pid)
         # Read a sample of users back through the worker (the state is really there).
         found = 0
         step = max(1, users // cfg.sample_reads)
@@ -206,7 +207,7 @@ async def restore_once(
     complete = times.get("recovery_complete")
     return {
         "name": name,
-        "store": settings.store_url,
+        "store": settings.worker.store_url,
         "seconds_to_ready": to_ready,
         "restore_seconds": complete - restoring if restoring and complete else 0.0,
         "replayed": restoring is not None,
@@ -231,9 +232,9 @@ async def run_state(
     )
     templates = [v for k, v in states.items() if not k.startswith(META_PREFIX)]
     clocks = {
-        p: states[clock_key(p, base.partitions)]
-        for p in range(base.partitions)
-        if clock_key(p, base.partitions) in states
+        p: states[clock_key(p, base.topics.partitions)]
+        for p in range(base.topics.partitions)
+        if clock_key(p, base.topics.partitions) in states
     }
     s = phase_settings(base, f"{run_dir.name}-state", run_dir, store_url="memory://")
     await kafka_local.ensure_topics(s)

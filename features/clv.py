@@ -173,6 +173,11 @@ def hyp2f1(a: ArrayLike, b: ArrayLike, c: ArrayLike, z: ArrayLike) -> FloatArray
 # --- BG/NBD expressions ------------------------------------------------------------------------
 
 
+def _horizon(t: ArrayLike, like: FloatArray) -> FloatArray:
+    """The horizon ``t`` (weeks; a scalar or one per row) as an array of ``like``'s shape."""
+    return np.array(np.broadcast_to(np.asarray(t, dtype=np.float64), like.shape))
+
+
 def _rft(x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
     x_, t_x_, T_ = (np.asarray(v, dtype=np.float64) for v in (x, t_x, T))
     x_, t_x_, T_ = np.broadcast_arrays(x_, t_x_, T_)
@@ -244,7 +249,7 @@ def _log_h_quadrature(a: float, beta: FloatArray, m: FloatArray, u: FloatArray) 
     return logsumexp(log_g + log_w) - logsumexp(log_w)
 
 
-def _log_h(p: BgNbdParams, a: float, x: FloatArray, T: FloatArray, t: float) -> FloatArray:
+def _log_h(p: BgNbdParams, a: float, x: FloatArray, T: FloatArray, t: FloatArray) -> FloatArray:
     """log E[purchases in (T, T + t] | alive at T], with drop-out parameter ``a``.
 
     FHL (2005), eq. 10 without P(alive): (a + b + x - 1)/(a - 1) (1 - Q) with
@@ -269,39 +274,41 @@ def _log_h(p: BgNbdParams, a: float, x: FloatArray, T: FloatArray, t: float) -> 
         # Rounding can only push the ratio to <= 0 when it is ~eps; the floor keeps the log finite.
         out[ser] = np.log(c[ser]) + np.log(np.maximum(ratio, 1e-300))
     if np.any(quad):
-        u = t / (p.alpha + T[quad])
+        u = t[quad] / (p.alpha + T[quad])
         out[quad] = _log_h_quadrature(a, beta[quad], m[quad], u)
     return out
 
 
 def _log_expected(
-    p: BgNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: float
+    p: BgNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: FloatArray
 ) -> FloatArray:
-    if t <= 0.0:
-        return np.full(x.shape, -np.inf)
+    """log E[purchases in (T, T + t]] per row; ``t`` has ``x``'s shape (-inf where t <= 0)."""
     xf, Tf = np.ravel(x), np.ravel(T)
+    t_all = np.ravel(t)
+    none = t_all <= 0.0
+    tf = np.where(none, 1.0, t_all)  # a placeholder horizon, masked below
     if abs(p.a - 1.0) < _A_NEAR_ONE:
         lo, hi = 1.0 - _A_NEAR_ONE, 1.0 + _A_NEAR_ONE
-        h_lo, h_hi = np.exp(_log_h(p, lo, xf, Tf, t)), np.exp(_log_h(p, hi, xf, Tf, t))
+        h_lo, h_hi = np.exp(_log_h(p, lo, xf, Tf, tf)), np.exp(_log_h(p, hi, xf, Tf, tf))
         w = (p.a - lo) / (hi - lo)
         log_h = np.log((1.0 - w) * h_lo + w * h_hi)
     else:
-        log_h = _log_h(p, p.a, xf, Tf, t)
+        log_h = _log_h(p, p.a, xf, Tf, tf)
     log_pa = _log_p_alive(_log_alive_odds(p, x, t_x, T))
-    out: FloatArray = log_h.reshape(x.shape) + log_pa
+    out: FloatArray = np.where(none, -np.inf, log_h).reshape(x.shape) + log_pa
     return out
 
 
 def bgnbd_expected(
-    params: BgNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, t: float
+    params: BgNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, t: ArrayLike
 ) -> FloatArray:
-    """E[purchases in (T, T + t] | x, t_x, T] (FHL 2005, eq. 10)."""
+    """E[purchases in (T, T + t] | x, t_x, T] (FHL 2005, eq. 10); ``t`` a scalar or per row."""
     x_, t_x_, T_ = _rft(x, t_x, T)
-    return np.exp(np.minimum(_log_expected(params, x_, t_x_, T_, float(t)), 700.0))
+    return np.exp(np.minimum(_log_expected(params, x_, t_x_, T_, _horizon(t, x_)), 700.0))
 
 
 def _log_p_any(
-    p: BgNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: float
+    p: BgNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: FloatArray
 ) -> FloatArray:
     """log P(some purchase in (T, T+t]) = log[P(alive) (1 - ((alpha+T)/(alpha+T+t))^(r+x))].
 
@@ -317,11 +324,12 @@ def _log_p_any(
 
 
 def bgnbd_p_zero(
-    params: BgNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, t: float
+    params: BgNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, t: ArrayLike
 ) -> FloatArray:
-    """P(no purchase in (T, T + t] | x, t_x, T) = (1 - PA) + PA ((alpha+T)/(alpha+T+t))^(r+x)."""
+    """P(no purchase in (T, T + t] | x, t_x, T) = (1 - PA) + PA ((alpha+T)/(alpha+T+t))^(r+x);
+    ``t`` a scalar or per row."""
     x_, t_x_, T_ = _rft(x, t_x, T)
-    return -np.expm1(_log_p_any(params, x_, t_x_, T_, float(t)))
+    return -np.expm1(_log_p_any(params, x_, t_x_, T_, _horizon(t, x_)))
 
 
 def _clipped_logit_from_log(log_p: FloatArray, log_1mp: FloatArray) -> FloatArray:
@@ -337,7 +345,7 @@ def prior_features(
     t_x: ArrayLike,
     T: ArrayLike,
     ordered: ArrayLike,
-    t: float,
+    t: ArrayLike,
 ) -> Float32Array:
     """BG/NBD model inputs, float32 ``[N, len(PRIOR_FEATURE_NAMES)]``.
 
@@ -353,12 +361,12 @@ def prior_features(
     x_ = np.where(has, x_, 0.0)
     t_x_ = np.where(has, t_x_, 0.0)
     T_ = np.where(has, T_, 0.0)
-    t = float(t)
+    t_ = _horizon(t, x_)
 
-    log_e = np.maximum(_log_expected(params, x_, t_x_, T_, t), LOG_EXPECTED_FLOOR)
+    log_e = np.maximum(_log_expected(params, x_, t_x_, T_, t_), LOG_EXPECTED_FLOOR)
     log_odds = _log_alive_odds(params, x_, t_x_, T_)
     logit_alive = np.clip(-log_odds, -LOGIT_CLIP, LOGIT_CLIP)
-    log_any = _log_p_any(params, x_, t_x_, T_, t)
+    log_any = _log_p_any(params, x_, t_x_, T_, t_)
     with np.errstate(divide="ignore"):
         log_zero = np.log(-np.expm1(log_any))
     logit_zero = _clipped_logit_from_log(log_zero, log_any)

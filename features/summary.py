@@ -26,6 +26,7 @@ from typing import Any, Final
 import numpy as np
 
 from features.clv import PRIOR_FEATURE_NAMES, BgNbdParams, prior_features
+from features.season import SeasonIndex, horizon_multiplier
 from features.windows import (
     DAY_MS,
     FEATURE_INDEX,
@@ -69,6 +70,9 @@ class PriorSpec:
     horizon_weeks: float
     value_per_order_day: float
     """The population's spend per order day at fit time (> 0): the spend scale and prior."""
+    season: SeasonIndex | None = None
+    """The shop's calendar, when its history showed one (:mod:`features.season`); BG/NBD's
+    horizon is then read as the horizon's weeks times its seasonal multiplier."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class PriorSpec:
             "bgnbd": self.bgnbd.to_dict(),
             "horizon_weeks": self.horizon_weeks,
             "value_per_order_day": self.value_per_order_day,
+            "season": None if self.season is None else self.season.to_dict(),
             "summary_names": list(SUMMARY_NAMES),
         }
 
@@ -90,14 +95,24 @@ class PriorSpec:
         horizon = float(data["horizon_weeks"])
         if not (value > 0 and horizon > 0):
             raise ValueError("value_per_order_day and horizon_weeks must be positive")
-        return cls(BgNbdParams.from_dict(data["bgnbd"]), horizon, value)
+        # Manifests written before the calendar existed have no "season": a year-round rate.
+        season = data.get("season")
+        return cls(
+            BgNbdParams.from_dict(data["bgnbd"]),
+            horizon,
+            value,
+            None if season is None else SeasonIndex.from_dict(season),
+        )
 
 
 def summarize(raw: Float32Array, prior: PriorSpec, spec: WindowSpec) -> Float32Array:
     """``[N, N_SUMMARY]`` float32 summary of raw sequences ``[N, seq_len, F]``."""
     last = raw[:, -1, :].astype(np.float64)
     x, t_x, age, ordered = lifetime_summary(last)
-    prior_cols = prior_features(prior.bgnbd, x, t_x, age, ordered, prior.horizon_weeks)
+    weeks = prior.horizon_weeks * horizon_multiplier(
+        prior.season, last, np.where(ordered, age, 0.0), prior.bgnbd.alpha, spec
+    )
+    prior_cols = prior_features(prior.bgnbd, x, t_x, age, ordered, weeks)
     spend_total = np.maximum(last[:, FEATURE_INDEX["spend_total"]], 0.0)
     order_days = np.maximum(last[:, FEATURE_INDEX["order_days_total"]], 0.0)
     pop = prior.value_per_order_day

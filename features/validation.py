@@ -95,7 +95,7 @@ MIN_EVENT_TIME_MS_DEFAULT: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 
 class _SettingsLike(Protocol):
-    """The slice of :class:`settings.Settings` a policy needs (structural, so no import)."""
+    """The slice of :class:`settings.WorkerSettings` a policy needs (structural, so no import)."""
 
     @property
     def max_event_bytes(self) -> int: ...

@@ -41,7 +41,7 @@ GroupAdder: TypeAlias = Callable[[Subcommands], None]
 
 
 def configure_logging(settings: Settings, verbose: bool = False) -> None:
-    """Root logging to stderr per ``settings.log_format`` / ``settings.log_level``.
+    """Root logging to stderr per ``settings.logs.format`` / ``settings.logs.level``.
 
     The formatter (text or JSON) is :mod:`settings.logs`'s, shared with the Faust workers.
     """
@@ -59,20 +59,22 @@ def configure_logging(settings: Settings, verbose: bool = False) -> None:
 
 
 def _settings_port(settings: Settings) -> int:
-    first = settings.bootstrap_servers.split(",")[0]
+    first = settings.kafka.bootstrap_servers.split(",")[0]
     host, _, port = first.rpartition(":")
     if host not in {"127.0.0.1", "localhost", ""}:
         log.warning("broker_url names %s, but the local broker listens on 127.0.0.1 only", first)
     try:
         return int(port)
     except ValueError:
-        raise SystemExit(f"cannot take a port from broker_url {settings.broker_url!r}") from None
+        raise SystemExit(
+            f"cannot take a port from broker_url {settings.kafka.broker_url!r}"
+        ) from None
 
 
 def _kafka_start(args: argparse.Namespace, settings: Settings) -> int:
     from ops import kafka_local
 
-    data_dir = Path(args.data_dir or settings.kafka_data_dir)
+    data_dir = Path(args.data_dir or settings.local.kafka_data_dir)
     port: int | None = args.port
     if port is None and not args.any_port:
         port = _settings_port(settings)
@@ -83,7 +85,7 @@ def _kafka_start(args: argparse.Namespace, settings: Settings) -> int:
                 "port %d (from CLICKSIGNALS_BROKER_URL=%s) is in use; pass --port P or "
                 "--any-port, or stop whatever listens there",
                 port,
-                settings.broker_url,
+                settings.kafka.broker_url,
             )
             return 1
     state = kafka_local.start(settings, data_dir, port, timeout_s=args.timeout)
@@ -95,14 +97,14 @@ def _kafka_start(args: argparse.Namespace, settings: Settings) -> int:
 def _kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
     from ops import kafka_local
 
-    kafka_local.stop(Path(args.data_dir or settings.kafka_data_dir), timeout_s=args.timeout)
+    kafka_local.stop(Path(args.data_dir or settings.local.kafka_data_dir), timeout_s=args.timeout)
     return 0
 
 
 def _kafka_status(args: argparse.Namespace, settings: Settings) -> int:
     from ops import kafka_local
 
-    found = kafka_local.status(Path(args.data_dir or settings.kafka_data_dir))
+    found = kafka_local.status(Path(args.data_dir or settings.local.kafka_data_dir))
     print(found.describe())
     if found.running and found.state is not None:
         print(f"export CLICKSIGNALS_BROKER_URL={found.state.broker_url}")
@@ -166,14 +168,14 @@ def _topics_create(args: argparse.Namespace, settings: Settings) -> int:
     try:
         results = kafka_local.create_topics(settings)
     except KafkaError as exc:
-        log.error("cannot create topics on %s: %r", settings.bootstrap_servers, exc)
+        log.error("cannot create topics on %s: %r", settings.kafka.bootstrap_servers, exc)
         return 1
     mismatched = [r for r in results if r.outcome == "mismatch"]
     if mismatched:
         log.error(
-            "%d topic(s) exist with a partition count other than settings.partitions=%d",
+            "%d topic(s) exist with a partition count other than CLICKSIGNALS_PARTITIONS=%d",
             len(mismatched),
-            settings.partitions,
+            settings.topics.partitions,
         )
         return 1
     return 0
@@ -285,6 +287,12 @@ def _demo_commands(commands: Subcommands) -> None:
         "onnx_models/generated for generated traffic, onnx_models/default for --events)",
     )
     p.add_argument("--settle", type=float, default=6.0, help="idle seconds that end the run")
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=120.0,
+        help="seconds after the replay to wait for every process to consume everything",
+    )
     p.add_argument("--workdir", default="var/demo", help="broker, process logs and outputs")
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.set_defaults(handler=_demo)

@@ -12,8 +12,12 @@ Owns the demo's choreography and its processes:
    ``--events FILE``, while a collector reads the five
    output topics into ``<workdir>/out/*.jsonl`` and a :class:`ops.demo_view.Tally`, and a live
    view shows progress, events/s, signal counts, top churn risks and bid multipliers;
-4. once the replay is done and nothing new arrived for ``--settle`` seconds: ``summary.json``
-   and ``dashboard.html`` (:mod:`ops.dashboard`), then everything it started is stopped.
+4. once the replay is done, nothing new arrived for ``--settle`` seconds and each of the three
+   processes has committed everything on its input topic (:mod:`ops.offsets`; an alerter that
+   raises few alerts can be far behind while every output topic is idle), or ``--drain`` seconds
+   after the replay if one has not (a warning names it, ``summary.json`` records the lag):
+   ``summary.json`` and ``dashboard.html`` (:mod:`ops.dashboard`), then everything it started
+   is stopped.
 
 Ending: a normal end, Ctrl-C and SIGTERM all take the same path -- the collector and producer
 close, each child gets SIGTERM to its process group (SIGKILL after a grace period), the broker
@@ -31,15 +35,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Final
@@ -62,7 +63,9 @@ from ops.demo_view import (
     render_live,
     summary_record,
 )
+from ops.offsets import OffsetReader
 from ops.replay import load_wire, produce
+from ops.supervise import Supervised, stop_all
 from settings import Settings, child_environment
 from subscribers.cli import worker_argv
 from training.evaluate import roc_auc
@@ -97,8 +100,8 @@ def demo_model_dir(settings: Settings, model_dir: Path | None, *, generated: boo
     """
     if model_dir is not None:
         return model_dir
-    if settings.model_dir != Settings().model_dir or not generated:
-        return settings.model_dir
+    if settings.worker.model_dir != Settings().worker.model_dir or not generated:
+        return settings.worker.model_dir
     return GENERATED_MODEL_DIR
 
 
@@ -114,7 +117,7 @@ def demo_bid_baselines(settings: Settings, model_dir: Path) -> str:
     """
     from subscribers.bidding import parse_model_baselines
 
-    configured = settings.bid_model_baselines
+    configured = settings.subscribers.bid_model_baselines
     try:
         manifest = orjson.loads((model_dir / "manifest.json").read_bytes())
         version = str(manifest["model_version"])
@@ -171,112 +174,33 @@ def live_auc(tally: Tally, truth: Truth | None) -> float | None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    """One Faust worker process the demo started."""
-
-    name: str
-    argv: list[str]
-    health_url: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-
-def children(settings: Settings, base: Path) -> list[Child]:
-    """The three Faust workers of a demo (not yet started): worker, bidder, alerter."""
-    level = settings.log_level
-    host = settings.web_host
+def children(settings: Settings, base: Path) -> list[Supervised]:
+    """The three Faust workers of a demo (not yet started): worker, bidder, alerter, each
+    supervised by :mod:`ops.supervise` (own session, log file, readiness on ``/health``)."""
+    level = settings.logs.level
+    host = settings.worker.web_host
+    env = child_environment(settings)
     # The worker is started as the README runs it; the subscribers as `clicksignals bidder`
     # and `clicksignals alerter` run them (the same argv, without the exec).
     worker = [sys.executable, "-m", "faust", "-A", "stream.app", "worker", "-l", "info"]
+    ports = {
+        "worker": settings.worker.web_port,
+        "bidder": settings.subscribers.bidder_web_port,
+        "alerter": settings.subscribers.alerter_web_port,
+    }
+    argvs = {"worker": worker, "bidder": worker_argv("bidder", level)}
+    argvs["alerter"] = worker_argv("alerter", level)
     return [
-        Child("worker", worker, f"http://{host}:{settings.web_port}/health", base / "worker.log"),
-        Child(
-            "bidder",
-            worker_argv("bidder", level),
-            f"http://{host}:{settings.bidder_web_port}/health",
-            base / "bidder.log",
-        ),
-        Child(
-            "alerter",
-            worker_argv("alerter", level),
-            f"http://{host}:{settings.alerter_web_port}/health",
-            base / "alerter.log",
-        ),
+        Supervised(name, argvs[name], env, base / f"{name}.log", f"http://{host}:{port}")
+        for name, port in ports.items()
     ]
 
 
-def start_child(child: Child, settings: Settings) -> None:
-    child.log_path.parent.mkdir(parents=True, exist_ok=True)
-    child._log = child.log_path.open("wb")
-    child.proc = subprocess.Popen(
-        child.argv,
-        env=child_environment(settings),
-        stdout=child._log,
-        stderr=subprocess.STDOUT,
-        # Own session: the terminal's Ctrl-C reaches only the demo, which stops the children
-        # in order; and killpg on the session's group leaves nothing behind.
-        start_new_session=True,
-    )
-    log.info("started %s (pid %d, log %s)", child.name, child.proc.pid, child.log_path)
-
-
-def _healthy(url: str) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
-        return bool(response.status == 200)
-    return False
-
-
-def wait_ready(kids: list[Child], timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_ready(kids: list[Supervised], timeout_s: float = READY_TIMEOUT_S) -> None:
     """Until every child answers ``/health`` (RuntimeError if one exits or time runs out)."""
-    pending = list(kids)
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        for child in list(pending):
-            assert child.proc is not None
-            if child.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{child.name} exited with code {child.proc.returncode} during start-up "
-                    f"(see {child.log_path})"
-                )
-            if _healthy(child.health_url):
-                log.info("%s ready (%s)", child.name, child.health_url.removesuffix("/health"))
-                pending.remove(child)
-        if pending and time.monotonic() > deadline:
-            names = ", ".join(c.name for c in pending)
-            raise RuntimeError(f"not healthy after {timeout_s:.0f}s: {names}")
-        if pending:
-            time.sleep(0.5)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)  # the child leads its own session (start_new_session)
-
-
-def stop_children(kids: list[Child], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM every running child at once, wait, SIGKILL what is left; close the logs."""
-    running = [c for c in kids if c.proc is not None and c.proc.poll() is None]
-    for child in running:
-        assert child.proc is not None
-        _signal_group(child.proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for child in running:
-        assert child.proc is not None
-        try:
-            child.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            log.info("%s stopped (exit code %s)", child.name, child.proc.returncode)
-        except subprocess.TimeoutExpired:
-            log.warning("%s ignored SIGTERM for %.0fs; killing it", child.name, grace_s)
-            _signal_group(child.proc, signal.SIGKILL)
-            child.proc.wait()
     for child in kids:
-        if child.proc is not None:
-            # A worker's own helper processes, if any, share its group: make sure none stay.
-            _signal_group(child.proc, signal.SIGKILL)
-        if child._log is not None:
-            child._log.close()
+        child.wait_ready(timeout_s, poll_s=0.5)
+        log.info("%s ready (%s)", child.name, child.url)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,11 +265,11 @@ class Outputs:
 def output_topics(settings: Settings) -> dict[str, str]:
     """Topic name -> output kind, for the five topics the demo reads."""
     return {
-        settings.topic_demand: "demand",
-        settings.topic_churn: "churn",
-        settings.topic_dead_letter: "dlq",
-        settings.topic_bid_adjustments: "bids",
-        settings.topic_churn_alerts: "alerts",
+        settings.topics.demand: "demand",
+        settings.topics.churn: "churn",
+        settings.topics.dead_letter: "dlq",
+        settings.topics.bid_adjustments: "bids",
+        settings.topics.churn_alerts: "alerts",
     }
 
 
@@ -363,7 +287,7 @@ async def collect(
     set, so nothing the replay causes can be missed, whatever the topics held before.
     """
     topics = output_topics(settings)
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None)
     await consumer.start()
     try:
         parts = [TopicPartition(t, p) for t in topics for p in range(partitions[t])]
@@ -415,6 +339,41 @@ class RunState:
     """Generated traffic only: who the generator makes churn (compared in the reports)."""
     terminated: bool = False
     """SIGTERM arrived while the replay ran (the run was cancelled because of it)."""
+    consumer_lag: dict[str, int] | None = None
+    """Process -> records of its input topic it had not committed when the run ended."""
+
+
+def consumer_groups(settings: Settings) -> dict[str, tuple[str, str]]:
+    """Each demo process -> (its consumer group, the topic it consumes)."""
+    return {
+        "worker": (settings.worker.app_id, settings.topics.clickstream),
+        "bidder": (settings.bidder_app_id, settings.topics.demand),
+        "alerter": (settings.alerter_app_id, settings.topics.churn),
+    }
+
+
+async def drained(
+    offsets: OffsetReader,
+    groups: Mapping[str, tuple[str, str]],
+    state: RunState,
+    drain_s: float,
+    now: float,
+) -> bool:
+    """Whether every process has committed all of its input (module doc, step 4), or
+    ``drain_s`` have passed since the replay ended (then with a warning naming who lags)."""
+    state.consumer_lag = await offsets.lags(groups)
+    behind = {name: lag for name, lag in state.consumer_lag.items() if lag}
+    if not behind:
+        return True
+    assert state.started is not None and state.replay_seconds is not None
+    if now - (state.started + state.replay_seconds) <= drain_s:
+        return False
+    log.warning(
+        "ending %.0f s after the replay with records not consumed: %s",
+        drain_s,
+        ", ".join(f"{name} {lag:,}" for name, lag in behind.items()),
+    )
+    return True
 
 
 async def run_demo(
@@ -466,31 +425,39 @@ async def run_demo(
             produce(settings, records, rate=args.rate, progress=False, on_sent=on_sent)
         )
         last_total, idle_since = -1, started
-        while True:
-            await asyncio.sleep(TICK_S)
-            now = time.perf_counter()
-            tally.sample(now - started, state.sent)
-            if producer.done():
-                state.replay_seconds = producer.result()  # raises if the replay failed
-            if tally.total != last_total:
-                last_total, idle_since = tally.total, now
-            settled = producer.done() and now - idle_since > args.settle
-            phase = "replaying" if not producer.done() else ("done" if settled else "processing")
-            events_per_s = (
-                state.sent / state.replay_seconds if state.replay_seconds else rate(tally.samples)
-            )
-            status = LiveStatus(
-                phase,
-                now - started,
-                state.sent,
-                state.events,
-                events_per_s,
-                rate(tally.samples, outputs=True),
-                live_auc(tally, state.truth),
-            )
-            view.show(status, tally, final=settled)
-            if settled:
-                break
+        groups = consumer_groups(settings)
+        async with OffsetReader(settings) as offsets:
+            while True:
+                await asyncio.sleep(TICK_S)
+                now = time.perf_counter()
+                tally.sample(now - started, state.sent)
+                if producer.done():
+                    state.replay_seconds = producer.result()  # raises if the replay failed
+                if tally.total != last_total:
+                    last_total, idle_since = tally.total, now
+                settled = producer.done() and now - idle_since > args.settle
+                if settled:  # the outputs are idle; are the processes done too?
+                    settled = await drained(offsets, groups, state, args.drain, now)
+                phase = (
+                    "replaying" if not producer.done() else ("done" if settled else "processing")
+                )
+                events_per_s = (
+                    state.sent / state.replay_seconds
+                    if state.replay_seconds
+                    else rate(tally.samples)
+                )
+                status = LiveStatus(
+                    phase,
+                    now - started,
+                    state.sent,
+                    state.events,
+                    events_per_s,
+                    rate(tally.samples, outputs=True),
+                    live_auc(tally, state.truth),
+                )
+                view.show(status, tally, final=settled)
+                if settled:
+                    break
     finally:
         stop.set()
         placed.cancel()
@@ -549,6 +516,7 @@ def write_reports(
         interrupted=interrupted,
         outputs=files,
         truth=truth_eval,
+        consumer_lag=state.consumer_lag,
     )
     (out_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     (out_dir / "dashboard.html").write_text(
@@ -606,7 +574,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
     out_dir = base / "out"
     kafka_dir = base / "kafka"
     tally, state = Tally(), RunState()
-    kids: list[Child] = []
+    kids: list[Supervised] = []
     started_broker = False
     outputs: Outputs | None = None
     interrupted: str | None = None
@@ -615,11 +583,11 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
         try:
             # Probed as every client connects (TLS, SASL: settings.kafka), or a secured
             # broker would look absent and the demo would start a plaintext one beside it.
-            probe = settings.kafka_client_kwargs()
-            if not kafka_local._answers(settings.bootstrap_servers, 2.0, probe):
+            probe = settings.kafka.client_kwargs()
+            if not kafka_local.answers(settings.kafka.bootstrap_servers, 2.0, probe):
                 if probe["security_protocol"] != "PLAINTEXT":
                     raise RuntimeError(
-                        f"no broker answers at {settings.bootstrap_servers} over "
+                        f"no broker answers at {settings.kafka.bootstrap_servers} over "
                         f"{probe['security_protocol']}; the demo starts a broker of its own "
                         "only for PLAINTEXT (it cannot make certificates or users yours trust)"
                     )
@@ -627,7 +595,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
                 started_broker = True
                 settings = _own_broker(settings, kafka_dir)
             else:
-                log.info("using the broker that answers at %s", settings.bootstrap_servers)
+                log.info("using the broker that answers at %s", settings.kafka.bootstrap_servers)
             shutil.rmtree(base / "worker", ignore_errors=True)  # in-memory tables: no state
             model_dir = demo_model_dir(settings, args.model_dir, generated=args.events is None)
             log.info("the worker serves the model in %s", model_dir)
@@ -643,7 +611,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
             partitions = {r.name: r.actual_partitions for r in kafka_local.create_topics(settings)}
             kids = children(settings, base)
             for child in kids:
-                start_child(child, settings)
+                child.start()
             wait_ready(kids)
             outputs = Outputs(out_dir)
             asyncio.run(run_demo(settings, partitions, args, tally, outputs, state))
@@ -663,7 +631,7 @@ def demo_command(args: argparse.Namespace, settings: Settings) -> int:
             with signals_deferred():
                 if outputs is not None:
                     outputs.close()
-                stop_children(kids)
+                stop_all(kids, STOP_GRACE_S)
                 if started_broker:
                     kafka_local.stop(kafka_dir)
     if outputs is None:

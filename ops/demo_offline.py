@@ -33,15 +33,10 @@ import orjson
 from ops.demo import DEMO_SHOP, GENERATED_MODEL_DIR, demo_bid_baselines, load_traffic
 from ops.demo_truth import Truth, evaluate
 from ops.demo_view import Tally
+from serving.scorer import load_model
 from settings import Settings
 from stream.loopback import run_in_process
-from stream.model import load_model
-from stream.processor import (
-    BatchOutput,
-    DictStore,
-    RawMessage,
-    processor_from_settings,
-)
+from stream.processor import BatchOutput, DictStore, RawMessage, processor_from_settings
 from stream.publish import partition_of
 from subscribers.alerting import AlertConfig, AlertState, apply_churn
 from subscribers.bidding import BidConfig, BidState, apply_demand
@@ -83,23 +78,23 @@ def run_offline(
 ) -> OfflineRun:
     """``records`` (key, value), in replay order, through worker and subscribers (module doc)."""
     started = time.perf_counter()
-    scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
+    scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)
     # Emission times: a clock that only moves forward batch by batch (as the worker's does),
     # so "the later-emitted signal at the same window end" is well defined.
     clock_ms = int(time.time() * 1000)
     proc = processor_from_settings(scorer, DictStore(), settings, clock=lambda: clock_ms)
     store = proc.store
     assert isinstance(store, DictStore)
-    bid_config = BidConfig.from_settings(settings)
-    alert_config = AlertConfig.from_settings(settings)
+    bid_config = BidConfig.from_settings(settings.subscribers)
+    alert_config = AlertConfig.from_settings(settings.subscribers)
     bids: dict[str, BidState] = {}
     alerts: dict[str, AlertState] = {}
     tally = Tally()
     messages = []
-    offsets = [0] * settings.partitions
+    offsets = [0] * settings.topics.partitions
     for key, value in records:
-        p = partition_of(key, settings.partitions)
-        messages.append(RawMessage(key, value, settings.topic_clickstream, p, offsets[p]))
+        p = partition_of(key, settings.topics.partitions)
+        messages.append(RawMessage(key, value, settings.topics.clickstream, p, offsets[p]))
         offsets[p] += 1
 
     def subscribe(out: BatchOutput) -> None:

@@ -261,9 +261,12 @@ def summary_record(
     interrupted: bool,
     outputs: Mapping[str, str],
     truth: Mapping[str, Any] | None = None,
+    consumer_lag: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """``summary.json``: the run's numbers (JSON-serialisable); ``truth``: the scores against
-    the generator's truth (:func:`ops.demo_truth.evaluate`), generated traffic only."""
+    the generator's truth (:func:`ops.demo_truth.evaluate`), generated traffic only;
+    ``consumer_lag``: per process, the records it had not consumed at the end (None: the run
+    ended before the replay did)."""
     bounds = tally.bounds
     return {
         "events": events,
@@ -272,6 +275,7 @@ def summary_record(
         "events_per_second": (round(events_sent / replay_seconds, 1) if replay_seconds else None),
         "wall_seconds": round(wall_seconds, 1),
         "interrupted": interrupted,
+        "consumer_lag": None if consumer_lag is None else dict(consumer_lag),
         "signals": {
             "demand": tally.counts["demand"],
             "churn": tally.counts["churn"],

@@ -62,7 +62,7 @@ async def produce(
     from tqdm import tqdm
 
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(),
+        **settings.kafka.client_kwargs(),
         linger_ms=20,
         max_batch_size=256 * 1024,
         acks="all",
@@ -83,7 +83,9 @@ async def produce(
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            pending.append(await producer.send(topic or settings.topic_clickstream, value, key=key))
+            pending.append(
+                await producer.send(topic or settings.topics.clickstream, value, key=key)
+            )
             if len(pending) >= chunk:
                 await asyncio.gather(*pending)
                 bar.update(len(pending))
@@ -113,7 +115,7 @@ async def consume(
     """Read ``topic`` until no message arrived for ``idle_s`` (or ``limit`` were read)."""
     consumer = AIOKafkaConsumer(
         topic,
-        **settings.kafka_client_kwargs(),
+        **settings.kafka.client_kwargs(),
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         group_id=None,
@@ -141,7 +143,7 @@ def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     seconds = asyncio.run(produce(settings, records, rate=args.rate, progress=not args.quiet))
     rate = len(records) / seconds if seconds else float("inf")
     print(
-        f"replayed {len(records)} events to {settings.topic_clickstream} "
+        f"replayed {len(records)} events to {settings.topics.clickstream} "
         f"in {seconds:.1f}s ({rate:,.0f} events/s)"
     )
     return 0
@@ -169,10 +171,10 @@ def generate_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def tail_command(args: argparse.Namespace, settings: Settings) -> int:
     topic = {
-        "demand": settings.topic_demand,
-        "churn": settings.topic_churn,
-        "dlq": settings.topic_dead_letter,
-        "clickstream": settings.topic_clickstream,
+        "demand": settings.topics.demand,
+        "churn": settings.topics.churn,
+        "dlq": settings.topics.dead_letter,
+        "clickstream": settings.topics.clickstream,
     }.get(args.topic, args.topic)
     records = asyncio.run(consume(settings, topic, idle_s=args.idle, limit=args.limit))
     for record in records:

@@ -2,7 +2,7 @@
 # The project's full check, as the README runs it and CI (.ci/run) runs it:
 # lint, format check, type check, then every test tier.
 #
-# Kafka-tier tests start the project's own broker (ops/kafka_local.py) unless
+# Kafka-tier tests start the project's own broker (ops/kafka_local/) unless
 # CLICKSIGNALS_TEST_BOOTSTRAP names one; with CI=true they fail instead of skipping when no
 # broker can be had. CI is read, never set, here.
 set -euo pipefail

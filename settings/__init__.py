@@ -1,16 +1,34 @@
 """The one settings object: every tunable of the system, read from the environment.
 
-Nothing else in the project reads ``os.environ``. Each field maps to one variable named
-``CLICKSIGNALS_<FIELD>`` (upper case); ``docker-compose.yml`` and the README's settings table
-list the same names, and a test keeps them in step. Secrets (SASL password, TLS key password,
+Nothing else in the project reads ``os.environ``. :class:`Settings` is grouped by concern into
+typed sub-objects -- :class:`KafkaConnection`, :class:`Topics`, :class:`WorkerSettings`,
+:class:`SubscriberSettings`, :class:`LocalBroker` and :class:`LogSettings` -- so that a module
+asks for the part it uses (``settings.topics.demand``, ``settings.kafka``).
+
+Each setting has one *flat name*, which is its environment variable without the
+``CLICKSIGNALS_`` prefix (``topic_demand`` is ``CLICKSIGNALS_TOPIC_DEMAND`` and lives at
+``settings.topics.demand``). The flat names are the deployment contract: ``docker-compose.yml``
+and the README's settings table list them, a test keeps them in step, and
+:meth:`Settings.from_flat` / :meth:`Settings.with_overrides` take them, so that an override
+reads like the variable an operator would set. Secrets (SASL password, TLS key password,
 webhook URL) are held as :class:`Secret` so that they never appear in ``repr`` or logs.
+
+:class:`Topics` is the one place that lists every topic the application reads or writes
+(:meth:`Topics.names`), the internal re-keying topic included.
+
+Why a top-level package named ``settings`` stays: the brief fixes ``faust -A stream.app worker``
+as the worker's command, so the project's packages (``stream``, ``features``, ``settings``...)
+are top-level by contract, and renaming only this one would not remove the class of collision.
+The project installs into its own environment (``scripts/bootstrap.sh``'s ``.venv``, the
+image); a foreign ``settings`` module shadowing this one fails loudly at the first import of
+:class:`Settings`, never silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +49,26 @@ class Secret(str):
         return str.__str__(self)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Typed settings; defaults are the local single-node set-up the README starts."""
+def _secret() -> Secret:
+    return Secret("")
 
-    # --- Kafka connection -------------------------------------------------------------
+
+def _flat(name: str) -> dict[str, str]:
+    """Field metadata: the setting's flat name when it is not the field's own name."""
+    return {"flat": name}
+
+
+@dataclass(frozen=True)
+class KafkaConnection:
+    """Where the brokers are and how every client authenticates (``settings.kafka``)."""
+
     broker_url: str = "kafka://127.0.0.1:9092"
     """Faust-style URL(s), ``;``-separated; ``kafka://host:port``."""
     security_protocol: str = "PLAINTEXT"
     """PLAINTEXT | SASL_PLAINTEXT | SASL_SSL | SSL."""
     sasl_mechanism: str = "SCRAM-SHA-256"
     sasl_username: str = ""
-    sasl_password: Secret = field(default_factory=lambda: Secret(""))
+    sasl_password: Secret = field(default_factory=_secret)
     ssl_cafile: Path | None = None
     """PEM CA bundle that signed the brokers' certificates (SSL, SASL_SSL); unset: the
     system's trusted CAs (what managed Kafka services' public certificates need)."""
@@ -50,21 +76,65 @@ class Settings:
     """PEM client certificate (chain) for brokers that require client authentication (mTLS)."""
     ssl_keyfile: Path | None = None
     """PEM private key of ``ssl_certfile``; unset: the key is in ``ssl_certfile``."""
-    ssl_key_password: Secret = field(default_factory=lambda: Secret(""))
+    ssl_key_password: Secret = field(default_factory=_secret)
     """Password of an encrypted ``ssl_keyfile``."""
 
-    # --- Topics (names and partition counts live here and only here) -------------------
-    topic_clickstream: str = "clickstream"
-    topic_demand: str = "demand-signals"
-    topic_churn: str = "churn-risk"
-    topic_dead_letter: str = "clickstream-dlq"
-    topic_bid_adjustments: str = "bid-adjustments"
-    topic_churn_alerts: str = "churn-alerts"
+    @property
+    def bootstrap_servers(self) -> str:
+        """Plain ``host:port,host:port`` for aiokafka clients."""
+        hosts = [u.split("://", 1)[-1] for u in self.broker_url.replace(",", ";").split(";")]
+        return ",".join(h.strip() for h in hosts if h.strip())
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Connection options for aiokafka producers/consumers/admin clients.
+
+        Built by :func:`settings.kafka.client_kwargs`, the one place that turns the security
+        settings into client configuration (it also builds the Faust apps' credentials).
+        """
+        from settings.kafka import client_kwargs  # settings.kafka imports this module
+
+        return client_kwargs(self)
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic's name and the partitioning they share (``settings.topics``).
+
+    ``routed`` is the worker's internal re-keying topic; its name follows the worker's
+    ``app_id`` (like Faust's changelog topics) and has no variable of its own.
+    """
+
+    clickstream: str = field(default="clickstream", metadata=_flat("topic_clickstream"))
+    demand: str = field(default="demand-signals", metadata=_flat("topic_demand"))
+    churn: str = field(default="churn-risk", metadata=_flat("topic_churn"))
+    dead_letter: str = field(default="clickstream-dlq", metadata=_flat("topic_dead_letter"))
+    bid_adjustments: str = field(default="bid-adjustments", metadata=_flat("topic_bid_adjustments"))
+    churn_alerts: str = field(default="churn-alerts", metadata=_flat("topic_churn_alerts"))
+    routed: str = field(default="clicksignals-clickstream-by-user", metadata={"flat": None})
+    """Internal topic where the worker re-keys events a producer did not key by user."""
     partitions: int = 4
     replication_factor: int = 1
 
-    # --- Worker ---------------------------------------------------------------------------
+    def names(self) -> tuple[str, ...]:
+        """Every topic the application reads or writes, in pipeline order."""
+        return (
+            self.clickstream,
+            self.routed,
+            self.demand,
+            self.churn,
+            self.dead_letter,
+            self.bid_adjustments,
+            self.churn_alerts,
+        )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The scoring worker (``settings.worker``): identity, state, model, batching, limits."""
+
     app_id: str = "clicksignals"
+    """Faust app id: the consumer group and the prefix of table changelogs and internal topics
+    (the subscribers' ids derive from it)."""
     store_url: str = "rocksdb://"
     """``rocksdb://`` (default, changelog-backed) or ``memory://`` for tests."""
     data_dir: Path = Path("var/worker")
@@ -95,17 +165,23 @@ class Settings:
     Records it then brings for windows already closed are late."""
     fetch_max_wait_ms: int = 50
     """How long the broker may hold the worker's fetch request when it has no new data.
-    Faust fixes 1,500 ms; see "fetch wait" in stream/app.py for why that costs latency."""
+    Faust fixes 1,500 ms; see "fetch wait" in stream/faust_runtime.py for why that costs
+    latency."""
     max_event_bytes: int = 65536
     max_future_skew_s: float = 86400.0
     """Events more than this far ahead of the processing clock are rejected."""
     min_event_time: str = "2000-01-01T00:00:00Z"
     web_host: str = "127.0.0.1"
+    """Interface every web server of the system binds (worker and subscribers)."""
     web_port: int = 6066
     churn_high_threshold: float | None = None
     """Overrides the manifest's high-risk threshold when set."""
 
-    # --- Subscribers: ad bidding and churn alerting (``subscribers/``) ---------------------
+
+@dataclass(frozen=True)
+class SubscriberSettings:
+    """Ad bidding and churn alerting (``settings.subscribers``; ``subscribers/``)."""
+
     bid_floor: float = 0.5
     """Lowest bid multiplier the bidder ever emits."""
     bid_cap: float = 2.0
@@ -117,57 +193,109 @@ class Settings:
     bid_model_baselines: str = ""
     """Per-model baselines, ``model_version=orders_per_day`` pairs ``;``-separated."""
     bidder_web_port: int = 6067
-    """Web port of the bidder (``GET /bid/{user_id}``), bound to ``web_host``."""
+    """Web port of the bidder (``GET /bid/{user_id}``), bound to the worker's ``web_host``."""
     alert_high_threshold: float | None = None
     """Churn probability that raises an alert even below the signal's ``risk_level`` high."""
     alert_recovery_threshold: float = 0.5
     """An alerted user re-arms only after a signal that is not high with probability below this."""
-    alert_webhook_url: Secret = field(default_factory=lambda: Secret(""))
+    alert_webhook_url: Secret = field(default_factory=_secret)
     """Optional URL each alert is POSTed to as JSON (failures are logged, never fatal)."""
     alert_webhook_timeout_s: float = 5.0
     alerter_web_port: int = 6068
     """Web port of the alerter (``/health``, ``/alerts/{user_id}``), bound to ``web_host``."""
 
-    # --- Local broker (ops) ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LocalBroker:
+    """The single-node Kafka the project runs itself (``settings.local``; ``ops.kafka_local``)."""
+
     kafka_home: Path = Path(".cache/kafka")
     kafka_data_dir: Path = Path("var/kafka")
-    log_format: str = "text"
-    """``text`` or ``json``."""
-    log_level: str = "INFO"
 
-    @property
-    def topic_routed(self) -> str:
-        """Internal topic where the worker re-keys events a producer did not key by user."""
-        return f"{self.app_id}-clickstream-by-user"
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How every process logs (``settings.logs``; ``settings.logs`` module)."""
+
+    format: str = field(default="text", metadata=_flat("log_format"))
+    """``text`` or ``json``."""
+    level: str = field(default="INFO", metadata=_flat("log_level"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; defaults are the local single-node set-up the README starts.
+
+    Build it with :func:`load_settings` (the environment), :meth:`from_flat` (flat names, as in
+    tests and harnesses) or the constructor (sub-objects).
+    """
+
+    kafka: KafkaConnection = field(default_factory=KafkaConnection)
+    topics: Topics = field(default_factory=Topics)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    subscribers: SubscriberSettings = field(default_factory=SubscriberSettings)
+    local: LocalBroker = field(default_factory=LocalBroker)
+    logs: LogSettings = field(default_factory=LogSettings)
+
+    def __post_init__(self) -> None:
+        # The re-keying topic is the worker's own, named after its app id: derive it here so
+        # that every way of building Settings (and every app_id override) agrees.
+        routed = f"{self.worker.app_id}-clickstream-by-user"
+        if self.topics.routed != routed:
+            object.__setattr__(self, "topics", dataclasses.replace(self.topics, routed=routed))
 
     @property
     def bidder_app_id(self) -> str:
         """Faust app id (consumer group, table changelog prefix) of the ad-bidding subscriber."""
-        return f"{self.app_id}-bidder"
+        return f"{self.worker.app_id}-bidder"
 
     @property
     def alerter_app_id(self) -> str:
         """Faust app id of the churn-alerting subscriber."""
-        return f"{self.app_id}-alerter"
+        return f"{self.worker.app_id}-alerter"
 
-    @property
-    def bootstrap_servers(self) -> str:
-        """Plain ``host:port,host:port`` for aiokafka clients."""
-        hosts = [u.split("://", 1)[-1] for u in self.broker_url.replace(",", ";").split(";")]
-        return ",".join(h.strip() for h in hosts if h.strip())
+    @classmethod
+    def from_flat(cls, **values: Any) -> Settings:
+        """Settings from flat names (module doc), typed values; the rest keep their defaults."""
+        groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+        for name, value in values.items():
+            try:
+                group, attr = _FLAT[name]
+            except KeyError:
+                raise TypeError(f"no setting named {name!r} (see settings.env_names())") from None
+            groups[group][attr] = value
+        return cls(**{name: _GROUPS[name](**kw) for name, kw in groups.items()})
 
-    def kafka_client_kwargs(self) -> dict[str, Any]:
-        """Connection options for aiokafka producers/consumers/admin clients.
-
-        Built by :func:`settings.kafka.client_kwargs`, the one place that turns the security
-        settings into client configuration (it also builds the Faust apps' credentials).
-        """
-        from settings.kafka import client_kwargs  # settings.kafka imports this module
-
-        return client_kwargs(self)
+    def flat(self) -> dict[str, Any]:
+        """Flat name -> value of every setting (the inverse of :meth:`from_flat`)."""
+        return {name: getattr(getattr(self, g), a) for name, (g, a) in _FLAT.items()}
 
     def with_overrides(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+        """A copy with the settings named by flat name (``topic_demand=...``) replaced."""
+        return Settings.from_flat(**{**self.flat(), **changes})
+
+
+_GROUPS: dict[str, type[Any]] = {
+    "kafka": KafkaConnection,
+    "topics": Topics,
+    "worker": WorkerSettings,
+    "subscribers": SubscriberSettings,
+    "local": LocalBroker,
+    "logs": LogSettings,
+}
+
+
+def _setting_fields() -> Iterator[tuple[str, str, dataclasses.Field[Any]]]:
+    """(flat name, group, field) of every setting that has a variable."""
+    for group, kind in _GROUPS.items():
+        for f in dataclasses.fields(kind):
+            flat = f.metadata.get("flat", f.name)
+            if flat is not None:
+                yield flat, group, f
+
+
+_FLAT: dict[str, tuple[str, str]] = {flat: (g, f.name) for flat, g, f in _setting_fields()}
+_TYPES: dict[str, str] = {flat: str(f.type) for flat, _, f in _setting_fields()}
 
 
 def _convert(raw: str, annotation: str) -> Any:
@@ -190,19 +318,19 @@ def _convert(raw: str, annotation: str) -> Any:
 
 
 def env_names() -> dict[str, str]:
-    """Field name -> environment variable name, for docs and consistency tests."""
-    return {f.name: ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+    """Flat name -> environment variable name, for docs and consistency tests."""
+    return {name: ENV_PREFIX + name.upper() for name in _FLAT}
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
     """The environment for a child process (a worker) that should see ``settings``.
 
-    The current environment (PATH and the like) plus every field as its variable, secrets
+    The current environment (PATH and the like) plus every setting as its variable, secrets
     revealed: the child's own :func:`load_settings` reads them back.
     """
     env = dict(os.environ)
-    for name, var in env_names().items():
-        value = getattr(settings, name)
+    for name, value in settings.flat().items():
+        var = ENV_PREFIX + name.upper()
         if value is None:
             env.pop(var, None)
         else:
@@ -214,14 +342,27 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from the environment (or the mapping given, for tests)."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(Settings):
-        name = ENV_PREFIX + f.name.upper()
-        if name in env:
+    for name in _FLAT:
+        var = ENV_PREFIX + name.upper()
+        if var in env:
             try:
-                values[f.name] = _convert(env[name], str(f.type))
+                values[name] = _convert(env[var], _TYPES[name])
             except ValueError as exc:
-                raise ValueError(f"{name}={env[name]!r}: {exc}") from None
-    return Settings(**values)
+                raise ValueError(f"{var}={env[var]!r}: {exc}") from None
+    return Settings.from_flat(**values)
 
 
-__all__ = ["ENV_PREFIX", "Secret", "Settings", "child_environment", "env_names", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "KafkaConnection",
+    "LocalBroker",
+    "LogSettings",
+    "Secret",
+    "Settings",
+    "SubscriberSettings",
+    "Topics",
+    "WorkerSettings",
+    "child_environment",
+    "env_names",
+    "load_settings",
+]

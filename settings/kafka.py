@@ -3,10 +3,10 @@
 Every Kafka client -- the aiokafka producers, consumers and admin clients of the CLI (``replay``,
 ``tail``, ``topics create``, ``demo``), the tests and benches, and the Faust apps (the worker and
 both subscribers, whose ``broker_credentials`` Faust hands to its own aiokafka clients) -- gets
-its connection options here, from the one :class:`settings.Settings` object:
+its connection options here, from the one :class:`settings.KafkaConnection` (``settings.kafka``):
 
 * :func:`client_kwargs` -- keyword arguments for ``AIOKafkaProducer``/``Consumer``/``AdminClient``
-  (what :meth:`settings.Settings.kafka_client_kwargs` returns);
+  (what :meth:`settings.KafkaConnection.client_kwargs` returns);
 * :func:`faust_credentials` -- ``faust.App(broker_credentials=...)``;
 * :func:`ssl_context` -- the TLS context both of them carry for ``SSL`` and ``SASL_SSL``.
 
@@ -27,7 +27,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from settings import ENV_PREFIX, Settings
+from settings import ENV_PREFIX, KafkaConnection
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
@@ -46,19 +46,19 @@ def _var(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
-def security_protocol(settings: Settings) -> str:
-    """``settings.security_protocol`` upper-cased, checked against what the clients speak."""
-    protocol = settings.security_protocol.strip().upper()
+def security_protocol(kafka: KafkaConnection) -> str:
+    """``kafka.security_protocol`` upper-cased, checked against what the clients speak."""
+    protocol = kafka.security_protocol.strip().upper()
     if protocol not in SECURITY_PROTOCOLS:
         raise KafkaClientConfigError(
-            f"{_var('security_protocol')}={settings.security_protocol!r}: use one of "
+            f"{_var('security_protocol')}={kafka.security_protocol!r}: use one of "
             + ", ".join(SECURITY_PROTOCOLS)
         )
     return protocol
 
 
-def _readable(settings: Settings, name: str) -> str | None:
-    value: Path | None = getattr(settings, name)
+def _readable(kafka: KafkaConnection, name: str) -> str | None:
+    value: Path | None = getattr(kafka, name)
     if value is None:
         return None
     if not Path(value).is_file():
@@ -66,21 +66,21 @@ def _readable(settings: Settings, name: str) -> str | None:
     return str(value)
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def ssl_context(kafka: KafkaConnection) -> ssl.SSLContext | None:
     """The verifying TLS context for ``SSL``/``SASL_SSL`` (module doc); ``None`` otherwise."""
-    protocol = security_protocol(settings)
+    protocol = security_protocol(kafka)
     if protocol not in TLS_PROTOCOLS:
-        given = [_var(n) for n in _TLS_FIELDS if getattr(settings, n)]
+        given = [_var(n) for n in _TLS_FIELDS if getattr(kafka, n)]
         if given:
             raise KafkaClientConfigError(
                 f"{', '.join(given)} set, but {_var('security_protocol')}={protocol} does not "
                 "use TLS: use SSL or SASL_SSL, or unset them"
             )
         return None
-    cafile = _readable(settings, "ssl_cafile")
-    certfile = _readable(settings, "ssl_certfile")
-    keyfile = _readable(settings, "ssl_keyfile")
-    if certfile is None and (keyfile is not None or settings.ssl_key_password):
+    cafile = _readable(kafka, "ssl_cafile")
+    certfile = _readable(kafka, "ssl_certfile")
+    keyfile = _readable(kafka, "ssl_keyfile")
+    if certfile is None and (keyfile is not None or kafka.ssl_key_password):
         raise KafkaClientConfigError(
             f"{_var('ssl_keyfile')} / {_var('ssl_key_password')} need {_var('ssl_certfile')}"
         )
@@ -95,7 +95,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
         try:
             # Always a password (empty when none is set): with None, OpenSSL would prompt on
             # the terminal for an encrypted key, and a worker would hang instead of failing.
-            context.load_cert_chain(certfile, keyfile, password=settings.ssl_key_password.reveal())
+            context.load_cert_chain(certfile, keyfile, password=kafka.ssl_key_password.reveal())
         except (OSError, ssl.SSLError) as exc:
             raise KafkaClientConfigError(
                 f"client certificate {_var('ssl_certfile')}={certfile!r} / "
@@ -105,26 +105,26 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def client_kwargs(settings: Settings) -> dict[str, Any]:
+def client_kwargs(kafka: KafkaConnection) -> dict[str, Any]:
     """Connection options for aiokafka producers, consumers and admin clients."""
-    protocol = security_protocol(settings)
+    protocol = security_protocol(kafka)
     kwargs: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
+        "bootstrap_servers": kafka.bootstrap_servers,
         "security_protocol": protocol,
     }
-    context = ssl_context(settings)
+    context = ssl_context(kafka)
     if context is not None:
         kwargs["ssl_context"] = context
     if protocol in SASL_PROTOCOLS:
         kwargs.update(
-            sasl_mechanism=settings.sasl_mechanism.upper(),
-            sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=settings.sasl_password.reveal(),
+            sasl_mechanism=kafka.sasl_mechanism.upper(),
+            sasl_plain_username=kafka.sasl_username,
+            sasl_plain_password=kafka.sasl_password.reveal(),
         )
     return kwargs
 
 
-def faust_credentials(settings: Settings) -> CredentialsT | None:
+def faust_credentials(kafka: KafkaConnection) -> CredentialsT | None:
     """``faust.App(broker_credentials=...)``: the same protocol, TLS context and SASL login.
 
     Faust turns these into the aiokafka options of its consumer, producer and the client that
@@ -132,19 +132,19 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
     """
     import faust  # here, not at the top: the CLI's plain aiokafka clients never need Faust
 
-    protocol = security_protocol(settings)
-    context = ssl_context(settings)
+    protocol = security_protocol(kafka)
+    context = ssl_context(kafka)
     if protocol == "PLAINTEXT":
         return None
     if protocol == "SSL":
         return faust.SSLCredentials(context=context)
-    mechanism = settings.sasl_mechanism.upper()
+    mechanism = kafka.sasl_mechanism.upper()
     if mechanism == "GSSAPI":
         return faust.GSSAPICredentials(ssl_context=context)
     # Faust picks SASL_SSL over SASL_PLAINTEXT by whether an ssl_context is given.
     return faust.SASLCredentials(
-        username=settings.sasl_username,
-        password=settings.sasl_password.reveal(),
+        username=kafka.sasl_username,
+        password=kafka.sasl_password.reveal(),
         mechanism=mechanism,
         ssl_context=context,
     )

@@ -1,6 +1,6 @@
 """Logging from settings: the one JSON log formatter and the two ways processes install it.
 
-Owns how ``settings.log_format`` (``text`` | ``json``) and ``settings.log_level`` become logging
+Owns how ``settings.logs.format`` (``text`` | ``json``) and ``settings.logs.level`` become logging
 configuration, for every process of the project:
 
 * :func:`configure_root` -- plain processes (the ``clicksignals`` CLI, the demo): one stderr
@@ -21,7 +21,6 @@ or traceback, so a client library that echoes its configuration cannot leak them
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -75,20 +74,19 @@ class JsonFormatter(logging.Formatter):
 
 def secret_values(settings: Settings) -> list[Secret]:
     """The non-empty :class:`Secret` values held by ``settings`` (still masked in ``repr``)."""
-    values = (getattr(settings, f.name) for f in dataclasses.fields(settings))
-    return [v for v in values if isinstance(v, Secret) and v]
+    return [v for v in settings.flat().values() if isinstance(v, Secret) and v]
 
 
 def check_log_format(settings: Settings) -> str:
-    """``settings.log_format`` lower-cased, or ValueError naming the accepted values."""
-    fmt = settings.log_format.strip().lower()
+    """``settings.logs.format`` lower-cased, or ValueError naming the accepted values."""
+    fmt = settings.logs.format.strip().lower()
     if fmt not in LOG_FORMATS:
-        raise ValueError(f"CLICKSIGNALS_LOG_FORMAT={settings.log_format!r}: use text or json")
+        raise ValueError(f"CLICKSIGNALS_LOG_FORMAT={settings.logs.format!r}: use text or json")
     return fmt
 
 
 def make_formatter(settings: Settings) -> logging.Formatter:
-    """The formatter ``settings.log_format`` asks for."""
+    """The formatter ``settings.logs.format`` asks for."""
     if check_log_format(settings) == "json":
         return JsonFormatter(secret_values(settings))
     return logging.Formatter(TEXT_FORMAT)
@@ -105,7 +103,7 @@ def configure_root(settings: Settings, *, verbose: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter)
         root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else settings.log_level.upper())
+    root.setLevel(logging.DEBUG if verbose else settings.logs.level.upper())
 
 
 def faust_logging_config(settings: Settings) -> dict[str, Any] | None:

@@ -78,7 +78,7 @@ def _init_assignments(cls: type) -> str:
     import inspect
 
     try:
-        return inspect.getsource(cls.__init__)
+        return inspect.getsource(cls.__init__)  # type: ignore[misc]  # the class's own, on purpose
     except (OSError, TypeError):
         return ""
 
@@ -139,7 +139,7 @@ def aiokafka_producer(app: Any) -> aiokafka.AIOKafkaProducer | None:
     producer = app.producer
     if not isinstance(producer, AIOKafkaFaustProducer):
         return None
-    if "_producer" not in vars(producer) and "_producer" not in AIOKafkaFaustProducer.__dict__:
+    if not hasattr(producer, "_producer"):
         raise RuntimeIncompatible("faust's aiokafka Producer has no _producer attribute")
     inner = producer._producer
     return inner if isinstance(inner, aiokafka.AIOKafkaProducer) else None

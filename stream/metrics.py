@@ -137,9 +137,12 @@ def observe_announcement(out: BatchOutput, idle_sources: int) -> None:
 
 
 class _Coordinates(Protocol):
-    topic: str
-    partition: int
-    offset: int
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
 
 
 def note_processed(batch: Iterable[_Coordinates]) -> None:

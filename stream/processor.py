@@ -82,6 +82,7 @@ from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThreshol
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
 from features.windows import DAY_MS, DORMANT_CHURN_FLOOR, WindowSpec, is_scored_at_close
+from serving.scorer import Scorer
 from stream.codec import (
     PartitionClock,
     UserRecord,
@@ -90,7 +91,6 @@ from stream.codec import (
     encode_clock,
     encode_user,
 )
-from stream.model import Scorer
 from stream.publish import partition_of
 
 if TYPE_CHECKING:
@@ -350,15 +350,15 @@ def processor_from_settings(
     return Processor(
         scorer,
         store,
-        partitions=settings.partitions,
-        policy=ValidationPolicy.from_settings(settings),
-        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
-        fresh_interval_ms=int(settings.fresh_signal_min_interval_s * 1000),
-        routed_topics=frozenset({settings.topic_routed}),
-        thresholds=risk_thresholds(scorer, settings.churn_high_threshold),
+        partitions=settings.topics.partitions,
+        policy=ValidationPolicy.from_settings(settings.worker),
+        allowed_lateness_ms=int(settings.worker.allowed_lateness_s * 1000),
+        fresh_interval_ms=int(settings.worker.fresh_signal_min_interval_s * 1000),
+        routed_topics=frozenset({settings.topics.routed}),
+        thresholds=risk_thresholds(scorer, settings.worker.churn_high_threshold),
         clock=clock,
-        dormant_churn_floor=settings.dormant_churn_floor,
-        idle_ttl_ms=int(max(5 * settings.watermark_interval_s, 1.0) * 1000),
+        dormant_churn_floor=settings.worker.dormant_churn_floor,
+        idle_ttl_ms=int(max(5 * settings.worker.watermark_interval_s, 1.0) * 1000),
     )
 
 

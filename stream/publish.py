@@ -42,7 +42,7 @@ def partition_of(key: bytes, partitions: int) -> int:
     Cached: murmur2 in pure Python costs more per event than the lookup, and the same users
     recur batch after batch (the processor per event, the publisher per signal).
     """
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ def _exec(argv: Sequence[str], env: dict[str, str]) -> int:  # pragma: no cover 
 
 def _run(name: str) -> object:
     def handler(args: argparse.Namespace, settings: Settings) -> int:
-        loglevel = args.loglevel or settings.log_level
+        loglevel = args.loglevel or settings.logs.level
         return _exec(worker_argv(name, loglevel), child_environment(settings))
 
     return handler

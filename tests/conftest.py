@@ -77,7 +77,7 @@ class KafkaTestBroker:
 
 def _base_settings() -> Settings:
     """Hermetic settings for tests (defaults, never the developer's CLICKSIGNALS_* values)."""
-    return Settings(kafka_home=REPO_ROOT / ".cache" / "kafka")
+    return Settings.from_flat(kafka_home=REPO_ROOT / ".cache" / "kafka")
 
 
 @pytest.fixture(scope="session")
@@ -144,16 +144,16 @@ def make_topic(kafka_settings: Settings) -> Callable[..., str]:
 @pytest.fixture
 def isolated_kafka_settings(kafka_settings: Settings) -> Settings:
     """``kafka_settings`` whose six application topics have names unique to this test, created
-    with ``settings.partitions`` partitions (so tests never read each other's records)."""
+    with ``settings.topics.partitions`` partitions (so tests never read each other's records)."""
     suffix = uuid.uuid4().hex[:10]
     settings = kafka_settings.with_overrides(
-        app_id=f"{kafka_settings.app_id}-{suffix}",
-        topic_clickstream=f"{kafka_settings.topic_clickstream}-{suffix}",
-        topic_demand=f"{kafka_settings.topic_demand}-{suffix}",
-        topic_churn=f"{kafka_settings.topic_churn}-{suffix}",
-        topic_dead_letter=f"{kafka_settings.topic_dead_letter}-{suffix}",
-        topic_bid_adjustments=f"{kafka_settings.topic_bid_adjustments}-{suffix}",
-        topic_churn_alerts=f"{kafka_settings.topic_churn_alerts}-{suffix}",
+        app_id=f"{kafka_settings.worker.app_id}-{suffix}",
+        topic_clickstream=f"{kafka_settings.topics.clickstream}-{suffix}",
+        topic_demand=f"{kafka_settings.topics.demand}-{suffix}",
+        topic_churn=f"{kafka_settings.topics.churn}-{suffix}",
+        topic_dead_letter=f"{kafka_settings.topics.dead_letter}-{suffix}",
+        topic_bid_adjustments=f"{kafka_settings.topics.bid_adjustments}-{suffix}",
+        topic_churn_alerts=f"{kafka_settings.topics.churn_alerts}-{suffix}",
     )
     run_sync(kafka_local.ensure_topics(settings))
     return settings

@@ -12,6 +12,7 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -109,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             log.info("%s", result.summary.describe())
             events = result.events
-            source = {"events": str(args.events), "ingest": result.summary.to_dict()}
+            source: dict[str, Any] = {
+                "events": str(args.events),
+                "ingest": result.summary.to_dict(),
+            }
         else:
             from ingest.generator import generate_clickstream
 

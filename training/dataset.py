@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def _codes(column: pd.Series) -> np.ndarray:
     codes, _ = pd.factorize(column, use_na_sentinel=True)
-    return codes.astype(np.int64)
+    return np.asarray(codes, dtype=np.int64)
 
 
 def to_event_arrays(events: pd.DataFrame) -> tuple[EventArrays, np.ndarray]:

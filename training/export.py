@@ -43,7 +43,7 @@ import onnx
 import onnxruntime as ort
 
 from features.manifest import INPUT_NAME, OUTPUT_NAMES, SUMMARY_INPUT_NAME
-from stream.model import sha256_file
+from serving.scorer import sha256_file
 
 if TYPE_CHECKING:
     import keras

@@ -16,14 +16,18 @@ import pandas as pd
 from features.batch import WindowTensor, sequences_at
 from features.manifest import OUTPUT_NAMES
 from features.windows import DORMANT_CHURN_FLOOR, close_population
-from stream.model import Scorer, load_model
+from serving.scorer import Scorer, load_model
 from training.dataset import Samples, build_tensor, first_window, to_event_arrays
 from training.origins import OriginSet
 
 
 def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> pd.DataFrame:
     """One row per sample: ids, window end, the three scores and the actuals if known."""
-    parts = {"expected_orders": [], "expected_spend": [], "churn_probability": []}
+    parts: dict[str, list[np.ndarray]] = {
+        "expected_orders": [],
+        "expected_spend": [],
+        "churn_probability": [],
+    }
     for lo in range(0, len(samples), batch_size):
         scores = scorer.score(samples.sequences[lo : lo + batch_size])
         parts["expected_orders"].append(scores.expected_orders)

@@ -83,9 +83,7 @@ class OriginSet:
         return np.where(self.complete, (self.orders.sum(axis=1) == 0).astype(np.float64), MASKED)
 
     def select(self, mask: np.ndarray) -> OriginSet:
-        return OriginSet(
-            *(getattr(self, f)[mask] for f in OriginSet.__dataclass_fields__)  # type: ignore[arg-type]
-        )
+        return OriginSet(*(getattr(self, f)[mask] for f in OriginSet.__dataclass_fields__))
 
     @staticmethod
     def concat(parts: list[OriginSet]) -> OriginSet:

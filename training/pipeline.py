@@ -28,7 +28,7 @@ import logging
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ import pandas as pd
 
 from features.batch import WindowTensor, sequences_at
 from features.manifest import INPUT_NAME, OUTPUT_NAMES, SUMMARY_INPUT_NAME, Manifest
+from features.season import SeasonIndex, horizon_multiplier
 from features.signals import RiskThresholds
 from features.summary import I_LOG_VALUE, PriorSpec
 from features.windows import (
@@ -47,7 +48,7 @@ from features.windows import (
     lifetime_summary,
     population_mask,
 )
-from stream.model import sha256_file
+from serving.scorer import sha256_file
 from training.baselines import baselines
 from training.dataset import build_tensor, first_window, to_event_arrays
 from training.origins import (
@@ -107,7 +108,7 @@ class TrainConfig:
 
 
 def _iso(ms: int) -> str:
-    return pd.Timestamp(ms, unit="ms", tz="UTC").isoformat()
+    return str(pd.Timestamp(ms, unit="ms", tz="UTC").isoformat())
 
 
 def churn_thresholds(p: np.ndarray, y: np.ndarray, precision: float = 0.9) -> RiskThresholds:
@@ -147,8 +148,9 @@ MIN_PRIOR_CUSTOMERS = 10
 """Below this many customers with an order, an origin gets no BG/NBD fit and no rows."""
 
 
-def fit_prior(horizon_weeks: float) -> PriorFit:
-    """The prior fitter: BG/NBD by maximum likelihood plus the population's spend per day."""
+def fit_prior(horizon_weeks: float, season: SeasonIndex | None = None) -> PriorFit:
+    """The prior fitter: BG/NBD by maximum likelihood plus the population's spend per day,
+    with the shop's calendar as known at the cutoff (``season``, None for a year-round rate)."""
     from training.clv import fit_bgnbd
 
     def fit(
@@ -162,7 +164,7 @@ def fit_prior(horizon_weeks: float) -> PriorFit:
         total_days = float(days.sum())
         value = float(spend.sum()) / total_days if total_days > 0 else 0.0
         # Data without prices has no spend: a unit scale keeps the spend head defined.
-        return PriorSpec(params, horizon_weeks, value if value > 0 else 1.0)
+        return PriorSpec(params, horizon_weeks, value if value > 0 else 1.0, season)
 
     return fit
 
@@ -206,7 +208,7 @@ def fit_at(
 
     spec = tensor.spec
     horizon = spec.horizon
-    fit = fit_prior(horizon * spec.length_ms / (7 * DAY_MS))
+    horizon_weeks = horizon * spec.length_ms / (7 * DAY_MS)
     pseudo = cut - horizon
     if pseudo - 1 < first:
         raise TrainingError(
@@ -217,11 +219,16 @@ def fit_at(
     at_cut = at_cut[population_mask(at_cut, spec.lookback)]
     if len(at_cut) < cfg.min_users:
         raise TrainingError(f"only {len(at_cut)} users at the cutoff, need {cfg.min_users}")
+    calendar: dict[str, str] = {}
     try:
-        prior = prior_at(at_cut[:, -1, :], fit)
+        fit, prior = _calendar_fit(tensor, first, cut, horizon_weeks, calendar)
     except PriorUnavailable as exc:
         raise TrainingError(f"too few customers with an order before the cutoff: {exc}") from None
-    select_val = origin_set(tensor, user_ids, [pseudo], cut, fit)
+    try:
+        fit_pseudo, _ = _calendar_fit(tensor, first, pseudo, horizon_weeks, calendar)
+    except PriorUnavailable:
+        fit_pseudo = fit_prior(horizon_weeks)  # origin_set skips origins without a prior
+    select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
     full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, max_samples=MAX_SAMPLES)
     n_users = len(np.unique(full.user_ids))
     norm = NormStats.fit(full.sequences)
@@ -248,11 +255,18 @@ def fit_at(
                 # refused above); further ones a horizon of origins, or they add only noise.
                 break
             try:
+                fit_k = (
+                    fit_pseudo
+                    if k == 1
+                    else _calendar_fit(tensor, first, at, horizon_weeks, calendar)[0]
+                )
                 val = (
-                    select_val if k == 1 else origin_set(tensor, user_ids, [at], at + horizon, fit)
+                    select_val
+                    if k == 1
+                    else origin_set(tensor, user_ids, [at], at + horizon, fit_k)
                 )
                 train = origin_set(
-                    tensor, user_ids, list(range(first, at)), at, fit, max_samples=MAX_SAMPLES
+                    tensor, user_ids, list(range(first, at)), at, fit_k, max_samples=MAX_SAMPLES
                 )
             except PriorUnavailable as exc:
                 log.info("pseudo-cutoff %s skipped: %s", _iso(spec.end_ms(at)), exc)
@@ -265,7 +279,24 @@ def fit_at(
     models, info = train_residual(selections(), _residual_data(full, norm), res_cfg)
     info["config"] = res_cfg.to_dict()
     info["pseudo_cutoffs"] = used
+    info["calendar"] = calendar
     return Fit(cut, norm, prior, models, info, select_val, len(full))
+
+
+def _calendar_fit(
+    tensor: WindowTensor, first: int, cut: int, horizon_weeks: float, found: dict[str, str]
+) -> tuple[PriorFit, PriorSpec]:
+    """The prior fitter with the shop's calendar as known at window ``cut``'s end, and the
+    prior it fits there (raises :class:`PriorUnavailable` when too few customers ordered);
+    what the calendar estimate found is added to ``found`` under the cutoff's date."""
+    from training.season import season_at
+
+    at_cut = sequences_at(tensor, cut)
+    at_cut = at_cut[population_mask(at_cut, tensor.spec.lookback)]
+    prior = prior_at(at_cut[:, -1, :], fit_prior(horizon_weeks))
+    season, why = season_at(tensor, first, cut, prior.bgnbd)
+    found[_iso(tensor.spec.end_ms(cut))[:10]] = why
+    return fit_prior(horizon_weeks, season), replace(prior, season=season)
 
 
 def baseline_predictions(rows: OriginSet, prior: PriorSpec, pareto: Any) -> dict[str, Any]:
@@ -378,7 +409,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
 
     # Scores come from ONNX Runtime, the scorer the worker uses, fed raw sequences only: the
     # summary is recomputed from them with the manifest's prior, as in the worker.
-    from stream.model import load_model
+    from serving.scorer import load_model
     from training.offline import score_rows
 
     placeholder = RiskThresholds(medium=0.5, high=0.9)
@@ -424,6 +455,9 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         quant = _quantize(cfg, onnx_path, test.select(at_cutoff), metrics)
 
     cut_rows = test.select(at_cutoff)
+    last = cut_rows.sequences[:, -1, :]
+    age = lifetime_summary(last.astype(np.float64))[2]
+    season_factor = horizon_multiplier(prior.season, last, age, prior.bgnbd.alpha, spec)
     report_data: dict[str, Any] = {
         "model_version": model_version,
         "window": {
@@ -453,6 +487,14 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         "target": "orders = distinct UTC days with a purchase (order days); churn = no order "
         "day in the horizon; spend = purchase value in the horizon",
         "prior": prior.to_dict(),
+        "calendar": {
+            "found": main.info["calendar"],
+            "horizon_factor_at_cutoff": {
+                "mean": float(season_factor.mean()) if len(season_factor) else 1.0,
+                "min": float(season_factor.min()) if len(season_factor) else 1.0,
+                "max": float(season_factor.max()) if len(season_factor) else 1.0,
+            },
+        },
         "training": {
             **{k: v for k, v in main.info.items() if k not in ("summary_mean", "summary_std")},
             "epochs_run": main.info["epochs"],
@@ -615,7 +657,7 @@ def _quantize(
 ) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from stream.model import Scorer
+    from serving.scorer import Scorer
     from training import export
     from training.offline import score_rows
 

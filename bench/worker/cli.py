@@ -48,6 +48,7 @@ from bench.worker.harness import (
     parse_args,
     phase_settings,
     preload,
+    run_config,
 )
 from bench.worker.phases import (
     run_ceiling,
@@ -109,15 +110,18 @@ async def run_all(
 
     # 1. ceiling
     ceil = phase_settings(settings, f"{run_dir.name}-ceiling", run_dir)
-    specs = {ceil.topic_clickstream: cfg.partitions, f"{ceil.app_id}-out": cfg.partitions}
+    specs = {
+        ceil.topics.clickstream: cfg.partitions,
+        f"{ceil.worker.app_id}-out": cfg.partitions,
+    }
     await kafka_local.ensure_topics(ceil, specs)
     log.info("[ceiling] pre-loading %d events", len(data.records))
-    preload_s = await preload(ceil, ceil.topic_clickstream, data.records)
+    preload_s = await preload(ceil, ceil.topics.clickstream, data.records)
     log.info("[ceiling] pre-loaded in %.1f s; consuming", preload_s)
     result["ceiling"] = await run_ceiling(
         ceil,
-        ceil.topic_clickstream,
-        f"{ceil.app_id}-out",
+        ceil.topics.clickstream,
+        f"{ceil.worker.app_id}-out",
         len(data.records),
         cfg.stall_timeout_s,
         broker_pid,
@@ -222,22 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"),
         "total_seconds": time.perf_counter() - t0,
         "machine": machine,
-        "config": {
-            "events": cfg.events,
-            "users": cfg.users,
-            "partitions": cfg.partitions,
-            "days": cfg.days,
-            "seed": cfg.seed,
-            "latency_seconds": cfg.latency_seconds,
-            "latency_fractions": list(cfg.latency_fractions),
-            "naive_events": cfg.naive_events,
-            "stores": list(cfg.stores),
-            "quick": cfg.quick,
-            "batch_size": base.batch_size,
-            "batch_timeout_s": base.batch_timeout_s,
-            "ort_intra_op_threads": base.ort_intra_op_threads,
-            "run_dir": str(run_dir),
-        },
+        "config": run_config(cfg, base, run_dir),
         **result,
     }
     result["problems"] = problems(result)

@@ -10,8 +10,6 @@ import datetime as dt
 import logging
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -26,7 +24,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from features.windows import DAY_MS
 from ops import kafka_local
-from settings import Settings, env_names, load_settings
+from ops.supervise import Supervised
+from settings import Settings, child_environment, load_settings
 
 log = logging.getLogger("bench.worker")
 
@@ -160,70 +159,35 @@ def config_from_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Bench
     )
 
 
-@dataclass
-class Worker:
-    name: str
-    settings: Settings
-    proc: subprocess.Popen[bytes]
-    log_path: Path
+class Worker(Supervised):
+    """One ``faust -A <app> worker`` of a bench phase (:mod:`ops.supervise`)."""
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
-
-
-def _worker_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, var in env_names().items():
-        value = getattr(settings, name)
-        if value is None:
-            env.pop(var, None)
-            continue
-        env[var] = value.reveal() if hasattr(value, "reveal") else str(value)
-    return env
+    def __init__(self, name: str, settings: Settings, log_path: Path, app_module: str) -> None:
+        faust = Path(sys.executable).with_name("faust")
+        super().__init__(
+            name=f"worker {name}",
+            argv=[str(faust), "-A", app_module, "worker", "-l", "info"],
+            env=child_environment(settings),
+            log_path=log_path,
+            url=f"http://{settings.worker.web_host}:{settings.worker.web_port}",
+            cwd=REPO,
+        )
+        self.settings = settings
 
 
 def start_worker(
     name: str, settings: Settings, log_path: Path, app_module: str = "stream.app"
 ) -> Worker:
-    faust = Path(sys.executable).with_name("faust")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as handle:
-        proc = subprocess.Popen(
-            [str(faust), "-A", app_module, "worker", "-l", "info"],
-            env=_worker_env(settings),
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # no terminal signals: we stop it ourselves
-        )
-    worker = Worker(name, settings, proc, log_path)
+    worker = Worker(name, settings, log_path, app_module)
+    worker.start()
     _WORKERS.append(worker)
-    log.info("started worker %s (pid %d, log %s)", name, proc.pid, log_path)
     return worker
 
 
 def stop_worker(worker: Worker, timeout_s: float = 30.0) -> None:
-    proc = worker.proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            log.warning("worker %s ignored SIGTERM for %.0f s; killing it", worker.name, timeout_s)
-            proc.kill()
-            proc.wait()
-    log.info("worker %s (pid %d) stopped, exit code %s", worker.name, proc.pid, proc.returncode)
+    worker.stop(timeout_s)
     if worker in _WORKERS:
         _WORKERS.remove(worker)
-
-
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -236,22 +200,9 @@ def _http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 async def wait_worker_ready(worker: Worker, timeout_s: float = 120.0) -> float:
     """Wait for ``/health`` then ``/ready``; returns seconds since the process started."""
-    t0 = time.monotonic()
-    for path in ("/health", "/ready"):
-        while True:
-            if worker.proc.poll() is not None:
-                raise RuntimeError(
-                    f"worker {worker.name} exited with code {worker.proc.returncode} during "
-                    f"start-up; tail of {worker.log_path}:\n{_log_tail(worker.log_path)}"
-                )
-            with contextlib.suppress(OSError):
-                status, _ = await asyncio.to_thread(_http_get, worker.url + path, 1.0)
-                if status == 200:
-                    break
-            if time.monotonic() - t0 > timeout_s:
-                raise RuntimeError(f"worker {worker.name} not {path[1:]} after {timeout_s:.0f} s")
-            await asyncio.sleep(0.25)
-    return time.monotonic() - t0
+    return await asyncio.to_thread(
+        worker.wait_ready, timeout_s, ready_paths=("/health", "/ready"), poll_s=0.25
+    )
 
 
 def machine_busy_seconds() -> float | None:
@@ -383,7 +334,7 @@ def phase_settings(base: Settings, app_id: str, run_dir: Path, **changes: Any) -
 async def preload(settings: Settings, topic: str, records: Sequence[Record]) -> float:
     """Produce ``records`` to ``topic`` as fast as possible (acks=1); returns seconds."""
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(), acks=1, linger_ms=20, max_batch_size=512 * 1024
+        **settings.kafka.client_kwargs(), acks=1, linger_ms=20, max_batch_size=512 * 1024
     )
     await producer.start()
     t0 = time.perf_counter()
@@ -403,7 +354,7 @@ async def preload(settings: Settings, topic: str, records: Sequence[Record]) -> 
 
 async def end_offsets(settings: Settings, topics: Sequence[str], partitions: int) -> dict[str, int]:
     """Sum of end offsets per topic."""
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), group_id=None)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
@@ -505,7 +456,7 @@ def base_settings(cfg: BenchConfig) -> Settings:
     return load_settings().with_overrides(
         partitions=cfg.partitions,
         replication_factor=1,
-        model_dir=(REPO / load_settings().model_dir).resolve(),
+        model_dir=(REPO / load_settings().worker.model_dir).resolve(),
         web_host="127.0.0.1",
         log_format="text",
     )
@@ -544,3 +495,25 @@ def bench_broker(
 
 
 _WORKERS: list[Worker] = []
+
+
+def run_config(cfg: BenchConfig, base: Settings, run_dir: Path, **extra: Any) -> dict[str, Any]:
+    """The ``config`` block of a results file: what was run, and the worker settings it ran
+    with (``extra``: a harness's own options, e.g. ``python -m bench``'s phases skipped)."""
+    return {
+        "events": cfg.events,
+        "users": cfg.users,
+        "partitions": cfg.partitions,
+        "days": cfg.days,
+        "seed": cfg.seed,
+        "latency_seconds": cfg.latency_seconds,
+        "latency_fractions": list(cfg.latency_fractions),
+        "naive_events": cfg.naive_events,
+        "stores": list(cfg.stores),
+        **extra,
+        "quick": cfg.quick,
+        "batch_size": base.worker.batch_size,
+        "batch_timeout_s": base.worker.batch_timeout_s,
+        "ort_intra_op_threads": base.worker.ort_intra_op_threads,
+        "run_dir": str(run_dir),
+    }

@@ -24,7 +24,6 @@ from bench.worker.harness import (
     BenchConfig,
     CpuMark,
     Record,
-    _log_tail,
     cpu_seconds,
     end_offsets,
     log_findings,
@@ -51,20 +50,20 @@ def run_processor_only(
     What the worker would do if Kafka and Faust cost nothing; the gap to the worker's rate is
     the streaming overhead (consuming, per-signal sends, changelog writes, commits).
     """
+    from serving.scorer import load_model
     from stream.loopback import run_in_process
-    from stream.model import load_model
     from stream.processor import BatchOutput, DictStore, RawMessage, processor_from_settings
 
-    scorer = load_model(settings.model_dir, settings.ort_intra_op_threads)
+    scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)
     store = DictStore()
     processor = processor_from_settings(scorer, store, settings)  # the worker's own
-    parts = settings.partitions
+    parts = settings.topics.partitions
     messages = [
-        RawMessage(key, value, settings.topic_clickstream, partition_of(key, parts), i)
+        RawMessage(key, value, settings.topics.clickstream, partition_of(key, parts), i)
         for i, (key, value) in enumerate(records)
     ]
     dumps = orjson.dumps
-    size = settings.batch_size
+    size = settings.worker.batch_size
     demand = churn = dead = scored = calls = 0
     ort = 0.0
     t0 = time.perf_counter()
@@ -112,7 +111,7 @@ async def run_ceiling(
     stall_s: float,
     broker_pid: int | None,
 ) -> dict[str, Any]:
-    kw = settings.kafka_client_kwargs()
+    kw = settings.kafka.client_kwargs()
     consumer = AIOKafkaConsumer(
         in_topic,
         **kw,
@@ -218,30 +217,32 @@ async def run_worker_throughput(
     name = name or store
     s = phase_settings(base, f"{run_dir.name}-{name}", run_dir, store_url=f"{store}://")
     await kafka_local.ensure_topics(s)
-    log.info("[%s] pre-loading %d events into %s", name, len(records), s.topic_clickstream)
-    preload_s = await preload(s, s.topic_clickstream, records)
-    total = (await end_offsets(s, [s.topic_clickstream], cfg.partitions))[s.topic_clickstream]
+    log.info("[%s] pre-loading %d events into %s", name, len(records), s.topics.clickstream)
+    preload_s = await preload(s, s.topics.clickstream, records)
+    total = (await end_offsets(s, [s.topics.clickstream], cfg.partitions))[s.topics.clickstream]
     if total != len(records):
-        raise RuntimeError(f"{s.topic_clickstream} holds {total} records, wanted {len(records)}")
+        raise RuntimeError(f"{s.topics.clickstream} holds {total} records, wanted {len(records)}")
 
     worker = start_worker(name, s, run_dir / f"worker-{name}.log", app_module)
     try:
         t_start = time.perf_counter()
         ready_s = await wait_worker_ready(worker)
-        admin = AIOKafkaAdminClient(**s.kafka_client_kwargs())
+        admin = AIOKafkaAdminClient(**s.kafka.client_kwargs())
         await admin.start()
         progress = Progress()
         cpu_marks: dict[str, CpuMark] = {}
+        worker_pid = worker.pid
+        assert worker_pid is not None, "start_worker returns a started worker"
         try:
             last_change = time.monotonic()
             last_value = -1
             while True:
-                if worker.proc.poll() is not None:
+                if not worker.alive():
                     raise RuntimeError(
-                        f"worker {store} exited with code {worker.proc.returncode}; tail of "
-                        f"{worker.log_path}:\n{_log_tail(worker.log_path)}"
+                        f"worker {store} exited with code {worker.returncode}; tail of "
+                        f"{worker.log_path}:\n{worker.log_tail(30)}"
                     )
-                committed = await committed_total(admin, s.app_id, s.topic_clickstream)
+                committed = await committed_total(admin, s.worker.app_id, s.topics.clickstream)
                 try:
                     events_in: int | None = (await scrape(worker))["events_in"]
                 except (OSError, RuntimeError):
@@ -249,9 +250,9 @@ async def run_worker_throughput(
                 now = time.perf_counter() - t_start
                 progress.samples.append(Sample(now, committed, events_in))
                 if (events_in or committed) and "first" not in cpu_marks:
-                    cpu_marks["first"] = CpuMark.take(now, worker.proc.pid, broker_pid)
+                    cpu_marks["first"] = CpuMark.take(now, worker_pid, broker_pid)
                 if (events_in or 0) >= total and "processed" not in cpu_marks:
-                    cpu_marks["processed"] = CpuMark.take(now, worker.proc.pid, broker_pid)
+                    cpu_marks["processed"] = CpuMark.take(now, worker_pid, broker_pid)
                 if committed >= total:
                     break
                 value = max(committed, events_in or 0)
@@ -267,7 +268,7 @@ async def run_worker_throughput(
             await admin.close()
 
         # Let the last sends land: wait until the output topics stop growing (max 30 s).
-        outputs = [s.topic_demand, s.topic_churn, s.topic_dead_letter, s.topic_routed]
+        outputs = [s.topics.demand, s.topics.churn, s.topics.dead_letter, s.topics.routed]
         prev: dict[str, int] | None = None
         ends: dict[str, int] = {}
         deadline = time.monotonic() + 30
@@ -291,7 +292,7 @@ async def run_worker_throughput(
         "store": store,
         "name": name,
         "app": app_module,
-        "app_id": s.app_id,
+        "app_id": s.worker.app_id,
         "events": total,
         # ONNX Runtime inside the worker: sequences scored per second of Scorer.score time.
         "ort_sequences_per_s": metrics["sequences_scored"] / ort_s if ort_s else None,
@@ -305,10 +306,10 @@ async def run_worker_throughput(
         "cores_used": cores,
         "metrics": metrics,
         "signals_out": {
-            "demand": ends[s.topic_demand],
-            "churn": ends[s.topic_churn],
-            "dead_letters": ends[s.topic_dead_letter],
-            "rerouted": ends[s.topic_routed],
+            "demand": ends[s.topics.demand],
+            "churn": ends[s.topics.churn],
+            "dead_letters": ends[s.topics.dead_letter],
+            "rerouted": ends[s.topics.routed],
         },
         "log": log_findings(worker.log_path),
         "log_path": str(worker.log_path),
@@ -355,7 +356,7 @@ async def run_latency(
         run_dir,
         store_url="memory://",
         fresh_signal_min_interval_s=(
-            base.fresh_signal_min_interval_s
+            base.worker.fresh_signal_min_interval_s
             if cfg.latency_fresh_interval_s is None
             else cfg.latency_fresh_interval_s
         ),
@@ -366,12 +367,12 @@ async def run_latency(
     # rule on a fresh state; the generator's events are valid and in order per user). Only
     # those have an event -> signal latency; the others update state and wait for the next.
     keys = [(key.decode(), int(orjson.loads(value)["event_time"])) for key, value in events]
-    expected = expected_activity(keys, s.fresh_signal_min_interval_s)
+    expected = expected_activity(keys, s.worker.fresh_signal_min_interval_s)
     await kafka_local.ensure_topics(s)
     worker = start_worker(tag, s, run_dir / f"worker-{tag}.log", cfg.app_module)
-    kw = s.kafka_client_kwargs()
+    kw = s.kafka.client_kwargs()
     consumer = AIOKafkaConsumer(
-        s.topic_demand, **kw, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=100
+        s.topics.demand, **kw, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=100
     )
     producer = AIOKafkaProducer(**kw, acks=1, linger_ms=0)
     received: dict[tuple[str, int], list[float]] = defaultdict(list)
@@ -413,12 +414,12 @@ async def run_latency(
             value = orjson.dumps(
                 {"event_time": first_ms - 1, "event_type": "view", "user_id": user}
             )
-            await producer.send_and_wait(s.topic_clickstream, value, key=user.encode())
+            await producer.send_and_wait(s.topics.clickstream, value, key=user.encode())
         while not all((u, first_ms - 1) in received for u in warm):
             if time.perf_counter() - t_warm > 60:
                 raise RuntimeError("latency: warm-up signals did not arrive within 60 s")
-            if worker.proc.poll() is not None:
-                raise RuntimeError(f"latency worker exited:\n{_log_tail(worker.log_path)}")
+            if not worker.alive():
+                raise RuntimeError(f"latency worker exited:\n{worker.log_tail(30)}")
             await asyncio.sleep(0.05)
         warmup_s = time.perf_counter() - t_warm
 
@@ -445,7 +446,7 @@ async def run_latency(
                 key, value = events[i]
                 send_call[i] = time.perf_counter()
                 sent[keys[i]].append(send_call[i])
-                fut = await producer.send(s.topic_clickstream, value, key=key)
+                fut = await producer.send(s.topics.clickstream, value, key=key)
                 fut.add_done_callback(functools.partial(delivered, i))
                 i += 1
             next_due = t0 + i / rate
@@ -518,11 +519,11 @@ async def run_latency(
     steady = np.array([x for x, t in zip(lat, sent_at, strict=True) if t >= 5.0]) * 1000.0
     return {
         "name": tag,
-        "app_id": s.app_id,
+        "app_id": s.worker.app_id,
         "target_rate": rate,
         "achieved_send_rate": n / send_seconds,
         "events_sent": n,
-        "fresh_signal_min_interval_s": s.fresh_signal_min_interval_s,
+        "fresh_signal_min_interval_s": s.worker.fresh_signal_min_interval_s,
         "events_expected_to_signal": len(expected),
         "send_seconds": send_seconds,
         "drain_seconds_after_send": drain_s,

@@ -19,6 +19,7 @@ from features.validation import (
     parse_event_time,
     validate,
 )
+from features.windows import DAY_MS
 from settings import Settings
 
 NOW = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -266,7 +267,7 @@ def test_time_too_old_with_seconds_hint() -> None:
 
 
 def test_time_in_future() -> None:
-    day = 86_400_000
+    day = DAY_MS
     assert isinstance(check(with_(event_time=NOW + day)), ClickEvent)  # at the skew limit
     invalid(with_(event_time=NOW + day + 1), "time_in_future", "event_time")
     invalid(with_(event_time=10**30), "time_in_future", "event_time")
@@ -313,15 +314,15 @@ def test_parse_event_time() -> None:
 
 
 def test_policy_from_settings_matches_defaults() -> None:
-    assert ValidationPolicy.from_settings(Settings()) == ValidationPolicy()
-    custom = Settings(
+    assert ValidationPolicy.from_settings(Settings().worker) == ValidationPolicy()
+    custom = Settings.from_flat(
         max_event_bytes=100, max_future_skew_s=1.5, min_event_time="2010-01-01T00:00:00Z"
     )
-    policy = ValidationPolicy.from_settings(custom)
+    policy = ValidationPolicy.from_settings(custom.worker)
     assert (policy.max_bytes, policy.max_future_skew_ms) == (100, 1500)
     assert policy.min_event_time_ms == 1_262_304_000_000
     with pytest.raises(ValueError, match="min_event_time"):
-        ValidationPolicy.from_settings(Settings(min_event_time="not a time"))
+        ValidationPolicy.from_settings(Settings.from_flat(min_event_time="not a time").worker)
 
 
 # --- property tests: never raises ----------------------------------------------------------------

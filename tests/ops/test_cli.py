@@ -32,6 +32,6 @@ def test_cli_start_refuses_a_busy_default_port(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        settings = Settings(broker_url=f"kafka://127.0.0.1:{port}")
+        settings = Settings.from_flat(broker_url=f"kafka://127.0.0.1:{port}")
         assert cli.main(["kafka", "start", "--data-dir", str(tmp_path)], settings) == 1
     assert capsys.readouterr().out == ""

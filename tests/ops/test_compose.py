@@ -114,9 +114,9 @@ def test_compose_commands_name_real_modules_and_cli_commands() -> None:
 def test_compose_publishes_each_web_port_on_loopback_from_its_setting() -> None:
     services = _services(COMPOSE.read_text())
     expected = {
-        "worker": ("CLICKSIGNALS_WEB_PORT", Settings().web_port),
-        "bidder": ("CLICKSIGNALS_BIDDER_WEB_PORT", Settings().bidder_web_port),
-        "alerter": ("CLICKSIGNALS_ALERTER_WEB_PORT", Settings().alerter_web_port),
+        "worker": ("CLICKSIGNALS_WEB_PORT", Settings().worker.web_port),
+        "bidder": ("CLICKSIGNALS_BIDDER_WEB_PORT", Settings().subscribers.bidder_web_port),
+        "alerter": ("CLICKSIGNALS_ALERTER_WEB_PORT", Settings().subscribers.alerter_web_port),
     }
     for name, (var, default) in expected.items():
         port = f"${{{var}:-{default}}}"
@@ -152,21 +152,19 @@ def test_compose_app_services_start_after_the_topics_exist() -> None:
 
 
 def _topic_fields_used(*modules: str) -> set[str]:
-    """``settings.topic_*`` names referenced by the given source files."""
+    """``settings.topics.<name>`` fields referenced by the given source files."""
     used: set[str] = set()
     for module in modules:
         source = (REPO_ROOT / module).read_text()
-        used |= set(re.findall(r"\bsettings\.(topic_[a-z_]+)", source))
-    return used
+        used |= set(re.findall(r"\.topics\.([a-z_]+)\b(?!\()", source))
+    return used - {"partitions", "replication_factor"}
 
 
 def test_every_topic_topic_init_creates_is_used_by_the_code_and_vice_versa() -> None:
     """`clicksignals topics create` (compose's topic-init) creates kafka_local.topic_specs."""
     settings = Settings()
     created = set(topic_specs(settings))
-    used = _topic_fields_used(
-        "stream/app.py", "subscribers/bidding_app.py", "subscribers/alerting_app.py"
-    )
+    used = _topic_fields_used("stream/worker.py", "subscribers/bidder.py", "subscribers/alerter.py")
     assert used, "no topics found in the apps' sources"
-    used_names = {getattr(settings, field) for field in used}
+    used_names = {getattr(settings.topics, field) for field in used}
     assert created == used_names

@@ -76,9 +76,9 @@ def test_the_bidders_average_is_the_served_models_mean(tmp_path: Path) -> None:
     (tmp_path / "predictions.csv").write_text("user_id,expected_orders\na,0.7\nb,2.1\n")
     # Mean 1.4 orders over 14 days.
     assert demo.demo_bid_baselines(Settings(), tmp_path) == "m-x=0.1"
-    other = Settings(bid_model_baselines="m-old=0.02")
+    other = Settings.from_flat(bid_model_baselines="m-old=0.02")
     assert demo.demo_bid_baselines(other, tmp_path) == "m-old=0.02;m-x=0.1"
-    mine = Settings(bid_model_baselines="m-x=0.5")
+    mine = Settings.from_flat(bid_model_baselines="m-x=0.5")
     assert demo.demo_bid_baselines(mine, tmp_path) == "m-x=0.5"  # the operator's wins
     assert demo.demo_bid_baselines(other, tmp_path / "missing") == "m-old=0.02"
 

@@ -30,7 +30,7 @@ def _parse(text: str) -> dict[str, str]:
 
 def test_server_properties_is_single_node_kraft_on_loopback(tmp_path: Path) -> None:
     props = kafka_local.server_properties(
-        Settings(partitions=6), tmp_path, port=19092, controller_port=19093
+        Settings.from_flat(partitions=6), tmp_path, port=19092, controller_port=19093
     )
     assert props["process.roles"] == "broker,controller"
     assert props["node.id"] == "1"
@@ -73,17 +73,17 @@ def test_cluster_id_is_a_kafka_uuid() -> None:
 
 
 def test_topic_specs_cover_the_application_topics() -> None:
-    settings = Settings(partitions=3)
+    settings = Settings.from_flat(partitions=3)
     specs = kafka_local.topic_specs(settings)
     assert specs == {
-        settings.topic_clickstream: 3,
-        settings.topic_demand: 3,
-        settings.topic_churn: 3,
-        settings.topic_dead_letter: 3,
-        settings.topic_bid_adjustments: 3,
-        settings.topic_churn_alerts: 3,
+        settings.topics.clickstream: 3,
+        settings.topics.demand: 3,
+        settings.topics.churn: 3,
+        settings.topics.dead_letter: 3,
+        settings.topics.bid_adjustments: 3,
+        settings.topics.churn_alerts: 3,
         # The worker's re-keying topic is created up front too, with the same count.
-        settings.topic_routed: 3,
+        settings.topics.routed: 3,
     }
 
 
@@ -94,12 +94,12 @@ def test_free_port_is_free() -> None:
 def test_fetch_is_skipped_when_marker_matches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(kafka_home=tmp_path)
+    settings = Settings.from_flat(kafka_home=tmp_path)
     libs = kafka_local.libs_dir(settings)
     libs.mkdir(parents=True)
     (libs / "kafka_2.13-4.1.1.jar").write_bytes(b"")
     assert not kafka_local.artifacts_ready(settings)
-    digest = kafka_local._pom_digest(kafka_local.POM_PATH)
+    digest = kafka_local.artifacts._pom_digest(kafka_local.POM_PATH)
     (libs / kafka_local.MARKER_NAME).write_text(
         f'{{"kafka_version": "4.1.1", "pom_sha256": "{digest}"}}'
     )
@@ -229,8 +229,8 @@ def test_failed_start_reports_the_broker_log(
     own_kafka_broker: KafkaTestBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A JVM option the JVM rejects: storage formats fine, then the broker process dies at once.
-    monkeypatch.setattr(kafka_local, "JVM_OPTS", ("-XX:+NoSuchOptionForThisTest",))
-    settings = Settings(kafka_home=REPO_ROOT / ".cache" / "kafka")
+    monkeypatch.setattr(kafka_local.broker, "JVM_OPTS", ("-XX:+NoSuchOptionForThisTest",))
+    settings = Settings.from_flat(kafka_home=REPO_ROOT / ".cache" / "kafka")
     with pytest.raises(kafka_local.KafkaLocalError, match="NoSuchOptionForThisTest"):
         kafka_local.start(settings, tmp_path, fetch=False, timeout_s=30)
     assert not (tmp_path / kafka_local.PID_FILE).exists()

@@ -134,9 +134,9 @@ def test_worker_on_a_sasl_broker_with_acls(worker_factory: WorkerFactory, tmp_pa
         proc.start()
         proc.wait_ready()
         records = to_wire_bytes(generate_clickstream(n_users=50, days=30, seed=26))
-        run_sync(produce(s, s.topic_clickstream, records))
+        run_sync(produce(s, s.topics.clickstream, records))
         wait_until_done(proc, expect_min_source=len(records))
-        demand = run_sync(read_topic(s, s.topic_demand))
+        demand = run_sync(read_topic(s, s.topics.demand))
         assert len(demand) > 100
 
         bootstrap = broker.bootstrap
@@ -144,21 +144,21 @@ def test_worker_on_a_sasl_broker_with_acls(worker_factory: WorkerFactory, tmp_pa
             "no credentials": run_sync(
                 _refused(
                     {"bootstrap_servers": bootstrap, "security_protocol": "PLAINTEXT"},
-                    s.topic_demand,
+                    s.topics.demand,
                 )
             ),
             "wrong password": run_sync(
                 _refused(
-                    worker.with_overrides(sasl_password=Secret("wrong")).kafka_client_kwargs(),
-                    s.topic_demand,
+                    worker.with_overrides(sasl_password=Secret("wrong")).kafka.client_kwargs(),
+                    s.topics.demand,
                 )
             ),
             "no ACLs": run_sync(
                 _refused(
                     worker.with_overrides(
                         sasl_username="intruder", sasl_password=sasl.users["intruder"]
-                    ).kafka_client_kwargs(),
-                    s.topic_demand,
+                    ).kafka.client_kwargs(),
+                    s.topics.demand,
                 )
             ),
         }
@@ -199,7 +199,7 @@ def test_web_views_bind_to_loopback_unless_configured(tmp_path: Path) -> None:
     """Default settings: the web server binds 127.0.0.1 (checked on the app's own config)."""
     code = "import stream.app as a; print(a.app.conf.web_bind, a.app.conf.web_host)"
     for env_host, expected in ((None, "127.0.0.1 127.0.0.1"), ("0.0.0.0", "0.0.0.0 0.0.0.0")):
-        settings = Settings(broker_url="kafka://127.0.0.1:9", data_dir=tmp_path / "d")
+        settings = Settings.from_flat(broker_url="kafka://127.0.0.1:9", data_dir=tmp_path / "d")
         env = child_environment(settings)
         if env_host is None:
             env.pop("CLICKSIGNALS_WEB_HOST")

@@ -2,7 +2,7 @@
 
 Kafka tier: for each protocol a dedicated local broker (``ops.kafka_local.start(..., tls=...)``)
 whose only client listener speaks it, with certificates made at test time
-(:mod:`tests.ops.tls_certs`):
+(:mod:`tests.support.tls_certs`):
 
 * ``SSL``: mutual TLS -- the broker requires a client certificate signed by the test CA; the
   clients present one whose key is encrypted (``CLICKSIGNALS_SSL_KEY_PASSWORD``);
@@ -42,17 +42,17 @@ from typing import Any
 import faust
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
+from ops import demo as demo_module
 from ops import kafka_local
+from ops.offsets import OffsetReader
 from settings import Secret, Settings, child_environment, load_settings
 from settings.kafka import KafkaClientConfigError, client_kwargs, faust_credentials, ssl_context
 from settings.logs import JsonFormatter, secret_values
 from tests.conftest import REPO_ROOT, _base_settings, _unavailable, run_sync, unique_name
-from tests.ops.tls_certs import TlsFiles, make_tls_files
-from tests.support.worker_harness import end_offsets
+from tests.support.tls_certs import TlsFiles, make_tls_files
 
 CLI_TIMEOUT_S = 120.0
 DEMO_TIMEOUT_S = 300.0
@@ -74,7 +74,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 
 def _mtls(files: TlsFiles, **changes: Any) -> Settings:
-    return Settings(
+    return Settings.from_flat(
         security_protocol="SSL",
         ssl_cafile=files.ca_cert,
         ssl_certfile=files.client_cert,
@@ -84,28 +84,28 @@ def _mtls(files: TlsFiles, **changes: Any) -> Settings:
 
 
 def test_plaintext_and_sasl_plaintext_options_are_unchanged() -> None:
-    assert client_kwargs(Settings()) == {
+    assert client_kwargs(Settings().kafka) == {
         "bootstrap_servers": "127.0.0.1:9092",
         "security_protocol": "PLAINTEXT",
     }
-    sasl = Settings(
+    sasl = Settings.from_flat(
         security_protocol="SASL_PLAINTEXT", sasl_username="u", sasl_password=Secret("p")
     )
-    assert client_kwargs(sasl) == {
+    assert client_kwargs(sasl.kafka) == {
         "bootstrap_servers": "127.0.0.1:9092",
         "security_protocol": "SASL_PLAINTEXT",
         "sasl_mechanism": "SCRAM-SHA-256",
         "sasl_plain_username": "u",
         "sasl_plain_password": "p",
     }
-    assert Settings().kafka_client_kwargs() == client_kwargs(Settings())  # the same place
+    assert Settings().kafka.client_kwargs() == client_kwargs(Settings().kafka)  # the same place
 
 
 def test_tls_contexts_verify_the_broker_and_carry_the_client_certificate(
     tls_files: TlsFiles,
 ) -> None:
     for protocol in ("SSL", "SASL_SSL", "ssl"):
-        kwargs = client_kwargs(_mtls(tls_files, security_protocol=protocol))
+        kwargs = client_kwargs(_mtls(tls_files, security_protocol=protocol).kafka)
         assert kwargs["security_protocol"] == protocol.upper()
         context = kwargs["ssl_context"]
         assert isinstance(context, ssl.SSLContext)
@@ -120,7 +120,7 @@ def test_tls_contexts_verify_the_broker_and_carry_the_client_certificate(
             )
         ]
     # Without a CA file: the system's CAs (managed services), still verifying.
-    system = ssl_context(Settings(security_protocol="SASL_SSL"))
+    system = ssl_context(Settings.from_flat(security_protocol="SASL_SSL").kafka)
     assert system is not None and system.verify_mode == ssl.CERT_REQUIRED and system.check_hostname
 
 
@@ -129,19 +129,19 @@ def test_bad_tls_settings_are_refused_with_the_variable_and_no_secret(
 ) -> None:
     cases: dict[str, tuple[Settings, str]] = {
         "CA file with PLAINTEXT": (
-            Settings(ssl_cafile=tls_files.ca_cert),
+            Settings.from_flat(ssl_cafile=tls_files.ca_cert),
             "CLICKSIGNALS_SSL_CAFILE set, but CLICKSIGNALS_SECURITY_PROTOCOL=PLAINTEXT",
         ),
         "key password with SASL_PLAINTEXT": (
-            Settings(security_protocol="SASL_PLAINTEXT", ssl_key_password=Secret("x")),
+            Settings.from_flat(security_protocol="SASL_PLAINTEXT", ssl_key_password=Secret("x")),
             "CLICKSIGNALS_SSL_KEY_PASSWORD set",
         ),
         "missing CA file": (
-            Settings(security_protocol="SSL", ssl_cafile=tmp_path / "nope.pem"),
+            Settings.from_flat(security_protocol="SSL", ssl_cafile=tmp_path / "nope.pem"),
             "CLICKSIGNALS_SSL_CAFILE=",
         ),
         "key without certificate": (
-            Settings(security_protocol="SSL", ssl_keyfile=tls_files.client_key),
+            Settings.from_flat(security_protocol="SSL", ssl_keyfile=tls_files.client_key),
             "need CLICKSIGNALS_SSL_CERTFILE",
         ),
         "wrong key password": (
@@ -149,37 +149,42 @@ def test_bad_tls_settings_are_refused_with_the_variable_and_no_secret(
             "CLICKSIGNALS_SSL_KEY_PASSWORD",
         ),
         "no key password": (_mtls(tls_files, ssl_key_password=Secret("")), "CLICKSIGNALS_SSL"),
-        "unknown protocol": (Settings(security_protocol="TLS"), "CLICKSIGNALS_SECURITY_PROTOCOL"),
+        "unknown protocol": (
+            Settings.from_flat(security_protocol="TLS"),
+            "CLICKSIGNALS_SECURITY_PROTOCOL",
+        ),
     }
     for name, (settings, expected) in cases.items():
         with pytest.raises(KafkaClientConfigError) as info:
-            settings.kafka_client_kwargs()
+            settings.kafka.client_kwargs()
         assert expected in str(info.value), name
         assert tls_files.client_key_password.reveal() not in str(info.value), name
         with pytest.raises(KafkaClientConfigError):  # the Faust apps refuse them the same way
-            faust_credentials(settings)
+            faust_credentials(settings.kafka)
 
 
 def test_faust_credentials_carry_the_same_protocol_context_and_login(tls_files: TlsFiles) -> None:
-    assert faust_credentials(Settings()) is None
-    ssl_only = faust_credentials(_mtls(tls_files))
+    assert faust_credentials(Settings().kafka) is None
+    ssl_only = faust_credentials(_mtls(tls_files).kafka)
     assert isinstance(ssl_only, faust.SSLCredentials)
     auth = credentials_to_aiokafka_auth(ssl_only)
     assert auth["security_protocol"] == "SSL"
     assert auth["ssl_context"].verify_mode == ssl.CERT_REQUIRED
-    sasl = Settings(
+    sasl = Settings.from_flat(
         security_protocol="SASL_SSL",
         ssl_cafile=tls_files.ca_cert,
         sasl_username="u",
         sasl_password=Secret("p"),
     )
-    auth = credentials_to_aiokafka_auth(faust_credentials(sasl))
+    auth = credentials_to_aiokafka_auth(faust_credentials(sasl.kafka))
     assert auth["security_protocol"] == "SASL_SSL"
     assert auth["sasl_mechanism"] == "SCRAM-SHA-256"
     assert (auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("u", "p")
     assert auth["ssl_context"].check_hostname
     plain = credentials_to_aiokafka_auth(
-        faust_credentials(sasl.with_overrides(security_protocol="SASL_PLAINTEXT", ssl_cafile=None))
+        faust_credentials(
+            sasl.with_overrides(security_protocol="SASL_PLAINTEXT", ssl_cafile=None).kafka
+        )
     )
     assert plain["security_protocol"] == "SASL_PLAINTEXT" and plain["ssl_context"] is None
 
@@ -191,9 +196,11 @@ def test_tls_settings_come_from_the_environment_and_go_to_children(tls_files: Tl
     assert env["CLICKSIGNALS_SSL_KEY_PASSWORD"] == tls_files.client_key_password.reveal()
     back = load_settings(env)
     assert back == settings
-    assert back.ssl_certfile == tls_files.client_cert
+    assert back.kafka.ssl_certfile == tls_files.client_cert
     empty = load_settings({"CLICKSIGNALS_SSL_CAFILE": "", "CLICKSIGNALS_SSL_KEYFILE": " "})
-    assert empty.ssl_cafile is None and empty.ssl_keyfile is None  # compose's "${VAR:-}"
+    assert (
+        empty.kafka.ssl_cafile is None and empty.kafka.ssl_keyfile is None
+    )  # compose's "${VAR:-}"
     assert "CLICKSIGNALS_SSL_CAFILE" not in child_environment(Settings())
 
 
@@ -226,7 +233,7 @@ print(auth["security_protocol"], auth.get("sasl_mechanism"), context is not None
 def test_the_worker_and_both_subscribers_take_tls_from_their_environment(
     module: str, tls_files: TlsFiles, tmp_path: Path
 ) -> None:
-    settings = Settings(
+    settings = Settings.from_flat(
         broker_url="kafka://127.0.0.1:9",
         data_dir=tmp_path / "d",
         security_protocol="SASL_SSL",
@@ -253,7 +260,7 @@ def test_the_worker_and_both_subscribers_take_tls_from_their_environment(
 def test_a_bad_ca_file_stops_the_worker_and_the_subscribers_with_the_reason(
     module: str, tmp_path: Path
 ) -> None:
-    settings = Settings(
+    settings = Settings.from_flat(
         data_dir=tmp_path / "d", security_protocol="SSL", ssl_cafile=tmp_path / "missing.pem"
     )
     out = subprocess.run(
@@ -346,8 +353,12 @@ def tls_broker(
                 state.bootstrap,
                 [
                     *(kafka_local.AclSpec("TOPIC", t, principal, "ALL") for t in topics),
-                    kafka_local.AclSpec("TOPIC", client.app_id, principal, "ALL", "PREFIXED"),
-                    kafka_local.AclSpec("GROUP", client.app_id, principal, "ALL", "PREFIXED"),
+                    kafka_local.AclSpec(
+                        "TOPIC", client.worker.app_id, principal, "ALL", "PREFIXED"
+                    ),
+                    kafka_local.AclSpec(
+                        "GROUP", client.worker.app_id, principal, "ALL", "PREFIXED"
+                    ),
                     kafka_local.AclSpec("CLUSTER", "kafka-cluster", principal, "DESCRIBE"),
                 ],
                 tls=tls,
@@ -379,30 +390,14 @@ def _ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess
     return result
 
 
-async def _group_offsets(settings: Settings, group: str) -> dict[str, int]:
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    totals: dict[str, int] = {}
-    for tp, meta in offsets.items():
-        totals[tp.topic] = totals.get(tp.topic, 0) + max(meta.offset, 0)
-    return totals
-
-
-async def _topic_ends(settings: Settings, topics: list[str]) -> dict[str, int]:
-    ends = await end_offsets(settings, topics)
-    totals = dict.fromkeys(topics, 0)
-    for tp, end in ends.items():
-        totals[tp.topic] += end
-    return totals
+async def _lags(settings: Settings, groups: dict[str, tuple[str, str]]) -> dict[str, int]:
+    async with OffsetReader(settings) as offsets:
+        return await offsets.lags(groups)
 
 
 async def _client_tls_version(settings: Settings) -> str:
     """The TLS version of an aiokafka client's live connections (from settings.kafka)."""
-    producer = AIOKafkaProducer(**settings.kafka_client_kwargs())
+    producer = AIOKafkaProducer(**settings.kafka.client_kwargs())
     await producer.start()
     try:
         await producer.client.force_metadata_update()
@@ -422,7 +417,7 @@ def test_every_client_over_tls(tls_broker: TlsBroker, tmp_path: Path) -> None:
     settings = b.client
     secrets_in_play = [
         s.reveal()
-        for s in (settings.ssl_key_password, settings.sasl_password)
+        for s in (settings.kafka.ssl_key_password, settings.kafka.sasl_password)
         + ((b.sasl.admin_password,) if b.sasl else ())
         if s
     ]
@@ -463,22 +458,12 @@ def test_every_client_over_tls(tls_broker: TlsBroker, tmp_path: Path) -> None:
     assert signals["demand"] > 100 and signals["churn"] > 100, signals
     assert signals["bid_adjustments"] > 0 and signals["dlq"] == 0, signals
 
-    # Each Faust process consumed everything over TLS: committed offsets at the ends.
-    ends = run_sync(
-        _topic_ends(
-            settings, [settings.topic_clickstream, settings.topic_demand, settings.topic_churn]
-        )
+    # Each Faust process consumed everything over TLS: the demo waited for it, and the
+    # committed offsets are at the ends.
+    assert summary["consumer_lag"] == {"worker": 0, "bidder": 0, "alerter": 0}, summary
+    assert run_sync(_lags(settings, demo_module.consumer_groups(settings))) == dict.fromkeys(
+        ("worker", "bidder", "alerter"), 0
     )
-    groups = {
-        "worker": (settings.app_id, settings.topic_clickstream),
-        "bidder": (settings.bidder_app_id, settings.topic_demand),
-        "alerter": (settings.alerter_app_id, settings.topic_churn),
-    }
-    consumed = {
-        name: run_sync(_group_offsets(settings, group)).get(topic, 0)
-        for name, (group, topic) in groups.items()
-    }
-    assert consumed == {name: ends[topic] for name, (_, topic) in groups.items()}, (consumed, ends)
 
     # tail reads what the demo collected; replay sends more, tail reads the clickstream back.
     t0 = time.monotonic()
@@ -506,7 +491,7 @@ def test_every_client_over_tls(tls_broker: TlsBroker, tmp_path: Path) -> None:
         f"{b.protocol}: broker up in {b.started_s:.1f} s; topics create {topics_s:.1f} s; demo "
         f"{demo_s:.1f} s ({summary['events']} events -> demand {signals['demand']}, churn "
         f"{signals['churn']}, bid-adjustments {signals['bid_adjustments']}, churn-alerts "
-        f"{signals['churn_alerts']}); consumed by worker/bidder/alerter {consumed}; tail "
+        f"{signals['churn_alerts']}); all consumed; tail "
         f"{tail_s:.1f} s; replay {sent} events {replay_s:.1f} s; client connections {version}"
     )
 
@@ -570,7 +555,7 @@ def test_plaintext_and_unverified_clients_are_refused(tls_broker: TlsBroker) -> 
     settings = b.client
     bootstrap = b.state.bootstrap
     # Something to read, so that "no records" can only mean "refused".
-    topic = unique_name(f"{settings.app_id}-tls-refusal")  # under the app user's ACL prefix
+    topic = unique_name(f"{settings.worker.app_id}-tls-refusal")  # under the app user's ACL prefix
     topic_settings = settings.with_overrides(topic_clickstream=topic)
     run_sync(kafka_local.ensure_topics(settings, {topic: 1}))
     _ok(_cli(topic_settings, "replay", "--users", "3", "--days", "3", "--quiet"))
@@ -591,16 +576,16 @@ def test_plaintext_and_unverified_clients_are_refused(tls_broker: TlsBroker) -> 
     system_cas = settings.with_overrides(ssl_cafile=None)  # trusts the system's CAs only
     refusals = {
         "PLAINTEXT": run_sync(_refused(plain, topic)),
-        "unverified (system CAs)": run_sync(_refused(system_cas.kafka_client_kwargs(), topic)),
+        "unverified (system CAs)": run_sync(_refused(system_cas.kafka.client_kwargs(), topic)),
     }
     if b.protocol == "SSL":
         no_cert = settings.with_overrides(
             ssl_certfile=None, ssl_keyfile=None, ssl_key_password=Secret("")
         )
         foreign = no_cert.with_overrides(ssl_certfile=b.files.stranger_cert)
-        refusals["no client certificate"] = run_sync(_refused(no_cert.kafka_client_kwargs(), topic))
+        refusals["no client certificate"] = run_sync(_refused(no_cert.kafka.client_kwargs(), topic))
         refusals["certificate from another CA"] = run_sync(
-            _refused(foreign.kafka_client_kwargs(), topic)
+            _refused(foreign.kafka.client_kwargs(), topic)
         )
     else:
         sasl_plain = settings.with_overrides(security_protocol="SASL_PLAINTEXT", ssl_cafile=None)
@@ -608,9 +593,9 @@ def test_plaintext_and_unverified_clients_are_refused(tls_broker: TlsBroker) -> 
             security_protocol="SSL", sasl_username="", sasl_password=Secret("")
         )
         wrong = settings.with_overrides(sasl_password=Secret("wrong-" + secrets.token_hex(4)))
-        refusals["SASL_PLAINTEXT"] = run_sync(_refused(sasl_plain.kafka_client_kwargs(), topic))
-        refusals["TLS without SASL"] = run_sync(_refused(no_login.kafka_client_kwargs(), topic))
-        refusals["wrong password"] = run_sync(_refused(wrong.kafka_client_kwargs(), topic))
+        refusals["SASL_PLAINTEXT"] = run_sync(_refused(sasl_plain.kafka.client_kwargs(), topic))
+        refusals["TLS without SASL"] = run_sync(_refused(no_login.kafka.client_kwargs(), topic))
+        refusals["wrong password"] = run_sync(_refused(wrong.kafka.client_kwargs(), topic))
     report(
         f"{b.protocol}: negotiated {negotiated}; the same request in the clear got "
         f"{cleartext!r}; refusals: {refusals}"
@@ -620,4 +605,4 @@ def test_plaintext_and_unverified_clients_are_refused(tls_broker: TlsBroker) -> 
     # Why the client trusting only the system's CAs gave up: it verified the broker's
     # certificate (settings.kafka's context, as every client has it) and found no trusted CA.
     with pytest.raises(ssl.SSLCertVerificationError):
-        _raw(bootstrap, ssl_context(system_cas))
+        _raw(bootstrap, ssl_context(system_cas.kafka))

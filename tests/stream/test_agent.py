@@ -5,9 +5,8 @@ unit-testing wrapper, in-memory channel, ``memory://`` table store) and we look 
 agent *sends* -- the topics' ``send`` is replaced by a recorder -- and at what it writes to the
 ``user-state`` table and its changelog.
 
-``stream.app`` reads its settings and loads the model at import, so each test imports a fresh
-copy of the module after setting ``CLICKSIGNALS_*`` (see :func:`load_app`) and the previous
-module is put back afterwards.
+Each test builds its own worker with :func:`stream.worker.create_worker` after setting
+``CLICKSIGNALS_*`` (see :func:`load_app`).
 
 Notes on ``test_context`` that shape these tests:
 
@@ -28,13 +27,13 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import orjson
 import pytest
 
 from stream.publish import partition_of
+from stream.worker import Worker as StreamWorker
 from tests.support.agent import (
     WEEK,
     click,
@@ -53,7 +52,7 @@ from tests.support.agent import (
 
 
 def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     # Two messages per batch, flushed as soon as both are in: each batch mixes partitions.
     app = load_app(PARTITIONS="2", BATCH_SIZE="2", BATCH_TIMEOUT_S="5")
@@ -66,9 +65,9 @@ def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
             await worker.put(stray, key=None, partition=0)
             await worker.put(click(home, "2011-03-01T11:00:00Z"), key=home.encode(), partition=0)
             await worker.settle()
-            assert worker.sent(app.settings.topic_routed) == [(away.encode(), stray)]
+            assert worker.sent(app.settings.topics.routed) == [(away.encode(), stray)]
             assert away not in app.user_state
-            assert [s["user_id"] for s in worker.decoded(app.settings.topic_demand)] == [home]
+            assert [s["user_id"] for s in worker.decoded(app.settings.topics.demand)] == [home]
 
             # The routed copy comes back on the user's partition and is folded there. The
             # batch's last event is of partition 0, so only the TableStore's per-partition
@@ -76,8 +75,8 @@ def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
             await worker.put(stray, key=away.encode(), partition=1, topic=app.routed)
             await worker.put(click(home, "2011-03-02T11:00:00Z"), key=home.encode(), partition=0)
             await worker.settle()
-            assert len(worker.sent(app.settings.topic_routed)) == 1
-            assert {s["user_id"] for s in worker.decoded(app.settings.topic_demand)} == {
+            assert len(worker.sent(app.settings.topics.routed)) == 1
+            assert {s["user_id"] for s in worker.decoded(app.settings.topics.demand)} == {
                 home,
                 away,
             }
@@ -92,7 +91,7 @@ def test_a_stray_message_is_resent_keyed_by_user_and_folded_where_it_belongs(
 
 
 def test_a_stray_on_the_routed_topic_stops_the_agent(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     """The routed topic with another partition count than settings: refuse, don't corrupt."""
     app = load_app(PARTITIONS="2")
@@ -103,14 +102,14 @@ def test_a_stray_on_the_routed_topic_stops_the_agent(
             await worker.put(click(away, "2011-03-01T10:00:00Z"), key=b"x", topic=app.routed)
             with pytest.raises(RuntimeError, match="partition counts do not match"):
                 await worker.settle()
-            assert not worker.sent(app.settings.topic_routed)
+            assert not worker.sent(app.settings.topics.routed)
             assert away not in app.user_state
 
     asyncio.run(scenario())
 
 
 def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     app = load_app(MAX_EVENT_BYTES="1024")
     good = {"event_time": "2011-03-01T10:00:00Z", "event_type": "view", "user_id": "u1"}
@@ -126,7 +125,7 @@ def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
         (orjson.dumps({**good, "event_time": "2999-01-01T00:00:00Z"}), "time_in_future"),
         (orjson.dumps({**good, "pad": "x" * 2000}), "too_large"),
     ]
-    dlq = app.settings.topic_dead_letter
+    dlq = app.settings.topics.dead_letter
 
     async def scenario() -> None:
         async with run_worker(app) as worker:
@@ -136,7 +135,7 @@ def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
             letters = worker.decoded(dlq)
             assert [d["reason"] for d in letters] == [reason for _, reason in invalid]
             assert [d["offset"] for d in letters] == offsets == list(range(len(invalid)))
-            assert {d["source_topic"] for d in letters} == {app.settings.topic_clickstream}
+            assert {d["source_topic"] for d in letters} == {app.settings.topics.clickstream}
             assert {d["partition"] for d in letters} == {0}
             assert all(d["detail"] for d in letters)
             assert [base64.b64decode(d["raw_b64"]) for d in letters] == [raw for raw, _ in invalid]
@@ -156,10 +155,10 @@ def test_each_invalid_message_is_one_dead_letter_with_reason_and_source(
 
 
 def test_the_watermark_closes_windows_on_the_demand_and_churn_topics(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     app = load_app(ALLOWED_LATENESS_S="3600")
-    demand, churn = app.settings.topic_demand, app.settings.topic_churn
+    demand, churn = app.settings.topics.demand, app.settings.topics.churn
     # Windows are weeks ending Monday 00:00 UTC (the model's grid).
     days = ["2011-03-01T10:00", "2011-03-09T10:00", "2011-03-16T10:00", "2011-03-23T10:00"]
 
@@ -188,13 +187,13 @@ def test_the_watermark_closes_windows_on_the_demand_and_churn_topics(
             assert all(0.0 <= s["churn_probability"] <= 1.0 for s in churn_signals)
             version = app.processor().scorer.version
             assert {s["model_version"] for s in worker.decoded(demand)} == {version}
-            assert not worker.sent(app.settings.topic_dead_letter)
+            assert not worker.sent(app.settings.topics.dead_letter)
 
     asyncio.run(scenario())
 
 
 def test_a_quiet_buyer_is_scored_past_the_lookback_and_a_quiet_viewer_stops_at_it(
-    load_app: Callable[..., ModuleType], run_worker: Any
+    load_app: Callable[..., StreamWorker], run_worker: Any
 ) -> None:
     """The close population (features.windows.close_population) through the real agent and
     settings: with CLICKSIGNALS_DORMANT_CHURN_FLOOR=1.0 no churn reaches the floor, so the
@@ -202,7 +201,7 @@ def test_a_quiet_buyer_is_scored_past_the_lookback_and_a_quiet_viewer_stops_at_i
     until the lookback passes and never after."""
     app = load_app(DORMANT_CHURN_FLOOR="1.0")
     assert app.processor().dormant_churn_floor == 1.0
-    demand, churn = app.settings.topic_demand, app.settings.topic_churn
+    demand, churn = app.settings.topics.demand, app.settings.topics.churn
     start = ms("2011-01-03T00:00:00Z")  # a Monday: a window boundary
     # Enough weeks for the lookback to pass, whatever the shipped model's is.
     weeks = app.processor().spec.lookback + 8
@@ -242,7 +241,7 @@ def test_a_quiet_buyer_is_scored_past_the_lookback_and_a_quiet_viewer_stops_at_i
 
 
 def test_changelog_records_written_in_batches_decode_as_fausts_own_and_fill_the_store(
-    load_app: Callable[..., ModuleType],
+    load_app: Callable[..., StreamWorker],
 ) -> None:
     """``TableStore.write_in_batches`` must put on the changelog exactly what Faust's
     recovery reads back (its key serializer is json: a raw key would fail every restore) and
@@ -269,7 +268,7 @@ def test_changelog_records_written_in_batches_decode_as_fausts_own_and_fill_the_
         store = app.user_state.data
         store.set_persisted_offset = lambda tp, offset: persisted.__setitem__(tp, offset)
         writes = {0: {"u0": b"\x00state-0", "v0": b"x"}, 1: {"\x00clock/1": b"{}"}}
-        await app._store.write_in_batches(writes, Recorder())
+        await app.store.write_in_batches(writes, Recorder())
         await asyncio.sleep(0)  # the delivery callbacks
         for entries in writes.values():
             for key, value in entries.items():
@@ -292,7 +291,7 @@ def test_changelog_records_written_in_batches_decode_as_fausts_own_and_fill_the_
 
 
 def test_writes_of_a_partition_without_an_event_in_hand_go_to_that_partition(
-    load_app: Callable[..., ModuleType],
+    load_app: Callable[..., StreamWorker],
 ) -> None:
     """A watermark announcement closes windows from the timer's task, where no event of the
     partition is current: Faust's store files a key under the current event's partition, so
@@ -301,8 +300,8 @@ def test_writes_of_a_partition_without_an_event_in_hand_go_to_that_partition(
     from faust.streams import _current_event
 
     app = load_app(PARTITIONS="3")
-    app._store.events = {}
+    app.store.events = {}
     for p in (2, 0, 1):
-        app._store._focus(p)
+        app.store._focus(p)
         current = _current_event.get()
         assert current is not None and current().message.partition == p

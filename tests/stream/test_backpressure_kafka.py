@@ -134,7 +134,7 @@ def test_a_burst_far_above_the_sustainable_rate_keeps_memory_bounded_and_lag_dra
     warm_up, burst = records[:WARM_UP_EVENTS], records[WARM_UP_EVENTS:]
     burst_bytes = sum(len(k) + len(v) for k, v in burst)
     s = worker_settings(isolated_kafka_settings, tmp_path / "w", lag_interval_s=SAMPLE_INTERVAL_S)
-    last_event_ms = last_event_per_partition(frame, s.partitions)
+    last_event_ms = last_event_per_partition(frame, s.topics.partitions)
 
     worker = worker_factory(s, "w").start()
     worker.wait_ready()
@@ -143,7 +143,7 @@ def test_a_burst_far_above_the_sustainable_rate_keeps_memory_bounded_and_lag_dra
     # (ONNX Runtime's arena, the producer buffer and the state of all users exist) before the
     # baseline is taken.
     for i in range(0, WARM_UP_EVENTS, 3000):
-        run_sync(produce(s, s.topic_clickstream, warm_up[i : i + 3000]))
+        run_sync(produce(s, s.topics.clickstream, warm_up[i : i + 3000]))
         time.sleep(1.0)
     wait_until_done(worker, expect_min_source=WARM_UP_EVENTS)
     sampler = Sampler(worker).start()
@@ -153,14 +153,14 @@ def test_a_burst_far_above_the_sustainable_rate_keeps_memory_bounded_and_lag_dra
         baseline = max(sampler.rss_since(t_base))  # idle, after warm-up: the highest is fair
 
         t0 = time.monotonic()
-        run_sync(produce(s, s.topic_clickstream, burst))
+        run_sync(produce(s, s.topics.clickstream, burst))
         produced_s = time.monotonic() - t0
 
         def drained() -> bool:
             # 0 on every partition held, after the worker has consumed the whole stream.
             lags = lag_samples(worker)
             return (
-                len(lags) == 2 * s.partitions
+                len(lags) == 2 * s.topics.partitions
                 and all(v == 0 for v in lags.values())
                 and events_in(worker) >= total
             )
@@ -193,8 +193,8 @@ def test_a_burst_far_above_the_sustainable_rate_keeps_memory_bounded_and_lag_dra
     # reached its last event (each partition's last event was folded into state).
     assert worker.final_lag == 0
     assert events_in(worker) == total, "a message consumed twice or not at all"
-    assert sum(run_sync(end_offsets(s, [s.topic_clickstream])).values()) == total
-    assert not run_sync(read_topic(s, s.topic_dead_letter))
+    assert sum(run_sync(end_offsets(s, [s.topics.clickstream])).values()) == total
+    assert not run_sync(read_topic(s, s.topics.dead_letter))
     assert clocks_reached(worker, last_event_ms)
     assert not metric_samples(worker).get("clicksignals_rerouted_total", [({}, 0.0)])[0][1]
 

@@ -20,8 +20,8 @@ import pytest
 
 from features.signals import DeadLetter
 from ingest.adapters import to_wire_bytes
+from serving.scorer import load_model
 from stream.loopback import run_in_process
-from stream.model import load_model
 from stream.processor import BatchOutput, DictStore, Processor, RawMessage
 from stream.publish import partition_of
 from tests.support.processor import (

@@ -23,9 +23,9 @@ import pytest
 
 from ingest.adapters import to_wire_bytes
 from ingest.generator import generate_clickstream
+from serving.scorer import load_model
 from settings import Settings
 from stream.loopback import run_in_process
-from stream.model import load_model
 from stream.processor import BatchOutput, DictStore, RawMessage
 from stream.processor import processor_from_settings as build_processor
 from stream.publish import partition_of
@@ -68,12 +68,12 @@ def keyed(frame: pd.DataFrame, keying: str) -> list[tuple[bytes | None, bytes]]:
 
 def reference(s: Settings, frame: pd.DataFrame) -> Closes:
     store = DictStore()
-    proc = build_processor(load_model(s.model_dir), store, s)
-    offsets = [0] * s.partitions
+    proc = build_processor(load_model(s.worker.model_dir), store, s)
+    offsets = [0] * s.topics.partitions
     msgs = []
     for key, value in to_wire_bytes(frame):
-        p = partition_of(key, s.partitions)
-        msgs.append(RawMessage(key, value, s.topic_clickstream, p, offsets[p]))
+        p = partition_of(key, s.topics.partitions)
+        msgs.append(RawMessage(key, value, s.topics.clickstream, p, offsets[p]))
         offsets[p] += 1
     closes: Closes = {}
 
@@ -86,7 +86,7 @@ def reference(s: Settings, frame: pd.DataFrame) -> Closes:
             if c.trigger == "window_close":
                 closes[("churn", c.user_id, c.window_end_ms)] = (c.signal_id, c.churn_probability)
 
-    run_in_process(proc, msgs, s.batch_size, collect)
+    run_in_process(proc, msgs, s.worker.batch_size, collect)
     return closes
 
 
@@ -95,8 +95,8 @@ def emitted(s: Settings) -> tuple[Closes, list[dict]]:  # type: ignore[type-arg]
     e.g. after a restart, must carry one score), and the dead letters."""
     closes: Closes = {}
     for kind, topic, field in (
-        ("demand", s.topic_demand, "expected_orders"),
-        ("churn", s.topic_churn, "churn_probability"),
+        ("demand", s.topics.demand, "expected_orders"),
+        ("churn", s.topics.churn, "churn_probability"),
     ):
         for r in run_sync(read_topic(s, topic)):
             x = r.json()
@@ -110,7 +110,7 @@ def emitted(s: Settings) -> tuple[Closes, list[dict]]:  # type: ignore[type-arg]
                 x,
             )
             closes[key] = (x["signal_id"], x[field])
-    dead = [r.json() for r in run_sync(read_topic(s, s.topic_dead_letter))]
+    dead = [r.json() for r in run_sync(read_topic(s, s.topics.dead_letter))]
     return closes, dead
 
 
@@ -142,7 +142,7 @@ def test_keyed_unkeyed_and_session_keyed_production_give_the_same_window_closes(
         worker.wait_ready()
         records = keyed(shop, keying)
         t0 = time.monotonic()
-        run_sync(produce_records(s, s.topic_clickstream, records))
+        run_sync(produce_records(s, s.topics.clickstream, records))
         wait_until_done(worker, expect_min_source=len(records), timeout_s=300)
         got, dead = emitted(s)
         report(
@@ -172,10 +172,10 @@ def test_a_backlog_gives_the_window_closes_of_a_worker_that_ran_throughout(
     before, backlog = split_at(shop, 47)
     worker = worker_factory(s, "backlog").start()
     worker.wait_ready()
-    run_sync(produce_records(s, s.topic_clickstream, keyed(before, "none")))
+    run_sync(produce_records(s, s.topics.clickstream, keyed(before, "none")))
     wait_until_done(worker, expect_min_source=len(before), timeout_s=300)
     worker.stop()
-    run_sync(produce_records(s, s.topic_clickstream, keyed(backlog, "none")))
+    run_sync(produce_records(s, s.topics.clickstream, keyed(backlog, "none")))
     worker.start()
     worker.wait_ready()
     t0 = time.monotonic()
@@ -207,24 +207,24 @@ def test_a_paused_worker_holds_back_every_partition_and_loses_nothing(
     b.wait_ready()
     first, rest = split_at(shop, 28)
     head, tail = split_at(rest, 29)
-    run_sync(produce_records(s, s.topic_clickstream, keyed(first, "none")))
+    run_sync(produce_records(s, s.topics.clickstream, keyed(first, "none")))
     wait_until_done(a, expect_min_source=len(first), timeout_s=300)
     held_a = {int(p) for p in a.get_json("/clocks")[1]}
     held_b = {int(p) for p in b.get_json("/clocks")[1]}
     assert held_a and held_b and not held_a & held_b, (held_a, held_b)
     # B has just read a day of new records (not idle) when it stops.
-    run_sync(produce_records(s, s.topic_clickstream, keyed(head, "none")))
+    run_sync(produce_records(s, s.topics.clickstream, keyed(head, "none")))
     time.sleep(1.0)
     assert b.proc is not None
     os.kill(b.proc.pid, signal.SIGSTOP)
     try:
         # Past the idle-announcement TTL: even an idle B would hold time back by now.
         time.sleep(2.0)
-        run_sync(produce_records(s, s.topic_clickstream, keyed(tail, "none")))
+        run_sync(produce_records(s, s.topics.clickstream, keyed(tail, "none")))
         time.sleep(8.0)  # A reads it all and announces: still nothing may close past B
         clocks = a.get_json("/clocks")[1]
-        spec = load_model(s.model_dir).manifest.spec
-        lateness = int(s.allowed_lateness_s * 1000)
+        spec = load_model(s.worker.model_dir).manifest.spec
+        lateness = int(s.worker.allowed_lateness_s * 1000)
         for p in held_a:
             c = clocks[str(p)]
             b_time = min(c["sources"][str(q)]["event_ms"] for q in held_b)
@@ -251,15 +251,17 @@ def test_watermark_records_are_well_formed(
     s = worker_settings(fresh_topics(kafka_settings, "et-idle"), tmp_path / "idle")
     worker = worker_factory(s, "idle").start()
     worker.wait_ready()
-    time.sleep(s.source_idle_timeout_s + 4 * s.watermark_interval_s + 1.0)
-    records = run_sync(read_topic(s, s.topic_routed))
+    time.sleep(s.worker.source_idle_timeout_s + 4 * s.worker.watermark_interval_s + 1.0)
+    records = run_sync(read_topic(s, s.topics.routed))
     latest: dict[tuple[int, int], dict] = {}  # type: ignore[type-arg]
     for r in records:
         body = orjson.loads(r.value)["watermark"]
         assert body["source"] != r.partition
-        assert r.partition == partition_of(r.key or b"", s.partitions)
+        assert r.partition == partition_of(r.key or b"", s.topics.partitions)
         latest[(body["source"], r.partition)] = body
-    pairs = {(q, p) for q in range(s.partitions) for p in range(s.partitions) if q != p}
+    pairs = {
+        (q, p) for q in range(s.topics.partitions) for p in range(s.topics.partitions) if q != p
+    }
     assert set(latest) == pairs
     assert all(m["idle"] and m["event_ms"] is None for m in latest.values()), latest
 
@@ -280,11 +282,13 @@ def test_one_future_dated_event_does_not_make_its_partition_s_events_late(
         tmp_path / "future",
         max_future_skew_s=8 * 86_400.0,
     )
-    spec = load_model(s.model_dir).manifest.spec
+    spec = load_model(s.worker.model_dir).manifest.spec
     now = int(time.time() * 1000)
     future = spec.end_ms(spec.index(now)) + 2 * 3_600_000
     users = [
-        f"live{i}" for i in range(2_000) if partition_of(f"live{i}".encode(), s.partitions) == 0
+        f"live{i}"
+        for i in range(2_000)
+        if partition_of(f"live{i}".encode(), s.topics.partitions) == 0
     ][:10]
 
     def view(user: str, at: int) -> tuple[bytes, bytes]:
@@ -298,9 +302,9 @@ def test_one_future_dated_event_does_not_make_its_partition_s_events_late(
     records = [*before, view(users[0], future), *after]
     worker = worker_factory(s, "future").start()
     worker.wait_ready()
-    run_sync(produce_records(s, s.topic_clickstream, records))
+    run_sync(produce_records(s, s.topics.clickstream, records))
     wait_until_done(worker, expect_min_source=len(records), timeout_s=120)
-    dead = [r.json() for r in run_sync(read_topic(s, s.topic_dead_letter))]
+    dead = [r.json() for r in run_sync(read_topic(s, s.topics.dead_letter))]
     assert not dead, [(d["reason"], d["detail"]) for d in dead]
     clock = worker.get_json("/clocks")[1]["0"]
     assert clock["max_event_ms"] < future

@@ -74,7 +74,7 @@ Key = tuple[str, int]
 
 def held_partitions(worker: WorkerProcess) -> set[int]:
     """Clickstream partitions the worker reports consumer lag for, i.e. holds as active."""
-    topic = worker.settings.topic_clickstream
+    topic = worker.settings.topics.clickstream
     return {
         int(labels["partition"])
         for labels, _ in metric_samples(worker).get("clicksignals_consumer_lag", [])
@@ -107,7 +107,7 @@ class PacedProducer:
         try:
             for i in range(0, len(self.records), size):
                 chunk = list(self.records[i : i + size])
-                run_sync(produce(self.settings, self.settings.topic_clickstream, chunk))
+                run_sync(produce(self.settings, self.settings.topics.clickstream, chunk))
                 self.sent += len(chunk)
                 time.sleep(self.pause_s)
         except BaseException as exc:  # reported by join()
@@ -126,7 +126,7 @@ class PacedProducer:
 
 def table_state(settings: Settings) -> dict[str, bytes]:
     """The table's final state: the last value of every key in its changelog topic."""
-    topic = f"{settings.app_id}-user-state-changelog"
+    topic = f"{settings.worker.app_id}-user-state-changelog"
     state: dict[str, bytes] = {}
     for record in run_sync(read_topic(settings, topic)):
         assert record.key is not None
@@ -225,8 +225,8 @@ def assert_complete(
     """
     figures = {}
     for kind, topic, score in (
-        ("demand", settings.topic_demand, "expected_orders"),
-        ("churn", settings.topic_churn, "churn_probability"),
+        ("demand", settings.topics.demand, "expected_orders"),
+        ("churn", settings.topics.churn, "churn_probability"),
     ):
         signals = window_close(run_sync(read_topic(settings, topic)))
         copies: dict[Key, set[tuple[str, float]]] = {}
@@ -258,8 +258,8 @@ def reference_of(settings: Settings) -> dict[str, dict[Key, tuple[str, float]]]:
     """(user, window end) -> (signal_id, score) of a finished run's window-close signals."""
     out: dict[str, dict[Key, tuple[str, float]]] = {}
     for kind, topic, score in (
-        ("demand", settings.topic_demand, "expected_orders"),
-        ("churn", settings.topic_churn, "churn_probability"),
+        ("demand", settings.topics.demand, "expected_orders"),
+        ("churn", settings.topics.churn, "churn_probability"),
     ):
         signals = window_close(run_sync(read_topic(settings, topic)))
         out[kind] = {
@@ -298,7 +298,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
 ) -> None:
     frame = generate_clickstream(n_users=600, days=120, seed=21)
     records = to_wire_bytes(frame)
-    last_event_ms = last_event_per_partition(frame, isolated_kafka_settings.partitions)
+    last_event_ms = last_event_per_partition(frame, isolated_kafka_settings.topics.partitions)
     common = {"lag_interval_s": 0.5, "store_url": "memory://"}
 
     # Reference: one worker, uninterrupted.
@@ -306,7 +306,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
     t0 = time.monotonic()
     reference = worker_factory(ref, "reference").start()
     reference.wait_ready()
-    run_sync(produce(ref, ref.topic_clickstream, records))
+    run_sync(produce(ref, ref.topics.clickstream, records))
     wait_until_done(reference, expect_min_source=len(records))
     reference.stop()
     expected = reference_of(ref)
@@ -330,7 +330,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
         lambda: (
             bool(held_partitions(one))
             and bool(held_partitions(two))
-            and held_partitions(one) | held_partitions(two) == set(range(s.partitions))
+            and held_partitions(one) | held_partitions(two) == set(range(s.topics.partitions))
         ),
         60,
         [one, two],
@@ -342,7 +342,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
     total = len(expected["demand"])
     wait_for(
         "a third of the stream processed",
-        lambda: output_count(s, s.topic_demand) >= total // 3,
+        lambda: output_count(s, s.topics.demand) >= total // 3,
         120,
         [one, two],
     )
@@ -353,7 +353,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
     report(f"failover: killed w2 after it consumed {two_in:.0f} messages; {producer.sent} sent")
     takeover = wait_for(
         "w1 holds every partition",
-        lambda: held_partitions(one) == set(range(s.partitions)),
+        lambda: held_partitions(one) == set(range(s.topics.partitions)),
         90,
         [one],
     )
@@ -368,7 +368,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
     figures = assert_complete(s, expected, "failover")
     for kind, f in figures.items():
         report(f"failover: {kind}: {f.signals} window-close signals, {f.duplicates} duplicates")
-    assert not run_sync(read_topic(s, s.topic_dead_letter)), "redelivered events dead-lettered"
+    assert not run_sync(read_topic(s, s.topics.dead_letter)), "redelivered events dead-lettered"
     state, mine = decoded(table_state(s)), decoded(state_ref)
     assert state.keys() == mine.keys()
     differing = [k for k in mine if not same_state(state[k], mine[k])]
@@ -376,7 +376,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
 
     # The killed worker comes back: partitions are shared again and it processes new events.
     users = list(dict.fromkeys(frame.user_id.astype(str)))[:40]
-    follow, times = follow_up_events(int(frame.event_time_ms.max()), users, s.partitions)
+    follow, times = follow_up_events(int(frame.event_time_ms.max()), users, s.topics.partitions)
     t1 = time.monotonic()
     two.start()
     two.wait_ready()
@@ -384,7 +384,7 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
         "w2 holds partitions again",
         lambda: (
             bool(held_partitions(two))
-            and held_partitions(one) | held_partitions(two) == set(range(s.partitions))
+            and held_partitions(one) | held_partitions(two) == set(range(s.topics.partitions))
             and not held_partitions(one) & held_partitions(two)
         ),
         90,
@@ -392,16 +392,16 @@ def test_two_workers_one_killed_the_other_takes_over_and_it_rejoins(
     )
     mine = held_partitions(two)
     report(f"failover: w2 restarted, holds {sorted(mine)} {time.monotonic() - t1:.1f} s later")
-    run_sync(produce(s, s.topic_clickstream, follow))
+    run_sync(produce(s, s.topics.clickstream, follow))
     want = {(u, times[u]) for u in users}
 
     def scored() -> bool:
-        demand = run_sync(read_topic(s, s.topic_demand))
+        demand = run_sync(read_topic(s, s.topics.demand))
         got = {(x["user_id"], x["window_end_ms"]) for x in map(Record.json, demand)}
         return want <= got
 
     wait_for("an activity signal for every new event", scored, 60, [one, two])
-    mine_users = [u for u in users if partition_of(u.encode(), s.partitions) in mine]
+    mine_users = [u for u in users if partition_of(u.encode(), s.topics.partitions) in mine]
     assert mine_users and events_in(two) >= len(mine_users), "w2 processed none of its events"
     report(f"failover: rebalance back took {rebalance:.1f} s; {len(follow)} new events scored")
 
@@ -436,18 +436,18 @@ def processor_reference(
     """The window-close signals a worker with ``settings`` must emit for keyed ``records``,
     computed by the processor alone (no broker): window closes depend on event time and
     partition, not on how messages are batched."""
+    from serving.scorer import load_model
     from stream.loopback import run_in_process
-    from stream.model import load_model
     from stream.processor import BatchOutput, DictStore, RawMessage, processor_from_settings
 
     store = DictStore()
-    proc = processor_from_settings(load_model(settings.model_dir), store, settings)
-    offsets = [0] * settings.partitions
+    proc = processor_from_settings(load_model(settings.worker.model_dir), store, settings)
+    offsets = [0] * settings.topics.partitions
     msgs = []
     for key, value in records:
         assert key is not None
-        p = partition_of(key, settings.partitions)
-        msgs.append(RawMessage(key, value, settings.topic_clickstream, p, offsets[p]))
+        p = partition_of(key, settings.topics.partitions)
+        msgs.append(RawMessage(key, value, settings.topics.clickstream, p, offsets[p]))
         offsets[p] += 1
     out: dict[str, dict[Key, tuple[str, float]]] = {"demand": {}, "churn": {}}
 
@@ -472,7 +472,7 @@ def test_broker_restart_mid_stream_the_worker_reconnects_and_loses_nothing(
 
     frame = generate_clickstream(n_users=600, days=120, seed=22)
     records = to_wire_bytes(frame)
-    last_event_ms = last_event_per_partition(frame, _base_settings().partitions)
+    last_event_ms = last_event_per_partition(frame, _base_settings().topics.partitions)
     broker_dir = tmp_path / "broker"
     with dedicated_broker(_base_settings(), broker_dir) as broker:
         base = _base_settings().with_overrides(broker_url=broker.broker_url)
@@ -483,10 +483,10 @@ def test_broker_restart_mid_stream_the_worker_reconnects_and_loses_nothing(
         half = len(records) // 2
         worker = worker_factory(s, "w", FAST_REJOIN).start()
         worker.wait_ready()
-        run_sync(produce(s, s.topic_clickstream, records[:half]))
+        run_sync(produce(s, s.topics.clickstream, records[:half]))
         wait_for(
             "a quarter of the signals",
-            lambda: output_count(s, s.topic_demand) >= total // 4,
+            lambda: output_count(s, s.topics.demand) >= total // 4,
             120,
             [worker],
         )
@@ -498,10 +498,10 @@ def test_broker_restart_mid_stream_the_worker_reconnects_and_loses_nothing(
         restarted = kafka_local.start(base, broker_dir, port=broker.port, timeout_s=90.0)
         assert restarted.cluster_id == broker.cluster_id  # same data dir, same cluster
         up = time.monotonic() - t1
-        produced_before = output_count(s, s.topic_demand)
+        produced_before = output_count(s, s.topics.demand)
         resumed = wait_for(
             "the worker processes again after the restart",
-            lambda: output_count(s, s.topic_demand) > produced_before,
+            lambda: output_count(s, s.topics.demand) > produced_before,
             120,
             [worker],
         )
@@ -509,13 +509,13 @@ def test_broker_restart_mid_stream_the_worker_reconnects_and_loses_nothing(
             f"broker restart: stopped in {stopped:.1f} s at {produced_before} demand signals, "
             f"down 3 s, up again in {up:.1f} s, new signals {resumed:.1f} s after it answered"
         )
-        run_sync(produce(s, s.topic_clickstream, records[half:]))
+        run_sync(produce(s, s.topics.clickstream, records[half:]))
         wait_until_done(worker, expect_min_source=len(records), last_event_ms=last_event_ms)
         report(f"broker restart: done {time.monotonic() - t0:.1f} s after the stop")
         figures = assert_complete(s, expected, "broker restart")
         for kind, f in figures.items():
             report(f"broker restart: {kind}: {f.signals} window-close, {f.duplicates} duplicates")
-        assert not run_sync(read_topic(s, s.topic_dead_letter))
+        assert not run_sync(read_topic(s, s.topics.dead_letter))
         assert worker.alive() and not worker.exit_codes, "the worker restarted or exited"
         worker.stop()  # while its broker still runs: a clean shutdown, not a 30 s timeout
 
@@ -571,10 +571,10 @@ def test_a_new_model_version_is_swapped_in_between_batches_and_a_broken_one_refu
     sent = 0
     timings = []
     for phase, chunk in enumerate(thirds):
-        run_sync(produce(s, s.topic_clickstream, chunk))
+        run_sync(produce(s, s.topics.clickstream, chunk))
         sent += len(chunk)
         wait_until_done(worker, expect_min_source=sent)
-        ends = run_sync(end_offsets(s, [s.topic_demand]))
+        ends = run_sync(end_offsets(s, [s.topics.demand]))
         boundaries.append({tp.partition: end for tp, end in ends.items()})
         if phase == 0:
             t0 = time.monotonic()
@@ -605,8 +605,8 @@ def test_a_new_model_version_is_swapped_in_between_batches_and_a_broken_one_refu
     assert "ERROR" in rejected[0]
 
     # Versions by phase: before the swap every signal is v1's, after it v2's (never v3's).
-    demand = run_sync(read_topic(s, s.topic_demand))
-    churn = run_sync(read_topic(s, s.topic_churn))
+    demand = run_sync(read_topic(s, s.topics.demand))
+    churn = run_sync(read_topic(s, s.topics.churn))
     for r in demand:
         version = r.json()["model_version"]
         assert version == (v1 if r.offset < boundaries[0][r.partition] else v2), (r, version)
@@ -624,7 +624,7 @@ def test_a_new_model_version_is_swapped_in_between_batches_and_a_broken_one_refu
         assert len(got) == len(window_close(rows)), "a window was scored twice"
         assert set(got) == set(expected[kind]), kind
         assert all(same_score(got[k], v[1]) for k, v in expected[kind].items()), kind
-    assert not run_sync(read_topic(s, s.topic_dead_letter))
+    assert not run_sync(read_topic(s, s.topics.dead_letter))
     assert worker.alive()
 
 
@@ -641,9 +641,9 @@ def test_the_consumer_lag_gauge_follows_a_backlog_down_to_zero(
     records = to_wire_bytes(frame)
     s = worker_settings(isolated_kafka_settings, tmp_path / "w", lag_interval_s=0.25)
     # The backlog is there before the worker starts: it must report it, then work it off.
-    run_sync(produce(s, s.topic_clickstream, records))
+    run_sync(produce(s, s.topics.clickstream, records))
     ends = {
-        tp.partition: end for tp, end in run_sync(end_offsets(s, [s.topic_clickstream])).items()
+        tp.partition: end for tp, end in run_sync(end_offsets(s, [s.topics.clickstream])).items()
     }
     worker = worker_factory(s, "w").start()
     worker.wait_ready()
@@ -653,8 +653,8 @@ def test_the_consumer_lag_gauge_follows_a_backlog_down_to_zero(
         lags = lag_samples(worker)
         if lags:
             seen.append(lags)
-        backlog = sum(v for (topic, _), v in lags.items() if topic == s.topic_clickstream)
-        if seen and backlog == 0 and len(lags) == 2 * s.partitions:
+        backlog = sum(v for (topic, _), v in lags.items() if topic == s.topics.clickstream)
+        if seen and backlog == 0 and len(lags) == 2 * s.topics.partitions:
             break
         time.sleep(0.2)
     wait_until_done(worker, expect_min_source=len(records))
@@ -666,14 +666,16 @@ def test_the_consumer_lag_gauge_follows_a_backlog_down_to_zero(
     )
     # Every source partition held (clickstream and the re-keying topic), each caught up.
     assert set(final) == {
-        (topic, p) for topic in (s.topic_clickstream, s.topic_routed) for p in range(s.partitions)
+        (topic, p)
+        for topic in (s.topics.clickstream, s.topics.routed)
+        for p in range(s.topics.partitions)
     }
     assert all(v == 0 for v in final.values()), final
     # It showed the backlog on the way: never more than the partition held, and at some
     # point a large part of it.
     for sample in seen:
         for (topic, p), value in sample.items():
-            if topic == s.topic_clickstream:
+            if topic == s.topics.clickstream:
                 assert 0 <= value <= ends[p]
     assert peak >= len(records) // 4, f"peak lag {peak} for a backlog of {len(records)}"
 
@@ -689,7 +691,7 @@ async def _produce_big(settings: Settings, topic: str, key: bytes, value: bytes)
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(), max_request_size=2 * BIG_PAYLOAD_BYTES, acks="all"
+        **settings.kafka.client_kwargs(), max_request_size=2 * BIG_PAYLOAD_BYTES, acks="all"
     )
     await producer.start()
     try:
@@ -704,7 +706,7 @@ def test_ten_percent_hostile_records_are_dead_lettered_and_valid_ones_unaffected
     kafka_settings: Settings, worker_factory: WorkerFactory, tmp_path: Path
 ) -> None:
     from features.validation import ValidationPolicy, validate
-    from stream.model import load_model
+    from serving.scorer import load_model
     from tests.support.hostile import NOW_MS, hostile_catalogue
     from tests.support.hostile import run as processor_run
     from tests.support.worker_harness import MODEL_DIR
@@ -752,10 +754,10 @@ def test_ten_percent_hostile_records_are_dead_lettered_and_valid_ones_unaffected
     worker = worker_factory(s, "w").start()
     worker.wait_ready()
     half = len(records) // 2
-    coords = run_sync(produce(s, s.topic_clickstream, records[:half]))
+    coords = run_sync(produce(s, s.topics.clickstream, records[:half]))
     big_value = orjson.dumps({**template, "pad": "x" * BIG_PAYLOAD_BYTES})
-    big = run_sync(_produce_big(s, s.topic_clickstream, keys[0], big_value))
-    coords += run_sync(produce(s, s.topic_clickstream, records[half:]))
+    big = run_sync(_produce_big(s, s.topics.clickstream, keys[0], big_value))
+    coords += run_sync(produce(s, s.topics.clickstream, records[half:]))
     t0 = time.monotonic()
     wait_until_done(worker, expect_min_source=len(records) + 1)
     report(
@@ -764,8 +766,10 @@ def test_ten_percent_hostile_records_are_dead_lettered_and_valid_ones_unaffected
         f"{time.monotonic() - t0:.1f} s after the last was sent"
     )
 
-    dlq = [r.json() for r in run_sync(read_topic(s, s.topic_dead_letter))]
-    at = {(d["partition"], d["offset"]): d for d in dlq if d["source_topic"] == s.topic_clickstream}
+    dlq = [r.json() for r in run_sync(read_topic(s, s.topics.dead_letter))]
+    at = {
+        (d["partition"], d["offset"]): d for d in dlq if d["source_topic"] == s.topics.clickstream
+    }
     assert len(at) == len(dlq), "a dead letter for a record not on the clickstream topic"
     wanted = {coords[i]: reason for i, reason in expected.items()}
     wanted[big] = "too_large"
@@ -786,10 +790,10 @@ def test_ten_percent_hostile_records_are_dead_lettered_and_valid_ones_unaffected
     assert set(extra.values()) <= {"late"} and len(extra) == len(ref_dead), (extra, ref_dead)
     signals = {
         ("demand", x["signal_id"], round(x["expected_orders"], 6))
-        for x in map(Record.json, run_sync(read_topic(s, s.topic_demand)))
+        for x in map(Record.json, run_sync(read_topic(s, s.topics.demand)))
     } | {
         ("churn", x["signal_id"], round(x["churn_probability"], 6))
-        for x in map(Record.json, run_sync(read_topic(s, s.topic_churn)))
+        for x in map(Record.json, run_sync(read_topic(s, s.topics.churn)))
     }
     # Same ids; scores equal up to float32 noise of batches composed differently.
     got = {(kind, sid): score for kind, sid, score in signals}

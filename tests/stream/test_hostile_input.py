@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from features.validation import REASONS, Invalid, ValidationPolicy, validate
 from ingest.adapters import to_wire_bytes
 from ingest.generator import generate_clickstream
-from stream.model import Scorer, load_model
+from serving.scorer import Scorer, load_model
 from tests.support.hostile import (
     NOW_MS,
     YEAR_2100_MS,

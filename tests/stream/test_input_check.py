@@ -7,7 +7,6 @@ import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
@@ -16,6 +15,7 @@ import pytest
 from features.manifest import Manifest
 from stream.input_check import InputCheck
 from stream.metrics import REGISTRY
+from stream.worker import Worker as StreamWorker
 from tests.support.agent import click
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ def test_clickstream_and_unknown_models_are_not_watched(caplog: pytest.LogCaptur
 
 
 def test_the_worker_warns_about_the_shipped_model_on_a_view(
-    load_app: Callable[..., ModuleType], run_worker: Any, caplog: pytest.LogCaptureFixture
+    load_app: Callable[..., StreamWorker], run_worker: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = load_app()  # the shipped Online Retail model: order lines only
     caplog.set_level(logging.WARNING, logger="stream.input_check")
@@ -95,13 +95,13 @@ def test_the_worker_warns_about_the_shipped_model_on_a_view(
         async with run_worker(app) as worker:
             await worker.put(click("u1", "2011-03-01T10:00:00Z", "purchase"), key=b"u1")
             await worker.settle()
-            assert app._input_check.status()["mismatch"] is False
+            assert app.input_check.status()["mismatch"] is False
             await worker.put(click("u1", "2011-03-01T11:00:00Z", "view"), key=b"u1")
             await worker.settle()
 
     asyncio.run(scenario())
     version = app.processor().scorer.version
-    assert app._input_check.status() == {
+    assert app.input_check.status() == {
         "trained_on": "order_lines",
         "mismatch": True,
         "browsing_event_seen": "view",
@@ -113,7 +113,7 @@ def test_the_worker_warns_about_the_shipped_model_on_a_view(
 
 
 def test_the_generated_default_model_loads_and_says_clickstream() -> None:
-    from stream.model import load_model
+    from serving.scorer import load_model
 
     scorer = load_model(REPO / "onnx_models" / "generated")
     data = scorer.manifest.extra["training_data"]

@@ -119,14 +119,17 @@ def test_hold_back_keeps_a_failed_batch_from_being_committed() -> None:
 
 CHILD = """
 import asyncio, json, sys
-module = __import__(sys.argv[1], fromlist=["app"])
-agent = getattr(module, sys.argv[2])
-record = sys.argv[4].encode()
+entry = __import__(sys.argv[1], fromlist=["app"])  # the faust -A module
+built = getattr(entry, sys.argv[2])  # the Bidder / Alerter it built
+agent = getattr(built, sys.argv[3])
+pure = __import__(sys.argv[4], fromlist=["app"])  # where the decision function lives
+record = sys.argv[6].encode()
 
 def broken(*args, **kwargs):
     raise RuntimeError("forced failure")
 
-setattr(module, sys.argv[3], broken)
+setattr(pure, sys.argv[5], broken)
+module = built
 
 async def main():
     module.liveness.arm()  # what the running worker's task does
@@ -148,18 +151,48 @@ print("still running", flush=True)
 
 
 @pytest.mark.parametrize(
-    ("module", "agent", "broken", "record"),
+    ("module", "built", "agent", "pure", "broken", "record"),
     [
-        ("subscribers.bidding_app", "bid_on_demand", "apply_demand", demand().to_dict()),
-        ("subscribers.alerting_app", "alert_on_churn", "apply_churn", churn(p=0.99).to_dict()),
+        (
+            "subscribers.bidding_app",
+            "bidder",
+            "bid_on_demand",
+            "subscribers.bidding",
+            "apply_demand",
+            demand().to_dict(),
+        ),
+        (
+            "subscribers.alerting_app",
+            "alerter",
+            "alert_on_churn",
+            "subscribers.alerting",
+            "apply_churn",
+            churn(p=0.99).to_dict(),
+        ),
     ],
 )
 def test_a_subscriber_agent_that_raises_answers_503_and_ends_the_process(
-    module: str, agent: str, broken: str, record: dict[str, Any], tmp_path: Path
+    module: str,
+    built: str,
+    agent: str,
+    pure: str,
+    broken: str,
+    record: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
-    settings = Settings(data_dir=tmp_path, store_url="memory://", batch_timeout_s=0.01)
+    settings = Settings.from_flat(data_dir=tmp_path, store_url="memory://", batch_timeout_s=0.01)
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, module, agent, broken, orjson.dumps(record).decode()],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            module,
+            built,
+            agent,
+            pure,
+            broken,
+            orjson.dumps(record).decode(),
+        ],
         cwd=REPO_ROOT,
         env=child_environment(settings),
         capture_output=True,

@@ -29,8 +29,8 @@ import stream.processor as processor_module
 from features.validation import DEAD_LETTER_REASONS, Invalid, ValidationPolicy, validate
 from ingest.adapters import to_wire_bytes
 from ingest.generator import generate_clickstream
+from serving.scorer import Scorer, Scores, load_model
 from stream.codec import decode_user
-from stream.model import Scorer, Scores, load_model
 from stream.processor import (
     ORIGIN_HEADER,
     BatchOutput,
@@ -45,54 +45,21 @@ from stream.processor import (
     watermark_key,
 )
 from stream.publish import partition_of
+from tests.support.hostile import NOW_MS, PARTITIONS, make_processor
+from tests.support.poison import (
+    POISON_EVENT,
+    POISON_USER,
+    STREAM,
+    FaultyScorer,
+    keyed_messages,
+    poison_sequence,
+)
 from tests.support.worker_harness import MODEL_DIR
-
-PARTITIONS = 4
-NOW_MS = 1_900_000_000_000
 
 
 @pytest.fixture(scope="module")
 def scorer() -> Scorer:
     return load_model(MODEL_DIR)
-
-
-def make_processor(scorer: Any, store: DictStore) -> Processor:
-    return Processor(
-        scorer,
-        store,
-        partitions=PARTITIONS,
-        policy=ValidationPolicy(),
-        allowed_lateness_ms=3_600_000,
-        fresh_interval_ms=3_600_000,
-        routed_topics=frozenset({"routed"}),
-        clock=lambda: NOW_MS,
-    )
-
-
-def keyed_messages(pairs: list[tuple[bytes, bytes]], start: list[int]) -> list[RawMessage]:
-    """Messages keyed by user as a well-behaved producer sends them; ``start`` holds the next
-    offset per partition and is advanced."""
-    out = []
-    for key, value in pairs:
-        p = partition_of(key, PARTITIONS)
-        out.append(RawMessage(key, value, "clickstream", p, start[p]))
-        start[p] += 1
-    return out
-
-
-STREAM = to_wire_bytes(generate_clickstream(n_users=150, days=120, seed=11))
-POISON_USER = "poison-user"
-# A purchase nobody else makes: the scorer below recognises the user's sequence by it.
-POISON_EVENT = orjson.dumps(
-    {
-        "event_time": orjson.loads(STREAM[2899][1])["event_time"],
-        "event_type": "purchase",
-        "user_id": POISON_USER,
-        "price": 12_345.67,
-        "quantity": 7,
-        "order_id": "poison-order",
-    }
-)
 
 
 def signals_of(out: BatchOutput) -> dict[tuple[str, str], float]:
@@ -122,40 +89,6 @@ def assert_same_state(a: DictStore, b: DictStore) -> None:
             y.state.open.keys(),
             y.last_fresh_ms,
         ), key
-
-
-class FaultyScorer:
-    """The real scorer, raising when a batch holds the poison user's first sequence."""
-
-    def __init__(self, inner: Scorer, poison: np.ndarray) -> None:
-        self.inner = inner
-        self.poison = poison
-        self.manifest = inner.manifest
-        self.version = inner.version
-        self.calls = 0
-
-    def score(self, raw: np.ndarray) -> Scores:
-        self.calls += 1
-        if any(np.array_equal(row, self.poison) for row in raw):
-            raise FloatingPointError("scorer fault for one user's sequence")
-        return self.inner.score(raw)
-
-
-def poison_sequence(scorer: Scorer) -> np.ndarray:
-    """The sequence the processor asks to score for the poison user's first event."""
-    seen: list[np.ndarray] = []
-
-    class Capture:
-        manifest, version = scorer.manifest, scorer.version
-
-        def score(self, raw: np.ndarray) -> Scores:
-            seen.extend(raw)
-            return scorer.score(raw)
-
-    proc = make_processor(Capture(), DictStore())
-    proc.process(keyed_messages([(POISON_USER.encode(), POISON_EVENT)], [0] * PARTITIONS))
-    assert len(seen) == 1
-    return seen[0]
 
 
 @contextmanager

@@ -26,10 +26,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from ingest.adapters import read_events, to_wire_bytes
+from serving.scorer import load_model
 from settings import Settings
 from stream.liveness import EXIT_AGENT_STOPPED
 from stream.loopback import run_in_process
-from stream.model import load_model
 from stream.processor import (
     BatchOutput,
     DictStore,
@@ -61,12 +61,12 @@ def reference_signals(
     """The processor alone over ``records`` (keyed: each on its key's partition)."""
     store = DictStore()
     proc = processor_from_settings(load_model(MODEL_DIR), store, s)
-    offsets = [0] * s.partitions
+    offsets = [0] * s.topics.partitions
     msgs = []
     for key, value in records:
         assert key is not None
-        p = partition_of(key, s.partitions)
-        msgs.append(RawMessage(key, value, s.topic_clickstream, p, offsets[p]))
+        p = partition_of(key, s.topics.partitions)
+        msgs.append(RawMessage(key, value, s.topics.clickstream, p, offsets[p]))
         offsets[p] += 1
     got: dict[tuple[str, str], float] = {}
 
@@ -75,7 +75,7 @@ def reference_signals(
         got.update({("demand", d.signal_id): d.expected_orders for d in out.demand})
         got.update({("churn", c.signal_id): c.churn_probability for c in out.churn})
 
-    run_in_process(proc, msgs, s.batch_size, collect)
+    run_in_process(proc, msgs, s.worker.batch_size, collect)
     return got
 
 
@@ -94,8 +94,8 @@ def test_a_tombstone_and_a_clock_key_user_mid_replay_cost_one_dead_letter_each(
     tombstone_key = good[middle][0]
     # The clock key of the partition it hashes to: the record lands there, on the key the
     # worker's table keeps that partition's clock under.
-    internal = clock_key(1, s.partitions)
-    assert partition_of(internal.encode(), s.partitions) == 1
+    internal = clock_key(1, s.topics.partitions)
+    assert partition_of(internal.encode(), s.topics.partitions) == 1
     template = orjson.loads(good[middle][1])  # type: ignore[arg-type]
     clock_user = orjson.dumps({**template, "user_id": internal})
     records = [*good[:middle], (tombstone_key, None), (internal.encode(), clock_user)]
@@ -104,7 +104,7 @@ def test_a_tombstone_and_a_clock_key_user_mid_replay_cost_one_dead_letter_each(
     worker = worker_factory(s, "poison").start()
     report(f"worker ready in {worker.wait_ready():.1f} s")
     t0 = time.monotonic()
-    coords = run_sync(produce(s, s.topic_clickstream, records))  # type: ignore[arg-type]
+    coords = run_sync(produce(s, s.topics.clickstream, records))  # type: ignore[arg-type]
     health_mid = worker.get_json("/health")
     wait_until_done(worker, expect_min_source=len(records))
     report(f"{len(records)} records produced and processed in {time.monotonic() - t0:.1f} s")
@@ -121,7 +121,7 @@ def test_a_tombstone_and_a_clock_key_user_mid_replay_cost_one_dead_letter_each(
     assert health["model_input"]["trained_on"] == "order_lines"
     assert worker.get_json("/ready")[0] == 200
 
-    dlq = [r.json() for r in run_sync(read_topic(s, s.topic_dead_letter))]
+    dlq = [r.json() for r in run_sync(read_topic(s, s.topics.dead_letter))]
     where = {"null_value": coords[middle], "bad_value": coords[middle + 1]}
     assert sorted((d["reason"], d["partition"], d["offset"]) for d in dlq) == sorted(
         (reason, *c) for reason, c in where.items()
@@ -133,8 +133,8 @@ def test_a_tombstone_and_a_clock_key_user_mid_replay_cost_one_dead_letter_each(
 
     got: dict[tuple[str, str], float] = {}
     for topic, kind, score in (
-        (s.topic_demand, "demand", "expected_orders"),
-        (s.topic_churn, "churn", "churn_probability"),
+        (s.topics.demand, "demand", "expected_orders"),
+        (s.topics.churn, "churn", "churn_probability"),
     ):
         for r in run_sync(read_topic(s, topic)):
             signal = r.json()
@@ -161,7 +161,7 @@ def get_json(worker: WorkerProcess, path: str) -> tuple[int, Any]:
 async def _produce_on_partition(
     s: Settings, topic: str, key: bytes, value: bytes, partition: int
 ) -> None:
-    producer = AIOKafkaProducer(**s.kafka_client_kwargs(), acks="all")
+    producer = AIOKafkaProducer(**s.kafka.client_kwargs(), acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key, partition=partition)
@@ -179,11 +179,13 @@ def test_an_agent_that_stops_makes_the_worker_answer_503_and_exit_non_zero(
     assert worker.get_json("/health")[0] == 200 and worker.get_json("/ready")[0] == 200
 
     user = "u-crash"
-    home = partition_of(user.encode(), s.partitions)
+    home = partition_of(user.encode(), s.topics.partitions)
     event = orjson.dumps({"event_time": 1_570_000_000_000, "event_type": "view", "user_id": user})
     sent = time.monotonic()
     run_sync(
-        _produce_on_partition(s, s.topic_routed, user.encode(), event, (home + 1) % s.partitions)
+        _produce_on_partition(
+            s, s.topics.routed, user.encode(), event, (home + 1) % s.topics.partitions
+        )
     )
     seen: dict[str, tuple[int, Any]] = {}
     deadline = sent + 30.0

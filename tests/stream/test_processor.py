@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from features.validation import ValidationPolicy
-from stream.model import load_model
+from serving.scorer import load_model
 from stream.processor import (
     DictStore,
     Processor,

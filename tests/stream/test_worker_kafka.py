@@ -34,8 +34,8 @@ import pytest
 from ingest.adapters import read_events, to_wire_bytes
 from ingest.generator import generate_clickstream
 from ops import kafka_local
+from serving.scorer import load_model
 from settings import Settings, child_environment
-from stream.model import load_model
 from stream.processor import WATERMARK_PREFIX, decode_watermark
 from stream.publish import partition_of
 from tests.conftest import unique_name
@@ -155,14 +155,14 @@ def test_rees46_sample_with_hostile_records(
     worker = worker_factory(s, "rees46").start()
     report(f"rees46: worker ready in {worker.wait_ready():.1f} s")
     t0 = time.monotonic()
-    coords = run_sync(produce(s, s.topic_clickstream, records))
+    coords = run_sync(produce(s, s.topics.clickstream, records))
     wait_until_done(worker, expect_min_source=len(records))
     report(
         f"rees46: {len(records)} records produced and processed in "
         f"{time.monotonic() - t0:.1f} s (incl. {IDLE_S:.0f} s of idle check)"
     )
 
-    on_routed = run_sync(read_topic(s, s.topic_routed))
+    on_routed = run_sync(read_topic(s, s.topics.routed))
     # The re-keying topic carries the copies and the workers' watermark records.
     is_mark = [(r.key or b"").startswith(WATERMARK_PREFIX.encode()) for r in on_routed]
     announced = [r for r, mark in zip(on_routed, is_mark, strict=True) if mark]
@@ -170,9 +170,9 @@ def test_rees46_sample_with_hostile_records(
     assert announced and all(
         decode_watermark(r.value)[0] != r.partition and not r.headers for r in announced
     )
-    dlq = [r.json() for r in run_sync(read_topic(s, s.topic_dead_letter))]
-    demand = [r.json() for r in run_sync(read_topic(s, s.topic_demand))]
-    churn = [r.json() for r in run_sync(read_topic(s, s.topic_churn))]
+    dlq = [r.json() for r in run_sync(read_topic(s, s.topics.dead_letter))]
+    demand = [r.json() for r in run_sync(read_topic(s, s.topics.demand))]
+    churn = [r.json() for r in run_sync(read_topic(s, s.topics.churn))]
     report(
         f"rees46: {len(demand)} demand, {len(churn)} churn, {len(dlq)} DLQ, {len(routed)} re-keyed"
     )
@@ -180,7 +180,7 @@ def test_rees46_sample_with_hostile_records(
     # Every hostile record: exactly one dead letter, with its reason and coordinates.
     letters = Counter((d["source_topic"], d["partition"], d["offset"]) for d in dlq)
     assert all(n == 1 for n in letters.values()), [k for k, n in letters.items() if n > 1]
-    wanted = {(s.topic_clickstream, *coords[i]): (i, x) for i, x in expected.items()}
+    wanted = {(s.topics.clickstream, *coords[i]): (i, x) for i, x in expected.items()}
     assert set(letters) == set(wanted), (
         f"{len(set(wanted) - set(letters))} hostile records without a dead letter, "
         f"{len(set(letters) - set(wanted))} dead letters for records that were not hostile"
@@ -199,7 +199,7 @@ def test_rees46_sample_with_hostile_records(
         coords[i]: records[i][1]
         for i in stray
         if coords[i][0]
-        != partition_of(orjson.loads(records[i][1])["user_id"].encode(), s.partitions)
+        != partition_of(orjson.loads(records[i][1])["user_id"].encode(), s.topics.partitions)
     }
     assert len(misplaced) > 100
     origins = {}
@@ -212,7 +212,7 @@ def test_rees46_sample_with_hostile_records(
     for where, r in origins.items():
         assert r.value == misplaced[where]
         assert r.key == orjson.loads(r.value)["user_id"].encode()
-        assert r.key is not None and r.partition == partition_of(r.key, s.partitions)
+        assert r.key is not None and r.partition == partition_of(r.key, s.topics.partitions)
 
     # Signals for every user of the sample: activity-triggered (the sample spans < 3 h, so
     # no weekly window closes), from the shipped model, with finite scores.
@@ -246,7 +246,7 @@ def test_uci_replay_through_kafka_equals_offline_prediction_dormant_customers_in
     worker = worker_factory(s, "uci").start()
     report(f"uci: worker ready in {worker.wait_ready():.1f} s")
     t0 = time.monotonic()
-    run_sync(produce(s, s.topic_clickstream, records))
+    run_sync(produce(s, s.topics.clickstream, records))
     produced = time.monotonic() - t0
     # The last windows close once every source is announced idle (2 s here), all of them in
     # one burst: quiet outputs for longer than that.
@@ -255,8 +255,8 @@ def test_uci_replay_through_kafka_equals_offline_prediction_dormant_customers_in
     status, clocks = worker.get_json("/clocks")
     assert status == 200
     t1 = time.monotonic()
-    demand = window_close(run_sync(read_topic(s, s.topic_demand)))
-    churn = window_close(run_sync(read_topic(s, s.topic_churn)))
+    demand = window_close(run_sync(read_topic(s, s.topics.demand)))
+    churn = window_close(run_sync(read_topic(s, s.topics.churn)))
     report(
         f"uci: {len(records)} events produced in {produced:.1f} s; all processed and "
         f"committed {processed:.1f} s after the first was sent (incl. 8 s of idle "
@@ -267,9 +267,11 @@ def test_uci_replay_through_kafka_equals_offline_prediction_dormant_customers_in
     # The last window each partition closed, from the data: the processor closes window w of
     # partition p once (max event time in p) - allowed lateness has passed w's end.
     spec = load_model(MODEL_DIR).manifest.spec
-    lateness_ms = int(s.allowed_lateness_s * 1000)
-    part = np.array([partition_of(u.encode(), s.partitions) for u in frame.user_id.astype(str)])
-    for p in range(s.partitions):
+    lateness_ms = int(s.worker.allowed_lateness_s * 1000)
+    part = np.array(
+        [partition_of(u.encode(), s.topics.partitions) for u in frame.user_id.astype(str)]
+    )
+    for p in range(s.topics.partitions):
         max_ms = int(frame.event_time_ms[part == p].max())
         assert clocks[str(p)]["max_event_ms"] == max_ms
         assert clocks[str(p)]["closed_through"] == spec.index(max_ms - lateness_ms) - 1
@@ -277,7 +279,7 @@ def test_uci_replay_through_kafka_equals_offline_prediction_dormant_customers_in
 
     t2 = time.monotonic()
     # The worker's floor: the rows are those of the close population it applies.
-    offline = predict_windows(frame, MODEL_DIR, dormant_churn_floor=s.dormant_churn_floor)
+    offline = predict_windows(frame, MODEL_DIR, dormant_churn_floor=s.worker.dormant_churn_floor)
     offline = offline[offline.window_end_ms <= last_end]
     report(f"uci: offline prediction of {len(offline)} windows in {time.monotonic() - t2:.1f} s")
     # Customers out of the lookback, under the churn floor, are part of the population.
@@ -335,26 +337,26 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
 ) -> None:
     frame = generate_clickstream(n_users=800, days=140, seed=11)
     records = to_wire_bytes(frame)
-    last_event_ms = last_event_per_partition(frame, isolated_kafka_settings.partitions)
+    last_event_ms = last_event_per_partition(frame, isolated_kafka_settings.topics.partitions)
 
     # Run A: uninterrupted, its own topics and app id.
     a = worker_settings(isolated_kafka_settings, tmp_path / "a", store_url="rocksdb://")
     worker_a = worker_factory(a, "run-a").start()
     worker_a.wait_ready()
     t0 = time.monotonic()
-    run_sync(produce(a, a.topic_clickstream, records))
+    run_sync(produce(a, a.topics.clickstream, records))
     wait_until_done(worker_a, expect_min_source=len(records))
     worker_a.stop()
     # The worker writes its changelog as record batches itself (stream.app, TableStore):
     # its RocksDB store must record each partition's last changelog offset as Faust's own
     # changelog callback would, or a warm restart replays the whole changelog.
-    changelog_ends = run_sync(end_offsets(a, [f"{a.app_id}-user-state-changelog"]))
-    assert persisted_offsets(a.data_dir) == {
+    changelog_ends = run_sync(end_offsets(a, [f"{a.worker.app_id}-user-state-changelog"]))
+    assert persisted_offsets(a.worker.data_dir) == {
         tp.partition: end - 1 for tp, end in changelog_ends.items() if end > 0
     }
-    demand_a = by_key(window_close(run_sync(read_topic(a, a.topic_demand))))
-    churn_a = by_key(window_close(run_sync(read_topic(a, a.topic_churn))))
-    total_a = sum(1 for _ in run_sync(read_topic(a, a.topic_demand)))
+    demand_a = by_key(window_close(run_sync(read_topic(a, a.topics.demand))))
+    churn_a = by_key(window_close(run_sync(read_topic(a, a.topics.churn))))
+    total_a = sum(1 for _ in run_sync(read_topic(a, a.topics.demand)))
     report(
         f"restart: run A {len(records)} events -> {len(demand_a)} window-close demand signals "
         f"in {time.monotonic() - t0:.1f} s"
@@ -364,26 +366,26 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
     # Run B: the same events, pre-loaded; killed twice while working.
     suffix = unique_name("b")
     b = a.with_overrides(
-        app_id=f"{kafka_settings.app_id}-{suffix}",
-        topic_clickstream=f"{kafka_settings.topic_clickstream}-{suffix}",
-        topic_demand=f"{kafka_settings.topic_demand}-{suffix}",
-        topic_churn=f"{kafka_settings.topic_churn}-{suffix}",
-        topic_dead_letter=f"{kafka_settings.topic_dead_letter}-{suffix}",
-        topic_bid_adjustments=f"{kafka_settings.topic_bid_adjustments}-{suffix}",
-        topic_churn_alerts=f"{kafka_settings.topic_churn_alerts}-{suffix}",
+        app_id=f"{kafka_settings.worker.app_id}-{suffix}",
+        topic_clickstream=f"{kafka_settings.topics.clickstream}-{suffix}",
+        topic_demand=f"{kafka_settings.topics.demand}-{suffix}",
+        topic_churn=f"{kafka_settings.topics.churn}-{suffix}",
+        topic_dead_letter=f"{kafka_settings.topics.dead_letter}-{suffix}",
+        topic_bid_adjustments=f"{kafka_settings.topics.bid_adjustments}-{suffix}",
+        topic_churn_alerts=f"{kafka_settings.topics.churn_alerts}-{suffix}",
         data_dir=tmp_path / "b",
     )
     run_sync(kafka_local.ensure_topics(b))
-    run_sync(produce(b, b.topic_clickstream, records))
+    run_sync(produce(b, b.topics.clickstream, records))
     t0 = time.monotonic()
     first = worker_factory(b, "run-b1", FAST_REJOIN).start()
-    seen = _wait_for_output(first, b.topic_demand, total_a // 4, timeout_s=120)
+    seen = _wait_for_output(first, b.topics.demand, total_a // 4, timeout_s=120)
     first.kill()
     report(f"restart: killed B1 at {seen} demand signals ({time.monotonic() - t0:.1f} s)")
 
     # Same data dir: RocksDB state survives, the changelog tops it up.
     second = worker_factory(b, "run-b2", FAST_REJOIN).start()
-    seen = _wait_for_output(second, b.topic_demand, seen + total_a // 4, timeout_s=120)
+    seen = _wait_for_output(second, b.topics.demand, seen + total_a // 4, timeout_s=120)
     second.kill()
     report(f"restart: killed B2 at {seen} demand signals ({time.monotonic() - t0:.1f} s)")
 
@@ -391,7 +393,7 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
     # faust-streaming often leaves some partitions' committed offsets stuck where the last
     # worker left them although every record gets processed (lag never reaches 0), so "done"
     # is also: /clocks shows each partition's last event time and the outputs are idle.
-    shutil.rmtree(b.data_dir)
+    shutil.rmtree(b.worker.data_dir)
     third = worker_factory(b, "run-b3", FAST_REJOIN).start()
     wait_until_done(third, expect_min_source=len(records), last_event_ms=last_event_ms)
     # Every held partition shows its clock, also one whose records B2 had all processed.
@@ -402,10 +404,10 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
         f"{third.final_lag}"
     )
 
-    assert not run_sync(read_topic(b, b.topic_dead_letter)), "redelivered events dead-lettered"
+    assert not run_sync(read_topic(b, b.topics.dead_letter)), "redelivered events dead-lettered"
     for kind, topic, expected, score in (
-        ("demand", b.topic_demand, demand_a, "expected_orders"),
-        ("churn", b.topic_churn, churn_a, "churn_probability"),
+        ("demand", b.topics.demand, demand_a, "expected_orders"),
+        ("churn", b.topics.churn, churn_a, "churn_probability"),
     ):
         signals_b = window_close(run_sync(read_topic(b, topic)))
         keys_b = {(x["user_id"], x["window_end_ms"]) for x in signals_b}
@@ -485,7 +487,7 @@ def test_redelivered_messages_are_not_counted_twice() -> None:
 def _no_broker_settings(tmp_path: Path, model_dir: Path) -> Settings:
     # Nothing listens on port 9: a worker that got past the model check would hang connecting,
     # and the test would fail on its timeout rather than pass.
-    return Settings(
+    return Settings.from_flat(
         broker_url="kafka://127.0.0.1:9",
         model_dir=model_dir,
         data_dir=tmp_path / "data",
@@ -552,7 +554,7 @@ def test_importing_the_worker_does_not_import_tensorflow(tmp_path: Path) -> None
         "import stream.app, sys; "
         "heavy = sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')); "
-        "assert not heavy, heavy; print('ok', stream.app.processor().scorer.version)"
+        "assert not heavy, heavy; print('ok', stream.app.worker.processor().scorer.version)"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

@@ -1,7 +1,7 @@
 """Fixtures of the subscribers' Kafka tier: subscriber subprocesses that are always stopped.
 
 ``subscriber_factory(name, argv, settings, web_port)`` returns a (not started)
-:class:`~tests.subscribers.kafka_harness.SubscriberProcess` logging to ``tmp_path/<name>.log``;
+:class:`~tests.support.subscriber_harness.SubscriberProcess` logging to ``tmp_path/<name>.log``;
 every one it made is stopped when the test ends, and a failed test's report carries the tail of
 each one's log.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from settings import Settings
-from tests.subscribers.kafka_harness import SubscriberProcess
+from tests.support.subscriber_harness import SubscriberProcess
 
 _PROCESSES = pytest.StashKey[list[SubscriberProcess]]()
 

@@ -138,10 +138,10 @@ def test_invalid_configurations_are_refused(kwargs: dict[str, float]) -> None:
 
 def test_config_from_settings() -> None:
     config = AlertConfig.from_settings(
-        Settings(alert_high_threshold=0.8, alert_recovery_threshold=0.3)
+        Settings.from_flat(alert_high_threshold=0.8, alert_recovery_threshold=0.3).subscribers
     )
     assert (config.high_threshold, config.recovery_threshold) == (0.8, 0.3)
-    assert AlertConfig.from_settings(Settings()) == AlertConfig(0.5, None)
+    assert AlertConfig.from_settings(Settings().subscribers) == AlertConfig(0.5, None)
 
 
 def test_state_and_alert_serialise() -> None:

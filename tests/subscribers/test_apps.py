@@ -54,7 +54,9 @@ def wiring(module: str, settings: Settings) -> dict[str, Any]:
 
 
 def test_bidder_wiring(tmp_path: Path) -> None:
-    settings = Settings(app_id="t", topic_demand="d-in", bidder_web_port=7123, data_dir=tmp_path)
+    settings = Settings.from_flat(
+        app_id="t", topic_demand="d-in", bidder_web_port=7123, data_dir=tmp_path
+    )
     w = wiring("subscribers.bidding_app", settings)
     assert w["id"] == "t-bidder" and w["web_port"] == 7123 and w["web_bind"] == "127.0.0.1"
     assert w["datadir"] == str(tmp_path / "bidder")
@@ -64,7 +66,9 @@ def test_bidder_wiring(tmp_path: Path) -> None:
 
 
 def test_alerter_wiring(tmp_path: Path) -> None:
-    settings = Settings(app_id="t", topic_churn="c-in", alerter_web_port=7124, data_dir=tmp_path)
+    settings = Settings.from_flat(
+        app_id="t", topic_churn="c-in", alerter_web_port=7124, data_dir=tmp_path
+    )
     w = wiring("subscribers.alerting_app", settings)
     assert w["id"] == "t-alerter" and w["web_port"] == 7124
     assert w["datadir"] == str(tmp_path / "alerter")
@@ -89,6 +93,6 @@ def test_alerter_wiring(tmp_path: Path) -> None:
 def test_bad_subscriber_settings_stop_the_worker_with_the_reason(
     module: str, changes: dict[str, Any], message: str, tmp_path: Path
 ) -> None:
-    done = probe(module, Settings(data_dir=tmp_path, **changes))
+    done = probe(module, Settings.from_flat(data_dir=tmp_path, **changes))
     assert done.returncode == 2
     assert "refusing to start" in done.stderr and message in done.stderr

@@ -101,14 +101,14 @@ def test_parse_model_baselines() -> None:
 
 
 def test_config_from_settings() -> None:
-    settings = Settings(
+    settings = Settings.from_flat(
         bid_floor=0.7,
         bid_cap=1.6,
         bid_sensitivity=0.25,
         bid_baseline_orders_per_day=0.05,
         bid_model_baselines="m-x=0.1",
     )
-    config = BidConfig.from_settings(settings)
+    config = BidConfig.from_settings(settings.subscribers)
     assert (config.floor, config.cap, config.sensitivity) == (0.7, 1.6, 0.25)
     assert config.baseline_for("m-x") == 0.1 and config.baseline_for("m-y") == 0.05
 

@@ -32,7 +32,9 @@ def execs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str, st
 def test_command_execs_the_faust_worker_with_the_settings(
     command: str, module: str, execs: list[tuple[list[str], dict[str, str]]], tmp_path: Path
 ) -> None:
-    settings = Settings(app_id="t-app", bidder_web_port=7001, data_dir=tmp_path, bid_cap=3.0)
+    settings = Settings.from_flat(
+        app_id="t-app", bidder_web_port=7001, data_dir=tmp_path, bid_cap=3.0
+    )
     assert main([command], settings=settings) == 0
     ((argv, env),) = execs
     assert argv == [sys.executable, "-m", "faust", "-A", module, "worker", "-l", "info"]
@@ -48,7 +50,7 @@ def test_log_levels_are_mapped_to_faust_names(
 ) -> None:
     assert main(["bidder", "-l", given], settings=Settings()) == 0
     assert execs[0][0][-2:] == ["-l", faust]
-    assert main(["alerter"], settings=Settings(log_level=given)) == 0
+    assert main(["alerter"], settings=Settings.from_flat(log_level=given)) == 0
     assert execs[1][0][-2:] == ["-l", faust]
 
 

@@ -25,7 +25,9 @@ import pytest
 
 from features.signals import ChurnSignal, DemandSignal
 from settings import Settings
-from tests.subscribers.kafka_harness import (
+from tests.support.factories import T0, churn, demand
+from tests.support.schemas import assert_valid
+from tests.support.subscriber_harness import (
     Record,
     SubscriberProcess,
     free_port,
@@ -35,8 +37,6 @@ from tests.subscribers.kafka_harness import (
     wait_until,
     webhook_receiver,
 )
-from tests.support.factories import T0, churn, demand
-from tests.support.schemas import assert_valid
 
 pytestmark = pytest.mark.kafka
 
@@ -89,15 +89,15 @@ def test_bidder_keeps_the_latest_signal_per_user_and_serves_bids(
         odd,
     ]
     # Produced before the worker starts: a new group reads its input from the beginning.
-    produce(settings, settings.topic_demand, [(b"u9", b"{not json"), *records_of(first)])
+    produce(settings, settings.topics.demand, [(b"u9", b"{not json"), *records_of(first)])
 
     bidder = subscriber_factory("bidder", [str(BIN / "clicksignals"), "bidder"], settings, port)
     bidder.start().wait_ready()
     records = wait_for_records(
         bidder,
         group=settings.bidder_app_id,
-        source=settings.topic_demand,
-        output=settings.topic_bid_adjustments,
+        source=settings.topics.demand,
+        output=settings.topics.bid_adjustments,
         expected=5,
     )
     assert len(records) == 5, [r.json() for r in records]
@@ -141,12 +141,12 @@ def test_bidder_keeps_the_latest_signal_per_user_and_serves_bids(
     re_emitted = demand("u1", window=2, orders=0.0, emitted=T0 + 10**9)  # same id, later
     assert re_emitted.signal_id == u1_w2.signal_id
     u1_w3 = demand("u1", window=3, orders=2.24)
-    produce(settings, settings.topic_demand, records_of([re_emitted, u1_w3]))
+    produce(settings, settings.topics.demand, records_of([re_emitted, u1_w3]))
     records = wait_for_records(
         bidder,
         group=settings.bidder_app_id,
-        source=settings.topic_demand,
-        output=settings.topic_bid_adjustments,
+        source=settings.topics.demand,
+        output=settings.topics.bid_adjustments,
         expected=6,
     )
     assert len(records) == 6
@@ -197,12 +197,12 @@ def test_alerter_raises_once_per_crossing_to_topic_log_and_webhook(
             churn("u3", window=0, p=0.3),
             churn("u3", window=1, p=0.6),
         ]
-        produce(settings, settings.topic_churn, [*records_of(signals), (b"u1", b"[]")])
+        produce(settings, settings.topics.churn, [*records_of(signals), (b"u1", b"[]")])
         records = wait_for_records(
             alerter,
             group=settings.alerter_app_id,
-            source=settings.topic_churn,
-            output=settings.topic_churn_alerts,
+            source=settings.topics.churn,
+            output=settings.topics.churn_alerts,
             expected=3,
         )
         assert len(records) == 3, [r.json() for r in records]

@@ -1,27 +1,27 @@
-"""The worker's agent under Faust's ``test_context()``: a freshly imported ``stream.app`` under
-chosen settings (:func:`load_app`), the agent run with its sends recorded (:class:`Worker`),
-and raw clicks. The fixtures are made available to ``tests/stream`` by its conftest."""
+"""The worker's agent under Faust's ``test_context()``: a worker built by
+:func:`stream.worker.create_worker` under chosen settings (:func:`load_app`), the agent run with
+its sends recorded (:class:`Worker`), and raw clicks. The fixtures are made available to
+``tests/stream`` by its conftest."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from unittest.mock import AsyncMock
 
 import orjson
 import pytest
 
-import stream
-from settings import env_names
+from features.windows import DAY_MS
+from settings import env_names, load_settings
 from stream import metrics
 from stream.publish import partition_of
+from stream.worker import Worker as StreamWorker
+from stream.worker import create_worker
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,10 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO / "onnx_models" / "default"
 
 
-DAY = 86_400_000
-
-
-WEEK = 7 * DAY
+WEEK = 7 * DAY_MS
 
 
 SETTLE_TIMEOUT_S = 10.0
@@ -59,17 +56,15 @@ def user_of_partition(p: int, partitions: int, prefix: str = "user") -> str:
 
 
 @pytest.fixture
-def load_app(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[Callable[..., ModuleType]]:
-    """``load_app(PARTITIONS="2", ...)`` → a freshly imported ``stream.app`` under those settings.
+def load_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., StreamWorker]:
+    """``load_app(PARTITIONS="2", ...)`` → a worker built from the factory under those settings.
 
     Keyword names are settings fields without the ``CLICKSIGNALS_`` prefix; every other
-    ``CLICKSIGNALS_*`` variable of the developer's environment is removed for the import.
+    ``CLICKSIGNALS_*`` variable of the developer's environment is removed, so the settings are
+    the defaults plus these.
     """
-    previous = sys.modules.get("stream.app")
 
-    def load(**overrides: str) -> ModuleType:
+    def load(**overrides: str) -> StreamWorker:
         env = {
             "STORE_URL": "memory://",
             "MODEL_DIR": str(MODEL_DIR),
@@ -85,23 +80,15 @@ def load_app(
             monkeypatch.delenv(name, raising=False)
         for name, value in env.items():
             monkeypatch.setenv(f"CLICKSIGNALS_{name}", value)
-        sys.modules.pop("stream.app", None)
-        return importlib.import_module("stream.app")
+        return create_worker(load_settings())
 
-    yield load
-    if previous is None:
-        sys.modules.pop("stream.app", None)
-        with contextlib.suppress(AttributeError):
-            delattr(stream, "app")
-    else:
-        sys.modules["stream.app"] = previous
-        stream.app = previous  # type: ignore[attr-defined]
+    return load
 
 
 class Worker:
-    """``score_clickstream.test_context()`` of one app module, recording what it sends."""
+    """``score_clickstream.test_context()`` of one worker, recording what it sends."""
 
-    def __init__(self, app: ModuleType, agent: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, app: StreamWorker, agent: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         self.app = app
         self.agent = agent
         self.handled = 0
@@ -169,9 +156,9 @@ class Worker:
 @pytest.fixture
 def run_worker(
     monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[ModuleType], contextlib.AbstractAsyncContextManager[Worker]]:
+) -> Callable[[StreamWorker], contextlib.AbstractAsyncContextManager[Worker]]:
     @contextlib.asynccontextmanager
-    async def run(app: ModuleType) -> AsyncIterator[Worker]:
+    async def run(app: StreamWorker) -> AsyncIterator[Worker]:
         async with app.score_clickstream.test_context() as agent:
             yield Worker(app, agent, monkeypatch)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from features.validation import ValidationPolicy
+from features.windows import DAY_MS
 from ingest.adapters import to_wire_bytes
 from stream.loopback import run_in_process
 from stream.processor import BatchOutput, DictStore, Processor, RawMessage
@@ -22,10 +23,7 @@ MODEL_DIR = Path(__file__).resolve().parents[2] / "onnx_models" / "default"
 PARTITIONS = 4
 
 
-DAY = 86_400_000
-
-
-WEEK = 7 * DAY
+WEEK = 7 * DAY_MS
 
 
 def make_processor(scorer, store: DictStore | None = None, lateness_ms: int = 0) -> Processor:  # type: ignore[no-untyped-def]

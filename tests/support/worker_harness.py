@@ -16,16 +16,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops import kafka_local
+from ops.supervise import START_TIMEOUT_S, Supervised
 from settings import Settings, child_environment
 from stream.processor import WATERMARK_PREFIX
 from stream.publish import partition_of
@@ -49,8 +47,6 @@ READY_LINE = "Worker ready"
 # After a SIGKILL the group waits for the dead member's session to expire before a new
 # worker gets partitions: Faust's default session timeout is 60 s, restart tests use 10 s.
 FAST_REJOIN = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
-START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
 
@@ -104,103 +100,33 @@ class WorkerError(AssertionError):
     """A worker died, did not get ready, or did not finish in time (message has the log)."""
 
 
-@dataclass
-class WorkerProcess:
-    """One ``faust -A stream.app worker`` subprocess and its log file."""
+class WorkerProcess(Supervised):
+    """One ``faust -A stream.app worker`` subprocess and its log file (:mod:`ops.supervise`)."""
 
-    name: str
-    settings: Settings
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    exit_codes: list[int] = field(default_factory=list)
-    faust_env: dict[str, str] = field(default_factory=dict)
-    """Faust's own knobs (it reads e.g. ``BROKER_SESSION_TIMEOUT`` from the environment)."""
-    final_lag: int | None = None
-    """Consumer lag when :func:`wait_until_done` returned."""
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        log_path: Path,
+        faust_env: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            name=name,
+            argv=[str(FAUST), "-A", "stream.app", "worker", "-l", "info"],
+            # Faust's own knobs (it reads e.g. BROKER_SESSION_TIMEOUT from the environment).
+            env={**child_environment(settings), **(faust_env or {})},
+            log_path=log_path,
+            url=f"http://{settings.worker.web_host}:{settings.worker.web_port}",
+            cwd=REPO_ROOT,
+            error=WorkerError,
+        )
+        self.settings = settings
+        self.final_lag: int | None = None
+        """Consumer lag when :func:`wait_until_done` returned."""
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.web_host}:{self.settings.web_port}"
-
-    def start(self) -> WorkerProcess:
-        assert self.proc is None or self.proc.poll() is not None, "worker already running"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start {self.name} at {time.strftime('%X')} =====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [str(FAUST), "-A", "stream.app", "worker", "-l", "info"],
-                cwd=REPO_ROOT,
-                env={**child_environment(self.settings), **self.faust_env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # no terminal signals; we stop it ourselves
-            )
-        self.started_at = time.monotonic()
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
-
-    def fail(self, message: str) -> WorkerError:
-        return WorkerError(f"{message}\n--- tail of {self.log_path} ---\n{self.log_tail()}")
-
-    def _this_run_log(self) -> str:
-        text = self.log_text()
-        return text[text.rfind("===== start ") :]
-
-    def get_json(self, path: str, timeout_s: float = 10.0) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout_s) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
-
-    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> float:
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S, **_: Any) -> float:
         """Until ``/health`` answers and the log says the worker is ready; returns seconds."""
-        deadline = self.started_at + timeout_s
-        healthy = False
-        while True:
-            if not self.alive():
-                code = self.proc.returncode if self.proc else None
-                raise self.fail(f"worker {self.name} exited with code {code} during start-up")
-            if not healthy:
-                with contextlib.suppress(OSError, ValueError):
-                    healthy = self.get_json("/health", 1.0)[0] == 200
-            if healthy and READY_LINE in self._this_run_log():
-                return time.monotonic() - self.started_at
-            if time.monotonic() > deadline:
-                raise self.fail(f"worker {self.name} not ready after {timeout_s:.0f} s")
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no final commit, no flush (a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.exit_codes.append(self.proc.wait(timeout=STOP_TIMEOUT_S))
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, wait up to ``timeout_s``, then SIGKILL. Safe to call more than once."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            self.exit_codes.append(proc.wait(timeout=timeout_s))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            self.exit_codes.append(proc.wait(timeout=STOP_TIMEOUT_S))
+        return super().wait_ready(timeout_s, ready_line=READY_LINE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +151,7 @@ async def produce(
 ) -> list[tuple[int, int]]:
     """Send ``records`` in order; returns each record's (partition, offset)."""
     producer = AIOKafkaProducer(
-        **settings.kafka_client_kwargs(),
+        **settings.kafka.client_kwargs(),
         linger_ms=20,
         max_batch_size=256 * 1024,
         acks="all",
@@ -264,7 +190,7 @@ async def _end_offsets(
 
 
 async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         return await _end_offsets(consumer, topics)
@@ -275,7 +201,7 @@ async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPa
 async def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -> list[Record]:
     """Every record of ``topic`` up to its end offsets at the time of the call."""
     consumer = AIOKafkaConsumer(
-        **settings.kafka_client_kwargs(),
+        **settings.kafka.client_kwargs(),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -309,7 +235,7 @@ async def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -
 
 async def committed(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int]:
     """Sum of the group's committed offsets per topic (0 for nothing committed)."""
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         offsets = await admin.list_consumer_group_offsets(group)
@@ -328,9 +254,9 @@ async def _progress(settings: Settings, sources: Sequence[str], outputs: Sequenc
     per_topic: dict[str, int] = {}
     for tp, end in ends.items():
         per_topic[tp.topic] = per_topic.get(tp.topic, 0) + end
-    done = await committed(settings, settings.app_id, sources)
+    done = await committed(settings, settings.worker.app_id, sources)
     lag = sum(per_topic.get(t, 0) - done[t] for t in sources)
-    if lag and settings.topic_routed in sources:
+    if lag and settings.topics.routed in sources:
         # The workers announce their sources' event time on the re-keying topic every
         # watermark interval, so it always has a few records newer than the last commit:
         # those are not work left to do.
@@ -340,21 +266,21 @@ async def _progress(settings: Settings, sources: Sequence[str], outputs: Sequenc
 
 async def _uncommitted_announcements(settings: Settings, ends: Mapping[TopicPartition, int]) -> int:
     """Watermark records of the re-keying topic after the group's committed offsets."""
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
-        offsets = await admin.list_consumer_group_offsets(settings.app_id)
+        offsets = await admin.list_consumer_group_offsets(settings.worker.app_id)
     finally:
         await admin.close()
     starts = {
         tp: max(offsets[tp].offset, 0) if tp in offsets else 0
         for tp in ends
-        if tp.topic == settings.topic_routed
+        if tp.topic == settings.topics.routed
     }
     pending = {tp: start for tp, start in starts.items() if start < ends[tp]}
     if not pending:
         return 0
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     marks = 0
     try:
@@ -420,8 +346,8 @@ def wait_until_done(
     processed.
     """
     s = worker.settings
-    sources = [s.topic_clickstream, s.topic_routed]
-    outputs = [s.topic_demand, s.topic_churn, s.topic_dead_letter]
+    sources = [s.topics.clickstream, s.topics.routed]
+    outputs = [s.topics.demand, s.topics.churn, s.topics.dead_letter]
     t0 = time.monotonic()
     last_outputs: tuple[int, ...] | None = None
     stable_since = t0
@@ -432,7 +358,7 @@ def wait_until_done(
         now = time.monotonic()
         if outs != last_outputs:
             last_outputs, stable_since = outs, now
-        ends = run_sync(end_offsets(s, [s.topic_clickstream]))
+        ends = run_sync(end_offsets(s, [s.topics.clickstream]))
         produced = sum(ends.values())
         caught_up = lag == 0 or (
             last_event_ms is not None and clocks_reached(worker, last_event_ms)
@@ -510,7 +436,7 @@ def fresh_topics(
         topic_churn_alerts=f"churn-alerts-{suffix}",
     )
     if clickstream_config:
-        run_sync(_create_topic(s, s.topic_clickstream, s.partitions, clickstream_config))
+        run_sync(_create_topic(s, s.topics.clickstream, s.topics.partitions, clickstream_config))
     run_sync(kafka_local.ensure_topics(s))
     return s
 
@@ -520,7 +446,7 @@ async def _create_topic(
 ) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=config)])
@@ -530,7 +456,6 @@ async def _create_topic(
 
 def metric_samples(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
     """The worker's ``/metrics`` as sample name -> [(labels, value)] (empty if unreachable)."""
-    import urllib.request
 
     try:
         with urllib.request.urlopen(worker.url + "/metrics", timeout=2.0) as response:

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from features.manifest import OUTPUT_NAMES
-from stream.model import sha256_file
+from serving.scorer import sha256_file
 from training.export import (
     ExportError,
     check_recurrent_op,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from stream.model import load_model
+from serving.scorer import load_model
 from training.cli import main
 
 
@@ -107,3 +107,35 @@ def test_the_epoch_count_is_chosen_on_several_pseudo_cutoffs_a_horizon_apart(
     assert all(a - b == horizon for a, b in itertools.pairwise(cutoffs))
     assert len(training["selections"]) == len(cutoffs)
     assert len(training["pooled_val_loss"]) >= 1
+
+
+@pytest.fixture(scope="module")
+def wholesaler(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,000 wholesale customers over 20 months who buy 60 % more in October-November
+    (bench.model_quality's ``wholesale`` shape, a fifth of it); cutoff 2023-09-04, so the
+    13-week horizon holds the peak and the history holds last year's."""
+    from bench.model_quality import gen_wholesale, write_canonical
+
+    tmp = tmp_path_factory.mktemp("wholesale")
+    shop = gen_wholesale(seed=3, scale=0.2)
+    events = write_canonical(shop, tmp / "events.csv")
+    out = tmp / "model"
+    args = ["--events", str(events), "--format", "canonical", "--window", "7d"]
+    args += ["--seq-len", "26", "--horizon", "13", "--cutoff", "2023-09-04", "--out", str(out)]
+    assert main([*args, "--epochs", "1", "--seeds", "1"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_a_wholesalers_christmas_quarter_is_forecast_from_last_years(wholesaler: Path) -> None:
+    report = json.loads((wholesaler / "report.json").read_text())
+    calendar = report["extra"]["calendar"]
+    assert calendar["found"]["2023-09-04"].startswith("season")
+    assert calendar["horizon_factor_at_cutoff"]["mean"] > 1.15
+    models = report["models"]
+    model, bgnbd = models["model"]["orders"]["bias"], models["bgnbd"]["orders"]["bias"]
+    assert bgnbd < -0.15 and abs(model) < abs(bgnbd) / 2
+    # The worker reads the calendar from the manifest and scores as training did.
+    manifest = json.loads((wholesaler / "manifest.json").read_text())
+    assert manifest["prior"]["season"]["cos"]
+    assert load_model(wholesaler).version == manifest["model_version"]

@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import socket
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,12 +26,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from ops.supervise import START_TIMEOUT_S, Supervised
 from settings import Settings, child_environment
 from tests.conftest import REPO_ROOT, run_sync
 
 READY_LINE = "Worker ready"
-START_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 30.0
 
 
 def free_port() -> int:
@@ -49,95 +44,29 @@ class SubscriberError(AssertionError):
     """A subscriber died, did not get ready or did not deliver in time (with its log)."""
 
 
-@dataclass
-class SubscriberProcess:
-    name: str
-    argv: list[str]
-    settings: Settings
-    web_port: int
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
-    exit_codes: list[int] = field(default_factory=list)
+class SubscriberProcess(Supervised):
+    """One subscriber subprocess and its log file (:mod:`ops.supervise`)."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
-
-    def start(self) -> SubscriberProcess:
-        assert not self.alive(), f"{self.name} already running"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start {self.name} at {time.strftime('%X')} =====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=REPO_ROOT,
-                env=child_environment(self.settings),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.started_at = time.monotonic()
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def this_run_log(self) -> str:
-        text = self.log_text()
-        return text[text.rfind("===== start ") :]
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
-
-    def fail(self, message: str) -> SubscriberError:
-        return SubscriberError(f"{message}\n--- tail of {self.log_path} ---\n{self.log_tail()}")
+    def __init__(
+        self, name: str, argv: list[str], settings: Settings, web_port: int, log_path: Path
+    ) -> None:
+        super().__init__(
+            name=name,
+            argv=argv,
+            env=child_environment(settings),
+            log_path=log_path,
+            url=f"http://127.0.0.1:{web_port}",
+            cwd=REPO_ROOT,
+            error=SubscriberError,
+        )
+        self.settings = settings
+        self.web_port = web_port
 
     def get(self, path: str, timeout_s: float = 5.0) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout_s) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            body = exc.read()
-            try:
-                return exc.code, json.loads(body or b"null")
-            except ValueError:
-                return exc.code, body.decode(errors="replace")
+        return self.get_json(path, timeout_s)
 
-    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> float:
-        deadline = self.started_at + timeout_s
-        healthy = False
-        while True:
-            if not self.alive():
-                code = self.proc.returncode if self.proc else None
-                raise self.fail(f"{self.name} exited with code {code} during start-up")
-            if not healthy:
-                with contextlib.suppress(OSError, ValueError):
-                    healthy = self.get("/health", 1.0)[0] == 200
-            if healthy and READY_LINE in self.this_run_log():
-                return time.monotonic() - self.started_at
-            if time.monotonic() > deadline:
-                raise self.fail(f"{self.name} not ready after {timeout_s:.0f} s")
-            time.sleep(0.2)
-
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            self.exit_codes.append(proc.wait(timeout=timeout_s))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            self.exit_codes.append(proc.wait(timeout=STOP_TIMEOUT_S))
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S, **_: Any) -> float:
+        return super().wait_ready(timeout_s, ready_line=READY_LINE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +86,7 @@ class Record:
 
 
 async def _produce(settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(**settings.kafka_client_kwargs(), acks="all")
+    producer = AIOKafkaProducer(**settings.kafka.client_kwargs(), acks="all")
     await producer.start()
     try:
         for key, value in records:  # one at a time: per-key order is the test's order
@@ -182,7 +111,7 @@ async def _ends(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, 
 
 async def _read(settings: Settings, topic: str, timeout_s: float) -> list[Record]:
     consumer = AIOKafkaConsumer(
-        **settings.kafka_client_kwargs(), enable_auto_commit=False, auto_offset_reset="earliest"
+        **settings.kafka.client_kwargs(), enable_auto_commit=False, auto_offset_reset="earliest"
     )
     await consumer.start()
     out: list[Record] = []
@@ -218,13 +147,13 @@ def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[
 
 
 async def _lag(settings: Settings, group: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(**settings.kafka_client_kwargs(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await _ends(consumer, topic)
     finally:
         await consumer.stop()
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
@@ -273,7 +202,7 @@ def wait_for_records(
 async def _topic_config(settings: Settings, topic: str) -> dict[str, str]:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    admin = AIOKafkaAdminClient(**settings.kafka_client_kwargs())
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
     try:
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])

@@ -31,7 +31,9 @@ def _record(msg: str, *args: object, exc: BaseException | None = None) -> loggin
 
 
 def _secret_settings(**changes: object) -> Settings:
-    return Settings(sasl_password=Secret(PASSWORD), alert_webhook_url=Secret(WEBHOOK), **changes)
+    return Settings.from_flat(
+        sasl_password=Secret(PASSWORD), alert_webhook_url=Secret(WEBHOOK), **changes
+    )
 
 
 def test_json_line_has_ts_level_logger_message() -> None:
@@ -88,10 +90,10 @@ def test_secret_containing_another_is_masked_whole() -> None:
 
 
 def test_log_format_is_checked() -> None:
-    assert check_log_format(Settings(log_format=" JSON ")) == "json"
+    assert check_log_format(Settings.from_flat(log_format=" JSON ")) == "json"
     assert check_log_format(Settings()) == "text"
     with pytest.raises(ValueError, match="text or json"):
-        check_log_format(Settings(log_format="xml"))
+        check_log_format(Settings.from_flat(log_format="xml"))
     assert not isinstance(make_formatter(Settings()), JsonFormatter)
 
 
@@ -99,7 +101,7 @@ def test_cli_refuses_an_unknown_log_format() -> None:
     from ops.cli import configure_logging
 
     with pytest.raises(SystemExit, match="CLICKSIGNALS_LOG_FORMAT"):
-        configure_logging(Settings(log_format="yaml"))
+        configure_logging(Settings.from_flat(log_format="yaml"))
 
 
 def test_faust_logging_config_is_none_for_text() -> None:
@@ -125,7 +127,7 @@ from settings import Secret, Settings
 from settings.logs import faust_logging_config
 
 logfile, password = sys.argv[1] or None, sys.argv[2]
-config = faust_logging_config(Settings(log_format="json", sasl_password=Secret(password)))
+config = faust_logging_config(Settings.from_flat(log_format="json", sasl_password=Secret(password)))
 # faust.Worker hands mode a shallow copy of app.conf.logging_config, as here.
 setup_logging(loglevel="info", logfile=logfile, logging_config=dict(config))
 log = logging.getLogger("faust.test")
@@ -145,7 +147,7 @@ def test_a_faust_worker_logs_json_with_its_level_and_destination(
     target = tmp_path / "worker.log"
     done = subprocess.run(
         [sys.executable, "-c", _WORKER_LOGGING, str(target) if logfile else "", PASSWORD],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=120,
@@ -165,7 +167,7 @@ def test_subscriber_apps_pass_the_json_config_to_faust(tmp_path: Path) -> None:
     app = make_app(settings, app_id="logs-test", web_port=6999, name="bidder")
     assert dict(app.conf.logging_config)["merge"] is True
     plain = make_app(
-        Settings(data_dir=tmp_path, store_url="memory://"),
+        Settings.from_flat(data_dir=tmp_path, store_url="memory://"),
         app_id="logs-test-text",
         web_port=6999,
         name="bidder",

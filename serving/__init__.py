@@ -1,0 +1,1 @@
+"""The ONNX scorer: the serving artefact shared by training and the stream."""

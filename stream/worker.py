@@ -1,0 +1,587 @@
+"""The worker, built from settings: :func:`create_worker` returns a :class:`Worker`.
+
+Owns the wiring only — topics, the state table, the agent loop, web views and metrics. The
+agent decodes nothing itself: it hands raw micro-batches to :class:`stream.processor.Processor`
+and sends what comes back. Settings are passed in (``faust -A stream.app worker`` reads
+them from the environment, see :mod:`stream.app`); the model is loaded and checked before the
+app is built, and a model that does not match raises :class:`StartupError` with the reason
+(see :mod:`serving.scorer`). Nothing happens at import: tests, the bench and the demo build as
+many workers as they need, each with its own settings. TensorFlow is never imported here.
+
+Event time: a partition closes a window only when every clickstream partition has passed it
+(the minimum over the sources, less the allowed lateness; :meth:`Processor.watermark`). A timer
+(``watermark_interval_s``) announces the held sources' time to every partition through the
+re-keying topic, behind the copies they re-keyed; a source with nothing to read for
+``source_idle_timeout_s`` is announced idle and stops holding time back.
+
+Two more timers: one polls the model directory (``model_poll_interval_s``) and switches to a new
+model version that passes the checks between micro-batches (a rejected one is logged and
+counted, the old model keeps serving; :class:`stream.model.ModelHolder`); one sets the
+consumer-lag gauge of the source partitions this worker holds (``lag_interval_s``).
+
+A message whose processing raises costs that message, not the stream: the processor isolates
+it (dead letter ``processing_error``, see :mod:`stream.processor`). What still stops the agent
+(a :class:`stream.processor.FatalError`, a failed delivery, anything outside the processor)
+stops the process: ``/health`` and ``/ready`` answer 503 with the reason, the failed batch's
+offsets are never committed, and the process exits with status 70 (:mod:`stream.liveness`).
+
+What Faust and aiokafka do not offer as API (the fetch wait, the producer buffer's limit, the
+current event, the store's persisted offsets, the aiokafka producer) is reached through
+:mod:`stream.faust_runtime` only, which the worker checks before it builds anything.
+
+Per micro-batch the agent sends the outputs, waits until Kafka has them, and only then writes
+the table: state that exists implies its signals were delivered, so when a crash makes Kafka
+deliver the uncommitted messages again, the processor may skip what the state already holds
+(see "Redelivery" in :mod:`stream.processor`). Re-keyed copies carry their clickstream
+coordinates in the ``clicksignals-origin`` header for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import faust
+import orjson
+from faust.types import TP, EventT
+
+from serving.scorer import ModelLoadError, Scorer, load_model
+from settings import Settings
+from settings.kafka import KafkaClientConfigError
+from stream import faust_runtime, metrics
+from stream.faust_app import RAW, faust_app
+from stream.input_check import InputCheck
+from stream.liveness import Liveness
+from stream.model import ModelHolder
+from stream.processor import (
+    ORIGIN_HEADER,
+    BatchOutput,
+    Processor,
+    RawMessage,
+    origin_from_headers,
+    processor_from_settings,
+    risk_thresholds,
+)
+from stream.publish import (
+    OutRecord,
+    Publisher,
+    RecordBatchPublisher,
+    TopicPublisher,
+    record_batch_publisher,
+)
+
+log = logging.getLogger(__name__)
+
+AGENT_NAME = "stream.app.score_clickstream"
+"""The agent's name as it was when the agent was defined in ``stream.app`` (Faust names
+agents after their function): kept so that logs and metrics read as before."""
+
+
+class StartupError(Exception):
+    """The worker cannot start; the message says why, ``exit_code`` what the process returns
+    (2: the environment or the installed Faust; 3: the model)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+STALL_S: Final = 2.0
+"""A gap between two announcement ticks longer than this (beyond the interval) is a stall."""
+
+
+@dataclass
+class _StandInMessage:
+    partition: int
+
+
+@dataclass
+class _StandIn:
+    """What Faust's store reads of the current event, for a partition without one."""
+
+    message: _StandInMessage
+
+
+class TableStore:
+    """Reads and writes the Faust table on behalf of a given source partition.
+
+    Faust's RocksDB store files a key under the partition of the *current event*. A micro-
+    batch spans partitions, so before touching a key we make an event of that key's partition
+    current (the ContextVar Faust itself uses). Keys always belong to their event's partition
+    (the processor re-keys strays), so store, changelog and source partition agree.
+    """
+
+    def __init__(self, table: Any, app: faust.App) -> None:
+        self.table = table
+        self.app = app
+        self.events: dict[int, EventT[Any]] = {}
+        self._stand_ins: dict[int, Any] = {}
+
+    def _focus(self, partition: int) -> None:
+        event: Any = self.events.get(partition)
+        if event is None:
+            # Nothing of the partition in the batch (a watermark announcement's closes, or
+            # the timer's own task): the store reads only ``event.message.partition``.
+            event = self._stand_ins.get(partition)
+            if event is None:
+                event = self._stand_ins[partition] = _StandIn(_StandInMessage(partition))
+        faust_runtime.set_current_event(event)
+
+    def get(self, key: str, partition: int) -> bytes | None:
+        self._focus(partition)
+        value: bytes | None = self.table.get(key)
+        return value
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        for key, value in self.table.items():
+            if value is not None:
+                yield key, value
+
+    def write(self, writes: dict[int, dict[str, bytes]]) -> None:
+        """Through Faust's table: store, then one changelog message per key (ProducerBuffer)."""
+        for partition, entries in writes.items():
+            self._focus(partition)
+            for key, value in entries.items():
+                self.table[key] = value
+
+    async def write_in_batches(
+        self, writes: dict[int, dict[str, bytes]], publisher: RecordBatchPublisher
+    ) -> None:
+        """The same effect as :meth:`write`, with the changelog as record batches.
+
+        ``Table.__setitem__`` is the store write plus ``send_changelog`` (a FutureMessage
+        through the ProducerBuffer, one per key: ~11 % of the worker's busy time in py-spy).
+        Here the store is written directly and the changelog records go out as one record
+        batch per partition, to the partition of the key's source (as Faust sends them).
+        When a batch is delivered its last offset becomes the store's persisted offset, which
+        is what Faust's own changelog callback records: a RocksDB store restarted warm
+        resumes the changelog after it. Not awaited here, like Faust's changelog sends; Faust
+        flushes the producer before it commits source offsets.
+        """
+        table = self.table
+        store = faust_runtime.table_store(table)
+        topic = table.changelog_topic.get_topic_name()
+        # The changelog's bytes as Faust's send_changelog makes them (the table's key
+        # serializer is Faust's default json: the key "u1" is b'"u1"'; values are raw).
+        dumps_key, dumps_value = self.app.serializers.dumps_key, self.app.serializers.dumps_value
+        key_type, key_ser = table.key_type, table.key_serializer
+        value_type, value_ser = table.value_type, table.value_serializer
+        records: list[OutRecord] = []
+        for partition, entries in writes.items():
+            self._focus(partition)
+            for key, value in entries.items():
+                store[key] = value
+                raw = dumps_value(value_type, value, serializer=value_ser)
+                assert raw is not None  # a state value is never None, so neither are its bytes
+                records.append(
+                    OutRecord(
+                        topic,
+                        dumps_key(key_type, key, serializer=key_ser),
+                        raw,
+                        partition=partition,
+                    )
+                )
+        for batch in await publisher.submit(records):
+            tp = TP(batch.topic, batch.partition)
+            asyncio.ensure_future(batch.future).add_done_callback(
+                functools.partial(_persist_offset, store, tp, batch.count)
+            )
+
+
+def _persist_offset(store: Any, tp: TP, count: int, delivered: asyncio.Future[Any]) -> None:
+    if delivered.cancelled() or delivered.exception() is not None:
+        # Not delivered: the producer reports it (and Faust's commit flush fails); the store
+        # keeps the older persisted offset, so a warm restart replays from there.
+        return
+    faust_runtime.set_persisted_offset(store, tp, delivered.result().offset + count - 1)
+
+
+def build_app(settings: Settings) -> faust.App:
+    """The Faust app (:func:`stream.faust_app.faust_app`) with the worker's tuning; raises
+    :class:`StartupError` when the installed Faust lacks a part the worker relies on or the
+    Kafka client options are wrong."""
+    try:
+        faust_runtime.require()  # an upgrade that moved a private part stops us here, named
+    except faust_runtime.RuntimeIncompatible as exc:
+        raise StartupError(str(exc), 2) from None
+    try:
+        app = faust_app(
+            settings,
+            app_id=settings.worker.app_id,
+            web_port=settings.worker.web_port,
+            datadir=settings.worker.data_dir,
+            # The agent appends a micro-batch's signals to one record batch per topic
+            # partition (stream.publish); 16 kB (Faust's default) holds ~40 signals, so each
+            # batch would be cut into several that aiokafka sends one after the other. Well
+            # under the broker's 1 MB.
+            producer_max_batch_size=256 * 1024,
+            stream_buffer_maxsize=4096,
+            # Bigger fetches than Faust's 1 MiB per partition (~770 user states of ~1.3 kB): a
+            # fresh worker replays the table's changelog ~2x faster and the stream gets more
+            # per round trip (bench/results/profile.md). The record cap bounds one poll.
+            consumer_max_fetch_size=16 * 1024 * 1024,
+            broker_max_poll_records=10_000,
+            table_standby_replicas=1,
+        )
+    except KafkaClientConfigError as exc:  # e.g. a missing CA file: the reason, not a traceback
+        raise StartupError(str(exc), 2) from None
+    # Faust's ProducerBuffer carries table changelog writes made through the table (here:
+    # only under test_context, see TableStore; on a real producer they go as record batches)
+    # and stops the stream whenever more than `max_messages` (100, no setting) are pending,
+    # then waits for them one at a time. A micro-batch writes one record per user it touched
+    # (hundreds), so the default stalled every batch (bench: ~16 % of wall time). Room for a
+    # few batches keeps it bounded without stalls.
+    faust_runtime.set_producer_buffer_limit(8 * settings.worker.batch_size)
+    # Fetch wait. Faust creates the worker's aiokafka consumer with fetch_max_wait_ms=1500 (no
+    # setting); under live traffic the worker settled ~1.4 s behind at a third of its CPU
+    # (bench.worker latency at 3,100 events/s: send -> scored p50 1,265 ms; 58 ms at fetch
+    # wait 100 ms). An idle fetch answered every 50 ms costs the broker next to nothing.
+    faust_runtime.install_fetch_wait(settings.worker.fetch_max_wait_ms)
+    return app
+
+
+class Worker:
+    """One worker: its app, topics and table, the model it serves and the processor that
+    runs each micro-batch; the agent, timers and views are registered on ``app`` by
+    :func:`create_worker`."""
+
+    def __init__(self, settings: Settings, app: faust.App, scorer: Scorer) -> None:
+        self.settings = settings
+        self.app = app
+        self.clickstream = app.topic(
+            settings.topics.clickstream, partitions=settings.topics.partitions, **RAW
+        )
+        self.routed = app.topic(
+            settings.topics.routed, partitions=settings.topics.partitions, **RAW
+        )
+        self.demand_topic = app.topic(settings.topics.demand, **RAW)
+        self.churn_topic = app.topic(settings.topics.churn, **RAW)
+        self.dead_letter_topic = app.topic(settings.topics.dead_letter, **RAW)
+        self.user_state = app.Table(
+            "user-state",
+            default=None,
+            key_type=str,
+            value_type=bytes,
+            partitions=settings.topics.partitions,
+        )
+        self.liveness = Liveness("clicksignals worker")
+        self.store = TableStore(self.user_state, app)
+        self.holder = ModelHolder(
+            settings.worker.model_dir, settings.worker.ort_intra_op_threads, scorer=scorer
+        )
+        self._processor = processor_from_settings(scorer, self.store, settings)
+        self.input_check = InputCheck(scorer.manifest)
+        self._topic_publisher = TopicPublisher(
+            {
+                t.get_topic_name(): t
+                for t in (self.routed, self.demand_topic, self.churn_topic, self.dead_letter_topic)
+            }
+        )
+        self._batch_publisher: tuple[Any, RecordBatchPublisher] | None = None
+        self.score_clickstream: Any = None
+        """The agent (set by :func:`create_worker`)."""
+        self.turn = asyncio.Lock()
+        """Batches and watermark announcements take turns: an announcement must never
+        overtake the re-keyed copies of the batch that moved the source's time (see
+        :meth:`announce_watermarks`)."""
+        self.last_read: dict[int, float] = {}
+        """Clickstream partition -> monotonic time of the last batch that held a record of it."""
+        self.last_tick: float | None = None
+
+    def processor(self) -> Processor:
+        return self._processor
+
+    async def handle_batch(self, events: list[EventT[Any]]) -> None:
+        async with self.turn:
+            await self._handle_batch(events)
+
+    async def _handle_batch(self, events: list[EventT[Any]]) -> None:
+        proc = self.processor()
+        started = time.perf_counter()
+        clickstream = self.settings.topics.clickstream
+        now = time.monotonic()
+        for e in events:
+            if e.message.topic == clickstream:
+                self.last_read[e.message.partition] = now
+        self.store.events = {e.message.partition: e for e in events}
+        routed = self.settings.topics.routed
+        batch = [
+            RawMessage(
+                e.message.key,
+                e.message.value,
+                e.message.topic,
+                e.message.partition,
+                e.message.offset,
+                origin_from_headers(e.message.headers) if e.message.topic == routed else None,
+            )
+            for e in events
+        ]
+        out = proc.process(batch)
+        self.input_check.observe(m.value for m in batch)  # warns once per model version
+        await self.emit(out)
+        metrics.observe_batch(len(events), out, time.perf_counter() - started)
+        metrics.note_processed(batch)
+
+    async def emit(self, out: BatchOutput) -> None:
+        """Send a batch's (or an announcement's) outputs, then store its state: delivered
+        first, stored second (see the module doc)."""
+        pub = self.publisher()
+        await pub.publish(self.output_records(out))
+        if isinstance(pub, RecordBatchPublisher):
+            await self.store.write_in_batches(out.writes, pub)
+        else:
+            self.store.write(out.writes)
+
+    async def is_idle(self, p: int, now: float) -> bool:
+        """Nothing read from clickstream partition ``p`` for the idle timeout, and nothing
+        left to read: its consumer is at the log end. A consumer that is slow or paused with a
+        backlog holds time back, however long it has been quiet."""
+        last = self.last_read.get(p)
+        if last is None or now - last < self.settings.worker.source_idle_timeout_s:
+            return False
+        tp = TP(self.settings.topics.clickstream, p)
+        try:
+            high = self.app.consumer.highwater(tp)
+            done = metrics.processed_position(tp.topic, p)
+            position = done if done is not None else await self.app.consumer.position(tp)
+        except Exception as exc:  # revoked meanwhile, or nothing fetched yet: not idle
+            log.debug("idleness of %s unknown: %r", tp, exc)
+            return False
+        return high is not None and position is not None and position >= high
+
+    async def announce_watermarks(self) -> None:
+        """Tell every partition how far the source partitions this worker holds have read
+        (and which are idle). The other partitions close windows on the minimum over all
+        sources."""
+        app = self.app
+        now = time.monotonic()
+        interval = self.settings.worker.watermark_interval_s
+        if self.last_tick is not None and now - self.last_tick > STALL_S + interval:
+            # The process did not run (stopped, starved): what it last knew of the log ends
+            # is stale, and a source it then thought idle may have a backlog now. Idle timers
+            # start again; the next fetches say what there is to read.
+            log.warning(
+                "announcements stalled for %.1f s: idle timers restart", now - self.last_tick
+            )
+            for p in self.last_read:
+                self.last_read[p] = now
+        self.last_tick = now
+        if app.rebalancing:
+            return
+        held = self.held_partitions()
+        if not held:
+            return
+        idle = [p for p in held if await self.is_idle(p, now)]
+        async with self.turn:
+            if app.rebalancing:  # came while we waited: the table may be restoring
+                return
+            held_now = self.held_partitions()
+            out = self.processor().heartbeat(held & held_now, [p for p in idle if p in held_now])
+            await self.emit(out)
+        metrics.observe_announcement(out, len(idle))
+
+    def output_records(self, out: BatchOutput) -> list[OutRecord]:
+        """A batch's outputs as records: re-keyed strays, demand, churn, dead letters."""
+        s = self.settings
+        records = [
+            OutRecord(s.topics.routed, key, value, ((ORIGIN_HEADER, f"{p}:{o}".encode()),))
+            for (key, value), (p, o) in zip(out.reroute, out.reroute_origins, strict=True)
+        ]
+        # After the copies: a watermark record announces only what went out before it.
+        records += [OutRecord(s.topics.routed, key, value) for key, value in out.watermarks]
+        records += [
+            OutRecord(s.topics.demand, d.user_id.encode(), orjson.dumps(d.to_dict()))
+            for d in out.demand
+        ]
+        records += [
+            OutRecord(s.topics.churn, c.user_id.encode(), orjson.dumps(c.to_dict()))
+            for c in out.churn
+        ]
+        records += [
+            OutRecord(s.topics.dead_letter, None, orjson.dumps(d.to_dict()))
+            for d in out.dead_letters
+        ]
+        return records
+
+    def publisher(self) -> Publisher:
+        """Record batches on the app's started aiokafka producer; Faust's ``Topic.send`` when
+        there is none (``test_context()``). Re-made if Faust replaced its producer."""
+        producer = faust_runtime.aiokafka_producer(self.app)
+        if producer is None:
+            return self._topic_publisher
+        if self._batch_publisher is None or self._batch_publisher[0] is not producer:
+            self._batch_publisher = (producer, record_batch_publisher(producer))
+        return self._batch_publisher[1]
+
+    def swap_model(self, scorer: Scorer) -> None:
+        """Serve ``scorer`` from the next micro-batch on (called on the event loop, so never
+        in the middle of ``Processor.process``, which does not await)."""
+        self._processor.scorer = scorer
+        self._processor.thresholds = risk_thresholds(
+            scorer, self.settings.worker.churn_high_threshold
+        )
+        self.input_check.reset(scorer.manifest)
+
+    def held_partitions(self) -> set[int]:
+        """The clickstream partitions this worker holds; none before its consumer started."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # ConsumerNotStarted (and friends) before the first rebalance
+            return set()
+        return {tp.partition for tp in assigned if tp.topic == self.settings.topics.clickstream}
+
+    def source_partitions(self, tps: Any) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == self.settings.topics.clickstream}
+
+
+def create_worker(settings: Settings) -> Worker:
+    """Check the installed Faust and the model, build the app and register the agent, the
+    timers and the views; raises :class:`StartupError` (before the app joins anything)."""
+    app = build_app(settings)
+    try:
+        scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)
+    except ModelLoadError as exc:
+        raise StartupError(str(exc), 3) from None
+    worker = Worker(settings, app, scorer)
+    metrics.observe_model_reload("unchanged", worker.holder.version)
+    _register_rebalance(worker)
+    _register_agent(worker)
+    _register_timers(worker)
+    _register_views(worker)
+    return worker
+
+
+def _register_rebalance(worker: Worker) -> None:
+    app = worker.app
+
+    # Faust's signal type wants (sender, *args, signal=...); it calls (app, partitions, signal=).
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        parts = worker.source_partitions(revoked)
+        worker.processor().forget_partitions(parts)
+        for p in parts:
+            worker.last_read.pop(p, None)
+        metrics.forget_processed({(tp.topic, tp.partition) for tp in revoked})
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        # A partition's cached clock and close candidates are only valid while it is held
+        # without a break. Revocation drops them, but a partition this worker held once, lost
+        # and gets back (a failover) must never find a cache from before another worker moved
+        # its state on, whatever the order of rebalance callbacks and in-flight batches: it
+        # is rebuilt from the restored table at its first event.
+        parts = worker.source_partitions(assigned)
+        worker.processor().forget_partitions(parts)
+        # A partition's idle timer starts at its assignment: the records fetched for it may
+        # sit in the stream buffer, unprocessed, until then.
+        now = time.monotonic()
+        for p in parts:
+            worker.last_read[p] = now
+
+
+def _register_agent(worker: Worker) -> None:
+    app, s = worker.app, worker.settings
+    channel = app.topic(s.topics.clickstream, s.topics.routed, **RAW)
+
+    async def score_clickstream(stream: Any) -> None:
+        """Decode nothing, decide nothing: batch raw messages through the processor and send."""
+        async for events in stream.take_events(
+            s.worker.batch_size, within=s.worker.batch_timeout_s
+        ):
+            await worker.liveness.run_batch("score_clickstream", events, worker.handle_batch)
+
+    worker.score_clickstream = app.agent(channel, name=AGENT_NAME)(score_clickstream)
+    worker.liveness.watch(app, [worker.score_clickstream])
+
+
+def _register_timers(worker: Worker) -> None:
+    app, s = worker.app, worker.settings
+
+    @app.timer(interval=s.worker.watermark_interval_s)
+    async def announce_watermarks() -> None:
+        await worker.announce_watermarks()
+
+    if s.worker.model_poll_interval_s > 0:
+
+        @app.timer(interval=s.worker.model_poll_interval_s)
+        async def poll_model() -> None:
+            # Hashing and ONNX Runtime session creation off the loop; the swap itself on it.
+            reload = await asyncio.to_thread(worker.holder.poll)
+            metrics.observe_model_reload(reload.outcome, reload.serving)
+            if reload.outcome == "swapped":
+                worker.swap_model(worker.holder.scorer)
+
+    if s.worker.lag_interval_s > 0:
+
+        @app.timer(interval=s.worker.lag_interval_s)
+        async def update_consumer_lag() -> None:
+            if app.rebalancing:
+                return  # assignments are in flux; the next tick reports the new ones
+            sources = {s.topics.clickstream, s.topics.routed}
+            held = [tp for tp in app.assignor.assigned_actives() if tp.topic in sources]
+            highwaters: dict[tuple[str, int], int | None] = {}
+            positions: dict[tuple[str, int], int | None] = {}
+            for tp in held:
+                try:
+                    highwaters[(tp.topic, tp.partition)] = app.consumer.highwater(tp)
+                    # Processed, not fetched: the fetch position runs ahead by the stream
+                    # buffer. Before this worker finished a batch of the partition, the fetch
+                    # position is the best it knows.
+                    done = metrics.processed_position(tp.topic, tp.partition)
+                    positions[(tp.topic, tp.partition)] = (
+                        done if done is not None else await app.consumer.position(tp)
+                    )
+                except Exception as exc:  # revoked between the listing and the call
+                    log.debug("no lag for %s: %r", tp, exc)
+            metrics.set_consumer_lag(metrics.consumer_lag(highwaters, positions))
+
+
+def _register_views(worker: Worker) -> None:
+    app = worker.app
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        body, status = worker.liveness.health(
+            {
+                "model_version": worker.processor().scorer.version,
+                "model_input": worker.input_check.status(),
+            }
+        )
+        return web.json(body, status=status)
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        body, status = worker.liveness.ready(bool(app.rebalancing))
+        return web.json(body, status=status)
+
+    @app.page("/model")
+    async def model_view(web: Any, request: Any) -> Any:
+        manifest = worker.processor().scorer.manifest.to_dict()
+        return web.json({**manifest, "input": worker.input_check.status()})
+
+    @app.page("/users/{user_id}")
+    async def user_view(web: Any, request: Any, user_id: str) -> Any:
+        if len(user_id) > 256:
+            return web.json({"error": "user id too long"}, status=400)
+        view = worker.processor().user_view(user_id)
+        if view is None:
+            return web.json({"error": "unknown user (or held by another worker)"}, status=404)
+        return web.json(view)
+
+    @app.page("/clocks")
+    async def clocks_view(web: Any, request: Any) -> Any:
+        clocks = worker.processor().clocks_view(worker.held_partitions())
+        return web.json({str(k): v for k, v in clocks.items()})
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        body, content_type = metrics.render()
+        return web.bytes(body, content_type=content_type)
+
+
+__all__ = ["AGENT_NAME", "StartupError", "TableStore", "Worker", "build_app", "create_worker"]

@@ -1,0 +1,62 @@
+"""The ONNX scorer (serving.scorer) on the shipped Online Retail model: it scores raw window
+sequences in one call, and a model directory that cannot be served is refused with what does
+not match (no manifest, bad JSON, a missing or altered ONNX file)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features.windows import N_FEATURES
+from serving.scorer import ModelLoadError, load_model, sha256_file
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "onnx_models" / "default"
+
+
+def test_the_shipped_model_scores_a_batch_of_raw_sequences() -> None:
+    scorer = load_model(DEFAULT)
+    spec = scorer.manifest.spec
+    x = np.zeros((3, spec.seq_len, N_FEATURES), dtype=np.float32)
+    scores = scorer.score(x)
+    assert scores.expected_orders.shape == (3,)
+    assert np.all((scores.churn_probability >= 0) & (scores.churn_probability <= 1))
+    assert scorer.version == json.loads((DEFAULT / "manifest.json").read_text())["model_version"]
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(DEFAULT, target)
+    return target
+
+
+def test_no_manifest_is_named(copy: Path) -> None:
+    (copy / "manifest.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"no manifest\.json"):
+        load_model(copy)
+
+
+def test_a_manifest_that_is_not_json_is_named(copy: Path) -> None:
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        load_model(copy)
+
+
+def test_a_missing_onnx_file_is_named(copy: Path) -> None:
+    (copy / "model.onnx").unlink()
+    with pytest.raises(ModelLoadError, match=r"model\.onnx, not found"):
+        load_model(copy)
+
+
+def test_an_altered_onnx_file_fails_its_checksum(copy: Path) -> None:
+    onnx = copy / "model.onnx"
+    before = sha256_file(onnx)
+    onnx.write_bytes(onnx.read_bytes() + b"\0")
+    assert sha256_file(onnx) != before
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_model(copy)

@@ -1,0 +1,78 @@
+"""The worker is built by a factory (stream.worker.create_worker): importing it does nothing,
+two workers with different settings live side by side in one process, and a worker that cannot
+start raises a StartupError that names the reason and the exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from settings import load_settings
+from stream.worker import StartupError, create_worker
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL_DIR = REPO / "onnx_models" / "default"
+
+
+def _settings(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "CLICKSIGNALS_STORE_URL": "memory://",
+        "CLICKSIGNALS_MODEL_DIR": str(MODEL_DIR),
+        "CLICKSIGNALS_DATA_DIR": str(tmp_path / "worker"),
+        "CLICKSIGNALS_BROKER_URL": "kafka://127.0.0.1:1",
+    }
+    env.update({f"CLICKSIGNALS_{k}": v for k, v in extra.items()})
+    return env
+
+
+def test_importing_the_factory_reads_no_settings_and_loads_no_model(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "CLICKSIGNALS_MODEL_DIR": str(tmp_path / "none")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import stream.worker, sys; print(sorted(stream.worker.__all__))"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_two_workers_with_their_own_settings_share_nothing(tmp_path: Path) -> None:
+    one = create_worker(load_settings(_settings(tmp_path, APP_ID="shop-a", PARTITIONS="1")))
+    two = create_worker(
+        load_settings(_settings(tmp_path, APP_ID="shop-b", PARTITIONS="3", TOPIC_DEMAND="demand-b"))
+    )
+    assert one.app is not two.app
+    assert (one.app.conf.id, two.app.conf.id) == ("shop-a", "shop-b")
+    assert one.user_state is not two.user_state
+    assert two.demand_topic.get_topic_name() == "demand-b"
+    assert one.demand_topic.get_topic_name() != "demand-b"
+    assert one.processor() is not two.processor()
+    assert one.score_clickstream is not two.score_clickstream
+
+
+def test_a_missing_model_is_a_startup_error_with_exit_code_3(tmp_path: Path) -> None:
+    settings = load_settings(_settings(tmp_path, MODEL_DIR=str(tmp_path / "no-model")))
+    with pytest.raises(StartupError) as caught:
+        create_worker(settings)
+    assert caught.value.exit_code == 3
+    assert "no-model" in str(caught.value)
+
+
+def test_the_entry_point_exits_with_the_reason(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", **_settings(tmp_path, MODEL_DIR=str(tmp_path / "no-model"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import stream.app"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3
+    assert "clicksignals worker: refusing to start:" in proc.stderr
+    assert "no-model" in proc.stderr

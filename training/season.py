@@ -1,0 +1,166 @@
+"""Estimates the shop's calendar (:class:`features.season.SeasonIndex`) from its history.
+
+Owns :func:`season_ratios` (each window's order days against what BG/NBD expected of the
+customers known by the window before: one step ahead, with the prior fitted at the cutoff)
+and :func:`fit_season_index` (a weighted regression of the log ratios of the last year on a
+trend and a few harmonics of the year, kept only when the harmonics explain the ratios
+significantly better than the trend alone).
+
+Why the ratio to BG/NBD and not the raw order count: the count also moves with acquisition
+and churn; the ratio is what the customer-base model does *not* explain, so a shop that grows
+or shrinks shows no season unless its customers really buy more in some weeks.
+
+Choices (where the issue was silent):
+
+* A season needs a year of ratios plus a horizon before them (customers acquired before the
+  year starts). Shorter histories (Online Retail's first year) get no index: one season of
+  history cannot tell a peak from a one-off, and two years are what most shops keep anyway.
+* The trend is fitted and dropped: a customer-base model that drifts over the year must not
+  read as a season.
+* The F-test at :data:`SIGNIFICANCE` keeps noise (small shops, shops without a season) from
+  moving every forecast: they keep BG/NBD's year-round rate.
+* Data leakage: at each cutoff the index reads only windows before it. Training origins
+  before that cutoff use the cutoff's index (their own year is inside it); the pseudo-cutoffs
+  that choose the epoch count each estimate their own, from data before them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import numpy as np
+from scipy import stats
+
+from features.batch import WindowTensor
+from features.clv import BgNbdParams, bgnbd_expected
+from features.season import SeasonIndex, angle_of, horizon_multiplier
+from features.windows import DAY_MS, FEATURE_INDEX, YEAR_DAYS, lifetime_summary
+
+log = logging.getLogger(__name__)
+
+HARMONICS: Final = 4
+"""Harmonics of the year: the shortest swing the index can show is a quarter of a year."""
+SIGNIFICANCE: Final = 0.01
+"""The F-test's level for the harmonics against a trend alone."""
+MAX_CUSTOMERS: Final = 50_000
+"""A seeded draw of customers beyond this: the ratio is an aggregate, and each window costs
+one BG/NBD evaluation per customer."""
+REFINEMENTS: Final = 2
+"""Passes that re-read the ratios in the calendar's operational time (see :func:`season_at`)."""
+MIN_POINTS: Final = 2 * HARMONICS + 12
+"""Windows per year below which (windows longer than about 18 days) no index is fitted."""
+
+I_ORDER_DAYS: Final = FEATURE_INDEX["order_days"]
+
+
+@dataclass(frozen=True)
+class SeasonRatios:
+    """Per window: order days of the customers known one window before, BG/NBD's expectation
+    of them, and the window's middle (ms)."""
+
+    actual: np.ndarray
+    expected: np.ndarray
+    middle_ms: np.ndarray
+
+
+def season_ratios(
+    tensor: WindowTensor,
+    first: int,
+    cut: int,
+    params: BgNbdParams,
+    season: SeasonIndex | None = None,
+    seed: int = 7,
+) -> SeasonRatios:
+    """Windows ``first + 1 .. cut`` (nothing after window ``cut``'s end is read); with
+    ``season``, BG/NBD's expectation is read in that calendar's operational time."""
+    spec = tensor.spec
+    weeks = spec.length_ms / (7 * DAY_MS)
+    n_users = tensor.features.shape[0]
+    users = np.arange(n_users)
+    if n_users > MAX_CUSTOMERS:
+        users = np.sort(np.random.default_rng(seed).choice(n_users, MAX_CUSTOMERS, replace=False))
+    actual, expected, middle = [], [], []
+    for w in range(max(first, tensor.first_index), cut):
+        col = tensor.column(w)
+        last = tensor.features[users, col, :].astype(np.float64)
+        x, t_x, age, ordered = lifetime_summary(last)
+        known = users[ordered]
+        factor = horizon_multiplier(season, last[ordered], age[ordered], params.alpha, spec, 1)
+        e = float(
+            bgnbd_expected(params, x[ordered], t_x[ordered], age[ordered], weeks * factor).sum()
+        )
+        actual.append(float(tensor.features[known, col + 1, I_ORDER_DAYS].sum()))
+        expected.append(e)
+        middle.append(spec.start_ms(w + 1) + spec.length_ms // 2)
+    return SeasonRatios(np.asarray(actual), np.asarray(expected), np.asarray(middle))
+
+
+def fit_season_index(
+    ratios: SeasonRatios, window_days: float, burn_in: int, base: SeasonIndex | None = None
+) -> tuple[SeasonIndex | None, str]:
+    """The index from the last year of ``ratios``, or None; and a sentence saying why.
+
+    With ``base`` (ratios read in ``base``'s operational time) the harmonics found are added
+    to ``base``'s, without a test: a refinement of a calendar already shown to exist."""
+    per_year = round(YEAR_DAYS / window_days)
+    if per_year < MIN_POINTS:
+        return None, f"windows of {window_days:g} days: {per_year} per year, need {MIN_POINTS}"
+    usable = int(np.sum(ratios.expected > 0))
+    if len(ratios.expected) < per_year + burn_in or usable < len(ratios.expected):
+        return None, (
+            f"{len(ratios.expected)} windows of history, a season needs a year ({per_year}) "
+            f"after {burn_in} windows of customers"
+        )
+    a = ratios.actual[-per_year:]
+    e = ratios.expected[-per_year:]
+    theta = angle_of(ratios.middle_ms[-per_year:])
+    y = np.log((a + 0.5) / (e + 0.5))
+    weight = np.sqrt(a + 0.5)  # Poisson: the log ratio's variance is about 1 / count
+    trend = np.column_stack([np.ones(per_year), np.arange(per_year) / per_year])
+    harmonics = np.column_stack(
+        [np.cos(k * theta) for k in range(1, HARMONICS + 1)]
+        + [np.sin(k * theta) for k in range(1, HARMONICS + 1)]
+    )
+    full = np.column_stack([trend, harmonics])
+
+    def rss(x: np.ndarray) -> tuple[float, np.ndarray]:
+        beta, *_ = np.linalg.lstsq(x * weight[:, None], y * weight, rcond=None)
+        return float(np.sum((weight * (y - x @ beta)) ** 2)), beta
+
+    rss0, _ = rss(trend)
+    rss1, beta = rss(full)
+    df1, df2 = 2 * HARMONICS, per_year - full.shape[1]
+    if rss1 <= 0.0:
+        return None, "the ratios are fitted exactly: too few orders to tell"
+    f_stat = ((rss0 - rss1) / df1) / (rss1 / df2)
+    p_value = float(stats.f.sf(f_stat, df1, df2))
+    if base is None and p_value >= SIGNIFICANCE:
+        return None, f"no season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}"
+    coef = beta[2:]
+    cos, sin = coef[:HARMONICS], coef[HARMONICS:]
+    if base is not None:
+        cos, sin = cos + np.asarray(base.cos), sin + np.asarray(base.sin)
+    index = SeasonIndex(tuple(float(c) for c in cos), tuple(float(s) for s in sin))
+    return index, f"season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}"
+
+
+def season_at(
+    tensor: WindowTensor, first: int, cut: int, params: BgNbdParams
+) -> tuple[SeasonIndex | None, str]:
+    """The index as known at the end of window ``cut`` (-1: the cutoff)."""
+    spec = tensor.spec
+    days = spec.length_ms / DAY_MS
+    index, why = fit_season_index(season_ratios(tensor, first, cut, params), days, spec.horizon)
+    for _ in range(REFINEMENTS if index is not None else 0):
+        # BG/NBD's one-step expectation read in calendar time has last year's peak inside the
+        # older customers' rates, which shrinks the peak the ratios show; reading it in the
+        # calendar's own operational time and fitting what remains converges on the full size.
+        ratios = season_ratios(tensor, first, cut, params, season=index)
+        refined, _ = fit_season_index(ratios, days, spec.horizon, base=index)
+        index = refined or index
+    at = datetime.fromtimestamp(spec.end_ms(cut) / 1000, tz=UTC).date().isoformat()
+    log.info("calendar at %s: %s", at, why)
+    return index, why
