@@ -274,6 +274,22 @@ class Settings:
         """A copy with the settings named by flat name (``topic_demand=...``) replaced."""
         return Settings.from_flat(**{**self.flat(), **changes})
 
+    def isolated(self, suffix: str, **changes: Any) -> Settings:
+        """A copy whose app id and every application topic end in ``-suffix`` (the re-keying
+        topic, the changelogs and the subscribers' ids follow the app id), plus ``changes``:
+        another deployment on the same broker that reads and writes nothing of this one's."""
+        t = self.topics
+        names = {
+            "app_id": self.worker.app_id,
+            "topic_clickstream": t.clickstream,
+            "topic_demand": t.demand,
+            "topic_churn": t.churn,
+            "topic_dead_letter": t.dead_letter,
+            "topic_bid_adjustments": t.bid_adjustments,
+            "topic_churn_alerts": t.churn_alerts,
+        }
+        return self.with_overrides(**{k: f"{v}-{suffix}" for k, v in names.items()}, **changes)
+
 
 _GROUPS: dict[str, type[Any]] = {
     "kafka": KafkaConnection,

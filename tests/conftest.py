@@ -146,15 +146,7 @@ def isolated_kafka_settings(kafka_settings: Settings) -> Settings:
     """``kafka_settings`` whose six application topics have names unique to this test, created
     with ``settings.topics.partitions`` partitions (so tests never read each other's records)."""
     suffix = uuid.uuid4().hex[:10]
-    settings = kafka_settings.with_overrides(
-        app_id=f"{kafka_settings.worker.app_id}-{suffix}",
-        topic_clickstream=f"{kafka_settings.topics.clickstream}-{suffix}",
-        topic_demand=f"{kafka_settings.topics.demand}-{suffix}",
-        topic_churn=f"{kafka_settings.topics.churn}-{suffix}",
-        topic_dead_letter=f"{kafka_settings.topics.dead_letter}-{suffix}",
-        topic_bid_adjustments=f"{kafka_settings.topics.bid_adjustments}-{suffix}",
-        topic_churn_alerts=f"{kafka_settings.topics.churn_alerts}-{suffix}",
-    )
+    settings = kafka_settings.isolated(suffix)
     run_sync(kafka_local.ensure_topics(settings))
     return settings
 

@@ -316,15 +316,9 @@ def make_dataset(cfg: BenchConfig) -> Dataset:
 
 
 def phase_settings(base: Settings, app_id: str, run_dir: Path, **changes: Any) -> Settings:
-    """Settings with an own app id and own topic names (all under ``app_id``)."""
-    return base.with_overrides(
+    """Settings with ``app_id`` and topic names of their own (each ending in ``-app_id``)."""
+    return base.isolated(app_id).with_overrides(
         app_id=app_id,
-        topic_clickstream=f"{app_id}-clickstream",
-        topic_demand=f"{app_id}-demand",
-        topic_churn=f"{app_id}-churn",
-        topic_dead_letter=f"{app_id}-dlq",
-        topic_bid_adjustments=f"{app_id}-bid-adjustments",
-        topic_churn_alerts=f"{app_id}-churn-alerts",
         data_dir=run_dir / app_id,
         web_port=kafka_local.free_port(),
         **changes,

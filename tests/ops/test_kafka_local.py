@@ -169,17 +169,8 @@ def test_produce_consume_round_trip(kafka_bootstrap: str, make_topic: Callable[.
 
 @pytest.mark.kafka
 def test_create_topics_is_idempotent_and_reports_mismatch(kafka_settings: Settings) -> None:
-    suffix = unique_name("x")
-    settings = kafka_settings.with_overrides(
-        partitions=2,
-        topic_clickstream=f"clickstream-{suffix}",
-        topic_demand=f"demand-{suffix}",
-        topic_churn=f"churn-{suffix}",
-        topic_dead_letter=f"dlq-{suffix}",
-        topic_bid_adjustments=f"bids-{suffix}",
-        topic_churn_alerts=f"alerts-{suffix}",
-        app_id=f"app-{suffix}",  # names the worker's re-keying topic
-    )
+    # The app id too: it names the worker's re-keying topic.
+    settings = kafka_settings.isolated(unique_name("x"), partitions=2)
     n = len(kafka_local.topic_specs(settings))
     first = run_sync(kafka_local.ensure_topics(settings))
     assert [r.outcome for r in first] == ["created"] * n

@@ -124,3 +124,16 @@ def test_topics_names_is_the_one_list_of_every_topic() -> None:
     assert sorted(names) == sorted(getattr(topics, f) for f in name_fields)
     assert "shop-clickstream-by-user" in names
     assert topic_specs(Settings.from_flat(app_id="shop", partitions=6)) == dict.fromkeys(names, 6)
+
+
+def test_an_isolated_copy_shares_no_topic_and_no_group_with_the_original() -> None:
+    base = Settings()
+    other = base.isolated("t1", partitions=2)
+    assert not set(base.topics.names()) & set(other.topics.names())
+    own = [n for n in other.topics.names() if n != other.topics.routed]
+    assert all(name.endswith("-t1") for name in own)
+    assert other.topics.routed == "clicksignals-t1-clickstream-by-user"  # follows the app id
+    assert other.worker.app_id == "clicksignals-t1" and other.topics.partitions == 2
+    assert {other.bidder_app_id, other.alerter_app_id}.isdisjoint(
+        {base.bidder_app_id, base.alerter_app_id}
+    )

@@ -330,7 +330,6 @@ def _wait_for_output(worker: WorkerProcess, topic: str, at_least: int, timeout_s
 
 @pytest.mark.kafka
 def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
-    kafka_settings: Settings,
     isolated_kafka_settings: Settings,
     worker_factory: WorkerFactory,
     tmp_path: Path,
@@ -364,17 +363,7 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
     assert len(demand_a) > 3000
 
     # Run B: the same events, pre-loaded; killed twice while working.
-    suffix = unique_name("b")
-    b = a.with_overrides(
-        app_id=f"{kafka_settings.worker.app_id}-{suffix}",
-        topic_clickstream=f"{kafka_settings.topics.clickstream}-{suffix}",
-        topic_demand=f"{kafka_settings.topics.demand}-{suffix}",
-        topic_churn=f"{kafka_settings.topics.churn}-{suffix}",
-        topic_dead_letter=f"{kafka_settings.topics.dead_letter}-{suffix}",
-        topic_bid_adjustments=f"{kafka_settings.topics.bid_adjustments}-{suffix}",
-        topic_churn_alerts=f"{kafka_settings.topics.churn_alerts}-{suffix}",
-        data_dir=tmp_path / "b",
-    )
+    b = a.isolated(unique_name("b"), data_dir=tmp_path / "b")
     run_sync(kafka_local.ensure_topics(b))
     run_sync(produce(b, b.topics.clickstream, records))
     t0 = time.monotonic()

@@ -24,13 +24,13 @@ import orjson
 import pytest
 
 from features.signals import ChurnSignal, DemandSignal
+from ops import kafka_local
 from settings import Settings
 from tests.support.factories import T0, churn, demand
 from tests.support.schemas import assert_valid
 from tests.support.subscriber_harness import (
     Record,
     SubscriberProcess,
-    free_port,
     produce,
     topic_config,
     wait_for_records,
@@ -72,7 +72,7 @@ def subscriber_settings(base: Settings, tmp_path: Path, **overrides: Any) -> Set
 def test_bidder_keeps_the_latest_signal_per_user_and_serves_bids(
     isolated_kafka_settings: Settings, subscriber_factory: Factory, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port = kafka_local.free_port()
     settings = subscriber_settings(isolated_kafka_settings, tmp_path, bidder_web_port=port)
     odd_user = "ü 7"
     u1_w1, u1_w2 = demand("u1", window=1, orders=1.12), demand("u1", window=2, orders=0.0)
@@ -160,7 +160,7 @@ def test_alerter_raises_once_per_crossing_to_topic_log_and_webhook(
     isolated_kafka_settings: Settings, subscriber_factory: Factory, tmp_path: Path
 ) -> None:
     with webhook_receiver(fail_first=1) as hook:
-        port = free_port()
+        port = kafka_local.free_port()
         settings = subscriber_settings(
             isolated_kafka_settings,
             tmp_path,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,22 +21,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ops.supervise import START_TIMEOUT_S, Supervised
 from settings import Settings, child_environment
 from tests.conftest import REPO_ROOT, run_sync
+from tests.support import kafka_io
+from tests.support.kafka_io import Record as Record
 
 READY_LINE = "Worker ready"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class SubscriberError(AssertionError):
@@ -74,93 +66,14 @@ class SubscriberProcess(Supervised):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.value)
-
-
-async def _produce(settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(**settings.kafka.client_kwargs(), acks="all")
-    await producer.start()
-    try:
-        for key, value in records:  # one at a time: per-key order is the test's order
-            await (await producer.send(topic, value, key=key))
-    finally:
-        await producer.stop()
-
-
 def produce(settings: Settings, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
-    run_sync(_produce(settings, topic, records))
-
-
-async def _ends(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
-    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
-    return ends
-
-
-async def _read(settings: Settings, topic: str, timeout_s: float) -> list[Record]:
-    consumer = AIOKafkaConsumer(
-        **settings.kafka.client_kwargs(), enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    out: list[Record] = []
-    try:
-        ends = {tp: end for tp, end in (await _ends(consumer, topic)).items() if end > 0}
-        if not ends:
-            return out
-        consumer.assign(list(ends))
-        await consumer.seek_to_beginning(*ends)
-        deadline = time.monotonic() + timeout_s
-        remaining = set(ends)
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: {len(out)} records after {timeout_s} s")
-            batch = await consumer.getmany(*remaining, timeout_ms=500)
-            for tp, messages in batch.items():
-                out += [
-                    Record(tp.partition, m.offset, m.key, m.value)
-                    for m in messages
-                    if m.offset < ends[tp]
-                ]
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
+    """Send ``records`` in order (per key, the test's order) and wait until Kafka has them."""
+    run_sync(kafka_io.produce(settings, topic, records))
 
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Record]:
     """Every record of ``topic`` up to its end offsets when the call starts."""
-    return run_sync(_read(settings, topic, timeout_s))
-
-
-async def _lag(settings: Settings, group: str, topic: str) -> int:
-    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await _ends(consumer, topic)
-    finally:
-        await consumer.stop()
-    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    done = {tp: meta.offset for tp, meta in committed.items() if tp.topic == topic}
-    return sum(end - max(done.get(tp, 0), 0) for tp, end in ends.items())
+    return run_sync(kafka_io.read_topic(settings, topic, timeout_s))
 
 
 def wait_for_records(
@@ -189,7 +102,7 @@ def wait_for_records(
         if (
             len(records) >= expected
             and now - stable_since >= idle_s
-            and run_sync(_lag(worker.settings, group, source)) == 0
+            and run_sync(kafka_io.lag(worker.settings, group, source)) == 0
         ):
             return records
         if now - t0 > timeout_s:

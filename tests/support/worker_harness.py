@@ -16,19 +16,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import socket
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
 import pandas as pd
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,6 +35,13 @@ from settings import Settings, child_environment
 from stream.processor import WATERMARK_PREFIX
 from stream.publish import partition_of
 from tests.conftest import unique_name
+
+# Re-exported: the Kafka-tier tests read topics through this harness.
+from tests.support.kafka_io import Record as Record
+from tests.support.kafka_io import committed as committed
+from tests.support.kafka_io import end_offsets as end_offsets
+from tests.support.kafka_io import produce as produce
+from tests.support.kafka_io import read_topic as read_topic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WATERMARK_KEY_PREFIX = WATERMARK_PREFIX.encode()
@@ -70,18 +74,11 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def worker_settings(base: Settings, data_dir: Path, **overrides: Any) -> Settings:
     """``base`` (isolated topics/app id) plus a data dir, a free web port and the shipped model."""
     values: dict[str, Any] = {
         "data_dir": data_dir,
-        "web_port": free_port(),
+        "web_port": kafka_local.free_port(),
         "web_host": "127.0.0.1",
         "store_url": "memory://",
         "model_dir": MODEL_DIR,
@@ -132,121 +129,6 @@ class WorkerProcess(Supervised):
 # --------------------------------------------------------------------------------------------
 # Kafka helpers (async; tests call them through ``run_sync``)
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-    def json(self) -> Any:
-        return orjson.loads(self.value)
-
-
-async def produce(
-    settings: Settings, topic: str, records: Sequence[tuple[bytes | None, bytes]]
-) -> list[tuple[int, int]]:
-    """Send ``records`` in order; returns each record's (partition, offset)."""
-    producer = AIOKafkaProducer(
-        **settings.kafka.client_kwargs(),
-        linger_ms=20,
-        max_batch_size=256 * 1024,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=2 * 1024 * 1024,
-    )
-    await producer.start()
-    try:
-        futures = []
-        coordinates: list[tuple[int, int]] = []
-        for key, value in records:
-            futures.append(await producer.send(topic, value, key=key))
-            if len(futures) >= 5000:
-                coordinates += [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
-                futures.clear()
-        coordinates += [(m.partition, m.offset) for m in await asyncio.gather(*futures)]
-    finally:
-        await producer.stop()
-    return coordinates
-
-
-async def _end_offsets(
-    consumer: AIOKafkaConsumer, topics: Iterable[str]
-) -> dict[TopicPartition, int]:
-    tps = []
-    for topic in topics:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps += [TopicPartition(topic, p) for p in sorted(parts)]
-    if not tps:
-        return {}
-    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-    return ends
-
-
-async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPartition, int]:
-    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await _end_offsets(consumer, topics)
-    finally:
-        await consumer.stop()
-
-
-async def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -> list[Record]:
-    """Every record of ``topic`` up to its end offsets at the time of the call."""
-    consumer = AIOKafkaConsumer(
-        **settings.kafka.client_kwargs(),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
-    await consumer.start()
-    out: list[Record] = []
-    try:
-        ends = {tp: end for tp, end in (await _end_offsets(consumer, [topic])).items() if end > 0}
-        if not ends:
-            return out
-        consumer.assign(list(ends))
-        await consumer.seek_to_beginning(*ends)
-        deadline = time.monotonic() + timeout_s
-        remaining = set(ends)
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}: {len(out)} records after {timeout_s} s")
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
-            for tp, messages in batch.items():
-                for m in messages:
-                    if m.offset < ends[tp]:
-                        headers = tuple(m.headers or ())
-                        out.append(Record(tp.partition, m.offset, m.key, m.value, headers))
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return out
-
-
-async def committed(settings: Settings, group: str, topics: Iterable[str]) -> dict[str, int]:
-    """Sum of the group's committed offsets per topic (0 for nothing committed)."""
-    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    finally:
-        await admin.close()
-    wanted = set(topics)
-    totals = dict.fromkeys(wanted, 0)
-    for tp, meta in offsets.items():
-        if tp.topic in wanted and meta.offset > 0:
-            totals[tp.topic] += meta.offset
-    return totals
 
 
 async def _progress(settings: Settings, sources: Sequence[str], outputs: Sequence[str]) -> tuple:  # type: ignore[type-arg]
@@ -425,16 +307,7 @@ def fresh_topics(
 ) -> Settings:
     """``base`` with an app id and application topics of its own, created on its broker
     (the clickstream topic with ``clickstream_config`` when given)."""
-    suffix = unique_name(prefix)
-    s = base.with_overrides(
-        app_id=f"clicksignals-{suffix}",
-        topic_clickstream=f"clickstream-{suffix}",
-        topic_demand=f"demand-signals-{suffix}",
-        topic_churn=f"churn-risk-{suffix}",
-        topic_dead_letter=f"clickstream-dlq-{suffix}",
-        topic_bid_adjustments=f"bid-adjustments-{suffix}",
-        topic_churn_alerts=f"churn-alerts-{suffix}",
-    )
+    s = base.isolated(unique_name(prefix))
     if clickstream_config:
         run_sync(_create_topic(s, s.topics.clickstream, s.topics.partitions, clickstream_config))
     run_sync(kafka_local.ensure_topics(s))
@@ -444,7 +317,7 @@ def fresh_topics(
 async def _create_topic(
     settings: Settings, name: str, partitions: int, config: dict[str, str]
 ) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import NewTopic
 
     admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs())
     await admin.start()
