@@ -46,7 +46,6 @@ from tests.support.worker_harness import (
     REPO_ROOT,
     WorkerProcess,
     end_offsets,
-    free_port,
     last_event_per_partition,
     persisted_offsets,
     produce,
@@ -480,7 +479,7 @@ def _no_broker_settings(tmp_path: Path, model_dir: Path) -> Settings:
         broker_url="kafka://127.0.0.1:9",
         model_dir=model_dir,
         data_dir=tmp_path / "data",
-        web_port=free_port(),
+        web_port=kafka_local.free_port(),
     )
 
 
