@@ -31,6 +31,25 @@ COORDINATOR_WAIT_S: Final = 30.0
 a new broker creates ``__consumer_offsets`` on the first group request, which takes seconds."""
 
 
+async def partition_ends(
+    consumer: AIOKafkaConsumer, topics: Iterable[str]
+) -> dict[TopicPartition, int]:
+    """Every partition of ``topics`` -> its end offset, read with a started ``consumer`` (a
+    topic not there has none)."""
+    parts: list[TopicPartition] = []
+    for topic in topics:
+        known = consumer.partitions_for_topic(topic)
+        if known is None:
+            # Metadata is fetched for subscribed topics only; ask for this one.
+            await consumer._client.force_metadata_update()
+            known = consumer.partitions_for_topic(topic) or set()
+        parts += [TopicPartition(topic, p) for p in sorted(known)]
+    if not parts:
+        return {}
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(parts)
+    return ends
+
+
 class OffsetReader:
     """End and committed offsets from one broker connection pair (``async with``)."""
 
@@ -61,18 +80,7 @@ class OffsetReader:
 
     async def ends(self, topics: Iterable[str]) -> dict[TopicPartition, int]:
         """Every partition of ``topics`` -> its end offset (a topic not there has none)."""
-        parts: list[TopicPartition] = []
-        for topic in topics:
-            known = self._consumer.partitions_for_topic(topic)
-            if known is None:
-                # Metadata is fetched for subscribed topics only; ask for this one.
-                await self._consumer._client.force_metadata_update()
-                known = self._consumer.partitions_for_topic(topic) or set()
-            parts += [TopicPartition(topic, p) for p in sorted(known)]
-        if not parts:
-            return {}
-        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(parts)
-        return ends
+        return await partition_ends(self._consumer, topics)
 
     async def committed(self, group: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
         """The group's committed offset per partition of ``topics`` it has committed on."""
@@ -108,4 +116,4 @@ def totals(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
     return out
 
 
-__all__ = ["OffsetReader", "totals"]
+__all__ = ["OffsetReader", "partition_ends", "totals"]

@@ -13,7 +13,10 @@ on what every app of the project needs:
   differs from the changelog's);
 * its web server on ``settings.worker.web_host``;
 * raw bytes on every topic and table: the pure modules do their own (de)coding;
-* ``CLICKSIGNALS_LOG_FORMAT=json`` through Faust's ``logging_config`` (:mod:`settings.logs`).
+* ``CLICKSIGNALS_LOG_FORMAT=json`` through Faust's ``logging_config`` (:mod:`settings.logs`);
+* after a rebalance, a stream partition no one has committed yet is read from its start
+  (:func:`stream.faust_runtime.install_seek_from_start`; without it records Faust dropped
+  around the rebalance were lost).
 
 What differs (app id, web port, data directory, the worker's fetch and producer tuning) is
 passed in.
@@ -29,6 +32,7 @@ import faust
 from settings import Settings
 from settings.kafka import faust_credentials
 from settings.logs import faust_logging_config
+from stream import faust_runtime
 
 RAW: Final[dict[str, Any]] = {
     "key_type": bytes,
@@ -63,6 +67,7 @@ def faust_app(
         **logs,
         **tuning,
     }
+    faust_runtime.install_seek_from_start()
     return faust.App(app_id, **options)
 
 

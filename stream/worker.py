@@ -30,7 +30,9 @@ current event, the store's persisted offsets, the aiokafka producer) is reached 
 :mod:`stream.faust_runtime` only, which the worker checks before it builds anything.
 
 Per micro-batch the agent sends the outputs, waits until Kafka has them, and only then writes
-the table: state that exists implies its signals were delivered, so when a crash makes Kafka
+the table (its changelog; the local store follows each changelog record batch as it is
+delivered, see :meth:`TableStore.write_in_batches`): state that exists implies its signals
+were delivered, so when a crash makes Kafka
 deliver the uncommitted messages again, the processor may skip what the state already holds
 (see "Redelivery" in :mod:`stream.processor`). Re-keyed copies carry their clickstream
 coordinates in the ``clicksignals-origin`` header for the same reason.
@@ -39,7 +41,6 @@ coordinates in the ``clicksignals-origin`` header for the same reason.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -122,7 +123,8 @@ class TableStore:
         self.events: dict[int, EventT[Any]] = {}
         self._stand_ins: dict[int, Any] = {}
 
-    def _focus(self, partition: int) -> None:
+    def _current_for(self, partition: int) -> Any:
+        """An event of ``partition`` for Faust's store to read (a stand-in when none is)."""
         event: Any = self.events.get(partition)
         if event is None:
             # Nothing of the partition in the batch (a watermark announcement's closes, or
@@ -130,7 +132,10 @@ class TableStore:
             event = self._stand_ins.get(partition)
             if event is None:
                 event = self._stand_ins[partition] = _StandIn(_StandInMessage(partition))
-        faust_runtime.set_current_event(event)
+        return event
+
+    def _focus(self, partition: int) -> None:
+        faust_runtime.set_current_event(self._current_for(partition))
 
     def get(self, key: str, partition: int) -> bytes | None:
         self._focus(partition)
@@ -152,16 +157,28 @@ class TableStore:
     async def write_in_batches(
         self, writes: dict[int, dict[str, bytes]], publisher: RecordBatchPublisher
     ) -> None:
-        """The same effect as :meth:`write`, with the changelog as record batches.
+        """The same effect as :meth:`write`, with the changelog as record batches, and the
+        local store written only once the changelog has the values.
 
         ``Table.__setitem__`` is the store write plus ``send_changelog`` (a FutureMessage
         through the ProducerBuffer, one per key: ~11 % of the worker's busy time in py-spy).
-        Here the store is written directly and the changelog records go out as one record
-        batch per partition, to the partition of the key's source (as Faust sends them).
-        When a batch is delivered its last offset becomes the store's persisted offset, which
-        is what Faust's own changelog callback records: a RocksDB store restarted warm
-        resumes the changelog after it. Not awaited here, like Faust's changelog sends; Faust
-        flushes the producer before it commits source offsets.
+        Here the changelog records go out as one record batch per partition (to the partition
+        of the key's source, as Faust sends them), or several when a batch is full, and each
+        record batch, once delivered, is written to the store and its last offset becomes the
+        store's persisted offset (what Faust's own changelog callback records: a RocksDB store
+        restarted warm resumes the changelog after it). Not awaited here, like Faust's
+        changelog sends; Faust flushes the producer before it commits source offsets and when
+        partitions are revoked, and the processor reads its own cache in between.
+
+        Why only once delivered: the local store must never be ahead of the changelog. A
+        partition's writes of one micro-batch can span several record batches (a window
+        close rewrites every candidate, ~2.9 kB each, past the 256 kB batch). Stored at once,
+        a SIGKILL could leave the store with the later batches' partition clock while the
+        first record batch of an earlier micro-batch was delivered but not yet recorded as
+        persisted; the warm restart replays it over the store and puts those users back
+        behind a clock that has closed their windows (one user's scores then differ from an
+        uninterrupted run's). Written on delivery, in delivery order, the store is always a
+        prefix of the changelog, which is what Faust's restore assumes.
         """
         table = self.table
         store = faust_runtime.table_store(table)
@@ -172,10 +189,9 @@ class TableStore:
         key_type, key_ser = table.key_type, table.key_serializer
         value_type, value_ser = table.value_type, table.value_serializer
         records: list[OutRecord] = []
+        pending: dict[int, list[tuple[str, bytes]]] = {}
         for partition, entries in writes.items():
-            self._focus(partition)
             for key, value in entries.items():
-                store[key] = value
                 raw = dumps_value(value_type, value, serializer=value_ser)
                 assert raw is not None  # a state value is never None, so neither are its bytes
                 records.append(
@@ -186,19 +202,44 @@ class TableStore:
                         partition=partition,
                     )
                 )
+            pending[partition] = list(entries.items())
+        taken: dict[int, int] = {}
         for batch in await publisher.submit(records):
-            tp = TP(batch.topic, batch.partition)
-            asyncio.ensure_future(batch.future).add_done_callback(
-                functools.partial(_persist_offset, store, tp, batch.count)
+            # submit keeps each partition's records in order and cuts them into consecutive
+            # record batches: this batch holds the next ``count`` entries of its partition.
+            start = taken.get(batch.partition, 0)
+            taken[batch.partition] = start + batch.count
+            delivered = _Delivered(
+                store,
+                TP(batch.topic, batch.partition),
+                pending[batch.partition][start : start + batch.count],
+                self._current_for(batch.partition),
             )
+            asyncio.ensure_future(batch.future).add_done_callback(delivered)
 
 
-def _persist_offset(store: Any, tp: TP, count: int, delivered: asyncio.Future[Any]) -> None:
-    if delivered.cancelled() or delivered.exception() is not None:
-        # Not delivered: the producer reports it (and Faust's commit flush fails); the store
-        # keeps the older persisted offset, so a warm restart replays from there.
-        return
-    faust_runtime.set_persisted_offset(store, tp, delivered.result().offset + count - 1)
+class _Delivered:
+    """Done-callback of one changelog record batch: store its entries, then its offset."""
+
+    def __init__(self, store: Any, tp: TP, entries: list[tuple[str, bytes]], event: Any) -> None:
+        self.store = store
+        self.tp = tp
+        self.entries = entries
+        # Faust's stores file a key under the current event's partition; by the time the
+        # batch is delivered the agent has moved on, so the event (or the partition's stand-
+        # in) is kept for the callback.
+        self.event = event
+
+    def __call__(self, delivered: asyncio.Future[Any]) -> None:
+        if delivered.cancelled() or delivered.exception() is not None:
+            # Not delivered: the producer reports it (and Faust's commit flush fails); the
+            # store keeps the older values and offset, so a warm restart replays from there.
+            return
+        faust_runtime.set_current_event(self.event)  # in this callback's own context
+        for key, value in self.entries:
+            self.store[key] = value
+        offset = delivered.result().offset + len(self.entries) - 1
+        faust_runtime.set_persisted_offset(self.store, self.tp, offset)
 
 
 def build_app(settings: Settings) -> faust.App:

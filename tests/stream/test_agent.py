@@ -305,3 +305,57 @@ def test_writes_of_a_partition_without_an_event_in_hand_go_to_that_partition(
         app.store._focus(p)
         current = _current_event.get()
         assert current is not None and current().message.partition == p
+
+
+def test_the_local_store_follows_the_changelog_record_batch_by_record_batch(
+    load_app: Callable[..., StreamWorker],
+) -> None:
+    """A window close rewrites a partition's users and its clock in one micro-batch, past
+    one record batch. A SIGKILL between the record batches must not leave a store that is
+    ahead of the changelog (its clock would pass users a warm restart's replay puts back):
+    each record batch reaches the store, with its persisted offset, only when delivered, and
+    one that fails never does."""
+    from stream.publish import SubmittedBatch
+
+    app = load_app(PARTITIONS="2")
+    topic = app.user_state.changelog_topic.get_topic_name()
+    persisted: dict[Any, int] = {}
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        first, second, other = loop.create_future(), loop.create_future(), loop.create_future()
+
+        class SplitPublisher:
+            """Partition 0's three records cut into record batches of two and one."""
+
+            async def submit(self, records: list[Any]) -> list[SubmittedBatch]:
+                return [
+                    SubmittedBatch(topic, 0, 2, first),
+                    SubmittedBatch(topic, 0, 1, second),
+                    SubmittedBatch(topic, 1, 1, other),
+                ]
+
+        store = app.user_state.data
+        store.set_persisted_offset = lambda tp, offset: persisted.__setitem__(tp, offset)
+        writes = {
+            0: {"u0": b"state-0", "w0": b"state-1", "\x00clock/0": b"clock"},
+            1: {"u1": b"state-2"},
+        }
+        await app.store.write_in_batches(writes, SplitPublisher())  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        assert not any(key in store for entries in writes.values() for key in entries)
+
+        first.set_result(type("Metadata", (), {"offset": 40})())
+        other.set_exception(RuntimeError("broker gone"))
+        await asyncio.sleep(0)
+        assert store["u0"] == b"state-0" and store["w0"] == b"state-1"
+        assert "\x00clock/0" not in store, "the clock got ahead of its record batch"
+        assert "u1" not in store, "a record batch that failed reached the store"
+        assert {tp.partition: offset for tp, offset in persisted.items()} == {0: 41}
+
+        second.set_result(type("Metadata", (), {"offset": 42})())
+        await asyncio.sleep(0)
+        assert store["\x00clock/0"] == b"clock"
+        assert {tp.partition: offset for tp, offset in persisted.items()} == {0: 42}
+
+    asyncio.run(scenario())

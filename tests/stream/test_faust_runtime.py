@@ -51,6 +51,58 @@ def test_installing_the_fetch_wait_twice_wraps_faust_once_and_keeps_the_latest_v
     assert calls == ["transport"]  # Faust's own method ran exactly once
 
 
+def test_after_a_rebalance_a_stream_partition_nobody_committed_is_read_from_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker killed before its first commit leaves its partitions without a committed
+    offset; aiokafka then seeks nothing, and records Faust dropped around the rebalance are
+    lost to the worker that takes over. Those partitions go back to their start; committed
+    ones, changelogs and topics no stream acknowledges are left as Faust leaves them."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    source, routed, changelog, leader = "clickstream", "routed", "app-user-state-changelog", "l"
+    committed = {
+        TopicPartition(source, 0): 1160,  # committed: Faust's seek is right
+        TopicPartition(source, 1): None,  # nobody committed: must go back to the start
+        TopicPartition(routed, 1): 0,  # committed 0 is not sought by aiokafka either
+        TopicPartition(changelog, 1): None,  # Faust positions changelogs itself
+        TopicPartition(leader, 0): None,  # no stream acknowledges it
+    }
+    sought: list[tuple[TopicPartition, ...]] = []
+
+    class Client:
+        async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+            sought.append(tps)
+
+    class App:
+        tables = type("Tables", (), {"changelog_topics": {changelog}})()
+        topics = type("Topics", (), {"acks_enabled_for": staticmethod(lambda t: t != leader)})()
+
+    class Thread:
+        consumer = type("Consumer", (), {"app": App()})()
+
+        def _ensure_consumer(self) -> Client:
+            return Client()
+
+        async def call_thread(self, fn: Any, *args: Any) -> Any:
+            return await fn(*args)
+
+    async def faust_original(self: Any) -> dict[TopicPartition, int | None]:
+        return committed
+
+    monkeypatch.setattr(AIOKafkaConsumerThread, "seek_to_committed", faust_original)
+    faust_runtime.install_seek_from_start()
+    installed = AIOKafkaConsumerThread.seek_to_committed
+    faust_runtime.install_seek_from_start()  # a second app in the same process
+    assert AIOKafkaConsumerThread.seek_to_committed is installed
+
+    result = asyncio.run(AIOKafkaConsumerThread.seek_to_committed(Thread()))  # type: ignore[arg-type]
+    assert result == committed  # Faust's perform_seek still gets what aiokafka found
+    assert [set(s) for s in sought] == [{TopicPartition(source, 1), TopicPartition(routed, 1)}]
+
+
 def test_the_current_event_is_the_one_faust_stores_read() -> None:
     @dataclass
     class Message:

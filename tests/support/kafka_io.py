@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ops.offsets import OffsetReader, totals
+from ops.offsets import OffsetReader, partition_ends, totals
 from settings import Settings
 
 
@@ -61,22 +61,6 @@ async def end_offsets(settings: Settings, topics: Iterable[str]) -> dict[TopicPa
         return await offsets.ends(topics)
 
 
-async def _end_offsets(
-    consumer: AIOKafkaConsumer, topics: Iterable[str]
-) -> dict[TopicPartition, int]:
-    tps = []
-    for topic in topics:
-        parts = consumer.partitions_for_topic(topic)
-        if parts is None:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps += [TopicPartition(topic, p) for p in sorted(parts)]
-    if not tps:
-        return {}
-    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
-    return ends
-
-
 async def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -> list[Record]:
     """Every record of ``topic`` up to its end offsets at the time of the call."""
     consumer = AIOKafkaConsumer(
@@ -88,7 +72,7 @@ async def read_topic(settings: Settings, topic: str, timeout_s: float = 120.0) -
     await consumer.start()
     out: list[Record] = []
     try:
-        ends = {tp: end for tp, end in (await _end_offsets(consumer, [topic])).items() if end > 0}
+        ends = {tp: end for tp, end in (await partition_ends(consumer, [topic])).items() if end > 0}
         if not ends:
             return out
         consumer.assign(list(ends))
