@@ -16,7 +16,8 @@ on what every app of the project needs:
 * ``CLICKSIGNALS_LOG_FORMAT=json`` through Faust's ``logging_config`` (:mod:`settings.logs`);
 * after a rebalance, a stream partition no one has committed yet is read from its start
   (:func:`stream.faust_runtime.install_seek_from_start`; without it records Faust dropped
-  around the rebalance were lost).
+  around the rebalance were lost), and commits are computed from unique acknowledged offsets
+  (:func:`stream.faust_runtime.install_unique_acks`).
 
 What differs (app id, web port, data directory, the worker's fetch and producer tuning) is
 passed in.
@@ -68,6 +69,7 @@ def faust_app(
         **tuning,
     }
     faust_runtime.install_seek_from_start()
+    faust_runtime.install_unique_acks()
     return faust.App(app_id, **options)
 
 

@@ -12,6 +12,9 @@ as API. Each has a reason (a measured cost or a correctness need) and lives here
 * a table's store (``Table.data``) and its ``set_persisted_offset``: the worker writes the
   changelog as record batches and records their offsets as Faust's own callback would;
 * ``Producer._producer``, the started aiokafka producer the record-batch publisher sends on;
+* ``Consumer._new_offset`` and its ``_acked`` lists (:func:`install_unique_acks`): an offset
+  acknowledged twice (once as a gap Faust skipped, once as the record itself) made the commit
+  advance by one offset per commit interval (a backlog's commits minutes behind);
 * ``AIOKafkaConsumerThread.seek_to_committed`` (:func:`install_seek_from_start`): a partition
   with no committed offset is not sought at all after a rebalance, so records Faust fetched
   and dropped around it are lost (the failover test: 4,168 events of a taken-over partition).
@@ -31,6 +34,7 @@ from typing import Any, Final
 
 import aiokafka
 from faust.streams import _current_event
+from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from faust.transport.producer import ProducerBuffer
@@ -66,6 +70,10 @@ def problems() -> list[str]:
 
     if not callable(getattr(Store, "set_persisted_offset", None)):
         found.append("faust Store.set_persisted_offset (changelog offsets of batch writes)")
+    if not callable(getattr(Consumer, "_new_offset", None)) or "self._acked = " not in (
+        _init_assignments(Consumer)
+    ):
+        found.append("faust Consumer._new_offset and _acked (the offsets a commit may reach)")
     if not callable(getattr(AIOKafkaConsumerThread, "seek_to_committed", None)):
         found.append("faust AIOKafkaConsumerThread.seek_to_committed (seeks after a rebalance)")
     if not callable(getattr(aiokafka.AIOKafkaConsumer, "seek_to_beginning", None)):
@@ -119,6 +127,45 @@ def install_fetch_wait(fetch_max_wait_ms: int) -> None:
 
     setattr(create_worker_consumer, _ORIGINAL, original)
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+class UniqueOffsets(list[int]):
+    """A partition's acknowledged offsets whose ``sort`` also drops repeats.
+
+    Faust's ``Consumer._new_offset`` appends the offsets of a gap it skipped to the
+    acknowledged ones, sorts them, and commits up to the end of the first run of consecutive
+    numbers. When the gap's records are delivered and acknowledged too (a fetch that raced a
+    seek), each offset is there twice, every run is one or two long, and the commit advances by
+    one offset per commit interval: measured in the event-time backlog test, three clickstream
+    partitions committed 9,205, 9,206, 9,207, ... every 2.8 s for three minutes while the
+    worker had long processed them. Unique offsets give Faust's own computation its meaning.
+    """
+
+    def sort(self, *, key: Any = None, reverse: bool = False) -> None:
+        self[:] = sorted(set(self), key=key, reverse=reverse)
+
+
+_UNIQUE_ORIGINAL: Final = "_clicksignals_unique_original"
+
+
+def install_unique_acks() -> None:
+    """Make each partition's acknowledged offsets a :class:`UniqueOffsets` before Faust
+    computes the offset to commit from them. Idempotent."""
+    current = Consumer._new_offset
+    if getattr(current, _UNIQUE_ORIGINAL, None) is not None:
+        return
+    original: Callable[..., Any] = current
+
+    def new_offset(self: Consumer, tp: Any) -> int | None:
+        acked = self._acked[tp]
+        if type(acked) is not UniqueOffsets:
+            # The same list object from now on: ``ack`` appends to what the mapping holds.
+            self._acked[tp] = UniqueOffsets(acked)
+        result: int | None = original(self, tp)
+        return result
+
+    setattr(new_offset, _UNIQUE_ORIGINAL, original)
+    Consumer._new_offset = new_offset  # type: ignore[method-assign]
 
 
 def install_seek_from_start() -> None:
@@ -203,9 +250,11 @@ def aiokafka_producer(app: Any) -> aiokafka.AIOKafkaProducer | None:
 
 __all__ = [
     "RuntimeIncompatible",
+    "UniqueOffsets",
     "aiokafka_producer",
     "install_fetch_wait",
     "install_seek_from_start",
+    "install_unique_acks",
     "problems",
     "require",
     "set_current_event",

@@ -103,6 +103,48 @@ def test_after_a_rebalance_a_stream_partition_nobody_committed_is_read_from_its_
     assert [set(s) for s in sought] == [{TopicPartition(source, 1), TopicPartition(routed, 1)}]
 
 
+def test_an_offset_acknowledged_twice_does_not_hold_the_commit_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backlog whose fetch raced a seek: Faust recorded offsets 101-103 as a gap it skipped,
+    then the records came and were acknowledged too. Faust's own computation then commits one
+    offset per commit interval; with unique offsets it commits the whole run at once."""
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+    from intervaltree import IntervalTree
+
+    def consumer_state() -> Any:
+        state = type("ConsumerState", (), {})()
+        state._acked = defaultdict(list)
+        state._acked_index = defaultdict(set)
+        state._gap = defaultdict(IntervalTree)
+        state._committed_offset = defaultdict(lambda: None)
+        tp = ("clickstream", 0)
+        state._committed_offset[tp] = 100
+        state._gap[tp].addi(101, 104)  # 101, 102, 103 recorded as skipped
+        for offset in range(100, 106):  # ... and then delivered and acknowledged
+            state._acked[tp].append(offset)
+            state._acked_index[tp].add(offset)
+        return state, tp
+
+    faust_new_offset = Consumer._new_offset
+    state, tp = consumer_state()
+    assert faust_new_offset(state, tp) == 102  # Faust alone: a run of two, not the six
+
+    monkeypatch.setattr(Consumer, "_new_offset", faust_new_offset)
+    faust_runtime.install_unique_acks()
+    installed = Consumer._new_offset
+    faust_runtime.install_unique_acks()
+    assert Consumer._new_offset is installed
+    state, tp = consumer_state()
+    assert Consumer._new_offset(state, tp) == 106  # everything acknowledged, committed at once
+    assert list(state._acked[tp]) == []
+    state._committed_offset[tp] = 106  # as Faust records it after the commit
+    state._acked[tp].append(106)  # Faust's ack appends to the same (unique) list
+    assert Consumer._new_offset(state, tp) == 107
+
+
 def test_the_current_event_is_the_one_faust_stores_read() -> None:
     @dataclass
     class Message:
