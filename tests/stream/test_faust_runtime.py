@@ -128,7 +128,9 @@ def test_an_offset_acknowledged_twice_does_not_hold_the_commit_back(
             state._acked_index[tp].add(offset)
         return state, tp
 
-    faust_new_offset = Consumer._new_offset
+    # Faust's own method, also when an app built earlier in this process installed the wrapper.
+    current = Consumer._new_offset
+    faust_new_offset = getattr(current, faust_runtime._UNIQUE_ORIGINAL, current)
     state, tp = consumer_state()
     assert faust_new_offset(state, tp) == 102  # Faust alone: a run of two, not the six
 
