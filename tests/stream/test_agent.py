@@ -359,3 +359,44 @@ def test_the_local_store_follows_the_changelog_record_batch_by_record_batch(
         assert {tp.partition: offset for tp, offset in persisted.items()} == {0: 42}
 
     asyncio.run(scenario())
+
+
+def test_a_write_not_yet_delivered_is_read_back_before_the_store_has_it(
+    load_app: Callable[..., StreamWorker],
+) -> None:
+    """The processor lets go of users it no longer needs and reads them back from the store
+    when an event of theirs comes; the next micro-batch starts as soon as the last one is
+    sent, so that read can come before the last batch's changelog is delivered. It must get
+    the last written state, not the one before it (nor an older one once a later micro-batch
+    wrote the key again), and the store gets each value only on delivery."""
+    from stream.publish import SubmittedBatch
+
+    app = load_app(PARTITIONS="2")
+    topic = app.user_state.changelog_topic.get_topic_name()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+
+        class OnePerPartition:
+            async def submit(self, records: list[Any]) -> list[SubmittedBatch]:
+                future = loop.create_future()
+                futures.append(future)
+                return [SubmittedBatch(topic, 0, len(records), future)]
+
+        store = app.user_state.data
+        store.set_persisted_offset = lambda tp, offset: None
+        await app.store.write_in_batches({0: {"u0": b"v1"}}, OnePerPartition())  # type: ignore[arg-type]
+        assert "u0" not in store and app.store.get("u0", 0) == b"v1"
+        assert dict(app.store.items())["u0"] == b"v1"
+        await app.store.write_in_batches({0: {"u0": b"v2"}}, OnePerPartition())  # type: ignore[arg-type]
+        futures[0].set_result(type("Metadata", (), {"offset": 7})())
+        await asyncio.sleep(0)
+        assert store["u0"] == b"v1"  # delivered: stored, but a later write is still in flight
+        assert app.store.get("u0", 0) == b"v2"
+        futures[1].set_result(type("Metadata", (), {"offset": 8})())
+        await asyncio.sleep(0)
+        assert store["u0"] == b"v2" and app.store.get("u0", 0) == b"v2"
+        assert app.store.unstored == {}
+
+    asyncio.run(scenario())
