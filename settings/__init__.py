@@ -154,6 +154,9 @@ class WorkerSettings:
     """How often the worker looks for a new model version in ``model_dir`` (0: never)."""
     lag_interval_s: float = 5.0
     """How often the worker updates its consumer-lag gauge (0: never)."""
+    memory_trim_interval_s: float = 5.0
+    """How often the worker gives freed heap pages back to the operating system
+    (:mod:`stream.memory`; 0: never)."""
     watermark_interval_s: float = 1.0
     """How often the worker announces the event time of the source partitions it holds to
     every other partition (watermark records on the re-keying topic). A partition closes a

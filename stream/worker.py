@@ -14,10 +14,11 @@ Event time: a partition closes a window only when every clickstream partition ha
 re-keying topic, behind the copies they re-keyed; a source with nothing to read for
 ``source_idle_timeout_s`` is announced idle and stops holding time back.
 
-Two more timers: one polls the model directory (``model_poll_interval_s``) and switches to a new
+Three more timers: one polls the model directory (``model_poll_interval_s``) and switches to a new
 model version that passes the checks between micro-batches (a rejected one is logged and
 counted, the old model keeps serving; :class:`stream.model.ModelHolder`); one sets the
-consumer-lag gauge of the source partitions this worker holds (``lag_interval_s``).
+consumer-lag gauge of the source partitions this worker holds (``lag_interval_s``); one gives
+freed heap pages back to the operating system (``memory_trim_interval_s``, :mod:`stream.memory`).
 
 A message whose processing raises costs that message, not the stream: the processor isolates
 it (dead letter ``processing_error``, see :mod:`stream.processor`). What still stops the agent
@@ -54,7 +55,7 @@ from faust.types import TP, EventT
 from serving.scorer import ModelLoadError, Scorer, load_model
 from settings import Settings
 from settings.kafka import KafkaClientConfigError
-from stream import faust_runtime, metrics
+from stream import faust_runtime, memory, metrics
 from stream.faust_app import RAW, faust_app
 from stream.input_check import InputCheck
 from stream.liveness import Liveness
@@ -584,6 +585,12 @@ def _register_timers(worker: Worker) -> None:
             metrics.observe_model_reload(reload.outcome, reload.serving)
             if reload.outcome == "swapped":
                 worker.swap_model(worker.holder.scorer)
+
+    if s.worker.memory_trim_interval_s > 0:
+
+        @app.timer(interval=s.worker.memory_trim_interval_s)
+        async def trim_memory() -> None:
+            await asyncio.to_thread(memory.trim)
 
     if s.worker.lag_interval_s > 0:
 
