@@ -200,14 +200,26 @@ class SourceMark:
     """The source's watermark (``None``: it has read no event yet)."""
     idle: bool
     """The source has had nothing to read for the idle timeout: it does not hold time back."""
-    heard_ms: int = 0
-    """When the reading partition read it (its own wall clock; not on the wire): an idle
-    announcement holds only while its worker keeps repeating it."""
+    sent_ms: int | None = None
+    """When the announcing worker made it (its wall clock, on the wire; ``None`` in records
+    of versions before it). An idle announcement holds only while it is fresh, that is
+    while its worker keeps repeating it. Its age counts from when it was made, not from when
+    it was read: after a restart the re-keying topic is read again from its committed offset,
+    and the idle announcements there are the previous run's, made before the backlog that
+    follows them (read as fresh, they let a partition close windows whose re-keyed events
+    were still behind them: 1,141 late events in the backlog-restart test)."""
 
 
 def encode_watermark(source: int, mark: SourceMark) -> bytes:
     return orjson.dumps(
-        {"watermark": {"source": source, "event_ms": mark.event_ms, "idle": mark.idle}}
+        {
+            "watermark": {
+                "source": source,
+                "event_ms": mark.event_ms,
+                "idle": mark.idle,
+                "sent_ms": mark.sent_ms,
+            }
+        }
     )
 
 
@@ -220,14 +232,20 @@ def decode_watermark(value: bytes | None) -> tuple[int, SourceMark]:
     if not isinstance(w, dict):
         raise ValueError(f"not a watermark record: {value[:80]!r}")
     source, event_ms, idle = w.get("source"), w.get("event_ms"), w.get("idle")
+    sent_ms = w.get("sent_ms")
     if (
         not isinstance(source, int)
         or isinstance(source, bool)
-        or not (event_ms is None or (isinstance(event_ms, int) and not isinstance(event_ms, bool)))
+        or not _optional_int(event_ms)
         or not isinstance(idle, bool)
+        or not _optional_int(sent_ms)
     ):
         raise ValueError(f"malformed watermark record: {value[:120]!r}")
-    return source, SourceMark(event_ms, idle)
+    return source, SourceMark(event_ms, idle, sent_ms)
+
+
+def _optional_int(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
 
 
 class StateStore(Protocol):
@@ -843,7 +861,8 @@ class Processor:
         latest watermark record read on ``p``'s re-keying partition, which comes after the
         copies that source re-keyed to ``p`` before it. Idle sources do not hold time back;
         when every source is idle, everything sent has been read, and the latest time wins.
-        Another source's idle announcement counts only while it is repeated (``idle_ttl_ms``).
+        Another source's idle announcement counts only while it is fresh (made less than
+        ``idle_ttl_ms`` ago: its worker keeps repeating it).
         """
         now = self.now_ms() if now is None else now
         clock = self._clocks.get(p)
@@ -860,8 +879,8 @@ class Processor:
                 if found is None:
                     return None
                 mark = found
-                if mark.idle and now - mark.heard_ms > self.idle_ttl_ms:
-                    mark = SourceMark(mark.event_ms, False)  # no longer repeated: holds back
+                if mark.idle and (mark.sent_ms is None or now - mark.sent_ms > self.idle_ttl_ms):
+                    mark = SourceMark(mark.event_ms, False)  # not fresh: holds back
             if mark.event_ms is not None:
                 latest = mark.event_ms if latest is None else max(latest, mark.event_ms)
             if mark.idle:
@@ -927,8 +946,7 @@ class Processor:
             and old.event_ms is not None
             and (mark.event_ms is None or mark.event_ms < old.event_ms)
         ):
-            mark = SourceMark(old.event_ms, mark.idle)
-        mark = replace(mark, heard_ms=now)
+            mark = SourceMark(old.event_ms, mark.idle, mark.sent_ms)
         self._marks_backup.setdefault((p, source), old)
         marks[source] = mark
         clock = self._ensure_partition(p)
@@ -964,7 +982,7 @@ class Processor:
                 if clock.closed_through != before:
                     dirty_parts.add(source)
                 value = encode_watermark(
-                    source, SourceMark(clock.max_event_ms, source in self._idle)
+                    source, SourceMark(clock.max_event_ms, source in self._idle, now)
                 )
                 out.watermarks += [
                     (key, value) for q, key in enumerate(self._watermark_keys) if q != source
@@ -1162,7 +1180,7 @@ class Processor:
                 "watermark_ms": self.watermark(p) if p in self._clocks else None,
                 "idle": p in self._idle,
                 "sources": {
-                    s: {"event_ms": m.event_ms, "idle": m.idle, "heard_ms": m.heard_ms}
+                    s: {"event_ms": m.event_ms, "idle": m.idle, "sent_ms": m.sent_ms}
                     for s, m in sorted(self._marks.get(p, {}).items())
                 },
             }

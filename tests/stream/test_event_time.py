@@ -202,6 +202,47 @@ def test_an_idle_announcement_that_is_not_repeated_stops_counting(scorer) -> Non
     assert proc.clocks_view()[pa]["closed_through"] == closed  # held back
 
 
+def test_a_restarted_worker_does_not_take_the_previous_run_s_idle_announcements_as_fresh(
+    scorer,
+) -> None:  # type: ignore[no-untyped-def]
+    """A worker stopped while its other sources were idle, restarted after a backlog was
+    produced: it reads the re-keying topic again from its committed offset, and the first
+    records there are the previous run's idle announcements. They are old: the backlog's
+    re-keyed copies follow them, so they must not let the partition close windows on its own
+    source's time (they did, when an announcement's age counted from its reading: 1,141 late
+    events in the backlog-restart Kafka test). Fresh announcements of the restarted run do."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    a, _ = users_on_partitions()
+    pa = partition_of(a.encode(), PARTITIONS)
+    others = [q for q in range(PARTITIONS) if q != pa]
+    msgs = produced(frame_of(weekly_views(a, range(6), start)), "user")
+    store = DictStore()
+    before = make_processor(scorer, store)
+    out = feed(before, msgs[:3], idle=others)
+    store.apply(out.writes)
+    closed = before.clocks_view()[pa]["closed_through"]
+    assert closed == before.spec.index(start + 2 * WEEK) - 1
+    last_round = [
+        RawMessage(k, v, "routed", pa, i)
+        for i, (k, v) in enumerate(before.heartbeat(range(PARTITIONS), others).watermarks)
+        if partition_of(k, PARTITIONS) == pa
+    ]
+    assert len(last_round) == len(others)
+
+    after = make_processor(scorer, store)
+    restarted_at = before.now_ms() + 60_000
+    after.now_ms = lambda: restarted_at
+    replayed = after.process(last_round)
+    backlog = after.process(msgs[3:])
+    assert not replayed.dead_letters and not backlog.dead_letters
+    assert after.clocks_view()[pa]["closed_through"] == closed  # held back
+    assert not close_signals(backlog.demand)
+
+    fresh = feed(after, [], idle=others)  # the restarted run's own announcements
+    assert after.clocks_view()[pa]["closed_through"] == after.spec.index(start + 5 * WEEK) - 1
+    assert close_signals(fresh.demand)
+
+
 def run_shuffled(proc: Processor, store: DictStore, msgs: list[RawMessage], seed: int) -> list:  # type: ignore[type-arg]
     """As a worker's fetches may deliver them: chunks of a few partitions per batch, watermark
     records read back at any point of a later batch, heartbeats at any time; at the end, every
