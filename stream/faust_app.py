@@ -69,6 +69,7 @@ def faust_app(
         **tuning,
     }
     faust_runtime.install_seek_from_start()
+    faust_runtime.install_seek_fence()
     faust_runtime.install_unique_acks()
     return faust.App(app_id, **options)
 

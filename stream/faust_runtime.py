@@ -18,6 +18,10 @@ as API. Each has a reason (a measured cost or a correctness need) and lives here
 * ``AIOKafkaConsumerThread.seek_to_committed`` (:func:`install_seek_from_start`): a partition
   with no committed offset is not sought at all after a rebalance, so records Faust fetched
   and dropped around it are lost (the failover test: 4,168 events of a taken-over partition).
+* ``Consumer.getmany`` and ``Consumer.perform_seek`` (:func:`install_seek_fence`): records of
+  a fetch that a seek overtook were still delivered, out of step with the read offsets the seek
+  had set, and some records after them were never processed (the event-time backlog test: 80
+  to 169 records of one partition after a restart).
 
 :func:`require` checks that every one is there and says what is missing; the worker calls it
 before it builds anything, so an upgrade that moves one stops the worker at start-up with a
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import aiokafka
@@ -76,6 +80,10 @@ def problems() -> list[str]:
         found.append("faust Consumer._new_offset and _acked (the offsets a commit may reach)")
     if not callable(getattr(AIOKafkaConsumerThread, "seek_to_committed", None)):
         found.append("faust AIOKafkaConsumerThread.seek_to_committed (seeks after a rebalance)")
+    if not callable(getattr(Consumer, "getmany", None)) or not callable(
+        getattr(Consumer, "perform_seek", None)
+    ):
+        found.append("faust Consumer.getmany and perform_seek (records a seek overtook)")
     if not callable(getattr(aiokafka.AIOKafkaConsumer, "seek_to_beginning", None)):
         found.append("aiokafka AIOKafkaConsumer.seek_to_beginning (seeks after a rebalance)")
     if "_producer" not in AIOKafkaFaustProducer.__annotations__:
@@ -196,8 +204,7 @@ def install_seek_from_start() -> None:
             tp
             for tp, offset in committed.items()
             if not offset  # None or 0: aiokafka's seek_to_committed left it alone
-            and tp.topic not in app.tables.changelog_topics
-            and app.topics.acks_enabled_for(tp.topic)
+            and _is_stream_partition(app, tp)
         ]
         if unset:
             log.info(
@@ -209,6 +216,85 @@ def install_seek_from_start() -> None:
 
     setattr(seek_to_committed, _SEEK_ORIGINAL, original)
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
+_FENCE_ORIGINAL: Final = "_clicksignals_fence_original"
+_SEEKS: Final = "_clicksignals_seeks"
+"""Consumer attribute: seeks begun plus seeks ended (odd while one runs)."""
+
+
+def _is_stream_partition(app: Any, tp: Any) -> bool:
+    """A partition a stream reads and acknowledges (not a changelog, which Faust positions
+    itself and never seeks to a committed offset)."""
+    return tp.topic not in app.tables.changelog_topics and bool(
+        app.topics.acks_enabled_for(tp.topic)
+    )
+
+
+def install_seek_fence() -> None:
+    """Deliver no stream record of a fetch that a seek or a rebalance overtook.
+
+    Faust's fetcher (``Consumer._drain_messages``) takes a fetch's records from
+    ``Consumer.getmany`` one at a time, and a seek to the committed offsets
+    (``perform_seek``: after every rebalance, when recovery resumes the streams) can land
+    between two of them. Faust checks only the consumer generation, and reads it *after*
+    the fetch returned, so the rest of the fetch is still delivered: its offsets are above
+    the read offset the seek just set, Faust records the difference as a gap it "skipped"
+    (counted as acknowledged when it commits), and what the seek fetches again is dropped as
+    already read. Measured in the event-time backlog test, whose restarted worker resumes its
+    stream partitions while it still reads the changelog: records of the fetch that raced the
+    seek reached the agent up to the seek, the next 80 to 169 records of that partition never
+    did, and one customer's window close came out with a different score.
+
+    A fetch is therefore stamped with the seek count and the generation before it starts;
+    its records of stream partitions are dropped if a seek began or ended, or the
+    generation changed, before they are delivered, and the partitions are sought to their
+    committed offsets again once the fetch is used up, so that its records are fetched again,
+    in order, with read offsets that match them. (Dropping alone is not enough: aiokafka
+    keeps a fetch that was in flight at the offset the seek went to, so its position is past
+    the records dropped; measured, 1,000 records of one partition never came again.) Records
+    already delivered are kept; the processor skips what its state holds. Changelog records
+    are delivered as Faust delivers them. Idempotent.
+    """
+    current_getmany = Consumer.getmany
+    if getattr(current_getmany, _FENCE_ORIGINAL, None) is not None:
+        return
+    original_getmany: Callable[..., Any] = current_getmany
+    original_seek: Callable[..., Any] = Consumer.perform_seek
+
+    async def perform_seek(self: Consumer) -> None:
+        setattr(self, _SEEKS, getattr(self, _SEEKS, 0) + 1)
+        try:
+            await original_seek(self)
+        finally:
+            setattr(self, _SEEKS, getattr(self, _SEEKS, 0) + 1)
+
+    async def getmany(self: Consumer, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        seeks = getattr(self, _SEEKS, 0)
+        app = self.app
+        generation = app.consumer_generation_id
+        dropped: dict[Any, int] = {}
+        async for tp, message in original_getmany(self, timeout):
+            overtaken = (
+                seeks % 2 == 1
+                or getattr(self, _SEEKS, 0) != seeks
+                or app.consumer_generation_id != generation
+            )
+            if overtaken and _is_stream_partition(app, tp):
+                dropped[tp] = dropped.get(tp, 0) + 1
+                continue
+            yield tp, message
+        if dropped:
+            counts = ", ".join(f"{n} of {t.topic}[{t.partition}]" for t, n in dropped.items())
+            log.info("a seek overtook a fetch: its records (%s) are fetched again", counts)
+            try:
+                await self.perform_seek()
+            except Exception as exc:  # as Faust's own getmany treats a failed seek
+                log.warning("seek after a dropped fetch failed (the next rebalance seeks): %r", exc)
+
+    setattr(getmany, _FENCE_ORIGINAL, original_getmany)
+    Consumer.getmany = getmany  # type: ignore[method-assign]
+    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
 
 def set_producer_buffer_limit(max_messages: int) -> None:
@@ -253,6 +339,7 @@ __all__ = [
     "UniqueOffsets",
     "aiokafka_producer",
     "install_fetch_wait",
+    "install_seek_fence",
     "install_seek_from_start",
     "install_unique_acks",
     "problems",

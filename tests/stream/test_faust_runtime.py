@@ -147,6 +147,90 @@ def test_an_offset_acknowledged_twice_does_not_hold_the_commit_back(
     assert Consumer._new_offset(state, tp) == 107
 
 
+def test_records_of_a_fetch_that_a_seek_overtook_are_fetched_again_not_delivered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted worker resumes its stream partitions while it still reads the changelog,
+    then seeks them to their committed offsets: the fetch that raced the seek must not
+    deliver the rest of its records (Faust's read offsets no longer match them, and records
+    after them were lost). Records delivered before the seek stay delivered; changelog
+    records are never dropped; a fetch begun after the seek delivers everything."""
+    import asyncio
+
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+
+    source, changelog = TP("clickstream", 0), TP("app-user-state-changelog", 0)
+
+    class App:
+        consumer_generation_id = 1
+        tables = type("Tables", (), {"changelog_topics": {changelog.topic}})()
+        topics = type("Topics", (), {"acks_enabled_for": staticmethod(lambda t: True)})()
+
+    class FakeConsumer:
+        app = App()
+
+        async def perform_seek(self) -> None:
+            await Consumer.perform_seek(self)  # type: ignore[arg-type]  # whatever is installed
+
+    consumer = FakeConsumer()
+    fetch = [(source, 9220), (changelog, 40), (source, 9221), (changelog, 41), (source, 9222)]
+    between: dict[int, Any] = {}
+    """What runs after Faust's getmany yielded the record at this offset."""
+    during_seek: list[Any] = []
+    """What runs while Faust's seek is in progress."""
+
+    async def faust_getmany(self: Any, timeout: float) -> Any:
+        for tp, offset in fetch:
+            yield tp, offset
+            if offset in between:
+                await between.pop(offset)()
+
+    sought: list[str] = []
+
+    async def faust_perform_seek(self: Any) -> None:
+        sought.append("seek")
+        while during_seek:
+            await during_seek.pop()()
+
+    monkeypatch.setattr(Consumer, "getmany", faust_getmany)
+    monkeypatch.setattr(Consumer, "perform_seek", faust_perform_seek)
+    faust_runtime.install_seek_fence()
+    installed = Consumer.getmany
+    faust_runtime.install_seek_fence()  # a second app in the same process
+    assert Consumer.getmany is installed
+
+    async def delivered() -> list[tuple[TP, int]]:
+        return [r async for r in Consumer.getmany(consumer, 1.0)]  # type: ignore[arg-type]
+
+    async def seek() -> None:
+        await Consumer.perform_seek(consumer)  # type: ignore[arg-type]
+
+    between[9220] = seek  # the seek lands after the first record was delivered
+    assert asyncio.run(delivered()) == [(source, 9220), (changelog, 40), (changelog, 41)]
+    # ... and the partitions are sought again: aiokafka may have moved past what was dropped.
+    assert sought == ["seek", "seek"]
+    assert asyncio.run(delivered()) == fetch  # the fetch after the seek: all, in order
+    assert sought == ["seek", "seek"]  # nothing dropped, nothing sought
+
+    got: list[list[tuple[TP, int]]] = []
+
+    async def fetch_while_seeking() -> None:
+        got.append(await delivered())
+
+    during_seek.append(fetch_while_seeking)
+    asyncio.run(seek())
+    assert got == [[(changelog, 40), (changelog, 41)]]  # positions were about to move
+    assert sought == ["seek"] * 4
+
+    async def rebalance() -> None:
+        consumer.app.consumer_generation_id += 1
+
+    between[9221] = rebalance
+    assert asyncio.run(delivered()) == fetch[:4]  # Faust's own check reads it too late
+    assert sought == ["seek"] * 5
+
+
 def test_the_current_event_is_the_one_faust_stores_read() -> None:
     @dataclass
     class Message:
