@@ -205,8 +205,8 @@ def test_a_burst_far_above_the_sustainable_rate_keeps_memory_bounded_and_lag_dra
 
     # Memory: bounded by the worker's buffers, not by the backlog. What the worker may hold
     # at once does not depend on the burst's size: aiokafka prefetches at most one fetch per
-    # partition (max_partition_fetch_bytes = consumer_max_fetch_size = 16 MiB, 4 source
-    # partitions with data -> <= 64 MiB raw), one poll decodes <= 10,000 records
+    # partition (max_partition_fetch_bytes = consumer_max_fetch_size = 4 MiB, 4 source
+    # partitions with data -> <= 16 MiB raw), one poll decodes <= 10,000 records
     # (broker_max_poll_records), the stream buffer queues <= 4,096 (stream_buffer_maxsize),
     # the producer buffer <= 8 micro-batches of changelog writes; plus allocator slack.
     # A worker that held the backlog would grow by more than its raw bytes (Python objects
