@@ -70,6 +70,7 @@ def faust_app(
     }
     faust_runtime.install_seek_from_start()
     faust_runtime.install_seek_fence()
+    faust_runtime.install_subscribe_after_metadata()
     faust_runtime.install_unique_acks()
     return faust.App(app_id, **options)
 

@@ -18,6 +18,10 @@ as API. Each has a reason (a measured cost or a correctness need) and lives here
 * ``AIOKafkaConsumerThread.seek_to_committed`` (:func:`install_seek_from_start`): a partition
   with no committed offset is not sought at all after a rebalance, so records Faust fetched
   and dropped around it are lost (the failover test: 4,168 events of a taken-over partition).
+* ``AIOKafkaConsumerThread.subscribe`` and aiokafka's ``AIOKafkaConsumer._client``
+  (:func:`install_subscribe_after_metadata`): a table's changelog topic that Faust created
+  just before subscribing was missing from the first assignment, and the subscriber's first
+  table write crashed its agent (``PartitionsMismatch``, in one CI run);
 * ``Consumer.getmany`` and ``Consumer.perform_seek`` (:func:`install_seek_fence`): records of
   a fetch that a seek overtook were still delivered, out of step with the read offsets the seek
   had set, and some records after them were never processed (the event-time backlog test: 80
@@ -31,7 +35,9 @@ the app twice in one process (tests do) does not stack wrappers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
@@ -84,6 +90,10 @@ def problems() -> list[str]:
         getattr(Consumer, "perform_seek", None)
     ):
         found.append("faust Consumer.getmany and perform_seek (records a seek overtook)")
+    if not callable(getattr(AIOKafkaConsumerThread, "subscribe", None)) or (
+        "self._client = " not in _init_assignments(aiokafka.AIOKafkaConsumer)
+    ):
+        found.append("faust AIOKafkaConsumerThread.subscribe and aiokafka's consumer _client")
     if not callable(getattr(aiokafka.AIOKafkaConsumer, "seek_to_beginning", None)):
         found.append("aiokafka AIOKafkaConsumer.seek_to_beginning (seeks after a rebalance)")
     if "_producer" not in AIOKafkaFaustProducer.__annotations__:
@@ -218,6 +228,63 @@ def install_seek_from_start() -> None:
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
 
 
+_SUBSCRIBE_ORIGINAL: Final = "_clicksignals_subscribe_original"
+
+METADATA_WAIT_S: Final = 10.0
+"""How long a subscription waits for its topics to be in the consumer's metadata."""
+
+
+async def await_topics(consumer: Any, topics: set[str], timeout_s: float) -> set[str]:
+    """Refresh ``consumer``'s metadata until every topic of ``topics`` has partitions in it,
+    for at most ``timeout_s``; returns the topics still missing (run on the consumer's loop)."""
+    client = consumer._client
+    missing = {t for t in topics if client.cluster.partitions_for_topic(t) is None}
+    if not missing:
+        return missing
+    for topic in sorted(missing):
+        # The metadata request names the client's topics once it has any: add these to it.
+        await client.add_topic(topic)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = {t for t in missing if client.cluster.partitions_for_topic(t) is None}
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        await asyncio.sleep(0.1)
+        await client.force_metadata_update()
+
+
+def install_subscribe_after_metadata(timeout_s: float = METADATA_WAIT_S) -> None:
+    """Subscribe only once the consumer's metadata has the subscribed topics.
+
+    Faust creates a table's changelog topic when the table starts and subscribes to it right
+    after. The consumer's metadata may not have the new topic yet (measured: 95 ms after its
+    creation it was "not found in cluster metadata"), the group's first assignment then leaves
+    it out, and Faust's first write to the table raises ``PartitionsMismatch`` ("changelog ...
+    has 0 partitions"), which stopped the alerter of the demo in one CI run (a later
+    rebalance would have assigned it). Waiting here, at most ``timeout_s``, for the topics to
+    have partitions makes the first assignment whole; a topic still missing then is logged and
+    left to Faust as before. Idempotent.
+    """
+    current = AIOKafkaConsumerThread.subscribe
+    if getattr(current, _SUBSCRIBE_ORIGINAL, None) is not None:
+        return
+    original: Callable[..., Any] = current
+
+    async def subscribe(self: AIOKafkaConsumerThread, topics: Any) -> None:
+        wanted = set(topics)
+        missing = await self.call_thread(await_topics, self._ensure_consumer(), wanted, timeout_s)
+        if missing:
+            log.warning(
+                "subscribing to %s, not in the broker's metadata after %.0f s",
+                ", ".join(sorted(missing)),
+                timeout_s,
+            )
+        await original(self, wanted)
+
+    setattr(subscribe, _SUBSCRIBE_ORIGINAL, original)
+    AIOKafkaConsumerThread.subscribe = subscribe  # type: ignore[method-assign]
+
+
 _FENCE_ORIGINAL: Final = "_clicksignals_fence_original"
 _SEEKS: Final = "_clicksignals_seeks"
 """Consumer attribute: seeks begun plus seeks ended (odd while one runs)."""
@@ -338,9 +405,11 @@ __all__ = [
     "RuntimeIncompatible",
     "UniqueOffsets",
     "aiokafka_producer",
+    "await_topics",
     "install_fetch_wait",
     "install_seek_fence",
     "install_seek_from_start",
+    "install_subscribe_after_metadata",
     "install_unique_acks",
     "problems",
     "require",

@@ -231,6 +231,67 @@ def test_records_of_a_fetch_that_a_seek_overtook_are_fetched_again_not_delivered
     assert sought == ["seek"] * 5
 
 
+def test_a_subscription_waits_until_a_changelog_created_just_before_is_in_the_metadata(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust creates a table's changelog topic and subscribes to it right after; the consumer
+    must not join the group before its metadata has the topic (the first assignment would
+    leave it out, and the subscriber's first table write crashed on PartitionsMismatch). A
+    topic that never appears is waited for a bounded time, then left to Faust."""
+    import asyncio
+
+    changelog = "app-alert-state-changelog"
+
+    class Cluster:
+        def __init__(self) -> None:
+            self.known = {"churn-risk": {0, 1}}
+
+        def partitions_for_topic(self, topic: str) -> set[int] | None:
+            return self.known.get(topic)
+
+    class Client:
+        def __init__(self) -> None:
+            self.cluster = Cluster()
+            self.topics: set[str] = set()
+            self.updates = 0
+
+        async def add_topic(self, topic: str) -> None:
+            self.topics.add(topic)
+
+        async def force_metadata_update(self) -> None:
+            self.updates += 1
+            if self.updates == 3 and changelog in self.topics:  # the broker has applied it
+                self.cluster.known[changelog] = {0, 1}
+
+    consumer = type("AioConsumer", (), {})()
+    consumer._client = Client()
+    subscribed: list[tuple[set[str], int]] = []
+
+    class Thread:
+        def _ensure_consumer(self) -> Any:
+            return consumer
+
+        async def call_thread(self, fn: Any, *args: Any) -> Any:
+            return await fn(*args)
+
+    async def faust_subscribe(self: Any, topics: Any) -> None:
+        subscribed.append((set(topics), consumer._client.updates))
+
+    monkeypatch.setattr(AIOKafkaConsumerThread, "subscribe", faust_subscribe)
+    faust_runtime.install_subscribe_after_metadata(timeout_s=5.0)
+    installed = AIOKafkaConsumerThread.subscribe
+    faust_runtime.install_subscribe_after_metadata()
+    assert AIOKafkaConsumerThread.subscribe is installed
+
+    topics = ["churn-risk", changelog]
+    asyncio.run(AIOKafkaConsumerThread.subscribe(Thread(), topics))  # type: ignore[arg-type]
+    assert subscribed == [({"churn-risk", changelog}, 3)]  # after the topic appeared
+
+    missing = "never-created"
+    got = asyncio.run(faust_runtime.await_topics(consumer, {"churn-risk", missing}, 0.3))
+    assert got == {missing}
+
+
 def test_the_current_event_is_the_one_faust_stores_read() -> None:
     @dataclass
     class Message:
