@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -83,8 +83,8 @@ class CohortTally:
         """JSON-friendly and exact (float64 values round-trip through JSON)."""
         return {
             "n": self.n,
-            "orders": _sums_dict(self.orders),
-            "spend": _sums_dict(self.spend),
+            "orders": asdict(self.orders),
+            "spend": asdict(self.spend),
             "log_loss_sum": self.log_loss_sum,
             "brier_sum": self.brier_sum,
             "bins": {
@@ -115,15 +115,6 @@ class CohortTally:
             np.asarray(hist["churned"], dtype=np.int64),
             np.asarray(hist["stayed"], dtype=np.int64),
         )
-
-
-def _sums_dict(s: ErrorSums) -> dict[str, float]:
-    return {
-        "abs_error": s.abs_error,
-        "squared_error": s.squared_error,
-        "predicted": s.predicted,
-        "actual": s.actual,
-    }
 
 
 def _vector(values: npt.ArrayLike, name: str, n: int | None = None) -> FloatArray:
