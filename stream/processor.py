@@ -879,7 +879,10 @@ class Processor:
                 if found is None:
                     return None
                 mark = found
-                if mark.idle and (mark.sent_ms is None or now - mark.sent_ms > self.idle_ttl_ms):
+                # Fresh within the TTL either way: one record dated in the future (a forged
+                # one, a clock far ahead) must not keep a source idle for as long as it says.
+                fresh = mark.sent_ms is not None and abs(now - mark.sent_ms) <= self.idle_ttl_ms
+                if mark.idle and not fresh:
                     mark = SourceMark(mark.event_ms, False)  # not fresh: holds back
             if mark.event_ms is not None:
                 latest = mark.event_ms if latest is None else max(latest, mark.event_ms)

@@ -22,7 +22,14 @@ from features.signals import DeadLetter
 from ingest.adapters import to_wire_bytes
 from serving.scorer import load_model
 from stream.loopback import run_in_process
-from stream.processor import BatchOutput, DictStore, Processor, RawMessage
+from stream.processor import (
+    BatchOutput,
+    DictStore,
+    Processor,
+    RawMessage,
+    SourceMark,
+    encode_watermark,
+)
 from stream.publish import partition_of
 from tests.support.processor import (
     MODEL_DIR,
@@ -241,6 +248,34 @@ def test_a_restarted_worker_does_not_take_the_previous_run_s_idle_announcements_
     fresh = feed(after, [], idle=others)  # the restarted run's own announcements
     assert after.clocks_view()[pa]["closed_through"] == after.spec.index(start + 5 * WEEK) - 1
     assert close_signals(fresh.demand)
+
+
+def test_one_idle_announcement_dated_in_the_future_does_not_keep_a_source_idle(scorer) -> None:  # type: ignore[no-untyped-def]
+    """A single record on the re-keying topic claiming a source idle, dated an hour ahead (a
+    forged record, a worker whose clock is far off) counts no longer than a fresh one: one
+    message must not hold a partition's closes open to every source's backlog."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    a, _ = users_on_partitions()
+    pa = partition_of(a.encode(), PARTITIONS)
+    others = [q for q in range(PARTITIONS) if q != pa]
+    proc = make_processor(scorer)
+    msgs = produced(frame_of(weekly_views(a, range(6), start)), "user")
+    proc.process(msgs[:3])
+    ahead = proc.now_ms() + 3_600_000
+    # The record key that lands on pa, as a worker holding the other sources would send it.
+    key = next(
+        k
+        for k, _ in make_processor(scorer).heartbeat(others).watermarks
+        if partition_of(k, PARTITIONS) == pa
+    )
+    forged = [
+        RawMessage(key, encode_watermark(q, SourceMark(None, True, ahead)), "routed", pa, i)
+        for i, q in enumerate(others)
+    ]
+    closed = proc.clocks_view()[pa]["closed_through"]
+    out = proc.process(forged)
+    assert not out.dead_letters
+    assert proc.clocks_view()[pa]["closed_through"] == closed  # not idle: they hold back
 
 
 def run_shuffled(proc: Processor, store: DictStore, msgs: list[RawMessage], seed: int) -> list:  # type: ignore[type-arg]
