@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -214,6 +214,42 @@ def merge(tallies: Iterable[CohortTally]) -> CohortTally:
     )
 
 
+def split(t: CohortTally, max_scores: int) -> list[CohortTally]:
+    """``t`` as tallies of at most ``max_scores`` histogram entries each, whose :func:`merge`
+    is ``t`` again (exactly): the first carries the sums and bins, the rest histogram slices
+    only. A partition's part of a large cohort then fits in Kafka messages of bounded size."""
+    if max_scores < 1:
+        raise ValueError("max_scores must be >= 1")
+    size = t.scores.size
+    if size <= max_scores:
+        return [t]
+    zero = ErrorSums(0.0, 0.0, 0.0, 0.0)
+    parts: list[CohortTally] = []
+    for start in range(0, size, max_scores):
+        cut = slice(start, start + max_scores)
+        churners, stayers = t.churners[cut], t.stayers[cut]
+        if start == 0:
+            parts.append(replace(t, scores=t.scores[cut], churners=churners, stayers=stayers))
+            continue
+        parts.append(
+            CohortTally(
+                n=0,
+                orders=zero,
+                spend=zero,
+                log_loss_sum=0.0,
+                brier_sum=0.0,
+                bin_count=np.zeros_like(t.bin_count),
+                bin_prob=np.zeros_like(t.bin_prob),
+                bin_churned=np.zeros_like(t.bin_churned),
+                scores=t.scores[cut],
+                churners=churners,
+                stayers=stayers,
+            )
+        )
+    # ``n`` counts users; a slice's users are counted once, in the first part.
+    return parts
+
+
 def roc_auc(t: CohortTally) -> float:
     """Mann-Whitney: the chance a churner scores above a stayer, ties counting one half."""
     pos, neg = int(t.churners.sum()), int(t.stayers.sum())
@@ -291,5 +327,6 @@ __all__ = [
     "pr_auc",
     "quality",
     "roc_auc",
+    "split",
     "tally",
 ]

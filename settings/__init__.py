@@ -110,8 +110,15 @@ class Topics:
     dead_letter: str = field(default="clickstream-dlq", metadata=_flat("topic_dead_letter"))
     bid_adjustments: str = field(default="bid-adjustments", metadata=_flat("topic_bid_adjustments"))
     churn_alerts: str = field(default="churn-alerts", metadata=_flat("topic_churn_alerts"))
+    outcomes: str = field(default="prediction-outcomes", metadata=_flat("topic_outcomes"))
+    """Window-close predictions joined with what happened once their horizon passed."""
+    quality: str = field(default="model-quality", metadata=_flat("topic_quality"))
+    """The online evaluation: per window end and model version, the cohort's quality."""
     routed: str = field(default="clicksignals-clickstream-by-user", metadata={"flat": None})
     """Internal topic where the worker re-keys events a producer did not key by user."""
+    quality_parts: str = field(default="clicksignals-quality-parts", metadata={"flat": None})
+    """Internal topic of the partitions' quality tallies; one partition (see
+    :mod:`features.feedback`), named after the app id like ``routed``."""
     partitions: int = 4
     replication_factor: int = 1
 
@@ -125,7 +132,15 @@ class Topics:
             self.dead_letter,
             self.bid_adjustments,
             self.churn_alerts,
+            self.outcomes,
+            self.quality,
+            self.quality_parts,
         )
+
+    def partitions_of(self, name: str) -> int:
+        """A topic's partition count: the internal quality topic has one, so that each
+        worker's parts arrive in the order they were sent; every other topic ``partitions``."""
+        return 1 if name == self.quality_parts else self.partitions
 
 
 @dataclass(frozen=True)
@@ -244,8 +259,13 @@ class Settings:
         # The re-keying topic is the worker's own, named after its app id: derive it here so
         # that every way of building Settings (and every app_id override) agrees.
         routed = f"{self.worker.app_id}-clickstream-by-user"
-        if self.topics.routed != routed:
-            object.__setattr__(self, "topics", dataclasses.replace(self.topics, routed=routed))
+        parts = f"{self.worker.app_id}-quality-parts"
+        if (self.topics.routed, self.topics.quality_parts) != (routed, parts):
+            object.__setattr__(
+                self,
+                "topics",
+                dataclasses.replace(self.topics, routed=routed, quality_parts=parts),
+            )
 
     @property
     def bidder_app_id(self) -> str:
@@ -290,6 +310,8 @@ class Settings:
             "topic_dead_letter": t.dead_letter,
             "topic_bid_adjustments": t.bid_adjustments,
             "topic_churn_alerts": t.churn_alerts,
+            "topic_outcomes": t.outcomes,
+            "topic_quality": t.quality,
         }
         return self.with_overrides(**{k: f"{v}-{suffix}" for k, v in names.items()}, **changes)
 

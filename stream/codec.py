@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from features.outcomes import Pending
 from features.state import OpenWindow, UserState
 from features.windows import N_FEATURES
 
@@ -39,6 +40,9 @@ class UserRecord:
     seen: dict[int, int] = field(default_factory=dict)
     """Clickstream partition -> highest offset from it folded into ``state``: a message
     delivered again after a crash (at-least-once) is recognised and not counted twice."""
+    pending: list[Pending] = field(default_factory=list)
+    """Window-close predictions whose horizon has not passed, oldest first (at most the
+    horizon's length, :mod:`features.outcomes`)."""
 
 
 def _open_to_json(w: OpenWindow) -> list[Any]:
@@ -73,28 +77,48 @@ def _open_from_json(v: list[Any]) -> OpenWindow:
     )
 
 
+def _pending_to_json(p: Pending) -> list[Any]:
+    return [
+        p.window,
+        p.model_version,
+        p.orders,
+        p.spend,
+        p.churn,
+        p.order_days_before,
+        p.spend_before,
+    ]
+
+
+def _pending_from_json(v: list[Any]) -> Pending:
+    return Pending(
+        int(v[0]), str(v[1]), float(v[2]), float(v[3]), float(v[4]), float(v[5]), float(v[6])
+    )
+
+
 def encode_user(record: UserRecord) -> bytes:
     s = record.state
-    header = orjson.dumps(
-        {
-            "v": CODEC_VERSION,
-            "f": s.first_window,
-            "c": s.closed_through,
-            "lo": s.last_order_window,
-            "ot": s.orders_total,
-            "st": s.spend_total,
-            "le": s.last_event_ms,
-            "lom": s.last_order_ms,
-            "odt": s.order_days_total,
-            "fom": s.first_order_ms,
-            "lcm": s.last_closed_order_ms,
-            "o": {str(k): _open_to_json(w) for k, w in s.open.items()},
-            "lf": record.last_fresh_ms,
-            "ls": record.last_scores,
-            "so": {str(k): v for k, v in record.seen.items()},
-            "n": int(s.ring.shape[0]),
-        }
-    )
+    fields: dict[str, Any] = {
+        "v": CODEC_VERSION,
+        "f": s.first_window,
+        "c": s.closed_through,
+        "lo": s.last_order_window,
+        "ot": s.orders_total,
+        "st": s.spend_total,
+        "le": s.last_event_ms,
+        "lom": s.last_order_ms,
+        "odt": s.order_days_total,
+        "fom": s.first_order_ms,
+        "lcm": s.last_closed_order_ms,
+        "o": {str(k): _open_to_json(w) for k, w in s.open.items()},
+        "lf": record.last_fresh_ms,
+        "ls": record.last_scores,
+        "so": {str(k): v for k, v in record.seen.items()},
+        "n": int(s.ring.shape[0]),
+    }
+    if record.pending:
+        # Only when there is something: most users have no prediction waiting.
+        fields["pp"] = [_pending_to_json(p) for p in record.pending]
+    header = orjson.dumps(fields)
     return len(header).to_bytes(4, "big") + header + s.ring.astype("<f4").tobytes()
 
 
@@ -128,7 +152,9 @@ def decode_user(data: bytes) -> UserRecord:
         open={int(k): _open_from_json(v) for k, v in h["o"].items()},
     )
     seen = {int(k): int(v) for k, v in h.get("so", {}).items()}
-    return UserRecord(state, h["lf"], h["ls"], seen)
+    # "pp" is optional: a record written before the online evaluation has none waiting.
+    pending = [_pending_from_json(v) for v in h.get("pp", ())]
+    return UserRecord(state, h["lf"], h["ls"], seen, pending)
 
 
 @dataclass(slots=True)

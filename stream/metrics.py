@@ -4,7 +4,9 @@ Owns the metric objects and :func:`observe_batch`, which records one micro-batch
 (events in, invalid by reason, late, signals out, batch size, inference time, messages whose
 processing raised and the batches bisected to find them);
 :func:`observe_model_reload` (model hot swaps and rejected candidates, the serving version);
-and :func:`consumer_lag` / :func:`set_consumer_lag`, which the worker's lag timer feeds with
+:func:`observe_quality` (the online evaluation's latest figures per model version, from the
+``model-quality`` records the worker publishes); and :func:`consumer_lag` /
+:func:`set_consumer_lag`, which the worker's lag timer feeds with
 the consumer's highwater and the processed position (:func:`note_processed`) of each source
 partition it holds.
 """
@@ -18,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
+    from features.feedback import ModelQuality
     from stream.processor import BatchOutput
 
 REGISTRY = CollectorRegistry()
@@ -92,6 +95,38 @@ MODEL_INFO = Gauge(
     "clicksignals_model_info", "1 for the model version serving", ["version"], registry=REGISTRY
 )
 
+OUTCOMES = Counter(
+    "clicksignals_prediction_outcomes_total",
+    "Window-close predictions settled once their horizon passed (on_time: counted in quality)",
+    ["on_time"],
+    registry=REGISTRY,
+)
+QUALITY = Gauge(
+    "clicksignals_model_quality",
+    "The online evaluation of the latest complete window end, per model version and figure",
+    ["model_version", "figure"],
+    registry=REGISTRY,
+)
+QUALITY_WINDOW_END = Gauge(
+    "clicksignals_model_quality_window_end_seconds",
+    "Window end (epoch seconds) of the cohort the model quality gauges describe",
+    ["model_version"],
+    registry=REGISTRY,
+)
+QUALITY_FIGURES: tuple[tuple[str, str], ...] = (
+    ("orders", "mae"),
+    ("orders", "rmse"),
+    ("orders", "bias"),
+    ("spend", "mae"),
+    ("spend", "rmse"),
+    ("spend", "bias"),
+    ("churn", "roc_auc"),
+    ("churn", "pr_auc"),
+    ("churn", "log_loss"),
+    ("churn", "brier"),
+    ("churn", "ece"),
+)
+"""The figures of a ``model-quality`` record exported as gauges (``figure`` = group_key)."""
 _lag_labels: set[tuple[str, str]] = set()
 _processed: dict[tuple[str, int], int] = {}
 """(topic, partition) -> offset after the last message whose batch was delivered and stored."""
@@ -121,12 +156,32 @@ def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
         ISOLATION_RUNS.inc(out.isolation_runs)
     for exception, count in out.processing_errors.items():
         PROCESSING_ERRORS.labels(exception=exception).inc(count)
+    observe_outcomes(out)
+
+
+def observe_outcomes(out: BatchOutput) -> None:
+    if out.outcomes:
+        on_time = sum(o.on_time for o in out.outcomes)
+        OUTCOMES.labels(on_time="true").inc(on_time)
+        if on_time < len(out.outcomes):
+            OUTCOMES.labels(on_time="false").inc(len(out.outcomes) - on_time)
+
+
+def observe_quality(record: ModelQuality) -> None:
+    """The gauges of one published cohort (NaN, e.g. an AUC without churners, stays NaN)."""
+    version = record.model_version
+    for group, key in QUALITY_FIGURES:
+        value = record.figures[group][key]
+        QUALITY.labels(model_version=version, figure=f"{group}_{key}").set(float(value))
+    QUALITY.labels(model_version=version, figure="population").set(float(record.figures["n"]))
+    QUALITY_WINDOW_END.labels(model_version=version).set(record.window_end_ms / 1000)
 
 
 def observe_announcement(out: BatchOutput, idle_sources: int) -> None:
     """A watermark announcement: its records, and the window closes idleness allowed."""
     WATERMARKS.inc(len(out.watermarks))
     IDLE_SOURCES.set(idle_sources)
+    observe_outcomes(out)
     if out.demand:
         SIGNALS.labels(topic="demand").inc(len(out.demand))
     if out.churn:

@@ -78,6 +78,8 @@ import numpy as np
 import orjson
 
 from features.events import ClickEvent
+from features.feedback import PredictionOutcome, QualityPart, quality_parts
+from features.outcomes import Pending, on_time, remember, settle
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
@@ -314,6 +316,10 @@ class BatchOutput:
     """Exception type name -> messages dead-lettered as ``processing_error`` for it."""
     isolation_runs: int = 0
     """Extra runs over parts of the batch to find the messages that raise (0: none raised)."""
+    outcomes: list[PredictionOutcome] = field(default_factory=list)
+    """Window-close predictions whose horizon passed at a close of this batch."""
+    quality_parts: list[QualityPart] = field(default_factory=list)
+    """Per window close of a partition: its tallies of the cohort one horizon earlier."""
 
     def merge(self, later: BatchOutput) -> None:
         """Append the outputs of a run that came after this one (isolation's halves)."""
@@ -335,6 +341,8 @@ class BatchOutput:
         for name, n in later.processing_errors.items():
             self.processing_errors[name] = self.processing_errors.get(name, 0) + n
         self.isolation_runs += later.isolation_runs
+        self.outcomes += later.outcomes
+        self.quality_parts += later.quality_parts
 
 
 @dataclass(slots=True)
@@ -348,6 +356,21 @@ class _Request:
     dormant: bool = False
     """A dormant customer's close: kept only if their latest close score is under the floor
     when this request's turn comes in :meth:`Processor._score` (it may be in the same batch)."""
+    result: tuple[float, float, float, str] | None = None
+    """Set by :meth:`Processor._score` when a window-close signal went out: (orders, spend,
+    churn, model version), the prediction the user's outcome ring keeps."""
+
+
+@dataclass(slots=True)
+class _Settle:
+    """One user's window close in a run: their closed totals then, and its scoring request."""
+
+    user_id: str
+    partition: int
+    window: int
+    order_days_total: float
+    spend_total: float
+    request: _Request | None
 
 
 def risk_thresholds(scorer: Scorer, high: float | None) -> RiskThresholds:
@@ -418,6 +441,10 @@ class Processor:
         lookback and dormant customers under the churn floor)."""
         self._closing: set[str] = set()
         """Users with a window-close request in the run in progress (its score not known yet)."""
+        self._settles: list[_Settle] = []
+        """The run's user closes, in order: their outcome rings are settled once scored."""
+        self._closes: list[tuple[int, int]] = []
+        """The run's (partition, window) closes: each sends the quality parts of one cohort."""
         self._clock_keys = {p: clock_key(p, partitions) for p in range(partitions)}
         self._watermark_keys = [watermark_key(p, partitions) for p in range(partitions)]
         self._watermark_prefix = WATERMARK_PREFIX.encode()
@@ -495,7 +522,12 @@ class Processor:
                 last = self.spec.index(record.state.last_event_ms)
                 # Dormant customers under the floor too, from their stored last scores: the
                 # restored worker closes the same users an uninterrupted one would.
-                if last >= horizon or record.state.open or self._dormant_candidate(record):
+                if (
+                    last >= horizon
+                    or record.state.open
+                    or self._dormant_candidate(record)
+                    or record.pending
+                ):
                     active[key] = last
         log.info(
             "partition %d: clock closed through %s, %d close candidates restored from the table",
@@ -692,6 +724,8 @@ class Processor:
         out = BatchOutput()
         requests: list[_Request] = []
         self._closing.clear()
+        self._settles.clear()
+        self._closes.clear()
         dirty_users: dict[str, int] = {}
         dirty_parts: set[int] = set()
         for msg in messages:
@@ -783,6 +817,7 @@ class Processor:
         now: int,
     ) -> None:
         self._score(requests, out, now)
+        self._settle(out, now)
         for user, p in dirty_users.items():
             record = self._users.get(user)
             if record is not None:
@@ -972,6 +1007,8 @@ class Processor:
         held = sorted(set(held))
         self._checkpoint()
         self._closing.clear()
+        self._settles.clear()
+        self._closes.clear()
         out = BatchOutput()
         requests: list[_Request] = []
         dirty_users: dict[str, int] = {}
@@ -1000,6 +1037,7 @@ class Processor:
         floor = window - self.spec.lookback + 1
         active = self._active.get(p, {})
         gone: list[str] = []
+        self._closes.append((p, window))
         for user, last in active.items():
             record = self._record(user, p)
             if record is None:
@@ -1007,16 +1045,24 @@ class Processor:
                 continue
             dormant = last < floor
             pending = user in self._closing
-            if dormant and not record.state.open:
-                # Out of the lookback: only a customer under the churn floor stays. Decided
-                # on the stored state before closing it, so dropping costs no write; with a
-                # close of theirs still unscored in this batch the score decides in _score.
-                if record.state.order_days_total <= 0:
-                    gone.append(user)
-                    continue
-                if not pending and not self._dormant_candidate(record):
-                    gone.append(user)
-                    continue
+            # Predictions waiting for their horizon keep the user closed at each window,
+            # scored or not, until the last is settled (issue 15: every prediction's outcome
+            # is known exactly one horizon later).
+            settling = pending or bool(record.pending)
+            # Out of the lookback: only a customer under the churn floor stays. Decided on the
+            # stored state before closing it, so dropping costs no write; with a close of
+            # theirs still unscored in this batch the score decides in _score.
+            scorable = not (
+                dormant
+                and not record.state.open
+                and (
+                    record.state.order_days_total <= 0
+                    or (not pending and not self._dormant_candidate(record))
+                )
+            )
+            if not scorable and not settling:
+                gone.append(user)
+                continue
             closed = record.state.closed_through
             if closed is not None and closed >= window:
                 # Closed and scored before a restart whose partition clock was stored
@@ -1032,26 +1078,30 @@ class Processor:
                 self.spec.lookback,
                 self.dormant_churn_floor,
             )
-            if is_scored_at_close(ring, lookback, previous, floor_churn):
+            request: _Request | None = None
+            if scorable and is_scored_at_close(ring, lookback, previous, floor_churn):
                 # Scored only by the floor rule on a pending previous close: checked again once
                 # that is scored. A customer with an event in a later window (folded while the
                 # partition waits for the other sources) is "dormant" by the closed sequence
                 # too, though not by their latest event.
                 speculative = pending and not is_scored_at_close(ring, lookback, None, floor_churn)
                 end_ms = self.spec.end_ms(window)
-                requests.append(
-                    _Request(
-                        user,
-                        end_ms,
-                        "window_close",
-                        ring.copy(),
-                        partition=p,
-                        dormant=dormant or speculative,
-                    )
+                request = _Request(
+                    user,
+                    end_ms,
+                    "window_close",
+                    ring.copy(),
+                    partition=p,
+                    dormant=dormant or speculative,
                 )
+                requests.append(request)
                 self._closing.add(user)
-            elif dormant:
+            elif dormant and not settling:
                 gone.append(user)
+            state = record.state
+            self._settles.append(
+                _Settle(user, p, window, state.order_days_total, state.spend_total, request)
+            )
         for user in gone:
             self._active_undo.append((p, user, active.pop(user)))
             # A user out of the lookback is no longer needed in memory; the table has them.
@@ -1104,6 +1154,8 @@ class Processor:
                     emitted_at_ms=now,
                 )
             )
+            if r.trigger == "window_close":
+                r.result = (orders, spend, churn, version)
             if record is not None:
                 close_churn = churn if r.trigger == "window_close" else self._close_churn(record)
                 record.last_scores = {
@@ -1116,6 +1168,57 @@ class Processor:
                 }
                 if r.trigger != "window_close" and close_churn is not None:
                     record.last_scores[LAST_CLOSE_CHURN] = close_churn
+
+    def _settle(self, out: BatchOutput, now: int) -> None:
+        """Settle the run's closes in order: each user's predictions whose horizon has passed
+        become outcomes, the close's own prediction joins the ring; then every partition close
+        sends its quality parts for the cohort one horizon before it."""
+        if not self._closes:
+            return
+        spec = self.spec
+        horizon = spec.horizon
+        settled: dict[tuple[int, int], list[PredictionOutcome]] = {}
+        for s in self._settles:
+            record = self._users.get(s.user_id)
+            if record is None:
+                continue
+            done, waiting = settle(
+                record.pending, s.window, s.order_days_total, s.spend_total, horizon
+            )
+            for outcome in done:
+                record_out = PredictionOutcome.create(
+                    outcome,
+                    user_id=s.user_id,
+                    window_end_ms=spec.end_ms(outcome.prediction.window),
+                    settled_through_ms=spec.end_ms(s.window),
+                    horizon_windows=horizon,
+                    on_time=on_time(outcome, s.window, horizon),
+                    emitted_at_ms=now,
+                )
+                out.outcomes.append(record_out)
+                settled.setdefault((s.partition, s.window), []).append(record_out)
+            r = s.request
+            if r is not None and r.result is not None:
+                orders, spend, churn, version = r.result
+                new = Pending(
+                    s.window, version, orders, spend, churn, s.order_days_total, s.spend_total
+                )
+                waiting = remember(waiting, new, horizon)
+            record.pending = waiting
+            active = self._active.get(s.partition)
+            if waiting and active is not None and s.user_id not in active:
+                # A dormant close that did not stand dropped them (_dormant_scored); a
+                # prediction of theirs still waits, so they stay closed until it is settled.
+                active[s.user_id] = spec.index(record.state.last_event_ms)
+                self._active_undo.append((s.partition, s.user_id, None))
+        for p, window in self._closes:
+            out.quality_parts += quality_parts(
+                settled.get((p, window), []),
+                window_end_ms=spec.end_ms(window - horizon),
+                horizon_windows=horizon,
+                partition=p,
+                partitions=self.partitions,
+            )
 
     def _dormant_scored(self, request: _Request, record: UserRecord | None) -> bool:
         """Whether a dormant customer's close request stands: their latest close score, now

@@ -52,6 +52,7 @@ import faust
 import orjson
 from faust.types import TP, EventT
 
+from features import feedback
 from serving.scorer import ModelLoadError, Scorer, load_model
 from settings import Settings
 from settings.kafka import KafkaClientConfigError
@@ -334,6 +335,18 @@ class Worker:
         self.demand_topic = app.topic(settings.topics.demand, **RAW)
         self.churn_topic = app.topic(settings.topics.churn, **RAW)
         self.dead_letter_topic = app.topic(settings.topics.dead_letter, **RAW)
+        self.outcomes_topic = app.topic(settings.topics.outcomes, **RAW)
+        self.quality_topic = app.topic(settings.topics.quality, **RAW)
+        self.quality_parts = app.topic(settings.topics.quality_parts, partitions=1, **RAW)
+        self.quality_board = app.Table(
+            "quality-board",
+            default=None,
+            key_type=str,
+            value_type=bytes,
+            partitions=1,
+        )
+        self.latest_quality: dict[str, dict[str, Any]] = {}
+        """Model version -> its latest ``model-quality`` record this worker published."""
         self.user_state = app.Table(
             "user-state",
             default=None,
@@ -351,12 +364,21 @@ class Worker:
         self._topic_publisher = TopicPublisher(
             {
                 t.get_topic_name(): t
-                for t in (self.routed, self.demand_topic, self.churn_topic, self.dead_letter_topic)
+                for t in (
+                    self.routed,
+                    self.demand_topic,
+                    self.churn_topic,
+                    self.dead_letter_topic,
+                    self.outcomes_topic,
+                    self.quality_parts,
+                )
             }
         )
         self._batch_publisher: tuple[Any, RecordBatchPublisher] | None = None
         self.score_clickstream: Any = None
         """The agent (set by :func:`create_worker`)."""
+        self.aggregate_quality: Any = None
+        """The online evaluation's aggregator agent (set by :func:`create_worker`)."""
         self.turn = asyncio.Lock()
         """Batches and watermark announcements take turns: an announcement must never
         overtake the re-keyed copies of the batch that moved the source's time (see
@@ -478,6 +500,20 @@ class Worker:
             OutRecord(s.topics.dead_letter, None, orjson.dumps(d.to_dict()))
             for d in out.dead_letters
         ]
+        records += [
+            OutRecord(s.topics.outcomes, o.user_id.encode(), orjson.dumps(o.to_dict()))
+            for o in out.outcomes
+        ]
+        # One partition: each partition's parts go out in close order (features.feedback).
+        records += [
+            OutRecord(
+                s.topics.quality_parts,
+                str(q.window_end_ms).encode(),
+                orjson.dumps(q.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY),
+                partition=0,
+            )
+            for q in out.quality_parts
+        ]
         return records
 
     def publisher(self) -> Publisher:
@@ -523,6 +559,8 @@ def create_worker(settings: Settings) -> Worker:
     metrics.observe_model_reload("unchanged", worker.holder.version)
     _register_rebalance(worker)
     _register_agent(worker)
+    _register_quality(worker)
+    worker.liveness.watch(worker.app, [worker.score_clickstream, worker.aggregate_quality])
     _register_timers(worker)
     _register_views(worker)
     return worker
@@ -568,7 +606,62 @@ def _register_agent(worker: Worker) -> None:
             await worker.liveness.run_batch("score_clickstream", events, worker.handle_batch)
 
     worker.score_clickstream = app.agent(channel, name=AGENT_NAME)(score_clickstream)
-    worker.liveness.watch(app, [worker.score_clickstream])
+
+
+def _register_quality(worker: Worker) -> None:
+    """The online evaluation's aggregator: quality parts in, ``model-quality`` out.
+
+    Thin like the scoring agent: :mod:`features.feedback` decides; the agent stores each part
+    under its own key of the changelog-backed board table (so no value outgrows a message),
+    and once a window end is complete merges its parts, publishes and drops them."""
+    app = worker.app
+    board_table = worker.quality_board
+
+    async def aggregate_quality(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                part = feedback.QualityPart.from_dict(orjson.loads(event.value))
+                raw = board_table.get(feedback.BOARD_KEY)
+                board = (
+                    feedback.QualityBoard.from_dict(orjson.loads(raw))
+                    if raw
+                    else feedback.QualityBoard()
+                )
+                new, done = feedback.receive(board, part)
+            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+                # One bad part costs itself: the cohort it belonged to never completes.
+                log.error("quality part at offset %s refused: %r", event.message.offset, exc)
+                continue
+            if new:
+                board_table[feedback.part_key(part.window_end_ms, part.partition, part.index)] = (
+                    event.value
+                )
+            for window_end in done:
+                keys = board.keys(window_end)
+                parts = [feedback.QualityPart.from_dict(orjson.loads(board_table[k])) for k in keys]
+                for record in feedback.publish(parts, int(time.time() * 1000)):
+                    body = record.to_dict()
+                    await worker.quality_topic.send(
+                        key=record.model_version.encode(), value=orjson.dumps(body)
+                    )
+                    worker.latest_quality[record.model_version] = body
+                    metrics.observe_quality(record)
+                    log.info(
+                        "model quality %s at %s: %d users, orders MAE %.4f, churn AUC %.4f",
+                        record.model_version,
+                        body["window_end"],
+                        record.figures["n"],
+                        record.figures["orders"]["mae"],
+                        record.figures["churn"]["roc_auc"],
+                    )
+                for k in keys:
+                    del board_table[k]
+                feedback.forget(board, window_end)
+            board_table[feedback.BOARD_KEY] = orjson.dumps(board.to_dict())
+
+    worker.aggregate_quality = app.agent(worker.quality_parts, name="stream.app.aggregate_quality")(
+        aggregate_quality
+    )
 
 
 def _register_timers(worker: Worker) -> None:
@@ -655,6 +748,11 @@ def _register_views(worker: Worker) -> None:
     async def clocks_view(web: Any, request: Any) -> Any:
         clocks = worker.processor().clocks_view(worker.held_partitions())
         return web.json({str(k): v for k, v in clocks.items()})
+
+    @app.page("/quality")
+    async def quality_view(web: Any, request: Any) -> Any:
+        # The worker that holds the quality topic's one partition publishes; others have none.
+        return web.json({"latest": worker.latest_quality})
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:

@@ -3,19 +3,23 @@
 Owns :func:`predict_windows`, which scores every user the close population rule
 (:func:`features.windows.close_population`) selects at each window close of a history, with the
 batch feature path and the same ONNX Runtime scorer the worker uses. Replaying that history
-through Kafka must give the same (user, window end) keys and scores. No TensorFlow.
+through Kafka must give the same (user, window end) keys and scores. And
+:func:`evaluate_closes`, the offline evaluation of those predictions at every window end whose
+horizon the history covers: what the worker's online evaluation (``model-quality``) must give
+for the same cohorts. No TensorFlow.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features.batch import WindowTensor, sequences_at
 from features.manifest import OUTPUT_NAMES
-from features.windows import DORMANT_CHURN_FLOOR, close_population
+from features.windows import DORMANT_CHURN_FLOOR, FEATURE_INDEX, close_population
 from serving.scorer import Scorer, load_model
 from training.dataset import Samples, build_tensor, first_window, to_event_arrays
 from training.origins import OriginSet
@@ -127,3 +131,47 @@ def predict_windows(
     first = first_window(arrays, spec)
     tensor = build_tensor(arrays, spec, last)
     return score_closes(scorer, tensor, user_ids, range(first, last + 1), dormant_churn_floor)
+
+
+def evaluate_closes(
+    events: pd.DataFrame,
+    model_dir: Path,
+    dormant_churn_floor: float = DORMANT_CHURN_FLOOR,
+) -> dict[int, dict[str, Any]]:
+    """Window end (ms) -> the offline evaluation (:mod:`training.evaluate`, keyed ``n``,
+    ``orders``, ``spend``, ``churn``) of the window-close predictions there, for every window
+    end whose horizon closed before the final event: the cohort is :func:`predict_windows`'s
+    rows at that end (the worker's close population), the labels those of training."""
+    from training.evaluate import evaluate_churn, evaluate_demand
+
+    scorer = load_model(model_dir)
+    spec = scorer.manifest.spec
+    arrays, user_ids = to_event_arrays(events)
+    last = spec.index(int(arrays.time_ms.max())) - 1
+    tensor = build_tensor(arrays, spec, last)
+    order_days = tensor.features[:, :, FEATURE_INDEX["order_days"]].astype(np.float64)
+    rows = score_closes(
+        scorer,
+        tensor,
+        user_ids,
+        range(first_window(arrays, spec), last - spec.horizon + 1),
+        dormant_churn_floor,
+    )
+    code = {u: i for i, u in enumerate(user_ids)}
+    out: dict[int, dict[str, Any]] = {}
+    for end_ms, cohort in rows.groupby("window_end_ms", sort=True):
+        # The training labels (training.origins): order days and spend of the H windows after.
+        lo = tensor.column(spec.index(int(end_ms)) - 1) + 1
+        hi = lo + spec.horizon
+        orders = order_days[:, lo:hi].sum(axis=1)
+        spend = tensor.spend[:, lo:hi].sum(axis=1)
+        churn = (orders == 0).astype(np.float64)
+        users = np.array([code[u] for u in cohort["user_id"]], dtype=np.int64)
+        n = len(cohort)
+        out[int(end_ms)] = {
+            "n": n,
+            "orders": evaluate_demand(cohort["expected_orders"], orders[users]),
+            "spend": evaluate_demand(cohort["expected_spend"], spend[users]),
+            "churn": evaluate_churn(cohort["churn_probability"], churn[users]),
+        }
+    return out

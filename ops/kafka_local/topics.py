@@ -53,7 +53,7 @@ class TopicResult:
 
 def topic_specs(settings: Settings) -> dict[str, int]:
     """The application's topics (:meth:`settings.Topics.names`) and their partition counts."""
-    return dict.fromkeys(settings.topics.names(), settings.topics.partitions)
+    return {name: settings.topics.partitions_of(name) for name in settings.topics.names()}
 
 
 async def _partition_counts(

@@ -94,7 +94,15 @@ class Worker:
         self.handled = 0
         self.changelog: list[tuple[int, str]] = []
         self.sends: dict[str, AsyncMock] = {}
-        for topic in (app.routed, app.demand_topic, app.churn_topic, app.dead_letter_topic):
+        for topic in (
+            app.routed,
+            app.demand_topic,
+            app.churn_topic,
+            app.dead_letter_topic,
+            app.outcomes_topic,
+            app.quality_parts,
+            app.quality_topic,
+        ):
             self.sends[topic.get_topic_name()] = AsyncMock()
             monkeypatch.setattr(topic, "send", self.sends[topic.get_topic_name()])
 

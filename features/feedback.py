@@ -1,0 +1,388 @@
+"""Records of the online evaluation, and how one window end's quality is put together.
+
+Owns the shapes the worker publishes once a prediction's horizon has passed (issue 15):
+
+* :class:`PredictionOutcome` — one window-close prediction against what happened (topic
+  ``prediction-outcomes``), with a deterministic id like every signal's;
+* :class:`QualityPart` — one clickstream partition's :class:`features.quality.CohortTally` of
+  one window end and model version, cut to a bounded size (:func:`quality_parts`); the
+  worker sends them to its internal quality topic, keyed by window end;
+* :class:`ModelQuality` — the whole cohort's figures (topic ``model-quality``).
+
+And the assembly of a cohort from its parts (:class:`QualityBoard`, :func:`receive`,
+:func:`publish`): a window end's quality is complete when every partition has sent all of its
+parts; parts merge exactly (:func:`features.quality.merge`), so the figures are those of the
+whole cohort, whatever the number of partitions or workers. A part received again (a batch
+re-sent after a crash) replaces itself; a part for a window end already published is ignored.
+
+Which predictions count: those settled *on time* (:func:`features.outcomes.on_time`), whose
+realised figures cover exactly the horizon, as the offline evaluation's labels do.
+
+Pure: stdlib and numpy only, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from features.outcomes import Outcome
+from features.quality import CohortTally, merge, quality, split, tally
+from features.signals import ms_to_iso, signal_id
+
+MAX_SCORES_PER_PART: Final = 16_384
+"""Histogram entries per quality part: ~26 bytes each in JSON, so a part stays well under
+Kafka's default 1 MB message limit however many users a partition holds."""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionOutcome:
+    """A window-close prediction and what happened over its horizon."""
+
+    user_id: str
+    window_end_ms: int
+    """End of the window whose close made the prediction."""
+    horizon_windows: int
+    model_version: str
+    predicted_orders: float
+    predicted_spend: float
+    churn_probability: float
+    actual_orders: float
+    actual_spend: float
+    settled_through_ms: int
+    """End of the window at whose close the outcome was known."""
+    on_time: bool
+    """Settled at the close of exactly ``horizon_windows`` windows later: the figures cover
+    exactly the horizon and the outcome counts in the model's quality."""
+    outcome_id: str
+    emitted_at_ms: int
+
+    @classmethod
+    def create(
+        cls,
+        outcome: Outcome,
+        *,
+        user_id: str,
+        window_end_ms: int,
+        settled_through_ms: int,
+        horizon_windows: int,
+        on_time: bool,
+        emitted_at_ms: int,
+    ) -> PredictionOutcome:
+        p = outcome.prediction
+        return cls(
+            user_id=user_id,
+            window_end_ms=window_end_ms,
+            horizon_windows=horizon_windows,
+            model_version=p.model_version,
+            predicted_orders=p.orders,
+            predicted_spend=p.spend,
+            churn_probability=p.churn,
+            actual_orders=outcome.orders,
+            actual_spend=outcome.spend,
+            settled_through_ms=settled_through_ms,
+            on_time=on_time,
+            outcome_id=signal_id(
+                "outcome", user_id, window_end_ms, "window_close", p.model_version
+            ),
+            emitted_at_ms=emitted_at_ms,
+        )
+
+    @property
+    def churned(self) -> bool:
+        return self.actual_orders <= 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome_id": self.outcome_id,
+            "user_id": self.user_id,
+            "window_end": ms_to_iso(self.window_end_ms),
+            "window_end_ms": self.window_end_ms,
+            "horizon_windows": self.horizon_windows,
+            "model_version": self.model_version,
+            "predicted": {
+                "orders": self.predicted_orders,
+                "spend": self.predicted_spend,
+                "churn_probability": self.churn_probability,
+            },
+            "actual": {
+                "orders": self.actual_orders,
+                "spend": self.actual_spend,
+                "churned": self.churned,
+            },
+            "settled_through": ms_to_iso(self.settled_through_ms),
+            "settled_through_ms": self.settled_through_ms,
+            "on_time": self.on_time,
+            "emitted_at": ms_to_iso(self.emitted_at_ms),
+            "emitted_at_ms": self.emitted_at_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QualityPart:
+    """Part ``index`` of ``count`` of one partition's tallies for one window end."""
+
+    window_end_ms: int
+    horizon_windows: int
+    partition: int
+    partitions: int
+    index: int
+    count: int
+    tallies: Mapping[str, CohortTally]
+    """Model version -> tally (empty: the partition had no prediction to settle)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_end_ms": self.window_end_ms,
+            "horizon_windows": self.horizon_windows,
+            "partition": self.partition,
+            "partitions": self.partitions,
+            "index": self.index,
+            "count": self.count,
+            "tallies": {v: t.to_dict() for v, t in self.tallies.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QualityPart:
+        part = cls(
+            window_end_ms=int(d["window_end_ms"]),
+            horizon_windows=int(d["horizon_windows"]),
+            partition=int(d["partition"]),
+            partitions=int(d["partitions"]),
+            index=int(d["index"]),
+            count=int(d["count"]),
+            tallies={str(v): CohortTally.from_dict(t) for v, t in d["tallies"].items()},
+        )
+        if not (0 <= part.partition < part.partitions and 0 <= part.index < part.count):
+            raise ValueError(
+                f"quality part {part.index}/{part.count} of partition "
+                f"{part.partition}/{part.partitions} is out of range"
+            )
+        return part
+
+
+def quality_parts(
+    outcomes: Iterable[PredictionOutcome],
+    *,
+    window_end_ms: int,
+    horizon_windows: int,
+    partition: int,
+    partitions: int,
+    max_scores: int = MAX_SCORES_PER_PART,
+) -> list[QualityPart]:
+    """One partition's parts for the cohort of ``window_end_ms``: its on-time outcomes
+    tallied per model version and cut to at most ``max_scores`` histogram entries per part.
+    Always at least one part, so that a partition without predictions still says so."""
+    by_version: dict[str, list[PredictionOutcome]] = {}
+    for o in outcomes:
+        if o.on_time and o.window_end_ms == window_end_ms:
+            by_version.setdefault(o.model_version, []).append(o)
+    pieces: list[tuple[str, CohortTally]] = []
+    for version in sorted(by_version):
+        rows = by_version[version]
+        t = tally(
+            [o.predicted_orders for o in rows],
+            [o.actual_orders for o in rows],
+            [o.predicted_spend for o in rows],
+            [o.actual_spend for o in rows],
+            [o.churn_probability for o in rows],
+            [1.0 if o.churned else 0.0 for o in rows],
+        )
+        pieces += [(version, piece) for piece in split(t, max_scores)]
+    count = max(1, len(pieces))
+    return [
+        QualityPart(
+            window_end_ms,
+            horizon_windows,
+            partition,
+            partitions,
+            i,
+            count,
+            {pieces[i][0]: pieces[i][1]} if pieces else {},
+        )
+        for i in range(count)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelQuality:
+    """One model version's quality over the cohort of one window end."""
+
+    window_end_ms: int
+    horizon_windows: int
+    model_version: str
+    partitions: int
+    figures: Mapping[str, Any]
+    """:func:`features.quality.quality` of the merged tally (``n``, ``orders``, ``spend``,
+    ``churn``), keyed as the offline report keys them."""
+    quality_id: str
+    emitted_at_ms: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quality_id": self.quality_id,
+            "window_end": ms_to_iso(self.window_end_ms),
+            "window_end_ms": self.window_end_ms,
+            "horizon_windows": self.horizon_windows,
+            "model_version": self.model_version,
+            "partitions": self.partitions,
+            "population": self.figures["n"],
+            "orders": self.figures["orders"],
+            "spend": self.figures["spend"],
+            "churn": self.figures["churn"],
+            "emitted_at": ms_to_iso(self.emitted_at_ms),
+            "emitted_at_ms": self.emitted_at_ms,
+        }
+
+
+@dataclass
+class QualityBoard:
+    """Which parts the quality topic has brought, per window end (the aggregator's state).
+
+    The part bodies are stored apart, one per key (:func:`part_key`), so that no state value
+    outgrows a Kafka message however large a cohort is; the board holds only what arrived.
+
+    A cohort is complete when every partition has sent all of its parts for it, or has sent a
+    part for a later window end: a partition sends its parts at each window close, in order,
+    so one that went past a window end without parts for it had no prediction there (it began
+    after it). The internal quality topic has one partition, so each worker's parts arrive in
+    the order they were sent, and cohorts complete in window-end order.
+    """
+
+    partitions: int | None = None
+    progress: dict[int, int] = field(default_factory=dict)
+    """Partition -> the latest window end it sent a part for."""
+    received: dict[int, dict[int, tuple[int, list[int]]]] = field(default_factory=dict)
+    """Open window end -> partition -> (its part count, indices received)."""
+    published_through: int | None = None
+    """The latest window end whose quality went out: older parts are re-sent ones."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "partitions": self.partitions,
+            "progress": {str(p): e for p, e in self.progress.items()},
+            "received": {
+                str(e): {str(p): [c, sorted(i)] for p, (c, i) in parts.items()}
+                for e, parts in self.received.items()
+            },
+            "published_through": self.published_through,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QualityBoard:
+        return cls(
+            partitions=d["partitions"],
+            progress={int(p): int(e) for p, e in d["progress"].items()},
+            received={
+                int(e): {int(p): (int(c), [int(x) for x in i]) for p, (c, i) in parts.items()}
+                for e, parts in d["received"].items()
+            },
+            published_through=d["published_through"],
+        )
+
+    def keys(self, window_end_ms: int) -> list[str]:
+        """The part keys of a window end received so far."""
+        return [
+            part_key(window_end_ms, p, i)
+            for p, (_, indices) in sorted(self.received.get(window_end_ms, {}).items())
+            for i in indices
+        ]
+
+    def _complete(self, window_end_ms: int) -> bool:
+        assert self.partitions is not None
+        got = self.received.get(window_end_ms, {})
+        for p in range(self.partitions):
+            entry = got.get(p)
+            if entry is not None:
+                count, indices = entry
+                if len(set(indices)) < count:
+                    return False
+            elif self.progress.get(p, window_end_ms) <= window_end_ms:
+                return False
+        return True
+
+
+def part_key(window_end_ms: int, partition: int, index: int) -> str:
+    return f"part/{window_end_ms}/{partition}/{index}"
+
+
+BOARD_KEY: Final = "board"
+
+
+def receive(board: QualityBoard, part: QualityPart) -> tuple[bool, list[int]]:
+    """Record ``part`` on the board: whether it is new (to be stored under
+    :func:`part_key`), and the window ends now complete, oldest first (their parts are to be
+    merged by :func:`publish` and dropped; the board forgets them). Raises ``ValueError`` for
+    a part whose partition count is not the board's."""
+    if board.partitions is None:
+        board.partitions = part.partitions
+    elif part.partitions != board.partitions:
+        raise ValueError(
+            f"a quality part of {part.partitions} partitions on a board of {board.partitions}"
+        )
+    end = part.window_end_ms
+    if board.published_through is not None and end <= board.published_through:
+        return False, []
+    board.progress[part.partition] = max(board.progress.get(part.partition, end), end)
+    parts = board.received.setdefault(end, {})
+    count, indices = parts.get(part.partition, (part.count, []))
+    new = part.index not in indices
+    if new:
+        indices.append(part.index)
+    parts[part.partition] = (count, indices)
+    done: list[int] = []
+    for e in sorted(board.received):
+        if not board._complete(e):
+            break
+        done.append(e)
+        board.published_through = e
+    return new, done
+
+
+def publish(parts: Iterable[QualityPart], now_ms: int) -> list[ModelQuality]:
+    """A complete cohort's quality per model version (versions without a settled prediction
+    give none)."""
+    parts = list(parts)
+    by_version: dict[str, list[CohortTally]] = {}
+    for p in parts:
+        for version, t in p.tallies.items():
+            by_version.setdefault(version, []).append(t)
+    records = []
+    for version in sorted(by_version):
+        merged = merge(by_version[version])
+        if merged.n == 0:
+            continue
+        first = parts[0]
+        records.append(
+            ModelQuality(
+                window_end_ms=first.window_end_ms,
+                horizon_windows=first.horizon_windows,
+                model_version=version,
+                partitions=first.partitions,
+                figures=quality(merged),
+                quality_id=signal_id("quality", "", first.window_end_ms, "window_close", version),
+                emitted_at_ms=now_ms,
+            )
+        )
+    return records
+
+
+def forget(board: QualityBoard, window_end_ms: int) -> None:
+    """Drop a published window end from the board (after its parts were merged)."""
+    board.received.pop(window_end_ms, None)
+
+
+__all__ = [
+    "BOARD_KEY",
+    "MAX_SCORES_PER_PART",
+    "ModelQuality",
+    "PredictionOutcome",
+    "QualityBoard",
+    "QualityPart",
+    "forget",
+    "part_key",
+    "publish",
+    "quality_parts",
+    "receive",
+]
