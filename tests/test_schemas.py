@@ -33,6 +33,8 @@ NAMES = (
     "dead-letter",
     "bid-adjustment",
     "churn-alert",
+    "prediction-outcome",
+    "model-quality",
 )
 NOW = T0 + 10**9
 
@@ -241,3 +243,30 @@ def test_schemas_refuse_broken_records(
     missing = dict(record)
     missing.pop(next(iter(record)))
     assert_invalid(name, wire(missing))
+
+
+# --------------------------------------------------------------------------------------------
+# Online evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def test_prediction_outcomes_and_model_quality_validate() -> None:
+    """A cohort with churners, stayers and a late-settled outcome; and a cohort where nobody
+    churned (AUCs undefined: null on the wire)."""
+    from features.feedback import QualityBoard, publish, quality_parts, receive
+    from tests.features.test_feedback import END, close_cohort, outcomes_of
+
+    outcomes = outcomes_of(close_cohort())
+    for o in outcomes[:50]:
+        assert_valid("prediction-outcome", wire(o.to_dict()))
+    for stayers_only in (False, True):
+        chosen = [o for o in outcomes if not (stayers_only and o.churned)]
+        parts = quality_parts(
+            chosen, window_end_ms=END, horizon_windows=13, partition=0, partitions=1
+        )
+        _, done = receive(QualityBoard(), parts[0])
+        assert done == [END]
+        (record,) = publish(parts, NOW)
+        body = wire(record.to_dict())
+        assert_valid("model-quality", body)
+        assert (body["churn"]["roc_auc"] is None) == stayers_only

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from features.events import ClickEvent
+from features.outcomes import Pending
 from features.state import UserState, add_event, close_through, sequence
 from features.windows import DAY_MS, WindowSpec
 from stream.codec import CODEC_VERSION, StateVersionError, UserRecord, decode_user, encode_user
@@ -86,3 +87,18 @@ def test_a_record_of_the_previous_version_is_refused_with_what_to_do() -> None:
     assert "codec version 1" in message and f"version {CODEC_VERSION}" in message
     assert "new app id" in message and "changelog" in message
     assert isinstance(refused.value, ValueError)
+
+
+def test_predictions_waiting_for_their_horizon_round_trip_and_older_records_have_none() -> None:
+    """The outcome ring (issue 15) is an optional key: a record written before it reads as a
+    user with no prediction waiting, and one without predictions does not carry the key."""
+    waiting = [
+        Pending(3, "m-abc", 1.25, 40.5, 0.3125, 2.0, 57.25),
+        Pending(4, "m-def", 0.0, 0.0, 0.96875, 2.0, 57.25),
+    ]
+    record = UserRecord(_state(), pending=waiting)
+    assert decode_user(encode_user(record)).pending == waiting
+    plain = encode_user(UserRecord(_state()))
+    size = int.from_bytes(plain[:4], "big")
+    assert "pp" not in orjson.loads(plain[4 : 4 + size])
+    assert decode_user(plain).pending == []

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from features.validation import ValidationPolicy
 from features.windows import DAY_MS
@@ -166,3 +167,76 @@ def dormant_base(seed: int = 7, weeks: int = 90) -> pd.DataFrame:
     for u in range(8):
         rows += [(start + int(t), f"viewer-{u}", "view") for t in rng.integers(0, 10 * WEEK, 3)]
     return frame_of(rows)
+
+
+def run_outputs(
+    proc: Processor, store: DictStore, msgs: list[RawMessage], batch: int
+) -> list[BatchOutput]:
+    """Like :func:`run`, returning every batch's and heartbeat's whole output."""
+    outputs: list[BatchOutput] = []
+
+    def collect(out: BatchOutput) -> None:
+        store.apply(out.writes)
+        outputs.append(out)
+
+    run_in_process(proc, msgs, batch, collect)
+    return outputs
+
+
+def online_quality(outputs: list[BatchOutput]) -> dict[int, dict]:  # type: ignore[type-arg]
+    """Window end -> the ``model-quality`` figures the aggregator publishes for the quality
+    parts of ``outputs`` (one model version), played through the board as the agent does."""
+    from features.feedback import QualityBoard, forget, publish, receive
+
+    board = QualityBoard()
+    bodies: dict[tuple[int, int, int], object] = {}
+    published: dict[int, dict] = {}  # type: ignore[type-arg]
+    for out in outputs:
+        for part in out.quality_parts:
+            _, done = receive(board, part)
+            bodies[(part.window_end_ms, part.partition, part.index)] = part
+            for end in done:
+                records = publish([v for k, v in bodies.items() if k[0] == end], 0)  # type: ignore[misc]
+                forget(board, end)
+                assert end not in published and len(records) <= 1
+                if records:
+                    published[end] = dict(records[0].figures)
+    return published
+
+
+def assert_quality_parity(
+    frame: pd.DataFrame,
+    online: dict[int, dict],
+    floor: float | None = None,  # type: ignore[type-arg]
+) -> None:
+    """The online quality of every window end equals the offline evaluation of the same
+    model's predictions there (training.offline.evaluate_closes), on the same population."""
+    from features.windows import DORMANT_CHURN_FLOOR
+    from training.offline import evaluate_closes
+
+    offline = evaluate_closes(frame, MODEL_DIR, DORMANT_CHURN_FLOOR if floor is None else floor)
+    assert set(online) == set(offline), (
+        sorted(set(offline) - set(online)),
+        sorted(set(online) - set(offline)),
+    )
+    for end, want in offline.items():
+        got = online[end]
+        assert got["n"] == want["n"] == want["churn"]["n"], end
+        for group in ("orders", "spend"):
+            for key in ("mae", "rmse", "bias", "wape", "sum_pred", "sum_actual"):
+                assert got[group][key] == pytest.approx(
+                    want[group][key], rel=1e-6, abs=1e-9, nan_ok=True
+                ), (end, group, key)
+        for key in (
+            "n_pos",
+            "roc_auc",
+            "pr_auc",
+            "log_loss",
+            "brier",
+            "ece",
+            "base_rate",
+            "mean_pred",
+        ):
+            assert got["churn"][key] == pytest.approx(
+                want["churn"][key], rel=1e-6, abs=1e-9, nan_ok=True
+            ), (end, key)
