@@ -100,5 +100,5 @@ def test_predictions_waiting_for_their_horizon_round_trip_and_older_records_have
     assert decode_user(encode_user(record)).pending == waiting
     plain = encode_user(UserRecord(_state()))
     size = int.from_bytes(plain[:4], "big")
-    assert "pp" not in orjson.loads(plain[4 : 4 + size])
+    assert "pn" not in orjson.loads(plain[4 : 4 + size])
     assert decode_user(plain).pending == []

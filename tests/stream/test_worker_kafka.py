@@ -4,7 +4,8 @@
   and coordinates, and signals for every user;
 * end-to-end parity: UCI Online Retail replayed through Kafka gives the window-close signals
   offline prediction gives, key for key and score for score, dormant customers under the
-  churn floor included;
+  churn floor included, and the online evaluation (``model-quality``) of every window end
+  whose horizon passed equals the offline evaluation of the same predictions;
 * a worker killed mid-replay (SIGKILL) and restarted — from its RocksDB data dir, and from an
   empty one (changelog restore) — emits what an uninterrupted run emits;
 * a model that does not match stops the worker at start-up with the reason;
@@ -57,7 +58,7 @@ from tests.support.worker_harness import (
     window_close,
     worker_settings,
 )
-from training.offline import predict_windows
+from training.offline import evaluate_closes, predict_windows
 
 WorkerFactory = Callable[..., WorkerProcess]
 IDLE_S = 4.0  # wait_until_done's default: no output for this long counts as idle
@@ -306,6 +307,58 @@ def test_uci_replay_through_kafka_equals_offline_prediction_dormant_customers_in
     np.testing.assert_allclose(
         [stream_churn[k]["churn_probability"] for k in keys], offline.churn_probability, atol=1e-4
     )
+
+    # The online evaluation: every window end whose horizon every partition has closed gets
+    # one model-quality record, equal to the offline evaluation of the same predictions.
+    t3 = time.monotonic()
+    evaluated = evaluate_closes(frame, MODEL_DIR, s.worker.dormant_churn_floor)
+    horizon_ms = spec.horizon * spec.length_ms
+    expected = {e: q for e, q in evaluated.items() if e + horizon_ms <= last_end}
+    assert len(expected) >= 30
+    quality = _wait_for_records(worker, s.topics.quality, len(expected), timeout_s=60.0)
+    online = {q["window_end_ms"]: q for q in quality}
+    assert len(online) == len(quality), "a window end's quality was published twice"
+    assert set(online) == set(expected)
+    # To 1e-6: the scores themselves move in their last float32 bit between ONNX Runtime
+    # calls that batch rows differently (the worker's micro-batches against offline's one
+    # batch per close), so a bias near zero or two near-tied scores may differ at ~1e-8.
+    for end, want in expected.items():
+        got = online[end]
+        assert got["population"] == want["n"]
+        for group in ("orders", "spend"):
+            for key in ("mae", "rmse", "bias"):
+                close = pytest.approx(want[group][key], rel=1e-6, abs=1e-6)
+                assert got[group][key] == close, (end, group, key)
+        for key in ("roc_auc", "pr_auc", "log_loss", "brier"):
+            close = pytest.approx(want["churn"][key], rel=1e-6, abs=1e-6)
+            assert got["churn"][key] == close, (end, key)
+    status, view = worker.get_json("/quality")
+    assert status == 200
+    (latest,) = view["latest"].values()
+    assert latest["window_end_ms"] == max(expected)
+    first = online[min(expected)]
+    report(
+        f"uci: {len(online)} model-quality records equal the offline evaluation "
+        f"({time.monotonic() - t3:.1f} s); first window end {first['window_end']}: "
+        f"{first['population']} users, orders MAE {first['orders']['mae']:.4f}, "
+        f"churn ROC-AUC {first['churn']['roc_auc']:.4f}"
+    )
+
+
+def _wait_for_records(
+    worker: WorkerProcess, topic: str, count: int, timeout_s: float
+) -> list[dict[str, Any]]:
+    """The JSON records of ``topic`` once it holds ``count`` (bounded wait)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total = sum(run_sync(end_offsets(worker.settings, [topic])).values())
+        if total >= count:
+            return [r.json() for r in run_sync(read_topic(worker.settings, topic))]
+        if not worker.alive():
+            raise worker.fail(f"worker {worker.name} died")
+        if time.monotonic() > deadline:
+            raise worker.fail(f"{topic} holds {total} < {count} records after {timeout_s} s")
+        time.sleep(0.2)
 
 
 # --------------------------------------------------------------------------------------------
