@@ -26,6 +26,7 @@ COLORS: Final = {
     "dlq": "#a16207",
     "bids": "#059669",
     "alerts": "#7c3aed",
+    "quality": "#0891b2",
 }
 MAX_POINTS: Final = 400
 """Timeline points per series drawn (longer runs are thinned evenly; the last point is kept)."""
@@ -249,6 +250,38 @@ border-bottom:1px solid #f3f4f6}svg text{fill:#374151}
 """
 
 
+def quality_section(tally: Tally) -> str:
+    """The online evaluation: each window end whose horizon passed during the run, the
+    model's quality over the users it scored there (``model-quality``)."""
+    if not tally.quality:
+        return (
+            "<section><h2>Online evaluation</h2><p>No window end's horizon passed during "
+            "the run: nothing to evaluate yet.</p></section>"
+        )
+    rows = [
+        (
+            str(r.get("window_end", ""))[:10],
+            r.get("model_version", ""),
+            f"{int(r.get('population', 0)):,}",
+            _num(r.get("orders", {}).get("mae")),
+            _pct(r.get("orders", {}).get("bias")),
+            _num(r.get("churn", {}).get("roc_auc")),
+            _num(r.get("churn", {}).get("brier")),
+        )
+        for _, r in sorted(tally.quality.items())
+    ]
+    return (
+        "<section><h2>Online evaluation (model-quality)</h2>"
+        "<p>Predictions made at each window close, joined with what the users did over the "
+        "next horizon, as the worker computes it in the stream.</p>"
+        + _table(
+            ["window end", "model", "users", "orders MAE", "orders bias", "churn AUC", "Brier"],
+            rows,
+        )
+        + "</section>"
+    )
+
+
 def render_dashboard(tally: Tally, summary: Mapping[str, Any], *, title: str = "") -> str:
     """The dashboard HTML for a demo run (module doc)."""
     cards = [
@@ -307,6 +340,7 @@ def render_dashboard(tally: Tally, summary: Mapping[str, Any], *, title: str = "
             + [(f"dead letters: {r}", n) for r, n in sorted(tally.dlq_reasons.items())],
         )
         + "</section>"
+        + quality_section(tally)
         + (truth_section(summary["truth"]) if summary.get("truth") else "")
         + "</div></body></html>\n"
     )
@@ -315,6 +349,7 @@ def render_dashboard(tally: Tally, summary: Mapping[str, Any], *, title: str = "
 __all__ = [
     "calibration_svg",
     "histogram_svg",
+    "quality_section",
     "render_dashboard",
     "thin",
     "timeline_svg",

@@ -263,13 +263,14 @@ class Outputs:
 
 
 def output_topics(settings: Settings) -> dict[str, str]:
-    """Topic name -> output kind, for the five topics the demo reads."""
+    """Topic name -> output kind, for the six topics the demo reads."""
     return {
         settings.topics.demand: "demand",
         settings.topics.churn: "churn",
         settings.topics.dead_letter: "dlq",
         settings.topics.bid_adjustments: "bids",
         settings.topics.churn_alerts: "alerts",
+        settings.topics.quality: "quality",
     }
 
 

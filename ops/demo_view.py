@@ -1,9 +1,10 @@
 """What the demo shows: the tally of everything the system emits, and its console rendering.
 
-Pure (no Kafka, no clock, no terminal): :class:`Tally` takes the raw records of the five output
-topics -- demand signals, churn-risk signals, dead letters, bid adjustments, churn alerts --
-and keeps counts, each user's current churn probability and bid multiplier, and a timeline of
-cumulative counts. :func:`render_live` turns it into the lines of the live console view,
+Pure (no Kafka, no clock, no terminal): :class:`Tally` takes the raw records of the six output
+topics -- demand signals, churn-risk signals, dead letters, bid adjustments, churn alerts and
+the online evaluation's model quality -- and keeps counts, each user's current churn
+probability and bid multiplier, the model-quality records, and a timeline of cumulative
+counts. :func:`render_live` turns it into the lines of the live console view,
 :func:`summary_record` into ``summary.json``. :mod:`ops.demo` feeds it and draws the lines;
 :mod:`ops.dashboard` draws the same numbers as HTML.
 
@@ -20,7 +21,7 @@ from typing import Any, Final
 
 import orjson
 
-KINDS: Final = ("demand", "churn", "dlq", "bids", "alerts")
+KINDS: Final = ("demand", "churn", "dlq", "bids", "alerts", "quality")
 """Output kinds, in display order; each is one topic and one ``<kind>.jsonl`` file."""
 LABELS: Final = {
     "demand": "demand",
@@ -28,6 +29,7 @@ LABELS: Final = {
     "dlq": "dead letters",
     "bids": "bid-adjustments",
     "alerts": "churn-alerts",
+    "quality": "model-quality",
 }
 FILES: Final = {kind: f"{kind}.jsonl" for kind in KINDS}
 BID_CLASSES: Final = ("floor", "below", "neutral", "above", "cap")
@@ -83,6 +85,8 @@ class Tally:
     alerted: set[str] = field(default_factory=set)
     dlq_reasons: dict[str, int] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
+    quality: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
+    """(window end, model version) -> the online evaluation's record (a re-send replaces it)."""
 
     def add(self, kind: str, value: bytes) -> None:
         """Count one record of ``kind`` (its raw bytes); malformed ones are counted apart."""
@@ -101,6 +105,9 @@ class Tally:
             elif kind == "dlq":
                 reason = str(record.get("reason", "?"))
                 self.dlq_reasons[reason] = self.dlq_reasons.get(reason, 0) + 1
+            elif kind == "quality":
+                key = (int(record["window_end_ms"]), str(record["model_version"]))
+                self.quality[key] = record
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             # The demo shows what arrived; a record it cannot read is counted, not fatal.
             self.malformed += 1

@@ -56,8 +56,8 @@ def test_dashboard_has_the_three_charts_as_well_formed_svg() -> None:
         "bid multiplier distribution",
     ]
     timeline, risk, bids = charts
-    # One line per series: events replayed + five output kinds.
-    assert len(timeline.findall(f"{SVG}polyline")) == 6
+    # One line per series: events replayed + six output kinds.
+    assert len(timeline.findall(f"{SVG}polyline")) == 7
     # 20 churn bins and 15 multiplier bins; each bar says what it counts.
     risk_bars = [r for r in risk.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
     bid_bars = [r for r in bids.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
@@ -114,3 +114,25 @@ def test_histogram_bars_scale_to_the_axis() -> None:
     bars = [r for r in svg.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
     heights = [float(r.get("height", "nan")) for r in bars]
     assert heights[0] == 0.0 and heights[2] == 2 * heights[1] > 0
+
+
+def test_the_online_evaluation_panel_lists_each_evaluated_window_end() -> None:
+    """A run whose replay passed two window ends' horizons: one row each, figures as the
+    model-quality records say; a run that passed none says why there is nothing."""
+    from ops.dashboard import quality_section
+
+    tally = Tally()
+    assert "nothing to evaluate yet" in quality_section(tally)
+    for end, auc in ((1_704_672_000_000, 0.8123), (1_705_276_800_000, 0.7988)):
+        record = {
+            "window_end": "2024-01-08T00:00:00.000Z" if auc > 0.8 else "2024-01-15T00:00:00.000Z",
+            "window_end_ms": end,
+            "model_version": "m-abc",
+            "population": 1750,
+            "orders": {"mae": 0.61, "bias": -0.021},
+            "churn": {"roc_auc": auc, "brier": 0.14},
+        }
+        tally.add("quality", orjson.dumps(record))
+    html = quality_section(tally)
+    assert html.count("<tr>") == 3  # header + two window ends
+    assert "2024-01-08" in html and "0.812" in html and "-2.1%" in html and "1,750" in html

@@ -82,8 +82,12 @@ def test_topic_specs_cover_the_application_topics() -> None:
         settings.topics.dead_letter: 3,
         settings.topics.bid_adjustments: 3,
         settings.topics.churn_alerts: 3,
+        settings.topics.outcomes: 3,
+        settings.topics.quality: 3,
         # The worker's re-keying topic is created up front too, with the same count.
         settings.topics.routed: 3,
+        # And the online evaluation's parts topic, with one partition (sent in close order).
+        settings.topics.quality_parts: 1,
     }
 
 
