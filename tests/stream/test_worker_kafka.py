@@ -486,7 +486,13 @@ def test_redelivered_messages_are_not_counted_twice() -> None:
     stored state gets the tail of the log again, as Kafka redelivers after a crash."""
     from stream.codec import decode_user
     from stream.processor import DictStore, RawMessage
-    from tests.support.processor import make_processor, messages, run, synthetic
+    from tests.support.processor import (
+        assert_same_state,
+        make_processor,
+        messages,
+        run,
+        synthetic,
+    )
 
     scorer = load_model(MODEL_DIR)
     msgs = messages(synthetic(seed=5))
@@ -497,7 +503,7 @@ def test_redelivered_messages_are_not_counted_twice() -> None:
     cut = len(msgs) // 2
     first = run(make_processor(scorer, store), store, msgs[:cut], 64)
     rest = run(make_processor(scorer, store), store, msgs[cut - 300 :], 64)  # 300 come again
-    assert store.data == whole_store.data
+    assert_same_state(store, whole_store)
     scores = {x.signal_id: x.expected_orders for x in whole if hasattr(x, "expected_orders")}
     again: dict[str, set[float]] = {}
     for x in first + rest:
