@@ -179,10 +179,19 @@ def test_create_topics_is_idempotent_and_reports_mismatch(kafka_settings: Settin
     first = run_sync(kafka_local.ensure_topics(settings))
     assert [r.outcome for r in first] == ["created"] * n
     assert {r.name for r in first} == set(kafka_local.topic_specs(settings))
+    specs = kafka_local.topic_specs(settings)
     second = run_sync(kafka_local.ensure_topics(settings))
-    assert [(r.outcome, r.actual_partitions) for r in second] == [("exists", 2)] * n
+    assert {r.name: (r.outcome, r.actual_partitions) for r in second} == {
+        name: ("exists", count) for name, count in specs.items()
+    }
+    # Another partition count: every keyed topic mismatches; the one-partition quality parts
+    # topic keeps its one.
     third = run_sync(kafka_local.ensure_topics(settings.with_overrides(partitions=3)))
-    assert [(r.outcome, r.actual_partitions) for r in third] == [("mismatch", 2)] * n
+    assert {r.name: (r.outcome, r.actual_partitions) for r in third} == {
+        name: ("exists", 1) if name == settings.topics.quality_parts else ("mismatch", 2)
+        for name in specs
+    }
+    assert len(third) == n
     assert "EXISTS WITH 2 PARTITIONS" in third[0].describe()
 
 
