@@ -6,7 +6,8 @@ adds: last fresh-signal time and last scores) and its compact codec: a small JSO
 copied, not formatted; then, for a user with window-close predictions waiting for their
 horizon (the online evaluation, :mod:`features.outcomes`), a fixed binary block of 36 bytes
 per prediction, named by the optional header keys ``pn`` (count) and ``pv`` (model versions):
-a record without them, written before, has none waiting. Also :class:`PartitionClock`, a partition's event-time watermark.
+a record without them, written before, has none waiting. Also :class:`PartitionClock`, a
+partition's event-time watermark.
 
 Versions: a record names its :data:`CODEC_VERSION`, and a record of another version is refused
 with :class:`StateVersionError`, never migrated. Version 2 (feature definition 2) holds each
