@@ -27,6 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
+
+from features.drift import InputReference, drifted, psi
 from features.outcomes import Outcome
 from features.quality import CohortTally, merge, quality, split, tally
 from features.signals import ms_to_iso, signal_id
@@ -120,6 +123,59 @@ class PredictionOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class InputCounts:
+    """A partition's live input histogram of one window end, binned by one model's reference."""
+
+    window_end_ms: int
+    model_version: str
+    counts: tuple[tuple[int, ...], ...]
+    """``[drift feature, bin]``: :func:`features.drift.bin_counts`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_end_ms": self.window_end_ms,
+            "model_version": self.model_version,
+            "counts": [list(c) for c in self.counts],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> InputCounts:
+        return cls(
+            int(d["window_end_ms"]),
+            str(d["model_version"]),
+            tuple(tuple(int(x) for x in row) for row in d["counts"]),
+        )
+
+
+def merge_inputs(parts: Iterable[QualityPart]) -> InputCounts | None:
+    """The input histogram of a window end over every partition's part, or ``None`` when no
+    part has one or they were binned by different models (a swap in between: no drift then)."""
+    found = [p.inputs for p in parts if p.inputs is not None]
+    if not found or len({(i.window_end_ms, i.model_version) for i in found}) != 1:
+        return None
+    total = np.sum([np.asarray(i.counts, dtype=np.int64) for i in found], axis=0)
+    return InputCounts(
+        found[0].window_end_ms,
+        found[0].model_version,
+        tuple(tuple(int(x) for x in row) for row in total),
+    )
+
+
+def input_drift(inputs: InputCounts, reference: InputReference, threshold: float) -> dict[str, Any]:
+    """The drift record of a window end: PSI per feature, the features over ``threshold``."""
+    index = psi(reference, inputs.counts)
+    return {
+        "window_end": ms_to_iso(inputs.window_end_ms),
+        "window_end_ms": inputs.window_end_ms,
+        "model_version": inputs.model_version,
+        "rows": int(np.asarray(inputs.counts[0]).sum()) if inputs.counts else 0,
+        "psi": index,
+        "threshold": threshold,
+        "drifted": drifted(index, threshold),
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class QualityPart:
     """Part ``index`` of ``count`` of one partition's tallies for one window end."""
 
@@ -131,6 +187,9 @@ class QualityPart:
     count: int
     tallies: Mapping[str, CohortTally]
     """Model version -> tally (empty: the partition had no prediction to settle)."""
+    inputs: InputCounts | None = None
+    """On part 0: the input histogram of the window the partition just closed (its end is
+    ``window_end_ms`` plus the horizon), for drift (:mod:`features.drift`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +200,7 @@ class QualityPart:
             "index": self.index,
             "count": self.count,
             "tallies": {v: t.to_dict() for v, t in self.tallies.items()},
+            **({"inputs": self.inputs.to_dict()} if self.inputs is not None else {}),
         }
 
     @classmethod
@@ -153,6 +213,7 @@ class QualityPart:
             index=int(d["index"]),
             count=int(d["count"]),
             tallies={str(v): CohortTally.from_dict(t) for v, t in d["tallies"].items()},
+            inputs=InputCounts.from_dict(d["inputs"]) if d.get("inputs") else None,
         )
         if not (0 <= part.partition < part.partitions and 0 <= part.index < part.count):
             raise ValueError(
@@ -170,6 +231,7 @@ def quality_parts(
     partition: int,
     partitions: int,
     max_scores: int = MAX_SCORES_PER_PART,
+    inputs: InputCounts | None = None,
 ) -> list[QualityPart]:
     """One partition's parts for the cohort of ``window_end_ms``: its on-time outcomes
     tallied per model version and cut to at most ``max_scores`` histogram entries per part.
@@ -200,6 +262,7 @@ def quality_parts(
             i,
             count,
             {pieces[i][0]: pieces[i][1]} if pieces else {},
+            inputs if i == 0 else None,
         )
         for i in range(count)
     ]
@@ -218,6 +281,9 @@ class ModelQuality:
     ``churn``), keyed as the offline report keys them."""
     quality_id: str
     emitted_at_ms: int
+    input_drift: Mapping[str, Any] | None = None
+    """The drift of the inputs this cohort was scored on (:func:`input_drift`), when the
+    serving model has an input reference."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -231,6 +297,7 @@ class ModelQuality:
             "orders": self.figures["orders"],
             "spend": self.figures["spend"],
             "churn": self.figures["churn"],
+            "input_drift": dict(self.input_drift) if self.input_drift is not None else None,
             "emitted_at": ms_to_iso(self.emitted_at_ms),
             "emitted_at_ms": self.emitted_at_ms,
         }
@@ -257,9 +324,13 @@ class QualityBoard:
     """Open window end -> partition -> (its part count, indices received)."""
     published_through: int | None = None
     """The latest window end whose quality went out: older parts are re-sent ones."""
+    drift: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Window end -> its input drift, kept until that window end's own quality goes out (one
+    horizon later) with it."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "drift": {str(e): d for e, d in self.drift.items()},
             "partitions": self.partitions,
             "progress": {str(p): e for p, e in self.progress.items()},
             "received": {
@@ -279,6 +350,7 @@ class QualityBoard:
                 for e, parts in d["received"].items()
             },
             published_through=d["published_through"],
+            drift={int(e): dict(v) for e, v in d.get("drift", {}).items()},
         )
 
     def keys(self, window_end_ms: int) -> list[str]:
@@ -340,9 +412,12 @@ def receive(board: QualityBoard, part: QualityPart) -> tuple[bool, list[int]]:
     return new, done
 
 
-def publish(parts: Iterable[QualityPart], now_ms: int) -> list[ModelQuality]:
+def publish(
+    parts: Iterable[QualityPart], now_ms: int, drift: Mapping[str, Any] | None = None
+) -> list[ModelQuality]:
     """A complete cohort's quality per model version (versions without a settled prediction
-    give none)."""
+    give none); ``drift``: the cohort's input drift, attached to the record of the model that
+    binned it."""
     parts = list(parts)
     by_version: dict[str, list[CohortTally]] = {}
     for p in parts:
@@ -363,24 +438,32 @@ def publish(parts: Iterable[QualityPart], now_ms: int) -> list[ModelQuality]:
                 figures=quality(merged),
                 quality_id=signal_id("quality", "", first.window_end_ms, "window_close", version),
                 emitted_at_ms=now_ms,
+                input_drift=(
+                    drift if drift is not None and drift["model_version"] == version else None
+                ),
             )
         )
     return records
 
 
 def forget(board: QualityBoard, window_end_ms: int) -> None:
-    """Drop a published window end from the board (after its parts were merged)."""
+    """Drop a published window end from the board (after its parts were merged), and its
+    input drift (it went out with its quality)."""
     board.received.pop(window_end_ms, None)
+    board.drift.pop(window_end_ms, None)
 
 
 __all__ = [
     "BOARD_KEY",
     "MAX_SCORES_PER_PART",
+    "InputCounts",
     "ModelQuality",
     "PredictionOutcome",
     "QualityBoard",
     "QualityPart",
     "forget",
+    "input_drift",
+    "merge_inputs",
     "part_key",
     "publish",
     "quality_parts",

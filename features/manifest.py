@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.drift import InputReference
 from features.signals import RiskThresholds
 from features.summary import N_SUMMARY, SUMMARY_NAMES, PriorSpec
 from features.windows import (
@@ -47,6 +48,9 @@ class Manifest:
     feature_definition_version: int = FEATURE_DEFINITION_VERSION
     prior: PriorSpec | None = None
     """The BG/NBD prior behind the ``summary`` input; ``None`` for a sequence-only model."""
+    input_reference: InputReference | None = None
+    """The training distribution of the window features (:mod:`features.drift`); ``None``
+    for a model exported before it: the worker then measures no drift."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Training summary, metrics, library versions: informative, not checked."""
 
@@ -112,6 +116,11 @@ class Manifest:
             ],
             "thresholds": {"medium": self.thresholds.medium, "high": self.thresholds.high},
             **({"prior": self.prior.to_dict()} if self.prior is not None else {}),
+            **(
+                {"input_reference": self.input_reference.to_dict()}
+                if self.input_reference is not None
+                else {}
+            ),
             **self.extra,
         }
 
@@ -135,6 +144,7 @@ class Manifest:
                 "outputs",
                 "thresholds",
                 "prior",
+                "input_reference",
             }
             return cls(
                 model_version=str(data["model_version"]),
@@ -156,6 +166,11 @@ class Manifest:
                 feature_fingerprint=str(feats["fingerprint"]),
                 feature_definition_version=int(feats["definition_version"]),
                 prior=PriorSpec.from_dict(data["prior"]) if "prior" in data else None,
+                input_reference=(
+                    InputReference.from_dict(data["input_reference"])
+                    if "input_reference" in data
+                    else None
+                ),
                 extra={k: v for k, v in data.items() if k not in known},
             )
         except ManifestError:

@@ -162,6 +162,10 @@ class WorkerSettings:
     """A dormant customer (an order, no event in the lookback) is scored at each window close
     while their last window-close churn probability is below this; ``1.0``: always. Default:
     ``features.windows.DORMANT_CHURN_FLOOR`` (why 0.8 there)."""
+    drift_psi_threshold: float = 0.25
+    """Input drift: a window feature whose population stability index against the model's
+    training distribution exceeds this is flagged (``model-quality``'s ``input_drift``, the
+    ``clicksignals_input_drift`` gauges); see :mod:`features.drift`."""
     batch_size: int = 512
     batch_timeout_s: float = 0.05
     ort_intra_op_threads: int = 1

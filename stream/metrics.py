@@ -14,7 +14,7 @@ partition it holds.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -127,6 +127,18 @@ QUALITY_FIGURES: tuple[tuple[str, str], ...] = (
     ("churn", "ece"),
 )
 """The figures of a ``model-quality`` record exported as gauges (``figure`` = group_key)."""
+INPUT_PSI = Gauge(
+    "clicksignals_input_psi",
+    "Population stability index of a window feature at the latest window end, against the "
+    "serving model's training distribution",
+    ["feature"],
+    registry=REGISTRY,
+)
+INPUT_DRIFT = Gauge(
+    "clicksignals_input_drift",
+    "1 while some window feature's PSI exceeds the drift threshold at the latest window end",
+    registry=REGISTRY,
+)
 _lag_labels: set[tuple[str, str]] = set()
 _processed: dict[tuple[str, int], int] = {}
 """(topic, partition) -> offset after the last message whose batch was delivered and stored."""
@@ -165,6 +177,13 @@ def observe_outcomes(out: BatchOutput) -> None:
         OUTCOMES.labels(on_time="true").inc(on_time)
         if on_time < len(out.outcomes):
             OUTCOMES.labels(on_time="false").inc(len(out.outcomes) - on_time)
+
+
+def observe_drift(drift: Mapping[str, Any]) -> None:
+    """The gauges of one window end's input drift (:func:`features.feedback.input_drift`)."""
+    for feature, value in drift["psi"].items():
+        INPUT_PSI.labels(feature=feature).set(float(value))
+    INPUT_DRIFT.set(1.0 if drift["drifted"] else 0.0)
 
 
 def observe_quality(record: ModelQuality) -> None:

@@ -77,13 +77,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import orjson
 
+from features.drift import bin_counts
 from features.events import ClickEvent
-from features.feedback import PredictionOutcome, QualityPart, quality_parts
+from features.feedback import InputCounts, PredictionOutcome, QualityPart, quality_parts
 from features.outcomes import Pending, on_time, remember, settle
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
-from features.windows import DAY_MS, DORMANT_CHURN_FLOOR, WindowSpec, is_scored_at_close
+from features.windows import (
+    DAY_MS,
+    DORMANT_CHURN_FLOOR,
+    I_ACTIVE,
+    N_FEATURES,
+    WindowSpec,
+    is_scored_at_close,
+)
 from serving.scorer import Scorer
 from stream.codec import (
     PartitionClock,
@@ -445,6 +453,9 @@ class Processor:
         """The run's user closes, in order: their outcome rings are settled once scored."""
         self._closes: list[tuple[int, int]] = []
         """The run's (partition, window) closes: each sends the quality parts of one cohort."""
+        self._inputs: dict[tuple[int, int], list[np.ndarray]] = {}
+        """(partition, window) -> the closed vectors of the users active in the lookback
+        scored there: the live input distribution (features.drift)."""
         self._clock_keys = {p: clock_key(p, partitions) for p in range(partitions)}
         self._watermark_keys = [watermark_key(p, partitions) for p in range(partitions)]
         self._watermark_prefix = WATERMARK_PREFIX.encode()
@@ -726,6 +737,7 @@ class Processor:
         self._closing.clear()
         self._settles.clear()
         self._closes.clear()
+        self._inputs.clear()
         dirty_users: dict[str, int] = {}
         dirty_parts: set[int] = set()
         for msg in messages:
@@ -1009,6 +1021,7 @@ class Processor:
         self._closing.clear()
         self._settles.clear()
         self._closes.clear()
+        self._inputs.clear()
         out = BatchOutput()
         requests: list[_Request] = []
         dirty_users: dict[str, int] = {}
@@ -1096,6 +1109,8 @@ class Processor:
                 )
                 requests.append(request)
                 self._closing.add(user)
+                if ring[-1, I_ACTIVE] > 0:
+                    self._inputs.setdefault((p, window), []).append(ring[-1])
             elif dormant and not settling:
                 gone.append(user)
             state = record.state
@@ -1211,13 +1226,26 @@ class Processor:
                 # prediction of theirs still waits, so they stay closed until it is settled.
                 active[s.user_id] = spec.index(record.state.last_event_ms)
                 self._active_undo.append((s.partition, s.user_id, None))
+        reference = self.scorer.manifest.input_reference
         for p, window in self._closes:
+            inputs = None
+            if reference is not None:
+                rows = self._inputs.get((p, window), [])
+                counts = bin_counts(
+                    reference, np.stack(rows) if rows else np.zeros((0, N_FEATURES))
+                )
+                inputs = InputCounts(
+                    spec.end_ms(window),
+                    self.scorer.version,
+                    tuple(tuple(int(x) for x in row) for row in counts),
+                )
             out.quality_parts += quality_parts(
                 settled.get((p, window), []),
                 window_end_ms=spec.end_ms(window - horizon),
                 horizon_windows=horizon,
                 partition=p,
                 partitions=self.partitions,
+                inputs=inputs,
             )
 
     def _dormant_scored(self, request: _Request, record: UserRecord | None) -> bool:

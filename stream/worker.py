@@ -535,6 +535,26 @@ class Worker:
         )
         self.input_check.reset(scorer.manifest)
 
+    def note_drift(self, board: feedback.QualityBoard, parts: list[feedback.QualityPart]) -> None:
+        """The input drift of the window end these parts' partitions just closed, against the
+        serving model's reference: gauges now, and kept on the board until that window end's
+        own quality goes out. Inputs binned by another model (a swap) are not compared."""
+        inputs = feedback.merge_inputs(parts)
+        scorer = self.processor().scorer
+        reference = scorer.manifest.input_reference
+        if inputs is None or reference is None or inputs.model_version != scorer.version:
+            return
+        drift = feedback.input_drift(inputs, reference, self.settings.worker.drift_psi_threshold)
+        board.drift[inputs.window_end_ms] = drift
+        metrics.observe_drift(drift)
+        if drift["drifted"]:
+            log.warning(
+                "input drift at %s: %s (PSI over %g)",
+                drift["window_end"],
+                ", ".join(f"{f} {drift['psi'][f]:.3f}" for f in drift["drifted"]),
+                drift["threshold"],
+            )
+
     def held_partitions(self) -> set[int]:
         """The clickstream partitions this worker holds; none before its consumer started."""
         try:
@@ -639,7 +659,9 @@ def _register_quality(worker: Worker) -> None:
             for window_end in done:
                 keys = board.keys(window_end)
                 parts = [feedback.QualityPart.from_dict(orjson.loads(board_table[k])) for k in keys]
-                for record in feedback.publish(parts, int(time.time() * 1000)):
+                worker.note_drift(board, parts)
+                drift = board.drift.get(window_end)
+                for record in feedback.publish(parts, int(time.time() * 1000), drift):
                     body = record.to_dict()
                     await worker.quality_topic.send(
                         key=record.model_version.encode(), value=orjson.dumps(body)

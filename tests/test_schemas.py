@@ -253,8 +253,19 @@ def test_schemas_refuse_broken_records(
 def test_prediction_outcomes_and_model_quality_validate() -> None:
     """A cohort with churners, stayers and a late-settled outcome; and a cohort where nobody
     churned (AUCs undefined: null on the wire)."""
-    from features.feedback import QualityBoard, publish, quality_parts, receive
+    import numpy as np
+
+    from features.feedback import (
+        InputCounts,
+        QualityBoard,
+        input_drift,
+        publish,
+        quality_parts,
+        receive,
+    )
+    from serving.scorer import load_model
     from tests.features.test_feedback import END, close_cohort, outcomes_of
+    from tests.support.processor import MODEL_DIR
 
     outcomes = outcomes_of(close_cohort())
     for o in outcomes[:50]:
@@ -266,7 +277,16 @@ def test_prediction_outcomes_and_model_quality_validate() -> None:
         )
         _, done = receive(QualityBoard(), parts[0])
         assert done == [END]
-        (record,) = publish(parts, NOW)
+        drift = None
+        if stayers_only:  # with its cohort's input drift, one feature without live rows
+            reference = load_model(MODEL_DIR.parent / "generated").manifest.input_reference
+            assert reference is not None
+            counts = np.ones((len(reference.features), reference.n_bins), dtype=int)
+            counts[0] = 0
+            live = InputCounts(END, "m-1", tuple(tuple(int(x) for x in c) for c in counts))
+            drift = input_drift(live, reference, 0.25)
+        (record,) = publish(parts, NOW, drift)
         body = wire(record.to_dict())
         assert_valid("model-quality", body)
         assert (body["churn"]["roc_auc"] is None) == stayers_only
+        assert (body["input_drift"] is None) != stayers_only

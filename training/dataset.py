@@ -22,8 +22,9 @@ from features.batch import (
     scored_mask,
     sequences_at,
 )
+from features.drift import InputReference, fit_reference
 from features.events import EVENT_TYPE_CODES
-from features.windows import Float32Array, FloatArray, WindowSpec
+from features.windows import I_ACTIVE, N_FEATURES, Float32Array, FloatArray, WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,18 @@ def samples_at(
             )
         )
     return Samples.concat(parts)
+
+
+def fit_input_reference(tensor: WindowTensor, last_window: int) -> InputReference:
+    """The training distribution the worker's drift check compares with
+    (:mod:`features.drift`): the window vectors of the users active in the window, at the last
+    ``horizon`` window ends through ``last_window`` (the latest behaviour the model saw)."""
+    spec = tensor.spec
+    rows = []
+    for window in range(max(last_window - spec.horizon + 1, tensor.first_index), last_window + 1):
+        last = sequences_at(tensor, window)[:, -1, :]
+        rows.append(last[last[:, I_ACTIVE] > 0])
+    return fit_reference(np.concatenate(rows) if rows else np.zeros((0, N_FEATURES)))
 
 
 def build_tensor(arrays: EventArrays, spec: WindowSpec, last_window: int) -> WindowTensor:

@@ -50,7 +50,7 @@ from features.windows import (
 )
 from serving.scorer import sha256_file
 from training.baselines import baselines
-from training.dataset import build_tensor, first_window, to_event_arrays
+from training.dataset import build_tensor, first_window, fit_input_reference, to_event_arrays
 from training.origins import (
     MASKED,
     OriginSet,
@@ -413,7 +413,16 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
     from training.offline import score_rows
 
     placeholder = RiskThresholds(medium=0.5, high=0.9)
-    tmp_manifest = Manifest(model_version, spec, main.norm, placeholder, onnx_sha, prior=prior)
+    reference = fit_input_reference(tensor, -1)
+    tmp_manifest = Manifest(
+        model_version,
+        spec,
+        main.norm,
+        placeholder,
+        onnx_sha,
+        prior=prior,
+        input_reference=reference,
+    )
     (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     scorer = load_model(cfg.out)
     val_scores = score_rows(scorer, main.select_val)
@@ -515,6 +524,7 @@ def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
         thresholds,
         onnx_sha,
         prior=prior,
+        input_reference=reference,
         extra={
             "export": export_info,
             "created_at": pd.Timestamp.now(tz="UTC").isoformat(),

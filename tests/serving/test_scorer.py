@@ -60,3 +60,23 @@ def test_an_altered_onnx_file_fails_its_checksum(copy: Path) -> None:
     assert sha256_file(onnx) != before
     with pytest.raises(ModelLoadError, match="sha256"):
         load_model(copy)
+
+
+def test_the_shipped_models_carry_their_input_reference_and_older_manifests_load_without() -> None:
+    """Both shipped manifests have the drift check's training distribution (written by
+    ``python -m training.reference``; the ONNX files, hence the versions, are unchanged); a
+    manifest from before it loads, and the worker then measures no drift."""
+    import json
+
+    from features.drift import DRIFT_FEATURES
+    from features.manifest import Manifest
+
+    for name in ("default", "generated"):
+        path = Path(__file__).resolve().parents[2] / "onnx_models" / name
+        scorer = load_model(path)
+        reference = scorer.manifest.input_reference
+        assert reference is not None and reference.features == DRIFT_FEATURES
+        assert all(abs(sum(e) - 1.0) < 1e-9 for e in reference.expected)
+        raw = json.loads((path / "manifest.json").read_text())
+        del raw["input_reference"]
+        assert Manifest.from_dict(raw).input_reference is None

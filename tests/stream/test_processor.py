@@ -26,6 +26,7 @@ from tests.support.processor import (
     close_signals,
     dormant_base,
     frame_of,
+    input_drift_by_window,
     make_processor,
     messages,
     online_quality,
@@ -432,3 +433,50 @@ def test_uci_online_quality_equals_the_offline_evaluation(scorer, shared_data) -
     online = online_quality(outputs)
     assert len(online) == 40
     assert_quality_parity(frame, online)
+
+
+def _regular_shop(halve_buying_from: str | None) -> pd.DataFrame:
+    """The demo model's shop (the generator's ``regular`` preset), 3,000 users over 12 weeks;
+    from ``halve_buying_from`` on, the same users' carts turn into purchases half as often."""
+    import dataclasses
+
+    from ingest.generator import PRESETS, generate_clickstream
+
+    shop = PRESETS["regular"]
+    base = generate_clickstream(3000, "2024-01-01", 84, seed=7, config=shop)
+    if halve_buying_from is None:
+        return base
+    halved = dataclasses.replace(shop, purchase_given_cart=shop.purchase_given_cart / 2)
+    after = generate_clickstream(3000, "2024-01-01", 84, seed=7, config=halved)
+    cut = int(pd.Timestamp(halve_buying_from, tz="UTC").value // 1_000_000)
+    frame = pd.concat([base[base.event_time_ms < cut], after[after.event_time_ms >= cut]])
+    return frame.sort_values("event_time_ms", kind="stable").reset_index(drop=True)
+
+
+def test_input_drift_fires_on_buying_features_when_buying_halves_and_stays_quiet_otherwise() -> (
+    None
+):
+    """Against the demo model's training distribution (same shop shape, other users and seed):
+    the control run's window ends stay under the threshold on every feature; once buying
+    halves (2024-02-12) the purchase features pass it and the browsing ones do not."""
+    from pathlib import Path
+
+    scorer = load_model(Path(MODEL_DIR).parent / "generated")
+    reference = scorer.manifest.input_reference
+    assert reference is not None
+    runs = {}
+    for name, shift in (("control", None), ("halved", "2024-02-12")):
+        store = DictStore()
+        outputs = run_outputs(
+            make_processor(scorer, store), store, messages(_regular_shop(shift)), 512
+        )
+        runs[name] = input_drift_by_window(outputs, reference)
+    assert len(runs["control"]) >= 10
+    assert all(d["drifted"] == [] for d in runs["control"].values())
+    shifted = pd.Timestamp("2024-02-19", tz="UTC").value // 1_000_000  # first week after it
+    for end, d in runs["halved"].items():
+        if end < shifted:
+            assert d["drifted"] == [], d["window_end"]
+        else:
+            assert {"orders", "order_days", "cart_conversion"} <= set(d["drifted"]), d
+            assert not {"n_view", "n_cart", "sessions"} & set(d["drifted"]), d

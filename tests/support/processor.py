@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.drift import InputReference
 from features.validation import ValidationPolicy
 from features.windows import DAY_MS
 from ingest.adapters import to_wire_bytes
@@ -269,3 +270,32 @@ def assert_same_state(got: DictStore, want: DictStore, rel: float = 1e-5) -> Non
             ), key
             for x, y in ((p.orders, q.orders), (p.spend, q.spend), (p.churn, q.churn)):
                 assert x == pytest.approx(y, rel=rel, abs=rel), key
+
+
+def input_drift_by_window(
+    outputs: list[BatchOutput], reference: InputReference, threshold: float = 0.25
+) -> dict[int, dict]:  # type: ignore[type-arg]
+    """Window end -> the input drift the aggregator computes from ``outputs``' quality parts
+    against ``reference`` (as ``Worker.note_drift`` does with the serving model's)."""
+    from features.feedback import (
+        QualityBoard,
+        QualityPart,
+        forget,
+        input_drift,
+        merge_inputs,
+        receive,
+    )
+
+    board = QualityBoard()
+    bodies: dict[tuple[int, int, int], QualityPart] = {}
+    drift: dict[int, dict] = {}  # type: ignore[type-arg]
+    for out in outputs:
+        for part in out.quality_parts:
+            _, done = receive(board, part)
+            bodies[(part.window_end_ms, part.partition, part.index)] = part
+            for end in done:
+                inputs = merge_inputs([v for k, v in bodies.items() if k[0] == end])
+                forget(board, end)
+                if inputs is not None:
+                    drift[inputs.window_end_ms] = input_drift(inputs, reference, threshold)
+    return drift

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from features.drift import DRIFT_FEATURES
 from serving.scorer import load_model
 from training.cli import main
 
@@ -34,6 +35,10 @@ def test_the_worker_accepts_the_exported_model(trained: Path) -> None:
     assert scorer.version == manifest["model_version"]
     assert manifest["libraries"]["tf2onnx"]
     assert manifest["training_data"]["cutoff"]
+    # The drift check's training distribution: the window features of the active users.
+    reference = scorer.manifest.input_reference
+    assert reference is not None and reference.rows > 100
+    assert set(manifest["input_reference"]["features"]) == set(DRIFT_FEATURES)
 
 
 def test_predictions_cover_the_cutoff_population(trained: Path) -> None:
