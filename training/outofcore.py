@@ -42,7 +42,7 @@ import numpy as np
 from features.batch import WindowTensor, tensor_from_base
 from features.events import EVENT_TYPE_CODES, EVENT_TYPES, PURCHASE
 from features.validation import MIN_EVENT_TIME_MS_DEFAULT
-from features.windows import DAY_MS, N_BASE, WindowSpec
+from features.windows import BASE_FEATURES, DAY_MS, N_BASE, WindowSpec
 from ingest.adapters import (
     FIRST_BAD_LISTED,
     MAX_QUANTITY,
@@ -88,6 +88,16 @@ _WS: Final = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 # ingest.adapters._ZONED_ISO, for RE2 (search semantics, as re.search / str.contains).
 _ZONED_ISO_SQL: Final = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|UTC|[+-]\d{2}(?::?\d{2})?)$"
 _PURCHASE: Final = EVENT_TYPE_CODES[PURCHASE]
+_N_TYPES: Final = len(EVENT_TYPES)
+# Positions after the counts in BASE_FEATURES, by name, so the order is the definition's.
+_AFTER_COUNTS: Final = {name: i - _N_TYPES for i, name in enumerate(BASE_FEATURES)}
+_ORDERS: Final = _AFTER_COUNTS["orders"]
+_UNITS: Final = _AFTER_COUNTS["units"]
+_SPEND: Final = _AFTER_COUNTS["spend"]
+_PRODUCTS: Final = _AFTER_COUNTS["distinct_products"]
+_CATEGORIES: Final = _AFTER_COUNTS["distinct_categories"]
+_SESSIONS: Final = _AFTER_COUNTS["sessions"]
+_ORDER_DAYS: Final = _AFTER_COUNTS["order_days"]
 
 
 @dataclass(frozen=True)
@@ -161,64 +171,92 @@ class EventStore:
                 raise ValueError(f"events start in window {lowest}, before {first}")
         n_users = self.users
         started = time.perf_counter()
-        counts = ",\n".join(
+        # The events of the range with their user code and window, as a view: each query below
+        # reads the table again rather than holding the events anywhere.
+        self.con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW cell_events AS
+            SELECT users.u, {window_sql} - {first} AS col, e.et, e.q, e.price, e.t,
+              e.product_id, e.category, e.session_id, e.order_id
+            FROM events e JOIN users USING (user_id)
+            WHERE e.reason IS NULL AND {window_sql} <= {last}"""
+        )
+        n_cells = n_users * n_windows
+        base = np.zeros((n_cells, N_BASE), dtype=np.float64)
+        first_ms = np.full(n_cells, np.nan)
+        last_ms = np.full(n_cells, np.nan)
+        first_col = np.full(n_users, n_windows, dtype=np.int64)
+
+        # 1. Plain aggregates per cell (a hash aggregate, which DuckDB spills).
+        p = f"et = {_PURCHASE}"
+        counts = ", ".join(
             f"count(*) FILTER (WHERE et = {code})::DOUBLE AS n{code}"
             for code in range(len(EVENT_TYPES))
         )
-        p = f"et = {_PURCHASE}"
-        # orders: distinct order keys among purchases, as features.batch._order_keys: the order
-        # id, else the session (a key space of its own), else the line itself.
-        sql = f"""
-            SELECT u, w - {first} AS col,
-              {counts},
-              (count(DISTINCT order_id) FILTER (WHERE {p})
-                + count(DISTINCT session_id) FILTER (WHERE {p} AND order_id IS NULL)
-                + count(*) FILTER (WHERE {p} AND order_id IS NULL AND session_id IS NULL)
-              )::DOUBLE AS orders,
+        plain = self.con.execute(
+            f"""SELECT u, col, {counts},
+              -- a purchase line with neither order nor session id is an order of its own
+              count(*) FILTER (WHERE {p} AND order_id IS NULL AND session_id IS NULL)::DOUBLE
+                AS anonymous_orders,
               coalesce(sum(q) FILTER (WHERE {p}), 0)::DOUBLE AS units,
+              -- an unknown price is worth 0, as in build_window_tensor
               coalesce(sum(coalesce(price * q, 0.0)) FILTER (WHERE {p}), 0.0) AS spend,
-              count(DISTINCT product_id)::DOUBLE AS products,
-              count(DISTINCT category)::DOUBLE AS categories,
-              count(DISTINCT session_id)::DOUBLE AS sessions,
-              count(DISTINCT {_floor_div("t", DAY_MS)}) FILTER (WHERE {p})::DOUBLE AS order_days,
               min(t) FILTER (WHERE {p})::DOUBLE AS first_purchase_ms,
               max(t) FILTER (WHERE {p})::DOUBLE AS last_purchase_ms
-            FROM (
-              SELECT users.u, {window_sql} AS w, e.*
-              FROM events e JOIN users USING (user_id)
-              WHERE e.reason IS NULL
-            )
-            WHERE w <= {last}
-            GROUP BY u, w
-        """
-        cells = self.con.execute(sql).fetchnumpy()
-        user = np.asarray(cells["u"], dtype=np.int64)
-        col = np.asarray(cells["col"], dtype=np.int64)
+            FROM cell_events GROUP BY u, col"""
+        ).fetchnumpy()
+        user = np.asarray(plain["u"], dtype=np.int64)
+        col = np.asarray(plain["col"], dtype=np.int64)
         flat = user * n_windows + col
-        n_cells = n_users * n_windows
-        base = np.zeros((n_cells, N_BASE), dtype=np.float64)
-        names = [
-            *(f"n{code}" for code in range(len(EVENT_TYPES))),
-            "orders",
-            "units",
-            "spend",
-            "products",
-            "categories",
-            "sessions",
-            "order_days",
-        ]
-        for i, name in enumerate(names):
-            base[flat, i] = np.asarray(cells[name], dtype=np.float64)
-        first_ms = np.full(n_cells, np.nan)
-        last_ms = np.full(n_cells, np.nan)
+        for code in range(len(EVENT_TYPES)):
+            base[flat, code] = _floats(plain[f"n{code}"])
+        base[flat, _N_TYPES + _ORDERS] = _floats(plain["anonymous_orders"])
+        base[flat, _N_TYPES + _UNITS] = _floats(plain["units"])
+        base[flat, _N_TYPES + _SPEND] = _floats(plain["spend"])
         # NULL (no purchase in the cell) arrives masked or as NaN: either way NaN here.
-        first_ms[flat] = _floats(cells["first_purchase_ms"])
-        last_ms[flat] = _floats(cells["last_purchase_ms"])
-        first_col = np.full(n_users, n_windows, dtype=np.int64)
+        first_ms[flat] = _floats(plain["first_purchase_ms"])
+        last_ms[flat] = _floats(plain["last_purchase_ms"])
         np.minimum.at(first_col, user, col)
+        n_nonempty = len(flat)
+        del plain, user, col, flat
+
+        # 2. Distinct counts: (cell, kind, key) made distinct, then counted per (cell, kind).
+        # Two hash aggregates that spill, where COUNT(DISTINCT) inside one grouped aggregate
+        # ran out of memory under a small limit. orders: distinct order keys among purchases,
+        # as features.batch._order_keys (the order id, else the session in a key space of its
+        # own, else the line: counted above).
+        day = _floor_div("t", DAY_MS)
+        keys = " UNION ALL ".join(
+            f"SELECT u, col, {kind}::UTINYINT AS kind, ({key})::VARCHAR AS key "
+            f"FROM cell_events WHERE {where}"
+            for kind, key, where in (
+                (0, "order_id", f"{p} AND order_id IS NOT NULL"),
+                (1, "session_id", f"{p} AND order_id IS NULL AND session_id IS NOT NULL"),
+                (2, "product_id", "product_id IS NOT NULL"),
+                (3, "category", "category IS NOT NULL"),
+                (4, "session_id", "session_id IS NOT NULL"),
+                (5, day, p),
+            )
+        )
+        distinct = self.con.execute(
+            f"""SELECT u, col, kind, count(*)::DOUBLE AS n
+            FROM (SELECT DISTINCT u, col, kind, key FROM ({keys}))
+            GROUP BY u, col, kind"""
+        ).fetchnumpy()
+        flat = np.asarray(distinct["u"], dtype=np.int64) * n_windows + np.asarray(
+            distinct["col"], dtype=np.int64
+        )
+        kind = np.asarray(distinct["kind"], dtype=np.int64)
+        n = _floats(distinct["n"])
+        feature_of_kind = (
+            np.array([_ORDERS, _ORDERS, _PRODUCTS, _CATEGORIES, _SESSIONS, _ORDER_DAYS]) + _N_TYPES
+        )
+        # Kinds 0 and 1 both add to orders (disjoint key spaces, like even/odd keys).
+        np.add.at(base, (flat, feature_of_kind[kind]), n)
+        del distinct, flat, kind, n
+        self.con.execute("DROP VIEW cell_events")
         log.info(
             "duckdb: %d non-empty cells of %d users x %d windows in %.1fs",
-            len(flat),
+            n_nonempty,
             n_users,
             n_windows,
             time.perf_counter() - started,
