@@ -273,3 +273,57 @@ def test_the_worker_does_not_import_duckdb() -> None:
         [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_train_and_export_with_the_duckdb_engine_equals_the_pandas_engine(tmp_path: Path) -> None:
+    """The whole command on a Parquet glob (--engine duckdb) and on the same events as one CSV
+    (pandas): the same predictions, byte for byte, and the same metrics."""
+    import json
+
+    from training.cli import main
+
+    frame = generate_clickstream(n_users=500, start="2024-01-01", days=180, seed=7)
+    csv_path = tmp_path / "events.csv"
+    frame.to_csv(csv_path, index=False)
+    parts = tmp_path / "parquet"
+    parts.mkdir()
+    for k in range(2):
+        frame.iloc[k::2].to_csv(tmp_path / f"part-{k}.csv", index=False)
+        _to_parquet(tmp_path / f"part-{k}.csv", parts / f"part-{k}.parquet")
+    common = ["--epochs", "1", "--seeds", "1"]
+    assert main(["--events", str(csv_path), "--out", str(tmp_path / "pd"), *common]) == 0
+    duck = ["--engine", "duckdb", "--duckdb-temp-dir", str(tmp_path)]
+    glob = str(parts / "*.parquet")
+    assert main(["--events", glob, "--out", str(tmp_path / "duck"), *duck, *common]) == 0
+    predictions = (tmp_path / "pd" / "predictions.csv").read_bytes()
+    assert predictions == (tmp_path / "duck" / "predictions.csv").read_bytes()
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("pd", "duck")]
+    assert manifests[0]["metrics"] == manifests[1]["metrics"]
+    data = [m["training_data"] for m in manifests]
+    assert data[1]["engine"] == "duckdb"
+    for key in ("events_rows", "users", "event_types", "input_kind", "cutoff"):
+        assert data[0][key] == data[1][key], key
+    assert not list(tmp_path.glob("clicksignals-duckdb-*")), "the database was left behind"
+
+
+def test_the_duckdb_engine_refuses_other_formats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import main
+
+    lines = tmp_path / "lines.csv"
+    lines.write_text(
+        "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+        "536365,85123A,HEART,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom\n"
+    )
+    out = str(tmp_path / "o")
+    assert main(["--events", str(lines), "--engine", "duckdb", "--out", out]) == 2
+    assert "a transactions file; --engine duckdb reads canonical files only" in (
+        capsys.readouterr().err
+    )
+    args = ["--events", str(lines), "--engine", "duckdb", "--format", "taobao", "--out", out]
+    assert main(args) == 2
+    assert "canonical files only, not taobao" in capsys.readouterr().err
+    assert main(["--engine", "duckdb", "--out", out]) == 2
+    assert "--engine duckdb reads --events files" in capsys.readouterr().err
