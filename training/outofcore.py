@@ -27,6 +27,7 @@ import csv
 import glob
 import gzip
 import io
+import json
 import logging
 import shutil
 import tempfile
@@ -88,6 +89,7 @@ _WS: Final = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 # ingest.adapters._ZONED_ISO, for RE2 (search semantics, as re.search / str.contains).
 _ZONED_ISO_SQL: Final = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|UTC|[+-]\d{2}(?::?\d{2})?)$"
 _PURCHASE: Final = EVENT_TYPE_CODES[PURCHASE]
+_PROFILE: Final = "profile.json"
 _N_TYPES: Final = len(EVENT_TYPES)
 # Positions after the counts in BASE_FEATURES, by name, so the order is the definition's.
 _AFTER_COUNTS: Final = {name: i - _N_TYPES for i, name in enumerate(BASE_FEATURES)}
@@ -127,6 +129,17 @@ class EventStore:
     start_ms: int
     stop_ms: int
     event_types: dict[str, int] = field(default_factory=dict)
+    spilled_bytes: int = 0
+    """Bytes DuckDB wrote to its spill files in this store's queries so far (its profile's
+    ``total_bytes_spilled``): how far the work exceeded ``memory_limit``."""
+
+    def _run(self, sql: str) -> dict[str, Any]:
+        """Run ``sql`` to the end (its columns as numpy arrays, empty for a statement), adding
+        what it spilled to :attr:`spilled_bytes`."""
+        cursor = self.con.execute(sql)
+        result: dict[str, Any] = cursor.fetchnumpy() if cursor.description else {}
+        self.spilled_bytes += _spilled(self.workdir / _PROFILE)
+        return result
 
     def __enter__(self) -> EventStore:
         return self
@@ -171,10 +184,13 @@ class EventStore:
                 raise ValueError(f"events start in window {lowest}, before {first}")
         n_users = self.users
         started = time.perf_counter()
-        # The events of the range with their user code and window, as a view: each query below
-        # reads the table again rather than holding the events anywhere.
-        self.con.execute(
-            f"""CREATE OR REPLACE TEMP VIEW cell_events AS
+        # The events of the range with their user code and window, as a table in the database
+        # file (on disk, like the events): the queries below read it several times, and a view
+        # would redo the join each time, holding its hash table beside their aggregates. Row
+        # order does not matter from here on: not preserving it lets DuckDB stream and spill.
+        self.con.execute("SET preserve_insertion_order = false")
+        self._run(
+            f"""CREATE OR REPLACE TABLE cell_events AS
             SELECT users.u, {window_sql} - {first} AS col, e.et, e.q, e.price, e.t,
               e.product_id, e.category, e.session_id, e.order_id
             FROM events e JOIN users USING (user_id)
@@ -192,7 +208,7 @@ class EventStore:
             f"count(*) FILTER (WHERE et = {code})::DOUBLE AS n{code}"
             for code in range(len(EVENT_TYPES))
         )
-        plain = self.con.execute(
+        plain = self._run(
             f"""SELECT u, col, {counts},
               -- a purchase line with neither order nor session id is an order of its own
               count(*) FILTER (WHERE {p} AND order_id IS NULL AND session_id IS NULL)::DOUBLE
@@ -203,7 +219,7 @@ class EventStore:
               min(t) FILTER (WHERE {p})::DOUBLE AS first_purchase_ms,
               max(t) FILTER (WHERE {p})::DOUBLE AS last_purchase_ms
             FROM cell_events GROUP BY u, col"""
-        ).fetchnumpy()
+        )
         user = np.asarray(plain["u"], dtype=np.int64)
         col = np.asarray(plain["col"], dtype=np.int64)
         flat = user * n_windows + col
@@ -219,47 +235,40 @@ class EventStore:
         n_nonempty = len(flat)
         del plain, user, col, flat
 
-        # 2. Distinct counts: (cell, kind, key) made distinct, then counted per (cell, kind).
-        # Two hash aggregates that spill, where COUNT(DISTINCT) inside one grouped aggregate
-        # ran out of memory under a small limit. orders: distinct order keys among purchases,
-        # as features.batch._order_keys (the order id, else the session in a key space of its
-        # own, else the line: counted above).
+        # 2. Distinct counts, one query per key: (cell, key) made distinct, then counted per
+        # cell. Hash aggregates that spill, where COUNT(DISTINCT) inside one grouped aggregate
+        # (or all keys in one UNION) ran out of memory under a small limit. orders: distinct
+        # order keys among purchases, as features.batch._order_keys (the order id, else the
+        # session in a key space of its own, else the line: counted above).
         day = _floor_div("t", DAY_MS)
-        keys = " UNION ALL ".join(
-            f"SELECT u, col, {kind}::UTINYINT AS kind, ({key})::VARCHAR AS key "
-            f"FROM cell_events WHERE {where}"
-            for kind, key, where in (
-                (0, "order_id", f"{p} AND order_id IS NOT NULL"),
-                (1, "session_id", f"{p} AND order_id IS NULL AND session_id IS NOT NULL"),
-                (2, "product_id", "product_id IS NOT NULL"),
-                (3, "category", "category IS NOT NULL"),
-                (4, "session_id", "session_id IS NOT NULL"),
-                (5, day, p),
+        for feature, key, where in (
+            (_ORDERS, "order_id", f"{p} AND order_id IS NOT NULL"),
+            (_ORDERS, "session_id", f"{p} AND order_id IS NULL AND session_id IS NOT NULL"),
+            (_PRODUCTS, "product_id", "product_id IS NOT NULL"),
+            (_CATEGORIES, "category", "category IS NOT NULL"),
+            (_SESSIONS, "session_id", "session_id IS NOT NULL"),
+            (_ORDER_DAYS, day, p),
+        ):
+            got = self._run(
+                f"""SELECT u, col, count(*)::DOUBLE AS n
+                FROM (SELECT DISTINCT u, col, {key} AS key FROM cell_events WHERE {where})
+                GROUP BY u, col"""
             )
-        )
-        distinct = self.con.execute(
-            f"""SELECT u, col, kind, count(*)::DOUBLE AS n
-            FROM (SELECT DISTINCT u, col, kind, key FROM ({keys}))
-            GROUP BY u, col, kind"""
-        ).fetchnumpy()
-        flat = np.asarray(distinct["u"], dtype=np.int64) * n_windows + np.asarray(
-            distinct["col"], dtype=np.int64
-        )
-        kind = np.asarray(distinct["kind"], dtype=np.int64)
-        n = _floats(distinct["n"])
-        feature_of_kind = (
-            np.array([_ORDERS, _ORDERS, _PRODUCTS, _CATEGORIES, _SESSIONS, _ORDER_DAYS]) + _N_TYPES
-        )
-        # Kinds 0 and 1 both add to orders (disjoint key spaces, like even/odd keys).
-        np.add.at(base, (flat, feature_of_kind[kind]), n)
-        del distinct, flat, kind, n
-        self.con.execute("DROP VIEW cell_events")
+            flat = np.asarray(got["u"], dtype=np.int64) * n_windows + np.asarray(
+                got["col"], dtype=np.int64
+            )
+            # Order ids and sessions both add to orders (disjoint key spaces, like even/odd).
+            base[flat, _N_TYPES + feature] += _floats(got["n"])
+            del got, flat
+        self.con.execute("DROP TABLE cell_events")
+        self.con.execute("SET preserve_insertion_order = true")
         log.info(
-            "duckdb: %d non-empty cells of %d users x %d windows in %.1fs",
+            "duckdb: %d non-empty cells of %d users x %d windows in %.1fs (%.0f MB spilled)",
             n_nonempty,
             n_users,
             n_windows,
             time.perf_counter() - started,
+            self.spilled_bytes / 1e6,
         )
         tensor = tensor_from_base(
             spec,
@@ -270,6 +279,15 @@ class EventStore:
             first_col,
         )
         return tensor, self.user_ids()
+
+
+def _spilled(profile: Path) -> int:
+    """``total_bytes_spilled`` of the last profiled query (0 when the profile says nothing)."""
+    try:
+        data = json.loads(profile.read_text())
+        return int(data.get("system", {}).get("total_bytes_spilled", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _floats(values: Any) -> np.ndarray:
@@ -437,11 +455,13 @@ def _csv_source(files: list[Path], header: list[str]) -> tuple[str, dict[str, st
     # No sniffing: pandas' dialect (comma, double quote, quote doubled), every field text;
     # short lines padded with NULL as pandas pads them; lines with too many fields go to the
     # rejects table (pandas: malformed_line). Row numbers come from the table's rowid.
+    # An 8 MB read buffer (DuckDB's default is 32 MB a thread): the default alone did not fit
+    # a 64 MB memory limit; events are short lines (max_line_size stays 2 MB).
     source = (
         f"(SELECT *, NULL::BIGINT AS src_row FROM read_csv({file_list}, columns={cols}, "
         "delim=',', quote='\"', escape='\"', header=true, auto_detect=false, "
         "null_padding=true, ignore_errors=true, store_rejects=true, filename=true, "
-        "compression='auto'))"
+        "compression='auto', buffer_size=8388608))"
     )
     return source, {n: _ident(n) for n in header}
 
@@ -512,6 +532,10 @@ def open_events(
         # Row order within a file is what the line numbers of bad rows are read from.
         con.execute("SET preserve_insertion_order = true")
         con.execute("SET TimeZone = 'UTC'")
+        # Each query's profile (JSON, overwritten by the next) says how much it spilled.
+        con.execute("SET enable_profiling = 'json'")
+        con.execute("SET profiling_coverage = 'ALL'")
+        con.execute(f"SET profiling_output = {_quote(str(workdir / _PROFILE))}")
         where = ", ".join(str(f) for f in files)
         if parquet:
             try:
@@ -534,6 +558,7 @@ def open_events(
             con.execute(f"CREATE TABLE events AS {select}")
         except duckdb.Error as exc:
             raise IngestError(f"{where}: cannot read: {exc}") from exc
+        load_spilled = _spilled(workdir / _PROFILE)
         summary = _summary(con, where, parquet)
         con.execute(
             "CREATE TABLE users AS SELECT user_id, "
@@ -565,6 +590,7 @@ def open_events(
         start_ms=int(stats[1]) if rows else 0,
         stop_ms=int(stats[2]) if rows else 0,
         event_types={EVENT_TYPES[int(code)]: int(n) for code, n in type_rows},
+        spilled_bytes=load_spilled,
     )
     log.info(
         "duckdb: %d events of %d users validated in %.1fs (database in %s)",
