@@ -127,13 +127,13 @@ def _child_duckdb(path: Path, memory: str, temp_dir: Path) -> dict[str, Any]:
         spec, last = _spec_and_range(store.stop_ms)
         tensor, _ = store.window_tensor(spec, store.first_window(spec), last)
         t2 = time.perf_counter()
-        spilled = (store.workdir / "spill").is_dir()
+        spilled_mb = store.spilled_bytes / 1e6
         events = store.rows
     return {
         "read_s": t1 - t0,
         "tensor_s": t2 - t1,
         "events": events,
-        "spilled": spilled,
+        "spilled_mb": spilled_mb,
         **_checksum(tensor.features, tensor.spend),
     }
 
@@ -167,6 +167,10 @@ def _run_child(args: list[str]) -> dict[str, Any]:
     return result
 
 
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def render(res: dict[str, Any]) -> str:
     lines = [
         "# Out-of-core feature building: pandas path vs DuckDB engine",
@@ -183,7 +187,7 @@ def render(res: dict[str, Any]) -> str:
         "every complete window).",
         "",
         "| file | engine | read + validate s | tensor s | wall s (in child) | peak RSS MB "
-        "(ru_maxrss) | VmHWM MB | spilled | tensor equals pandas |",
+        "(ru_maxrss) | VmHWM MB | DuckDB spilled MB | tensor equals pandas |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for file in res["files"]:
@@ -203,7 +207,7 @@ def render(res: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} | {run['engine']} | {run['read_s']:.1f} | {run['tensor_s']:.1f} | "
                 f"{run['wall_s']:.1f} | {run['ru_maxrss_mb']:,.0f} | {run['vm_hwm_mb']:,.0f} | "
-                f"{run.get('spilled', '-')} | {'yes' if same else 'NO'} |"
+                f"{_mb(run.get('spilled_mb'))} | {'yes' if same else 'NO'} |"
             )
             label = ""
     lines += [
