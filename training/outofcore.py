@@ -32,7 +32,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -58,17 +58,17 @@ PARQUET_SUFFIXES: Final = (".parquet", ".pq")
 DEFAULT_MEMORY_LIMIT: Final = "2GB"
 
 RULE_DIFFERENCES: Final[tuple[str, ...]] = (
-    "Line numbers of rows refused by a value rule count data records from the header "
-    "(line 2 = the first record): a blank line before them is skipped by DuckDB's reader "
-    "without being counted, so such a row's number is then low by the blank lines above it; "
-    "pandas counts physical lines. Malformed lines (too many fields) carry their physical "
-    "line number, as with pandas. Parquet rows are numbered from 1.",
+    "Line numbers of rows refused by a value rule are counted from the header, the refused "
+    "lines (malformed, unreadable) included, but a blank line is skipped by DuckDB's reader "
+    "without being counted, so a row below blank lines is numbered low by their count; pandas "
+    "counts physical lines. Malformed and unreadable lines carry their physical line number. "
+    "Parquet rows are numbered from 1. With several files, a listed row names its file.",
     "Blank lines (no character at all) are skipped by DuckDB's reader and not reported; pandas "
     "reports them as excluded:blank_line. A line of empty fields (',,,') is blank_line on "
     "both.",
-    "Lines DuckDB cannot read (invalid UTF-8, an unterminated quote) are refused as "
-    "unreadable_line; pandas reads invalid UTF-8 with U+FFFD replacement and judges the row "
-    "by its fields.",
+    "A line that is not UTF-8 is refused as unreadable_line (DuckDB's reader); pandas reads "
+    "it with U+FFFD replacement and judges the row by its fields. An unterminated quote "
+    "refuses the file on both (IngestError).",
     "Whitespace stripped from fields is ASCII (space, tab, CR, LF, VT, FF); pandas' str.strip "
     "also strips other Unicode spaces (e.g. U+00A0). '\\d' in the digit-time rule is ASCII; "
     "Python's also matches other scripts' digits.",
@@ -559,7 +559,7 @@ def open_events(
         except duckdb.Error as exc:
             raise IngestError(f"{where}: cannot read: {exc}") from exc
         load_spilled = _spilled(workdir / _PROFILE)
-        summary = _summary(con, where, parquet)
+        summary = _summary(con, where, parquet, several=len(files) > 1)
         con.execute(
             "CREATE TABLE users AS SELECT user_id, "
             "(row_number() OVER (ORDER BY min(t), user_id) - 1)::BIGINT AS u "
@@ -602,67 +602,73 @@ def open_events(
     return store
 
 
-def _summary(con: Any, where: str, parquet: bool) -> IngestSummary:
-    """The canonical reader's summary: rows read, refused by reason, excluded, first bad."""
+def _summary(con: Any, where: str, parquet: bool, several: bool) -> IngestSummary:
+    """The canonical reader's summary: rows read, refused by reason, excluded, first bad.
+
+    With several files a listed line names its file (``"<reason> in <file>"``): a line number
+    alone would not say which.
+    """
     summary = IngestSummary(path=where, format="canonical")
     reasons = con.execute(
         "SELECT reason, count(*) FROM events WHERE reason IS NOT NULL GROUP BY reason"
     ).fetchall()
     total = con.execute("SELECT count(*) FROM events").fetchone()
-    rejected: list[tuple[int, str]] = []
-    rejected_total = 0
+    # Lines the CSV reader refused, by file (one line can carry several errors).
+    rejected: dict[str, dict[int, str]] = {}
     if not parquet:
-        rejected_rows = con.execute(
-            "SELECT line, error_type FROM reject_errors ORDER BY file_id, line"
-        ).fetchall()
-        seen: set[int] = set()
-        for line, error_type in rejected_rows:
-            if line in seen:  # one line can have several errors
-                continue
-            seen.add(line)
+        for path, line, error_type in con.execute(
+            "SELECT s.file_path, e.line, e.error_type FROM reject_errors e "
+            "JOIN reject_scans s USING (scan_id, file_id) ORDER BY s.file_path, e.line"
+        ).fetchall():
+            if error_type == "UNQUOTED VALUE":
+                # pandas refuses such a file whole; DuckDB would swallow the rest of the file
+                # into one refused line.
+                raise IngestError(f"{path}: cannot read as CSV: unterminated quote on line {line}")
             reason = "malformed_line" if error_type == "TOO MANY COLUMNS" else "unreadable_line"
-            rejected.append((int(line), reason))
-        rejected_total = len(rejected)
+            rejected.setdefault(str(path), {}).setdefault(int(line), reason)
     bad: dict[str, int] = {}
     for reason, n in reasons:
         if reason == "blank_line":
             summary.excluded[reason] = int(n)
         else:
             bad[reason] = int(n)
-    for _, reason in rejected:
-        bad[reason] = bad.get(reason, 0) + 1
+    listed: list[tuple[int, str]] = []
+    for path, lines in rejected.items():
+        for line, reason in lines.items():
+            bad[reason] = bad.get(reason, 0) + 1
+            listed.append((line, _named(reason, path, several)))
     summary.bad_rows = bad
-    summary.rows_read = (int(total[0]) if total else 0) + rejected_total
-    listed = list(rejected)
+    summary.rows_read = (int(total[0]) if total else 0) + sum(map(len, rejected.values()))
     if any(r != "blank_line" for r, _ in reasons):
         if parquet:
             first = con.execute(
-                "SELECT src_row, reason FROM events "
+                "SELECT src_file, src_row, reason FROM events "
                 "WHERE reason IS NOT NULL AND reason <> 'blank_line' "
                 f"ORDER BY src_file, src_row LIMIT {FIRST_BAD_LISTED}"
             ).fetchall()
+            listed += [(int(n), _named(str(r), str(f), several)) for f, n, r in first]
         else:
-            # rowid is insertion order; a file's first row has its file's lowest rowid. Line =
-            # data record number + 1 (header), see RULE_DIFFERENCES.
+            # rowid is insertion order; a file's first row has its file's lowest rowid, so
+            # rowid - lo is the row's data record number in its file, and the line is that
+            # plus the header and every refused line above it (blank lines: RULE_DIFFERENCES).
             first = con.execute(
-                "SELECT (e.rowid - f.lo + 2)::BIGINT, e.reason FROM events e JOIN "
+                "SELECT src_file, (e.rowid - f.lo)::BIGINT, e.reason FROM events e JOIN "
                 "(SELECT src_file, min(rowid) AS lo FROM events GROUP BY src_file) f "
                 "USING (src_file) WHERE e.reason IS NOT NULL AND e.reason <> 'blank_line' "
                 f"ORDER BY e.rowid LIMIT {FIRST_BAD_LISTED}"
             ).fetchall()
-        listed += [(int(n), str(r)) for n, r in first]
+            for path, record, reason in first:
+                line = int(record) + 2
+                for refused in rejected.get(str(path), {}):  # ascending
+                    if refused <= line:
+                        line += 1
+                listed.append((line, _named(str(reason), str(path), several)))
     summary.first_bad = sorted(listed)[:FIRST_BAD_LISTED]
     return summary
 
 
-@contextlib.contextmanager
-def opened(patterns: Sequence[str | Path], **kwargs: Any) -> Iterator[EventStore]:
-    """:func:`open_events` as a context manager."""
-    store = open_events(patterns, **kwargs)
-    try:
-        yield store
-    finally:
-        store.close()
+def _named(reason: str, path: str, several: bool) -> str:
+    return f"{reason} in {path}" if several else reason
 
 
 __all__ = [
@@ -672,6 +678,5 @@ __all__ = [
     "EventStore",
     "is_parquet",
     "open_events",
-    "opened",
     "resolve_paths",
 ]

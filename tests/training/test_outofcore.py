@@ -188,6 +188,77 @@ def test_bad_rows_are_refused_for_the_canonical_readers_reasons(tmp_path: Path) 
         np.testing.assert_array_equal(a.spend, b.spend)
 
 
+def test_where_the_rules_differ_is_what_rule_differences_says(tmp_path: Path) -> None:
+    """training.outofcore.RULE_DIFFERENCES, checked: a line that is not UTF-8 is refused (pandas
+    replaces the bytes), a blank line is not counted, so a bad row below it is numbered one low
+    (the refused line above it is counted); an unterminated quote refuses the file on both."""
+    path = tmp_path / "edge.csv"
+    path.write_bytes(
+        b"event_time_ms,event_type,user_id,price\n"
+        b"1700000000000,view,u1,\n"
+        b"\n"
+        b"1700000000001,view,u\xff2,\n"
+        b"1700000000003,view,u4,1\n"
+        b"1700000000004,purchase,u5,abc\n"
+    )
+    expected = read_canonical(path, now_ms=NOW).summary
+    assert expected.first_bad == [(6, "bad_value:price")]
+    assert expected.excluded == {"blank_line": 1}
+    with _store([path]) as store:
+        assert store.summary.first_bad == [(4, "unreadable_line"), (5, "bad_value:price")]
+        assert store.summary.bad_rows == {"bad_value:price": 1, "unreadable_line": 1}
+        assert store.summary.excluded == {}
+        assert store.user_ids().tolist() == ["u1", "u4"]
+    quote = tmp_path / "quote.csv"
+    quote.write_text('event_time_ms,event_type,user_id\n1,view,u1\n2,view,"u3\n3,view,u4\n')
+    with pytest.raises(IngestError, match="cannot read as CSV"):
+        read_canonical(quote, now_ms=NOW)
+    with pytest.raises(IngestError, match="unterminated quote on line 3"):
+        _store([quote])
+
+
+def test_several_files_name_the_file_of_a_bad_row_and_empty_files_are_empty(
+    tmp_path: Path,
+) -> None:
+    header = "event_time_ms,event_type,user_id,quantity\n"
+    (tmp_path / "a.csv").write_text(header + "1700000000000,view,u1,\n")
+    (tmp_path / "b.csv").write_text(header + "1700000000000,view,u2,\n1700000000001,view,u3,0\n")
+    with _store([str(tmp_path / "*.csv")]) as store:
+        assert store.rows == 2
+        assert store.summary.first_bad == [(3, f"bad_value:quantity in {tmp_path / 'b.csv'}")]
+    (tmp_path / "empty.csv").write_text(header)
+    with _store([tmp_path / "empty.csv"]) as store:
+        assert (store.rows, store.users, store.summary.rows_read) == (0, 0, 0)
+
+
+def test_parquet_time_columns_by_type(tmp_path: Path) -> None:
+    """A zoned timestamp column is read as its instant; a naive one is refused, as a naive ISO
+    text is in CSV; NaN in a float price is unknown (blank), not a bad number."""
+    path = tmp_path / "typed.parquet"
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(
+        "COPY (SELECT * FROM (VALUES "
+        "(TIMESTAMPTZ '2023-11-14 22:13:20.123456+00', 'purchase', 'u1', 'nan'::DOUBLE), "
+        "(TIMESTAMPTZ '2023-11-14 23:13:20+01', 'view', 'u2', 2.5::DOUBLE)"
+        ") t(event_time, event_type, user_id, price)) "
+        f"TO '{path}' (FORMAT parquet)"
+    )
+    naive = tmp_path / "naive.parquet"
+    con.execute(
+        "COPY (SELECT TIMESTAMP '2023-11-14 22:13:20' AS event_time, 'view' AS event_type, "
+        f"'u1' AS user_id) TO '{naive}' (FORMAT parquet)"
+    )
+    con.close()
+    with _store([path]) as store:
+        assert store.summary.bad_rows == {}
+        assert (store.start_ms, store.stop_ms) == (1_700_000_000_000, 1_700_000_000_123)
+        assert store.user_ids().tolist() == ["u2", "u1"]
+    with _store([naive]) as store:
+        assert store.summary.bad_rows == {"bad_value:event_time": 1}
+        assert store.summary.first_bad == [(1, "bad_value:event_time")]
+
+
 def test_files_that_cannot_be_read_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="no such file"):
         _store([tmp_path / "nope.csv"])
