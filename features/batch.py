@@ -2,8 +2,11 @@
 
 Owns :class:`EventArrays` (events as integer-coded numpy columns) and
 :func:`build_window_tensor`, which turns them into a dense ``[user, window, feature]`` tensor
-using the definition in :mod:`features.windows`; plus the sequence, population and label
-slices that training takes from that tensor. The event-by-event twin is :mod:`features.state`.
+using the definition in :mod:`features.windows`: it computes the per-cell base aggregates and
+hands them to :func:`tensor_from_base`, the one place the rest of the tensor is made (the
+out-of-core path, :mod:`training.outofcore`, computes the same aggregates in SQL and calls it
+too); plus the sequence, population and label slices that training takes from that tensor.
+The event-by-event twin is :mod:`features.state`.
 
 Pure: numpy only, no I/O.
 """
@@ -147,41 +150,80 @@ def build_window_tensor(ev: EventArrays, spec: WindowSpec, first: int, last: int
     if day.size:
         day = day - int(day.min())
     base[:, _N_TYPES + 6] = _count_distinct(purchase_cell, day, n_cells)
-    base3 = base.reshape(n_users, n_windows, N_BASE)
-    # First and last purchase time per cell (NaN without one), then carried through the later
-    # windows: fmin/fmax ignore NaN, so a window without purchases keeps the earlier value.
-    # Per-cell min/max rather than first/last row, so input order does not matter.
+    # First and last purchase time per cell (NaN without one). Per-cell min/max rather than
+    # first/last row, so input order does not matter.
     first_ms = np.full(n_cells, np.nan)
     last_ms = np.full(n_cells, np.nan)
     np.fmin.at(first_ms, purchase_cell, purchase_ms.astype(np.float64))
     np.fmax.at(last_ms, purchase_cell, purchase_ms.astype(np.float64))
-    first_order_ms = np.fmin.accumulate(first_ms.reshape(n_users, n_windows), axis=1)
-    last_order_ms = np.fmax.accumulate(last_ms.reshape(n_users, n_windows), axis=1)
-
-    cols = np.arange(n_windows, dtype=np.int64)
     first_col = np.full(n_users, n_windows, dtype=np.int64)
     np.minimum.at(first_col, user, col)
-    orders = base3[:, :, _N_TYPES + 0]
-    spend = base3[:, :, _N_TYPES + 2]
+    return tensor_from_base(
+        spec,
+        first,
+        base.reshape(n_users, n_windows, N_BASE),
+        first_ms.reshape(n_users, n_windows),
+        last_ms.reshape(n_users, n_windows),
+        first_col,
+    )
+
+
+def tensor_from_base(
+    spec: WindowSpec,
+    first: int,
+    base: FloatArray,
+    first_purchase_ms: FloatArray,
+    last_purchase_ms: FloatArray,
+    first_column: IntArray,
+) -> WindowTensor:
+    """The tensor from per-cell base aggregates: everything after them, for every batch path.
+
+    ``base`` is ``[users, windows, N_BASE]`` (:data:`features.windows.BASE_FEATURES`, in that
+    order) for windows ``first .. first + windows - 1``; ``first_purchase_ms`` /
+    ``last_purchase_ms`` are ``[users, windows]``, the earliest / latest purchase time in each
+    cell (float64 ms, NaN without a purchase); ``first_column`` is per user the column of their
+    first window with an event (``windows`` when none falls in the range). Whoever computed the
+    base aggregates (:func:`build_window_tensor` from :class:`EventArrays`, or an out-of-core
+    engine), the history features come from here and :func:`features.windows.assemble`, so
+    they cannot differ.
+    """
+    n_users, n_windows, n_base = base.shape
+    if n_base != N_BASE:
+        raise ValueError(f"base has {n_base} aggregates, the definition {N_BASE}")
+    if first_purchase_ms.shape != (n_users, n_windows) or last_purchase_ms.shape != (
+        n_users,
+        n_windows,
+    ):
+        raise ValueError("first/last purchase times must be [users, windows]")
+    if first_column.shape != (n_users,):
+        raise ValueError("first_column must hold one column per user")
+    # Carried through the later windows: fmin/fmax ignore NaN, so a window without purchases
+    # keeps the earlier value.
+    first_order_ms = np.fmin.accumulate(first_purchase_ms, axis=1)
+    last_order_ms = np.fmax.accumulate(last_purchase_ms, axis=1)
+
+    cols = np.arange(n_windows, dtype=np.int64)
+    orders = base[:, :, _N_TYPES + 0]
+    spend = base[:, :, _N_TYPES + 2]
     last_order_col = np.maximum.accumulate(np.where(orders > 0, cols, -1), axis=1)
     # No order yet: one below the first window, the convention assemble() reads as "none".
-    last_order_col = np.where(last_order_col >= 0, last_order_col, first_col[:, None] - 1)
+    last_order_col = np.where(last_order_col >= 0, last_order_col, first_column[:, None] - 1)
 
     start_ms = spec.origin_ms + (cols + first) * spec.length_ms
     features = assemble(
-        base3,
+        base,
         window=(cols + first)[None, :],
-        first_window=(first_col + first)[:, None],
+        first_window=(first_column + first)[:, None],
         last_order_window=last_order_col + first,
         orders_total=np.cumsum(orders, axis=1),
         spend_total=np.cumsum(spend, axis=1),
         start_ms=start_ms[None, :],
         end_ms=(start_ms + spec.length_ms)[None, :],
-        order_days_total=np.cumsum(base3[:, :, _N_TYPES + 6], axis=1),
+        order_days_total=np.cumsum(base[:, :, _N_TYPES + 6], axis=1),
         first_order_ms=first_order_ms,
         last_order_ms=last_order_ms,
     )
-    features[cols[None, :] < first_col[:, None]] = 0.0
+    features[cols[None, :] < first_column[:, None]] = 0.0
     return WindowTensor(spec, first, features, orders.copy(), spend.copy())
 
 

@@ -8,6 +8,7 @@ and exit code 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from features.windows import DAY_MS
+from training.outofcore import DEFAULT_MEMORY_LIMIT, EventStore
 
 log = logging.getLogger("train-and-export")
 
@@ -55,11 +57,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the demand/churn LSTM on historical events, evaluate it against "
         "baselines on a time split, and export ONNX + manifest.",
     )
-    p.add_argument("--events", type=Path, help="events file; omit to use the seeded generator")
+    p.add_argument(
+        "--events",
+        type=Path,
+        help="events file; omit to use the seeded generator. With --engine duckdb: canonical "
+        "CSV (.gz) or Parquet files, a glob allowed (quote it)",
+    )
     p.add_argument(
         "--format",
         default="auto",
         choices=["auto", "canonical", "rees46", "taobao", "transactions"],
+    )
+    p.add_argument(
+        "--engine",
+        choices=["pandas", "duckdb"],
+        default="pandas",
+        help="how the window features are built: pandas (events in memory; every format) or "
+        "duckdb (out of core, memory bounded by users x windows; canonical files only)",
+    )
+    p.add_argument(
+        "--duckdb-memory",
+        default=DEFAULT_MEMORY_LIMIT,
+        help=f"duckdb engine: DuckDB's memory limit, beyond it it spills ({DEFAULT_MEMORY_LIMIT})",
+    )
+    p.add_argument(
+        "--duckdb-temp-dir",
+        type=Path,
+        help="duckdb engine: where its database and spill files go (the system temp dir)",
     )
     p.add_argument("--window", type=parse_duration_ms, default="7d", help="window length (7d)")
     p.add_argument("--seq-len", type=int, default=12, help="windows per input sequence (12)")
@@ -91,6 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _open_store(args: argparse.Namespace) -> EventStore:
+    """The duckdb engine's events: canonical files only (it applies the canonical rules)."""
+    from ingest.adapters import IngestError, detect_format
+    from training.outofcore import EngineConfig, is_parquet, open_events, resolve_paths
+
+    if args.format not in ("auto", "canonical"):
+        raise IngestError(
+            f"--engine duckdb reads canonical files only, not {args.format}; "
+            "use --engine pandas (or convert the file to canonical first)"
+        )
+    files = resolve_paths([args.events])
+    if args.format == "auto":
+        for path in files:
+            fmt = "canonical" if is_parquet(path) else detect_format(path)
+            if fmt != "canonical":
+                raise IngestError(
+                    f"{path}: a {fmt} file; --engine duckdb reads canonical files only, "
+                    "use --engine pandas"
+                )
+    config = EngineConfig(memory_limit=args.duckdb_memory, temp_dir=args.duckdb_temp_dir)
+    return open_events(files, min_event_time_ms=OFFLINE_MIN_EVENT_TIME_MS, config=config)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -101,8 +148,23 @@ def main(argv: list[str] | None = None) -> int:
     from ingest.adapters import IngestError, read_events
     from training.pipeline import TrainConfig, TrainingError
 
+    stack = contextlib.ExitStack()
     try:
-        if args.events is not None:
+        events: pd.DataFrame | EventStore
+        if args.engine == "duckdb":
+            if args.events is None:
+                raise IngestError("--engine duckdb reads --events files; give one")
+            store = stack.enter_context(_open_store(args))
+            log.info("%s", store.summary.describe())
+            events = store
+            source: dict[str, Any] = {
+                "events": str(args.events),
+                "engine": "duckdb",
+                "ingest": store.summary.to_dict(),
+            }
+            n_rows, last_ms, n_users = store.rows, store.stop_ms, store.users
+            type_counts = dict(store.event_types)
+        elif args.events is not None:
             # History of any age trains: the worker's live-stream floor (min_event_time,
             # 2000-01-01 by default) guards against clock bugs in live traffic, not old files.
             result = read_events(
@@ -110,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             log.info("%s", result.summary.describe())
             events = result.events
-            source: dict[str, Any] = {
+            source = {
                 "events": str(args.events),
                 "ingest": result.summary.to_dict(),
             }
@@ -123,19 +185,22 @@ def main(argv: list[str] | None = None) -> int:
             source = {
                 "generator": {"users": args.gen_users, "days": args.gen_days, "seed": args.seed}
             }
-        if events.empty:
+        if isinstance(events, pd.DataFrame):
+            n_rows = len(events)
+            last_ms = int(events["event_time_ms"].max()) if n_rows else 0
+            n_users = int(events["user_id"].nunique())
+            type_counts = {str(k): int(v) for k, v in events["event_type"].value_counts().items()}
+        if n_rows == 0:
             raise TrainingError("no valid events to train on")
         cutoff = args.cutoff
         if cutoff is None:
-            last = int(events["event_time_ms"].max())
             day = DAY_MS
-            cutoff = (last - (args.horizon + 1) * args.window) // day * day
-        source["events_rows"] = len(events)
-        source["users"] = int(events["user_id"].nunique())
+            cutoff = (last_ms - (args.horizon + 1) * args.window) // day * day
+        source["events_rows"] = n_rows
+        source["users"] = n_users
         # The worker compares this with the stream it scores (features.input_kind): a model
         # that never saw a view or a cart must say so, or it scores clickstream silently.
-        counts = events["event_type"].value_counts()
-        source["event_types"] = {str(k): int(v) for k, v in sorted(counts.items())}
+        source["event_types"] = dict(sorted(type_counts.items()))
         source["input_kind"] = input_kind_of(source["event_types"])
         cfg = TrainConfig(
             out=args.out,
@@ -162,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         print(f"train-and-export: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        stack.close()
     headline = report.get("metrics", {})
     log.info("model %s written to %s", report["model_version"], args.out)
     if headline:

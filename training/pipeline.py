@@ -59,6 +59,7 @@ from training.origins import (
     origin_set,
     prior_at,
 )
+from training.outofcore import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -365,26 +366,39 @@ def lift_rows(rows: OriginSet, preds: dict[str, dict[str, np.ndarray]]) -> dict[
     }
 
 
-def run(events: pd.DataFrame, cfg: TrainConfig) -> dict[str, Any]:
-    """The whole command; returns the report dict (also written to ``report.json``)."""
+def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
+    """The whole command; returns the report dict (also written to ``report.json``).
+
+    ``events``: the canonical frame (pandas engine) or an :class:`EventStore` (DuckDB engine,
+    events never in memory); both give the same tensor and user order.
+    """
     from training import export, report
     from training.clv import fit_pareto_nbd
 
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     spec = cfg.spec
-    arrays, user_ids = to_event_arrays(events)
-    start_ms, stop_ms = int(arrays.time_ms.min()), int(arrays.time_ms.max())
+    arrays = None
+    if isinstance(events, EventStore):
+        start_ms, stop_ms = events.start_ms, events.stop_ms
+    else:
+        arrays, user_ids = to_event_arrays(events)
+        start_ms, stop_ms = int(arrays.time_ms.min()), int(arrays.time_ms.max())
     end_ms = cfg.end_ms if cfg.end_ms is not None else stop_ms + 1
     if not start_ms < cfg.cutoff_ms < end_ms:
         raise TrainingError(
             f"cutoff {_iso(cfg.cutoff_ms)} is outside the data ({_iso(start_ms)} .. {_iso(end_ms)})"
         )
-    first = first_window(arrays, spec)
     last_complete = spec.index(end_ms) - 1
     test_hi = last_complete - spec.horizon
     covered = test_hi >= -1
-    tensor = build_tensor(arrays, spec, max(last_complete, -1))
+    if arrays is None:
+        assert isinstance(events, EventStore)
+        first = events.first_window(spec)
+        tensor, user_ids = events.window_tensor(spec, first, max(last_complete, -1))
+    else:
+        first = first_window(arrays, spec)
+        tensor = build_tensor(arrays, spec, max(last_complete, -1))
     main = fit_at(tensor, user_ids, first, -1, cfg)
     model = main.models[0]
     prior = main.prior
