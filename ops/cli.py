@@ -218,6 +218,12 @@ def _shop_option(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def _export_events(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.export_events import export_command
+
+    return export_command(args, settings)
+
+
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
     from ops.replay import tail_command
 
@@ -249,6 +255,14 @@ def _replay_commands(commands: Subcommands) -> None:
     g.add_argument("--seed", type=int, default=7, help="seed")
     _shop_option(g, "default")
     g.set_defaults(handler=_generate)
+    x = commands.add_parser(
+        "export-events",
+        help="write the clickstream topic's valid events to a canonical file, to retrain on",
+    )
+    x.add_argument(
+        "--out", type=Path, required=True, help="file to write: .csv, .csv.gz or .parquet"
+    )
+    x.set_defaults(handler=_export_events)
     t = commands.add_parser("tail", help="print records of a topic (demand, churn, dlq or a name)")
     t.add_argument("topic")
     t.add_argument("--limit", type=int)

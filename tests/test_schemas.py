@@ -264,7 +264,7 @@ def test_prediction_outcomes_and_model_quality_validate() -> None:
         receive,
     )
     from serving.scorer import load_model
-    from tests.features.test_feedback import END, close_cohort, outcomes_of
+    from tests.support.cohorts import END, close_cohort, outcomes_of
     from tests.support.processor import MODEL_DIR
 
     outcomes = outcomes_of(close_cohort())

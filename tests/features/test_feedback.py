@@ -22,37 +22,7 @@ from features.feedback import (
 )
 from features.outcomes import Outcome, Pending
 from features.quality import quality
-from tests.features.test_quality import close_cohort, tally_of
-
-WEEK = 7 * 86_400_000
-END = 1_300_000_000_000 - 1_300_000_000_000 % WEEK
-PARTITIONS = 4
-
-
-def outcomes_of(c: dict[str, np.ndarray], end_ms: int = END) -> list[PredictionOutcome]:
-    """The cohort as the worker's records: one on-time outcome per user."""
-    return [
-        PredictionOutcome.create(
-            Outcome(
-                Pending(0, "m-1", float(po), float(ps), float(p), 0.0, 0.0), float(ao), float(a_s)
-            ),
-            user_id=str(u),
-            window_end_ms=end_ms,
-            settled_through_ms=end_ms + 13 * WEEK,
-            horizon_windows=13,
-            on_time=True,
-            emitted_at_ms=0,
-        )
-        for u, po, ao, ps, a_s, p in zip(
-            c["users"],
-            c["pred_orders"],
-            c["actual_orders"],
-            c["pred_spend"],
-            c["actual_spend"],
-            c["prob"],
-            strict=True,
-        )
-    ]
+from tests.support.cohorts import END, PARTITIONS, WEEK, close_cohort, outcomes_of, tally_of
 
 
 def parts_of(outcomes: list[PredictionOutcome], max_scores: int, end_ms: int = END) -> list:  # type: ignore[type-arg]

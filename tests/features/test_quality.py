@@ -11,70 +11,10 @@ import orjson
 import pytest
 
 from features.quality import CohortTally, merge, quality, tally
+from tests.support.cohorts import close_cohort, tally_of
 from training import evaluate
 
 PARTITIONS = 4
-
-
-def close_cohort(seed: int = 3) -> dict[str, np.ndarray]:
-    """One window end's close population, in the shapes the worker scores:
-
-    * 1,200 active buyers: a few orders predicted and realised, low churn scores;
-    * 900 long-dormant customers: near-zero orders, churn scores crowded near the floor,
-      600 of them with exactly the same float32 score (identical dormant states);
-    * 400 browsers who never ordered: zero orders predicted and realised, high churn scores.
-
-    Scores are float32 values, as ONNX Runtime gives them, so ties are real ties.
-    """
-    rng = np.random.default_rng(seed)
-    active = 1_200
-    dormant = 900
-    browsers = 400
-    n = active + dormant + browsers
-    pred = np.concatenate(
-        [
-            rng.gamma(2.0, 1.2, active),
-            rng.gamma(0.3, 0.2, dormant),
-            np.zeros(browsers),
-        ]
-    )
-    actual = np.concatenate(
-        [
-            rng.poisson(pred[:active]),
-            rng.poisson(0.05, dormant),
-            np.zeros(browsers),
-        ]
-    ).astype(np.float64)
-    value = rng.gamma(2.0, 30.0, n)
-    prob = np.concatenate(
-        [
-            rng.beta(2, 6, active),
-            np.r_[np.full(600, 0.84375), rng.beta(12, 2, dormant - 600)],
-            rng.beta(9, 1, browsers),
-        ]
-    ).astype(np.float32)
-    churned = (actual == 0).astype(np.float64)
-    users = np.array([f"u{i:05d}" for i in range(n)])
-    return {
-        "users": users,
-        "pred_orders": pred,
-        "actual_orders": actual,
-        "pred_spend": pred * value,
-        "actual_spend": actual * value,
-        "prob": prob.astype(np.float64),
-        "churned": churned,
-    }
-
-
-def tally_of(c: dict[str, np.ndarray], mask: np.ndarray) -> CohortTally:
-    return tally(
-        c["pred_orders"][mask],
-        c["actual_orders"][mask],
-        c["pred_spend"][mask],
-        c["actual_spend"][mask],
-        c["prob"][mask],
-        c["churned"][mask],
-    )
 
 
 def partition_tallies(c: dict[str, np.ndarray]) -> list[CohortTally]:
