@@ -58,6 +58,8 @@ class PredictionOutcome:
     on_time: bool
     """Settled at the close of exactly ``horizon_windows`` windows later: the figures cover
     exactly the horizon and the outcome counts in the model's quality."""
+    shadow: bool
+    """A shadow (candidate) model's prediction: evaluated, never emitted as a signal."""
     outcome_id: str
     emitted_at_ms: int
 
@@ -86,6 +88,7 @@ class PredictionOutcome:
             actual_spend=outcome.spend,
             settled_through_ms=settled_through_ms,
             on_time=on_time,
+            shadow=p.shadow,
             outcome_id=signal_id(
                 "outcome", user_id, window_end_ms, "window_close", p.model_version
             ),
@@ -117,6 +120,7 @@ class PredictionOutcome:
             "settled_through": ms_to_iso(self.settled_through_ms),
             "settled_through_ms": self.settled_through_ms,
             "on_time": self.on_time,
+            "shadow": self.shadow,
             "emitted_at": ms_to_iso(self.emitted_at_ms),
             "emitted_at_ms": self.emitted_at_ms,
         }
@@ -284,6 +288,8 @@ class ModelQuality:
     input_drift: Mapping[str, Any] | None = None
     """The drift of the inputs this cohort was scored on (:func:`input_drift`), when the
     serving model has an input reference."""
+    promotion: Mapping[str, Any] | None = None
+    """On a shadow model's record: its evidence against the serving model (:func:`judge`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -298,6 +304,7 @@ class ModelQuality:
             "spend": self.figures["spend"],
             "churn": self.figures["churn"],
             "input_drift": dict(self.input_drift) if self.input_drift is not None else None,
+            "promotion": dict(self.promotion) if self.promotion is not None else None,
             "emitted_at": ms_to_iso(self.emitted_at_ms),
             "emitted_at_ms": self.emitted_at_ms,
         }
@@ -327,10 +334,13 @@ class QualityBoard:
     drift: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Window end -> its input drift, kept until that window end's own quality goes out (one
     horizon later) with it."""
+    wins: dict[str, list[int]] = field(default_factory=dict)
+    """Shadow version -> the consecutive latest window ends where it beat the serving model."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "drift": {str(e): d for e, d in self.drift.items()},
+            "wins": self.wins,
             "partitions": self.partitions,
             "progress": {str(p): e for p, e in self.progress.items()},
             "received": {
@@ -351,6 +361,7 @@ class QualityBoard:
             },
             published_through=d["published_through"],
             drift={int(e): dict(v) for e, v in d.get("drift", {}).items()},
+            wins={str(v): [int(e) for e in ends] for v, ends in d.get("wins", {}).items()},
         )
 
     def keys(self, window_end_ms: int) -> list[str]:
@@ -446,6 +457,48 @@ def publish(
     return records
 
 
+def beats(candidate: Mapping[str, Any], serving: Mapping[str, Any]) -> bool:
+    """Whether a shadow model's figures beat the serving model's on the same cohort: a lower
+    per-user orders MAE *and* a lower churn log loss (the demand and the churn head each
+    better, neither traded for the other)."""
+    try:
+        return bool(
+            candidate["orders"]["mae"] < serving["orders"]["mae"]
+            and candidate["churn"]["log_loss"] < serving["churn"]["log_loss"]
+        )
+    except (KeyError, TypeError):
+        return False
+
+
+def judge(
+    board: QualityBoard,
+    records: Iterable[ModelQuality],
+    serving: str,
+    shadow: str | None,
+    promote_after: int,
+) -> dict[str, Any] | None:
+    """The shadow model's evidence at one published window end: whether it beat the serving
+    model there, and the run of consecutive window ends it has (a loss, or a window end
+    without both, starts it again). ``promote``: the run reached ``promote_after`` (0: never)."""
+    by_version = {r.model_version: r for r in records}
+    if shadow is None or shadow not in by_version or serving not in by_version:
+        return None
+    end = by_version[shadow].window_end_ms
+    won = beats(by_version[shadow].figures, by_version[serving].figures)
+    run = [*board.wins.get(shadow, []), end] if won else []
+    board.wins = {shadow: run} if run else {}
+    return {
+        "shadow": shadow,
+        "serving": serving,
+        "window_end_ms": end,
+        "beat_serving": won,
+        "rule": "lower orders MAE and lower churn log loss on the same cohort",
+        "consecutive_window_ends": run,
+        "promote_after": promote_after,
+        "promote": promote_after > 0 and len(run) >= promote_after,
+    }
+
+
 def forget(board: QualityBoard, window_end_ms: int) -> None:
     """Drop a published window end from the board (after its parts were merged), and its
     input drift (it went out with its quality)."""
@@ -461,8 +514,10 @@ __all__ = [
     "PredictionOutcome",
     "QualityBoard",
     "QualityPart",
+    "beats",
     "forget",
     "input_drift",
+    "judge",
     "merge_inputs",
     "part_key",
     "publish",

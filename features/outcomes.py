@@ -39,6 +39,8 @@ class Pending:
     """The user's order days over closed windows, through ``window``."""
     spend_before: float
     """The user's spend over closed windows, through ``window``."""
+    shadow: bool = False
+    """Made by a shadow (candidate) model next to the serving one: evaluated, never emitted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,7 @@ def settle(
         raise ValueError("horizon must be >= 1")
     done: list[Outcome] = []
     waiting: list[Pending] = []
-    for p in sorted(pending, key=lambda p: p.window):
+    for p in sorted(pending, key=lambda p: (p.window, p.shadow)):
         if p.window + horizon <= closed_through:
             done.append(
                 Outcome(p, order_days_total - p.order_days_before, spend_total - p.spend_before)
@@ -92,16 +94,18 @@ def on_time(outcome: Outcome, closed_through: int, horizon: int) -> bool:
 
 
 def remember(pending: Iterable[Pending], new: Pending, horizon: int) -> list[Pending]:
-    """The user's pending predictions with ``new`` added: one per window (a re-score of the
-    same window, e.g. after a model swap, replaces the earlier one) and at most ``horizon``,
-    the newest kept. With a prediction at every close, ``horizon`` entries are exactly those
-    whose horizon has not passed."""
+    """The user's pending predictions with ``new`` added: per role (serving, shadow) one per
+    window (a re-score of the same window, e.g. after a model swap, replaces the earlier one)
+    and at most ``horizon``, the newest kept. With a prediction at every close, ``horizon``
+    entries per role are exactly those whose horizon has not passed."""
     if horizon < 1:
         raise ValueError("horizon must be >= 1")
-    kept = [p for p in pending if p.window != new.window]
+    kept = [p for p in pending if (p.window, p.shadow) != (new.window, new.shadow)]
     kept.append(new)
-    kept.sort(key=lambda p: p.window)
-    return kept[-horizon:]
+    kept.sort(key=lambda p: (p.window, p.shadow))
+    serving = [p for p in kept if not p.shadow][-horizon:]
+    shadow = [p for p in kept if p.shadow][-horizon:]
+    return sorted(serving + shadow, key=lambda p: (p.window, p.shadow))
 
 
 __all__ = ["Outcome", "Pending", "on_time", "remember", "settle"]

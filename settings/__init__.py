@@ -170,7 +170,11 @@ class WorkerSettings:
     batch_timeout_s: float = 0.05
     ort_intra_op_threads: int = 1
     model_poll_interval_s: float = 10.0
-    """How often the worker looks for a new model version in ``model_dir`` (0: never)."""
+    """How often the worker looks for a new model version in ``model_dir`` (0: never), and
+    for a shadow model in ``model_dir/candidate/``."""
+    promote_after: int = 0
+    """Promote the shadow model once it has beaten the serving one (lower orders MAE and
+    churn log loss) on this many consecutive evaluable window ends; 0: never (the default)."""
     lag_interval_s: float = 5.0
     """How often the worker updates its consumer-lag gauge (0: never)."""
     memory_trim_interval_s: float = 5.0

@@ -84,7 +84,8 @@ def _open_from_json(v: list[Any]) -> OpenWindow:
 _PENDING = np.dtype(
     [
         ("window", "<i4"),
-        ("version", "<i4"),
+        ("version", "<i2"),
+        ("shadow", "<i2"),
         ("orders", "<f4"),
         ("spend", "<f4"),
         ("churn", "<f4"),
@@ -105,6 +106,7 @@ def _pending_block(pending: list[Pending]) -> tuple[list[str], bytes]:
             (
                 p.window,
                 index[p.model_version],
+                p.shadow,
                 p.orders,
                 p.spend,
                 p.churn,
@@ -128,6 +130,7 @@ def _pending_from_block(versions: list[str], data: bytes) -> list[Pending]:
             float(r["churn"]),
             float(r["order_days_before"]),
             float(r["spend_before"]),
+            bool(r["shadow"]),
         )
         for r in np.frombuffer(data, dtype=_PENDING)
     ]

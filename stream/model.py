@@ -8,6 +8,9 @@ otherwise the reason is logged and the old model keeps serving. To deploy a new 
 write its ``model.onnx`` (or a new file the manifest names) first and replace
 ``manifest.json`` last, each by rename: a poll between the two sees a sha256 mismatch,
 refuses it, and takes the complete pair on the next poll.
+
+:class:`ShadowHolder` holds a candidate dropped into ``<model_dir>/candidate/``: scored next to
+the serving model for the online evaluation only (issue 15's shadow models).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +122,94 @@ class ModelHolder:
         self.scorer = candidate
         log.warning("model swapped: %s -> %s (from %s)", serving, candidate.version, self.model_dir)
         return Reload("swapped", candidate.version, candidate.version)
+
+
+CANDIDATE_DIR = "candidate"
+"""Where a shadow model is dropped: ``<model_dir>/candidate/`` (manifest and ONNX file)."""
+
+
+class ShadowHolder:
+    """The shadow model: whatever valid candidate sits in ``<model_dir>/candidate/``.
+
+    Polled like :class:`ModelHolder` (blocking, for a worker thread). A candidate must pass
+    every check of :func:`load_model`, keep the served window grid (it is scored on the same
+    per-user state) and be another version than the one serving; otherwise it is refused with
+    the reason, once per distinct content. An emptied or removed directory ends the shadow.
+    """
+
+    def __init__(self, model_dir: Path, intra_op_threads: int = 1) -> None:
+        self.dir = Path(model_dir) / CANDIDATE_DIR
+        self.intra_op_threads = intra_op_threads
+        self.scorer: Scorer | None = None
+        self._seen: str | None = None
+
+    def poll(self, serving: Scorer) -> Reload:
+        """Look once; ``swapped``: a new shadow (or none any more), else as ModelHolder."""
+        current = self.scorer.version if self.scorer is not None else "none"
+        if self.scorer is not None and self.scorer.version == serving.version:
+            # Promoted (or deployed) meanwhile: it serves now, there is nothing to shadow.
+            self.scorer, self._seen = None, None
+            return Reload("swapped", "none")
+        if not (self.dir / "manifest.json").is_file():
+            if self.scorer is None:
+                return Reload("unchanged", current)
+            log.warning("shadow model %s removed", current)
+            self.scorer, self._seen = None, None
+            return Reload("swapped", "none")
+        fingerprint = directory_fingerprint(self.dir)
+        if fingerprint == self._seen and (
+            self.scorer is None or self.scorer.manifest.spec == serving.manifest.spec
+        ):
+            return Reload("unchanged", current)
+        self._seen = fingerprint
+        try:
+            candidate = load_model(self.dir, self.intra_op_threads)
+        except ModelLoadError as exc:
+            log.error("shadow model in %s rejected: %s", self.dir, exc)
+            self.scorer = None
+            return Reload("failed", "none", _manifest_version(self.dir), str(exc))
+        error = None
+        if candidate.manifest.spec != serving.manifest.spec:
+            error = f"window spec {candidate.manifest.spec} differs from the served one"
+        elif candidate.version == serving.version:
+            error = f"it is the serving version {serving.version}"
+        if error is not None:
+            log.error("shadow model %s in %s rejected: %s", candidate.version, self.dir, error)
+            self.scorer = None
+            return Reload("failed", "none", candidate.version, error)
+        if self.scorer is not None and self.scorer.version == candidate.version:
+            return Reload("same_version", current, candidate.version)
+        self.scorer = candidate
+        log.warning("shadow model %s scored next to %s", candidate.version, serving.version)
+        return Reload("swapped", candidate.version, candidate.version)
+
+
+PREVIOUS_DIR = "previous"
+"""Where a promotion keeps the model it replaced: ``<model_dir>/previous/``, for a rollback."""
+
+
+def promote(model_dir: Path) -> str:
+    """Make the shadow model in ``<model_dir>/candidate/`` the one ``model_dir`` serves, the
+    way a deploy should (the ONNX file first, the manifest last, each by rename: a poll in
+    between refuses the half-written pair and takes the whole on the next), keeping the
+    replaced files in ``<model_dir>/previous/``. Returns the promoted version; the worker's
+    :class:`ModelHolder` swaps it in at its next poll. Blocking (file copies)."""
+    model_dir = Path(model_dir)
+    candidate = model_dir / CANDIDATE_DIR
+    manifest = json.loads((candidate / "manifest.json").read_text())
+    onnx_file = str(manifest.get("onnx_file", "model.onnx"))
+    previous = model_dir / PREVIOUS_DIR
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for path in [model_dir / "manifest.json", *model_dir.glob("*.onnx")]:
+        if path.is_file():
+            shutil.copy2(path, previous / path.name)
+    for name in (onnx_file, "manifest.json"):
+        tmp = model_dir / f".{name}.promoting"
+        shutil.copy2(candidate / name, tmp)
+        os.replace(tmp, model_dir / name)
+    shutil.rmtree(candidate)
+    return str(manifest["model_version"])
 
 
 def _manifest_version(model_dir: Path) -> str | None:

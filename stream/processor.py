@@ -367,6 +367,8 @@ class _Request:
     result: tuple[float, float, float, str] | None = None
     """Set by :meth:`Processor._score` when a window-close signal went out: (orders, spend,
     churn, model version), the prediction the user's outcome ring keeps."""
+    shadow_result: tuple[float, float, float, str] | None = None
+    """The shadow model's prediction for the same sequence (never emitted)."""
 
 
 @dataclass(slots=True)
@@ -442,6 +444,10 @@ class Processor:
         self.now_ms = clock or (lambda: int(time.time() * 1000))
         self.dormant_churn_floor = dormant_churn_floor
         self.idle_ttl_ms = idle_ttl_ms
+        self.shadow: Scorer | None = None
+        """A candidate model scored next to the serving one on the same window-close
+        sequences, for the online evaluation only (its predictions are never emitted). Set by
+        the runtime; it must keep the served window grid (:class:`stream.model.ShadowHolder`)."""
         self._users: dict[str, UserRecord] = {}
         self._clocks: dict[int, PartitionClock] = {}
         self._active: dict[int, dict[str, int]] = {}
@@ -1183,6 +1189,27 @@ class Processor:
                 }
                 if r.trigger != "window_close" and close_churn is not None:
                     record.last_scores[LAST_CLOSE_CHURN] = close_churn
+        self._score_shadow(requests, out)
+
+    def _score_shadow(self, requests: list[_Request], out: BatchOutput) -> None:
+        """The shadow model on the window-close sequences whose signals went out."""
+        shadow = self.shadow
+        if shadow is None:
+            return
+        closes = [r for r in requests if r.result is not None]
+        if not closes:
+            return
+        started = time.perf_counter()
+        scores = shadow.score(np.stack([r.sequence for r in closes]))
+        out.inference_seconds += time.perf_counter() - started
+        version = shadow.version
+        for i, r in enumerate(closes):
+            r.shadow_result = (
+                float(scores.expected_orders[i]),
+                float(scores.expected_spend[i]),
+                float(scores.churn_probability[i]),
+                version,
+            )
 
     def _settle(self, out: BatchOutput, now: int) -> None:
         """Settle the run's closes in order: each user's predictions whose horizon has passed
@@ -1219,6 +1246,19 @@ class Processor:
                     s.window, version, orders, spend, churn, s.order_days_total, s.spend_total
                 )
                 waiting = remember(waiting, new, horizon)
+                if r.shadow_result is not None:
+                    orders, spend, churn, version = r.shadow_result
+                    new = Pending(
+                        s.window,
+                        version,
+                        orders,
+                        spend,
+                        churn,
+                        s.order_days_total,
+                        s.spend_total,
+                        shadow=True,
+                    )
+                    waiting = remember(waiting, new, horizon)
             record.pending = waiting
             active = self._active.get(s.partition)
             if waiting and active is not None and s.user_id not in active:

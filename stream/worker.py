@@ -42,6 +42,7 @@ coordinates in the ``clicksignals-origin`` header for the same reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ from stream import faust_runtime, memory, metrics
 from stream.faust_app import RAW, faust_app
 from stream.input_check import InputCheck
 from stream.liveness import Liveness
-from stream.model import ModelHolder
+from stream.model import ModelHolder, ShadowHolder, promote
 from stream.processor import (
     ORIGIN_HEADER,
     BatchOutput,
@@ -360,6 +361,9 @@ class Worker:
             settings.worker.model_dir, settings.worker.ort_intra_op_threads, scorer=scorer
         )
         self._processor = processor_from_settings(scorer, self.store, settings)
+        self.shadow_holder = ShadowHolder(
+            settings.worker.model_dir, settings.worker.ort_intra_op_threads
+        )
         self.input_check = InputCheck(scorer.manifest)
         self._topic_publisher = TopicPublisher(
             {
@@ -555,6 +559,56 @@ class Worker:
                 drift["threshold"],
             )
 
+    async def poll_shadow(self) -> None:
+        """Pick up, change or drop the shadow model of ``model_dir/candidate/``."""
+        shadow = await asyncio.to_thread(self.shadow_holder.poll, self.holder.scorer)
+        if shadow.outcome in ("swapped", "failed"):
+            self._processor.shadow = self.shadow_holder.scorer
+
+    async def judge_shadow(
+        self, board: feedback.QualityBoard, records: list[feedback.ModelQuality]
+    ) -> list[feedback.ModelQuality]:
+        """The shadow model's evidence at a published window end, on its record; with
+        ``promote_after`` reached, its promotion (into ``model_dir``, swapped in at the next
+        model poll)."""
+        shadow = self._processor.shadow
+        promote_after = self.settings.worker.promote_after
+        evidence = feedback.judge(
+            board,
+            records,
+            self._processor.scorer.version,
+            shadow.version if shadow is not None else None,
+            promote_after,
+        )
+        if evidence is None:
+            return records
+        log.info(
+            "shadow %s %s serving %s at %s (%d in a row; promote after %d)",
+            evidence["shadow"],
+            "beat" if evidence["beat_serving"] else "did not beat",
+            evidence["serving"],
+            evidence["window_end_ms"],
+            len(evidence["consecutive_window_ends"]),
+            promote_after,
+        )
+        if evidence["promote"]:
+            version = await asyncio.to_thread(promote, self.settings.worker.model_dir)
+            board.wins = {}
+            evidence["promoted"] = version
+            log.warning(
+                "promoted shadow %s to serve in %s after beating %s on window ends %s",
+                version,
+                self.settings.worker.model_dir,
+                evidence["serving"],
+                evidence["consecutive_window_ends"],
+            )
+        return [
+            dataclasses.replace(r, promotion=evidence)
+            if r.model_version == evidence["shadow"]
+            else r
+            for r in records
+        ]
+
     def held_partitions(self) -> set[int]:
         """The clickstream partitions this worker holds; none before its consumer started."""
         try:
@@ -576,6 +630,9 @@ def create_worker(settings: Settings) -> Worker:
     except ModelLoadError as exc:
         raise StartupError(str(exc), 3) from None
     worker = Worker(settings, app, scorer)
+    # A shadow model already in place is scored from the first batch on.
+    worker.shadow_holder.poll(scorer)
+    worker.processor().shadow = worker.shadow_holder.scorer
     metrics.observe_model_reload("unchanged", worker.holder.version)
     _register_rebalance(worker)
     _register_agent(worker)
@@ -661,7 +718,8 @@ def _register_quality(worker: Worker) -> None:
                 parts = [feedback.QualityPart.from_dict(orjson.loads(board_table[k])) for k in keys]
                 worker.note_drift(board, parts)
                 drift = board.drift.get(window_end)
-                for record in feedback.publish(parts, int(time.time() * 1000), drift):
+                records = feedback.publish(parts, int(time.time() * 1000), drift)
+                for record in await worker.judge_shadow(board, records):
                     body = record.to_dict()
                     await worker.quality_topic.send(
                         key=record.model_version.encode(), value=orjson.dumps(body)
@@ -702,6 +760,7 @@ def _register_timers(worker: Worker) -> None:
             metrics.observe_model_reload(reload.outcome, reload.serving)
             if reload.outcome == "swapped":
                 worker.swap_model(worker.holder.scorer)
+            await worker.poll_shadow()
 
     if s.worker.memory_trim_interval_s > 0:
 
@@ -774,7 +833,15 @@ def _register_views(worker: Worker) -> None:
     @app.page("/quality")
     async def quality_view(web: Any, request: Any) -> Any:
         # The worker that holds the quality topic's one partition publishes; others have none.
-        return web.json({"latest": worker.latest_quality})
+        shadow = worker.processor().shadow
+        return web.json(
+            {
+                "serving": worker.processor().scorer.version,
+                "shadow": shadow.version if shadow is not None else None,
+                "promote_after": worker.settings.worker.promote_after,
+                "latest": worker.latest_quality,
+            }
+        )
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:

@@ -105,3 +105,23 @@ def test_the_ring_keeps_one_prediction_per_window_and_at_most_the_horizon() -> N
     assert [(p.window, p.model_version) for p in ring][-1] == (9, "m2") and len(ring) == 4
     with pytest.raises(ValueError, match="horizon"):
         settle(ring, 9, 0.0, 0.0, 0)
+
+
+def test_a_shadow_model_s_predictions_wait_beside_the_serving_ones_each_at_most_the_horizon() -> (
+    None
+):
+    ring: list[Pending] = []
+    for w in range(6):
+        ring = remember(ring, Pending(w, "m1", 1.0, 1.0, 0.5, 0.0, 0.0), 3)
+        ring = remember(ring, Pending(w, "m2", 2.0, 1.0, 0.4, 0.0, 0.0, shadow=True), 3)
+    assert [(p.window, p.shadow) for p in ring] == [
+        (3, False),
+        (3, True),
+        (4, False),
+        (4, True),
+        (5, False),
+        (5, True),
+    ]
+    done, waiting = settle(ring, 6, 1.0, 10.0, 3)
+    assert [(o.prediction.window, o.prediction.shadow) for o in done] == [(3, False), (3, True)]
+    assert all(o.orders == 1.0 for o in done) and len(waiting) == 4
