@@ -171,6 +171,18 @@ class WindowSpec:
             # cannot reach further back than the sequence does.
             raise ValueError("lookback must be between 1 and seq_len")
 
+    def same_grid(self, other: WindowSpec) -> bool:
+        """Whether a model on ``other`` can take over from one on this spec without a rebuild
+        of the per-user state: the same window boundaries (same length, origins a whole
+        number of windows apart: a model retrained at a later cutoff), the same sequence,
+        horizon and lookback."""
+        return (
+            self.length_ms == other.length_ms
+            and (self.origin_ms - other.origin_ms) % self.length_ms == 0
+            and (self.seq_len, self.horizon, self.lookback)
+            == (other.seq_len, other.horizon, other.lookback)
+        )
+
     def index(self, time_ms: int) -> int:
         """Window index holding ``time_ms`` (floor division: negative before the origin)."""
         return (time_ms - self.origin_ms) // self.length_ms

@@ -103,7 +103,7 @@ class ModelHolder:
                 "new model in %s rejected, still serving %s: %s", self.model_dir, serving, exc
             )
             return Reload("failed", serving, _manifest_version(self.model_dir), str(exc))
-        if candidate.manifest.spec != self.scorer.manifest.spec:
+        if not self.scorer.manifest.spec.same_grid(candidate.manifest.spec):
             error = (
                 f"window spec {candidate.manifest.spec} differs from the served "
                 f"{self.scorer.manifest.spec}; the stored state needs a rebuild for it"
@@ -158,7 +158,7 @@ class ShadowHolder:
             return Reload("swapped", "none")
         fingerprint = directory_fingerprint(self.dir)
         if fingerprint == self._seen and (
-            self.scorer is None or self.scorer.manifest.spec == serving.manifest.spec
+            self.scorer is None or serving.manifest.spec.same_grid(self.scorer.manifest.spec)
         ):
             return Reload("unchanged", current)
         self._seen = fingerprint
@@ -169,7 +169,7 @@ class ShadowHolder:
             self.scorer = None
             return Reload("failed", "none", _manifest_version(self.dir), str(exc))
         error = None
-        if candidate.manifest.spec != serving.manifest.spec:
+        if not serving.manifest.spec.same_grid(candidate.manifest.spec):
             error = f"window spec {candidate.manifest.spec} differs from the served one"
         elif candidate.version == serving.version:
             error = f"it is the serving version {serving.version}"

@@ -145,3 +145,22 @@ def test_the_fingerprint_covers_manifest_and_onnx_files(model_dir: Path) -> None
     assert second != first
     (model_dir / "manifest.json").unlink()
     assert directory_fingerprint(model_dir) not in {first, second}
+
+
+def test_a_model_retrained_at_a_later_cutoff_takes_over_and_one_off_the_grid_does_not(
+    model_dir: Path,
+) -> None:
+    """A retrained model's window origin is its own cutoff: whole windows later it lays the
+    same boundaries on the same state and swaps in; half a window off it could not."""
+    holder = ModelHolder(model_dir)
+    spec = holder.scorer.manifest.spec
+    edit_manifest(
+        model_dir, model_version="m-later", window__origin_ms=spec.origin_ms + 4 * spec.length_ms
+    )
+    assert holder.poll().outcome == "swapped" and holder.version == "m-later"
+    edit_manifest(
+        model_dir, model_version="m-off", window__origin_ms=spec.origin_ms + spec.length_ms // 2
+    )
+    reload = holder.poll()
+    assert reload.outcome == "failed" and "window spec" in (reload.error or "")
+    assert holder.version == "m-later"

@@ -480,6 +480,39 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
             f"{len(signals_b) - len(keys_b)} duplicates"
         )
 
+    # The online evaluation: the predictions waiting in the killed workers' state came back
+    # from the changelog and were settled once; a re-sent outcome repeats its id and figures.
+    outcomes_a = {o["outcome_id"]: o for o in _records(a, a.topics.outcomes)}
+    outcomes_b = _records(b, b.topics.outcomes)
+    assert len(outcomes_a) > 1000
+    assert {o["outcome_id"] for o in outcomes_b} == set(outcomes_a)
+    for o in outcomes_b:
+        want = outcomes_a[o["outcome_id"]]
+        assert o["actual"] == want["actual"] and o["on_time"] == want["on_time"], o
+        assert same_score(
+            o["predicted"]["churn_probability"], want["predicted"]["churn_probability"]
+        )
+    quality_a = {q["window_end_ms"]: q for q in _records(a, a.topics.quality)}
+    assert len(quality_a) >= 4
+    quality_b = _wait_for_records(third, b.topics.quality, len(quality_a), timeout_s=60.0)
+    assert {q["window_end_ms"] for q in quality_b} == set(quality_a)
+    for q in quality_b:
+        want = quality_a[q["window_end_ms"]]
+        assert q["population"] == want["population"], "an outcome counted twice or lost"
+        assert q["churn"]["n_pos"] == want["churn"]["n_pos"]
+        assert q["orders"]["sum_actual"] == want["orders"]["sum_actual"]
+        assert q["orders"]["mae"] == pytest.approx(want["orders"]["mae"], rel=1e-5)
+        assert q["churn"]["roc_auc"] == pytest.approx(want["churn"]["roc_auc"], abs=1e-5)
+    report(
+        f"restart: {len(outcomes_b)} prediction outcomes in B "
+        f"({len(outcomes_b) - len(outcomes_a)} re-sent), {len(quality_b)} model-quality records "
+        f"equal to A's"
+    )
+
+
+def _records(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    return [r.json() for r in run_sync(read_topic(settings, topic))]
+
 
 def test_redelivered_messages_are_not_counted_twice() -> None:
     """The processor-level half of the restart test (no broker): a new processor on the
