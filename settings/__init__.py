@@ -172,6 +172,10 @@ class WorkerSettings:
     model_poll_interval_s: float = 10.0
     """How often the worker looks for a new model version in ``model_dir`` (0: never), and
     for a shadow model in ``model_dir/candidate/``."""
+    online_evaluation: bool = True
+    """Settle each window-close prediction one horizon later and publish ``model-quality``,
+    input drift and shadow evaluations; ``false`` turns the whole online evaluation off
+    (the bench measures its cost that way)."""
     promote_after: int = 0
     """Promote the shadow model once it has beaten the serving one (lower orders MAE and
     churn log loss) on this many consecutive evaluable window ends; 0: never (the default)."""

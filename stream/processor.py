@@ -410,6 +410,7 @@ def processor_from_settings(
         clock=clock,
         dormant_churn_floor=settings.worker.dormant_churn_floor,
         idle_ttl_ms=int(max(5 * settings.worker.watermark_interval_s, 1.0) * 1000),
+        evaluate=settings.worker.online_evaluation,
     )
 
 
@@ -430,6 +431,7 @@ class Processor:
         clock: Callable[[], int] | None = None,
         dormant_churn_floor: float = DORMANT_CHURN_FLOOR,
         idle_ttl_ms: int = IDLE_TTL_MS,
+        evaluate: bool = True,
     ) -> None:
         self.scorer = scorer
         self.spec: WindowSpec = scorer.manifest.spec
@@ -444,6 +446,8 @@ class Processor:
         self.now_ms = clock or (lambda: int(time.time() * 1000))
         self.dormant_churn_floor = dormant_churn_floor
         self.idle_ttl_ms = idle_ttl_ms
+        self.evaluate = evaluate
+        """The online evaluation (outcome rings, quality parts, input drift, shadow scores)."""
         self.shadow: Scorer | None = None
         """A candidate model scored next to the serving one on the same window-close
         sequences, for the online evaluation only (its predictions are never emitted). Set by
@@ -1115,7 +1119,7 @@ class Processor:
                 )
                 requests.append(request)
                 self._closing.add(user)
-                if ring[-1, I_ACTIVE] > 0:
+                if self.evaluate and ring[-1, I_ACTIVE] > 0:
                     self._inputs.setdefault((p, window), []).append(ring[-1])
             elif dormant and not settling:
                 gone.append(user)
@@ -1194,7 +1198,7 @@ class Processor:
     def _score_shadow(self, requests: list[_Request], out: BatchOutput) -> None:
         """The shadow model on the window-close sequences whose signals went out."""
         shadow = self.shadow
-        if shadow is None:
+        if shadow is None or not self.evaluate:
             return
         closes = [r for r in requests if r.result is not None]
         if not closes:
@@ -1215,7 +1219,7 @@ class Processor:
         """Settle the run's closes in order: each user's predictions whose horizon has passed
         become outcomes, the close's own prediction joins the ring; then every partition close
         sends its quality parts for the cohort one horizon before it."""
-        if not self._closes:
+        if not self._closes or not self.evaluate:
             return
         spec = self.spec
         horizon = spec.horizon

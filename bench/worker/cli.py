@@ -107,6 +107,16 @@ async def run_all(
         keep_states,
     )
     log.info("[processor] %.0f events/s", result["processor"]["events_per_s"])
+    # The online evaluation's cost (issue 15: under 10 %), side by side: the same events with
+    # it off, through the processor alone and (below) through the worker.
+    result["processor_no_eval"] = await asyncio.to_thread(
+        run_processor_only,
+        settings.with_overrides(app_id=f"{run_dir.name}-proc-noeval", online_evaluation=False),
+        data.records,
+    )
+    log.info(
+        "[processor, evaluation off] %.0f events/s", result["processor_no_eval"]["events_per_s"]
+    )
 
     # 1. ceiling
     ceil = phase_settings(settings, f"{run_dir.name}-ceiling", run_dir)
@@ -149,6 +159,31 @@ async def run_all(
             run["metrics"]["mean_batch_size"] or 0,
             run["metrics"]["mean_sequences_per_ort_call"] or 0,
         )
+
+    # 2a. the first store's worker with the online evaluation off
+    if cfg.stores:
+        off = await run_worker_throughput(
+            cfg,
+            settings.with_overrides(online_evaluation=False),
+            run_dir,
+            cfg.stores[0],
+            data.records,
+            broker_pid,
+            name=f"{cfg.stores[0]}-no-eval",
+            app_module=cfg.app_module,
+        )
+        on = result["worker"][0]["events_per_s"]
+        result["evaluation_cost"] = {
+            "worker_on": on,
+            "worker_off": off["events_per_s"],
+            "worker_cost": 1 - on / off["events_per_s"] if on and off["events_per_s"] else None,
+            "processor_on": result["processor"]["events_per_s"],
+            "processor_off": result["processor_no_eval"]["events_per_s"],
+            "processor_cost": 1
+            - result["processor"]["events_per_s"] / result["processor_no_eval"]["events_per_s"],
+            "prediction_outcomes": result["processor"]["prediction_outcomes"],
+        }
+        log.info("[evaluation cost] %s", result["evaluation_cost"])
 
     # 2b. the naive pattern (per-event table write + batch-1 ORT call) on the first events
     naive_records = data.records[: cfg.naive_events]

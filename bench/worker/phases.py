@@ -64,18 +64,23 @@ def run_processor_only(
     ]
     dumps = orjson.dumps
     size = settings.worker.batch_size
-    demand = churn = dead = scored = calls = 0
+    demand = churn = dead = scored = calls = outcomes = 0
     ort = 0.0
     t0 = time.perf_counter()
     cpu0 = time.process_time()
 
     def consume(out: BatchOutput) -> None:
-        nonlocal demand, churn, dead, scored, calls, ort
+        nonlocal demand, churn, dead, scored, calls, ort, outcomes
         store.apply(out.writes)
         for d in out.demand:
             dumps(d.to_dict())
         for c in out.churn:
             dumps(c.to_dict())
+        for o in out.outcomes:
+            dumps(o.to_dict())
+        for q in out.quality_parts:
+            dumps(q.to_dict())
+        outcomes += len(out.outcomes)
         demand += len(out.demand)
         churn += len(out.churn)
         dead += len(out.dead_letters)
@@ -100,6 +105,8 @@ def run_processor_only(
         "mean_sequences_per_ort_call": scored / calls if calls else None,
         "ort_seconds": ort,
         "signals_out": {"demand": demand, "churn": churn, "dead_letters": dead},
+        "prediction_outcomes": outcomes,
+        "online_evaluation": settings.worker.online_evaluation,
     }
 
 

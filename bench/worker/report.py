@@ -161,6 +161,19 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{_fmt(proc_only['events_per_s'])} events/s ({proc_only['seconds']:.1f} s) |"
         )
     lines += worker_rows(result)
+    cost = result.get("evaluation_cost")
+    if cost:
+        lines.append(
+            f"| online evaluation on / off, same events ({cost['prediction_outcomes']:,} "
+            f"predictions settled): worker | {_fmt(cost['worker_on'])} / "
+            f"{_fmt(cost['worker_off'])} events/s, cost "
+            f"**{100 * (cost['worker_cost'] or 0):.1f} %** (target < 10 %) |"
+        )
+        lines.append(
+            f"| online evaluation on / off: processor alone | {_fmt(cost['processor_on'])} / "
+            f"{_fmt(cost['processor_off'])} events/s, cost "
+            f"{100 * cost['processor_cost']:.1f} % |"
+        )
     lines += ["", "Problems seen:" if result["problems"] else "Problems seen: none."]
     lines += [f"- {p}" for p in result["problems"]]
     lines += ["", "How these are measured: see `bench/README.md`.", ""]

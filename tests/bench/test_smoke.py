@@ -50,6 +50,12 @@ def test_bench_quick_runs_every_phase(kafka_bootstrap: str, tmp_path: Path) -> N
     assert run["signals_out"]["demand"] == result["processor"]["signals_out"]["demand"]
     assert run["ort_microbench"]["ratio"] > 0
     assert result["naive"]["events_per_s"] > 0
+    # The online evaluation's cost, measured side by side: the same signals with it off.
+    cost = result["evaluation_cost"]
+    assert cost["worker_on"] > 0 and cost["worker_off"] > 0 and cost["processor_off"] > 0
+    off = result["processor_no_eval"]
+    assert off["signals_out"] == result["processor"]["signals_out"]
+    assert off["prediction_outcomes"] == 0
     (lat,) = result["latency"]
     # Every event that gets an activity signal of its own (the worker's per-user interval
     # rule, as in the rate phase) is matched to it; the others only update state.
