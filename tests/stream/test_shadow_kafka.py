@@ -66,10 +66,17 @@ def _run(
     worker.wait_ready()
     run_sync(produce(s, s.topics.clickstream, records))
     wait_until_done(worker, expect_min_source=len(records))
-    # The aggregator publishes a window end's quality once its parts are in: give it time.
-    deadline = time.monotonic() + 30.0
-    while sum(run_sync(end_offsets(s, [s.topics.quality])).values()) < 12:
-        assert time.monotonic() < deadline, "model-quality records missing"
+    # The aggregator publishes a window end's quality once its parts are in: until its topic
+    # holds one record per evaluable window end (7 here) and stops growing for 3 s.
+    deadline = time.monotonic() + 60.0
+    count, since = -1, time.monotonic()
+    while True:
+        now = sum(run_sync(end_offsets(s, [s.topics.quality])).values())
+        if now != count:
+            count, since = now, time.monotonic()
+        elif count >= 7 and time.monotonic() - since > 3.0:
+            break
+        assert time.monotonic() < deadline, f"{count} model-quality records after 60 s"
         time.sleep(0.2)
     signals = _records(s, s.topics.demand) + _records(s, s.topics.churn)
     return s, signals, _records(s, s.topics.quality)
