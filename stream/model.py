@@ -143,6 +143,10 @@ class ShadowHolder:
         self.scorer: Scorer | None = None
         self._seen: str | None = None
 
+    def release(self) -> None:
+        """Forget the shadow (promoted): the next poll looks at the directory afresh."""
+        self.scorer, self._seen = None, None
+
     def poll(self, serving: Scorer) -> Reload:
         """Look once; ``swapped``: a new shadow (or none any more), else as ModelHolder."""
         current = self.scorer.version if self.scorer is not None else "none"

@@ -1120,7 +1120,9 @@ class Processor:
                 requests.append(request)
                 self._closing.add(user)
                 if self.evaluate and ring[-1, I_ACTIVE] > 0:
-                    self._inputs.setdefault((p, window), []).append(ring[-1])
+                    # The request's copy: the ring itself moves on if the run closes the
+                    # user's next window too.
+                    self._inputs.setdefault((p, window), []).append(request.sequence[-1])
             elif dormant and not settling:
                 gone.append(user)
             state = record.state

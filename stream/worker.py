@@ -592,8 +592,17 @@ class Worker:
             promote_after,
         )
         if evidence["promote"]:
-            version = await asyncio.to_thread(promote, self.settings.worker.model_dir)
             board.wins = {}
+            try:
+                version = await asyncio.to_thread(promote, self.settings.worker.model_dir)
+            except (OSError, ValueError, KeyError) as exc:
+                # The candidate changed or went meanwhile: no promotion, the stream goes on.
+                log.error("promotion of shadow %s failed: %r", evidence["shadow"], exc)
+                return records
+            # It is no shadow any more: judged again at the next window end, it would be
+            # promoted twice. The hot swap puts it in service at the next model poll.
+            self.shadow_holder.release()
+            self._processor.shadow = None
             evidence["promoted"] = version
             log.warning(
                 "promoted shadow %s to serve in %s after beating %s on window ends %s",

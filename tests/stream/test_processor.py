@@ -480,3 +480,20 @@ def test_input_drift_fires_on_buying_features_when_buying_halves_and_stays_quiet
         else:
             assert {"orders", "order_days", "cart_conversion"} <= set(d["drifted"]), d
             assert not {"n_view", "n_cart", "sessions"} & set(d["drifted"]), d
+
+
+def test_the_live_input_histograms_do_not_depend_on_how_many_windows_a_run_closes(
+    scorer,  # type: ignore[no-untyped-def]
+) -> None:
+    """A backlog closes many windows of a user in one run: each window end's histogram must
+    still hold that window's vectors (it once held views of a ring that had moved on)."""
+    reference = scorer.manifest.input_reference
+    assert reference is not None
+    frame = synthetic(seed=5)
+    runs = []
+    for batch in (16, 5000):
+        store = DictStore()
+        outputs = run_outputs(make_processor(scorer, store), store, messages(frame), batch)
+        runs.append(input_drift_by_window(outputs, reference))
+    assert len(runs[0]) >= 10
+    assert runs[0] == runs[1]
