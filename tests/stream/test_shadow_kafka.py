@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from ingest.adapters import to_wire_bytes
@@ -48,10 +49,18 @@ def _records(settings: Settings, topic: str) -> list[dict[str, Any]]:
 
 
 def _run(
-    base: Settings, name: str, model_dir: Path, worker_factory: WorkerFactory, tmp_path: Path
+    base: Settings,
+    name: str,
+    model_dir: Path,
+    worker_factory: WorkerFactory,
+    tmp_path: Path,
+    promoted: str | None = None,
 ) -> tuple[Settings, list[dict[str, Any]], list[dict[str, Any]]]:
     """The demo model's shop (1,500 users, 10 weeks) through a worker serving ``model_dir``
-    with promotion after 2 window ends; returns its settings, signals and quality records."""
+    with promotion after 2 window ends; returns its settings, signals and quality records.
+
+    ``promoted``: the version expected to be promoted; the first 6 weeks go first, and the
+    rest once the worker serves that version (so some window closes come after the swap)."""
     s = worker_settings(
         base.isolated(unique_name(name)),
         tmp_path / name,
@@ -64,7 +73,16 @@ def _run(
     records = to_wire_bytes(frame)
     worker = worker_factory(s, name).start()
     worker.wait_ready()
-    run_sync(produce(s, s.topics.clickstream, records))
+    cut = int(pd.Timestamp("2024-02-12", tz="UTC").value // 1_000_000)
+    first = to_wire_bytes(frame[frame.event_time_ms < cut]) if promoted else records
+    run_sync(produce(s, s.topics.clickstream, first))
+    if promoted:
+        deadline = time.monotonic() + 90.0
+        while worker.get_json("/health")[1].get("model_version") != promoted:
+            assert worker.alive(), f"worker {name} died"
+            assert time.monotonic() < deadline, f"{promoted} not serving after 90 s"
+            time.sleep(0.25)
+        run_sync(produce(s, s.topics.clickstream, to_wire_bytes(frame[frame.event_time_ms >= cut])))
     wait_until_done(worker, expect_min_source=len(records))
     # The aggregator publishes a window end's quality once its parts are in: until its topic
     # holds one record per evaluable window end (7 here) and stops growing for 3 s.
@@ -103,7 +121,9 @@ def test_a_worse_shadow_stays_in_shadow_and_a_better_one_is_promoted(
     model_b = tmp_path / "model-b"
     shuffled_variant(DEMO_MODEL, model_b, "m-shuffled")
     shutil.copytree(DEMO_MODEL, model_b / CANDIDATE_DIR)
-    _, signals, quality = _run(kafka_settings, "better", model_b, worker_factory, tmp_path)
+    _, signals, quality = _run(
+        kafka_settings, "better", model_b, worker_factory, tmp_path, promoted=served
+    )
     (promoting,) = [q for q in quality if (q["promotion"] or {}).get("promoted")]
     evidence = promoting["promotion"]
     assert evidence["promoted"] == served and len(evidence["consecutive_window_ends"]) == 2
