@@ -65,7 +65,17 @@ def test_the_cli_modules_import_in_either_order_without_a_cycle() -> None:
     parser then has every command."""
     import subprocess
 
-    commands = ["kafka", "topics", "replay", "generate", "tail", "demo", "bidder", "alerter"]
+    commands = [
+        "kafka",
+        "topics",
+        "replay",
+        "generate",
+        "export-events",
+        "tail",
+        "demo",
+        "bidder",
+        "alerter",
+    ]
     for first, second in [("subscribers.cli", "ops.cli"), ("ops.cli", "subscribers.cli")]:
         code = (
             f"import sys, {first}\n"
