@@ -469,7 +469,9 @@ class Worker:
             for p in self.last_read:
                 self.last_read[p] = now
         self.last_tick = now
-        if app.rebalancing:
+        if app.rebalancing or app.should_stop:
+            # Stopping: the producer may be closed already (a timer tick after it closed
+            # crashed the app with ProducerClosed in a bench run's shutdown).
             return
         held = self.held_partitions()
         if not held:
