@@ -713,7 +713,9 @@ def _register_quality(worker: Worker) -> None:
                 board = (
                     feedback.QualityBoard.from_dict(orjson.loads(raw))
                     if raw
-                    else feedback.QualityBoard()
+                    # The board knows the partition count from settings, never from a part:
+                    # a part claiming another count (10**9) is refused, not waited for.
+                    else feedback.QualityBoard(partitions=worker.settings.topics.partitions)
                 )
                 new, done = feedback.receive(board, part)
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:

@@ -139,5 +139,11 @@ def test_parts_of_another_partition_count_are_refused() -> None:
     other = quality_parts([], window_end_ms=END, horizon_windows=13, partition=0, partitions=8)[0]
     with pytest.raises(ValueError, match="8 partitions on a board of 4"):
         receive(board, other)
+    # A board made for the worker's partitions never waits for a forged count's parts.
+    forged = quality_parts(
+        [], window_end_ms=END, horizon_windows=13, partition=0, partitions=10**9
+    )[0]
+    with pytest.raises(ValueError, match="partitions on a board of 4"):
+        receive(QualityBoard(partitions=4), forged)
     with pytest.raises(ValueError, match="out of range"):
         QualityPart.from_dict({**other.to_dict(), "partition": 9})

@@ -17,6 +17,7 @@ from stream.model import CANDIDATE_DIR, PREVIOUS_DIR, ModelHolder, ShadowHolder,
 from stream.processor import DictStore
 from tests.support.processor import (
     MODEL_DIR,
+    completed_cohorts,
     make_processor,
     messages,
     online_quality,
@@ -81,19 +82,12 @@ def test_a_shadow_model_is_evaluated_next_to_the_serving_one_and_never_emitted(
 
 
 def online_quality_by_version(outputs: list) -> dict[str, dict[int, dict]]:  # type: ignore[type-arg]
-    from features.feedback import forget, publish, receive
+    from features.feedback import publish
 
-    board = QualityBoard()
-    bodies: dict = {}  # type: ignore[type-arg]
     out: dict[str, dict[int, dict]] = {}  # type: ignore[type-arg]
-    for batch in outputs:
-        for part in batch.quality_parts:
-            _, done = receive(board, part)
-            bodies[(part.window_end_ms, part.partition, part.index)] = part
-            for end in done:
-                for record in publish([v for k, v in bodies.items() if k[0] == end], 0):
-                    out.setdefault(record.model_version, {})[end] = dict(record.figures)
-                forget(board, end)
+    for end, parts in completed_cohorts(outputs):
+        for record in publish(parts, 0):
+            out.setdefault(record.model_version, {})[end] = dict(record.figures)
     return out
 
 

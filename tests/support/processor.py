@@ -4,6 +4,7 @@ offline prediction. Shared by the processor, event-time and worker tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from features.drift import InputReference
+from features.feedback import QualityPart
 from features.validation import ValidationPolicy
 from features.windows import DAY_MS
 from ingest.adapters import to_wire_bytes
@@ -184,24 +186,33 @@ def run_outputs(
     return outputs
 
 
-def online_quality(outputs: list[BatchOutput]) -> dict[int, dict]:  # type: ignore[type-arg]
-    """Window end -> the ``model-quality`` figures the aggregator publishes for the quality
-    parts of ``outputs`` (one model version), played through the board as the agent does."""
-    from features.feedback import QualityBoard, forget, publish, receive
+def completed_cohorts(outputs: list[BatchOutput]) -> Iterator[tuple[int, list[QualityPart]]]:
+    """(window end, its parts) as the aggregator agent completes them: ``outputs``' quality
+    parts played through the board in order, each window end once."""
+    from features.feedback import QualityBoard, forget, receive
 
     board = QualityBoard()
-    bodies: dict[tuple[int, int, int], object] = {}
-    published: dict[int, dict] = {}  # type: ignore[type-arg]
+    bodies: dict[tuple[int, int, int], QualityPart] = {}
     for out in outputs:
         for part in out.quality_parts:
             _, done = receive(board, part)
             bodies[(part.window_end_ms, part.partition, part.index)] = part
             for end in done:
-                records = publish([v for k, v in bodies.items() if k[0] == end], 0)  # type: ignore[misc]
+                yield end, [v for k, v in bodies.items() if k[0] == end]
                 forget(board, end)
-                assert end not in published and len(records) <= 1
-                if records:
-                    published[end] = dict(records[0].figures)
+
+
+def online_quality(outputs: list[BatchOutput]) -> dict[int, dict]:  # type: ignore[type-arg]
+    """Window end -> the ``model-quality`` figures the aggregator publishes for the quality
+    parts of ``outputs`` (one model version)."""
+    from features.feedback import publish
+
+    published: dict[int, dict] = {}  # type: ignore[type-arg]
+    for end, parts in completed_cohorts(outputs):
+        records = publish(parts, 0)
+        assert end not in published and len(records) <= 1
+        if records:
+            published[end] = dict(records[0].figures)
     return published
 
 
@@ -277,25 +288,11 @@ def input_drift_by_window(
 ) -> dict[int, dict]:  # type: ignore[type-arg]
     """Window end -> the input drift the aggregator computes from ``outputs``' quality parts
     against ``reference`` (as ``Worker.note_drift`` does with the serving model's)."""
-    from features.feedback import (
-        QualityBoard,
-        QualityPart,
-        forget,
-        input_drift,
-        merge_inputs,
-        receive,
-    )
+    from features.feedback import input_drift, merge_inputs
 
-    board = QualityBoard()
-    bodies: dict[tuple[int, int, int], QualityPart] = {}
     drift: dict[int, dict] = {}  # type: ignore[type-arg]
-    for out in outputs:
-        for part in out.quality_parts:
-            _, done = receive(board, part)
-            bodies[(part.window_end_ms, part.partition, part.index)] = part
-            for end in done:
-                inputs = merge_inputs([v for k, v in bodies.items() if k[0] == end])
-                forget(board, end)
-                if inputs is not None:
-                    drift[inputs.window_end_ms] = input_drift(inputs, reference, threshold)
+    for _, parts in completed_cohorts(outputs):
+        inputs = merge_inputs(parts)
+        if inputs is not None:
+            drift[inputs.window_end_ms] = input_drift(inputs, reference, threshold)
     return drift
