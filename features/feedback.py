@@ -376,12 +376,13 @@ class QualityBoard:
         assert self.partitions is not None
         got = self.received.get(window_end_ms, {})
         for p in range(self.partitions):
+            if self.progress.get(p, window_end_ms) > window_end_ms:
+                # Went past it: its parts of this window end, if any, came before (one
+                # partition, in send order). Also what keeps a part that claims more parts
+                # than ever come from holding every later window end back.
+                continue
             entry = got.get(p)
-            if entry is not None:
-                count, indices = entry
-                if len(set(indices)) < count:
-                    return False
-            elif self.progress.get(p, window_end_ms) <= window_end_ms:
+            if entry is None or len(set(entry[1])) < entry[0]:
                 return False
         return True
 

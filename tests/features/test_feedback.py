@@ -4,6 +4,7 @@ whole cohort exactly once."""
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import numpy as np
@@ -145,5 +146,14 @@ def test_parts_of_another_partition_count_are_refused() -> None:
     )[0]
     with pytest.raises(ValueError, match="partitions on a board of 4"):
         receive(QualityBoard(partitions=4), forged)
+    # A part that claims parts which never come holds its window end back only until its
+    # partition goes past it: the later window ends are not blocked behind it.
+    board = QualityBoard(partitions=1)
+    claim = quality_parts([], window_end_ms=END, horizon_windows=13, partition=0, partitions=1)[0]
+    assert receive(board, dataclasses.replace(claim, count=10**9)) == (True, [])
+    later = quality_parts(
+        [], window_end_ms=END + WEEK, horizon_windows=13, partition=0, partitions=1
+    )[0]
+    assert receive(board, later) == (True, [END, END + WEEK])
     with pytest.raises(ValueError, match="out of range"):
         QualityPart.from_dict({**other.to_dict(), "partition": 9})
