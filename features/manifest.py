@@ -48,6 +48,9 @@ class Manifest:
     feature_definition_version: int = FEATURE_DEFINITION_VERSION
     prior: PriorSpec | None = None
     """The BG/NBD prior behind the ``summary`` input; ``None`` for a sequence-only model."""
+    orders_level: float | None = None
+    """The quantile level of the served order forecast (:mod:`features.forecast`); ``None``
+    (a model exported before it) serves the model's mean."""
     input_reference: InputReference | None = None
     """The training distribution of the window features (:mod:`features.drift`); ``None``
     for a model exported before it: the worker then measures no drift."""
@@ -115,6 +118,19 @@ class Manifest:
                 },
             ],
             "thresholds": {"medium": self.thresholds.medium, "high": self.thresholds.high},
+            **(
+                {
+                    "orders_forecast": {
+                        "kind": "zip_quantile",
+                        "level": self.orders_level,
+                        "meaning": "expected_orders is served as each customer's level-quantile "
+                        "of the zero-inflated Poisson with the graph's mean and P(no order); "
+                        "the mean is served as mean_orders (features.forecast)",
+                    }
+                }
+                if self.orders_level is not None
+                else {}
+            ),
             **({"prior": self.prior.to_dict()} if self.prior is not None else {}),
             **(
                 {"input_reference": self.input_reference.to_dict()}
@@ -145,6 +161,7 @@ class Manifest:
                 "thresholds",
                 "prior",
                 "input_reference",
+                "orders_forecast",
             }
             return cls(
                 model_version=str(data["model_version"]),
@@ -166,6 +183,7 @@ class Manifest:
                 feature_fingerprint=str(feats["fingerprint"]),
                 feature_definition_version=int(feats["definition_version"]),
                 prior=PriorSpec.from_dict(data["prior"]) if "prior" in data else None,
+                orders_level=_orders_level(data.get("orders_forecast")),
                 input_reference=(
                     InputReference.from_dict(data["input_reference"])
                     if "input_reference" in data
@@ -177,6 +195,19 @@ class Manifest:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"manifest is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def _orders_level(block: Any) -> float | None:
+    if block is None:
+        return None
+    if block.get("kind") != "zip_quantile":
+        raise ManifestError(
+            f"orders_forecast kind {block.get('kind')!r}, this code serves zip_quantile"
+        )
+    level = float(block["level"])
+    if not 0.0 < level < 1.0:
+        raise ManifestError(f"orders_forecast level {level} is not in (0, 1)")
+    return level
 
 
 def check_compatible(manifest: Manifest) -> None:

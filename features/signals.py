@@ -129,6 +129,9 @@ class DemandSignal:
     model_version: str
     signal_id: str
     emitted_at_ms: int
+    mean_orders: float | None = None
+    """The model's expected orders; ``expected_orders`` is the served point forecast (a
+    quantile, :mod:`features.forecast`). ``None`` from a model that serves its mean."""
 
     @classmethod
     def create(
@@ -144,6 +147,7 @@ class DemandSignal:
         trigger: Trigger,
         model_version: str,
         emitted_at_ms: int,
+        mean_orders: float | None = None,
     ) -> DemandSignal:
         """Build a signal with its deterministic :func:`signal_id` filled in."""
         sid = signal_id("demand", user_id, window_end_ms, trigger, model_version)
@@ -159,6 +163,7 @@ class DemandSignal:
             model_version=model_version,
             signal_id=sid,
             emitted_at_ms=emitted_at_ms,
+            mean_orders=mean_orders,
         )
 
     @property
@@ -169,6 +174,11 @@ class DemandSignal:
     def emitted_at(self) -> str:
         return ms_to_iso(self.emitted_at_ms)
 
+    @property
+    def orders_rate_basis(self) -> float:
+        """The orders a rate should be read from: the mean where the signal carries one."""
+        return self.expected_orders if self.mean_orders is None else self.mean_orders
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "signal_id": self.signal_id,
@@ -178,6 +188,7 @@ class DemandSignal:
             "horizon_windows": self.horizon_windows,
             "horizon_days": self.horizon_days,
             "expected_orders": self.expected_orders,
+            **({} if self.mean_orders is None else {"mean_orders": self.mean_orders}),
             "expected_spend": self.expected_spend,
             "purchase_probability": self.purchase_probability,
             "trigger": self.trigger,

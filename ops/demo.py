@@ -124,8 +124,10 @@ def demo_bid_baselines(settings: Settings, model_dir: Path) -> str:
         days = manifest["window"]["length_ms"] * manifest["window"]["horizon"] / DAY_MS
         if version in parse_model_baselines(configured):
             return configured
-        expected = pd.read_csv(model_dir / "predictions.csv", usecols=["expected_orders"])
-        per_day = float(expected["expected_orders"].mean()) / days
+        expected = pd.read_csv(model_dir / "predictions.csv")
+        # The bidder reads a mean (mean_orders) where the model serves a quantile.
+        column = "mean_orders" if "mean_orders" in expected.columns else "expected_orders"
+        per_day = float(expected[column].mean()) / days
     except (OSError, KeyError, TypeError, ValueError, orjson.JSONDecodeError):
         return configured
     if not per_day > 0:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from features.forecast import quantile_forecast
 from features.manifest import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -59,9 +60,19 @@ intermediate tensors of a chunk stay in cache and ONNX Runtime's arena keeps a s
 
 @dataclass(frozen=True)
 class Scores:
+    """One batch's scores. ``expected_orders`` is the served order forecast (the manifest's
+    quantile of each customer's predictive distribution, :mod:`features.forecast`, or the mean
+    for a model without one); ``mean_orders`` is the model's expectation, ``None`` when that is
+    what ``expected_orders`` serves."""
+
     expected_orders: np.ndarray
     expected_spend: np.ndarray
     churn_probability: np.ndarray
+    mean_orders: np.ndarray | None = None
+
+    def means(self) -> np.ndarray:
+        """The model's expected orders, whichever forecast is served."""
+        return self.expected_orders if self.mean_orders is None else self.mean_orders
 
 
 class Scorer:
@@ -96,14 +107,20 @@ class Scorer:
                 self.score(raw[i : i + MAX_SCORE_ROWS])
                 for i in range(0, raw.shape[0], MAX_SCORE_ROWS)
             ]
+            means = [p.means() for p in parts]
             return Scores(
                 np.concatenate([p.expected_orders for p in parts]),
                 np.concatenate([p.expected_spend for p in parts]),
                 np.concatenate([p.churn_probability for p in parts]),
+                None if self.manifest.orders_level is None else np.concatenate(means),
             )
         outputs = self.session.run(list(OUTPUT_NAMES), self.feeds(raw))
-        orders, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
-        return Scores(orders, spend, churn)
+        mean, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
+        level = self.manifest.orders_level
+        if level is None:
+            return Scores(mean, spend, churn)
+        point = quantile_forecast(mean, churn, level).astype(np.float32)
+        return Scores(point, spend, churn, mean)
 
 
 def _check_io(session: ort.InferenceSession, manifest: Manifest) -> list[str]:

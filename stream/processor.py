@@ -1151,6 +1151,7 @@ class Processor:
                 continue
             end_ms = r.end_ms
             orders = float(scores.expected_orders[i])
+            mean = None if scores.mean_orders is None else float(scores.mean_orders[i])
             spend = float(scores.expected_spend[i])
             churn = float(scores.churn_probability[i])
             since = days_since_last_order(record.state, end_ms) if record else None
@@ -1167,6 +1168,7 @@ class Processor:
                     trigger=trigger,
                     model_version=version,
                     emitted_at_ms=now,
+                    mean_orders=mean,
                 )
             )
             out.churn.append(

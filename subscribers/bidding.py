@@ -10,7 +10,7 @@ The multiplier (formula ``linear-lift-v1``)
 
 ::
 
-    rate       = max(expected_orders, 0) / horizon_days          # orders per day, this user
+    rate       = max(mean_orders, 0) / horizon_days              # orders per day, this user
     baseline   = model_baselines.get(model_version, baseline_orders_per_day)
     lift       = min(rate / baseline, MAX_LIFT)                   # 1.0 = an average user
     multiplier = clip(1 + k * (lift - 1), floor, cap)
@@ -24,7 +24,12 @@ The multiplier (formula ``linear-lift-v1``)
   ``floor <= 1 <= cap``), a user expected to order at twice the average rate gets ``1 + k``, one
   expected not to order gets ``max(1 - k, floor)``. With the defaults (``k = 0.5``, floor 0.5,
   cap 2.0) lift 0 -> 0.5, lift 1 -> 1.0, lift 2 -> 1.5, lift >= 3 -> 2.0.
-* **Model-version aware.** ``expected_orders`` is divided by the signal's own ``horizon_days``,
+* **The mean, not the served point.** ``mean_orders`` is the signal's expectation; a signal
+  without it (a model that serves its mean) is read through ``expected_orders``. The served
+  point forecast is a quantile of the customer's distribution (:mod:`features.forecast`): 0 for
+  most customers of a shop where most do not order in a horizon, which is right for its error
+  and wrong for a price.
+* **Model-version aware.** The orders are divided by the signal's own ``horizon_days``,
   so models with different horizons are put on one per-day scale; and each model version may
   carry its own baseline (``CLICKSIGNALS_BID_MODEL_BASELINES="m-abc=0.019;m-def=0.03"``), since
   a retrained model's mean prediction -- which is what "an average user" means to it -- moves.
@@ -247,7 +252,8 @@ class BidDecision:
 
 def adjustment_for(signal: DemandSignal, config: BidConfig, now_ms: int) -> BidAdjustment:
     """The adjustment a demand signal gives under ``config`` (no state involved)."""
-    m = bid_multiplier(signal.expected_orders, signal.horizon_days, signal.model_version, config)
+    # A rate is a mean's job: the served point forecast is a quantile, 0 for most customers.
+    m = bid_multiplier(signal.orders_rate_basis, signal.horizon_days, signal.model_version, config)
     return BidAdjustment(
         adjustment_id=derived_id("bid", signal.user_id, signal.signal_id, FORMULA),
         user_id=signal.user_id,

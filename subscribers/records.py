@@ -150,6 +150,7 @@ def parse_demand(raw: bytes | str | Mapping[str, Any]) -> DemandSignal | Rejecte
             model_version=_str(obj, "model_version"),
             signal_id=_str(obj, "signal_id"),
             emitted_at_ms=_int(obj, "emitted_at_ms"),
+            mean_orders=None if obj.get("mean_orders") is None else _num(obj, "mean_orders", 0.0),
         )
     except _Bad as bad:
         return bad.rejected

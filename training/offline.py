@@ -24,6 +24,9 @@ from serving.scorer import Scorer, load_model
 from training.dataset import Samples, build_tensor, first_window, to_event_arrays
 from training.origins import OriginSet
 
+SCORE_COLUMNS = (*OUTPUT_NAMES, "mean_orders")
+"""The score columns of a predictions frame: the served outputs and the model's mean."""
+
 
 def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> pd.DataFrame:
     """One row per sample: ids, window end, the three scores and the actuals if known."""
@@ -31,12 +34,13 @@ def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> p
         "expected_orders": [],
         "expected_spend": [],
         "churn_probability": [],
+        "mean_orders": [],
     }
     for lo in range(0, len(samples), batch_size):
         scores = scorer.score(samples.sequences[lo : lo + batch_size])
-        parts["expected_orders"].append(scores.expected_orders)
-        parts["expected_spend"].append(scores.expected_spend)
-        parts["churn_probability"].append(scores.churn_probability)
+        for k in OUTPUT_NAMES:
+            parts[k].append(getattr(scores, k))
+        parts["mean_orders"].append(scores.means())
     columns = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
     return pd.DataFrame(
         {
@@ -53,11 +57,12 @@ def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> p
 
 def score_rows(scorer: Scorer, rows: OriginSet, batch_size: int = 8192) -> pd.DataFrame:
     """Like :func:`score_samples` for training's origin rows (actuals where fully observed)."""
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in OUTPUT_NAMES}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_COLUMNS}
     for lo in range(0, len(rows), batch_size):
         scores = scorer.score(rows.sequences[lo : lo + batch_size])
         for k in OUTPUT_NAMES:
             parts[k].append(getattr(scores, k))
+        parts["mean_orders"].append(scores.means())
     columns = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
     orders = rows.orders_total
     return pd.DataFrame(

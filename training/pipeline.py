@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from features.batch import WindowTensor, sequences_at
+from features.forecast import total_level
 from features.manifest import INPUT_NAME, OUTPUT_NAMES, SUMMARY_INPUT_NAME, Manifest
 from features.season import SeasonIndex, horizon_multiplier
 from features.signals import RiskThresholds
@@ -438,11 +439,18 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
         input_reference=reference,
     )
     (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
+    # The served order forecast's level (features.forecast): chosen on the population at the
+    # cutoff from the model's own scores, no outcome read, so that its total is the model's.
+    at_cutoff = test.window_index == -1
+    cut_means = load_model(cfg.out).score(test.sequences[at_cutoff])
+    orders_level = total_level(cut_means.means(), cut_means.churn_probability, cfg.seed)
+    log.info("served order forecast: the %.4f-quantile of each customer's ZIP", orders_level)
+    tmp_manifest = replace(tmp_manifest, orders_level=orders_level)
+    (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     scorer = load_model(cfg.out)
     val_scores = score_rows(scorer, main.select_val)
     thresholds = churn_thresholds(val_scores["churn_probability"].to_numpy(), main.select_val.churn)
     test_scores = score_rows(scorer, test)
-    at_cutoff = test.window_index == -1
     pareto = None
     if covered:
         x, t_x, age, ordered = lifetime_summary(
@@ -458,6 +466,7 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
     if covered:
         preds = {
             "model": {k: test_scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES},
+            "model_mean": _mean_of(test_scores),
             **baseline_predictions(test, prior, pareto),
         }
         cut_preds = {m: {k: v[at_cutoff] for k, v in p.items()} for m, p in preds.items()}
@@ -468,6 +477,7 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
     # The pseudo-cutoff one horizon before C: a rolling origin no test data touched.
     select_preds = {
         "model": {k: val_scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES},
+        "model_mean": _mean_of(val_scores),
         **baseline_predictions(main.select_val, _prior_of(main.select_val, fit), None),
     }
     rolling["pseudo_cutoff"] = _brief(evaluate_rows(main.select_val, select_preds))
@@ -510,6 +520,13 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
         "target": "orders = distinct UTC days with a purchase (order days); churn = no order "
         "day in the horizon; spend = purchase value in the horizon",
         "prior": prior.to_dict(),
+        "orders_forecast": {
+            "served": "expected_orders: each customer's level-quantile of the zero-inflated "
+            "Poisson with the model's mean and P(no order); model_mean: the mean itself",
+            "level": orders_level,
+            "chosen_on": "the population at the cutoff, so that the served total equals the "
+            "model's expected total (no outcome read)",
+        },
         "calendar": {
             "found": main.info["calendar"],
             "horizon_factor_at_cutoff": {
@@ -538,6 +555,7 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
         thresholds,
         onnx_sha,
         prior=prior,
+        orders_level=orders_level,
         input_reference=reference,
         extra={
             "export": export_info,
@@ -573,6 +591,13 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
         (cfg.out / "report.json").write_text(json.dumps(report_data, indent=2, default=str))
     log.info("wrote %s in %.1fs", cfg.out, time.perf_counter() - started)
     return report_data
+
+
+def _mean_of(scores: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The model's expectation as a compared forecast: the served scores with the mean."""
+    out = {k: scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES}
+    out["expected_orders"] = scores["mean_orders"].to_numpy(np.float64)
+    return out
 
 
 def _prior_of(rows: OriginSet, fit: PriorFit) -> PriorSpec:

@@ -33,16 +33,17 @@ def test_the_zero_inflated_family_recovers_each_customers_mean_and_p_zero() -> N
 def test_the_common_quantile_keeps_the_total_and_beats_the_mean_on_mae() -> None:
     frame = _population()
     rows = {name.split(",")[-1].strip(): (mae, bias) for name, mae, bias in evaluate(frame)}
-    mean_mae, mean_bias = rows["mean (served)"]
+    mean_mae, mean_bias = rows["mean"]
     zip_mae, zip_bias = rows["zero-inflated Poisson"]
-    assert abs(zip_bias - mean_bias) < 1e-6  # the same total as the mean
+    assert abs(zip_bias - mean_bias) < 0.01  # the same total as the mean, to a count or so
     assert zip_mae < mean_mae  # the true family: per customer closer, in total as right
 
 
-def test_quantiles_rise_with_q_and_never_go_below_zero() -> None:
+def test_quantiles_are_counts_that_rise_with_q() -> None:
     frame = _population(300)
     cdf = zip_cdf(frame["expected_orders"].to_numpy(), frame["churn_probability"].to_numpy())
     low, high = quantile_point(cdf, 0.3), quantile_point(cdf, 0.8)
     assert (low >= 0).all() and (high >= low).all()
+    assert np.array_equal(high, np.round(high))
     q, point = unbiased_quantile(cdf, float(frame["expected_orders"].sum()))
-    assert 0 < q < 1 and np.isclose(point.sum(), frame["expected_orders"].sum())
+    assert 0 < q < 1 and abs(point.sum() - frame["expected_orders"].sum()) <= 2.0

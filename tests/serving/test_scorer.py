@@ -80,3 +80,55 @@ def test_the_shipped_models_carry_their_input_reference_and_older_manifests_load
         raw = json.loads((path / "manifest.json").read_text())
         del raw["input_reference"]
         assert Manifest.from_dict(raw).input_reference is None
+
+
+def _with_orders_forecast(model_dir: Path, block: dict[str, object] | None) -> None:
+    path = model_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("orders_forecast", None)
+    if block is not None:
+        manifest["orders_forecast"] = block
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_model_with_an_orders_level_serves_each_customers_quantile_and_the_mean_beside_it(
+    copy: Path,
+) -> None:
+    from features.forecast import quantile_forecast
+
+    rng = np.random.default_rng(4)
+    spec = load_model(copy).manifest.spec
+    x = rng.gamma(0.3, 1.0, (300, spec.seq_len, N_FEATURES)).astype(np.float32)
+    _with_orders_forecast(copy, None)
+    plain = load_model(copy).score(x)
+    assert plain.mean_orders is None
+    _with_orders_forecast(copy, {"kind": "zip_quantile", "level": 0.7})
+    served = load_model(copy).score(x)
+    assert served.mean_orders is not None
+    np.testing.assert_array_equal(served.mean_orders, plain.expected_orders)
+    np.testing.assert_array_equal(
+        served.expected_orders,
+        quantile_forecast(plain.expected_orders, plain.churn_probability, 0.7).astype(np.float32),
+    )
+    np.testing.assert_array_equal(served.churn_probability, plain.churn_probability)
+    # Requests beyond one ONNX Runtime call are split and joined with the mean kept.
+    big = np.concatenate([x] * 5)
+    joined = load_model(copy).score(big)
+    assert joined.mean_orders is not None
+    np.testing.assert_array_equal(joined.mean_orders, np.concatenate([plain.expected_orders] * 5))
+
+
+@pytest.mark.parametrize(
+    ("block", "says"),
+    [
+        ({"kind": "zip_quantile", "level": 1.5}, "level 1.5 is not in"),
+        ({"kind": "median", "level": 0.5}, "kind 'median'"),
+        ({"kind": "zip_quantile"}, "malformed"),
+    ],
+)
+def test_an_orders_forecast_this_code_cannot_serve_is_refused_at_load(
+    copy: Path, block: dict[str, object], says: str
+) -> None:
+    _with_orders_forecast(copy, block)
+    with pytest.raises(ModelLoadError, match=says):
+        load_model(copy)

@@ -48,6 +48,15 @@ def test_default_formula_values(orders_28d: float, lift: float, multiplier: floa
     assert m.baseline_per_day == 0.02
 
 
+def test_a_signal_serving_a_quantile_is_priced_on_its_mean() -> None:
+    # A customer served 0 orders (their likely count) who is expected to order 1.12 times:
+    # the bid follows the expectation, as for a model that serves its mean.
+    served_quantile = adjustment_for(demand(orders=0.0, mean=1.12), DEFAULT, NOW)
+    served_mean = adjustment_for(demand(orders=1.12), DEFAULT, NOW)
+    assert served_quantile.multiplier == served_mean.multiplier == pytest.approx(1.5)
+    assert served_quantile.expected_orders == 0.0
+
+
 def test_horizon_normalisation_puts_models_on_one_scale() -> None:
     four_weeks = bid_multiplier(1.12, 28.0, "m-4w", DEFAULT)
     eight_weeks = bid_multiplier(2.24, 56.0, "m-8w", DEFAULT)

@@ -23,8 +23,9 @@ from subscribers.records import (
 from tests.support.factories import T0, churn, demand
 
 
-def test_demand_round_trips_from_its_wire_form() -> None:
-    signal = demand("u1", window=3, orders=1.25, trigger="activity")
+@pytest.mark.parametrize("mean", [None, 0.8])
+def test_demand_round_trips_from_its_wire_form(mean: float | None) -> None:
+    signal = demand("u1", window=3, orders=1.0, trigger="activity", mean=mean)
     assert parse_demand(orjson.dumps(signal.to_dict())) == signal
     assert parse_demand(signal.to_dict()) == signal
 

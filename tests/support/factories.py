@@ -21,8 +21,10 @@ def demand(
     trigger: Any = "window_close",
     emitted: int | None = None,
     window_end_ms: int | None = None,
+    mean: float | None = None,
 ) -> DemandSignal:
-    """A demand signal for window ``window`` (weeks after T0); ``orders`` over ``horizon_days``."""
+    """A demand signal for window ``window`` (weeks after T0); ``orders`` over ``horizon_days``
+    (``mean``: the model's mean beside a served quantile)."""
     end = T0 + window * WEEK_MS if window_end_ms is None else window_end_ms
     return DemandSignal.create(
         user_id=user,
@@ -35,6 +37,7 @@ def demand(
         trigger=trigger,
         model_version=model,
         emitted_at_ms=end + 1_000 if emitted is None else emitted,
+        mean_orders=mean,
     )
 
 

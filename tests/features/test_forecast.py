@@ -1,0 +1,103 @@
+"""The served order forecast (features.forecast): the ZIP pinned by the model's two heads, its
+quantiles, and the one level whose forecasts keep the population's total.
+
+Populations named here: a CDNOW-like base (most customers order nothing in a horizon, a few
+order often), weekly grocery shoppers (high counts, almost no zeros), and a mixed shop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features.forecast import quantile_forecast, total_level, zip_of
+
+
+def _zip_draws(
+    rng: np.random.Generator, lam: np.ndarray, pi: np.ndarray, draws: int
+) -> np.ndarray:
+    alive = rng.random((draws, len(lam))) >= pi
+    return np.where(alive, rng.poisson(lam, (draws, len(lam))), 0)
+
+
+def _population(name: str, n: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """True (lam, pi) per customer for a named shop shape."""
+    rng = np.random.default_rng(seed)
+    if name == "cdnow_like":  # rates gamma(0.25, 4.4) per week over 13 weeks, many gone
+        lam = rng.gamma(0.25, 13 / 4.4, n)
+        pi = rng.beta(0.8, 2.4, n)
+    elif name == "grocery":  # about a visit a week, rarely gone
+        lam = rng.gamma(4.0, 13 / 4.0, n)
+        pi = rng.beta(0.3, 8.0, n)
+    else:  # mixed
+        lam = rng.gamma(0.8, 4.0, n)
+        pi = rng.beta(1.0, 1.5, n)
+    return lam, pi
+
+
+def test_the_zip_has_the_mean_and_the_probability_of_no_order_it_was_pinned_by() -> None:
+    rng = np.random.default_rng(1)
+    lam_true = rng.gamma(1.0, 3.0, 5000) + 1e-3
+    pi_true = rng.uniform(0.0, 0.95, 5000)
+    mean = (1 - pi_true) * lam_true
+    p0 = pi_true + (1 - pi_true) * np.exp(-lam_true)
+    lam, pi = zip_of(mean, p0)
+    np.testing.assert_allclose((1 - pi) * lam, mean, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(pi + (1 - pi) * np.exp(-lam), p0, rtol=1e-9, atol=1e-12)
+
+
+def test_a_probability_of_no_order_below_poissons_own_gives_the_poisson() -> None:
+    mean = np.array([0.5, 2.0, 10.0])
+    p0 = np.exp(-mean) * 0.5  # fewer zeros than any ZIP of this mean can have
+    lam, pi = zip_of(mean, p0)
+    np.testing.assert_array_equal(pi, 0.0)
+    np.testing.assert_allclose(lam, mean)
+
+
+def test_quantiles_are_the_smallest_counts_whose_cdf_reaches_the_level() -> None:
+    rng = np.random.default_rng(2)
+    mean = rng.gamma(1.0, 2.0, 400)
+    p0 = np.clip(np.exp(-mean) + rng.uniform(0, 0.6, 400), 0, 0.99)
+    lam, pi = zip_of(mean, p0)
+    k = np.arange(200)
+    log_pmf = k[None, :] * np.log(lam[:, None]) - lam[:, None] - np.cumsum(
+        np.log(np.maximum(k, 1))
+    )[None, :]
+    cdf = pi[:, None] + (1 - pi[:, None]) * np.cumsum(np.exp(log_pmf), axis=1)
+    for level in (0.1, 0.5, 0.74, 0.9, 0.99):
+        brute = np.argmax(cdf >= level, axis=1)
+        np.testing.assert_array_equal(quantile_forecast(mean, p0, level), brute)
+
+
+@pytest.mark.parametrize("shape", ["cdnow_like", "grocery", "mixed"])
+def test_the_level_keeps_the_total_and_the_forecast_beats_the_mean_per_customer(
+    shape: str,
+) -> None:
+    lam, pi = _population(shape, 20_000)
+    mean = (1 - pi) * lam
+    p0 = pi + (1 - pi) * np.exp(-lam)
+    level = total_level(mean, p0)
+    point = quantile_forecast(mean, p0, level)
+    assert set(np.unique(point)) <= set(range(200))  # integer counts
+    assert abs(point.sum() / mean.sum() - 1) < 0.01
+    y = _zip_draws(np.random.default_rng(9), lam, pi, 5)
+    mae_point = np.abs(y - point).mean()
+    mae_mean = np.abs(y - mean).mean()
+    assert mae_point < mae_mean, (shape, mae_point, mae_mean)
+
+
+def test_a_base_where_most_will_not_order_is_served_zero_for_the_likely_zeros() -> None:
+    lam, pi = _population("cdnow_like", 20_000)
+    mean = (1 - pi) * lam
+    p0 = pi + (1 - pi) * np.exp(-lam)
+    point = quantile_forecast(mean, p0, total_level(mean, p0))
+    likely_zero = p0 > 0.9
+    assert likely_zero.sum() > 1000
+    assert np.all(point[likely_zero] == 0)
+
+
+def test_the_level_of_a_large_population_is_read_on_a_sample_and_still_keeps_the_total() -> None:
+    lam, pi = _population("mixed", 600_000, seed=5)
+    mean = (1 - pi) * lam
+    p0 = pi + (1 - pi) * np.exp(-lam)
+    point = quantile_forecast(mean, p0, total_level(mean, p0))
+    assert abs(point.sum() / mean.sum() - 1) < 0.01
