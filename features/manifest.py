@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.calibration import ChurnCalibration
 from features.drift import InputReference
 from features.signals import RiskThresholds
 from features.summary import N_SUMMARY, SUMMARY_NAMES, PriorSpec
@@ -48,6 +49,9 @@ class Manifest:
     feature_definition_version: int = FEATURE_DEFINITION_VERSION
     prior: PriorSpec | None = None
     """The BG/NBD prior behind the ``summary`` input; ``None`` for a sequence-only model."""
+    churn_calibration: ChurnCalibration | None = None
+    """The served churn's recalibration (:mod:`features.calibration`); ``None`` serves the
+    churn head as it is."""
     orders_level: float | None = None
     """The quantile level of the served order forecast (:mod:`features.forecast`); ``None``
     (a model exported before it) serves the model's mean."""
@@ -120,6 +124,18 @@ class Manifest:
             "thresholds": {"medium": self.thresholds.medium, "high": self.thresholds.high},
             **(
                 {
+                    "churn_calibration": {
+                        **self.churn_calibration.to_dict(),
+                        "meaning": "churn_probability is served as sigmoid(a * logit(graph "
+                        "churn) + b * log(graph expected_orders) + c), before the order "
+                        "forecast reads it (features.calibration)",
+                    }
+                }
+                if self.churn_calibration is not None
+                else {}
+            ),
+            **(
+                {
                     "orders_forecast": {
                         "kind": "zip_quantile",
                         "level": self.orders_level,
@@ -162,6 +178,7 @@ class Manifest:
                 "prior",
                 "input_reference",
                 "orders_forecast",
+                "churn_calibration",
             }
             return cls(
                 model_version=str(data["model_version"]),
@@ -184,6 +201,11 @@ class Manifest:
                 feature_definition_version=int(feats["definition_version"]),
                 prior=PriorSpec.from_dict(data["prior"]) if "prior" in data else None,
                 orders_level=_orders_level(data.get("orders_forecast")),
+                churn_calibration=(
+                    ChurnCalibration.from_dict(data["churn_calibration"])
+                    if "churn_calibration" in data
+                    else None
+                ),
                 input_reference=(
                     InputReference.from_dict(data["input_reference"])
                     if "input_reference" in data

@@ -116,6 +116,9 @@ class Scorer:
             )
         outputs = self.session.run(list(OUTPUT_NAMES), self.feeds(raw))
         mean, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
+        calibration = self.manifest.churn_calibration
+        if calibration is not None:
+            churn = calibration.apply(churn, mean).astype(np.float32)
         level = self.manifest.orders_level
         if level is None:
             return Scores(mean, spend, churn)

@@ -51,6 +51,7 @@ from features.windows import (
 )
 from serving.scorer import sha256_file
 from training.baselines import baselines
+from training.calibration import fit_churn_calibration
 from training.dataset import build_tensor, first_window, fit_input_reference, to_event_arrays
 from training.origins import (
     MASKED,
@@ -441,6 +442,15 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
     (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     # The served order forecast's level (features.forecast): chosen on the population at the
     # cutoff from the model's own scores, no outcome read, so that its total is the model's.
+    # The served churn's recalibration (features.calibration), on the latest origin whose
+    # horizon is known: the pseudo-cutoff's customers, kept only if it ranks them better.
+    labelled = main.select_val.select(main.select_val.complete)
+    raw_val = load_model(cfg.out).score(labelled.sequences)
+    churn_calibration, calibration_info = fit_churn_calibration(
+        raw_val.churn_probability, raw_val.means(), labelled.churn, cfg.seed
+    )
+    tmp_manifest = replace(tmp_manifest, churn_calibration=churn_calibration)
+    (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     at_cutoff = test.window_index == -1
     cut_means = load_model(cfg.out).score(test.sequences[at_cutoff])
     orders_level = total_level(cut_means.means(), cut_means.churn_probability, cfg.seed)
@@ -520,6 +530,7 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
         "target": "orders = distinct UTC days with a purchase (order days); churn = no order "
         "day in the horizon; spend = purchase value in the horizon",
         "prior": prior.to_dict(),
+        "churn_calibration": calibration_info,
         "orders_forecast": {
             "served": "expected_orders: each customer's level-quantile of the zero-inflated "
             "Poisson with the model's mean and P(no order); model_mean: the mean itself",
@@ -555,6 +566,7 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
         thresholds,
         onnx_sha,
         prior=prior,
+        churn_calibration=churn_calibration,
         orders_level=orders_level,
         input_reference=reference,
         extra={

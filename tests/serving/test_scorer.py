@@ -132,3 +132,31 @@ def test_an_orders_forecast_this_code_cannot_serve_is_refused_at_load(
     _with_orders_forecast(copy, block)
     with pytest.raises(ModelLoadError, match=says):
         load_model(copy)
+
+
+def test_a_model_with_a_churn_calibration_serves_it_and_forecasts_orders_from_it(
+    copy: Path,
+) -> None:
+    from features.calibration import ChurnCalibration
+    from features.forecast import quantile_forecast
+
+    rng = np.random.default_rng(5)
+    spec = load_model(copy).manifest.spec
+    x = rng.gamma(0.3, 1.0, (200, spec.seq_len, N_FEATURES)).astype(np.float32)
+    _with_orders_forecast(copy, None)
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("churn_calibration", None)
+    path.write_text(json.dumps(manifest))
+    plain = load_model(copy).score(x)
+    cal = ChurnCalibration(0.3, -1.4, -0.4)
+    manifest["churn_calibration"] = cal.to_dict()
+    manifest["orders_forecast"] = {"kind": "zip_quantile", "level": 0.6}
+    path.write_text(json.dumps(manifest))
+    served = load_model(copy).score(x)
+    churn = cal.apply(plain.churn_probability, plain.expected_orders).astype(np.float32)
+    np.testing.assert_array_equal(served.churn_probability, churn)
+    np.testing.assert_array_equal(
+        served.expected_orders,
+        quantile_forecast(plain.expected_orders, churn, 0.6).astype(np.float32),
+    )
