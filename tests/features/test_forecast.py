@@ -12,9 +12,7 @@ import pytest
 from features.forecast import quantile_forecast, total_level, zip_of
 
 
-def _zip_draws(
-    rng: np.random.Generator, lam: np.ndarray, pi: np.ndarray, draws: int
-) -> np.ndarray:
+def _zip_draws(rng: np.random.Generator, lam: np.ndarray, pi: np.ndarray, draws: int) -> np.ndarray:
     alive = rng.random((draws, len(lam))) >= pi
     return np.where(alive, rng.poisson(lam, (draws, len(lam))), 0)
 
@@ -59,9 +57,11 @@ def test_quantiles_are_the_smallest_counts_whose_cdf_reaches_the_level() -> None
     p0 = np.clip(np.exp(-mean) + rng.uniform(0, 0.6, 400), 0, 0.99)
     lam, pi = zip_of(mean, p0)
     k = np.arange(200)
-    log_pmf = k[None, :] * np.log(lam[:, None]) - lam[:, None] - np.cumsum(
-        np.log(np.maximum(k, 1))
-    )[None, :]
+    log_pmf = (
+        k[None, :] * np.log(lam[:, None])
+        - lam[:, None]
+        - np.cumsum(np.log(np.maximum(k, 1)))[None, :]
+    )
     cdf = pi[:, None] + (1 - pi[:, None]) * np.cumsum(np.exp(log_pmf), axis=1)
     for level in (0.1, 0.5, 0.74, 0.9, 0.99):
         brute = np.argmax(cdf >= level, axis=1)
