@@ -19,6 +19,7 @@ import pandas as pd
 
 from features.windows import DAY_MS
 from training.outofcore import DEFAULT_MEMORY_LIMIT, EventStore
+from training.resources import StageLog
 
 log = logging.getLogger("train-and-export")
 
@@ -149,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.pipeline import TrainConfig, TrainingError
 
     stack = contextlib.ExitStack()
+    stages = StageLog()
+    stack.callback(stages.close)
     try:
+        stages.start("read")
         events: pd.DataFrame | EventStore
         if args.engine == "duckdb":
             if args.events is None:
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         from training.pipeline import run
 
-        report = run(events, cfg)
+        report = run(events, cfg, stages)
     except (IngestError, TrainingError, ValueError) as exc:
         log.error("%s", exc)
         print(f"train-and-export: error: {exc}", file=sys.stderr)

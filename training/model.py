@@ -34,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from features.manifest import INPUT_NAME, SUMMARY_INPUT_NAME
+from training.resources import progress
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +448,7 @@ def _fit_epochs(
     if val is not None:
         checks.append(check_epoch(model, val, cfg))
         history["val_loss"] = [float(checks[-1].losses.mean())]
-    for epoch in range(epochs):
+    for epoch in progress(range(epochs), desc=f"fit (seed {seed})", unit="epoch"):
         t0 = time.perf_counter()
         fit = model.fit(
             data.inputs(),

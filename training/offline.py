@@ -23,6 +23,7 @@ from features.windows import DORMANT_CHURN_FLOOR, FEATURE_INDEX, close_populatio
 from serving.scorer import Scorer, load_model
 from training.dataset import Samples, build_tensor, first_window, to_event_arrays
 from training.origins import OriginSet
+from training.resources import progress
 
 SCORE_COLUMNS = (*OUTPUT_NAMES, "mean_orders")
 """The score columns of a predictions frame: the served outputs and the model's mean."""
@@ -58,7 +59,8 @@ def score_samples(scorer: Scorer, samples: Samples, batch_size: int = 8192) -> p
 def score_rows(scorer: Scorer, rows: OriginSet, batch_size: int = 8192) -> pd.DataFrame:
     """Like :func:`score_samples` for training's origin rows (actuals where fully observed)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in SCORE_COLUMNS}
-    for lo in range(0, len(rows), batch_size):
+    batches = range(0, len(rows), batch_size)
+    for lo in progress(batches, desc="score", unit="batch"):
         scores = scorer.score(rows.sequences[lo : lo + batch_size])
         for k in OUTPUT_NAMES:
             parts[k].append(getattr(scores, k))

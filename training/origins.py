@@ -35,6 +35,7 @@ from features.windows import (
     lifetime_summary,
     population_mask,
 )
+from training.resources import progress
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def origin_set(
                 100 * keep_fraction,
             )
     parts: list[OriginSet] = []
-    for w in windows:
+    for w in progress(windows, desc="origins", unit="window"):
         seq = sequences_at(tensor, w)
         mask = population_mask(seq, spec.lookback)
         if keep_fraction < 1.0:

@@ -62,6 +62,7 @@ from training.origins import (
     prior_at,
 )
 from training.outofcore import EventStore
+from training.resources import StageLog
 
 log = logging.getLogger(__name__)
 
@@ -368,15 +369,21 @@ def lift_rows(rows: OriginSet, preds: dict[str, dict[str, np.ndarray]]) -> dict[
     }
 
 
-def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
+def run(
+    events: pd.DataFrame | EventStore, cfg: TrainConfig, stages: StageLog | None = None
+) -> dict[str, Any]:
     """The whole command; returns the report dict (also written to ``report.json``).
 
     ``events``: the canonical frame (pandas engine) or an :class:`EventStore` (DuckDB engine,
-    events never in memory); both give the same tensor and user order.
+    events never in memory); both give the same tensor and user order. ``stages``: the run's
+    stage log (the CLI's, with its reading stage in it), whose wall time and peak RSS per stage
+    the report gets under ``resources``.
     """
     from training import export, report
     from training.clv import fit_pareto_nbd
 
+    stages = stages if stages is not None else StageLog()
+    stages.start("features")
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
     spec = cfg.spec
@@ -401,7 +408,9 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
     else:
         first = first_window(arrays, spec)
         tensor = build_tensor(arrays, spec, max(last_complete, -1))
+    stages.start("fit")
     main = fit_at(tensor, user_ids, first, -1, cfg)
+    stages.start("export")
     model = main.models[0]
     prior = main.prior
 
@@ -458,6 +467,7 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
     tmp_manifest = replace(tmp_manifest, orders_level=orders_level)
     (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     scorer = load_model(cfg.out)
+    stages.start("evaluate")
     val_scores = score_rows(scorer, main.select_val)
     thresholds = churn_thresholds(val_scores["churn_probability"].to_numpy(), main.select_val.churn)
     test_scores = score_rows(scorer, test)
@@ -497,6 +507,7 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
     if cfg.quantize:
         quant = _quantize(cfg, onnx_path, test.select(at_cutoff), metrics)
 
+    stages.finish()
     cut_rows = test.select(at_cutoff)
     last = cut_rows.sequences[:, -1, :]
     age = lifetime_summary(last.astype(np.float64))[2]
@@ -556,6 +567,7 @@ def run(events: pd.DataFrame | EventStore, cfg: TrainConfig) -> dict[str, Any]:
         "lift_by_decile": lifts,
         "rolling_origin": {**rolling, "folds": folds},
         "quantized": quant,
+        "resources": stages.to_dict(),
         "source": cfg.source,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -289,6 +289,26 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def resources_lines(resources: Mapping[str, Any] | None) -> list[str]:
+    """The ``## Resources`` table: wall time and peak RSS per stage (:mod:`training.resources`)."""
+    if not resources or not resources.get("stages"):
+        return []
+    rows = [
+        [str(st["stage"]), f"{st['seconds']:.1f}", f"{st['peak_rss_mb']:,.0f}"]
+        for st in resources["stages"]
+    ]
+    rows.append(["**run**", f"{resources['seconds']:.1f}", f"{resources['peak_rss_mb']:,.0f}"])
+    return [
+        "## Resources",
+        "",
+        *_markdown_table(["stage", "wall s", "peak RSS MB"], rows),
+        "",
+        f"Peak RSS per stage sampled every {resources['rss_sampled_every_s']} s; the run's "
+        "peak is the kernel's high-water mark. The report itself is written after them.",
+        "",
+    ]
+
+
 def write_report(
     out_dir: str | Path,
     models: Mapping[str, Mapping[str, Mapping[str, Any]]],
@@ -361,8 +381,9 @@ def write_report(
     md: list[str] = [f"# {title}", ""]
     if extra:
         md += ["## Run", ""]
-        md += [f"- **{k}**: {_jsonable(v)}" for k, v in extra.items()]
+        md += [f"- **{k}**: {_jsonable(v)}" for k, v in extra.items() if k != "resources"]
         md.append("")
+        md += resources_lines(extra.get("resources"))
     md += ["## Metrics (test set)", "", *markdown_tables(models, reference)]
     md += ["## Model vs baselines", "", *verdict_lines(models, reference), ""]
     if history and history.get("val_loss"):

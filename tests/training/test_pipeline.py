@@ -7,6 +7,7 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -144,3 +145,23 @@ def test_a_wholesalers_christmas_quarter_is_forecast_from_last_years(wholesaler:
     manifest = json.loads((wholesaler / "manifest.json").read_text())
     assert manifest["prior"]["season"]["cos"]
     assert load_model(wholesaler).version == manifest["model_version"]
+
+
+def test_the_report_gives_each_stages_wall_time_and_peak_memory(trained: Path) -> None:
+    report = json.loads((trained / "report.json").read_text())["extra"]
+    stages = report["resources"]["stages"]
+    assert [s["stage"] for s in stages] == ["read", "features", "fit", "export", "evaluate"]
+    assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 50 for s in stages)
+    assert report["resources"]["peak_rss_mb"] >= max(s["peak_rss_mb"] for s in stages)
+    assert "## Resources" in (trained / "report.md").read_text()
+
+
+def test_predictions_carry_the_served_forecast_and_the_mean(trained: Path) -> None:
+    manifest = json.loads((trained / "manifest.json").read_text())
+    level = manifest["orders_forecast"]["level"]
+    assert 0 < level < 1
+    rows = pd.read_csv(trained / "predictions.csv")
+    served, mean = rows["expected_orders"].to_numpy(), rows["mean_orders"].to_numpy()
+    assert np.array_equal(served, np.round(served))  # counts
+    # The level keeps the cutoff population's total (to within a count or two of customers).
+    assert abs(served.sum() - mean.sum()) <= max(2.0, 0.01 * mean.sum())
