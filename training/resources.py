@@ -76,12 +76,18 @@ class StageLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._running: tuple[str, float] | None = None
+        self._generation = 0
 
     def _sample(self) -> None:
         while not self._stop.wait(self._sample_seconds):
+            with self._lock:
+                generation = self._generation
             now = rss_bytes()
             with self._lock:
-                self._peak = max(self._peak, now)
+                # A reading taken before a stage started belongs to the stage before: the
+                # read releases the GIL, and a stage can end and the next begin meanwhile.
+                if generation == self._generation:
+                    self._peak = max(self._peak, now)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -98,6 +104,7 @@ class StageLog:
             self._thread = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
             self._thread.start()
         with self._lock:
+            self._generation += 1
             self._peak = rss_bytes()
         self._running = (name, time.perf_counter())
 
