@@ -222,6 +222,8 @@ class Manifest:
 def _orders_level(block: Any) -> float | None:
     if block is None:
         return None
+    if not isinstance(block, dict):
+        raise ManifestError(f"orders_forecast must be an object, not {type(block).__name__}")
     if block.get("kind") != "zip_quantile":
         raise ManifestError(
             f"orders_forecast kind {block.get('kind')!r}, this code serves zip_quantile"

@@ -82,7 +82,7 @@ def test_the_shipped_models_carry_their_input_reference_and_older_manifests_load
         assert Manifest.from_dict(raw).input_reference is None
 
 
-def _with_orders_forecast(model_dir: Path, block: dict[str, object] | None) -> None:
+def _with_orders_forecast(model_dir: Path, block: object) -> None:
     path = model_dir / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest.pop("orders_forecast", None)
@@ -124,10 +124,12 @@ def test_a_model_with_an_orders_level_serves_each_customers_quantile_and_the_mea
         ({"kind": "zip_quantile", "level": 1.5}, "level 1.5 is not in"),
         ({"kind": "median", "level": 0.5}, "kind 'median'"),
         ({"kind": "zip_quantile"}, "malformed"),
+        ("zip_quantile", "must be an object, not str"),
+        ({"kind": "zip_quantile", "level": "high"}, "malformed"),
     ],
 )
 def test_an_orders_forecast_this_code_cannot_serve_is_refused_at_load(
-    copy: Path, block: dict[str, object], says: str
+    copy: Path, block: object, says: str
 ) -> None:
     _with_orders_forecast(copy, block)
     with pytest.raises(ModelLoadError, match=says):
