@@ -382,7 +382,10 @@ def run(
     from training import export, report
     from training.clv import fit_pareto_nbd
 
-    stages = stages if stages is not None else StageLog()
+    if stages is None:
+        # Nobody else will close it: its sampler thread ends with this run.
+        with StageLog() as own:
+            return run(events, cfg, own)
     stages.start("features")
     started = time.perf_counter()
     cfg.out.mkdir(parents=True, exist_ok=True)
@@ -453,18 +456,25 @@ def run(
     # cutoff from the model's own scores, no outcome read, so that its total is the model's.
     # The served churn's recalibration (features.calibration), on the latest origin whose
     # horizon is known: the pseudo-cutoff's customers, kept only if it ranks them better.
+    # Both from the graph's raw outputs, with the same pure code the scorer then applies.
+    raw = load_model(cfg.out)
     labelled = main.select_val.select(main.select_val.complete)
-    raw_val = load_model(cfg.out).score(labelled.sequences)
+    raw_val = raw.score(labelled.sequences)
     churn_calibration, calibration_info = fit_churn_calibration(
         raw_val.churn_probability, raw_val.means(), labelled.churn, cfg.seed
     )
-    tmp_manifest = replace(tmp_manifest, churn_calibration=churn_calibration)
-    (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     at_cutoff = test.window_index == -1
-    cut_means = load_model(cfg.out).score(test.sequences[at_cutoff])
-    orders_level = total_level(cut_means.means(), cut_means.churn_probability, cfg.seed)
+    cut = raw.score(test.sequences[at_cutoff])
+    cut_churn = (
+        cut.churn_probability
+        if churn_calibration is None
+        else churn_calibration.apply(cut.churn_probability, cut.means()).astype(np.float32)
+    )
+    orders_level = total_level(cut.means(), cut_churn, cfg.seed)
     log.info("served order forecast: the %.4f-quantile of each customer's ZIP", orders_level)
-    tmp_manifest = replace(tmp_manifest, orders_level=orders_level)
+    tmp_manifest = replace(
+        tmp_manifest, churn_calibration=churn_calibration, orders_level=orders_level
+    )
     (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     scorer = load_model(cfg.out)
     stages.start("evaluate")

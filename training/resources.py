@@ -120,6 +120,12 @@ class StageLog:
         self.stages.append(Stage(name, seconds, peak))
         log.info("stage %s: %.1f s, peak RSS %.0f MB", name, seconds, peak / MB)
 
+    def __enter__(self) -> StageLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.finish()
         self._stop.set()
