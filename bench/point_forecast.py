@@ -33,6 +33,8 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
+from features.forecast import zip_of
+
 log = logging.getLogger("bench.point_forecast")
 
 FloatArray = npt.NDArray[np.float64]
@@ -41,13 +43,9 @@ MAX_COUNT = 120
 
 
 def zip_cdf(mean: FloatArray, p0: FloatArray, kmax: int = MAX_COUNT) -> FloatArray:
-    """``[N, kmax + 1]`` CDFs of zero-inflated Poissons with these means and P(0)."""
-    p0 = np.clip(p0, 1e-9, 1 - 1e-9)
-    lam = np.maximum(mean, 1e-9)
-    # p0 = 1 - (m / lam)(1 - exp(-lam))  <=>  lam = m (1 - exp(-lam)) / (1 - p0): a fixed point.
-    for _ in range(200):
-        lam = np.maximum(mean * (1 - np.exp(-lam)) / (1 - p0), 1e-9)
-    inflation = np.clip(1 - mean / lam, 0.0, 1.0)
+    """``[N, kmax + 1]`` CDFs of zero-inflated Poissons with these means and P(0): the served
+    family (:func:`features.forecast.zip_of`, tabulated)."""
+    lam, inflation = zip_of(mean, p0)
     k = np.arange(kmax + 1)
     poisson = stats.poisson.cdf(k[None, :], lam[:, None])
     return np.asarray(inflation[:, None] + (1 - inflation[:, None]) * poisson, dtype=np.float64)

@@ -82,12 +82,14 @@ def test_the_shipped_models_carry_their_input_reference_and_older_manifests_load
         assert Manifest.from_dict(raw).input_reference is None
 
 
-def _with_orders_forecast(model_dir: Path, block: object) -> None:
+def _with_orders_forecast(model_dir: Path, block: object, churn_calibration: object = None) -> None:
+    """The copy's manifest with this orders forecast and churn calibration (None: without)."""
     path = model_dir / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest.pop("orders_forecast", None)
-    if block is not None:
-        manifest["orders_forecast"] = block
+    for key, value in (("orders_forecast", block), ("churn_calibration", churn_calibration)):
+        manifest.pop(key, None)
+        if value is not None:
+            manifest[key] = value
     path.write_text(json.dumps(manifest))
 
 
@@ -146,15 +148,11 @@ def test_a_model_with_a_churn_calibration_serves_it_and_forecasts_orders_from_it
     spec = load_model(copy).manifest.spec
     x = rng.gamma(0.3, 1.0, (200, spec.seq_len, N_FEATURES)).astype(np.float32)
     _with_orders_forecast(copy, None)
-    path = copy / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest.pop("churn_calibration", None)
-    path.write_text(json.dumps(manifest))
     plain = load_model(copy).score(x)
     cal = ChurnCalibration(0.3, -1.4, -0.4)
-    manifest["churn_calibration"] = cal.to_dict()
-    manifest["orders_forecast"] = {"kind": "zip_quantile", "level": 0.6}
-    path.write_text(json.dumps(manifest))
+    _with_orders_forecast(
+        copy, {"kind": "zip_quantile", "level": 0.6}, churn_calibration=cal.to_dict()
+    )
     served = load_model(copy).score(x)
     churn = cal.apply(plain.churn_probability, plain.expected_orders).astype(np.float32)
     np.testing.assert_array_equal(served.churn_probability, churn)
