@@ -100,12 +100,34 @@ def remember(pending: Iterable[Pending], new: Pending, horizon: int) -> list[Pen
     entries per role are exactly those whose horizon has not passed."""
     if horizon < 1:
         raise ValueError("horizon must be >= 1")
-    kept = [p for p in pending if (p.window, p.shadow) != (new.window, new.shadow)]
+    kept = list(pending)
+    if _appends(kept, new, horizon):
+        # The usual call: a close after every waiting one, in order and within the bound.
+        kept.append(new)
+        if sum(1 for p in kept if p.shadow == new.shadow) > horizon:
+            oldest = next(i for i, p in enumerate(kept) if p.shadow == new.shadow)
+            del kept[oldest]
+        return kept
+    kept = [p for p in kept if (p.window, p.shadow) != (new.window, new.shadow)]
     kept.append(new)
     kept.sort(key=lambda p: (p.window, p.shadow))
     serving = [p for p in kept if not p.shadow][-horizon:]
     shadow = [p for p in kept if p.shadow][-horizon:]
     return sorted(serving + shadow, key=lambda p: (p.window, p.shadow))
+
+
+def _appends(kept: list[Pending], new: Pending, horizon: int) -> bool:
+    """Whether ``new`` goes after every entry of ``kept``, which is in order and holds at
+    most ``horizon`` per role: then adding it is an append and a trim of its own role."""
+    last = (-(2**63), False)
+    per_role = [0, 0]
+    for p in kept:
+        key = (p.window, p.shadow)
+        if key <= last:
+            return False
+        last = key
+        per_role[p.shadow] += 1
+    return last < (new.window, new.shadow) and max(per_role) <= horizon
 
 
 __all__ = ["Outcome", "Pending", "on_time", "remember", "settle"]

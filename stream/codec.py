@@ -18,6 +18,7 @@ must be rebuilt from the clickstream, as for a changed window grid (the error sa
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,13 @@ class UserRecord:
     delivered again after a crash (at-least-once) is recognised and not counted twice."""
     pending: list[Pending] = field(default_factory=list)
     """Window-close predictions whose horizon has not passed, oldest first (at most the
-    horizon's length, :mod:`features.outcomes`)."""
+    horizon's length, :mod:`features.outcomes`). Replaced, never changed in place: the
+    encoding below is kept for the list it was made of."""
+    pending_code: tuple[list[Pending], list[str], bytes] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """``pending``'s encoded block, for the list object it encodes: a user is written at
+    each of their events but their predictions change only at a close (issue 15's cost)."""
 
 
 def _open_to_json(w: OpenWindow) -> list[Any]:
@@ -81,59 +88,84 @@ def _open_from_json(v: list[Any]) -> OpenWindow:
     )
 
 
-_PENDING = np.dtype(
-    [
-        ("window", "<i4"),
-        ("version", "<i2"),
-        ("shadow", "<i2"),
-        ("orders", "<f4"),
-        ("spend", "<f4"),
-        ("churn", "<f4"),
-        ("order_days_before", "<f8"),
-        ("spend_before", "<f8"),
-    ]
-)
-"""One waiting prediction after the ring (36 bytes): the scores are ONNX Runtime's float32
-values, so float32 keeps them exactly; the totals are float64 like the state's. In JSON the
-13 entries of a weekly user took ~1.5 kB, more than the rest of the header."""
+_PENDING = struct.Struct("<ihhfffdd")
+"""One waiting prediction after the ring (36 bytes): window (int32), model version index and
+shadow flag (int16 each), the scores as float32 (ONNX Runtime's own values, so float32 keeps
+them exactly), the totals as float64 like the state's. In JSON the 13 entries of a weekly user
+took ~1.5 kB, more than the rest of the header. Packed with :mod:`struct`, not a numpy record
+array: per user there are at most a horizon's few entries, where numpy's per-call overhead
+was most of the online evaluation's cost in the codec."""
 
 
 def _pending_block(pending: list[Pending]) -> tuple[list[str], bytes]:
     versions = sorted({p.model_version for p in pending})
     index = {v: i for i, v in enumerate(versions)}
-    block = np.array(
-        [
-            (
-                p.window,
-                index[p.model_version],
-                p.shadow,
-                p.orders,
-                p.spend,
-                p.churn,
-                p.order_days_before,
-                p.spend_before,
-            )
-            for p in pending
-        ],
-        dtype=_PENDING,
+    pack = _PENDING.pack
+    block = b"".join(
+        pack(
+            p.window,
+            index[p.model_version],
+            p.shadow,
+            p.orders,
+            p.spend,
+            p.churn,
+            p.order_days_before,
+            p.spend_before,
+        )
+        for p in pending
     )
-    return versions, block.tobytes()
+    return versions, block
 
 
 def _pending_from_block(versions: list[str], data: bytes) -> list[Pending]:
     return [
-        Pending(
-            int(r["window"]),
-            versions[int(r["version"])],
-            float(r["orders"]),
-            float(r["spend"]),
-            float(r["churn"]),
-            float(r["order_days_before"]),
-            float(r["spend_before"]),
-            bool(r["shadow"]),
-        )
-        for r in np.frombuffer(data, dtype=_PENDING)
+        Pending(w, versions[v], orders, spend, churn, days, spent, bool(shadow))
+        for w, v, shadow, orders, spend, churn, days, spent in _PENDING.iter_unpack(data)
     ]
+
+
+def _pending_encoded(record: UserRecord) -> tuple[list[str], bytes]:
+    code = record.pending_code
+    pending = record.pending
+    if code is not None and code[0] is not pending:
+        code = _pending_moved_on(code, pending)
+        record.pending_code = code
+    if code is None:
+        versions, block = _pending_block(pending)
+        code = record.pending_code = (pending, versions, block)
+    return code[1], code[2]
+
+
+def _pending_moved_on(
+    code: tuple[list[Pending], list[str], bytes], pending: list[Pending]
+) -> tuple[list[Pending], list[str], bytes] | None:
+    """The block of ``pending`` from the block of the list before it, when a close only
+    settled the oldest entries and added one of a known model version (the usual close):
+    the kept entries' bytes are reused. ``None`` when it is not that case."""
+    before, versions, block = code
+    if not pending:
+        return None
+    kept = len(pending) - 1
+    dropped = len(before) - kept
+    if dropped < 0 or any(a is not b for a, b in zip(before[dropped:], pending, strict=False)):
+        return None
+    new = pending[-1]
+    if new.model_version not in versions or (
+        dropped and len({p.model_version for p in pending}) != len(versions)
+    ):
+        return None
+    p = new
+    entry = _PENDING.pack(
+        p.window,
+        versions.index(p.model_version),
+        p.shadow,
+        p.orders,
+        p.spend,
+        p.churn,
+        p.order_days_before,
+        p.spend_before,
+    )
+    return pending, versions, block[dropped * _PENDING.size :] + entry
 
 
 def encode_user(record: UserRecord) -> bytes:
@@ -159,7 +191,7 @@ def encode_user(record: UserRecord) -> bytes:
     pending = b""
     if record.pending:
         # Only when there is something: a user with no prediction waiting carries no key.
-        fields["pv"], pending = _pending_block(record.pending)
+        fields["pv"], pending = _pending_encoded(record)
         fields["pn"] = len(record.pending)
     header = orjson.dumps(fields)
     return len(header).to_bytes(4, "big") + header + s.ring.astype("<f4").tobytes() + pending
@@ -198,7 +230,10 @@ def decode_user(data: bytes) -> UserRecord:
     seen = {int(k): int(v) for k, v in h.get("so", {}).items()}
     # Optional: a record written before the online evaluation has none waiting.
     pending = _pending_from_block(h["pv"], data[ring_end:]) if h.get("pn") else []
-    return UserRecord(state, h["lf"], h["ls"], seen, pending)
+    record = UserRecord(state, h["lf"], h["ls"], seen, pending)
+    if pending:
+        record.pending_code = (pending, h["pv"], bytes(data[ring_end:]))
+    return record
 
 
 @dataclass(slots=True)

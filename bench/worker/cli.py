@@ -51,6 +51,8 @@ from bench.worker.harness import (
     run_config,
 )
 from bench.worker.phases import (
+    alternating_evaluation,
+    evaluation_cost,
     run_ceiling,
     run_latency,
     run_processor_only,
@@ -108,15 +110,24 @@ async def run_all(
     )
     log.info("[processor] %.0f events/s", result["processor"]["events_per_s"])
     # The online evaluation's cost (issue 15: under 10 %), side by side: the same events with
-    # it off, through the processor alone and (below) through the worker.
-    result["processor_no_eval"] = await asyncio.to_thread(
-        run_processor_only,
-        settings.with_overrides(app_id=f"{run_dir.name}-proc-noeval", online_evaluation=False),
-        data.records,
-    )
-    log.info(
-        "[processor, evaluation off] %.0f events/s", result["processor_no_eval"]["events_per_s"]
-    )
+    # it off, through the processor alone and (below) through the worker; with more than one
+    # pair, in alternating order (the run above is the first "on").
+    processor_runs = [(True, result["processor"]["events_per_s"])]
+    for n, on in enumerate(alternating_evaluation(cfg.evaluation_pairs)):
+        run = await asyncio.to_thread(
+            run_processor_only,
+            settings.with_overrides(
+                app_id=f"{run_dir.name}-proc-{'eval' if on else 'noeval'}-{n}",
+                online_evaluation=on,
+            ),
+            data.records,
+        )
+        if not on and "processor_no_eval" not in result:
+            result["processor_no_eval"] = run
+        processor_runs.append((on, run["events_per_s"]))
+        log.info(
+            "[processor, evaluation %s] %.0f events/s", "on" if on else "off", run["events_per_s"]
+        )
 
     # 1. ceiling
     ceil = phase_settings(settings, f"{run_dir.name}-ceiling", run_dir)
@@ -160,29 +171,30 @@ async def run_all(
             run["metrics"]["mean_sequences_per_ort_call"] or 0,
         )
 
-    # 2a. the first store's worker with the online evaluation off
+    # 2a. the first store's worker with the online evaluation off (and, with more pairs, on
+    # and off again in alternating order)
     if cfg.stores:
-        off = await run_worker_throughput(
-            cfg,
-            settings.with_overrides(online_evaluation=False),
-            run_dir,
-            cfg.stores[0],
-            data.records,
-            broker_pid,
-            name=f"{cfg.stores[0]}-no-eval",
-            app_module=cfg.app_module,
+        worker_runs = [(True, result["worker"][0]["events_per_s"])]
+        for n, on in enumerate(alternating_evaluation(cfg.evaluation_pairs)):
+            run = await run_worker_throughput(
+                cfg,
+                settings.with_overrides(online_evaluation=on),
+                run_dir,
+                cfg.stores[0],
+                data.records,
+                broker_pid,
+                name=f"{cfg.stores[0]}-{'eval' if on else 'no-eval'}-{n}",
+                app_module=cfg.app_module,
+            )
+            worker_runs.append((on, run["events_per_s"]))
+            log.info(
+                "[worker, evaluation %s] %s events/s",
+                "on" if on else "off",
+                _fmt(run["events_per_s"]),
+            )
+        result["evaluation_cost"] = evaluation_cost(
+            worker_runs, processor_runs, result["processor"]["prediction_outcomes"]
         )
-        on = result["worker"][0]["events_per_s"]
-        result["evaluation_cost"] = {
-            "worker_on": on,
-            "worker_off": off["events_per_s"],
-            "worker_cost": 1 - on / off["events_per_s"] if on and off["events_per_s"] else None,
-            "processor_on": result["processor"]["events_per_s"],
-            "processor_off": result["processor_no_eval"]["events_per_s"],
-            "processor_cost": 1
-            - result["processor"]["events_per_s"] / result["processor_no_eval"]["events_per_s"],
-            "prediction_outcomes": result["processor"]["prediction_outcomes"],
-        }
         log.info("[evaluation cost] %s", result["evaluation_cost"])
 
     # 2b. the naive pattern (per-event table write + batch-1 ORT call) on the first events

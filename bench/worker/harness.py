@@ -56,6 +56,10 @@ class BenchConfig:
     keep_data: bool = False
     stall_timeout_s: float = 120.0
     verbose: bool = False
+    evaluation_pairs: int = 1
+    """On/off pairs of the online evaluation's cost, in alternating order (on off, off on,
+    on off, ...): one pair run after another on a shared machine drifts by as much as the
+    cost itself, and the alternation cancels a steady drift."""
     bootstrap: str | None = None
     """Use this running broker (host:port) instead of starting one (the smoke test does)."""
     app_module: str = "stream.app"
@@ -101,6 +105,13 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--keep-data", action="store_true", help="keep the broker's topic data")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "--evaluation-pairs",
+        type=int,
+        default=1,
+        help="on/off pairs measuring the online evaluation's cost, in alternating order "
+        "(default 1)",
+    )
     p.add_argument(
         "--stores",
         help="comma-separated worker stores to measure: memory, rocksdb (default memory; "
@@ -156,6 +167,7 @@ def config_from_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Bench
         verbose=a.verbose,
         bootstrap=a.bootstrap,
         app_module=a.app,
+        evaluation_pairs=max(1, getattr(a, "evaluation_pairs", 1) or 1),
     )
 
 

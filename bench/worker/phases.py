@@ -592,3 +592,53 @@ async def worker_ort_vs_microbench(run: dict[str, Any]) -> dict[str, Any] | None
         "worker_sequences_per_s": worker,
         "ratio": worker / micro["sequences_per_s"] if worker else None,
     }
+
+
+def alternating_evaluation(pairs: int) -> list[bool]:
+    """The online evaluation's setting for each run after a first run with it on, so that
+    ``pairs`` on/off pairs alternate their order (on off, off on, on off, ...): a steady drift
+    of the machine over the runs then falls on both sides alike."""
+    order = [False]
+    for k in range(2, pairs + 1):
+        order += [False, True] if k % 2 == 0 else [True, False]
+    return order
+
+
+def evaluation_cost(
+    worker_runs: Sequence[tuple[bool, float | None]],
+    processor_runs: Sequence[tuple[bool, float]],
+    prediction_outcomes: int,
+) -> dict[str, Any]:
+    """The online evaluation's cost from runs in :func:`alternating_evaluation`'s order
+    (``(on, events/s)``, the first one on): mean rates on and off, the cost of the means, and
+    each pair's own cost, which shows the spread between runs of one machine."""
+
+    def summary(runs: Sequence[tuple[bool, float | None]]) -> dict[str, Any]:
+        on = [r for o, r in runs if o and r]
+        off = [r for o, r in runs if not o and r]
+        mean_on = sum(on) / len(on) if on else None
+        mean_off = sum(off) / len(off) if off else None
+        pairs = []
+        for (a_on, a), (_, b) in zip(runs[::2], runs[1::2], strict=False):
+            rate_on, rate_off = (a, b) if a_on else (b, a)
+            pairs.append(1 - rate_on / rate_off if rate_on and rate_off else None)
+        cost = 1 - mean_on / mean_off if mean_on and mean_off else None
+        return {"on": mean_on, "off": mean_off, "cost": cost, "pair_costs": pairs}
+
+    worker = summary(worker_runs)
+    processor = summary(processor_runs)
+    return {
+        "worker_on": worker["on"],
+        "worker_off": worker["off"],
+        "worker_cost": worker["cost"],
+        "worker_pair_costs": worker["pair_costs"],
+        "processor_on": processor["on"],
+        "processor_off": processor["off"],
+        "processor_cost": processor["cost"],
+        "processor_pair_costs": processor["pair_costs"],
+        "runs": {
+            "worker": [{"evaluation": o, "events_per_s": r} for o, r in worker_runs],
+            "processor": [{"evaluation": o, "events_per_s": r} for o, r in processor_runs],
+        },
+        "prediction_outcomes": prediction_outcomes,
+    }

@@ -163,21 +163,36 @@ def render_markdown(result: dict[str, Any]) -> str:
     lines += worker_rows(result)
     cost = result.get("evaluation_cost")
     if cost:
-        lines.append(
-            f"| online evaluation on / off, same events ({cost['prediction_outcomes']:,} "
-            f"predictions settled): worker | {_fmt(cost['worker_on'])} / "
-            f"{_fmt(cost['worker_off'])} events/s, cost "
-            f"**{100 * (cost['worker_cost'] or 0):.1f} %** (target < 10 %) |"
-        )
-        lines.append(
-            f"| online evaluation on / off: processor alone | {_fmt(cost['processor_on'])} / "
-            f"{_fmt(cost['processor_off'])} events/s, cost "
-            f"{100 * cost['processor_cost']:.1f} % |"
-        )
+        lines += evaluation_rows(cost)
     lines += ["", "Problems seen:" if result["problems"] else "Problems seen: none."]
     lines += [f"- {p}" for p in result["problems"]]
     lines += ["", "How these are measured: see `bench/README.md`.", ""]
     return "\n".join(lines)
+
+
+def evaluation_rows(cost: dict[str, Any]) -> list[str]:
+    """Rows of the online evaluation's cost: the means of the on and off runs, and with
+    more than one pair each pair's own cost (their spread is the machine's noise)."""
+
+    def spread(pairs: list[float | None]) -> str:
+        known = [100 * c for c in pairs if c is not None]
+        if len(known) < 2:
+            return ""
+        return f"; {len(known)} alternating pairs: " + ", ".join(f"{c:.1f} %" for c in known)
+
+    runs = cost.get("runs", {})
+    each = len([r for r in runs.get("worker", []) if r["evaluation"]]) or 1
+    return [
+        f"| online evaluation on / off, same events ({cost['prediction_outcomes']:,} "
+        f"predictions settled): worker{f', mean of {each} runs each' if each > 1 else ''} | "
+        f"{_fmt(cost['worker_on'])} / {_fmt(cost['worker_off'])} events/s, cost "
+        f"**{100 * (cost['worker_cost'] or 0):.1f} %** (target < 10 %)"
+        f"{spread(cost.get('worker_pair_costs', []))} |",
+        f"| online evaluation on / off: processor alone | {_fmt(cost['processor_on'])} / "
+        f"{_fmt(cost['processor_off'])} events/s, cost "
+        f"{100 * (cost['processor_cost'] or 0):.1f} %"
+        f"{spread(cost.get('processor_pair_costs', []))} |",
+    ]
 
 
 def worker_rows(result: dict[str, Any]) -> list[str]:

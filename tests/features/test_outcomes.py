@@ -125,3 +125,33 @@ def test_a_shadow_model_s_predictions_wait_beside_the_serving_ones_each_at_most_
     done, waiting = settle(ring, 6, 1.0, 10.0, 3)
     assert [(o.prediction.window, o.prediction.shadow) for o in done] == [(3, False), (3, True)]
     assert all(o.orders == 1.0 for o in done) and len(waiting) == 4
+
+
+def _remember_by_sorting(pending: list[Pending], new: Pending, horizon: int) -> list[Pending]:
+    """The ring's rule spelled out: replace the same (window, role), sort, keep the newest
+    ``horizon`` per role."""
+    kept = [p for p in pending if (p.window, p.shadow) != (new.window, new.shadow)] + [new]
+    kept.sort(key=lambda p: (p.window, p.shadow))
+    serving = [p for p in kept if not p.shadow][-horizon:]
+    shadow = [p for p in kept if p.shadow][-horizon:]
+    return sorted(serving + shadow, key=lambda p: (p.window, p.shadow))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_weekly_buyer_s_ring_built_close_by_close_follows_the_rule_including_odd_inputs(
+    seed: int,
+) -> None:
+    """A weekly buyer's ring with a shadow model on some closes, a re-score after a swap and a
+    close out of order: the append path gives the rule's ring at every step, and so does a
+    ring handed over unordered or over the bound."""
+    rng = np.random.default_rng(seed)
+    horizon = 4
+    ring: list[Pending] = []
+    for step in range(60):
+        window = step if rng.random() > 0.1 else int(rng.integers(0, step + 1))
+        new = Pending(window, "m-a", 1.0, 2.0, 0.5, float(step), 3.0, bool(rng.random() < 0.3))
+        expected = _remember_by_sorting(ring, new, horizon)
+        assert remember(ring, new, horizon) == expected
+        odd = list(rng.permutation(np.array(ring + expected, dtype=object)))
+        assert remember(odd, new, horizon) == _remember_by_sorting(odd, new, horizon)
+        ring = expected

@@ -102,3 +102,77 @@ def test_predictions_waiting_for_their_horizon_round_trip_and_older_records_have
     size = int.from_bytes(plain[:4], "big")
     assert "pn" not in orjson.loads(plain[4 : 4 + size])
     assert decode_user(plain).pending == []
+
+
+def test_the_waiting_block_keeps_its_stored_layout_and_follows_a_replaced_list() -> None:
+    """The block is 36 packed bytes per prediction (int32 window, int16 version index and
+    shadow flag, float32 scores, float64 totals): records already in a changelog stay readable.
+    A user written at each event reuses the block until their predictions change."""
+    waiting = [
+        Pending(3, "m-abc", 1.25, 40.5, 0.3125, 2.0, 57.25),
+        Pending(3, "m-new", 0.5, 10.0, 0.75, 2.0, 57.25, shadow=True),
+        Pending(4, "m-abc", 0.1, 3.3, 0.9, 2.0, 57.25),
+    ]
+    layout = np.dtype(
+        [
+            ("window", "<i4"),
+            ("version", "<i2"),
+            ("shadow", "<i2"),
+            ("orders", "<f4"),
+            ("spend", "<f4"),
+            ("churn", "<f4"),
+            ("order_days_before", "<f8"),
+            ("spend_before", "<f8"),
+        ]
+    )
+    versions = ["m-abc", "m-new"]
+    stored = np.array(
+        [
+            (
+                p.window,
+                versions.index(p.model_version),
+                p.shadow,
+                p.orders,
+                p.spend,
+                p.churn,
+                p.order_days_before,
+                p.spend_before,
+            )
+            for p in waiting
+        ],
+        dtype=layout,
+    ).tobytes()
+    record = UserRecord(_state(), pending=waiting)
+    data = encode_user(record)
+    assert data.endswith(stored) and len(stored) == 36 * len(waiting)
+    again = decode_user(data)
+    assert [p.model_version for p in again.pending] == [p.model_version for p in waiting]
+    assert again.pending[1].shadow and again.pending[2].churn == float(np.float32(0.9))
+    assert encode_user(again) == data
+    record.pending = waiting[1:]
+    assert encode_user(record).endswith(stored[36:])
+    assert decode_user(encode_user(record)).pending == decode_user(data).pending[1:]
+
+
+def test_a_weekly_buyer_s_block_carried_from_close_to_close_is_the_block_encoded_afresh() -> None:
+    """Close by close (settle the due predictions, remember the new one), with a model swap
+    halfway and a shadow model for a while, the block kept from the previous close and
+    extended is byte for byte the one a fresh encoding gives, before and after a restore."""
+    from features.outcomes import remember, settle
+
+    horizon = 3
+    record = UserRecord(_state())
+    for window in range(20):
+        version = "m-old" if window < 9 else "m-new"
+        _, waiting = settle(record.pending, window, float(window), 2.5 * window, horizon)
+        new = Pending(window, version, 0.5, 4.0, 0.25, float(window), 2.5 * window)
+        waiting = remember(waiting, new, horizon)
+        if 5 <= window < 12:
+            shadow = Pending(window, "m-cand", 0.75, 5.0, 0.5, float(window), 2.5 * window, True)
+            waiting = remember(waiting, shadow, horizon)
+        record.pending = waiting
+        data = encode_user(record)
+        assert data == encode_user(UserRecord(_state(), pending=list(waiting)))
+        restored = decode_user(data)
+        assert restored.pending == waiting
+        record = restored
