@@ -227,18 +227,22 @@ def tensor_from_base(
     return WindowTensor(spec, first, features, orders.copy(), spend.copy())
 
 
-def sequences_at(tensor: WindowTensor, window: int) -> Float32Array:
-    """``[users, seq_len, N_FEATURES]`` inputs for a sequence ending with window ``window``."""
+def sequences_at(
+    tensor: WindowTensor, window: int, rows: npt.NDArray[np.intp] | None = None
+) -> Float32Array:
+    """``[users, seq_len, N_FEATURES]`` inputs for a sequence ending with window ``window``;
+    with ``rows``, of those users only (memory: the rows asked for, not every user)."""
     seq_len = tensor.spec.seq_len
     end = tensor.column(window) + 1
     if end > tensor.n_windows:
         raise ValueError(f"window {window} is beyond the tensor")
     start = end - seq_len
-    n_users = tensor.features.shape[0]
+    n_users = tensor.features.shape[0] if rows is None else len(rows)
     out = np.zeros((n_users, seq_len, N_FEATURES), dtype=np.float32)
     lo = max(start, 0)
     if end > 0:
-        out[:, lo - start :, :] = tensor.features[:, lo:end, :]
+        part = tensor.features[:, lo:end, :] if rows is None else tensor.features[rows, lo:end, :]
+        out[:, lo - start :, :] = part
     return out
 
 

@@ -134,7 +134,8 @@ def fit_input_reference(tensor: WindowTensor, last_window: int) -> InputReferenc
     spec = tensor.spec
     rows = []
     for window in range(max(last_window - spec.horizon + 1, tensor.first_index), last_window + 1):
-        last = sequences_at(tensor, window)[:, -1, :]
+        # The window's own column: the sequences' last vectors, without cutting sequences.
+        last = tensor.features[:, tensor.column(window), :]
         rows.append(last[last[:, I_ACTIVE] > 0])
     return fit_reference(np.concatenate(rows) if rows else np.zeros((0, N_FEATURES)))
 

@@ -14,9 +14,11 @@ lookback, or ordered at any time before, however long ago):
 * the churn label (no order in the whole horizon), masked unless the horizon is fully
   observed.
 
-Memory: one origin at a time is cut from the window tensor; ``max_samples`` caps the rows
-kept by a seeded uniform draw over (customer, origin) pairs, so a long history of a large shop
-cannot outgrow the machine.
+Memory: one origin at a time, and of it only the rows kept: who is in the population, and in
+which activity stratum, is read from the window tensor's columns (:func:`activity_strata`),
+and sequences are cut for the drawn rows alone. ``max_samples`` caps the rows by
+:data:`SAMPLE_RULE` (:class:`SamplePlan` says what it did), so a long history of a large shop
+bounds neither memory nor epoch time.
 """
 
 from __future__ import annotations
@@ -24,23 +26,32 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 
 from features.batch import WindowTensor, sequences_at
 from features.summary import PriorSpec, summarize
-from features.windows import (
-    FEATURE_INDEX,
-    Float32Array,
-    lifetime_summary,
-    population_mask,
-)
+from features.windows import FEATURE_INDEX, Float32Array, lifetime_summary
 from training.resources import progress
 
 log = logging.getLogger(__name__)
 
 MASKED = -1.0
 I_ORDER_DAYS = FEATURE_INDEX["order_days"]
+I_ORDER_DAYS_TOTAL = FEATURE_INDEX["order_days_total"]
+I_ACTIVE = FEATURE_INDEX["active"]
+
+STRATA: Final = ("recent_buyers", "dormant_customers", "browsers")
+"""The population at an origin by activity: an order day in the lookback; an order day
+before, none in the lookback; events in the lookback and no order day ever."""
+
+SAMPLE_RULE: Final = (
+    "when the (customer, origin) rows exceed the cap, every origin keeps the same fraction "
+    "(cap / rows) of each activity stratum (recent buyers, dormant customers, browsers), "
+    "rounded per stratum and origin, drawn without replacement by a seeded generator: the "
+    "kept rows have the population's mix of origins and of activity"
+)
 
 
 @dataclass
@@ -112,6 +123,84 @@ def prior_at(last: np.ndarray, fit: PriorFit) -> PriorSpec:
     return fit(x[ordered], t_x[ordered], age[ordered], spend[ordered], days[ordered])
 
 
+def activity_strata(tensor: WindowTensor, window: int) -> dict[str, np.ndarray]:
+    """Masks over the tensor's users of :data:`STRATA` at origin ``window``, from its columns
+    (no sequence is cut): together exactly :func:`features.windows.population_mask` of
+    ``sequences_at(tensor, window)``."""
+    n_users = tensor.features.shape[0]
+    col = tensor.column(window)
+    if col >= tensor.n_windows:
+        raise ValueError(f"window {window} is beyond the tensor")
+    if col < 0:
+        none = np.zeros(n_users, dtype=bool)
+        return {name: none for name in STRATA}
+    lo = max(col - tensor.spec.lookback + 1, 0)
+    recent = tensor.features[:, lo : col + 1, :]
+    ordered = tensor.features[:, col, I_ORDER_DAYS_TOTAL] > 0
+    bought = np.any(recent[:, :, I_ORDER_DAYS] > 0, axis=1)
+    active = np.any(recent[:, :, I_ACTIVE] > 0, axis=1)
+    return {
+        "recent_buyers": ordered & bought,
+        "dormant_customers": ordered & ~bought,
+        "browsers": ~ordered & active,
+    }
+
+
+def population_rows(tensor: WindowTensor, window: int) -> np.ndarray:
+    """Indices of the population's users at origin ``window``, in user order."""
+    strata = activity_strata(tensor, window)
+    return np.flatnonzero(
+        strata["recent_buyers"] | strata["dormant_customers"] | strata["browsers"]
+    )
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """What :data:`SAMPLE_RULE` does to the rows of a set of origins."""
+
+    max_rows: int | None
+    origins: int
+    rows: dict[str, int]
+    """(customer, origin) rows per stratum, before the cap."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+    @property
+    def fraction(self) -> float:
+        """The share of every stratum and origin kept (1.0: the cap does not bite)."""
+        if self.max_rows is None or self.total <= self.max_rows:
+            return 1.0
+        return self.max_rows / self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": SAMPLE_RULE,
+            "cap": self.max_rows,
+            "origins": self.origins,
+            "rows_before_cap": self.total,
+            "rows_by_stratum": dict(self.rows),
+            "kept_fraction": self.fraction,
+        }
+
+
+def plan_samples(tensor: WindowTensor, windows: list[int], max_rows: int | None) -> SamplePlan:
+    rows = dict.fromkeys(STRATA, 0)
+    for w in windows:
+        for name, mask in activity_strata(tensor, w).items():
+            rows[name] += int(mask.sum())
+    return SamplePlan(max_rows, len(windows), rows)
+
+
+def _draw(mask: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    rows = np.flatnonzero(mask)
+    if fraction >= 1.0:
+        return rows
+    k = round(fraction * len(rows))
+    return rows[np.sort(rng.choice(len(rows), size=k, replace=False))]
+
+
 def origin_set(
     tensor: WindowTensor,
     user_ids: np.ndarray,
@@ -121,39 +210,37 @@ def origin_set(
     *,
     prior: PriorSpec | None = None,
     max_samples: int | None = None,
+    plan: SamplePlan | None = None,
     seed: int = 7,
 ) -> OriginSet:
     """Rows at each origin in ``windows``; targets after window ``observed_through`` masked.
 
     ``prior`` fixes one prior for every origin (serving-time behaviour: the model's own
-    prior); otherwise each origin gets a prior fitted on what was known at it.
+    prior); otherwise each origin gets a prior fitted on what was known at it. ``max_samples``
+    caps the rows by :data:`SAMPLE_RULE`; ``plan``, that rule's plan for these windows if the
+    caller already made it (to report it).
     """
     spec = tensor.spec
     horizon = spec.horizon
     rng = np.random.default_rng(seed)
-    keep_fraction = 1.0
-    if max_samples is not None:
-        counts = [
-            int(population_mask(sequences_at(tensor, w), spec.lookback).sum()) for w in windows
-        ]
-        total = sum(counts)
-        if total > max_samples:
-            keep_fraction = max_samples / total
-            log.info(
-                "samples capped: %d (customer, origin) rows over %d origins, keeping %.1f %%",
-                total,
-                len(windows),
-                100 * keep_fraction,
-            )
+    if plan is None and max_samples is not None:
+        plan = plan_samples(tensor, windows, max_samples)
+    fraction = plan.fraction if plan is not None else 1.0
+    if plan is not None and fraction < 1.0:
+        log.info(
+            "samples capped: %d (customer, origin) rows over %d origins, keeping %.1f %% of "
+            "each activity stratum at each origin",
+            plan.total,
+            len(windows),
+            100 * fraction,
+        )
     parts: list[OriginSet] = []
     for w in progress(windows, desc="origins", unit="window"):
-        seq = sequences_at(tensor, w)
-        mask = population_mask(seq, spec.lookback)
-        if keep_fraction < 1.0:
-            mask &= rng.random(mask.shape[0]) < keep_fraction
-        seq = seq[mask]
-        if len(seq) == 0:
+        strata = activity_strata(tensor, w)
+        rows = np.sort(np.concatenate([_draw(m, fraction, rng) for m in strata.values()]))
+        if len(rows) == 0:
             continue
+        seq = sequences_at(tensor, w, rows)
         try:
             origin_prior = prior if prior is not None else prior_at(seq[:, -1, :], fit)
         except PriorUnavailable as exc:
@@ -165,11 +252,11 @@ def origin_set(
         lo = tensor.column(w) + 1
         seen = min(horizon, observed_through - w, tensor.n_windows - lo)
         if seen > 0:
-            orders[:, :seen] = tensor.features[mask, lo : lo + seen, I_ORDER_DAYS]
-            spend[:, :seen] = tensor.spend[mask, lo : lo + seen]
+            orders[:, :seen] = tensor.features[rows, lo : lo + seen, I_ORDER_DAYS]
+            spend[:, :seen] = tensor.spend[rows, lo : lo + seen]
         parts.append(
             OriginSet(
-                user_ids[mask],
+                user_ids[rows],
                 np.full(len(seq), w, dtype=np.int64),
                 np.full(len(seq), spec.end_ms(w), dtype=np.int64),
                 seq,

@@ -47,7 +47,6 @@ from features.windows import (
     WindowSpec,
     contract_fingerprint,
     lifetime_summary,
-    population_mask,
 )
 from serving.scorer import sha256_file
 from training.baselines import baselines
@@ -59,6 +58,8 @@ from training.origins import (
     PriorFit,
     PriorUnavailable,
     origin_set,
+    plan_samples,
+    population_rows,
     prior_at,
 )
 from training.outofcore import EventStore
@@ -144,8 +145,10 @@ def library_versions() -> dict[str, str]:
 
 
 MAX_SAMPLES = 200_000
-"""Cap on (customer, origin) training rows per fit: a seeded uniform draw beyond it keeps the
-epoch time and memory bounded whatever the shop's size (Online Retail has ~100k rows)."""
+"""Cap on (customer, origin) training rows per fit, by :data:`training.origins.SAMPLE_RULE`
+(the same share of every origin and activity stratum): epoch time and memory stay bounded
+whatever the shop's size. Online Retail has ~85k rows, under it; the report's
+``training.samples`` says what a run used."""
 
 
 MIN_PRIOR_CUSTOMERS = 10
@@ -219,10 +222,9 @@ def fit_at(
             f"too little history before the cutoff: {cut + 1 - first} windows of "
             f"{spec.length_ms / DAY_MS:g}d, need more than one horizon ({horizon}) plus one"
         )
-    at_cut = sequences_at(tensor, cut)
-    at_cut = at_cut[population_mask(at_cut, spec.lookback)]
-    if len(at_cut) < cfg.min_users:
-        raise TrainingError(f"only {len(at_cut)} users at the cutoff, need {cfg.min_users}")
+    n_cut = len(population_rows(tensor, cut))
+    if n_cut < cfg.min_users:
+        raise TrainingError(f"only {n_cut} users at the cutoff, need {cfg.min_users}")
     calendar: dict[str, str] = {}
     try:
         fit, prior = _calendar_fit(tensor, first, cut, horizon_weeks, calendar)
@@ -233,7 +235,8 @@ def fit_at(
     except PriorUnavailable:
         fit_pseudo = fit_prior(horizon_weeks)  # origin_set skips origins without a prior
     select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
-    full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, max_samples=MAX_SAMPLES)
+    plan = plan_samples(tensor, list(range(first, cut)), MAX_SAMPLES)
+    full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, plan=plan)
     n_users = len(np.unique(full.user_ids))
     norm = NormStats.fit(full.sequences)
     log.info(
@@ -284,6 +287,7 @@ def fit_at(
     info["config"] = res_cfg.to_dict()
     info["pseudo_cutoffs"] = used
     info["calendar"] = calendar
+    info["samples"] = {**plan.to_dict(), "kept": len(full)}
     return Fit(cut, norm, prior, models, info, select_val, len(full))
 
 
@@ -295,8 +299,7 @@ def _calendar_fit(
     what the calendar estimate found is added to ``found`` under the cutoff's date."""
     from training.season import season_at
 
-    at_cut = sequences_at(tensor, cut)
-    at_cut = at_cut[population_mask(at_cut, tensor.spec.lookback)]
+    at_cut = sequences_at(tensor, cut, population_rows(tensor, cut))
     prior = prior_at(at_cut[:, -1, :], fit_prior(horizon_weeks))
     season, why = season_at(tensor, first, cut, prior.bgnbd)
     found[_iso(tensor.spec.end_ms(cut))[:10]] = why

@@ -309,6 +309,23 @@ def resources_lines(resources: Mapping[str, Any] | None) -> list[str]:
     ]
 
 
+def sample_lines(samples: Mapping[str, Any] | None) -> list[str]:
+    """The ``## Training rows`` paragraph: the sample rule and what it kept
+    (:class:`training.origins.SamplePlan`)."""
+    if not samples:
+        return []
+    by = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in samples["rows_by_stratum"].items())
+    return [
+        "## Training rows",
+        "",
+        f"{samples['kept']:,} of {samples['rows_before_cap']:,} (customer, origin) rows over "
+        f"{samples['origins']} origins ({by}); cap {samples['cap']:,}, kept fraction "
+        f"{samples['kept_fraction']:.4f} (origins too early to fit a prior give no rows). "
+        f"Rule: {samples['rule']}.",
+        "",
+    ]
+
+
 def write_report(
     out_dir: str | Path,
     models: Mapping[str, Mapping[str, Mapping[str, Any]]],
@@ -384,6 +401,7 @@ def write_report(
         md += [f"- **{k}**: {_jsonable(v)}" for k, v in extra.items() if k != "resources"]
         md.append("")
         md += resources_lines(extra.get("resources"))
+        md += sample_lines(extra.get("training", {}).get("samples"))
     md += ["## Metrics (test set)", "", *markdown_tables(models, reference)]
     md += ["## Model vs baselines", "", *verdict_lines(models, reference), ""]
     if history and history.get("val_loss"):

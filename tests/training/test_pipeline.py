@@ -156,6 +156,18 @@ def test_the_report_gives_each_stages_wall_time_and_peak_memory(trained: Path) -
     assert "## Resources" in (trained / "report.md").read_text()
 
 
+def test_the_report_says_which_training_rows_the_sample_rule_kept(trained: Path) -> None:
+    samples = json.loads((trained / "report.json").read_text())["extra"]["training"]["samples"]
+    assert samples["rule"].startswith("when the (customer, origin) rows exceed the cap")
+    assert samples["cap"] == 200_000 and samples["kept_fraction"] == 1.0
+    assert samples["rows_before_cap"] == sum(samples["rows_by_stratum"].values())
+    # Under the cap every row is kept, but for the shop's first weeks: too few buyers yet to
+    # fit an origin's prior, so those origins give no rows.
+    assert 0.9 * samples["rows_before_cap"] < samples["kept"] <= samples["rows_before_cap"]
+    assert set(samples["rows_by_stratum"]) == {"recent_buyers", "dormant_customers", "browsers"}
+    assert "## Training rows" in (trained / "report.md").read_text()
+
+
 def test_predictions_carry_the_served_forecast_and_the_mean(trained: Path) -> None:
     manifest = json.loads((trained / "manifest.json").read_text())
     level = manifest["orders_forecast"]["level"]
