@@ -538,6 +538,9 @@ def open_events(
     started = time.perf_counter()
     now = int(time.time() * 1000) if now_ms is None else now_ms
     lo, hi = min_event_time_ms, now + max_future_skew_ms
+    if cfg.temp_dir is not None:
+        # A directory named for the spill files need not exist yet (as DuckDB's own temp dir).
+        cfg.temp_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="clicksignals-duckdb-", dir=cfg.temp_dir))
     con = duckdb.connect(str(workdir / "events.duckdb"))
     try:

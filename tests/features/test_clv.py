@@ -266,3 +266,26 @@ def test_one_time_buyers_when_a_plus_b_is_below_one_match_scipy(
     ref = c / (a - 1.0) * (1.0 - v**r * special.hyp2f1(r, b, c, z))
     got = bgnbd_expected(BgNbdParams(r, alpha, a, b), np.zeros(5), np.zeros(5), T, t)
     np.testing.assert_allclose(got, ref, rtol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["CDNOW", "tiny alpha", "a + b below one"])
+def test_a_large_population_is_evaluated_in_row_blocks_with_the_same_bits(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5,000 customers of a shop's cutoff (many just acquired, so z near 1 and the quadrature;
+    repeat buyers on the series), evaluated in blocks of 7 rows and all at once: the same
+    bits, so bounding the work arrays' memory changes no feature."""
+    rng = np.random.default_rng(11)
+    n = 5_000
+    T = rng.uniform(0.0, 52.0, n) * (rng.random(n) > 0.3)
+    x = np.floor(rng.gamma(0.6, 3.0, n))
+    t_x = np.where(x > 0, T * rng.random(n), 0.0)
+    ordered = rng.random(n) > 0.1
+    params = EXTREME_PARAMS[name]
+    whole = prior_features(params, x, t_x, T, ordered, 13.0)
+    monkeypatch.setattr(clv, "ROWS_AT_ONCE", 7)
+    np.testing.assert_array_equal(prior_features(params, x, t_x, T, ordered, 13.0), whole)
+    z = 13.0 / (params.alpha + T + 13.0)
+    quad = (z > clv.Z_QUADRATURE) | (params.a + params.b + x - 1.0 < clv.C_MIN)
+    assert quad.sum() > 100 or name == "CDNOW"  # both methods' rows are there
+    assert (~quad).sum() > 100

@@ -291,21 +291,23 @@ def test_files_that_cannot_be_read_are_clear_errors(tmp_path: Path) -> None:
 def test_spilling_under_a_small_memory_limit_gives_the_same_tensor(tmp_path: Path) -> None:
     """32 MB for DuckDB (2 threads) on 1.2M events of about 25,000 users: the tensor's distinct-key
     aggregation does not fit, DuckDB spills it (its query profiles count the bytes; with
-    48 MB it does not spill for this file), and the tensor is still the pandas path's."""
+    48 MB it does not spill for this file), and the tensor is still the pandas path's. The
+    spill directory named need not exist yet."""
     frame = generate_clickstream(n_users=30_000, days=120, seed=5)
     path = tmp_path / "big.csv"
     frame.to_csv(path, index=False)
     frame = _pandas(path)
     assert len(frame) > 1_200_000
     spec = _spec(int(frame.event_time_ms.max()))
-    config = EngineConfig(memory_limit="32MB", threads=2, temp_dir=tmp_path)
+    spill = tmp_path / "not" / "yet"
+    config = EngineConfig(memory_limit="32MB", threads=2, temp_dir=spill)
     with _store([path], config=config) as store:
         limit = store.con.execute("SELECT current_setting('memory_limit')").fetchone()
         assert limit is not None and str(limit[0]).startswith("30.5"), limit  # 32 MB in MiB
         loaded = store.spilled_bytes
         assert_same_tensor(frame, store, spec)
         assert store.spilled_bytes > loaded, "DuckDB did not spill building the tensor"
-    assert not list(tmp_path.glob("clicksignals-duckdb-*")), "the database was left behind"
+    assert spill.is_dir() and not list(spill.glob("clicksignals-duckdb-*")), "left behind"
 
 
 @pytest.mark.realdata
