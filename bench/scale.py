@@ -159,6 +159,7 @@ def run_size(events: int, days: int, events_per_user: float, work: Path) -> dict
         result["stages"] = extra["resources"]["stages"]
         result["samples"] = extra["training"].get("samples")
         result["epochs"] = extra["training"].get("epochs_run")
+        result["users"] = extra["split"].get("users")
     else:
         result["tail"] = log_path.read_text()[-2000:]
     return result
@@ -199,10 +200,35 @@ def render(res: dict[str, Any]) -> str:
             lines.append(
                 f"- {run['data']['events']:,} events: {s['kept']:,} training rows of "
                 f"{s['rows_before_cap']:,} (kept fraction {s['kept_fraction']:.3f}), "
-                f"{run.get('epochs')} epochs."
+                f"{run.get('epochs')} epochs{_fitted_on(run)}; {_feature_rate(run)}."
             )
     lines += ["", "![wall time and peak RSS against events](scale.png)", ""]
     return "\n".join(lines)
+
+
+def _fitted_on(run: dict[str, Any]) -> str:
+    users = run.get("users") or {}
+    if "fitted_on" not in users:
+        return ""
+    return (
+        f", fitted on {users['fitted_on']:,} of {users['total']:,} users, "
+        f"{users['cutoff']:,} scored at the cutoff"
+    )
+
+
+def _feature_rate(run: dict[str, Any]) -> str:
+    """Events per second of feature building: the ``features`` stage (cells in SQL and the
+    fitted users' tensor), and with ``read`` (loading and validating the files) before it."""
+    seconds = {st["stage"]: st["seconds"] for st in run["stages"]}
+    events = run["data"]["events"]
+    features = seconds.get("features", 0.0)
+    both = features + seconds.get("read", 0.0)
+    if not features or not both:
+        return "feature building not timed"
+    return (
+        f"features at {events / features / 1e6:.2f}M events/s "
+        f"({events / both / 1e6:.2f}M/s with reading)"
+    )
 
 
 def plot(res: dict[str, Any], path: Path) -> None:

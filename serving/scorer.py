@@ -116,14 +116,20 @@ class Scorer:
             )
         outputs = self.session.run(list(OUTPUT_NAMES), self.feeds(raw))
         mean, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
-        calibration = self.manifest.churn_calibration
-        if calibration is not None:
-            churn = calibration.apply(churn, mean).astype(np.float32)
-        level = self.manifest.orders_level
-        if level is None:
-            return Scores(mean, spend, churn)
-        point = quantile_forecast(mean, churn, level).astype(np.float32)
-        return Scores(point, spend, churn, mean)
+        return served(self.manifest, mean, spend, churn)
+
+
+def served(manifest: Manifest, mean: np.ndarray, spend: np.ndarray, churn: np.ndarray) -> Scores:
+    """What a model serves from its graph's raw outputs: the manifest's churn recalibration,
+    then its order forecast (each element on its own, so any batching gives the same)."""
+    calibration = manifest.churn_calibration
+    if calibration is not None:
+        churn = calibration.apply(churn, mean).astype(np.float32)
+    level = manifest.orders_level
+    if level is None:
+        return Scores(mean, spend, churn)
+    point = quantile_forecast(mean, churn, level).astype(np.float32)
+    return Scores(point, spend, churn, mean)
 
 
 def _check_io(session: ort.InferenceSession, manifest: Manifest) -> list[str]:

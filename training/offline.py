@@ -66,16 +66,31 @@ def score_rows(scorer: Scorer, rows: OriginSet, batch_size: int = 8192) -> pd.Da
             parts[k].append(getattr(scores, k))
         parts["mean_orders"].append(scores.means())
     columns = {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
-    orders = rows.orders_total
+    return rows_frame(
+        rows.user_ids, rows.window_end_ms, columns, rows.orders_total, rows.spend_total
+    )
+
+
+def rows_frame(
+    user_ids: np.ndarray,
+    window_end_ms: np.ndarray,
+    columns: dict[str, np.ndarray],
+    orders_total: np.ndarray,
+    spend_total: np.ndarray,
+) -> pd.DataFrame:
+    """The predictions frame of scored rows: ids, window end, :data:`SCORE_COLUMNS` and the
+    actuals (NaN where the horizon is not fully observed)."""
     return pd.DataFrame(
         {
-            "user_id": rows.user_ids.astype(str),
-            "window_end": pd.to_datetime(rows.window_end_ms, unit="ms", utc=True),
-            "window_end_ms": rows.window_end_ms,
-            **columns,
-            "actual_orders": orders,
-            "actual_spend": rows.spend_total,
-            "actual_churn": np.where(np.isnan(orders), np.nan, (orders == 0).astype(float)),
+            "user_id": user_ids.astype(str),
+            "window_end": pd.to_datetime(window_end_ms, unit="ms", utc=True),
+            "window_end_ms": window_end_ms,
+            **{k: columns[k] for k in SCORE_COLUMNS},
+            "actual_orders": orders_total,
+            "actual_spend": spend_total,
+            "actual_churn": np.where(
+                np.isnan(orders_total), np.nan, (orders_total == 0).astype(float)
+            ),
         }
     )
 

@@ -43,6 +43,7 @@ from types import TracebackType
 from typing import Any, Final
 
 import numpy as np
+import pandas as pd
 
 from features.batch import WindowTensor, tensor_from_base
 from features.events import EVENT_TYPE_CODES, EVENT_TYPES, PURCHASE
@@ -178,6 +179,13 @@ class EventStore:
         Same contract: events after window ``last`` are ignored, events before ``first`` are an
         error; users are every user of the events, coded as the pandas path codes them.
         """
+        return self.window_cells(spec, first, last).tensor()
+
+    def window_cells(self, spec: WindowSpec, first: int, last: int) -> WindowCells:
+        """The per-(user, window) base aggregates of windows ``first .. last``, computed once
+        into a table of the database (on disk, sorted by user): any block of users' window
+        tensor is then read from it (:meth:`WindowCells.tensor`) without touching the events
+        again. Same contract as :meth:`window_tensor`."""
         n_windows = last - first + 1
         if n_windows < 1:
             raise ValueError(f"empty window range {first}..{last}")
@@ -186,7 +194,6 @@ class EventStore:
             lowest = spec.index(self.start_ms)
             if lowest < first:
                 raise ValueError(f"events start in window {lowest}, before {first}")
-        n_users = self.users
         started = time.perf_counter()
         # The events of the range with their user code and window, as a table in the database
         # file (on disk, like the events): the queries below read it several times, and a view
@@ -194,35 +201,27 @@ class EventStore:
         # order does not matter from here on: not preserving it lets DuckDB stream and spill.
         self.con.execute("SET preserve_insertion_order = false")
         try:
-            base, first_ms, last_ms, first_col, n_nonempty = self._aggregates(
-                window_sql, first, last, n_users, n_windows
-            )
+            self._cells(window_sql, first, last)
         finally:
             self.con.execute("DROP TABLE IF EXISTS cell_events")
             self.con.execute("SET preserve_insertion_order = true")
+        # fetchall: a result left unfetched blocks the connection's next registration.
+        n_nonempty = int(self.con.execute("SELECT count(*) FROM cells_plain").fetchall()[0][0])
         log.info(
             "duckdb: %d non-empty cells of %d users x %d windows in %.1fs (%.0f MB spilled)",
             n_nonempty,
-            n_users,
+            self.users,
             n_windows,
             time.perf_counter() - started,
             self.spilled_bytes / 1e6,
         )
-        tensor = tensor_from_base(
-            spec,
-            first,
-            base.reshape(n_users, n_windows, N_BASE),
-            first_ms.reshape(n_users, n_windows),
-            last_ms.reshape(n_users, n_windows),
-            first_col,
-        )
-        return tensor, self.user_ids()
+        return WindowCells(self, spec, first, n_windows, n_nonempty)
 
-    def _aggregates(
-        self, window_sql: str, first: int, last: int, n_users: int, n_windows: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-        """Per-cell base aggregates, first/last purchase ms, first column per user, and the
-        number of non-empty cells: the inputs of :func:`features.batch.tensor_from_base`."""
+    def _cells(self, window_sql: str, first: int, last: int) -> None:
+        """Tables ``cells_plain`` and ``cells_d0 .. d5``: rows of non-empty (user code ``u``,
+        column ``col``) with the inputs of :func:`features.batch.tensor_from_base`, ordered by
+        ``u, col`` so that a block of users is a range of each. Seven tables, not one join of
+        them: the join did not fit DuckDB's floor of memory (32 MB) where the parts spill."""
         self._run(
             f"""CREATE OR REPLACE TABLE cell_events AS
             SELECT users.u, {window_sql} - {first} AS col, e.et, e.q, e.price, e.t,
@@ -230,20 +229,15 @@ class EventStore:
             FROM events e JOIN users USING (user_id)
             WHERE e.reason IS NULL AND {window_sql} <= {last}"""
         )
-        n_cells = n_users * n_windows
-        base = np.zeros((n_cells, N_BASE), dtype=np.float64)
-        first_ms = np.full(n_cells, np.nan)
-        last_ms = np.full(n_cells, np.nan)
-        first_col = np.full(n_users, n_windows, dtype=np.int64)
-
         # 1. Plain aggregates per cell (a hash aggregate, which DuckDB spills).
         p = f"et = {_PURCHASE}"
         counts = ", ".join(
             f"count(*) FILTER (WHERE et = {code})::DOUBLE AS n{code}"
             for code in range(len(EVENT_TYPES))
         )
-        plain = self._run(
-            f"""SELECT u, col, {counts},
+        self._run(
+            f"""CREATE OR REPLACE TABLE cells_plain AS
+            SELECT u, col, {counts},
               -- a purchase line with neither order nor session id is an order of its own
               count(*) FILTER (WHERE {p} AND order_id IS NULL AND session_id IS NULL)::DOUBLE
                 AS anonymous_orders,
@@ -252,49 +246,123 @@ class EventStore:
               coalesce(sum(coalesce(price * q, 0.0)) FILTER (WHERE {p}), 0.0) AS spend,
               min(t) FILTER (WHERE {p})::DOUBLE AS first_purchase_ms,
               max(t) FILTER (WHERE {p})::DOUBLE AS last_purchase_ms
-            FROM cell_events GROUP BY u, col"""
+            FROM cell_events GROUP BY u, col ORDER BY u, col"""
         )
-        user = np.asarray(plain["u"], dtype=np.int64)
-        col = np.asarray(plain["col"], dtype=np.int64)
-        flat = user * n_windows + col
-        for code in range(len(EVENT_TYPES)):
-            base[flat, code] = _floats(plain[f"n{code}"])
-        base[flat, _N_TYPES + _ORDERS] = _floats(plain["anonymous_orders"])
-        base[flat, _N_TYPES + _UNITS] = _floats(plain["units"])
-        base[flat, _N_TYPES + _SPEND] = _floats(plain["spend"])
-        # NULL (no purchase in the cell) arrives masked or as NaN: either way NaN here.
-        first_ms[flat] = _floats(plain["first_purchase_ms"])
-        last_ms[flat] = _floats(plain["last_purchase_ms"])
-        np.minimum.at(first_col, user, col)
-        n_nonempty = len(flat)
-        del plain, user, col, flat
-
         # 2. Distinct counts, one query per key: (cell, key) made distinct, then counted per
         # cell. Hash aggregates that spill, where COUNT(DISTINCT) inside one grouped aggregate
         # (or all keys in one UNION) ran out of memory under a small limit. orders: distinct
         # order keys among purchases, as features.batch._order_keys (the order id, else the
         # session in a key space of its own, else the line: counted above).
         day = _floor_div("t", DAY_MS)
-        for feature, key, where in (
-            (_ORDERS, "order_id", f"{p} AND order_id IS NOT NULL"),
-            (_ORDERS, "session_id", f"{p} AND order_id IS NULL AND session_id IS NOT NULL"),
-            (_PRODUCTS, "product_id", "product_id IS NOT NULL"),
-            (_CATEGORIES, "category", "category IS NOT NULL"),
-            (_SESSIONS, "session_id", "session_id IS NOT NULL"),
-            (_ORDER_DAYS, day, p),
+        for i, (key, where) in enumerate(
+            (
+                ("order_id", f"{p} AND order_id IS NOT NULL"),
+                ("session_id", f"{p} AND order_id IS NULL AND session_id IS NOT NULL"),
+                ("product_id", "product_id IS NOT NULL"),
+                ("category", "category IS NOT NULL"),
+                ("session_id", "session_id IS NOT NULL"),
+                (day, p),
+            )
         ):
-            got = self._run(
-                f"""SELECT u, col, count(*)::DOUBLE AS n
+            self._run(
+                f"""CREATE OR REPLACE TABLE cells_d{i} AS
+                SELECT u, col, count(*)::DOUBLE AS n
                 FROM (SELECT DISTINCT u, col, {key} AS key FROM cell_events WHERE {where})
-                GROUP BY u, col"""
+                GROUP BY u, col ORDER BY u, col"""
             )
-            flat = np.asarray(got["u"], dtype=np.int64) * n_windows + np.asarray(
-                got["col"], dtype=np.int64
+
+
+_DISTINCT: Final = (_ORDERS, _ORDERS, _PRODUCTS, _CATEGORIES, _SESSIONS, _ORDER_DAYS)
+"""Where each distinct count of :meth:`EventStore._cells` (table ``cells_d0 .. d5``) goes among the
+aggregates after the counts; order ids and sessions both add to orders (disjoint key spaces,
+like even/odd)."""
+
+
+@dataclass(frozen=True)
+class WindowCells:
+    """A window range's non-empty cells, in a store's database (:meth:`EventStore.window_cells`).
+
+    :meth:`tensor` turns any block of users into their rows of the window tensor, so memory is
+    that block's, not every user's: the cells stay on disk.
+    """
+
+    store: EventStore
+    spec: WindowSpec
+    first: int
+    n_windows: int
+    nonempty: int
+
+    @property
+    def n_users(self) -> int:
+        return self.store.users
+
+    def tensor(self, codes: np.ndarray | None = None) -> tuple[WindowTensor, np.ndarray]:
+        """The window tensor of the users coded ``codes`` (sorted, distinct; ``None``: every
+        user) and their ids, in code order: exactly those users' rows of the whole tensor
+        (the features of one user never read another's)."""
+        n_windows = self.n_windows
+        con = self.store.con
+        if codes is None:
+            n_users = self.n_users
+            ids = self.store.user_ids()
+            pick = ""
+        else:
+            codes = np.asarray(codes, dtype=np.int64)
+            if len(codes) > 1 and not np.all(np.diff(codes) > 0):
+                raise ValueError("user codes must be sorted and distinct")
+            n_users = len(codes)
+            con.register("picked_users", pd.DataFrame({"u": codes}))
+            named = con.execute(
+                "SELECT user_id FROM users SEMI JOIN picked_users USING (u) ORDER BY u"
+            ).fetchnumpy()
+            ids = np.asarray(named["user_id"], dtype=object)
+            # A block of consecutive codes is a range of the sorted tables (zone maps skip
+            # the rest); a sample is a semi-join.
+            pick = (
+                f"WHERE u BETWEEN {int(codes[0])} AND {int(codes[-1])}"
+                if n_users and int(codes[-1]) - int(codes[0]) == n_users - 1
+                else "SEMI JOIN picked_users USING (u)"
             )
-            # Order ids and sessions both add to orders (disjoint key spaces, like even/odd).
-            base[flat, _N_TYPES + feature] += _floats(got["n"])
+
+        def cells(table: str) -> tuple[dict[str, Any], np.ndarray]:
+            got = self.store._run(f"SELECT * FROM {table} {pick}")
+            user = np.asarray(got["u"], dtype=np.int64)
+            if codes is not None:
+                user = np.searchsorted(codes, user)
+            return got, user * n_windows + np.asarray(got["col"], dtype=np.int64)
+
+        n_cells = n_users * n_windows
+        base = np.zeros((n_cells, N_BASE), dtype=np.float64)
+        first_ms = np.full(n_cells, np.nan)
+        last_ms = np.full(n_cells, np.nan)
+        first_col = np.full(n_users, n_windows, dtype=np.int64)
+        try:
+            got, flat = cells("cells_plain")
+            for code in range(len(EVENT_TYPES)):
+                base[flat, code] = _floats(got[f"n{code}"])
+            base[flat, _N_TYPES + _ORDERS] = _floats(got["anonymous_orders"])
+            base[flat, _N_TYPES + _UNITS] = _floats(got["units"])
+            base[flat, _N_TYPES + _SPEND] = _floats(got["spend"])
+            # NULL (no purchase in the cell) arrives masked or as NaN: either way NaN here.
+            first_ms[flat] = _floats(got["first_purchase_ms"])
+            last_ms[flat] = _floats(got["last_purchase_ms"])
+            np.minimum.at(first_col, flat // n_windows, flat % n_windows)
+            for i, feature in enumerate(_DISTINCT):
+                got, flat = cells(f"cells_d{i}")
+                base[flat, _N_TYPES + feature] += _floats(got["n"])
             del got, flat
-        return base, first_ms, last_ms, first_col, n_nonempty
+        finally:
+            if codes is not None:
+                con.unregister("picked_users")
+        tensor = tensor_from_base(
+            self.spec,
+            self.first,
+            base.reshape(n_users, n_windows, N_BASE),
+            first_ms.reshape(n_users, n_windows),
+            last_ms.reshape(n_users, n_windows),
+            first_col,
+        )
+        return tensor, ids
 
 
 def _spilled(profile: Path) -> int:

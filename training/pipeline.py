@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -43,12 +43,13 @@ from features.signals import RiskThresholds
 from features.summary import I_LOG_VALUE, PriorSpec
 from features.windows import (
     DAY_MS,
+    Float32Array,
     NormStats,
     WindowSpec,
     contract_fingerprint,
     lifetime_summary,
 )
-from serving.scorer import sha256_file
+from serving.scorer import Scorer, Scores, served, sha256_file
 from training.baselines import baselines
 from training.calibration import fit_churn_calibration
 from training.dataset import build_tensor, first_window, fit_input_reference, to_event_arrays
@@ -63,7 +64,16 @@ from training.origins import (
     prior_at,
 )
 from training.outofcore import EventStore
-from training.resources import StageLog
+from training.resources import StageLog, progress
+from training.shards import (
+    BLOCK_USERS,
+    MAX_FIT_USERS,
+    InMemoryTensors,
+    TensorSource,
+    fit_sample,
+    rows_of,
+    user_blocks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -309,14 +319,12 @@ def _calendar_fit(
 def baseline_predictions(rows: OriginSet, prior: PriorSpec, pareto: Any) -> dict[str, Any]:
     """BG/NBD (the model's own prior), Pareto/NBD and the simple baselines, on ``rows``."""
     from features.clv import bgnbd_expected, bgnbd_p_zero
-    from training.clv import pareto_nbd_expected, pareto_nbd_p_zero
 
     last = rows.sequences[:, -1, :].astype(np.float64)
-    x, t_x, age, ordered = lifetime_summary(last)
-    # Customers who never ordered enter BG/NBD as just acquired (x = t_x = T = 0).
-    x, t_x, age = (np.where(ordered, v, 0.0) for v in (x, t_x, age))
+    x, t_x, age = _customer_base(last)
     t = prior.horizon_weeks
-    value = np.exp(rows.summary[:, I_LOG_VALUE].astype(np.float64)) * prior.value_per_order_day
+    log_value = rows.summary[:, I_LOG_VALUE]
+    value = np.exp(log_value.astype(np.float64)) * prior.value_per_order_day
     out = baselines(rows.sequences, rows.orders.shape[1])
     e_bg = bgnbd_expected(prior.bgnbd, x, t_x, age, t)
     out["bgnbd"] = {
@@ -324,17 +332,167 @@ def baseline_predictions(rows: OriginSet, prior: PriorSpec, pareto: Any) -> dict
         "expected_spend": e_bg * value,
         "churn_probability": bgnbd_p_zero(prior.bgnbd, x, t_x, age, t),
     }
-    if pareto is not None:
-        e_p = pareto_nbd_expected(pareto, x, t_x, age, t)
-        out["pareto_nbd"] = {
+    return {**out, **pareto_predictions(rows.sequences[:, -1, :], log_value, prior, pareto)}
+
+
+def _customer_base(last: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BG/NBD's and Pareto/NBD's ``(x, t_x, T)`` from raw last vectors; customers who never
+    ordered enter as just acquired (x = t_x = T = 0)."""
+    x, t_x, age, ordered = lifetime_summary(last.astype(np.float64))
+    return (np.where(ordered, v, 0.0) for v in (x, t_x, age))  # type: ignore[return-value]
+
+
+def pareto_predictions(
+    last: np.ndarray, log_value: np.ndarray, prior: PriorSpec, pareto: Any
+) -> dict[str, Any]:
+    """Pareto/NBD's predictions from the rows' raw last vectors and summary value (none when
+    ``pareto`` is None)."""
+    if pareto is None:
+        return {}
+    from training.clv import pareto_nbd_expected, pareto_nbd_p_zero
+
+    x, t_x, age = _customer_base(last)
+    t = prior.horizon_weeks
+    value = np.exp(log_value.astype(np.float64)) * prior.value_per_order_day
+    e_p = pareto_nbd_expected(pareto, x, t_x, age, t)
+    return {
+        "pareto_nbd": {
             "expected_orders": e_p,
             "expected_spend": e_p * value,
             "churn_probability": pareto_nbd_p_zero(pareto, x, t_x, age, t),
         }
-    return out
+    }
 
 
-def evaluate_rows(rows: OriginSet, preds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+class Outcomes(Protocol):
+    """What the held-out horizon showed, per row (:class:`OriginSet` or :class:`ScoredRows`)."""
+
+    @property
+    def complete(self) -> np.ndarray: ...
+    @property
+    def orders_total(self) -> np.ndarray: ...
+    @property
+    def spend_total(self) -> np.ndarray: ...
+    @property
+    def window_end_ms(self) -> np.ndarray: ...
+
+
+VERIFY_ROWS = 4096
+"""Customers at the cutoff on whom the ONNX export is compared with Keras."""
+
+
+@dataclass
+class ScoredRows:
+    """The test origins' rows of every user, without their sequences: what evaluation and
+    ``predictions.csv`` read, gathered a block of users at a time (:func:`_score_test`)."""
+
+    user_ids: np.ndarray
+    window_index: np.ndarray
+    window_end_ms: np.ndarray
+    orders_total: np.ndarray
+    """Order days over the horizon, NaN where not fully observed."""
+    spend_total: np.ndarray
+    complete: np.ndarray
+    last: Float32Array
+    """``[N, F]`` the raw last window vector (the lifetime summary is in it)."""
+    log_value: Float32Array
+    """The summary's log spend per order day (:data:`features.summary.I_LOG_VALUE`)."""
+    raw_mean: Float32Array
+    raw_spend: Float32Array
+    raw_churn: Float32Array
+    """The graph's outputs before the served recalibration and order forecast."""
+    baselines: dict[str, dict[str, np.ndarray]]
+    """Every baseline but Pareto/NBD, which is fitted on all blocks' customers afterwards."""
+
+    def __len__(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    def select(self, mask: np.ndarray) -> ScoredRows:
+        arrays = {
+            f: getattr(self, f)[mask] for f in ScoredRows.__dataclass_fields__ if f != "baselines"
+        }
+        picked = {m: {k: v[mask] for k, v in p.items()} for m, p in self.baselines.items()}
+        return ScoredRows(**arrays, baselines=picked)
+
+    @staticmethod
+    def concat(parts: list[ScoredRows]) -> ScoredRows:
+        fields = [f for f in ScoredRows.__dataclass_fields__ if f != "baselines"]
+        arrays = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
+        picked = {
+            m: {k: np.concatenate([p.baselines[m][k] for p in parts]) for k in scores}
+            for m, scores in parts[0].baselines.items()
+        }
+        return ScoredRows(**arrays, baselines=picked)
+
+    def frame(self, scores: Scores) -> pd.DataFrame:
+        """The predictions frame of these rows with the served ``scores``."""
+        from training.offline import rows_frame
+
+        columns = {
+            "expected_orders": scores.expected_orders,
+            "expected_spend": scores.expected_spend,
+            "churn_probability": scores.churn_probability,
+            "mean_orders": scores.means(),
+        }
+        return rows_frame(
+            self.user_ids, self.window_end_ms, columns, self.orders_total, self.spend_total
+        )
+
+
+def _score_test(
+    source: TensorSource,
+    fitted: tuple[np.ndarray | None, WindowTensor, np.ndarray],
+    raw: Scorer,
+    windows: list[int],
+    observed_through: int,
+    fit: PriorFit,
+    prior: PriorSpec,
+    batch_size: int = 8192,
+) -> ScoredRows:
+    """Every user's rows at the test origins ``windows``, scored by the raw graph ``raw``,
+    one block of :data:`training.shards.BLOCK_USERS` users at a time (the fitted tensor is
+    reused when it already holds everyone)."""
+    fit_codes, fit_tensor, fit_ids = fitted
+    parts: list[ScoredRows] = []
+    for codes in user_blocks(source.n_users, BLOCK_USERS):
+        if codes is None and fit_codes is None:
+            tensor, ids = fit_tensor, fit_ids
+        else:
+            tensor, ids = source.tensor(codes)
+        if not any(len(population_rows(tensor, w)) for w in windows):
+            continue  # e.g. a block of users who arrived after the cutoff
+        rows = origin_set(tensor, ids, windows, observed_through, fit, prior=prior)
+        del tensor
+        outputs: list[list[np.ndarray]] = [[], [], []]
+        for lo in progress(range(0, len(rows), batch_size), desc="score", unit="batch"):
+            got = raw.score(rows.sequences[lo : lo + batch_size])
+            row = (got.means(), got.expected_spend, got.churn_probability)
+            for out, part in zip(outputs, row, strict=True):
+                out.append(part)
+        mean, spend, churn = (np.concatenate(o) for o in outputs)
+        parts.append(
+            ScoredRows(
+                rows.user_ids,
+                rows.window_index,
+                rows.window_end_ms,
+                rows.orders_total,
+                rows.spend_total,
+                rows.complete,
+                rows.sequences[:, -1, :].copy(),
+                rows.summary[:, I_LOG_VALUE].copy(),
+                mean,
+                spend,
+                churn,
+                baseline_predictions(rows, prior, None),
+            )
+        )
+        del rows
+    if not parts:
+        raise TrainingError("no user in the population at the cutoff")
+    return parts[0] if len(parts) == 1 else ScoredRows.concat(parts)
+
+
+def evaluate_rows(rows: Outcomes, preds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Every predictor's metrics on the fully observed rows of ``rows``."""
     from training import evaluate
 
@@ -355,7 +513,7 @@ def evaluate_rows(rows: OriginSet, preds: dict[str, dict[str, np.ndarray]]) -> d
     return metrics
 
 
-def lift_rows(rows: OriginSet, preds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+def lift_rows(rows: Outcomes, preds: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Per-decile lift of every predictor: order days by expected orders, churners by churn
     probability."""
     from training import evaluate
@@ -407,13 +565,18 @@ def run(
     last_complete = spec.index(end_ms) - 1
     test_hi = last_complete - spec.horizon
     covered = test_hi >= -1
+    source: TensorSource
     if arrays is None:
         assert isinstance(events, EventStore)
         first = events.first_window(spec)
-        tensor, user_ids = events.window_tensor(spec, first, max(last_complete, -1))
+        source = events.window_cells(spec, first, max(last_complete, -1))
     else:
         first = first_window(arrays, spec)
-        tensor = build_tensor(arrays, spec, max(last_complete, -1))
+        source = InMemoryTensors(build_tensor(arrays, spec, max(last_complete, -1)), user_ids)
+    # The model is fitted on a sample of whole histories beyond MAX_FIT_USERS users (every
+    # user below it), and every user is scored afterwards a block at a time.
+    fit_codes = fit_sample(source.n_users, MAX_FIT_USERS, cfg.seed)
+    tensor, user_ids = source.tensor(fit_codes)
     stages.start("fit")
     main = fit_at(tensor, user_ids, first, -1, cfg)
     stages.start("export")
@@ -427,8 +590,12 @@ def run(
     export.check_recurrent_op(onnx_path, members=max(1, len(main.models) - 1))
     test_windows = list(range(-1, test_hi + 1)) if covered else [-1]
     fit = fit_prior(prior.horizon_weeks)
-    test = origin_set(tensor, user_ids, test_windows, last_complete, fit, prior=prior)
-    sample = test.select(np.arange(len(test)) < 4096)
+    # The export is checked on the first customers at the cutoff (of the first users coded).
+    head = np.arange(min(len(user_ids), 4 * VERIFY_ROWS))
+    sample = origin_set(
+        rows_of(tensor, head), user_ids[head], [-1], last_complete, fit, prior=prior
+    )
+    sample = sample.select(np.arange(len(sample)) < VERIFY_ROWS)
     diffs = export.verify_against_keras(
         onnx_path,
         model,
@@ -466,31 +633,39 @@ def run(
     churn_calibration, calibration_info = fit_churn_calibration(
         raw_val.churn_probability, raw_val.means(), labelled.churn, cfg.seed
     )
-    at_cutoff = test.window_index == -1
-    cut = raw.score(test.sequences[at_cutoff])
-    cut_churn = (
-        cut.churn_probability
-        if churn_calibration is None
-        else churn_calibration.apply(cut.churn_probability, cut.means()).astype(np.float32)
+    stages.start("evaluate")
+    # Every user at the test origins, a block at a time: the graph's raw outputs and the
+    # baselines that read sequences, kept per row; the sequences themselves are dropped.
+    test = _score_test(
+        source, (fit_codes, tensor, user_ids), raw, test_windows, last_complete, fit, prior
     )
-    orders_level = total_level(cut.means(), cut_churn, cfg.seed)
+    at_cutoff = test.window_index == -1
+    cut_churn = (
+        test.raw_churn[at_cutoff]
+        if churn_calibration is None
+        else churn_calibration.apply(test.raw_churn[at_cutoff], test.raw_mean[at_cutoff]).astype(
+            np.float32
+        )
+    )
+    orders_level = total_level(test.raw_mean[at_cutoff], cut_churn, cfg.seed)
     log.info("served order forecast: the %.4f-quantile of each customer's ZIP", orders_level)
     tmp_manifest = replace(
         tmp_manifest, churn_calibration=churn_calibration, orders_level=orders_level
     )
     (cfg.out / "manifest.json").write_text(json.dumps(tmp_manifest.to_dict(), indent=2))
     scorer = load_model(cfg.out)
-    stages.start("evaluate")
     val_scores = score_rows(scorer, main.select_val)
     thresholds = churn_thresholds(val_scores["churn_probability"].to_numpy(), main.select_val.churn)
-    test_scores = score_rows(scorer, test)
+    test_scores = test.frame(served(scorer.manifest, test.raw_mean, test.raw_spend, test.raw_churn))
     pareto = None
     if covered:
-        x, t_x, age, ordered = lifetime_summary(
-            test.sequences[at_cutoff][:, -1, :].astype(np.float64)
-        )
+        x, t_x, age, ordered = lifetime_summary(test.last[at_cutoff].astype(np.float64))
+        # Four parameters of the customer base: beyond MAX_FIT_USERS customers a seeded
+        # sample of them fits them (every customer below it).
+        pick = fit_sample(int(ordered.sum()), MAX_FIT_USERS, cfg.seed)
+        x, t_x, age = (v[ordered] if pick is None else v[ordered][pick] for v in (x, t_x, age))
         try:
-            pareto = fit_pareto_nbd(x[ordered], t_x[ordered], age[ordered])
+            pareto = fit_pareto_nbd(x, t_x, age)
         except Exception as exc:  # a baseline that cannot fit must not sink the model
             log.warning("Pareto/NBD baseline not fitted: %s", exc)
     metrics: dict[str, Any] = {}
@@ -500,7 +675,8 @@ def run(
         preds = {
             "model": {k: test_scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES},
             "model_mean": _mean_of(test_scores),
-            **baseline_predictions(test, prior, pareto),
+            **test.baselines,
+            **pareto_predictions(test.last, test.log_value, prior, pareto),
         }
         cut_preds = {m: {k: v[at_cutoff] for k, v in p.items()} for m, p in preds.items()}
         metrics = evaluate_rows(test.select(at_cutoff), cut_preds)
@@ -518,11 +694,13 @@ def run(
 
     quant: dict[str, Any] | None = None
     if cfg.quantize:
-        quant = _quantize(cfg, onnx_path, test.select(at_cutoff), metrics)
+        # On the fitted users' customers at the cutoff (everyone's below MAX_FIT_USERS).
+        quant_rows = origin_set(tensor, user_ids, [-1], last_complete, fit, prior=prior)
+        quant = _quantize(cfg, onnx_path, quant_rows, metrics)
 
     stages.finish()
     cut_rows = test.select(at_cutoff)
-    last = cut_rows.sequences[:, -1, :]
+    last = cut_rows.last
     age = lifetime_summary(last.astype(np.float64))[2]
     season_factor = horizon_multiplier(prior.season, last, age, prior.bgnbd.alpha, spec)
     report_data: dict[str, Any] = {
@@ -544,7 +722,12 @@ def run(
                 "test": len(test),
                 "cutoff": len(cut_rows),
             },
-            "users": {"cutoff": len(cut_rows)},
+            "users": {
+                "cutoff": len(cut_rows),
+                "total": source.n_users,
+                # MAX_FIT_USERS: the model's histories are a sample of the shop's beyond it.
+                "fitted_on": source.n_users if fit_codes is None else len(fit_codes),
+            },
             "base_rates": {
                 "test_churn": float((cut_rows.orders_total == 0).mean()) if covered else None,
             },
@@ -652,7 +835,7 @@ def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _weekly(test: OriginSet, scores: pd.DataFrame) -> dict[str, Any] | None:
+def _weekly(test: Outcomes, scores: pd.DataFrame) -> dict[str, Any] | None:
     """Per test origin: actual vs predicted order days over the horizon, summed."""
     done = test.complete
     if not done.any():

@@ -92,6 +92,32 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_blocks_and_samples_of_users_are_their_rows_of_the_whole_tensor(shop: Path) -> None:
+    """A shop of 1,500 generated users read back a block of users at a time (three blocks of
+    consecutive codes: a range of the cell tables) and as a seeded sample (a semi-join):
+    each is bit for bit those users' rows of the whole tensor, ids in code order. This is what
+    lets training fit on a sample and score every user a block at a time in bounded memory."""
+    frame = _pandas(shop)
+    spec = _spec(int(frame.event_time_ms.max()))
+    with _store([shop]) as store:
+        first = store.first_window(spec)
+        cells = store.window_cells(spec, first, spec.index(int(frame.event_time_ms.max())) - 1)
+        whole, ids = cells.tensor()
+        n = cells.n_users
+        assert n == frame.user_id.nunique() and cells.nonempty > n
+        sample = np.sort(np.random.default_rng(3).choice(n, size=400, replace=False))
+        blocks = [np.arange(lo, min(lo + 600, n)) for lo in range(0, n, 600)]
+        for codes in [*blocks, sample, np.array([n - 1]), np.zeros(0, dtype=np.int64)]:
+            part, part_ids = cells.tensor(codes)
+            assert part_ids.tolist() == ids[codes].tolist()
+            assert part.first_index == whole.first_index
+            np.testing.assert_array_equal(part.features, whole.features[codes])
+            np.testing.assert_array_equal(part.orders, whole.orders[codes])
+            np.testing.assert_array_equal(part.spend, whole.spend[codes])
+        with pytest.raises(ValueError, match="sorted"):
+            cells.tensor(sample[::-1])
+
+
 @pytest.mark.parametrize("midnight", [True, False], ids=["midnight_utc", "cut_days"])
 def test_generated_shop_csv(shop: Path, midnight: bool) -> None:
     frame = _pandas(shop)
@@ -379,6 +405,40 @@ def test_train_and_export_with_the_duckdb_engine_equals_the_pandas_engine(tmp_pa
     for key in ("events_rows", "users", "event_types", "input_kind", "cutoff"):
         assert data[0][key] == data[1][key], key
     assert not list(tmp_path.glob("clicksignals-duckdb-*")), "the database was left behind"
+
+
+@pytest.mark.slow
+def test_a_shop_larger_than_a_block_and_the_fit_sample_still_predicts_every_customer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generated shop of ~430 users (Parquet, --engine duckdb) scored in blocks of 150 users
+    gives the one-block predictions byte for byte; fitted on a seeded sample of 250 of its
+    users, it still predicts every customer of the cutoff population, and says it sampled."""
+    import json
+
+    import training.pipeline as pipeline
+    from training.cli import main
+
+    frame = generate_clickstream(n_users=500, start="2024-01-01", days=180, seed=7)
+    frame.to_csv(tmp_path / "events.csv", index=False)
+    parquet = _to_parquet(tmp_path / "events.csv", tmp_path / "events.parquet")
+    args = ["--events", str(parquet), "--engine", "duckdb", "--epochs", "1", "--seeds", "1"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    monkeypatch.setattr(pipeline, "BLOCK_USERS", 150)
+    assert main([*args, "--out", str(tmp_path / "blocks")]) == 0
+    one = (tmp_path / "one" / "predictions.csv").read_bytes()
+    assert one == (tmp_path / "blocks" / "predictions.csv").read_bytes()
+
+    monkeypatch.setattr(pipeline, "MAX_FIT_USERS", 250)
+    assert main([*args, "--out", str(tmp_path / "sample")]) == 0
+    everyone = pd.read_csv(tmp_path / "one" / "predictions.csv")
+    sampled = pd.read_csv(tmp_path / "sample" / "predictions.csv")
+    assert len(everyone) > 250
+    assert sampled.user_id.tolist() == everyone.user_id.tolist()
+    assert sampled.actual_orders.tolist() == everyone.actual_orders.tolist()
+    users = json.loads((tmp_path / "sample" / "report.json").read_text())["extra"]["split"]["users"]
+    total = frame.user_id.nunique()  # of the 500 generated, those with an event
+    assert users == {"cutoff": len(everyone), "total": total, "fitted_on": 250}
 
 
 def test_the_duckdb_engine_refuses_other_formats(
