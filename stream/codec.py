@@ -97,24 +97,24 @@ array: per user there are at most a horizon's few entries, where numpy's per-cal
 was most of the online evaluation's cost in the codec."""
 
 
+def _pack(p: Pending, version_index: int) -> bytes:
+    """One entry of the block, in :data:`_PENDING`'s layout."""
+    return _PENDING.pack(
+        p.window,
+        version_index,
+        p.shadow,
+        p.orders,
+        p.spend,
+        p.churn,
+        p.order_days_before,
+        p.spend_before,
+    )
+
+
 def _pending_block(pending: list[Pending]) -> tuple[list[str], bytes]:
     versions = sorted({p.model_version for p in pending})
     index = {v: i for i, v in enumerate(versions)}
-    pack = _PENDING.pack
-    block = b"".join(
-        pack(
-            p.window,
-            index[p.model_version],
-            p.shadow,
-            p.orders,
-            p.spend,
-            p.churn,
-            p.order_days_before,
-            p.spend_before,
-        )
-        for p in pending
-    )
-    return versions, block
+    return versions, b"".join(_pack(p, index[p.model_version]) for p in pending)
 
 
 def _pending_from_block(versions: list[str], data: bytes) -> list[Pending]:
@@ -154,17 +154,7 @@ def _pending_moved_on(
         dropped and len({p.model_version for p in pending}) != len(versions)
     ):
         return None
-    p = new
-    entry = _PENDING.pack(
-        p.window,
-        versions.index(p.model_version),
-        p.shadow,
-        p.orders,
-        p.spend,
-        p.churn,
-        p.order_days_before,
-        p.spend_before,
-    )
+    entry = _pack(new, versions.index(new.model_version))
     return pending, versions, block[dropped * _PENDING.size :] + entry
 
 
