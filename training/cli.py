@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "CSV (.gz) or Parquet files, a glob allowed (quote it)",
     )
     p.add_argument(
+        "--cells",
+        help="train on per-(user, window) cells (Parquet shards, a glob allowed) made by "
+        "python -m training.cells or by its SQL on another engine, with the same --window and "
+        "--cutoff, instead of events",
+    )
+    p.add_argument(
         "--format",
         default="auto",
         choices=["auto", "canonical", "rees46", "taobao", "transactions"],
@@ -155,13 +161,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stages.start("read")
         events: pd.DataFrame | EventStore
-        if args.engine == "duckdb":
+        source: dict[str, Any]
+        if args.cells is not None:
+            from training.cells import open_cells
+            from training.outofcore import EngineConfig
+
+            if args.events is not None:
+                raise IngestError("--cells and --events are two inputs; give one")
+            if args.cutoff is None:
+                raise IngestError("--cells needs the --cutoff the cells were laid on")
+            config = EngineConfig(memory_limit=args.duckdb_memory, temp_dir=args.duckdb_temp_dir)
+            store = stack.enter_context(open_cells([args.cells], config))
+            events = store
+            source = {
+                "cells": str(args.cells),
+                "engine": "duckdb",
+                "ingest": store.summary.to_dict(),
+            }
+            n_rows, last_ms, n_users = store.rows, store.stop_ms, store.users
+            type_counts = dict(store.event_types)
+        elif args.engine == "duckdb":
             if args.events is None:
                 raise IngestError("--engine duckdb reads --events files; give one")
             store = stack.enter_context(_open_store(args))
             log.info("%s", store.summary.describe())
             events = store
-            source: dict[str, Any] = {
+            source = {
                 "events": str(args.events),
                 "engine": "duckdb",
                 "ingest": store.summary.to_dict(),
