@@ -1,6 +1,6 @@
 """Training at scale: ``train-and-export --engine duckdb`` on generated shops of growing size.
 
-``python -m bench.scale [--events 1000000,5000000] [--days 182] [--events-per-user 17]``
+``python -m bench.scale [--events 1000000,5000000] [--days 182] [--events-per-user 17 | --users N]``
 
 For each size ``N`` a child process writes a generated canonical history as Parquet shards
 (blocks of :data:`BLOCK_USERS` users, each block simulated with its own seed and its user ids
@@ -99,9 +99,12 @@ def _python() -> str:
     return sys.executable
 
 
-def run_size(events: int, days: int, events_per_user: float, work: Path) -> dict[str, Any]:
-    """One size: shards by a child, then the training command by another, both measured."""
-    users = users_for(events, events_per_user)
+def run_size(
+    events: int, days: int, events_per_user: float, work: Path, users: int | None = None
+) -> dict[str, Any]:
+    """One size: shards by a child, then the training command by another, both measured
+    (``users``: this many users whatever the size, else ``events / events_per_user``)."""
+    users = users if users is not None else users_for(events, events_per_user)
     shards = work / f"events-{events}"
     started = time.perf_counter()
     gen = subprocess.run(
@@ -291,6 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events", default="1000000,5000000", help="comma-separated sizes")
     p.add_argument("--days", type=int, default=182)
     p.add_argument("--events-per-user", type=float, default=17.0)
+    p.add_argument(
+        "--users",
+        type=int,
+        help="the same number of users at every size (more events per user as sizes grow): "
+        "what memory does with events alone",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--work", type=Path, help="where shards and models go (a temp dir)")
     a = p.parse_args(args)
@@ -305,12 +314,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Python {platform.python_version()}",
         "days": a.days,
         "events_per_user": a.events_per_user,
+        "users": a.users,
         "runs": [],
     }
     with tempfile.TemporaryDirectory(dir=a.work) as tmp:
         for n in sizes:
             log.info("%d events: generating and training", n)
-            run = run_size(n, a.days, a.events_per_user, Path(tmp))
+            run = run_size(n, a.days, a.events_per_user, Path(tmp), a.users)
             log.info(
                 "%d events: exit %d, %.1f s, peak %.0f MB",
                 n,
