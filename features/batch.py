@@ -168,6 +168,11 @@ def build_window_tensor(ev: EventArrays, spec: WindowSpec, first: int, last: int
     )
 
 
+USERS_AT_ONCE = 16_384
+"""Users whose rows :func:`tensor_from_base` computes together (memory and cache, not
+results: any grouping gives the same bits)."""
+
+
 def tensor_from_base(
     spec: WindowSpec,
     first: int,
@@ -197,6 +202,27 @@ def tensor_from_base(
         raise ValueError("first/last purchase times must be [users, windows]")
     if first_column.shape != (n_users,):
         raise ValueError("first_column must hold one column per user")
+    if n_users > USERS_AT_ONCE:
+        # Whole-array intermediates of millions of cells cost more in page faults and cache
+        # misses than the arithmetic (200k users: 13.7 s at once): a block of users at a time,
+        # which gives the same numbers, since no user's features read another user's row.
+        features = np.empty((n_users, n_windows, N_FEATURES), dtype=np.float32)
+        orders_out = np.empty((n_users, n_windows), dtype=np.float64)
+        spend_out = np.empty((n_users, n_windows), dtype=np.float64)
+        for lo in range(0, n_users, USERS_AT_ONCE):
+            hi = min(lo + USERS_AT_ONCE, n_users)
+            part = tensor_from_base(
+                spec,
+                first,
+                base[lo:hi],
+                first_purchase_ms[lo:hi],
+                last_purchase_ms[lo:hi],
+                first_column[lo:hi],
+            )
+            features[lo:hi] = part.features
+            orders_out[lo:hi] = part.orders
+            spend_out[lo:hi] = part.spend
+        return WindowTensor(spec, first, features, orders_out, spend_out)
     # Carried through the later windows: fmin/fmax ignore NaN, so a window without purchases
     # keeps the earlier value.
     first_order_ms = np.fmin.accumulate(first_purchase_ms, axis=1)

@@ -249,3 +249,27 @@ def test_order_days_are_the_distinct_purchase_days_of_uci_online_retail(shared_d
         np.testing.assert_allclose(got[:, feature], days, rtol=1e-6)
     never = np.setdiff1d(np.arange(len(user_ids)), idx)
     assert np.all(vectors[never][:, [I_ORDER_DAYS_TOTAL, I_DAYS_SINCE_FIRST_ORDER]] == 0)
+
+
+def test_the_tensor_built_a_block_of_users_at_a_time_is_the_tensor_built_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A generated shop of 2,000 users: blocks of 7 users (odd, so blocks end mid-shop and
+    the last is short) give every cell bit for bit, labels included."""
+    import features.batch as batch
+    from ingest.generator import generate_clickstream
+
+    frame = generate_clickstream(n_users=2000, start="2024-01-01", days=120, seed=13)
+    arrays, _ = to_event_arrays(frame)
+    last_ms = int(frame.event_time_ms.max())
+    spec = WindowSpec(WEEK_MS, last_ms // DAY_MS * DAY_MS - 3 * WEEK_MS, 12, 4, 12)
+    last = spec.index(last_ms) - 1
+    monkeypatch.setattr(batch, "USERS_AT_ONCE", 10**9)
+    whole = build_tensor(arrays, spec, last)
+    monkeypatch.setattr(batch, "USERS_AT_ONCE", 7)
+    blocks = build_tensor(arrays, spec, last)
+    assert whole.features.shape[0] > 7 * 100
+    np.testing.assert_array_equal(blocks.features, whole.features)
+    np.testing.assert_array_equal(blocks.orders, whole.orders)
+    np.testing.assert_array_equal(blocks.spend, whole.spend)
+    assert whole.features[..., I_ORDER_DAYS_TOTAL].max() > 1
