@@ -101,13 +101,27 @@ class BgNbdParams:
 
 
 def _by_rows(fn: Callable[..., FloatArray], *rows: FloatArray) -> FloatArray:
-    """``fn`` over :data:`ROWS_AT_ONCE` rows at a time of the 1-D ``rows``, concatenated."""
+    """``fn`` over :data:`ROWS_AT_ONCE` rows at a time of the 1-D ``rows``, concatenated;
+    beyond that many rows, once per distinct row (by its bits), spread back to every row.
+
+    ``fn`` works row by row, so neither changes a bit. Distinct rows matter at scale: every
+    user who never ordered enters BG/NBD as (x, t_x, T) = (0, 0, 0), one row repeated for
+    millions of browsers, each of which cost the quadrature's 2,001 nodes (a 2.1M-user shop
+    spent over 15 minutes there)."""
     n = rows[0].shape[0]
     if n <= ROWS_AT_ONCE:
         return fn(*rows)
-    return np.concatenate(
-        [fn(*(r[i : i + ROWS_AT_ONCE] for r in rows)) for i in range(0, n, ROWS_AT_ONCE)]
+    bits = np.stack([np.ascontiguousarray(r, dtype=np.float64).view(np.uint64) for r in rows], 1)
+    distinct, where, inverse = np.unique(bits, axis=0, return_index=True, return_inverse=True)
+    firsts = tuple(np.asarray(r)[where] for r in rows)
+    values = np.concatenate(
+        [
+            fn(*(r[i : i + ROWS_AT_ONCE] for r in firsts))
+            for i in range(0, len(distinct), ROWS_AT_ONCE)
+        ]
     )
+    out: FloatArray = values[inverse.reshape(-1)]
+    return out
 
 
 def _log_series(a: FloatArray, b: FloatArray, c: FloatArray, z: FloatArray) -> FloatArray:

@@ -273,8 +273,9 @@ def test_a_large_population_is_evaluated_in_row_blocks_with_the_same_bits(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """5,000 customers of a shop's cutoff (many just acquired, so z near 1 and the quadrature;
-    repeat buyers on the series), evaluated in blocks of 7 rows and all at once: the same
-    bits, so bounding the work arrays' memory changes no feature."""
+    repeat buyers on the series; one in six of them the same just-acquired row), evaluated row by
+    row at once, once per distinct row, and in blocks of 7 rows: the same bits, so bounding
+    the work arrays' memory and skipping repeated rows change no feature."""
     rng = np.random.default_rng(11)
     n = 5_000
     T = rng.uniform(0.0, 52.0, n) * (rng.random(n) > 0.3)
@@ -282,9 +283,12 @@ def test_a_large_population_is_evaluated_in_row_blocks_with_the_same_bits(
     t_x = np.where(x > 0, T * rng.random(n), 0.0)
     ordered = rng.random(n) > 0.1
     params = EXTREME_PARAMS[name]
+    assert np.sum((x == 0) & (T == 0)) > 500
+    monkeypatch.setattr(clv, "ROWS_AT_ONCE", 10**9)
     whole = prior_features(params, x, t_x, T, ordered, 13.0)
-    monkeypatch.setattr(clv, "ROWS_AT_ONCE", 7)
-    np.testing.assert_array_equal(prior_features(params, x, t_x, T, ordered, 13.0), whole)
+    for at_once in (2048, 7):
+        monkeypatch.setattr(clv, "ROWS_AT_ONCE", at_once)
+        np.testing.assert_array_equal(prior_features(params, x, t_x, T, ordered, 13.0), whole)
     z = 13.0 / (params.alpha + T + 13.0)
     quad = (z > clv.Z_QUADRATURE) | (params.a + params.b + x - 1.0 < clv.C_MIN)
     assert quad.sum() > 100 or name == "CDNOW"  # both methods' rows are there
