@@ -27,7 +27,6 @@ import contextlib
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from training.outofcore import (
     EventStore,
     WindowCells,
     _quote,
+    connect,
     open_events,
     resolve_paths,
 )
@@ -209,15 +209,8 @@ def open_cells(patterns: Sequence[str | Path], config: EngineConfig | None = Non
         raise IngestError("no cell files given")
     where = ", ".join(str(f) for f in files)
     started = time.perf_counter()
-    if cfg.temp_dir is not None:
-        cfg.temp_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="clicksignals-duckdb-", dir=cfg.temp_dir))
-    con = duckdb.connect(str(workdir / "cells.duckdb"))
+    workdir, con = connect(cfg, "cells")
     try:
-        con.execute(f"SET memory_limit = {_quote(cfg.memory_limit)}")
-        con.execute(f"SET temp_directory = {_quote(str(workdir / 'spill'))}")
-        if cfg.threads is not None:
-            con.execute(f"SET threads = {int(cfg.threads)}")
         listed = "[" + ", ".join(_quote(str(f)) for f in files) + "]"
         try:
             con.execute(f"CREATE TABLE given_cells AS SELECT * FROM read_parquet({listed})")
@@ -285,7 +278,12 @@ def open_cells(patterns: Sequence[str | Path], config: EngineConfig | None = Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m training.cells``: canonical event files -> cell shards, with DuckDB."""
-    from training.cli import OFFLINE_MIN_EVENT_TIME_MS, parse_duration_ms, parse_instant_ms
+    from training.cli import (
+        OFFLINE_MIN_EVENT_TIME_MS,
+        add_duckdb_arguments,
+        parse_duration_ms,
+        parse_instant_ms,
+    )
 
     p = argparse.ArgumentParser(
         prog="python -m training.cells",
@@ -308,8 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events cover whole); required with --print-sql",
     )
     p.add_argument("--out", type=Path, help="directory for the Parquet shards")
-    p.add_argument("--duckdb-memory", default=EngineConfig().memory_limit)
-    p.add_argument("--duckdb-temp-dir", type=Path)
+    add_duckdb_arguments(p)
     p.add_argument(
         "--print-sql",
         action="store_true",

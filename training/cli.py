@@ -52,6 +52,20 @@ def parse_instant_ms(text: str) -> int:
     return int(ts.value // 1_000_000)
 
 
+def add_duckdb_arguments(p: argparse.ArgumentParser) -> None:
+    """DuckDB's resources, for every command that runs it."""
+    p.add_argument(
+        "--duckdb-memory",
+        default=DEFAULT_MEMORY_LIMIT,
+        help=f"duckdb engine: DuckDB's memory limit, beyond it it spills ({DEFAULT_MEMORY_LIMIT})",
+    )
+    p.add_argument(
+        "--duckdb-temp-dir",
+        type=Path,
+        help="duckdb engine: where its database and spill files go (the system temp dir)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train-and-export",
@@ -82,16 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the window features are built: pandas (events in memory; every format) or "
         "duckdb (out of core, memory bounded by users x windows; canonical files only)",
     )
-    p.add_argument(
-        "--duckdb-memory",
-        default=DEFAULT_MEMORY_LIMIT,
-        help=f"duckdb engine: DuckDB's memory limit, beyond it it spills ({DEFAULT_MEMORY_LIMIT})",
-    )
-    p.add_argument(
-        "--duckdb-temp-dir",
-        type=Path,
-        help="duckdb engine: where its database and spill files go (the system temp dir)",
-    )
+    add_duckdb_arguments(p)
     p.add_argument("--window", type=parse_duration_ms, default="7d", help="window length (7d)")
     p.add_argument("--seq-len", type=int, default=12, help="windows per input sequence (12)")
     p.add_argument("--horizon", type=int, default=4, help="windows predicted ahead (4)")
@@ -145,6 +150,11 @@ def _open_store(args: argparse.Namespace) -> EventStore:
     return open_events(files, min_event_time_ms=OFFLINE_MIN_EVENT_TIME_MS, config=config)
 
 
+def _store_source(store: EventStore) -> dict[str, Any]:
+    log.info("%s", store.summary.describe())
+    return {"engine": "duckdb", "ingest": store.summary.to_dict()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -171,26 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.cutoff is None:
                 raise IngestError("--cells needs the --cutoff the cells were laid on")
             config = EngineConfig(memory_limit=args.duckdb_memory, temp_dir=args.duckdb_temp_dir)
-            store = stack.enter_context(open_cells([args.cells], config))
-            events = store
-            source = {
-                "cells": str(args.cells),
-                "engine": "duckdb",
-                "ingest": store.summary.to_dict(),
-            }
+            events = store = stack.enter_context(open_cells([args.cells], config))
+            source = {"cells": str(args.cells), **_store_source(store)}
             n_rows, last_ms, n_users = store.rows, store.stop_ms, store.users
             type_counts = dict(store.event_types)
         elif args.engine == "duckdb":
             if args.events is None:
                 raise IngestError("--engine duckdb reads --events files; give one")
-            store = stack.enter_context(_open_store(args))
-            log.info("%s", store.summary.describe())
-            events = store
-            source = {
-                "events": str(args.events),
-                "engine": "duckdb",
-                "ingest": store.summary.to_dict(),
-            }
+            events = store = stack.enter_context(_open_store(args))
+            source = {"events": str(args.events), **_store_source(store)}
             n_rows, last_ms, n_users = store.rows, store.stop_ms, store.users
             type_counts = dict(store.event_types)
         elif args.events is not None:

@@ -571,6 +571,27 @@ def _parquet_source(con: Any, files: list[Path]) -> tuple[str, dict[str, str], l
     return source, exprs, names
 
 
+def connect(cfg: EngineConfig, name: str) -> tuple[Path, Any]:
+    """A new directory under ``cfg.temp_dir`` and a DuckDB database ``name`` in it, with the
+    memory limit, spill directory and threads of ``cfg``; the caller removes the directory."""
+    import duckdb
+
+    if cfg.temp_dir is not None:
+        # A directory named for the spill files need not exist yet (as DuckDB's own temp dir).
+        cfg.temp_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="clicksignals-duckdb-", dir=cfg.temp_dir))
+    try:
+        con = duckdb.connect(str(workdir / f"{name}.duckdb"))
+        con.execute(f"SET memory_limit = {_quote(cfg.memory_limit)}")
+        con.execute(f"SET temp_directory = {_quote(str(workdir / 'spill'))}")
+        if cfg.threads is not None:
+            con.execute(f"SET threads = {int(cfg.threads)}")
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return workdir, con
+
+
 # --- the entry point --------------------------------------------------------------------------
 
 
@@ -606,16 +627,8 @@ def open_events(
     started = time.perf_counter()
     now = int(time.time() * 1000) if now_ms is None else now_ms
     lo, hi = min_event_time_ms, now + max_future_skew_ms
-    if cfg.temp_dir is not None:
-        # A directory named for the spill files need not exist yet (as DuckDB's own temp dir).
-        cfg.temp_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="clicksignals-duckdb-", dir=cfg.temp_dir))
-    con = duckdb.connect(str(workdir / "events.duckdb"))
+    workdir, con = connect(cfg, "events")
     try:
-        con.execute(f"SET memory_limit = {_quote(cfg.memory_limit)}")
-        con.execute(f"SET temp_directory = {_quote(str(workdir / 'spill'))}")
-        if cfg.threads is not None:
-            con.execute(f"SET threads = {int(cfg.threads)}")
         # Row order within a file is what the line numbers of bad rows are read from.
         con.execute("SET preserve_insertion_order = true")
         con.execute("SET TimeZone = 'UTC'")
