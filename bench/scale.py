@@ -177,12 +177,14 @@ def render(res: dict[str, Any]) -> str:
         "with its defaults in a child process; per-stage figures from its report, the whole "
         "command's wall time and high-water mark (VmHWM) around it.",
         "",
-        "| events | users | Parquet MB | stage | wall s | peak RSS MB |",
+        "| events | users with an event | Parquet MB | stage | wall s | peak RSS MB |",
         "|---|---|---|---|---|---|",
     ]
     for run in res["runs"]:
         d = run["data"]
-        head = f"| {d['events']:,} | {d['users']:,} | {d['bytes'] / 1e6:,.0f} |"
+        # The report's count (users with an event); the generator's ids include some without.
+        users = (run.get("users") or {}).get("total", d["users"])
+        head = f"| {d['events']:,} | {users:,} | {d['bytes'] / 1e6:,.0f} |"
         if run["returncode"] != 0:
             lines.append(
                 f"{head} failed (exit {run['returncode']}) | {run['wall_seconds']} | "
