@@ -168,9 +168,11 @@ def build_window_tensor(ev: EventArrays, spec: WindowSpec, first: int, last: int
     )
 
 
-USERS_AT_ONCE = 16_384
+USERS_AT_ONCE = 1_024
 """Users whose rows :func:`tensor_from_base` computes together (memory and cache, not
-results: any grouping gives the same bits)."""
+results: any grouping gives the same bits). 200k users x 27 windows, best of five: 2.0 s in
+blocks of 16,384, 0.87 s of 2,048, 0.76 s of 1,024, 0.73 s of 512: a block's intermediates
+small enough for the allocator to reuse rather than map afresh."""
 
 
 def tensor_from_base(

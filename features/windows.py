@@ -235,23 +235,27 @@ def assemble(
     since_first = _days_before(end_ms, first_order_ms)
     since_last = _days_before(end_ms, last_order_ms)
     sin, cos = season(start_ms)
-    derived = np.stack(
-        np.broadcast_arrays(
-            conversion,
-            active,
-            since,
-            tenure,
-            orders_total,
-            spend_total,
-            order_days_total,
-            since_first,
-            since_last,
-            sin,
-            cos,
-        ),
-        axis=-1,
+    derived = (
+        conversion,
+        active,
+        since,
+        tenure,
+        orders_total,
+        spend_total,
+        order_days_total,
+        since_first,
+        since_last,
+        sin,
+        cos,
     )
-    return np.concatenate([base, derived], axis=-1).astype(np.float32)
+    shape = np.broadcast_shapes(base.shape[:-1], *(np.shape(part) for part in derived))
+    # Each part cast into its column of one float32 array: the same rounding as stacking in
+    # float64 and casting the whole, without the two float64 intermediates of every cell.
+    features = np.empty((*shape, base.shape[-1] + len(derived)), dtype=np.float32)
+    features[..., : base.shape[-1]] = base
+    for i, part in enumerate(derived, start=base.shape[-1]):
+        features[..., i] = part
+    return features
 
 
 def _days_before(end_ms: IntArray, event_ms: FloatArray) -> FloatArray:
