@@ -40,10 +40,10 @@ from training.outofcore import (
     EngineConfig,
     EventStore,
     WindowCells,
-    _quote,
     connect,
     open_events,
     resolve_paths,
+    sql_string,
 )
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def cells_sql(spec: WindowSpec, last: int, events: str = _EVENTS_VIEW) -> str:
     """The statement computing the cells of windows through ``last`` (a global window index on
     ``spec``'s grid) from the canonical events relation ``events``."""
     counts = ",\n".join(
-        f"  CAST(COUNT(CASE WHEN event_type = {_quote(t)} THEN 1 END) AS DOUBLE) AS {name}"
+        f"  CAST(COUNT(CASE WHEN event_type = {sql_string(t)} THEN 1 END) AS DOUBLE) AS {name}"
         for t, name in zip(EVENT_TYPES, COUNT_FEATURES, strict=True)
     )
     return _CELLS_SQL.format(
@@ -104,7 +104,7 @@ def cells_sql(spec: WindowSpec, last: int, events: str = _EVENTS_VIEW) -> str:
         window_ms=spec.length_ms,
         last=last,
         counts=counts,
-        p=f"event_type = {_quote(PURCHASE)}",
+        p=f"event_type = {sql_string(PURCHASE)}",
         day_ms=DAY_MS,
     )
 
@@ -126,7 +126,7 @@ def write_cells(
     end would pass for a quiet one) and write the cells as Parquet shards (one per DuckDB
     thread) into ``directory``."""
     last = spec.index((store.stop_ms + 1) if until_ms is None else until_ms) - 1
-    types = " ".join(f"WHEN {code} THEN {_quote(t)}" for code, t in enumerate(EVENT_TYPES))
+    types = " ".join(f"WHEN {code} THEN {sql_string(t)}" for code, t in enumerate(EVENT_TYPES))
     store.con.execute(
         f"""CREATE OR REPLACE VIEW {_EVENTS_VIEW} AS
         SELECT user_id, t AS event_time_ms, CASE et {types} END AS event_type, q AS quantity,
@@ -137,13 +137,13 @@ def write_cells(
     for old in directory.glob("*.parquet"):
         old.unlink()  # shards of an earlier run would be read with these
     store.con.execute(
-        f"COPY ({cells_sql(spec, last)}) TO {_quote(str(directory))} "
+        f"COPY ({cells_sql(spec, last)}) TO {sql_string(str(directory))} "
         "(FORMAT parquet, PER_THREAD_OUTPUT true, OVERWRITE_OR_IGNORE true)"
     )
     files = sorted(directory.glob("*.parquet"))
     got = store.con.execute(
         "SELECT count(*), count(DISTINCT user_id) FROM read_parquet("
-        + _quote(str(directory / "*.parquet"))
+        + sql_string(str(directory / "*.parquet"))
         + ")"
     ).fetchall()[0]
     return CellsWritten(directory, len(files), int(got[0]), int(got[1]), spec.end_ms(last))
@@ -211,7 +211,7 @@ def open_cells(patterns: Sequence[str | Path], config: EngineConfig | None = Non
     started = time.perf_counter()
     workdir, con = connect(cfg, "cells")
     try:
-        listed = "[" + ", ".join(_quote(str(f)) for f in files) + "]"
+        listed = "[" + ", ".join(sql_string(str(f)) for f in files) + "]"
         try:
             con.execute(f"CREATE TABLE given_cells AS SELECT * FROM read_parquet({listed})")
         except duckdb.Error as exc:

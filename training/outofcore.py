@@ -195,15 +195,13 @@ class EventStore:
             if lowest < first:
                 raise ValueError(f"events start in window {lowest}, before {first}")
         started = time.perf_counter()
-        # The events of the range with their user code and window, as a table in the database
-        # file (on disk, like the events): the queries below read it several times, and a view
-        # would redo the join each time, holding its hash table beside their aggregates. Row
-        # order does not matter from here on: not preserving it lets DuckDB stream and spill.
+        # Row order does not matter from here on: not preserving it lets DuckDB stream and
+        # spill.
         self.con.execute("SET preserve_insertion_order = false")
         try:
             self._cells(window_sql, first, last)
         finally:
-            self.con.execute("DROP TABLE IF EXISTS cell_events")
+            self.con.execute("DROP VIEW IF EXISTS cell_events")
             self.con.execute("SET preserve_insertion_order = true")
         # fetchall: a result left unfetched blocks the connection's next registration.
         n_nonempty = int(self.con.execute("SELECT count(*) FROM cells_plain").fetchall()[0][0])
@@ -221,13 +219,17 @@ class EventStore:
         """Tables ``cells_plain`` and ``cells_d0 .. d5``: rows of non-empty (user code ``u``,
         column ``col``) with the inputs of :func:`features.batch.tensor_from_base`, ordered by
         ``u, col`` so that a block of users is a range of each. Seven tables, not one join of
-        them: the join did not fit DuckDB's floor of memory (32 MB) where the parts spill."""
+        them: the join did not fit DuckDB's floor of memory (32 MB) where the parts spill.
+
+        The events are read through a view, aggregated by ``user_id`` and joined to their code
+        only as cells: at 51.6M events, materialising the events with their code and window
+        first (one join of every event) took 16 s of the 37 s, the view and late join 30 s
+        in all; the scan the view repeats costs about a second."""
         self._run(
-            f"""CREATE OR REPLACE TABLE cell_events AS
-            SELECT users.u, {window_sql} - {first} AS col, e.et, e.q, e.price, e.t,
-              e.product_id, e.category, e.session_id, e.order_id
-            FROM events e JOIN users USING (user_id)
-            WHERE e.reason IS NULL AND {window_sql} <= {last}"""
+            f"""CREATE OR REPLACE TEMP VIEW cell_events AS
+            SELECT user_id, {window_sql} - {first} AS col, et, q, price, t,
+              product_id, category, session_id, order_id
+            FROM events WHERE reason IS NULL AND {window_sql} <= {last}"""
         )
         # 1. Plain aggregates per cell (a hash aggregate, which DuckDB spills).
         p = f"et = {_PURCHASE}"
@@ -237,7 +239,8 @@ class EventStore:
         )
         self._run(
             f"""CREATE OR REPLACE TABLE cells_plain AS
-            SELECT u, col, {counts},
+            SELECT users.u, cells.* EXCLUDE (user_id) FROM (
+            SELECT user_id, col, {counts},
               -- a purchase line with neither order nor session id is an order of its own
               count(*) FILTER (WHERE {p} AND order_id IS NULL AND session_id IS NULL)::DOUBLE
                 AS anonymous_orders,
@@ -246,7 +249,8 @@ class EventStore:
               coalesce(sum(coalesce(price * q, 0.0)) FILTER (WHERE {p}), 0.0) AS spend,
               min(t) FILTER (WHERE {p})::DOUBLE AS first_purchase_ms,
               max(t) FILTER (WHERE {p})::DOUBLE AS last_purchase_ms
-            FROM cell_events GROUP BY u, col ORDER BY u, col"""
+            FROM cell_events GROUP BY user_id, col
+            ) cells JOIN users USING (user_id) ORDER BY u, col"""
         )
         # 2. Distinct counts, one query per key: (cell, key) made distinct, then counted per
         # cell. Hash aggregates that spill, where COUNT(DISTINCT) inside one grouped aggregate
@@ -266,9 +270,11 @@ class EventStore:
         ):
             self._run(
                 f"""CREATE OR REPLACE TABLE cells_d{i} AS
-                SELECT u, col, count(*)::DOUBLE AS n
-                FROM (SELECT DISTINCT u, col, {key} AS key FROM cell_events WHERE {where})
-                GROUP BY u, col ORDER BY u, col"""
+                SELECT users.u, cells.col, cells.n FROM (
+                  SELECT user_id, col, count(*)::DOUBLE AS n
+                  FROM (SELECT DISTINCT user_id, col, {key} AS key FROM cell_events WHERE {where})
+                  GROUP BY user_id, col
+                ) cells JOIN users USING (user_id) ORDER BY u, col"""
             )
 
 
@@ -306,23 +312,22 @@ class WindowCells:
             n_users = self.n_users
             ids = self.store.user_ids()
             pick = ""
+            sample = False
         else:
             codes = np.asarray(codes, dtype=np.int64)
             if len(codes) > 1 and not np.all(np.diff(codes) > 0):
                 raise ValueError("user codes must be sorted and distinct")
             n_users = len(codes)
-            con.register("picked_users", pd.DataFrame({"u": codes}))
-            named = con.execute(
-                "SELECT user_id FROM users SEMI JOIN picked_users USING (u) ORDER BY u"
-            ).fetchnumpy()
-            ids = np.asarray(named["user_id"], dtype=object)
             # A block of consecutive codes is a range of the sorted tables (zone maps skip
-            # the rest); a sample is a semi-join.
-            pick = (
-                f"WHERE u BETWEEN {int(codes[0])} AND {int(codes[-1])}"
-                if n_users and int(codes[-1]) - int(codes[0]) == n_users - 1
-                else "SEMI JOIN picked_users USING (u)"
-            )
+            # the rest); a sample is a semi-join with the codes, registered for the reads.
+            sample = not n_users or int(codes[-1]) - int(codes[0]) != n_users - 1
+            if sample:
+                con.register("picked_users", pd.DataFrame({"u": codes}))
+                pick = "SEMI JOIN picked_users USING (u)"
+            else:
+                pick = f"WHERE u BETWEEN {int(codes[0])} AND {int(codes[-1])}"
+            named = con.execute(f"SELECT user_id FROM users {pick} ORDER BY u").fetchnumpy()
+            ids = np.asarray(named["user_id"], dtype=object)
 
         def cells(table: str) -> tuple[dict[str, Any], np.ndarray]:
             got = self.store._run(f"SELECT * FROM {table} {pick}")
@@ -338,11 +343,19 @@ class WindowCells:
         first_col = np.full(n_users, n_windows, dtype=np.int64)
         try:
             got, flat = cells("cells_plain")
-            for code in range(len(EVENT_TYPES)):
-                base[flat, code] = _floats(got[f"n{code}"])
-            base[flat, _N_TYPES + _ORDERS] = _floats(got["anonymous_orders"])
-            base[flat, _N_TYPES + _UNITS] = _floats(got["units"])
-            base[flat, _N_TYPES + _SPEND] = _floats(got["spend"])
+            plain = {f"n{code}": code for code in range(len(EVENT_TYPES))}
+            plain.update(
+                anonymous_orders=_N_TYPES + _ORDERS,
+                units=_N_TYPES + _UNITS,
+                spend=_N_TYPES + _SPEND,
+            )
+            # One row scatter of the plain columns, not one strided scatter per column.
+            block = np.empty((len(flat), N_BASE), dtype=np.float64)
+            block[:, _N_TYPES:] = 0.0
+            for name, position in plain.items():
+                block[:, position] = _floats(got[name])
+            base[flat] = block
+            del block
             # NULL (no purchase in the cell) arrives masked or as NaN: either way NaN here.
             first_ms[flat] = _floats(got["first_purchase_ms"])
             last_ms[flat] = _floats(got["last_purchase_ms"])
@@ -352,7 +365,7 @@ class WindowCells:
                 base[flat, _N_TYPES + feature] += _floats(got["n"])
             del got, flat
         finally:
-            if codes is not None:
+            if sample:
                 con.unregister("picked_users")
         tensor = tensor_from_base(
             self.spec,
@@ -385,7 +398,8 @@ def _floor_div(expr: str, divisor: int) -> str:
     return f"((({expr}) - ((({expr}) % {divisor}) + {divisor}) % {divisor}) // {divisor})"
 
 
-def _quote(text: str) -> str:
+def sql_string(text: str) -> str:
+    """``text`` as a standard SQL string literal (a quote doubled: DuckDB, Trino)."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -472,7 +486,7 @@ def _validated_select(source: str, columns: dict[str, str], time_col: str, lo: i
     def col(name: str) -> str:
         return columns.get(name, "NULL::VARCHAR")
 
-    type_codes = " ".join(f"WHEN {_quote(t)} THEN {c}" for t, c in EVENT_TYPE_CODES.items())
+    type_codes = " ".join(f"WHEN {sql_string(t)} THEN {c}" for t, c in EVENT_TYPE_CODES.items())
     blank = " AND ".join(f"({expr}) IS NULL" for expr in columns.values()) or "false"
     # Whitespace before a numeric offset: pandas' ISO8601 parser accepts it, DuckDB's not.
     iso = r"regexp_replace(tt, '\s+([+-]\d{2}(?::?\d{2})?)$', '\1')"
@@ -514,7 +528,7 @@ def _validated_select(source: str, columns: dict[str, str], time_col: str, lo: i
               {_text(col(time_col))} AS tt,
               coalesce(regexp_full_match({_text(col(time_col))}, '-?[0-9]{{1,18}}'), false)
                 AS digits,
-              coalesce(regexp_matches({_text(col(time_col))}, {_quote(_ZONED_ISO_SQL)}), false)
+              coalesce(regexp_matches({_text(col(time_col))}, {sql_string(_ZONED_ISO_SQL)}), false)
                 AS zoned,
               {_text(col("price"))} AS price_text,
               {_number(_text(col("price")))} AS price,
@@ -534,8 +548,8 @@ def _validated_select(source: str, columns: dict[str, str], time_col: str, lo: i
 
 
 def _csv_source(files: list[Path], header: list[str]) -> tuple[str, dict[str, str]]:
-    cols = "{" + ", ".join(f"{_quote(n)}: 'VARCHAR'" for n in header) + "}"
-    file_list = "[" + ", ".join(_quote(str(f)) for f in files) + "]"
+    cols = "{" + ", ".join(f"{sql_string(n)}: 'VARCHAR'" for n in header) + "}"
+    file_list = "[" + ", ".join(sql_string(str(f)) for f in files) + "]"
     # No sniffing: pandas' dialect (comma, double quote, quote doubled), every field text;
     # short lines padded with NULL as pandas pads them; lines with too many fields go to the
     # rejects table (pandas: malformed_line). Row numbers come from the table's rowid.
@@ -551,7 +565,7 @@ def _csv_source(files: list[Path], header: list[str]) -> tuple[str, dict[str, st
 
 
 def _parquet_source(con: Any, files: list[Path]) -> tuple[str, dict[str, str], list[str]]:
-    file_list = "[" + ", ".join(_quote(str(f)) for f in files) + "]"
+    file_list = "[" + ", ".join(sql_string(str(f)) for f in files) + "]"
     reader = f"read_parquet({file_list}, union_by_name=true, filename=true, file_row_number=true)"
     described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
     exprs: dict[str, str] = {}
@@ -582,8 +596,8 @@ def connect(cfg: EngineConfig, name: str) -> tuple[Path, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="clicksignals-duckdb-", dir=cfg.temp_dir))
     try:
         con = duckdb.connect(str(workdir / f"{name}.duckdb"))
-        con.execute(f"SET memory_limit = {_quote(cfg.memory_limit)}")
-        con.execute(f"SET temp_directory = {_quote(str(workdir / 'spill'))}")
+        con.execute(f"SET memory_limit = {sql_string(cfg.memory_limit)}")
+        con.execute(f"SET temp_directory = {sql_string(str(workdir / 'spill'))}")
         if cfg.threads is not None:
             con.execute(f"SET threads = {int(cfg.threads)}")
     except BaseException:
@@ -635,7 +649,7 @@ def open_events(
         # Each query's profile (JSON, overwritten by the next) says how much it spilled.
         con.execute("SET enable_profiling = 'json'")
         con.execute("SET profiling_coverage = 'ALL'")
-        con.execute(f"SET profiling_output = {_quote(str(workdir / _PROFILE))}")
+        con.execute(f"SET profiling_output = {sql_string(str(workdir / _PROFILE))}")
         where = ", ".join(str(f) for f in files)
         if parquet:
             try:
