@@ -441,7 +441,7 @@ class ScoredRows:
 
 def _score_test(
     source: TensorSource,
-    fitted: tuple[np.ndarray | None, WindowTensor, np.ndarray],
+    fitted: tuple[np.ndarray | None, WindowTensor | None, np.ndarray],
     raw: Scorer,
     windows: list[int],
     observed_through: int,
@@ -455,7 +455,7 @@ def _score_test(
     fit_codes, fit_tensor, fit_ids = fitted
     parts: list[ScoredRows] = []
     for codes in user_blocks(source.n_users, BLOCK_USERS):
-        if codes is None and fit_codes is None:
+        if codes is None and fit_codes is None and fit_tensor is not None:
             tensor, ids = fit_tensor, fit_ids
         else:
             tensor, ids = source.tensor(codes)
@@ -634,10 +634,15 @@ def run(
         raw_val.churn_probability, raw_val.means(), labelled.churn, cfg.seed
     )
     stages.start("evaluate")
+    # When the model was fitted on a sample, scoring reads every block afresh: the sample's
+    # tensor is let go for the scoring's peak, and read again only if folds or quantization
+    # ask for it. Fitted on everyone, it is the one block scored.
+    kept = tensor if fit_codes is None else None
+    del tensor
     # Every user at the test origins, a block at a time: the graph's raw outputs and the
     # baselines that read sequences, kept per row; the sequences themselves are dropped.
     test = _score_test(
-        source, (fit_codes, tensor, user_ids), raw, test_windows, last_complete, fit, prior
+        source, (fit_codes, kept, user_ids), raw, test_windows, last_complete, fit, prior
     )
     at_cutoff = test.window_index == -1
     cut_churn = (
@@ -690,12 +695,14 @@ def run(
         **baseline_predictions(main.select_val, _prior_of(main.select_val, fit), None),
     }
     rolling["pseudo_cutoff"] = _brief(evaluate_rows(main.select_val, select_preds))
-    folds = _rolling_folds(tensor, user_ids, first, cfg) if cfg.cv_folds else []
+    if kept is None and (cfg.cv_folds or cfg.quantize):
+        kept = source.tensor(fit_codes)[0]
+    folds = _rolling_folds(kept, user_ids, first, cfg) if kept is not None and cfg.cv_folds else []
 
     quant: dict[str, Any] | None = None
-    if cfg.quantize:
+    if kept is not None and cfg.quantize:
         # On the fitted users' customers at the cutoff (everyone's below MAX_FIT_USERS).
-        quant_rows = origin_set(tensor, user_ids, [-1], last_complete, fit, prior=prior)
+        quant_rows = origin_set(kept, user_ids, [-1], last_complete, fit, prior=prior)
         quant = _quantize(cfg, onnx_path, quant_rows, metrics)
 
     stages.finish()

@@ -413,7 +413,8 @@ def test_a_shop_larger_than_a_block_and_the_fit_sample_still_predicts_every_cust
 ) -> None:
     """A generated shop of ~430 users (Parquet, --engine duckdb) scored in blocks of 150 users
     gives the one-block predictions byte for byte; fitted on a seeded sample of 250 of its
-    users, it still predicts every customer of the cutoff population, and says it sampled."""
+    users, it still predicts every customer of the cutoff population, says it sampled, and
+    quantizes on that sample."""
     import json
 
     import training.pipeline as pipeline
@@ -430,7 +431,8 @@ def test_a_shop_larger_than_a_block_and_the_fit_sample_still_predicts_every_cust
     assert one == (tmp_path / "blocks" / "predictions.csv").read_bytes()
 
     monkeypatch.setattr(pipeline, "MAX_FIT_USERS", 250)
-    assert main([*args, "--out", str(tmp_path / "sample")]) == 0
+    # --quantize reads the sample's tensor again after scoring, which let it go.
+    assert main([*args, "--quantize", "--out", str(tmp_path / "sample")]) == 0
     everyone = pd.read_csv(tmp_path / "one" / "predictions.csv")
     sampled = pd.read_csv(tmp_path / "sample" / "predictions.csv")
     assert len(everyone) > 250
@@ -439,6 +441,7 @@ def test_a_shop_larger_than_a_block_and_the_fit_sample_still_predicts_every_cust
     users = json.loads((tmp_path / "sample" / "report.json").read_text())["extra"]["split"]["users"]
     total = frame.user_id.nunique()  # of the 500 generated, those with an event
     assert users == {"cutoff": len(everyone), "total": total, "fitted_on": 250}
+    assert (tmp_path / "sample" / "quantized" / "model.onnx").is_file()
 
 
 def test_the_duckdb_engine_refuses_other_formats(
