@@ -24,7 +24,7 @@ Pure: numpy only, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -228,3 +228,99 @@ def widened(quantiles: FloatArray, factor: float) -> FloatArray:
     out = p50 + factor * (quantiles - p50)
     out[..., 0] = np.maximum(out[..., 0], 0.0)
     return out
+
+
+# --- the demand model's manifest: its contract with whoever serves it ---------------------------
+
+DEMAND_MANIFEST_FORMAT: Final = 1
+DEMAND_TARGETS: Final[tuple[str, ...]] = ("units", "revenue")
+DEMAND_QUANTILES: Final[tuple[float, ...]] = (0.1, 0.5, 0.9)
+DEMAND_INPUTS: Final[tuple[str, ...]] = ("sequence", "future", "scale")
+DEMAND_OUTPUT: Final = "quantiles"
+
+
+@dataclass(frozen=True)
+class DemandManifest:
+    """What ``manifest.json`` beside a demand model's ONNX file holds.
+
+    The graph takes ``sequence`` ``[N, seq_len, len(INPUT_FEATURES)]`` (:func:`series_inputs`),
+    ``future`` ``[N, horizon, len(FUTURE_FEATURES)]`` (:func:`future_inputs`) and ``scale``
+    ``[N, 2]`` (:func:`series_scale`), and gives ``quantiles`` ``[N, horizon, 2, 3]``; the
+    served quantiles are :func:`widened` by ``interval_width``.
+    """
+
+    model_version: str
+    group: str
+    level: str
+    window_ms: int
+    origin_ms: int
+    seq_len: int
+    horizon: int
+    interval_width: float
+    onnx_sha256: str
+    onnx_file: str = "model.onnx"
+    input_features: tuple[str, ...] = INPUT_FEATURES
+    future_features: tuple[str, ...] = FUTURE_FEATURES
+    targets: tuple[str, ...] = DEMAND_TARGETS
+    quantiles: tuple[float, ...] = DEMAND_QUANTILES
+    scale_windows: int = SCALE_WINDOWS
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "format": DEMAND_MANIFEST_FORMAT,
+            "model_version": self.model_version,
+            "group": self.group,
+            "level": self.level,
+            "window": {"length_ms": self.window_ms, "origin_ms": self.origin_ms},
+            "seq_len": self.seq_len,
+            "horizon": self.horizon,
+            "interval_width": self.interval_width,
+            "onnx": {"file": self.onnx_file, "sha256": self.onnx_sha256},
+            "inputs": {
+                "sequence": list(self.input_features),
+                "future": list(self.future_features),
+                "scale": ["units", "revenue"],
+            },
+            "output": {"targets": list(self.targets), "quantiles": list(self.quantiles)},
+            "scale_windows": self.scale_windows,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DemandManifest:
+        """Read a manifest; a wrong format, or inputs and outputs this code does not compute,
+        is a ValueError that says what does not match."""
+        try:
+            if data["format"] != DEMAND_MANIFEST_FORMAT:
+                raise ValueError(
+                    f"format {data['format']}, this code reads {DEMAND_MANIFEST_FORMAT}"
+                )
+            got = cls(
+                model_version=str(data["model_version"]),
+                group=str(data["group"]),
+                level=str(data["level"]),
+                window_ms=int(data["window"]["length_ms"]),
+                origin_ms=int(data["window"]["origin_ms"]),
+                seq_len=int(data["seq_len"]),
+                horizon=int(data["horizon"]),
+                interval_width=float(data["interval_width"]),
+                onnx_sha256=str(data["onnx"]["sha256"]),
+                onnx_file=str(data["onnx"]["file"]),
+                input_features=tuple(data["inputs"]["sequence"]),
+                future_features=tuple(data["inputs"]["future"]),
+                targets=tuple(data["output"]["targets"]),
+                quantiles=tuple(float(q) for q in data["output"]["quantiles"]),
+                scale_windows=int(data["scale_windows"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"demand manifest: missing or malformed {exc}") from exc
+        for name, have, want in (
+            ("sequence inputs", got.input_features, INPUT_FEATURES),
+            ("future inputs", got.future_features, FUTURE_FEATURES),
+            ("targets", got.targets, DEMAND_TARGETS),
+            ("quantiles", got.quantiles, DEMAND_QUANTILES),
+            ("scale windows", (got.scale_windows,), (SCALE_WINDOWS,)),
+        ):
+            if tuple(have) != tuple(want):
+                raise ValueError(f"demand manifest: {name} {list(have)}, this code {list(want)}")
+        parse_level(got.level)
+        return got

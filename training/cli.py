@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from features.demand import SeriesLevel, parse_level
 from features.windows import DAY_MS
 from training.outofcore import DEFAULT_MEMORY_LIMIT, EventStore
 from training.resources import StageLog
@@ -64,6 +65,13 @@ def add_duckdb_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="duckdb engine: where its database and spill files go (the system temp dir)",
     )
+
+
+def _demand_level(text: str) -> SeriesLevel:
+    try:
+        return parse_level(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cv-folds", type=int, default=0, help="rolling-origin folds before the cutoff (0)"
     )
+    p.add_argument(
+        "--demand",
+        type=_demand_level,
+        metavar="LEVEL",
+        help="also train the inventory demand model (issue 17) on series by LEVEL: category, "
+        "product or family:N (the first N characters of the product id), beside the dense "
+        "products; written to OUT/demand. Pandas engine only",
+    )
     p.add_argument("--gen-users", type=int, default=3000, help="generator: users")
     p.add_argument("--gen-days", type=int, default=364, help="generator: days of history")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -169,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = StageLog()
     stack.callback(stages.close)
     try:
+        if args.demand is not None and (args.cells is not None or args.engine == "duckdb"):
+            raise IngestError("--demand reads the events in memory: use --engine pandas")
         stages.start("read")
         events: pd.DataFrame | EventStore
         source: dict[str, Any]
@@ -251,6 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         from training.pipeline import run
 
         report = run(events, cfg, stages)
+        if args.demand is not None:
+            from training.demand_model import DemandConfig
+            from training.demand_pipeline import run_demand
+
+            assert isinstance(events, pd.DataFrame)
+            demand = DemandConfig(horizon=args.horizon, seed=args.seed)
+            run_demand(events, cfg.spec, args.demand, args.out / "demand", demand)
+            log.info("demand model written to %s", args.out / "demand")
     except (IngestError, TrainingError, ValueError) as exc:
         log.error("%s", exc)
         print(f"train-and-export: error: {exc}", file=sys.stderr)

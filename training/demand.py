@@ -17,11 +17,11 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from features.demand import SERIES_AGGREGATES, SeriesLevel, series_windows
+from features.demand import DEMAND_QUANTILES, SERIES_AGGREGATES, SeriesLevel, series_windows
 from features.events import EVENT_TYPE_CODES
 from features.windows import WindowSpec
 
-QUANTILES: Final[tuple[float, ...]] = (0.1, 0.5, 0.9)
+QUANTILES: Final = DEMAND_QUANTILES
 """The forecast's quantiles: P10, P50, P90 (an 80 % interval around the median)."""
 
 

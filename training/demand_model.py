@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
 from features.demand import (
+    DEMAND_INPUTS,
+    DEMAND_OUTPUT,
+    DEMAND_TARGETS,
     FUTURE_FEATURES,
     I_REVENUE,
     I_UNITS,
@@ -39,7 +43,7 @@ from training.demand import QUANTILES, SeriesPanel
 
 log = logging.getLogger(__name__)
 
-TARGETS: Final[tuple[str, ...]] = ("units", "revenue")
+TARGETS: Final = DEMAND_TARGETS
 """What each horizon window's quantiles are of, in the output's second-to-last axis."""
 COVERAGE_TARGET: Final = 0.8
 """P10-P90: the share of actuals the interval should hold."""
@@ -56,6 +60,9 @@ class DemandConfig:
     batch_size: int = 128
     max_epochs: int = 40
     seed: int = 7
+    seeds: int = 3
+    """Members of the ensemble (seeds ``seed .. seed + seeds - 1``), whose quantiles are
+    averaged: one small network's fit on a few thousand samples varies from seed to seed."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,9 +210,10 @@ def _training_arrays(samples: DemandSamples) -> tuple[dict[str, np.ndarray], np.
 
 @dataclass
 class DemandFit:
-    model: Any
-    selection: Any
-    """The model of origins before the pseudo-cutoff, at the chosen epoch: what the
+    models: list[Any]
+    """The ensemble fitted on every origin before the cutoff."""
+    selection: list[Any]
+    """The ensemble of origins before the pseudo-cutoff, at the chosen epoch: what the
     pseudo-cutoff's scores are of."""
     epochs: int
     width: float
@@ -214,10 +222,12 @@ class DemandFit:
     info: dict[str, Any]
 
 
-def _train(samples: DemandSamples, cfg: DemandConfig, epochs: int, check: Any = None) -> Any:
+def _train(
+    samples: DemandSamples, cfg: DemandConfig, seed: int, epochs: int, check: Any = None
+) -> Any:
     import keras
 
-    keras.utils.set_random_seed(cfg.seed)
+    keras.utils.set_random_seed(seed)
     model = build_demand_model(cfg)
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=_pinball)
     x, y = _training_arrays(samples)
@@ -228,20 +238,22 @@ def _train(samples: DemandSamples, cfg: DemandConfig, epochs: int, check: Any = 
     return model
 
 
-def predict_demand(model: Any, samples: DemandSamples, width: float = 1.0) -> np.ndarray:
-    """``[N, horizon, 2, 3]`` quantiles in the data's units (scale applied, width widened)."""
-    scaled = np.asarray(
-        model.predict(
-            {"sequence": samples.inputs, "future": samples.future}, verbose=0, batch_size=4096
-        ),
-        dtype=np.float64,
-    )
-    return widened(scaled * samples.scale[:, None, :, None], width)
+def _scaled(models: list[Any], samples: DemandSamples) -> np.ndarray:
+    """The ensemble's mean scale-free quantiles ``[N, horizon, 2, 3]``."""
+    x = {"sequence": samples.inputs, "future": samples.future}
+    each = [np.asarray(m.predict(x, verbose=0, batch_size=4096), np.float64) for m in models]
+    return np.asarray(np.mean(each, axis=0), dtype=np.float64)
+
+
+def predict_demand(models: list[Any], samples: DemandSamples, width: float = 1.0) -> np.ndarray:
+    """``[N, horizon, 2, 3]`` quantiles in the data's units: the ensemble's mean, times each
+    series' scale, the interval widened by ``width``."""
+    return widened(_scaled(models, samples) * samples.scale[:, None, :, None], width)
 
 
 def calibrate_width(quantiles: np.ndarray, actual: np.ndarray) -> float:
     """The factor on the interval's half-widths whose P10-P90 coverage of ``actual`` comes
-    closest to :data:`COVERAGE_TARGET` (a grid from 0.5 to 4; 1.0 on a tie)."""
+    closest to :data:`COVERAGE_TARGET` (a grid from 0.5 to 4; the one nearest 1 on a tie)."""
     grid = np.round(np.arange(0.5, 4.0001, 0.05), 2)
     seen = ~np.isnan(actual)
     if not seen.any():
@@ -270,12 +282,12 @@ def fit_demand(
     panels: list[tuple[SeriesPanel, np.ndarray]], cutoff_col: int, cfg: DemandConfig
 ) -> DemandFit:
     """Choose epochs and the interval's width at the pseudo-cutoff (one horizon before the
-    cutoff: the model of origins before it, scored on the horizon after it, on the units of
-    each panel's series to calibrate on), then refit on every origin before the cutoff.
+    cutoff: the ensemble of origins before it, scored on the horizon after it, on each
+    panel's series to calibrate on), then refit the ensemble on every origin before the
+    cutoff for that many epochs.
 
-    ``panels``: (panel, series to calibrate on) pairs on one window grid (a level's series
-    and the dense products, say): the model is fitted on all of them. ``cutoff_col`` is the
-    column of the last window before the cutoff.
+    ``panels``: (panel, series to calibrate on) pairs on one window grid: the model is fitted
+    on all of them. ``cutoff_col`` is the column of the last window before the cutoff.
     """
     import keras
 
@@ -298,23 +310,31 @@ def fit_demand(
     check = _concat(
         [samples_at(p, [pseudo], cfg.seq_len, cfg.horizon, cutoff_col, s) for p, s in panels]
     )
+    if not len(train) or not len(check):
+        raise ValueError("the demand model has no series that sold before the pseudo-cutoff")
     x_check, y_check = _training_arrays(check)
-    losses: list[float] = []
-    kept: dict[str, Any] = {}
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    # Per member, its check predictions and weights after every epoch: the ensemble's loss
+    # curve is that of the members' mean, and its chosen epoch is one for all members.
+    curves: list[list[np.ndarray]] = []
+    weights: list[list[Any]] = []
 
     class Check(keras.callbacks.Callback):  # type: ignore[misc]
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            pred = np.asarray(self.model.predict(x_check, verbose=0), dtype=np.float64)
-            loss = float(_pinball(y_check, pred.astype(np.float32)))
-            losses.append(loss)
-            if loss <= min(losses):
-                kept["scaled"] = pred
-                kept["weights"] = self.model.get_weights()
+            curves[-1].append(np.asarray(self.model.predict(x_check, verbose=0), np.float64))
+            weights[-1].append(self.model.get_weights())
 
-    selection = _train(train, cfg, cfg.max_epochs, Check())
-    selection.set_weights(kept["weights"])
+    members = []
+    for seed in seeds:
+        curves.append([])
+        weights.append([])
+        members.append(_train(train, cfg, seed, cfg.max_epochs, Check()))
+    mean_curve = [np.mean([c[e] for c in curves], axis=0) for e in range(cfg.max_epochs)]
+    losses = [float(_pinball(y_check, m.astype(np.float32))) for m in mean_curve]
     epochs = int(np.argmin(losses)) + 1
-    at_pseudo = widened(kept["scaled"] * check.scale[:, None, :, None], 1.0)
+    for member, kept in zip(members, weights, strict=True):
+        member.set_weights(kept[epochs - 1])
+    at_pseudo = mean_curve[epochs - 1] * check.scale[:, None, :, None]
     width = calibrate_width(at_pseudo[:, :, 0, :], check.target[:, :, 0])
     log.info(
         "demand model: %d epochs (pseudo-cutoff loss %.4f), interval width x%.2f",
@@ -323,7 +343,7 @@ def fit_demand(
         width,
     )
     every = trained_on(cutoff_col)
-    model = _train(every, cfg, epochs)
+    models = [_train(every, cfg, seed, epochs) for seed in seeds]
     info = {
         "epochs": epochs,
         "pseudo_cutoff_losses": [round(v, 5) for v in losses],
@@ -331,4 +351,49 @@ def fit_demand(
         "samples": {"selection": len(train), "final": len(every)},
         "config": cfg.to_dict(),
     }
-    return DemandFit(model, selection, epochs, width, info)
+    return DemandFit(models, members, epochs, width, info)
+
+
+def export_demand(models: list[Any], cfg: DemandConfig, path: Path) -> str:
+    """The ensemble as one ONNX graph at ``path`` (inputs :data:`features.demand.DEMAND_INPUTS`,
+    output ``quantiles`` in the data's units, before :func:`~features.demand.widened`);
+    returns its sha256."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    from serving.scorer import sha256_file
+
+    sequence, future, scale = DEMAND_INPUTS
+    signature = (
+        tf.TensorSpec([None, cfg.seq_len, len(INPUT_FEATURES)], tf.float32, name=sequence),
+        tf.TensorSpec([None, cfg.horizon, len(FUTURE_FEATURES)], tf.float32, name=future),
+        tf.TensorSpec([None, len(TARGETS)], tf.float32, name=scale),
+    )
+
+    @tf.function(input_signature=signature, autograph=False)  # type: ignore[untyped-decorator]
+    def serve(seq: Any, fut: Any, sc: Any) -> dict[str, Any]:
+        each = [m({"sequence": seq, "future": fut}, training=False) for m in models]
+        mean = tf.add_n(each) / float(len(each))
+        return {DEMAND_OUTPUT: tf.identity(mean * sc[:, None, :, None])}
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=17)
+    onnx.checker.check_model(proto, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path))
+    return sha256_file(path)
+
+
+def run_demand_onnx(path: Path, samples: DemandSamples) -> np.ndarray:
+    """ONNX Runtime's quantiles for ``samples`` (before widening): what a server computes."""
+    import onnxruntime as ort
+
+    sequence, future, scale = DEMAND_INPUTS
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {
+        sequence: samples.inputs.astype(np.float32),
+        future: samples.future.astype(np.float32),
+        scale: samples.scale.astype(np.float32),
+    }
+    (got,) = session.run([DEMAND_OUTPUT], feeds)
+    return np.asarray(got, dtype=np.float64)

@@ -24,17 +24,35 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from features.demand import FUTURE_FEATURES, INPUT_FEATURES, SeriesLevel, parse_level
+from features.demand import (
+    FUTURE_FEATURES,
+    INPUT_FEATURES,
+    DemandManifest,
+    SeriesLevel,
+    parse_level,
+    widened,
+)
 from features.windows import WindowSpec
 from training.demand import QUANTILES, SeriesPanel, score_quantiles, series_panel
 from training.demand_baselines import auto_ets, moving_average, season_length, seasonal_naive
-from training.demand_model import TARGETS, DemandConfig, fit_demand, predict_demand, samples_at
+from training.demand_model import (
+    TARGETS,
+    DemandConfig,
+    DemandFit,
+    export_demand,
+    fit_demand,
+    predict_demand,
+    run_demand_onnx,
+    samples_at,
+)
 
 log = logging.getLogger(__name__)
 
 TOP_SERIES: Final = 20
 """Series scored: the top 20 by units in the year before the origin."""
 YEAR_DAYS: Final = 365
+ONNX_TOLERANCE: Final = 1e-4
+"""Largest relative difference between the exported graph's quantiles and Keras' allowed."""
 DENSE_SHARE: Final = 0.5
 """A product is dense enough for its own series when it sold in half the windows of the year
 before the cutoff."""
@@ -109,7 +127,7 @@ def run_demand(
     """Train, evaluate and export the demand model; writes ``out`` and returns the report.
 
     Series: the level's (every one that sold), and, below a product level, the dense
-    products (:func:`dense_series` before the cutoff) beside them: one model for both."""
+    products (:func:`dense_series` before the cutoff): a model for each group."""
     cfg = cfg or DemandConfig(horizon=spec.horizon)
     out.mkdir(parents=True, exist_ok=True)
     times = events["event_time_ms"]
@@ -118,27 +136,33 @@ def run_demand(
     groups = {str(level): series_panel(events, spec, level, first, last)}
     if level != SeriesLevel("product"):
         products = series_panel(events, spec, SeriesLevel("product"), first, last)
-        groups["dense products"] = products.subset(dense_series(products, products.column(-1)))
+        dense = dense_series(products, products.column(-1))
+        if len(dense):
+            groups["dense products"] = products.subset(dense)
+        else:
+            log.info("demand: no product sold in half the windows of the year; no product model")
     some = next(iter(groups.values()))
     cutoff_col = some.column(-1)
     pseudo = cutoff_col - cfg.horizon
-    fit = fit_demand(
-        [(panel, top_series(panel, pseudo, top)) for panel in groups.values()], cutoff_col, cfg
-    )
+    # One model per group: a level's series and single products differ in scale and in how
+    # intermittent they are, and each group's epochs and interval are chosen on its own.
+    fits = {
+        group: fit_demand([(panel, top_series(panel, pseudo, top))], cutoff_col, cfg)
+        for group, panel in groups.items()
+    }
     origins: dict[str, Any] = {}
-    for name, origin, model in (
-        ("pseudo_cutoff", pseudo, fit.selection),
-        ("cutoff", cutoff_col, fit.model),
-    ):
+    for name, origin in (("pseudo_cutoff", pseudo), ("cutoff", cutoff_col)):
         end = pd.Timestamp(spec.end_ms(some.first + origin), unit="ms", tz="UTC")
         origins[name] = {"window_end": str(end), "groups": {}}
         for group, panel in groups.items():
             series = top_series(panel, origin, top)
             if not len(series):
                 continue
+            fit = fits[group]
+            models = fit.selection if name == "pseudo_cutoff" else fit.models
             actual = actuals(panel, series, origin, cfg.horizon)
             samples = samples_at(panel, [origin], cfg.seq_len, cfg.horizon, origin, series)
-            forecasts = {"model": predict_demand(model, samples, fit.width)}
+            forecasts = {"model": predict_demand(models, samples, fit.width)}
             forecasts.update(baseline_forecasts(panel, series, origin, cfg.horizon, cfg.seed))
             origins[name]["groups"][group] = {
                 "series": [str(panel.names[i]) for i in series],
@@ -146,8 +170,11 @@ def run_demand(
                 "scores": score_all(forecasts, actual),
             }
             if name == "cutoff":
-                slug = group.replace(" ", "_").replace(":", "")
-                _plot(panel, series[:6], origin, forecasts, actual, out / f"demand_{slug}.png")
+                _plot(panel, series[:6], origin, forecasts, actual, out / f"{_slug(group)}.png")
+    exports = {
+        group: export_group(group, level, panel, fits[group], cutoff_col, cfg, out / _slug(group))
+        for group, panel in groups.items()
+    }
     report = {
         "level": str(level),
         "series": {group: len(panel.names) for group, panel in groups.items()},
@@ -155,12 +182,75 @@ def run_demand(
         "quantiles": list(QUANTILES),
         "inputs": list(INPUT_FEATURES),
         "future_inputs": list(FUTURE_FEATURES),
-        "fit": fit.info,
+        "fit": {group: fit.info for group, fit in fits.items()},
+        "exports": exports,
         "origins": origins,
     }
     (out / "demand_report.json").write_text(json.dumps(report, indent=2))
     (out / "demand_report.md").write_text(render(report))
     return report
+
+
+def _slug(group: str) -> str:
+    return group.replace(" ", "_").replace(":", "")
+
+
+def export_group(
+    group: str,
+    level: SeriesLevel,
+    panel: SeriesPanel,
+    fit: DemandFit,
+    cutoff_col: int,
+    cfg: DemandConfig,
+    directory: Path,
+) -> dict[str, Any]:
+    """One group's ensemble in ONNX with its manifest, checked against Keras, and its
+    forecasts after the cutoff for every series that sold in the input windows, from ONNX
+    Runtime (what a server computes), in ``forecasts.csv``."""
+    spec = panel.spec
+    onnx_path = directory / "model.onnx"
+    sha = export_demand(fit.models, cfg, onnx_path)
+    manifest = DemandManifest(
+        model_version="d-" + sha[:12],
+        group=group,
+        level=str(level) if group == str(level) else "product",
+        window_ms=spec.length_ms,
+        origin_ms=spec.origin_ms,
+        seq_len=cfg.seq_len,
+        horizon=cfg.horizon,
+        interval_width=fit.width,
+        onnx_sha256=sha,
+    )
+    (directory / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
+    samples = samples_at(panel, [cutoff_col], cfg.seq_len, cfg.horizon, cutoff_col)
+    samples = samples.select(samples.scale[:, 0] > 0)
+    served = run_demand_onnx(onnx_path, samples)
+    keras_q = predict_demand(fit.models, samples, 1.0)
+    worst = float(np.max(np.abs(served - keras_q) / np.maximum(1.0, np.abs(keras_q))))
+    if worst > ONNX_TOLERANCE:
+        raise RuntimeError(f"{group}: ONNX and Keras differ by {worst:.2e} (relative)")
+    q = widened(served, fit.width)
+    starts = (
+        spec.origin_ms + (panel.first + cutoff_col + 1 + np.arange(cfg.horizon)) * spec.length_ms
+    )
+    rows = []
+    for i, code in enumerate(samples.series):
+        for h in range(cfg.horizon):
+            row: dict[str, Any] = {
+                "series": panel.names[code],
+                "window_start": pd.Timestamp(int(starts[h]), unit="ms", tz="UTC").isoformat(),
+            }
+            for k, target in enumerate(TARGETS):
+                for j, level_name in enumerate(("p10", "p50", "p90")):
+                    row[f"{target}_{level_name}"] = round(float(q[i, h, k, j]), 4)
+            rows.append(row)
+    pd.DataFrame(rows).to_csv(directory / "forecasts.csv", index=False)
+    return {
+        "model_version": manifest.model_version,
+        "onnx": str(onnx_path.relative_to(directory.parent)),
+        "onnx_vs_keras_max_relative": worst,
+        "series_forecast": len(samples),
+    }
 
 
 def render(report: dict[str, Any]) -> str:
@@ -169,10 +259,15 @@ def render(report: dict[str, Any]) -> str:
         f"# Demand forecasts by {report['level']}",
         "",
         f"Series: {counts}; the top {report['top']} of each by units in the year before each "
-        f"origin are scored. Model: {report['fit']['epochs']} epochs, interval width "
-        f"x{report['fit']['interval_width']:.2f}.",
+        "origin are scored.",
         "",
     ]
+    for group, fit in report["fit"].items():
+        lines.append(
+            f"- {group}: {fit['epochs']} epochs, interval width x{fit['interval_width']:.2f}, "
+            f"{fit['samples']['final']} samples."
+        )
+    lines.append("")
     for name, origin in report["origins"].items():
         for group, scored in origin["groups"].items():
             lines += [

@@ -16,6 +16,7 @@ import pytest
 
 from features.demand import (
     N_AGGREGATES,
+    DemandManifest,
     SeriesCell,
     SeriesLevel,
     add_event,
@@ -145,3 +146,26 @@ def test_rees46_by_category_agrees_step_by_step(shared_data: Path) -> None:
     frame = read_events(shared_data / "rees46_2019oct_head.csv", "rees46").events
     spec = WindowSpec(DAY_MS, int(pd.Timestamp("2019-10-01", tz="UTC").value // 10**6), 7, 1, 7)
     assert assert_paths_agree(frame, spec, SeriesLevel("category")) > 100
+
+
+def test_a_demand_manifest_round_trips_and_names_what_does_not_match() -> None:
+    manifest = DemandManifest(
+        model_version="d-1",
+        group="category",
+        level="category",
+        window_ms=WEEK,
+        origin_ms=0,
+        seq_len=8,
+        horizon=13,
+        interval_width=1.25,
+        onnx_sha256="ab",
+    )
+    data = manifest.to_dict()
+    assert DemandManifest.from_dict(data) == manifest
+    renamed = {**data, "inputs": {**data["inputs"], "sequence": ["units", "spend"]}}
+    with pytest.raises(ValueError, match="sequence inputs"):
+        DemandManifest.from_dict(renamed)
+    with pytest.raises(ValueError, match="format 2"):
+        DemandManifest.from_dict({**data, "format": 2})
+    with pytest.raises(ValueError, match="missing or malformed"):
+        DemandManifest.from_dict({k: v for k, v in data.items() if k != "horizon"})

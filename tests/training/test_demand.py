@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.demand import SeriesLevel, series_scale, widened
+from features.demand import DemandManifest, SeriesLevel, series_scale, widened
 from features.windows import DAY_MS, WindowSpec
 from training.demand import SeriesPanel, score_quantiles
 from training.demand_baselines import auto_ets, moving_average, season_length, seasonal_naive
@@ -121,6 +121,7 @@ def test_a_generated_shop_trains_evaluates_and_reports(tmp_path: Path) -> None:
     """A generated shop with categories over a year: the report scores the model and the
     three baselines at the pseudo-cutoff and the cutoff, and plots the top series."""
     from ingest.generator import generate_clickstream
+    from serving.scorer import sha256_file
     from training.demand_model import DemandConfig
     from training.demand_pipeline import run_demand
 
@@ -136,5 +137,48 @@ def test_a_generated_shop_trains_evaluates_and_reports(tmp_path: Path) -> None:
         for target in ("units", "revenue"):
             assert 0.0 <= scored["scores"]["model"][target]["coverage"] <= 1.0
     assert json.loads((tmp_path / "demand_report.json").read_text())["level"] == "category"
-    assert (tmp_path / "demand_category.png").stat().st_size > 0
+    assert (tmp_path / "category.png").stat().st_size > 0
     assert "auto_ets" in (tmp_path / "demand_report.md").read_text()
+    # The ensemble in ONNX, its manifest, and every selling series' forecasts from ONNX Runtime.
+    manifest = DemandManifest.from_dict(
+        json.loads((tmp_path / "category" / "manifest.json").read_text())
+    )
+    assert manifest.horizon == 8 and manifest.level == "category"
+    assert manifest.onnx_sha256 == sha256_file(tmp_path / "category" / "model.onnx")
+    forecasts = pd.read_csv(tmp_path / "category" / "forecasts.csv")
+    assert len(forecasts) == 8 * report["exports"]["category"]["series_forecast"]
+    ordered = forecasts[["units_p10", "units_p50", "units_p90"]].to_numpy()
+    assert np.all(np.diff(ordered, axis=1) >= 0)
+    assert report["exports"]["category"]["onnx_vs_keras_max_relative"] < 1e-4
+
+
+def test_train_and_export_refuses_demand_out_of_core_and_unknown_levels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import main
+
+    events = tmp_path / "events.csv"
+    events.write_text("event_time,event_type,user_id\n2024-01-01T00:00:00Z,view,u1\n")
+    out = str(tmp_path / "o")
+    args = ["--events", str(events), "--engine", "duckdb", "--demand", "category", "--out", out]
+    assert main(args) == 2
+    assert "--demand reads the events in memory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--events", str(events), "--demand", "brand", "--out", out])
+    assert "expected one of category, product, family:N" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_and_export_writes_the_demand_model_beside_the_user_model(tmp_path: Path) -> None:
+    """A generated year, --demand category: the user model and, under demand/, the category
+    model, its manifest, forecasts and report, from the one command."""
+    from training.cli import main
+
+    args = ["--gen-users", "600", "--gen-days", "364", "--horizon", "8", "--epochs", "1"]
+    assert main([*args, "--seeds", "1", "--demand", "category", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "manifest.json").is_file()
+    demand = tmp_path / "demand"
+    report = json.loads((demand / "demand_report.json").read_text())
+    assert report["level"] == "category" and report["fit"]["category"]["config"]["horizon"] == 8
+    assert (demand / "category" / "model.onnx").is_file()
+    assert len(pd.read_csv(demand / "category" / "forecasts.csv")) > 0
