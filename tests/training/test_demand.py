@@ -182,3 +182,36 @@ def test_train_and_export_writes_the_demand_model_beside_the_user_model(tmp_path
     assert report["level"] == "category" and report["fit"]["category"]["config"]["horizon"] == 8
     assert (demand / "category" / "model.onnx").is_file()
     assert len(pd.read_csv(demand / "category" / "forecasts.csv")) > 0
+
+
+SHIPPED_DEMAND = Path(__file__).resolve().parents[2] / "onnx_models" / "default" / "demand"
+
+
+@pytest.mark.parametrize("group", ["family3", "dense_products"])
+def test_the_shipped_demand_models_match_their_manifests_and_give_ordered_quantiles(
+    group: str,
+) -> None:
+    """Online Retail's shipped demand models (stock-code families, dense products): the
+    manifest reads, names this file's bytes, and ONNX Runtime gives P10 <= P50 <= P90 of the
+    manifest's shape, in the data's units (a scale of 0 gives 0)."""
+    import onnxruntime as ort
+
+    from features.demand import DEMAND_INPUTS, DEMAND_OUTPUT, FUTURE_FEATURES, INPUT_FEATURES
+    from serving.scorer import sha256_file
+
+    directory = SHIPPED_DEMAND / group
+    manifest = DemandManifest.from_dict(json.loads((directory / "manifest.json").read_text()))
+    assert manifest.onnx_sha256 == sha256_file(directory / manifest.onnx_file)
+    assert manifest.horizon == 13 and manifest.window_ms == WEEK
+    rng = np.random.default_rng(0)
+    n = 5
+    feeds = {
+        DEMAND_INPUTS[0]: rng.uniform(0, 1, (n, manifest.seq_len, len(INPUT_FEATURES))),
+        DEMAND_INPUTS[1]: rng.uniform(-1, 1, (n, manifest.horizon, len(FUTURE_FEATURES))),
+        DEMAND_INPUTS[2]: np.array([[10.0, 25.0]] * (n - 1) + [[0.0, 0.0]]),
+    }
+    session = ort.InferenceSession(str(directory / manifest.onnx_file))
+    (got,) = session.run([DEMAND_OUTPUT], {k: v.astype(np.float32) for k, v in feeds.items()})
+    assert got.shape == (n, manifest.horizon, 2, 3)
+    assert np.all(np.diff(got, axis=-1) >= 0) and np.all(got >= 0)
+    assert np.all(got[-1] == 0.0)
