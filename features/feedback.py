@@ -9,11 +9,10 @@ Owns the shapes the worker publishes once a prediction's horizon has passed (iss
   worker sends them to its internal quality topic, keyed by window end;
 * :class:`ModelQuality` — the whole cohort's figures (topic ``model-quality``).
 
-And the assembly of a cohort from its parts (:class:`QualityBoard`, :func:`receive`,
-:func:`publish`): a window end's quality is complete when every partition has sent all of its
-parts; parts merge exactly (:func:`features.quality.merge`), so the figures are those of the
-whole cohort, whatever the number of partitions or workers. A part received again (a batch
-re-sent after a crash) replaces itself; a part for a window end already published is ignored.
+And the assembly of a cohort from its parts (:class:`QualityBoard`, after
+:mod:`features.parts`, and :func:`publish`): a window end's quality is complete when every
+partition has sent all of its parts; parts merge exactly (:func:`features.quality.merge`), so the
+figures are those of the whole cohort, whatever the number of partitions or workers.
 
 Which predictions count: those settled *on time* (:func:`features.outcomes.on_time`), whose
 realised figures cover exactly the horizon, as the offline evaluation's labels do.
@@ -31,6 +30,7 @@ import numpy as np
 
 from features.drift import InputReference, drifted, psi
 from features.outcomes import Outcome
+from features.parts import BOARD_KEY, PartBoard, part_key, receive
 from features.quality import CohortTally, merge, quality, split, tally
 from features.signals import ms_to_iso, signal_id
 
@@ -311,26 +311,10 @@ class ModelQuality:
 
 
 @dataclass
-class QualityBoard:
-    """Which parts the quality topic has brought, per window end (the aggregator's state).
+class QualityBoard(PartBoard):
+    """The quality aggregator's :class:`features.parts.PartBoard`: which tally parts arrived
+    per window end, and what the aggregator keeps beside them."""
 
-    The part bodies are stored apart, one per key (:func:`part_key`), so that no state value
-    outgrows a Kafka message however large a cohort is; the board holds only what arrived.
-
-    A cohort is complete when every partition has sent all of its parts for it, or has sent a
-    part for a later window end: a partition sends its parts at each window close, in order,
-    so one that went past a window end without parts for it had no prediction there (it began
-    after it). The internal quality topic has one partition, so each worker's parts arrive in
-    the order they were sent, and cohorts complete in window-end order.
-    """
-
-    partitions: int | None = None
-    progress: dict[int, int] = field(default_factory=dict)
-    """Partition -> the latest window end it sent a part for."""
-    received: dict[int, dict[int, tuple[int, list[int]]]] = field(default_factory=dict)
-    """Open window end -> partition -> (its part count, indices received)."""
-    published_through: int | None = None
-    """The latest window end whose quality went out: older parts are re-sent ones."""
     drift: dict[int, dict[str, Any]] = field(default_factory=dict)
     """Window end -> its input drift, kept until that window end's own quality goes out (one
     horizon later) with it."""
@@ -341,87 +325,16 @@ class QualityBoard:
         return {
             "drift": {str(e): d for e, d in self.drift.items()},
             "wins": self.wins,
-            "partitions": self.partitions,
-            "progress": {str(p): e for p, e in self.progress.items()},
-            "received": {
-                str(e): {str(p): [c, sorted(i)] for p, (c, i) in parts.items()}
-                for e, parts in self.received.items()
-            },
-            "published_through": self.published_through,
+            **super().to_dict(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QualityBoard:
         return cls(
-            partitions=d["partitions"],
-            progress={int(p): int(e) for p, e in d["progress"].items()},
-            received={
-                int(e): {int(p): (int(c), [int(x) for x in i]) for p, (c, i) in parts.items()}
-                for e, parts in d["received"].items()
-            },
-            published_through=d["published_through"],
+            **cls.fields_from_dict(d),
             drift={int(e): dict(v) for e, v in d.get("drift", {}).items()},
             wins={str(v): [int(e) for e in ends] for v, ends in d.get("wins", {}).items()},
         )
-
-    def keys(self, window_end_ms: int) -> list[str]:
-        """The part keys of a window end received so far."""
-        return [
-            part_key(window_end_ms, p, i)
-            for p, (_, indices) in sorted(self.received.get(window_end_ms, {}).items())
-            for i in indices
-        ]
-
-    def _complete(self, window_end_ms: int) -> bool:
-        assert self.partitions is not None
-        got = self.received.get(window_end_ms, {})
-        for p in range(self.partitions):
-            if self.progress.get(p, window_end_ms) > window_end_ms:
-                # Went past it: its parts of this window end, if any, came before (one
-                # partition, in send order). Also what keeps a part that claims more parts
-                # than ever come from holding every later window end back.
-                continue
-            entry = got.get(p)
-            if entry is None or len(set(entry[1])) < entry[0]:
-                return False
-        return True
-
-
-def part_key(window_end_ms: int, partition: int, index: int) -> str:
-    return f"part/{window_end_ms}/{partition}/{index}"
-
-
-BOARD_KEY: Final = "board"
-
-
-def receive(board: QualityBoard, part: QualityPart) -> tuple[bool, list[int]]:
-    """Record ``part`` on the board: whether it is new (to be stored under
-    :func:`part_key`), and the window ends now complete, oldest first (their parts are to be
-    merged by :func:`publish` and dropped; the board forgets them). Raises ``ValueError`` for
-    a part whose partition count is not the board's."""
-    if board.partitions is None:
-        board.partitions = part.partitions
-    elif part.partitions != board.partitions:
-        raise ValueError(
-            f"a quality part of {part.partitions} partitions on a board of {board.partitions}"
-        )
-    end = part.window_end_ms
-    if board.published_through is not None and end <= board.published_through:
-        return False, []
-    board.progress[part.partition] = max(board.progress.get(part.partition, end), end)
-    parts = board.received.setdefault(end, {})
-    count, indices = parts.get(part.partition, (part.count, []))
-    new = part.index not in indices
-    if new:
-        indices.append(part.index)
-    parts[part.partition] = (count, indices)
-    done: list[int] = []
-    for e in sorted(board.received):
-        if not board._complete(e):
-            break
-        done.append(e)
-        board.published_through = e
-    return new, done
 
 
 def publish(

@@ -114,11 +114,22 @@ class Topics:
     """Window-close predictions joined with what happened once their horizon passed."""
     quality: str = field(default="model-quality", metadata=_flat("topic_quality"))
     """The online evaluation: per window end and model version, the cohort's quality."""
+    category_demand: str = field(default="category-demand", metadata=_flat("topic_category_demand"))
+    """Per series (category) and window end: the category model's quantiles (issue 17)."""
+    stock_levels: str = field(default="stock-levels", metadata=_flat("topic_stock_levels"))
+    """Stock on hand and on order per series, read by the planner."""
+    reorder_suggestions: str = field(
+        default="reorder-suggestions", metadata=_flat("topic_reorder_suggestions")
+    )
+    """The planner's suggestions: series whose P90 demand over the lead time exceeds stock."""
     routed: str = field(default="clicksignals-clickstream-by-user", metadata={"flat": None})
     """Internal topic where the worker re-keys events a producer did not key by user."""
     quality_parts: str = field(default="clicksignals-quality-parts", metadata={"flat": None})
     """Internal topic of the partitions' quality tallies; one partition (see
     :mod:`features.feedback`), named after the app id like ``routed``."""
+    category_parts: str = field(default="clicksignals-category-parts", metadata={"flat": None})
+    """Internal topic of the partitions' category sums; one partition (see
+    :mod:`features.series_book`), named after the app id like ``routed``."""
     partitions: int = 4
     replication_factor: int = 1
 
@@ -135,12 +146,17 @@ class Topics:
             self.outcomes,
             self.quality,
             self.quality_parts,
+            self.category_parts,
+            self.category_demand,
+            self.stock_levels,
+            self.reorder_suggestions,
         )
 
     def partitions_of(self, name: str) -> int:
-        """A topic's partition count: the internal quality topic has one, so that each
-        worker's parts arrive in the order they were sent; every other topic ``partitions``."""
-        return 1 if name == self.quality_parts else self.partitions
+        """A topic's partition count: the internal quality and category topics have one, so
+        that each worker's parts arrive in the order they were sent; every other topic
+        ``partitions``."""
+        return 1 if name in (self.quality_parts, self.category_parts) else self.partitions
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,10 @@ class WorkerSettings:
     """Settle each window-close prediction one horizon later and publish ``model-quality``,
     input drift and shadow evaluations; ``false`` turns the whole online evaluation off
     (the bench measures its cost that way)."""
+    category_demand: bool = True
+    """Sum category demand per window and publish the category model's forecasts
+    (``category-demand``) when ``model_dir/demand/`` holds a model of a level's series
+    (``train-and-export --demand LEVEL``); ``false``: off (the bench measures its cost so)."""
     promote_after: int = 0
     """Promote the shadow model once it has beaten the serving one (lower orders MAE and
     churn log loss) on this many consecutive evaluable window ends; 0: never (the default)."""
@@ -272,11 +292,15 @@ class Settings:
         # that every way of building Settings (and every app_id override) agrees.
         routed = f"{self.worker.app_id}-clickstream-by-user"
         parts = f"{self.worker.app_id}-quality-parts"
-        if (self.topics.routed, self.topics.quality_parts) != (routed, parts):
+        categories = f"{self.worker.app_id}-category-parts"
+        derived = (routed, parts, categories)
+        if (self.topics.routed, self.topics.quality_parts, self.topics.category_parts) != derived:
             object.__setattr__(
                 self,
                 "topics",
-                dataclasses.replace(self.topics, routed=routed, quality_parts=parts),
+                dataclasses.replace(
+                    self.topics, routed=routed, quality_parts=parts, category_parts=categories
+                ),
             )
 
     @property
@@ -324,6 +348,9 @@ class Settings:
             "topic_churn_alerts": t.churn_alerts,
             "topic_outcomes": t.outcomes,
             "topic_quality": t.quality,
+            "topic_category_demand": t.category_demand,
+            "topic_stock_levels": t.stock_levels,
+            "topic_reorder_suggestions": t.reorder_suggestions,
         }
         return self.with_overrides(**{k: f"{v}-{suffix}" for k, v in names.items()}, **changes)
 

@@ -75,6 +75,11 @@ MODEL_RELOADS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+SERIES_OVERFLOW = Counter(
+    "clicksignals_series_overflow_total",
+    "Events of a category beyond the series a partition keeps per window (totals only)",
+    registry=REGISTRY,
+)
 PROCESSING_ERRORS = Counter(
     "clicksignals_processing_errors_total",
     "Messages whose processing raised, dead-lettered as processing_error, by exception type",
@@ -194,6 +199,13 @@ def observe_quality(record: ModelQuality) -> None:
         QUALITY.labels(model_version=version, figure=f"{group}_{key}").set(float(value))
     QUALITY.labels(model_version=version, figure="population").set(float(record.figures["n"]))
     QUALITY_WINDOW_END.labels(model_version=version).set(record.window_end_ms / 1000)
+
+
+def observe_category_forecasts(forecasts: int, overflow: int) -> None:
+    """A window end's category forecasts, and events of series beyond a partition's cap."""
+    SIGNALS.labels(topic="category_demand").inc(forecasts)
+    if overflow:
+        SERIES_OVERFLOW.inc(overflow)
 
 
 def observe_announcement(out: BatchOutput, idle_sources: int) -> None:

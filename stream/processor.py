@@ -77,10 +77,23 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import orjson
 
+from features.demand import SeriesLevel
 from features.drift import bin_counts
 from features.events import ClickEvent
 from features.feedback import InputCounts, PredictionOutcome, QualityPart, quality_parts
 from features.outcomes import Pending, on_time, remember, settle
+from features.series_book import (
+    BOOK_SHARDS,
+    MAX_SERIES_PER_WINDOW,
+    CategoryPart,
+    SeriesBook,
+    category_parts,
+    close,
+    decode_shards,
+    encode_shard,
+    fold,
+    shard_of,
+)
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
 from features.validation import Invalid, ValidationPolicy, validate
@@ -112,6 +125,8 @@ INTERNAL_PREFIX = "\x00"
 """Every internal table key starts with it; validated user ids never contain it."""
 META_PREFIX = INTERNAL_PREFIX + "clock/"
 WATERMARK_PREFIX = INTERNAL_PREFIX + "wm/"
+SERIES_PREFIX = INTERNAL_PREFIX + "series/"
+"""Key prefix of a partition's category sums (:class:`features.series_book.SeriesBook`)."""
 """Key prefix of watermark records on the re-keying topic (see "Event time" in the module doc)."""
 ORIGIN_HEADER = "clicksignals-origin"
 MAX_CLOSE_REQUESTS_PER_RUN = 4_096
@@ -184,6 +199,12 @@ def clock_key(partition: int, partitions: int) -> str:
     a rebalance and is restored from the same changelog partition as its users.
     """
     return _key_on(META_PREFIX, partition, partitions)
+
+
+def book_keys(partition: int, partitions: int) -> list[str]:
+    """The table keys of a partition's category sums, one per shard, each hashing to that
+    partition (they travel with its users, like its clock)."""
+    return [_key_on(f"{SERIES_PREFIX}{s}/", partition, partitions) for s in range(BOOK_SHARDS)]
 
 
 def watermark_key(partition: int, partitions: int) -> bytes:
@@ -328,6 +349,8 @@ class BatchOutput:
     """Window-close predictions whose horizon passed at a close of this batch."""
     quality_parts: list[QualityPart] = field(default_factory=list)
     """Per window close of a partition: its tallies of the cohort one horizon earlier."""
+    category_parts: list[CategoryPart] = field(default_factory=list)
+    """Per window close of a partition: its category sums of that window (issue 17)."""
 
     def merge(self, later: BatchOutput) -> None:
         """Append the outputs of a run that came after this one (isolation's halves)."""
@@ -351,6 +374,7 @@ class BatchOutput:
         self.isolation_runs += later.isolation_runs
         self.outcomes += later.outcomes
         self.quality_parts += later.quality_parts
+        self.category_parts += later.category_parts
 
 
 @dataclass(slots=True)
@@ -396,8 +420,10 @@ def processor_from_settings(
     store: StateStore,
     settings: Settings,
     clock: Callable[[], int] | None = None,
+    series_level: SeriesLevel | None = None,
 ) -> Processor:
-    """The processor the worker runs for ``settings`` (also the demo's offline twin's)."""
+    """The processor the worker runs for ``settings`` (also the demo's offline twin's);
+    ``series_level``: sum category demand at that level (``None``: off)."""
     return Processor(
         scorer,
         store,
@@ -411,6 +437,7 @@ def processor_from_settings(
         dormant_churn_floor=settings.worker.dormant_churn_floor,
         idle_ttl_ms=int(max(5 * settings.worker.watermark_interval_s, 1.0) * 1000),
         evaluate=settings.worker.online_evaluation,
+        series_level=series_level,
     )
 
 
@@ -432,6 +459,7 @@ class Processor:
         dormant_churn_floor: float = DORMANT_CHURN_FLOOR,
         idle_ttl_ms: int = IDLE_TTL_MS,
         evaluate: bool = True,
+        series_level: SeriesLevel | None = None,
     ) -> None:
         self.scorer = scorer
         self.spec: WindowSpec = scorer.manifest.spec
@@ -489,6 +517,17 @@ class Processor:
         """(partition, source) -> its mark before the run, for the marks the run changed."""
         self._overlay: dict[str, bytes] = {}
         """During isolation: writes of the parts already done, read before the store."""
+        self.series_level = series_level
+        """The category demand's series (:func:`features.demand.series_key`); ``None``: off."""
+        self._books: dict[int, SeriesBook] = {}
+        self._book_keys = (
+            {p: book_keys(p, partitions) for p in range(partitions)} if series_level else {}
+        )
+        self._book_backup: dict[int, SeriesBook | None] = {}
+        """Partition -> its book before the run (a copy), or None if the run loaded it."""
+        self._dirty_shards: dict[int, set[int]] = {}
+        """Partition -> the book shards the run changed (stored by ``_finish``)."""
+        self._category_parts: list[CategoryPart] = []
 
     # --- partition lifecycle -------------------------------------------------------------
 
@@ -503,6 +542,7 @@ class Processor:
             self._clocks.pop(p, None)
             self._active.pop(p, None)
             self._marks.pop(p, None)
+            self._books.pop(p, None)
         self._idle -= partitions
         stale = [u for u in self._users if partition_of(u.encode(), self.partitions) in partitions]
         for user in stale:
@@ -624,6 +664,7 @@ class Processor:
         self._clock_backup.clear()
         self._active_undo.clear()
         self._marks_backup.clear()
+        self._book_backup.clear()
 
     def _rollback(self) -> None:
         """Put the caches back as they were when the run started (see ``_checkpoint``)."""
@@ -649,6 +690,11 @@ class Processor:
                 marks.pop(source, None)
             else:
                 marks[source] = mark
+        for p, book in self._book_backup.items():
+            if book is None:
+                self._books.pop(p, None)
+            else:
+                self._books[p] = book
         self._checkpoint()
 
     # --- the batch ----------------------------------------------------------------------------
@@ -684,6 +730,7 @@ class Processor:
                 self._clocks.clear()
                 self._active.clear()
                 self._marks.clear()
+                self._books.clear()
                 raise
             finally:
                 self._overlay.clear()
@@ -748,6 +795,8 @@ class Processor:
         self._settles.clear()
         self._closes.clear()
         self._inputs.clear()
+        self._dirty_shards.clear()
+        self._category_parts.clear()
         dirty_users: dict[str, int] = {}
         dirty_parts: set[int] = set()
         for msg in messages:
@@ -823,6 +872,12 @@ class Processor:
                 first = clock.first_window
                 clock.first_window = window if first is None else min(first, window)
             self._fold(event, window, p, requests, origin)
+            if self.series_level is not None:
+                shard = fold(self._book(p), self.series_level, event, window)
+                shards = self._dirty_shards.setdefault(p, set())
+                shards.add(0)  # the totals
+                if shard is not None:
+                    shards.add(shard)
             dirty_users[event.user_id] = p
             dirty_parts.add(p)
             if not routed:
@@ -846,6 +901,12 @@ class Processor:
                 out.writes.setdefault(p, {})[user] = encode_user(record)
         for p in dirty_parts:
             out.writes.setdefault(p, {})[self._clock_keys[p]] = encode_clock(self._clocks[p])
+        for p, shards in self._dirty_shards.items():
+            book = self._books[p]
+            writes = out.writes.setdefault(p, {})
+            for shard in shards:
+                writes[self._book_keys[p][shard]] = orjson.dumps(encode_shard(book, shard))
+        out.category_parts += self._category_parts
 
     def _dead(self, out: BatchOutput, invalid: Invalid, msg: RawMessage, now: int) -> None:
         # ``invalid.reason`` is one of features.validation.DEAD_LETTER_REASONS.
@@ -1032,6 +1093,8 @@ class Processor:
         self._settles.clear()
         self._closes.clear()
         self._inputs.clear()
+        self._dirty_shards.clear()
+        self._category_parts.clear()
         out = BatchOutput()
         requests: list[_Request] = []
         dirty_users: dict[str, int] = {}
@@ -1061,6 +1124,8 @@ class Processor:
         active = self._active.get(p, {})
         gone: list[str] = []
         self._closes.append((p, window))
+        if self.series_level is not None:
+            self._close_series(p, window)
         for user, last in active.items():
             record = self._record(user, p)
             if record is None:
@@ -1134,6 +1199,58 @@ class Processor:
             # A user out of the lookback is no longer needed in memory; the table has them.
             if user not in dirty:
                 self._users.pop(user, None)
+
+    def _close_series(self, p: int, window: int) -> None:
+        """Take the window's category sums out of the partition's book, as parts to send."""
+        cells, totals, overflow = close(self._book(p), window)
+        self._dirty_shards.setdefault(p, set()).update({0} | {shard_of(k) for k in cells})
+        if overflow:
+            log.warning(
+                "partition %d, window ending %s: %d events of series beyond the %d kept per "
+                "window counted in the totals only",
+                p,
+                self.spec.end_ms(window),
+                overflow,
+                MAX_SERIES_PER_WINDOW,
+            )
+        self._category_parts += category_parts(
+            cells,
+            totals,
+            overflow,
+            window_end_ms=self.spec.end_ms(window),
+            partition=p,
+            partitions=self.partitions,
+        )
+
+    def _book(self, p: int) -> SeriesBook:
+        """The partition's category sums: cached, or read from its shards in the table."""
+        book = self._books.get(p)
+        if book is not None:
+            if p not in self._book_backup:
+                self._book_backup[p] = book.copy()
+            return book
+        self._book_backup.setdefault(p, None)
+        values = []
+        for key in self._book_keys[p]:
+            raw = self._get(key, p)
+            if not raw:
+                continue
+            try:
+                values.append(orjson.loads(raw))
+            except orjson.JSONDecodeError as exc:
+                raise StateError(
+                    f"partition {p}: table key {key!r} does not hold category sums ({exc}); "
+                    f"the state was written by an incompatible version"
+                ) from exc
+        try:
+            book = decode_shards(values)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateError(
+                f"partition {p}: the category sums in the table are malformed ({exc!r}); "
+                f"the state was written by an incompatible version"
+            ) from exc
+        self._books[p] = book
+        return book
 
     def _score(self, requests: list[_Request], out: BatchOutput, now: int) -> None:
         if not requests:

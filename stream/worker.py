@@ -54,10 +54,12 @@ import orjson
 from faust.types import TP, EventT
 
 from features import feedback
+from serving.demand import DemandModel, find_category_model, load_demand_model
 from serving.scorer import ModelLoadError, Scorer, load_model
 from settings import Settings
 from settings.kafka import KafkaClientConfigError
 from stream import faust_runtime, memory, metrics
+from stream.categories import CategoryAggregator, forecast_records
 from stream.faust_app import RAW, faust_app
 from stream.input_check import InputCheck
 from stream.liveness import Liveness
@@ -324,8 +326,16 @@ class Worker:
     runs each micro-batch; the agent, timers and views are registered on ``app`` by
     :func:`create_worker`."""
 
-    def __init__(self, settings: Settings, app: faust.App, scorer: Scorer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        app: faust.App,
+        scorer: Scorer,
+        category_model: DemandModel | None = None,
+    ) -> None:
         self.settings = settings
+        self.category_model = category_model
+        """The category demand model (``None``: category demand is off)."""
         self.app = app
         self.clickstream = app.topic(
             settings.topics.clickstream, partitions=settings.topics.partitions, **RAW
@@ -346,6 +356,15 @@ class Worker:
             value_type=bytes,
             partitions=1,
         )
+        self.category_parts = app.topic(settings.topics.category_parts, partitions=1, **RAW)
+        self.category_topic = app.topic(settings.topics.category_demand, **RAW)
+        self.category_board = app.Table(
+            "category-board",
+            default=None,
+            key_type=str,
+            value_type=bytes,
+            partitions=1,
+        )
         self.latest_quality: dict[str, dict[str, Any]] = {}
         """Model version -> its latest ``model-quality`` record this worker published."""
         self.user_state = app.Table(
@@ -360,7 +379,12 @@ class Worker:
         self.holder = ModelHolder(
             settings.worker.model_dir, settings.worker.ort_intra_op_threads, scorer=scorer
         )
-        self._processor = processor_from_settings(scorer, self.store, settings)
+        self._processor = processor_from_settings(
+            scorer,
+            self.store,
+            settings,
+            series_level=category_model.level if category_model is not None else None,
+        )
         self.shadow_holder = ShadowHolder(
             settings.worker.model_dir, settings.worker.ort_intra_op_threads
         )
@@ -375,6 +399,7 @@ class Worker:
                     self.dead_letter_topic,
                     self.outcomes_topic,
                     self.quality_parts,
+                    self.category_parts,
                 )
             }
         )
@@ -383,6 +408,8 @@ class Worker:
         """The agent (set by :func:`create_worker`)."""
         self.aggregate_quality: Any = None
         """The online evaluation's aggregator agent (set by :func:`create_worker`)."""
+        self.aggregate_categories: Any = None
+        """The category demand's aggregator agent (set by :func:`create_worker` when on)."""
         self.turn = asyncio.Lock()
         """Batches and watermark announcements take turns: an announcement must never
         overtake the re-keyed copies of the batch that moved the source's time (see
@@ -520,6 +547,15 @@ class Worker:
             )
             for q in out.quality_parts
         ]
+        records += [
+            OutRecord(
+                s.topics.category_parts,
+                str(c.window_end_ms).encode(),
+                orjson.dumps(c.to_dict()),
+                partition=0,
+            )
+            for c in out.category_parts
+        ]
         return records
 
     def publisher(self) -> Publisher:
@@ -640,7 +676,7 @@ def create_worker(settings: Settings) -> Worker:
         scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)
     except ModelLoadError as exc:
         raise StartupError(str(exc), 3) from None
-    worker = Worker(settings, app, scorer)
+    worker = Worker(settings, app, scorer, category_model(settings, scorer))
     # A shadow model already in place is scored from the first batch on.
     worker.shadow_holder.poll(scorer)
     worker.processor().shadow = worker.shadow_holder.scorer
@@ -648,10 +684,43 @@ def create_worker(settings: Settings) -> Worker:
     _register_rebalance(worker)
     _register_agent(worker)
     _register_quality(worker)
-    worker.liveness.watch(worker.app, [worker.score_clickstream, worker.aggregate_quality])
+    agents = [worker.score_clickstream, worker.aggregate_quality]
+    if worker.category_model is not None:
+        _register_categories(worker)
+        agents.append(worker.aggregate_categories)
+    worker.liveness.watch(worker.app, agents)
     _register_timers(worker)
     _register_views(worker)
     return worker
+
+
+def category_model(settings: Settings, scorer: Scorer) -> DemandModel | None:
+    """The category demand model of ``model_dir/demand/``, checked against the user model's
+    window grid; ``None`` when category demand is off or there is none. Raises
+    :class:`StartupError` for a model that is there and cannot be served."""
+    if not settings.worker.category_demand:
+        return None
+    directory = find_category_model(settings.worker.model_dir)
+    if directory is None:
+        log.info(
+            "no category demand model in %s/demand: category demand is off",
+            settings.worker.model_dir,
+        )
+        return None
+    try:
+        model = load_demand_model(directory, settings.worker.ort_intra_op_threads)
+    except ModelLoadError as exc:
+        raise StartupError(f"category demand model: {exc}", 3) from None
+    grid, users = model.spec, scorer.manifest.spec
+    if grid.length_ms != users.length_ms or (grid.origin_ms - users.origin_ms) % grid.length_ms:
+        raise StartupError(
+            f"category demand model {directory}: windows of {grid.length_ms} ms from "
+            f"{grid.origin_ms} are not the user model's ({users.length_ms} ms from "
+            f"{users.origin_ms}): the worker sums categories in the user windows. Train both "
+            f"with one train-and-export, or set CLICKSIGNALS_CATEGORY_DEMAND=false",
+            3,
+        )
+    return model
 
 
 def _register_rebalance(worker: Worker) -> None:
@@ -755,6 +824,40 @@ def _register_quality(worker: Worker) -> None:
     worker.aggregate_quality = app.agent(worker.quality_parts, name="stream.app.aggregate_quality")(
         aggregate_quality
     )
+
+
+def _register_categories(worker: Worker) -> None:
+    """The category demand's aggregator: category parts in, ``category-demand`` out.
+
+    Thin like the others: :class:`stream.categories.CategoryAggregator` decides and keeps its
+    state in the changelog-backed ``category-board`` table."""
+    app = worker.app
+    assert worker.category_model is not None
+    aggregator = CategoryAggregator(
+        worker.category_model, worker.category_board, worker.settings.topics.partitions
+    )
+
+    async def aggregate_categories(stream: Any) -> None:
+        async for event in stream.events():
+            try:
+                merged = aggregator.receive(event.value, int(time.time() * 1000))
+            except ValueError as exc:
+                log.error("category part at offset %s refused: %r", event.message.offset, exc)
+                continue
+            for m in merged:
+                for key, value in forecast_records(m):
+                    await worker.category_topic.send(key=key, value=value)
+                metrics.observe_category_forecasts(len(m.forecasts), m.overflow)
+                log.info(
+                    "category demand at %s: %d series summed, %d forecast",
+                    m.window_end_ms,
+                    m.series,
+                    len(m.forecasts),
+                )
+
+    worker.aggregate_categories = app.agent(
+        worker.category_parts, name="stream.app.aggregate_categories"
+    )(aggregate_categories)
 
 
 def _register_timers(worker: Worker) -> None:

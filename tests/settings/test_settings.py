@@ -40,9 +40,9 @@ def test_every_variable_names_one_group_field_and_every_field_but_the_internal_t
     fields = _group_fields(settings)
     assert len(fields) == len(set(fields))
     names = env_names()
-    # Every grouped field has a variable, except the two internal topics named after the app
-    # id (re-keying, quality parts).
-    assert len(names) == len(fields) - 2
+    # Every grouped field has a variable, except the three internal topics named after the app
+    # id (re-keying, quality parts, category parts).
+    assert len(names) == len(fields) - 3
     assert all(var == ENV_PREFIX + name.upper() for name, var in names.items())
     assert set(settings.flat()) == set(names)
 
@@ -122,15 +122,17 @@ def test_flat_names_and_the_environment_round_trip() -> None:
 def test_topics_names_is_the_one_list_of_every_topic() -> None:
     topics = Settings.from_flat(app_id="shop").topics
     names = topics.names()
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 14
     name_fields = [f.name for f in dataclasses.fields(Topics) if f.type == "str"]
     assert sorted(names) == sorted(getattr(topics, f) for f in name_fields)
     assert "shop-clickstream-by-user" in names
     assert "shop-quality-parts" in names
-    # Every topic has the configured partitions but the quality parts' one: in send order.
+    assert "shop-category-parts" in names
+    # Every topic has the configured partitions but the internal parts' ones: in send order.
     assert topic_specs(Settings.from_flat(app_id="shop", partitions=6)) == {
         **dict.fromkeys(names, 6),
         "shop-quality-parts": 1,
+        "shop-category-parts": 1,
     }
 
 
@@ -138,7 +140,7 @@ def test_an_isolated_copy_shares_no_topic_and_no_group_with_the_original() -> No
     base = Settings()
     other = base.isolated("t1", partitions=2)
     assert not set(base.topics.names()) & set(other.topics.names())
-    internal = {other.topics.routed, other.topics.quality_parts}
+    internal = {other.topics.routed, other.topics.quality_parts, other.topics.category_parts}
     own = [n for n in other.topics.names() if n not in internal]
     assert all(name.endswith("-t1") for name in own)
     assert other.topics.routed == "clicksignals-t1-clickstream-by-user"  # follows the app id
