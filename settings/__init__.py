@@ -116,12 +116,6 @@ class Topics:
     """The online evaluation: per window end and model version, the cohort's quality."""
     category_demand: str = field(default="category-demand", metadata=_flat("topic_category_demand"))
     """Per series (category) and window end: the category model's quantiles (issue 17)."""
-    stock_levels: str = field(default="stock-levels", metadata=_flat("topic_stock_levels"))
-    """Stock on hand and on order per series, read by the planner."""
-    reorder_suggestions: str = field(
-        default="reorder-suggestions", metadata=_flat("topic_reorder_suggestions")
-    )
-    """The planner's suggestions: series whose P90 demand over the lead time exceeds stock."""
     routed: str = field(default="clicksignals-clickstream-by-user", metadata={"flat": None})
     """Internal topic where the worker re-keys events a producer did not key by user."""
     quality_parts: str = field(default="clicksignals-quality-parts", metadata={"flat": None})
@@ -148,8 +142,6 @@ class Topics:
             self.quality_parts,
             self.category_parts,
             self.category_demand,
-            self.stock_levels,
-            self.reorder_suggestions,
         )
 
     def partitions_of(self, name: str) -> int:
@@ -349,8 +341,6 @@ class Settings:
             "topic_outcomes": t.outcomes,
             "topic_quality": t.quality,
             "topic_category_demand": t.category_demand,
-            "topic_stock_levels": t.stock_levels,
-            "topic_reorder_suggestions": t.reorder_suggestions,
         }
         return self.with_overrides(**{k: f"{v}-{suffix}" for k, v in names.items()}, **changes)
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
 from features.events import EVENT_TYPES, ClickEvent
+from features.series_book import CategoryForecast
 from features.signals import DLQ_MAX_RAW_BYTES, DeadLetter, Invalid
 from features.validation import DEFAULT_POLICY, validate
 from ingest.adapters import events_to_frame, to_wire_bytes
@@ -35,6 +37,7 @@ NAMES = (
     "churn-alert",
     "prediction-outcome",
     "model-quality",
+    "category-demand",
 )
 NOW = T0 + 10**9
 
@@ -301,3 +304,56 @@ def test_prediction_outcomes_and_model_quality_validate() -> None:
         assert_valid("model-quality", body)
         assert (body["churn"]["roc_auc"] is None) == stayers_only
         assert (body["input_drift"] is None) != stayers_only
+
+
+# --------------------------------------------------------------------------------------------
+# Category demand
+# --------------------------------------------------------------------------------------------
+
+
+def category_forecast(series: str = "Electronics/Phones", scale: float = 12.5) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    base = np.sort(rng.uniform(0, 20, (13, 2, 3)), axis=-1) * (scale > 0)
+    return CategoryForecast(
+        series=series,
+        level="category",
+        window_end_ms=T0,
+        window_ms=7 * 86_400_000,
+        model_version="d-137304ad6892",
+        quantiles=base,
+        scale=(scale, 3.5 * scale),
+        emitted_at_ms=NOW,
+    ).to_dict()
+
+
+@pytest.mark.parametrize(
+    "series", ["Electronics/Phones", "851", "électroménager 🍳", "x" * 256, "a\x00b"]
+)
+def test_category_forecasts_validate(series: str) -> None:
+    record = category_forecast(series)
+    assert_valid("category-demand", wire(record))
+    assert_valid("category-demand", wire(category_forecast(series, scale=0.0)))
+    schema = load_schema("category-demand")
+    assert set(schema["properties"]) == set(record) == set(schema["required"])
+    assert schema["additionalProperties"] is False
+    assert len(record["horizon"]) == 13
+    assert record["horizon"][0]["window_start_ms"] == record["window_end_ms"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"forecast_id": "XYZ"},
+        {"level": "brand"},
+        {"series": ""},
+        {"horizon": []},
+        {"window_end": "2019-10-01 00:00"},
+        {"surprise": 1},
+    ],
+)
+def test_the_category_schema_refuses_broken_records(change: dict[str, Any]) -> None:
+    record = category_forecast()
+    assert_invalid("category-demand", wire({**record, **change}))
+    negative = wire(record)
+    negative["horizon"][0]["units"]["p10"] = -1.0
+    assert_invalid("category-demand", negative)

@@ -44,13 +44,16 @@ def test_the_demo_reads_every_output_topic_the_topics_command_creates() -> None:
     kinds = demo.output_topics(settings)
     assert sorted(kinds.values()) == sorted(FILES)
     assert set(kinds) <= set(topic_specs(settings))
-    # Not read: the inputs, the internal quality parts, and the per-user prediction outcomes
-    # (the demo shows their aggregate, model-quality).
+    # Not read: the inputs, the internal quality and category parts, and the per-user
+    # prediction outcomes (the demo shows their aggregate, model-quality). Category demand is
+    # not shown yet (issue 17: the demo's panel is still to come).
     unread = {
         settings.topics.clickstream,
         settings.topics.routed,
         settings.topics.quality_parts,
         settings.topics.outcomes,
+        settings.topics.category_parts,
+        settings.topics.category_demand,
     }
     assert set(kinds) == set(topic_specs(settings)) - unread
 

@@ -88,6 +88,9 @@ def test_topic_specs_cover_the_application_topics() -> None:
         settings.topics.routed: 3,
         # And the online evaluation's parts topic, with one partition (sent in close order).
         settings.topics.quality_parts: 1,
+        # The category demand's parts topic likewise, and its output topic.
+        settings.topics.category_parts: 1,
+        settings.topics.category_demand: 3,
     }
 
 

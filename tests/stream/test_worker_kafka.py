@@ -30,13 +30,16 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 import pytest
 
 from ingest.adapters import read_events, to_wire_bytes
 from ingest.generator import generate_clickstream
 from ops import kafka_local
+from serving.demand import find_category_model
 from serving.scorer import load_model
 from settings import Settings, child_environment
+from stream.categories import quantiles_of
 from stream.processor import WATERMARK_PREFIX, decode_watermark
 from stream.publish import partition_of
 from tests.conftest import unique_name
@@ -342,6 +345,33 @@ def test_uci_replay_through_kafka_equals_offline_prediction_dormant_customers_in
         f"({time.monotonic() - t3:.1f} s); first window end {first['window_end']}: "
         f"{first['population']} users, orders MAE {first['orders']['mae']:.4f}, "
         f"churn ROC-AUC {first['churn']['roc_auc']:.4f}"
+    )
+
+    # Category demand (issue 17): at the shipped cutoff the stream's forecasts are the ones
+    # train-and-export wrote (forecasts.csv, from ONNX Runtime on the training panel), to 1e-4.
+    t4 = time.monotonic()
+    directory = find_category_model(MODEL_DIR)
+    assert directory is not None
+    cutoff_ms = int(pd.Timestamp("2011-09-05", tz="UTC").value // 1_000_000)
+    categories = [r.json() for r in run_sync(read_topic(s, s.topics.category_demand))]
+    ids = [c["forecast_id"] for c in categories]
+    assert len(ids) == len(set(ids)), "a category forecast was published twice"
+    at_cutoff = {c["series"]: c for c in categories if c["window_end_ms"] == cutoff_ms}
+    want = pd.read_csv(directory / "forecasts.csv", dtype={"series": str})
+    columns = [f"{t}_{q}" for t in ("units", "revenue") for q in ("p10", "p50", "p90")]
+    assert set(want.series) <= set(at_cutoff)
+    for series, rows in want.groupby("series", sort=False):
+        got = quantiles_of([at_cutoff[str(series)]])[0].reshape(len(rows), 6)
+        np.testing.assert_allclose(got, rows[columns].to_numpy(), rtol=1e-4, atol=1e-4)
+    for series in set(at_cutoff) - set(want.series):
+        # Not forecast offline: nothing sold in its scale windows, so nothing to expect.
+        assert at_cutoff[series]["scale"]["units"] == 0.0
+        assert not quantiles_of([at_cutoff[series]])[0, :, 0].any()
+    ends = {c["window_end_ms"] for c in categories}
+    report(
+        f"uci: {len(categories)} category forecasts over {len(ends)} window ends; the "
+        f"{len(at_cutoff)} at the cutoff equal forecasts.csv's {want.series.nunique()} series "
+        f"({time.monotonic() - t4:.1f} s)"
     )
 
 

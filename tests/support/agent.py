@@ -102,6 +102,8 @@ class Worker:
             app.outcomes_topic,
             app.quality_parts,
             app.quality_topic,
+            app.category_parts,
+            app.category_topic,
         ):
             self.sends[topic.get_topic_name()] = AsyncMock()
             monkeypatch.setattr(topic, "send", self.sends[topic.get_topic_name()])
