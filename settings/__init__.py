@@ -116,6 +116,12 @@ class Topics:
     """The online evaluation: per window end and model version, the cohort's quality."""
     category_demand: str = field(default="category-demand", metadata=_flat("topic_category_demand"))
     """Per series (category) and window end: the category model's quantiles (issue 17)."""
+    stock_levels: str = field(default="stock-levels", metadata=_flat("topic_stock_levels"))
+    """Stock on hand and on order per series, keyed by series: the planner's input."""
+    reorder_suggestions: str = field(
+        default="reorder-suggestions", metadata=_flat("topic_reorder_suggestions")
+    )
+    """The planner's output: series whose P90 demand over the cover exceeds their stock."""
     routed: str = field(default="clicksignals-clickstream-by-user", metadata={"flat": None})
     """Internal topic where the worker re-keys events a producer did not key by user."""
     quality_parts: str = field(default="clicksignals-quality-parts", metadata={"flat": None})
@@ -142,6 +148,8 @@ class Topics:
             self.quality_parts,
             self.category_parts,
             self.category_demand,
+            self.stock_levels,
+            self.reorder_suggestions,
         )
 
     def partitions_of(self, name: str) -> int:
@@ -243,6 +251,15 @@ class SubscriberSettings:
     alert_webhook_url: Secret = field(default_factory=_secret)
     """Optional URL each alert is POSTed to as JSON (failures are logged, never fatal)."""
     alert_webhook_timeout_s: float = 5.0
+    planner_web_port: int = 6069
+    """Web port of the planner (``GET /forecast/{series}``, ``/health``), bound to ``web_host``."""
+    planner_lead_time_days: float = 14.0
+    """Days from ordering to the goods on the shelf (the planner's rule)."""
+    planner_review_days: float = 7.0
+    """Days until the next chance to order: an order must last the lead time plus this."""
+    planner_stock_csv: str = ""
+    """Optional CSV of stock per series (``series,on_hand[,on_order][,as_of_ms]``), read at
+    start-up; the ``stock-levels`` topic's newer records take over per series."""
     alerter_web_port: int = 6068
     """Web port of the alerter (``/health``, ``/alerts/{user_id}``), bound to ``web_host``."""
 
@@ -301,6 +318,11 @@ class Settings:
         return f"{self.worker.app_id}-bidder"
 
     @property
+    def planner_app_id(self) -> str:
+        """Faust app id of the stock planner."""
+        return f"{self.worker.app_id}-planner"
+
+    @property
     def alerter_app_id(self) -> str:
         """Faust app id of the churn-alerting subscriber."""
         return f"{self.worker.app_id}-alerter"
@@ -341,6 +363,8 @@ class Settings:
             "topic_outcomes": t.outcomes,
             "topic_quality": t.quality,
             "topic_category_demand": t.category_demand,
+            "topic_stock_levels": t.stock_levels,
+            "topic_reorder_suggestions": t.reorder_suggestions,
         }
         return self.with_overrides(**{k: f"{v}-{suffix}" for k, v in names.items()}, **changes)
 

@@ -1,4 +1,4 @@
-"""``clicksignals bidder`` and ``clicksignals alerter``: run a subscriber's Faust worker.
+"""``clicksignals bidder``, ``alerter`` and ``planner``: run a subscriber's Faust worker.
 
 The command replaces itself (``exec``) with ``python -m faust -A subscribers.<app> worker``, in
 the environment :func:`settings.child_environment` builds from the CLI's settings. The worker
@@ -19,7 +19,11 @@ from settings import Settings, child_environment
 
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-APPS = {"bidder": "subscribers.bidding_app", "alerter": "subscribers.alerting_app"}
+APPS = {
+    "bidder": "subscribers.bidding_app",
+    "alerter": "subscribers.alerting_app",
+    "planner": "subscribers.planning_app",
+}
 
 
 _FAUST_LEVELS = {"WARNING": "WARN", "CRITICAL": "CRIT", "FATAL": "CRIT"}
@@ -46,10 +50,12 @@ def _run(name: str) -> object:
 
 
 def add_subscriber_commands(commands: Subcommands) -> None:
-    """``clicksignals bidder`` and ``clicksignals alerter``."""
+    """``clicksignals bidder``, ``clicksignals alerter`` and ``clicksignals planner``."""
     helps = {
         "bidder": "ad-bidding worker: demand signals -> bid multipliers, GET /bid/{user_id}",
         "alerter": "churn-alerting worker: churn-risk signals -> alerts (topic, log, webhook)",
+        "planner": "stock-planning worker: category forecasts + stock -> reorder suggestions, "
+        "GET /forecast/{series}",
     }
     for name, text in helps.items():
         p = commands.add_parser(name, help=text)

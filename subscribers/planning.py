@@ -24,17 +24,42 @@ exceed what is on hand and on order. The rule (``p90-lead-time-v1``)::
   already past are not demand to come.
 * Each suggestion has a deterministic ``suggestion_id`` (the series, the forecast, the stock
   snapshot), so a redelivered input repeats the same id.
+
+The planner app (:mod:`subscribers.planner`) also needs, and finds here:
+
+* its inputs off the wire, refused with a reason and never raised: :func:`parse_forecast` (a
+  ``category-demand`` record's units) and :func:`parse_stock` (a ``stock-levels`` record);
+  :func:`read_stock_csv`, a stock file whose bad row is an error that names it;
+* its state per series (:class:`PlanState`: the newest forecast, the newest stock from the
+  topic, the last suggestion's id) and the two transitions, :func:`on_forecast` and
+  :func:`on_stock`. An older forecast (an earlier window end) or older stock (an earlier
+  ``as_of_ms``) is stale and changes nothing; the same forecast again, or a suggestion equal to
+  the last one, is a duplicate. The newer of the topic's and the file's stock is planned with.
+  The planner plans *as of the forecast's window end* (event time), so that a replay of
+  history plans as it would have then.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final, Literal
 
 from features.windows import DAY_MS
-from subscribers.records import derived_id
+from subscribers.records import (
+    Rejected,
+    _Bad,
+    _get,
+    _int,
+    _load,
+    _num,
+    _str,
+    derived_id,
+)
 
 RULE: Final = "p90-lead-time-v1"
 
@@ -118,6 +143,25 @@ class ReorderSuggestion:
     rule: str
     suggestion_id: str
 
+    def to_dict(self) -> dict[str, Any]:
+        """The ``reorder-suggestions`` record (docs/schemas/reorder-suggestion.schema.json)."""
+        from features.signals import ms_to_iso
+
+        return {
+            "suggestion_id": self.suggestion_id,
+            "series": self.series,
+            "quantity": self.quantity,
+            "projected_p90": self.projected_p90,
+            "projected_p50": self.projected_p50,
+            "available": self.available,
+            "cover_days": self.cover_days,
+            "from": ms_to_iso(self.from_ms),
+            "from_ms": self.from_ms,
+            "model_version": self.model_version,
+            "forecast_id": self.forecast_id,
+            "rule": self.rule,
+        }
+
 
 def projected(
     forecast: UnitsForecast, values: Sequence[float], start_ms: float, span_ms: float
@@ -175,3 +219,247 @@ def suggest(
             str(int(start)),
         ),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The planner's inputs off the wire and from a file, and its state per series
+# --------------------------------------------------------------------------------------------
+
+MAX_HORIZON: Final = 520
+"""Forecast windows a record may carry (ten years of weeks): more is not a forecast."""
+
+
+def parse_forecast(raw: bytes | str | Mapping[str, Any]) -> UnitsForecast | Rejected:
+    """The units part of a ``category-demand`` record
+    (:meth:`features.series_book.CategoryForecast.to_dict`), or :class:`Rejected`. Never
+    raises. The forecast starts at the record's window end."""
+    try:
+        obj = _load(raw)
+        horizon = _get(obj, "horizon")
+        if not isinstance(horizon, list) or not 1 <= len(horizon) <= MAX_HORIZON:
+            raise _Bad("bad_value", f"horizon must be a list of 1 to {MAX_HORIZON} windows")
+        quantiles: dict[str, list[float]] = {"p10": [], "p50": [], "p90": []}
+        for h in horizon:
+            if not isinstance(h, dict) or not isinstance(h.get("units"), dict):
+                raise _Bad("bad_value", "each horizon window needs a units object")
+            for name, values in quantiles.items():
+                values.append(_num(h["units"], name, lo=0.0))
+        return UnitsForecast(
+            series=_str(obj, "series"),
+            origin_ms=_int(obj, "window_end_ms"),
+            window_ms=_int(obj, "window_ms", minimum=1),
+            p10=quantiles["p10"],
+            p50=quantiles["p50"],
+            p90=quantiles["p90"],
+            model_version=_str(obj, "model_version"),
+            forecast_id=_str(obj, "forecast_id"),
+        )
+    except _Bad as bad:
+        return bad.rejected
+
+
+def parse_stock(raw: bytes | str | Mapping[str, Any]) -> StockLevel | Rejected:
+    """A ``stock-levels`` record (``series``, ``on_hand``, ``on_order``, ``as_of_ms``), or
+    :class:`Rejected`. Never raises."""
+    try:
+        obj = _load(raw)
+        return StockLevel(
+            series=_str(obj, "series"),
+            on_hand=_num(obj, "on_hand", lo=0.0),
+            on_order=_num(obj, "on_order", lo=0.0) if obj.get("on_order") is not None else 0.0,
+            as_of_ms=_int(obj, "as_of_ms") if obj.get("as_of_ms") is not None else 0,
+        )
+    except _Bad as bad:
+        return bad.rejected
+
+
+class StockFileError(ValueError):
+    """A stock file that cannot be read: the message names the row and the problem."""
+
+
+STOCK_COLUMNS: Final = ("series", "on_hand")
+"""Required columns of a stock file; ``on_order`` and ``as_of_ms`` are optional (0)."""
+
+
+def read_stock_csv(path: Path) -> dict[str, StockLevel]:
+    """Stock levels by series from a CSV file (header ``series,on_hand[,on_order][,as_of_ms]``).
+    Raises :class:`StockFileError` naming the row and the problem (a file row number, the
+    header being row 1); a series given twice is an error, not a silent overwrite."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in STOCK_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise StockFileError(f"{path}: row 1 (header) lacks column(s) {missing}")
+            out: dict[str, StockLevel] = {}
+            for row in reader:
+                where = f"{path}: row {reader.line_num}"
+                level = parse_stock(
+                    {
+                        "series": row.get("series") or None,
+                        "on_hand": _csv_number(row.get("on_hand"), where, "on_hand"),
+                        "on_order": _csv_number(row.get("on_order"), where, "on_order"),
+                        "as_of_ms": _csv_int(row.get("as_of_ms"), where),
+                    }
+                )
+                if isinstance(level, Rejected):
+                    raise StockFileError(f"{where}: {level.detail}")
+                if level.series in out:
+                    raise StockFileError(f"{where}: series {level.series!r} is given twice")
+                out[level.series] = level
+            return out
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise StockFileError(f"{path}: cannot be read: {exc}") from None
+
+
+def _csv_number(text: str | None, where: str, name: str) -> float | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise StockFileError(f"{where}: {name} {text!r} is not a number") from None
+
+
+def _csv_int(text: str | None, where: str) -> int | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise StockFileError(f"{where}: as_of_ms {text!r} is not a whole number") from None
+
+
+Outcome = Literal[
+    "suggested", "enough_stock", "no_stock", "no_forecast", "stale", "duplicate", "beyond_forecast"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanState:
+    """What the planner holds of one series: the newest forecast (its record, as served by
+    ``GET /forecast/{series}``), the newest stock from the topic, the last suggestion's id."""
+
+    forecast: Mapping[str, Any] | None = None
+    stock: StockLevel | None = None
+    last_suggestion_id: str | None = None
+
+    def to_json(self) -> bytes:
+        stock = self.stock
+        return json.dumps(
+            {
+                "forecast": self.forecast,
+                "stock": None
+                if stock is None
+                else [stock.series, stock.on_hand, stock.on_order, stock.as_of_ms],
+                "last_suggestion_id": self.last_suggestion_id,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> PlanState:
+        d = json.loads(raw)
+        s = d.get("stock")
+        return cls(
+            forecast=d.get("forecast"),
+            stock=StockLevel(str(s[0]), float(s[1]), float(s[2]), int(s[3])) if s else None,
+            last_suggestion_id=d.get("last_suggestion_id"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one input did: the series' new state (``None``: unchanged), the suggestion to
+    send (``None``: none), and the outcome to count."""
+
+    state: PlanState | None
+    suggestion: ReorderSuggestion | None
+    outcome: Outcome
+
+
+def on_forecast(
+    held: PlanState | None,
+    forecast: UnitsForecast,
+    record: Mapping[str, Any],
+    file_stock: StockLevel | None,
+    config: PlanningConfig,
+) -> Plan:
+    """A forecast arrived: kept if newer than the held one (a later window end; the same
+    window end and id is a duplicate), then the rule with the newest stock (the topic's, else
+    the file's). The planner plans as of the forecast's window end (event time), so a replay
+    plans as it would have then."""
+    held = held or PlanState()
+    if held.forecast is not None:
+        old_end = int(held.forecast.get("window_end_ms", -1))
+        if forecast.forecast_id == held.forecast.get("forecast_id"):
+            return Plan(None, None, "duplicate")
+        if forecast.origin_ms < old_end:
+            return Plan(None, None, "stale")
+    state = replace(held, forecast=dict(record))
+    return _decide(state, forecast, newest_stock(held.stock, file_stock), config)
+
+
+def on_stock(
+    held: PlanState | None, stock: StockLevel, config: PlanningConfig
+) -> tuple[Plan, UnitsForecast | None]:
+    """A stock level arrived on the topic: kept unless older than the held one, then the rule
+    with the held forecast, if any."""
+    held = held or PlanState()
+    if held.stock is not None and stock.as_of_ms < held.stock.as_of_ms:
+        return Plan(None, None, "stale"), None
+    state = replace(held, stock=stock)
+    if held.forecast is None:
+        return Plan(state, None, "no_forecast"), None
+    forecast = parse_forecast(held.forecast)
+    if isinstance(forecast, Rejected):  # never stored so; refused rather than trusted
+        return Plan(state, None, "no_forecast"), None
+    return _decide(state, forecast, stock, config), forecast
+
+
+def newest_stock(topic: StockLevel | None, file: StockLevel | None) -> StockLevel | None:
+    """The stock to plan with: the topic's or the file's, whichever is newer (the topic's on
+    a tie: it is the live one)."""
+    if topic is None:
+        return file
+    if file is None:
+        return topic
+    return topic if topic.as_of_ms >= file.as_of_ms else file
+
+
+def _decide(
+    state: PlanState, forecast: UnitsForecast, stock: StockLevel | None, config: PlanningConfig
+) -> Plan:
+    if stock is None:
+        return Plan(state, None, "no_stock")
+    try:
+        suggestion = suggest(forecast, stock, config, now_ms=forecast.origin_ms)
+    except ValueError:
+        return Plan(state, None, "beyond_forecast")
+    if suggestion is None:
+        return Plan(state, None, "enough_stock")
+    if suggestion.suggestion_id == state.last_suggestion_id:
+        return Plan(state, None, "duplicate")
+    return Plan(
+        replace(state, last_suggestion_id=suggestion.suggestion_id), suggestion, "suggested"
+    )
+
+
+__all__ = [
+    "RULE",
+    "Plan",
+    "PlanState",
+    "PlanningConfig",
+    "ReorderSuggestion",
+    "StockFileError",
+    "StockLevel",
+    "UnitsForecast",
+    "newest_stock",
+    "on_forecast",
+    "on_stock",
+    "parse_forecast",
+    "parse_stock",
+    "projected",
+    "read_stock_csv",
+    "suggest",
+]

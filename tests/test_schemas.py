@@ -25,6 +25,14 @@ from ingest.adapters import events_to_frame, to_wire_bytes
 from ingest.generator import generate_clickstream
 from subscribers.alerting import AlertConfig, apply_churn
 from subscribers.bidding import BidConfig, adjustment_for
+from subscribers.planning import (
+    PlanningConfig,
+    StockLevel,
+    on_forecast,
+    parse_forecast,
+    parse_stock,
+)
+from subscribers.records import Rejected
 from tests.support.factories import T0, churn, demand
 from tests.support.schemas import SCHEMA_DIR, assert_invalid, assert_valid, load_schema
 
@@ -38,6 +46,8 @@ NAMES = (
     "prediction-outcome",
     "model-quality",
     "category-demand",
+    "reorder-suggestion",
+    "stock-level",
 )
 NOW = T0 + 10**9
 
@@ -357,3 +367,42 @@ def test_the_category_schema_refuses_broken_records(change: dict[str, Any]) -> N
     negative = wire(record)
     negative["horizon"][0]["units"]["p10"] = -1.0
     assert_invalid("category-demand", negative)
+
+
+# --------------------------------------------------------------------------------------------
+# The planner
+# --------------------------------------------------------------------------------------------
+
+
+def suggestion(series: str = "851") -> dict[str, Any]:
+    record = category_forecast(series, scale=12.5)
+    forecast = parse_forecast(wire(record))
+    assert not isinstance(forecast, Rejected)
+    plan = on_forecast(
+        None, forecast, record, StockLevel(series, 1.0, 0.0, 0), PlanningConfig(14.0, 7.0)
+    )
+    assert plan.suggestion is not None
+    return plan.suggestion.to_dict()
+
+
+@pytest.mark.parametrize("series", ["851", "électroménager 🍳", "x" * 256])
+def test_reorder_suggestions_validate(series: str) -> None:
+    record = suggestion(series)
+    assert_valid("reorder-suggestion", wire(record))
+    schema = load_schema("reorder-suggestion")
+    assert set(schema["properties"]) == set(record) == set(schema["required"])
+    assert schema["additionalProperties"] is False
+    for change in ({"quantity": 0}, {"rule": "other"}, {"from": "today"}, {"x": 1}):
+        assert_invalid("reorder-suggestion", wire({**record, **change}))
+
+
+def test_the_stock_schema_accepts_what_the_planner_reads() -> None:
+    for record in (
+        {"series": "851", "on_hand": 10},
+        {"series": "851", "on_hand": 10.5, "on_order": 3, "as_of_ms": 5},
+    ):
+        assert_valid("stock-level", record)
+        assert not isinstance(parse_stock(orjson.dumps(record)), Rejected)
+    for record in ({"series": "851"}, {"series": "", "on_hand": 1}, {"series": "a", "on_hand": -1}):
+        assert_invalid("stock-level", record)
+        assert isinstance(parse_stock(orjson.dumps(record)), Rejected)

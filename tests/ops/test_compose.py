@@ -37,13 +37,14 @@ def test_compose_mentions_no_unknown_clicksignals_names() -> None:
 
 def test_compose_services_share_the_env_and_the_kafka_version() -> None:
     text = COMPOSE.read_text()
-    # topic-init, worker, bidder and alerter
-    assert text.count("environment: *clicksignals-env") == 4
+    # topic-init, worker, bidder, alerter and planner
+    assert text.count("environment: *clicksignals-env") == 5
     assert f"image: apache/kafka:{kafka_version()}" in text  # same broker as `kafka start`
     assert 'command: ["clicksignals", "topics", "create"]' in text
     assert 'command: ["faust", "-A", "stream.app", "worker", "-l", "info"]' in text
     assert 'command: ["clicksignals", "bidder"]' in text
     assert 'command: ["clicksignals", "alerter"]' in text
+    assert 'command: ["clicksignals", "planner"]' in text
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def test_compose_services_share_the_env_and_the_kafka_version() -> None:
 # its commands are flow lists of double-quoted strings, i.e. JSON; PyYAML is not a dependency)
 # --------------------------------------------------------------------------------------------
 
-APP_SERVICES = ("topic-init", "worker", "bidder", "alerter")
+APP_SERVICES = ("topic-init", "worker", "bidder", "alerter", "planner")
 
 
 def _services(text: str) -> dict[str, str]:
@@ -105,7 +106,11 @@ def test_compose_commands_name_real_modules_and_cli_commands() -> None:
             except SystemExit:
                 pytest.fail(f"{name}: `{' '.join(command)}` is not a clicksignals command")
             assert callable(args.handler), name
-    subscriber_apps = {"bidder": "subscribers.bidding_app", "alerter": "subscribers.alerting_app"}
+    subscriber_apps = {
+        "bidder": "subscribers.bidding_app",
+        "alerter": "subscribers.alerting_app",
+        "planner": "subscribers.planning_app",
+    }
     for name, app in subscriber_apps.items():
         assert APPS[name] == app  # what `clicksignals <name>` execs
         assert importlib.util.find_spec(app) is not None
@@ -117,6 +122,7 @@ def test_compose_publishes_each_web_port_on_loopback_from_its_setting() -> None:
         "worker": ("CLICKSIGNALS_WEB_PORT", Settings().worker.web_port),
         "bidder": ("CLICKSIGNALS_BIDDER_WEB_PORT", Settings().subscribers.bidder_web_port),
         "alerter": ("CLICKSIGNALS_ALERTER_WEB_PORT", Settings().subscribers.alerter_web_port),
+        "planner": ("CLICKSIGNALS_PLANNER_WEB_PORT", Settings().subscribers.planner_web_port),
     }
     for name, (var, default) in expected.items():
         port = f"${{{var}:-{default}}}"
@@ -130,11 +136,11 @@ def test_compose_gives_each_stateful_service_its_own_volume() -> None:
     data_dir = "/app/var/worker"  # CLICKSIGNALS_DATA_DIR in the env block
     assert f'CLICKSIGNALS_DATA_DIR: "{data_dir}"' in text
     mounts = {}
-    for name in ("worker", "bidder", "alerter"):
+    for name in ("worker", "bidder", "alerter", "planner"):
         volumes = [v for v in _list(services[name], "volumes") if v.endswith(f":{data_dir}")]
         assert len(volumes) == 1, name
         mounts[name] = volumes[0].split(":")[0]
-    assert len(set(mounts.values())) == 3, mounts  # never two workers on one state volume
+    assert len(set(mounts.values())) == 4, mounts  # never two workers on one state volume
     declared = re.search(r"^volumes:\n((?:  .*\n)+)", text, flags=re.MULTILINE)
     assert declared is not None
     names = {line.strip().rstrip(":") for line in declared.group(1).splitlines()}
@@ -144,7 +150,7 @@ def test_compose_gives_each_stateful_service_its_own_volume() -> None:
 def test_compose_app_services_start_after_the_topics_exist() -> None:
     services = _services(COMPOSE.read_text())
     assert "      kafka:\n        condition: service_healthy" in services["topic-init"]
-    for name in ("worker", "bidder", "alerter"):
+    for name in ("worker", "bidder", "alerter", "planner"):
         assert (
             "    depends_on:\n      topic-init:\n"
             "        condition: service_completed_successfully\n" in services[name]
@@ -164,7 +170,12 @@ def test_every_topic_topic_init_creates_is_used_by_the_code_and_vice_versa() -> 
     """`clicksignals topics create` (compose's topic-init) creates kafka_local.topic_specs."""
     settings = Settings()
     created = set(topic_specs(settings))
-    used = _topic_fields_used("stream/worker.py", "subscribers/bidder.py", "subscribers/alerter.py")
+    used = _topic_fields_used(
+        "stream/worker.py",
+        "subscribers/bidder.py",
+        "subscribers/alerter.py",
+        "subscribers/planner.py",
+    )
     assert used, "no topics found in the apps' sources"
     used_names = {getattr(settings.topics, field) for field in used}
     assert created == used_names

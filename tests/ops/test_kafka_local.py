@@ -91,6 +91,9 @@ def test_topic_specs_cover_the_application_topics() -> None:
         # The category demand's parts topic likewise, and its output topic.
         settings.topics.category_parts: 1,
         settings.topics.category_demand: 3,
+        # The planner's input (stock) and output.
+        settings.topics.stock_levels: 3,
+        settings.topics.reorder_suggestions: 3,
     }
 
 

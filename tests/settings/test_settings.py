@@ -122,7 +122,7 @@ def test_flat_names_and_the_environment_round_trip() -> None:
 def test_topics_names_is_the_one_list_of_every_topic() -> None:
     topics = Settings.from_flat(app_id="shop").topics
     names = topics.names()
-    assert len(names) == len(set(names)) == 12
+    assert len(names) == len(set(names)) == 14
     name_fields = [f.name for f in dataclasses.fields(Topics) if f.type == "str"]
     assert sorted(names) == sorted(getattr(topics, f) for f in name_fields)
     assert "shop-clickstream-by-user" in names

@@ -77,6 +77,25 @@ def test_alerter_wiring(tmp_path: Path) -> None:
     assert {"/alerts/{user_id}", "/health"} <= set(w["pages"])
 
 
+def test_planner_wiring(tmp_path: Path) -> None:
+    stock = tmp_path / "stock.csv"
+    stock.write_text("series,on_hand\n851,10\n")
+    settings = Settings.from_flat(
+        app_id="t",
+        topic_category_demand="cd-in",
+        topic_stock_levels="st-in",
+        planner_web_port=7125,
+        planner_stock_csv=str(stock),
+        data_dir=tmp_path,
+    )
+    w = wiring("subscribers.planning_app", settings)
+    assert w["id"] == "t-planner" and w["web_port"] == 7125
+    assert w["datadir"] == str(tmp_path / "planner")
+    assert w["topics"] == ["cd-in", "st-in"]
+    assert w["tables"] == {"plans": "t-planner-plans-changelog"}
+    assert {"/forecast/{series}", "/health", "/ready"} <= set(w["pages"])
+
+
 @pytest.mark.parametrize(
     ("module", "changes", "message"),
     [
@@ -88,6 +107,8 @@ def test_alerter_wiring(tmp_path: Path) -> None:
             {"alert_recovery_threshold": 0.6, "alert_high_threshold": 0.5},
             "high threshold",
         ),
+        ("subscribers.planning_app", {"planner_lead_time_days": -1.0}, "lead_time_days"),
+        ("subscribers.planning_app", {"planner_stock_csv": "/nonexistent.csv"}, "cannot be read"),
     ],
 )
 def test_bad_subscriber_settings_stop_the_worker_with_the_reason(
@@ -96,3 +117,14 @@ def test_bad_subscriber_settings_stop_the_worker_with_the_reason(
     done = probe(module, Settings.from_flat(data_dir=tmp_path, **changes))
     assert done.returncode == 2
     assert "refusing to start" in done.stderr and message in done.stderr
+
+
+def test_a_stock_file_with_a_bad_row_stops_the_planner_naming_the_row(tmp_path: Path) -> None:
+    stock = tmp_path / "stock.csv"
+    stock.write_text("series,on_hand\n851,10\n22A,lots\n")
+    done = probe(
+        "subscribers.planning_app",
+        Settings.from_flat(data_dir=tmp_path, planner_stock_csv=str(stock)),
+    )
+    assert done.returncode == 2
+    assert "refusing to start" in done.stderr and "row 3: on_hand 'lots'" in done.stderr

@@ -27,7 +27,11 @@ def execs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str, st
 
 @pytest.mark.parametrize(
     ("command", "module"),
-    [("bidder", "subscribers.bidding_app"), ("alerter", "subscribers.alerting_app")],
+    [
+        ("bidder", "subscribers.bidding_app"),
+        ("alerter", "subscribers.alerting_app"),
+        ("planner", "subscribers.planning_app"),
+    ],
 )
 def test_command_execs_the_faust_worker_with_the_settings(
     command: str, module: str, execs: list[tuple[list[str], dict[str, str]]], tmp_path: Path
@@ -75,6 +79,7 @@ def test_the_cli_modules_import_in_either_order_without_a_cycle() -> None:
         "demo",
         "bidder",
         "alerter",
+        "planner",
     ]
     for first, second in [("subscribers.cli", "ops.cli"), ("ops.cli", "subscribers.cli")]:
         code = (

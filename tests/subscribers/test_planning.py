@@ -7,18 +7,33 @@ windows, a stale forecast, a cover beyond the horizon, bad stock and forecast va
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 
+from features.series_book import CategoryForecast
 from features.windows import DAY_MS
 from subscribers.planning import (
     RULE,
     PlanningConfig,
+    PlanState,
+    StockFileError,
     StockLevel,
     UnitsForecast,
+    newest_stock,
+    on_forecast,
+    on_stock,
+    parse_forecast,
+    parse_stock,
     projected,
+    read_stock_csv,
     suggest,
 )
+from subscribers.records import Rejected
 
 WEEK = 7 * DAY_MS
 
@@ -92,3 +107,156 @@ def test_bad_inputs_are_refused_with_what_is_wrong() -> None:
         PlanningConfig(lead_time_days=-1)
     with pytest.raises(ValueError, match="stock of 'other'"):
         suggest(forecast([10.0] * 4), stock(0.0, series="other"), PlanningConfig(), 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The planner's inputs and its state per series
+# --------------------------------------------------------------------------------------------
+
+
+def record(
+    series: str = "851", end_ms: int = 10 * WEEK, p90: float = 20.0, version: str = "d-1"
+) -> dict[str, Any]:
+    """A ``category-demand`` record as the worker writes it: 13 weekly windows."""
+    quantiles = np.tile([[0.5 * p90, 0.8 * p90, p90], [p90, 2 * p90, 3 * p90]], (13, 1, 1))
+    return CategoryForecast(
+        series=series,
+        level="family:3",
+        window_end_ms=end_ms,
+        window_ms=WEEK,
+        model_version=version,
+        quantiles=quantiles,
+        scale=(0.8 * p90, 1.6 * p90),
+        emitted_at_ms=end_ms + 1,
+    ).to_dict()
+
+
+def test_a_category_demand_record_is_the_planner_s_forecast() -> None:
+    r = record(p90=20.0)
+    f = parse_forecast(orjson.dumps(r))
+    assert isinstance(f, UnitsForecast)
+    assert (f.series, f.origin_ms, f.window_ms) == ("851", 10 * WEEK, WEEK)
+    assert list(f.p90) == [20.0] * 13 and list(f.p50) == [16.0] * 13
+    assert f.forecast_id == r["forecast_id"]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"horizon": []}, "bad_value"),
+        ({"horizon": "soon"}, "bad_value"),
+        ({"series": ""}, "bad_value"),
+        ({"series": "x" * 257}, "bad_value"),
+        ({"window_ms": 0}, "bad_value"),
+        ({"forecast_id": None}, "missing_field"),
+    ],
+)
+def test_a_malformed_forecast_is_rejected_with_a_reason(
+    change: dict[str, Any], reason: str
+) -> None:
+    got = parse_forecast({**record(), **change})
+    assert isinstance(got, Rejected) and got.reason == reason
+    assert isinstance(parse_forecast(b"{nope"), Rejected)
+    negative = record()
+    negative["horizon"][3]["units"]["p90"] = -1.0
+    assert isinstance(parse_forecast(negative), Rejected)
+
+
+def test_stock_records_and_their_defaults() -> None:
+    s = parse_stock(b'{"series": "851", "on_hand": 12}')
+    assert s == StockLevel("851", 12.0, 0.0, 0)
+    for bad in (
+        b'{"series": "851", "on_hand": -1}',
+        b'{"series": "851"}',
+        b'{"on_hand": 3}',
+        b'{"series": "851", "on_hand": 3, "as_of_ms": 1.5}',
+        b"[1, 2]",
+    ):
+        assert isinstance(parse_stock(bad), Rejected), bad
+
+
+def test_a_stock_file_is_read_and_a_bad_row_is_named(tmp_path: Path) -> None:
+    good = tmp_path / "stock.csv"
+    good.write_text("series,on_hand,on_order,as_of_ms\n851,10,5,100\n22A,0,,\n")
+    assert read_stock_csv(good) == {
+        "851": StockLevel("851", 10.0, 5.0, 100),
+        "22A": StockLevel("22A", 0.0, 0.0, 0),
+    }
+    cases = {
+        "series,on_order\n851,3\n": "row 1 (header) lacks column(s) ['on_hand']",
+        "series,on_hand\n851,10\n851,11\n": "row 3: series '851' is given twice",
+        "series,on_hand\n851,ten\n": "row 2: on_hand 'ten' is not a number",
+        "series,on_hand\n851,-4\n": "row 2: on_hand=-4.0 outside",
+        "series,on_hand\n,4\n": "row 2: series is missing",
+        "series,on_hand,as_of_ms\n851,4,yesterday\n": "row 2: as_of_ms 'yesterday'",
+    }
+    for text, message in cases.items():
+        bad = tmp_path / "bad.csv"
+        bad.write_text(text)
+        with pytest.raises(StockFileError, match=re.escape(message)):
+            read_stock_csv(bad)
+    with pytest.raises(StockFileError, match="cannot be read"):
+        read_stock_csv(tmp_path / "absent.csv")
+
+
+CONFIG = PlanningConfig(lead_time_days=14.0, review_days=7.0)
+
+
+def test_a_forecast_with_too_little_stock_suggests_once() -> None:
+    r = record(p90=20.0)
+    f = parse_forecast(r)
+    assert isinstance(f, UnitsForecast)
+    plan = on_forecast(None, f, r, StockLevel("851", 10.0, 0.0, 0), CONFIG)
+    assert plan.outcome == "suggested" and plan.suggestion is not None
+    # Three weeks of cover at a P90 of 20 a week: 60 against 10 on hand.
+    assert plan.suggestion.quantity == 50 and plan.suggestion.from_ms == 10 * WEEK
+    assert plan.state is not None and plan.state.forecast == r
+    again = on_forecast(plan.state, f, r, StockLevel("851", 10.0, 0.0, 0), CONFIG)
+    assert again.outcome == "duplicate" and again.suggestion is None
+    state = PlanState.from_json(plan.state.to_json())
+    assert state == plan.state
+
+
+def test_older_forecasts_and_stock_are_stale_and_change_nothing() -> None:
+    new, old = record(end_ms=11 * WEEK), record(end_ms=10 * WEEK, version="d-0")
+    fn, fo = parse_forecast(new), parse_forecast(old)
+    assert isinstance(fn, UnitsForecast) and isinstance(fo, UnitsForecast)
+    held = on_forecast(None, fn, new, None, CONFIG)
+    assert held.outcome == "no_stock" and held.state is not None
+    stale = on_forecast(held.state, fo, old, None, CONFIG)
+    assert stale.outcome == "stale" and stale.state is None
+    plan, _ = on_stock(held.state, StockLevel("851", 100.0, 0.0, 50), CONFIG)
+    assert plan.outcome == "enough_stock" and plan.state is not None
+    older, _ = on_stock(plan.state, StockLevel("851", 0.0, 0.0, 49), CONFIG)
+    assert older.outcome == "stale" and older.state is None
+
+
+def test_stock_that_drops_brings_a_suggestion_for_the_held_forecast() -> None:
+    r = record(p90=20.0)
+    f = parse_forecast(r)
+    assert isinstance(f, UnitsForecast)
+    held = on_forecast(None, f, r, StockLevel("851", 100.0, 0.0, 0), CONFIG)
+    assert held.outcome == "enough_stock"
+    plan, used = on_stock(held.state, StockLevel("851", 5.0, 10.0, 1), CONFIG)
+    assert plan.outcome == "suggested" and plan.suggestion is not None
+    assert plan.suggestion.quantity == 45 and used == f
+    # No forecast yet: the stock is kept for the next one.
+    first, _ = on_stock(None, StockLevel("22A", 5.0, 0.0, 1), CONFIG)
+    assert first.outcome == "no_forecast" and first.state is not None
+    assert first.state.stock == StockLevel("22A", 5.0, 0.0, 1)
+
+
+def test_the_topic_s_stock_is_planned_with_unless_the_file_s_is_newer() -> None:
+    topic, file = StockLevel("851", 1.0, 0.0, 10), StockLevel("851", 2.0, 0.0, 5)
+    assert newest_stock(topic, file) is topic
+    assert newest_stock(StockLevel("851", 1.0, 0.0, 1), file) is file
+    assert newest_stock(None, file) is file and newest_stock(topic, None) is topic
+
+
+def test_a_cover_beyond_the_forecast_is_an_outcome_not_an_error() -> None:
+    r = record(p90=20.0)
+    f = parse_forecast(r)
+    assert isinstance(f, UnitsForecast)
+    long = PlanningConfig(lead_time_days=90.0, review_days=7.0)
+    plan = on_forecast(None, f, r, StockLevel("851", 0.0, 0.0, 0), long)
+    assert plan.outcome == "beyond_forecast" and plan.suggestion is None

@@ -6,7 +6,9 @@
   from its compacted changelog, so a re-emitted signal is still recognised as a duplicate;
 * alerter (started as ``faust -A subscribers.alerting_app worker``): churn signals in -> one
   alert per crossing into high risk (hysteresis), on the topic, in the log and POSTed to a
-  webhook whose first answer is an HTTP 500 (logged, not fatal).
+  webhook whose first answer is an HTTP 500 (logged, not fatal);
+* planner (started as ``clicksignals planner``): category forecasts and stock (a file, then the
+  ``stock-levels`` topic) in -> reorder suggestions out, ``GET /forecast/{series}``.
 
 Topics and app ids are unique to each test (``isolated_kafka_settings``); every output record
 is validated against docs/schemas. Processes are always stopped; waits are bounded.
@@ -20,9 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 
+from features.series_book import CategoryForecast
 from features.signals import ChurnSignal, DemandSignal
 from ops import kafka_local
 from settings import Settings
@@ -239,3 +243,97 @@ def test_alerter_raises_once_per_crossing_to_topic_log_and_webhook(
         assert (counts["alerts"], counts["recovered"], counts["rejected"]) == (3, 1, 1)
         assert (counts["duplicate"], counts["stale"]) == (1, 1)
         assert (counts["webhook_sent"], counts["webhook_failed"]) == (2, 1)
+
+
+def test_planner_suggests_reorders_from_category_forecasts_and_stock(
+    isolated_kafka_settings: Settings, subscriber_factory: Factory, tmp_path: Path
+) -> None:
+    """Series: one low on stock (from the file), one with plenty, one with no stock known, an
+    odd name; a duplicate forecast, an older one and a malformed record; then stock on the
+    topic that runs one series low."""
+    port = kafka_local.free_port()
+    stock_file = tmp_path / "stock.csv"
+    stock_file.write_text("series,on_hand,on_order,as_of_ms\n851,10,0,0\n222,1000,0,0\nü 7,0,0,0\n")
+    settings = subscriber_settings(
+        isolated_kafka_settings,
+        tmp_path,
+        planner_web_port=port,
+        planner_stock_csv=str(stock_file),
+    )
+    low, plenty, unknown = forecast_record("851"), forecast_record("222"), forecast_record("999")
+    odd = forecast_record("ü 7", p90=1.0)
+    older = forecast_record("851", end_ms=T0 - WEEK_MS, version="d-0")
+    records = [low, low, older, plenty, unknown, odd]
+    produce(
+        settings,
+        settings.topics.category_demand,
+        [(b"851", b"{not json"), *((r["series"].encode(), orjson.dumps(r)) for r in records)],
+    )
+    planner = subscriber_factory("planner", [str(BIN / "clicksignals"), "planner"], settings, port)
+    planner.start().wait_ready()
+    out = wait_for_records(
+        planner,
+        group=settings.planner_app_id,
+        source=settings.topics.category_demand,
+        output=settings.topics.reorder_suggestions,
+        expected=2,
+    )
+    suggestions = {r.key: r.json() for r in out}
+    assert len(out) == 2 and set(suggestions) == {b"851", "ü 7".encode()}
+    for s in suggestions.values():
+        assert_valid("reorder-suggestion", s)
+    # Three weeks of cover at a P90 of 20 a week, 10 on hand; and 3 x 1 against none.
+    assert suggestions[b"851"]["quantity"] == 50
+    assert suggestions["ü 7".encode()]["quantity"] == 3
+
+    status, body = planner.get("/forecast/851")
+    assert status == 200 and body["forecast_id"] == low["forecast_id"]
+    assert body["stock"]["on_hand"] == 10.0
+    assert body["last_suggestion_id"] == suggestions[b"851"]["suggestion_id"]
+    assert planner.get("/forecast/" + urllib.parse.quote("ü 7"))[0] == 200
+    assert planner.get("/forecast/nothing")[0] == 404
+
+    # Stock on the topic: 222 runs low (a suggestion), 851 is restocked (none).
+    produce(
+        settings,
+        settings.topics.stock_levels,
+        [
+            (b"222", orjson.dumps({"series": "222", "on_hand": 5, "as_of_ms": T0 + 1})),
+            (b"851", orjson.dumps({"series": "851", "on_hand": 500, "as_of_ms": T0 + 1})),
+        ],
+    )
+    out = wait_for_records(
+        planner,
+        group=settings.planner_app_id,
+        source=settings.topics.stock_levels,
+        output=settings.topics.reorder_suggestions,
+        expected=3,
+    )
+    assert len(out) == 3
+    latest = out[-1].json()
+    assert latest["series"] == "222" and latest["quantity"] == 55
+    status, health = planner.get("/health")
+    assert status == 200
+    counts = health["counts"]
+    assert counts["rejected"] == 1 and counts["duplicate"] == 1 and counts["stale"] == 1
+    assert counts["no_stock"] == 1 and counts["suggestions"] == 3
+    assert planner.get("/forecast/851")[1]["stock"]["on_hand"] == 500.0
+
+
+WEEK_MS = 7 * 86_400_000
+
+
+def forecast_record(
+    series: str, end_ms: int = T0, p90: float = 20.0, version: str = "d-1"
+) -> dict[str, Any]:
+    quantiles = np.tile([[0.5 * p90, 0.8 * p90, p90], [p90, 2 * p90, 3 * p90]], (13, 1, 1))
+    return CategoryForecast(
+        series=series,
+        level="family:3",
+        window_end_ms=end_ms,
+        window_ms=WEEK_MS,
+        model_version=version,
+        quantiles=quantiles,
+        scale=(0.8 * p90, 1.6 * p90),
+        emitted_at_ms=end_ms + 1,
+    ).to_dict()
