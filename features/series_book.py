@@ -6,7 +6,8 @@ Owns the step-wise side of :mod:`features.demand` as the worker runs it (issue 1
 * :class:`SeriesBook` — one clickstream partition's sums of its open windows, per series and in
   total, folded event by event (:func:`fold`, with :func:`features.demand.add_event`) and
   stored in :data:`BOOK_SHARDS` table values (:func:`encode_shard`), so that no value outgrows
-  a Kafka message however many series a shop has;
+  a Kafka message however many series a shop has, and a batch stores only the shards it
+  changed;
 * :class:`CategoryPart` — what a partition sends when it closes a window: its sums of that
   window, cut to :data:`MAX_SERIES_PER_PART` series per part (:func:`category_parts`). Parts
   are assembled by :mod:`features.parts` (every partition's, once all have closed the window);
@@ -78,23 +79,85 @@ def _add(into: Sums, cell: SeriesCell) -> None:
     into[3] += cell.carts
 
 
+_Undo = tuple[Any, ...]
+
+
 @dataclass
 class SeriesBook:
-    """One partition's sums of its open windows (closed windows leave with their part)."""
+    """One partition's sums of its open windows (closed windows leave with their part).
 
-    series: dict[int, dict[str, Sums]] = field(default_factory=dict)
-    """Window index -> series key -> sums."""
+    Series are kept by shard (:func:`shard_of`), so that storing a shard touches only its own
+    series. While a journal is open (:meth:`begin`), every change records how to take it back
+    (:meth:`undo`): the processor takes back a run that raised without copying the book."""
+
+    shards: list[dict[int, dict[str, Sums]]] = field(
+        default_factory=lambda: [{} for _ in range(BOOK_SHARDS)]
+    )
+    """Shard -> window index -> series key -> sums."""
     totals: dict[int, Sums] = field(default_factory=dict)
     """Window index -> the sums of every event of the window (keyed or not)."""
+    sizes: dict[int, int] = field(default_factory=dict)
+    """Window index -> series kept (the cap, :data:`MAX_SERIES_PER_WINDOW`)."""
     overflow: dict[int, int] = field(default_factory=dict)
-    """Window index -> events of a series that found no room (:data:`MAX_SERIES_PER_WINDOW`)."""
+    """Window index -> events of a series that found no room."""
+    journal: list[_Undo] | None = None
 
-    def copy(self) -> SeriesBook:
-        return SeriesBook(
-            {w: {k: list(v) for k, v in cells.items()} for w, cells in self.series.items()},
-            {w: list(v) for w, v in self.totals.items()},
-            dict(self.overflow),
-        )
+    def series(self, window: int) -> dict[str, Sums]:
+        """Every series' sums of a window (a new dict)."""
+        out: dict[str, Sums] = {}
+        for shard in self.shards:
+            out.update(shard.get(window, {}))
+        return out
+
+    def windows(self) -> set[int]:
+        return set(self.totals) | {w for shard in self.shards for w in shard}
+
+    def begin(self) -> None:
+        """Open a journal: changes from here on can be taken back."""
+        self.journal = []
+
+    def commit(self) -> None:
+        self.journal = None
+
+    def undo(self) -> None:
+        """Take back every change since :meth:`begin` (then the journal is closed)."""
+        for entry in reversed(self.journal or []):
+            kind = entry[0]
+            if kind == "total":
+                _, w, old = entry
+                if old is None:
+                    self.totals.pop(w, None)
+                else:
+                    self.totals[w] = old
+            elif kind == "key":
+                _, shard, w, key, old = entry
+                cells = self.shards[shard].setdefault(w, {})
+                if old is None:
+                    cells.pop(key, None)
+                    self.sizes[w] -= 1
+                    if not self.sizes[w]:
+                        del self.sizes[w]
+                    if not cells:
+                        del self.shards[shard][w]
+                else:
+                    cells[key] = old
+            elif kind == "overflow":
+                _, w, old = entry
+                if old is None:
+                    self.overflow.pop(w, None)
+                else:
+                    self.overflow[w] = old
+            else:  # a closed window, put back whole
+                _, w, shards, total, size, overflow = entry
+                for shard, cells in shards.items():
+                    self.shards[shard][w] = cells
+                if total is not None:
+                    self.totals[w] = total
+                if size is not None:
+                    self.sizes[w] = size
+                if overflow is not None:
+                    self.overflow[w] = overflow
+        self.journal = None
 
 
 def fold(book: SeriesBook, level: SeriesLevel, event: ClickEvent, window: int) -> int | None:
@@ -102,50 +165,71 @@ def fold(book: SeriesBook, level: SeriesLevel, event: ClickEvent, window: int) -
     changed besides the totals' (``None``: the event has no series, or found no room)."""
     cell = SeriesCell()
     add_event(cell, event)
+    journal = book.journal
     total = book.totals.get(window)
+    if journal is not None:
+        journal.append(("total", window, None if total is None else list(total)))
     if total is None:
         total = book.totals[window] = [0.0] * N_AGGREGATES
     _add(total, cell)
     key = series_key(level, event.category, event.product_id)
     if key is None:
         return None
-    cells = book.series.get(window)
+    shard = shard_of(key)
+    cells = book.shards[shard].get(window)
     if cells is None:
-        cells = book.series[window] = {}
+        cells = book.shards[shard][window] = {}
     sums = cells.get(key)
     if sums is None:
-        if len(cells) >= MAX_SERIES_PER_WINDOW:
+        if book.sizes.get(window, 0) >= MAX_SERIES_PER_WINDOW:
+            if journal is not None:
+                journal.append(("overflow", window, book.overflow.get(window)))
             book.overflow[window] = book.overflow.get(window, 0) + 1
+            if not cells:
+                del book.shards[shard][window]
             return None
+        if journal is not None:
+            journal.append(("key", shard, window, key, None))
         sums = cells[key] = [0.0] * N_AGGREGATES
+        book.sizes[window] = book.sizes.get(window, 0) + 1
+    elif journal is not None:
+        journal.append(("key", shard, window, key, list(sums)))
     _add(sums, cell)
-    return shard_of(key)
+    return shard
 
 
-def close(book: SeriesBook, window: int) -> tuple[dict[str, Sums], Sums, int]:
+def close(book: SeriesBook, window: int) -> tuple[dict[str, Sums], Sums, int, set[int]]:
     """Take the sums of ``window`` (and of any earlier window still open, which a closed
-    partition can no longer receive) out of the book: per series, in total, and the overflow."""
+    partition can no longer receive) out of the book: per series, in total, the overflow, and
+    the shards that changed."""
     cells: dict[str, Sums] = {}
     totals = [0.0] * N_AGGREGATES
     overflow = 0
-    for w in sorted(w for w in set(book.series) | set(book.totals) if w <= window):
-        for key, sums in book.series.pop(w, {}).items():
-            into = cells.setdefault(key, [0.0] * N_AGGREGATES)
-            for i in range(N_AGGREGATES):
-                into[i] += sums[i]
-        for i, x in enumerate(book.totals.pop(w, [0.0] * N_AGGREGATES)):
+    changed: set[int] = set()
+    for w in sorted(w for w in book.windows() if w <= window):
+        taken = {i: shard.pop(w) for i, shard in enumerate(book.shards) if w in shard}
+        total = book.totals.pop(w, None)
+        size = book.sizes.pop(w, None)
+        over = book.overflow.pop(w, None)
+        if book.journal is not None:
+            book.journal.append(("window", w, taken, total, size, over))
+        changed.update(taken)
+        for shard_cells in taken.values():
+            for key, sums in shard_cells.items():
+                into = cells.setdefault(key, [0.0] * N_AGGREGATES)
+                for i in range(N_AGGREGATES):
+                    into[i] += sums[i]
+        for i, x in enumerate(total or ()):
             totals[i] += x
-        overflow += book.overflow.pop(w, 0)
-    return cells, totals, overflow
+        overflow += over or 0
+    return cells, totals, overflow, changed
 
 
 def encode_shard(book: SeriesBook, shard: int) -> dict[str, Any]:
     """The JSON-ready value of one shard (shard 0 also holds the totals and overflow)."""
-    series = {
-        str(w): {k: v for k, v in cells.items() if shard_of(k) == shard}
-        for w, cells in book.series.items()
+    out: dict[str, Any] = {
+        "series": {str(w): cells for w, cells in book.shards[shard].items() if cells}
     }
-    out: dict[str, Any] = {"series": {w: c for w, c in series.items() if c}}
     if shard == 0:
         out["totals"] = {str(w): v for w, v in book.totals.items()}
         out["overflow"] = {str(w): n for w, n in book.overflow.items()}
@@ -153,13 +237,21 @@ def encode_shard(book: SeriesBook, shard: int) -> dict[str, Any]:
 
 
 def decode_shards(values: Iterable[Mapping[str, Any]]) -> SeriesBook:
-    """A book from its shards' values (any order; a missing shard is an empty one)."""
+    """A book from its shards' values (any order; a missing shard is an empty one). Each
+    series goes to the shard :func:`shard_of` names, whichever value held it."""
     book = SeriesBook()
     for value in values:
         for w, cells in value["series"].items():
-            book.series.setdefault(int(w), {}).update(
-                {str(k): [float(x) for x in v] for k, v in cells.items()}
-            )
+            window = int(w)
+            for k, v in cells.items():
+                key = str(k)
+                sums = [float(x) for x in v]
+                if len(sums) != N_AGGREGATES:
+                    raise ValueError(f"series {key!r}: {len(sums)} sums, not {N_AGGREGATES}")
+                held = book.shards[shard_of(key)].setdefault(window, {})
+                if key not in held:
+                    book.sizes[window] = book.sizes.get(window, 0) + 1
+                held[key] = sums
         for w, v in value.get("totals", {}).items():
             book.totals[int(w)] = [float(x) for x in v]
         for w, n in value.get("overflow", {}).items():

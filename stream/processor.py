@@ -92,7 +92,6 @@ from features.series_book import (
     decode_shards,
     encode_shard,
     fold,
-    shard_of,
 )
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
 from features.state import add_event, close_through, days_since_last_order, peek_sequence
@@ -524,7 +523,7 @@ class Processor:
             {p: book_keys(p, partitions) for p in range(partitions)} if series_level else {}
         )
         self._book_backup: dict[int, SeriesBook | None] = {}
-        """Partition -> its book before the run (a copy), or None if the run loaded it."""
+        """Partition -> its book, journaling the run's changes, or None if the run loaded it."""
         self._dirty_shards: dict[int, set[int]] = {}
         """Partition -> the book shards the run changed (stored by ``_finish``)."""
         self._category_parts: list[CategoryPart] = []
@@ -664,6 +663,9 @@ class Processor:
         self._clock_backup.clear()
         self._active_undo.clear()
         self._marks_backup.clear()
+        for book in self._book_backup.values():
+            if book is not None:
+                book.commit()
         self._book_backup.clear()
 
     def _rollback(self) -> None:
@@ -694,7 +696,7 @@ class Processor:
             if book is None:
                 self._books.pop(p, None)
             else:
-                self._books[p] = book
+                book.undo()
         self._checkpoint()
 
     # --- the batch ----------------------------------------------------------------------------
@@ -1202,8 +1204,8 @@ class Processor:
 
     def _close_series(self, p: int, window: int) -> None:
         """Take the window's category sums out of the partition's book, as parts to send."""
-        cells, totals, overflow = close(self._book(p), window)
-        self._dirty_shards.setdefault(p, set()).update({0} | {shard_of(k) for k in cells})
+        cells, totals, overflow, changed = close(self._book(p), window)
+        self._dirty_shards.setdefault(p, set()).update({0} | changed)
         if overflow:
             log.warning(
                 "partition %d, window ending %s: %d events of series beyond the %d kept per "
@@ -1223,11 +1225,13 @@ class Processor:
         )
 
     def _book(self, p: int) -> SeriesBook:
-        """The partition's category sums: cached, or read from its shards in the table."""
+        """The partition's category sums: cached, or read from its shards in the table. The
+        run's changes are journaled, so that a run that raises can be taken back."""
         book = self._books.get(p)
         if book is not None:
             if p not in self._book_backup:
-                self._book_backup[p] = book.copy()
+                self._book_backup[p] = book
+                book.begin()
             return book
         self._book_backup.setdefault(p, None)
         values = []

@@ -11,6 +11,7 @@ and :func:`training.demand_model.samples_at`, as ``train-and-export --demand`` b
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -28,6 +29,7 @@ from stream.categories import CategoryAggregator, quantiles_of
 from stream.loopback import run_in_process
 from stream.processor import BatchOutput, DictStore, Processor, RawMessage
 from stream.publish import partition_of
+from tests.support.events import events_from_frame
 from tests.support.processor import MODEL_DIR, PARTITIONS, messages
 from training.demand import series_panel
 from training.demand_model import samples_at
@@ -213,7 +215,7 @@ def test_hostile_category_fields_never_stop_the_stream(scorer: Scorer) -> None:
     # The partition's book is in the table, and a new processor reads it back.
     proc2 = processor(scorer, store, parse_level(LEVEL))
     book = proc2._book(0)
-    keys = {k for cells in book.series.values() for k in cells}
+    keys = {k for w in book.windows() for k in book.series(w)}
     assert "x" * 256 in keys and "électroménager/Küche 🍳" in keys and "12345" in keys
     assert "a\x00b\nc" in keys
 
@@ -227,7 +229,8 @@ def test_more_series_than_a_window_keeps_count_in_the_totals_only(
     msgs = [RawMessage(None, _event(i, f"c{i}"), "clickstream", 0, i) for i in range(120)]
     out = proc.process(msgs)
     book = proc._book(0)
-    (cells,) = book.series.values()
+    (window,) = book.windows()
+    cells = book.series(window)
     assert len(cells) == 50
     (overflow,) = book.overflow.values()
     (totals,) = book.totals.values()
@@ -244,7 +247,9 @@ def test_a_book_at_the_caps_stays_under_the_message_limit() -> None:
         f"{i:06d}" + "k" * 250: [1.0, 2.5, 3.0, 4.0]
         for i in range(series_book.MAX_SERIES_PER_WINDOW)
     }
-    book.series[0] = cells
+    for key, sums in cells.items():
+        book.shards[series_book.shard_of(key)].setdefault(0, {})[key] = sums
+    book.sizes[0] = len(cells)
     book.totals[0] = [1.0, 2.0, 3.0, 4.0]
     sizes = [
         len(orjson.dumps(series_book.encode_shard(book, s))) for s in range(series_book.BOOK_SHARDS)
@@ -254,7 +259,8 @@ def test_a_book_at_the_caps_stays_under_the_message_limit() -> None:
         orjson.loads(orjson.dumps(series_book.encode_shard(book, s)))
         for s in range(series_book.BOOK_SHARDS)
     )
-    assert again.series == book.series and again.totals == book.totals
+    assert again.shards == book.shards and again.totals == book.totals
+    assert again.sizes == book.sizes
     parts = series_book.category_parts(
         cells, [1.0, 2.0, 3.0, 4.0], 0, window_end_ms=1, partition=0, partitions=1
     )
@@ -294,3 +300,80 @@ def test_the_aggregator_refuses_a_part_of_another_partition_count(model: DemandM
 def test_widening_is_the_manifest_s(model: DemandModel) -> None:
     raw = np.array([[[[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]]]])
     assert np.allclose(widened(raw, model.manifest.interval_width)[0, 0, 0, 1], 2.0)
+
+
+def test_a_journaled_book_takes_back_folds_and_closes_exactly(shop: pd.DataFrame) -> None:
+    """The processor's rollback of a run that raised: every fold and close since ``begin``
+    undone, the book as it was, shard by shard."""
+    level = parse_level(LEVEL)
+    week = 7 * 86_400_000
+    events = list(events_from_frame(shop.head(3000)))
+    book = series_book.SeriesBook()
+    for e in events[:1500]:
+        series_book.fold(book, level, e, e.event_time_ms // week)
+    shards = range(series_book.BOOK_SHARDS)
+    before = [orjson.loads(orjson.dumps(series_book.encode_shard(book, s))) for s in shards]
+    sizes = dict(book.sizes)
+    book.begin()
+    for e in events[1500:]:
+        series_book.fold(book, level, e, e.event_time_ms // week)
+    first = min(book.windows())
+    cells, _, _, changed = series_book.close(book, first + 1)
+    assert cells and changed
+    book.undo()
+    assert [orjson.loads(orjson.dumps(series_book.encode_shard(book, s))) for s in shards] == before
+    assert book.sizes == sizes and book.journal is None
+
+
+def test_a_message_that_raises_costs_itself_and_leaves_the_sums_of_a_run_without_it(
+    scorer: Scorer, shop: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Poison isolation with category demand on: the batch is rolled back (the book's journal
+    undone) and bisected; the sums, the parts and the stored book are those of the stream
+    without the poisoned message."""
+    import stream.processor as processor_module
+
+    level = parse_level(LEVEL)
+    msgs = messages(shop)
+    clean_store = DictStore()
+    clean = parts_of(processor(scorer, clean_store, level), clean_store, msgs, 512)
+
+    original = processor_module.fold
+
+    def faulty(book: series_book.SeriesBook, lv: SeriesLevel, event: Any, window: int) -> Any:
+        if event.category == "poison":
+            raise ValueError("a category fault")
+        return original(book, lv, event, window)
+
+    monkeypatch.setattr(processor_module, "fold", faulty)
+    body = orjson.loads(msgs[len(msgs) // 2].value or b"{}")
+    poisoned = RawMessage(
+        msgs[len(msgs) // 2].key,
+        orjson.dumps({**body, "category": "poison"}),
+        msgs[len(msgs) // 2].topic,
+        msgs[len(msgs) // 2].partition,
+        msgs[len(msgs) // 2].offset,
+    )
+    shifted = [
+        RawMessage(m.key, m.value, m.topic, m.partition, m.offset + 1)
+        if m.partition == poisoned.partition and m.offset >= poisoned.offset
+        else m
+        for m in msgs
+    ]
+    half = len(msgs) // 2
+    stream_msgs = [*shifted[:half], poisoned, *shifted[half:]]
+    store = DictStore()
+    proc = processor(scorer, store, level)
+    got: list[CategoryPart] = []
+    dead: list[str] = []
+
+    def collect(out: BatchOutput) -> None:
+        store.apply(out.writes)
+        got.extend(out.category_parts)
+        dead.extend(d.reason for d in out.dead_letters)
+
+    run_in_process(proc, stream_msgs, 512, collect)
+    assert dead == ["processing_error"]
+    assert [p.to_dict() for p in got] == [p.to_dict() for p in clean]
+    internal = {k: v for k, v in store.data.items() if k.startswith("\x00series/")}
+    assert internal == {k: v for k, v in clean_store.data.items() if k.startswith("\x00series/")}
