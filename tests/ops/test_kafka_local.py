@@ -190,12 +190,12 @@ def test_create_topics_is_idempotent_and_reports_mismatch(kafka_settings: Settin
     assert {r.name: (r.outcome, r.actual_partitions) for r in second} == {
         name: ("exists", count) for name, count in specs.items()
     }
-    # Another partition count: every keyed topic mismatches; the one-partition quality parts
-    # topic keeps its one.
+    # Another partition count: every keyed topic mismatches; the one-partition quality and
+    # category parts topics keep their one.
     third = run_sync(kafka_local.ensure_topics(settings.with_overrides(partitions=3)))
+    single = {settings.topics.quality_parts, settings.topics.category_parts}
     assert {r.name: (r.outcome, r.actual_partitions) for r in third} == {
-        name: ("exists", 1) if name == settings.topics.quality_parts else ("mismatch", 2)
-        for name in specs
+        name: ("exists", 1) if name in single else ("mismatch", 2) for name in specs
     }
     assert len(third) == n
     assert "EXISTS WITH 2 PARTITIONS" in third[0].describe()

@@ -7,7 +7,8 @@
   churn floor included, and the online evaluation (``model-quality``) of every window end
   whose horizon passed equals the offline evaluation of the same predictions;
 * a worker killed mid-replay (SIGKILL) and restarted — from its RocksDB data dir, and from an
-  empty one (changelog restore) — emits what an uninterrupted run emits;
+  empty one (changelog restore) — emits what an uninterrupted run emits, category forecasts
+  included;
 * a model that does not match stops the worker at start-up with the reason;
 * importing ``stream.app`` never imports TensorFlow.
 
@@ -537,6 +538,24 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
         f"restart: {len(outcomes_b)} prediction outcomes in B "
         f"({len(outcomes_b) - len(outcomes_a)} re-sent), {len(quality_b)} model-quality records "
         f"equal to A's"
+    )
+
+    # Category demand: the partitions' sums came back from the changelog with their users and
+    # no event was counted twice or lost, so B's forecasts are A's (a re-sent one repeats its
+    # id and its numbers).
+    categories_a = {c["forecast_id"]: c for c in _records(a, a.topics.category_demand)}
+    assert len(categories_a) >= 10
+    categories_b = _wait_for_records(
+        third, b.topics.category_demand, len(categories_a), timeout_s=60.0
+    )
+    assert {c["forecast_id"] for c in categories_b} == set(categories_a)
+    for c in categories_b:
+        want = categories_a[c["forecast_id"]]
+        assert c["scale"] == pytest.approx(want["scale"], rel=1e-9)
+        np.testing.assert_allclose(quantiles_of([c]), quantiles_of([want]), rtol=1e-5, atol=1e-6)
+    report(
+        f"restart: {len(categories_b)} category forecasts in B "
+        f"({len(categories_b) - len(categories_a)} re-sent), equal to A's"
     )
 
 
