@@ -27,6 +27,7 @@ COLORS: Final = {
     "bids": "#059669",
     "alerts": "#7c3aed",
     "quality": "#0891b2",
+    "categories": "#16a34a",
 }
 MAX_POINTS: Final = 400
 """Timeline points per series drawn (longer runs are thinned evenly; the last point is kept)."""
@@ -282,6 +283,70 @@ def quality_section(tally: Tally) -> str:
     )
 
 
+def category_section(tally: Tally, top: int = 10) -> str:
+    """Category demand: each series' newest forecast, the ``top`` by P50 units of the next
+    window, with the P10-P90 interval of every horizon window (``category-demand``)."""
+    if not tally.categories:
+        return (
+            "<section><h2>Category demand</h2><p>No category forecast: the model directory "
+            "has no category model (<code>train-and-export --demand</code>), or no window end "
+            "had the model's input windows of history yet.</p></section>"
+        )
+    records = sorted(
+        tally.categories.values(),
+        key=lambda r: (-float(r["horizon"][0]["units"]["p50"]), str(r["series"])),
+    )[:top]
+    horizon = len(records[0]["horizon"])
+    hi = max(float(h["units"]["p90"]) for r in records for h in r["horizon"]) or 1.0
+    width, row_h, left = 420, 18, 90
+    rows_svg = []
+    for i, r in enumerate(records):
+        y = 10 + i * row_h * horizon
+        name = _e(str(r["series"])[:14])
+        rows_svg.append(f'<text x="0" y="{y + 10}" font-size="11">{name}</text>')
+        for h, w in enumerate(r["horizon"]):
+            u = w["units"]
+            yy = y + h * row_h + 6
+            x10, x50, x90 = (left + width * float(u[p]) / hi for p in ("p10", "p50", "p90"))
+            rows_svg.append(
+                f'<line x1="{x10:.1f}" y1="{yy}" x2="{x90:.1f}" y2="{yy}" '
+                f'stroke="{COLORS["categories"]}" stroke-width="5" opacity="0.35"/>'
+                f'<circle cx="{x50:.1f}" cy="{yy}" r="3.5" fill="{COLORS["categories"]}"/>'
+            )
+    height = 20 + len(records) * row_h * horizon
+    svg = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 20}" '
+        f'height="{height}" role="img" '
+        f'aria-label="category forecasts">{"".join(rows_svg)}'
+        f'<text x="{left}" y="{height - 2}" font-size="10">0</text>'
+        f'<text x="{left + width - 30}" y="{height - 2}" font-size="10">{hi:,.0f} units</text>'
+        "</svg>"
+    )
+    first = records[0]
+    table = _table(
+        ["series", "window end", "model"]
+        + [f"units, window {h + 1}: P50 [P10-P90]" for h in range(horizon)],
+        [
+            (
+                r["series"],
+                str(r.get("window_end", ""))[:10],
+                r.get("model_version", ""),
+                *(
+                    f"{w['units']['p50']:,.1f} [{w['units']['p10']:,.1f}-{w['units']['p90']:,.1f}]"
+                    for w in r["horizon"]
+                ),
+            )
+            for r in records
+        ],
+    )
+    return (
+        f"<section><h2>Category demand ({len(tally.categories):,} series, level "
+        f"{_e(first.get('level', ''))})</h2><p>Each series' newest forecast: units in each of "
+        f"the next {horizon} windows, P50 (dot) within P10-P90 (bar); the top {len(records)} "
+        "by next-window P50.</p>" + svg + table + "</section>"
+    )
+
+
 def render_dashboard(tally: Tally, summary: Mapping[str, Any], *, title: str = "") -> str:
     """The dashboard HTML for a demo run (module doc)."""
     cards = [
@@ -341,6 +406,7 @@ def render_dashboard(tally: Tally, summary: Mapping[str, Any], *, title: str = "
         )
         + "</section>"
         + quality_section(tally)
+        + category_section(tally)
         + (truth_section(summary["truth"]) if summary.get("truth") else "")
         + "</div></body></html>\n"
     )
@@ -348,6 +414,7 @@ def render_dashboard(tally: Tally, summary: Mapping[str, Any], *, title: str = "
 
 __all__ = [
     "calibration_svg",
+    "category_section",
     "histogram_svg",
     "quality_section",
     "render_dashboard",

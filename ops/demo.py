@@ -273,6 +273,7 @@ def output_topics(settings: Settings) -> dict[str, str]:
         settings.topics.bid_adjustments: "bids",
         settings.topics.churn_alerts: "alerts",
         settings.topics.quality: "quality",
+        settings.topics.category_demand: "categories",
     }
 
 

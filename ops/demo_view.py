@@ -1,12 +1,13 @@
 """What the demo shows: the tally of everything the system emits, and its console rendering.
 
-Pure (no Kafka, no clock, no terminal): :class:`Tally` takes the raw records of the six output
-topics -- demand signals, churn-risk signals, dead letters, bid adjustments, churn alerts and
-the online evaluation's model quality -- and keeps counts, each user's current churn
-probability and bid multiplier, the model-quality records, and a timeline of cumulative
-counts. :func:`render_live` turns it into the lines of the live console view,
-:func:`summary_record` into ``summary.json``. :mod:`ops.demo` feeds it and draws the lines;
-:mod:`ops.dashboard` draws the same numbers as HTML.
+Pure (no Kafka, no clock, no terminal): :class:`Tally` takes the raw records of the seven output
+topics -- demand signals, churn-risk signals, dead letters, bid adjustments, churn alerts, the
+online evaluation's model quality and the category demand forecasts -- and keeps counts, each
+user's current churn probability and bid multiplier, the model-quality records, each series'
+newest category forecast, and a timeline of cumulative counts. :func:`render_live` turns it
+into the lines of the live console view, :func:`summary_record` into ``summary.json``.
+:mod:`ops.demo` feeds it and draws the lines; :mod:`ops.dashboard` draws the same numbers as
+HTML.
 
 "Current" follows the subscribers' rule (README, *Which signal counts*): per user the record
 with the later ``window_end_ms`` wins, and at the same window end the later-emitted one.
@@ -21,7 +22,7 @@ from typing import Any, Final
 
 import orjson
 
-KINDS: Final = ("demand", "churn", "dlq", "bids", "alerts", "quality")
+KINDS: Final = ("demand", "churn", "dlq", "bids", "alerts", "quality", "categories")
 """Output kinds, in display order; each is one topic and one ``<kind>.jsonl`` file."""
 LABELS: Final = {
     "demand": "demand",
@@ -30,6 +31,7 @@ LABELS: Final = {
     "bids": "bid-adjustments",
     "alerts": "churn-alerts",
     "quality": "model-quality",
+    "categories": "category-demand",
 }
 FILES: Final = {kind: f"{kind}.jsonl" for kind in KINDS}
 BID_CLASSES: Final = ("floor", "below", "neutral", "above", "cap")
@@ -87,6 +89,8 @@ class Tally:
     samples: list[Sample] = field(default_factory=list)
     quality: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
     """(window end, model version) -> the online evaluation's record (a re-send replaces it)."""
+    categories: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Series -> its newest ``category-demand`` record (later window end, then later emitted)."""
 
     def add(self, kind: str, value: bytes) -> None:
         """Count one record of ``kind`` (its raw bytes); malformed ones are counted apart."""
@@ -108,6 +112,11 @@ class Tally:
             elif kind == "quality":
                 key = (int(record["window_end_ms"]), str(record["model_version"]))
                 self.quality[key] = record
+            elif kind == "categories":
+                series = str(record["series"])
+                held = self.categories.get(series)
+                if held is None or _position(record) >= _position(held):
+                    self.categories[series] = record
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             # The demo shows what arrived; a record it cannot read is counted, not fatal.
             self.malformed += 1

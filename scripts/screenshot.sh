@@ -9,7 +9,7 @@
 # Chromium: `chromium` (or `chromium-headless-shell`) on PATH; if neither is, and this runs as
 # root on Debian/Ubuntu, it is installed with apt-get (`chromium`, plus a font). The dashboard
 # is one self-contained file (inline SVG, no scripts, nothing fetched), so the browser needs no
-# network. CLICKSIGNALS_SCREENSHOT_SIZE=W,H sets the window (default 1280,2300: the whole page).
+# network. CLICKSIGNALS_SCREENSHOT_SIZE=W,H sets the window (default 1280,2900: the whole page).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -55,7 +55,7 @@ if [ ! -f "$html" ]; then
 fi
 
 mkdir -p "$(dirname "$out")"
-size="${CLICKSIGNALS_SCREENSHOT_SIZE:-1280,2300}"
+size="${CLICKSIGNALS_SCREENSHOT_SIZE:-1280,2900}"
 profile="$(mktemp -d)"
 trap 'rm -rf "$profile"' EXIT
 # --no-sandbox: root (CI, containers) cannot use Chromium's sandbox; the page is our own file.

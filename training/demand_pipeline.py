@@ -27,6 +27,7 @@ import pandas as pd
 from features.demand import (
     FUTURE_FEATURES,
     INPUT_FEATURES,
+    SCALE_WINDOWS,
     DemandManifest,
     SeriesLevel,
     parse_level,
@@ -344,6 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--level", type=parse_level, default=parse_level("category"))
     p.add_argument("--window", type=parse_duration_ms, default=parse_duration_ms("7d"))
     p.add_argument("--horizon", type=int, default=13)
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=DemandConfig.seq_len,
+        help="input windows (default 8; at least the scale's 4)",
+    )
     p.add_argument("--cutoff", type=parse_instant_ms, required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -352,7 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     events = read_events(args.events, args.format).events
     spec = WindowSpec(args.window, args.cutoff, 1, args.horizon, 1)
-    run_demand(events, spec, args.level, args.out)
+    if args.seq_len < SCALE_WINDOWS:
+        p.error(f"--seq-len {args.seq_len}: at least the scale's {SCALE_WINDOWS} windows")
+    cfg = DemandConfig(seq_len=args.seq_len, horizon=args.horizon)
+    run_demand(events, spec, args.level, args.out, cfg)
     return 0
 
 

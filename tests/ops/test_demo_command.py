@@ -45,15 +45,14 @@ def test_the_demo_reads_every_output_topic_the_topics_command_creates() -> None:
     assert sorted(kinds.values()) == sorted(FILES)
     assert set(kinds) <= set(topic_specs(settings))
     # Not read: the inputs, the internal quality and category parts, and the per-user
-    # prediction outcomes (the demo shows their aggregate, model-quality). Category demand and
-    # the planner are not shown yet (issue 17: the demo's panel is still to come).
+    # prediction outcomes (the demo shows their aggregate, model-quality), and the planner's
+    # topics (the demo runs no planner).
     unread = {
         settings.topics.clickstream,
         settings.topics.routed,
         settings.topics.quality_parts,
         settings.topics.outcomes,
         settings.topics.category_parts,
-        settings.topics.category_demand,
         settings.topics.stock_levels,
         settings.topics.reorder_suggestions,
     }

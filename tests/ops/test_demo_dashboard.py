@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import orjson
 
+from features.series_book import CategoryForecast
 from ops.dashboard import histogram_svg, render_dashboard, thin, timeline_svg
 from ops.demo_view import Sample, Tally, summary_record
 from subscribers.bidding import BidConfig, adjustment_for
 from tests.support.factories import churn, demand
 
 SVG = "{http://www.w3.org/2000/svg}"
+WEEK_MS = 7 * 86_400_000
 
 
 def _tally() -> Tally:
@@ -56,13 +59,39 @@ def test_dashboard_has_the_three_charts_as_well_formed_svg() -> None:
         "bid multiplier distribution",
     ]
     timeline, risk, bids = charts
-    # One line per series: events replayed + six output kinds.
-    assert len(timeline.findall(f"{SVG}polyline")) == 7
+    # One line per series: events replayed + seven output kinds.
+    assert len(timeline.findall(f"{SVG}polyline")) == 8
     # 20 churn bins and 15 multiplier bins; each bar says what it counts.
     risk_bars = [r for r in risk.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
     bid_bars = [r for r in bids.findall(f"{SVG}rect") if r.find(f"{SVG}title") is not None]
     assert len(risk_bars) == 20 and len(bid_bars) == 15
     assert sum(int(r.find(f"{SVG}title").text.split(": ")[1].split()[0]) for r in risk_bars) == 40  # type: ignore[union-attr]
+
+
+def test_the_category_panel_shows_each_series_newest_forecast_with_its_intervals() -> None:
+    tally = _tally()
+    html = render_dashboard(tally, _summary(tally))
+    assert "No category forecast" in html
+    for week, units in ((1, 5.0), (2, 8.0)):  # the later window end replaces the earlier
+        for i, series in enumerate(("c001", "c002", "électro <&>")):
+            q = np.tile([[0.5, 1.0, 1.6]], (2, 2, 1)) * units * (i + 1)
+            record = CategoryForecast(
+                series, "category", week * WEEK_MS, WEEK_MS, "d-1", q, (1.0, 2.0), 0
+            ).to_dict()
+            tally.add("categories", orjson.dumps(record))
+    tally.add("categories", b"{not json")
+    assert tally.counts["categories"] == 7 and tally.malformed == 1
+    assert {r["window_end_ms"] for r in tally.categories.values()} == {2 * WEEK_MS}
+    html = render_dashboard(tally, _summary(tally))
+    charts = _svgs(html)
+    (panel,) = [c for c in charts if c.get("aria-label") == "category forecasts"]
+    # Two horizon windows per series: an interval bar and a P50 dot each.
+    assert len(panel.findall(f"{SVG}line")) == 6 and len(panel.findall(f"{SVG}circle")) == 6
+    assert "Category demand (3 series, level category)" in html
+    assert "électro &lt;&amp;&gt;" in html and "<&>" not in html
+    # The largest first: P50 of the next window 24.0, within 12.0-38.4.
+    assert html.index("électro") < html.index("c002") < html.index(">c001<")
+    assert "24.0 [12.0-38.4]" in html
 
 
 def test_dashboard_is_self_contained() -> None:

@@ -57,8 +57,10 @@ def test_every_kind_is_counted_and_has_a_file() -> None:
     tally.add("bids", _bid_bytes("u1", 0.56))
     tally.add("alerts", _alert_bytes("u1"))
     tally.add("quality", b'{"window_end_ms": 5, "model_version": "m-1", "population": 3}')
+    tally.add("categories", b'{"series": "c1", "window_end_ms": 5, "horizon": []}')
     assert tally.counts == dict.fromkeys(KINDS, 1)
-    assert tally.total == 6
+    assert tally.total == 7
+    assert list(tally.categories) == ["c1"]
     assert list(tally.quality) == [(5, "m-1")]
     assert tally.malformed == 0
     assert tally.dlq_reasons == {"late": 1}
