@@ -129,6 +129,27 @@ async def run_all(
             "[processor, evaluation %s] %.0f events/s", "on" if on else "off", run["events_per_s"]
         )
 
+    # Category demand's cost (issue 17), the same way: the runs above have it on (when the
+    # model directory has a category model).
+    category_processor: list[tuple[bool, float]] = []
+    if cfg.category_pairs:
+        category_processor = [(True, result["processor"]["events_per_s"])]
+        for n, on in enumerate(alternating_evaluation(cfg.category_pairs)):
+            run = await asyncio.to_thread(
+                run_processor_only,
+                settings.with_overrides(
+                    app_id=f"{run_dir.name}-proc-{'cat' if on else 'nocat'}-{n}",
+                    category_demand=on,
+                ),
+                data.records,
+            )
+            category_processor.append((on, run["events_per_s"]))
+            log.info(
+                "[processor, category demand %s] %.0f events/s",
+                "on" if on else "off",
+                run["events_per_s"],
+            )
+
     # 1. ceiling
     ceil = phase_settings(settings, f"{run_dir.name}-ceiling", run_dir)
     specs = {
@@ -196,6 +217,34 @@ async def run_all(
             worker_runs, processor_runs, result["processor"]["prediction_outcomes"]
         )
         log.info("[evaluation cost] %s", result["evaluation_cost"])
+    if cfg.stores and cfg.category_pairs:
+        category_worker: list[tuple[bool, float | None]] = [
+            (True, result["worker"][0]["events_per_s"])
+        ]
+        for n, on in enumerate(alternating_evaluation(cfg.category_pairs)):
+            run = await run_worker_throughput(
+                cfg,
+                settings.with_overrides(category_demand=on),
+                run_dir,
+                cfg.stores[0],
+                data.records,
+                broker_pid,
+                name=f"{cfg.stores[0]}-{'cat' if on else 'no-cat'}-{n}",
+                app_module=cfg.app_module,
+            )
+            category_worker.append((on, run["events_per_s"]))
+            log.info(
+                "[worker, category demand %s] %s events/s",
+                "on" if on else "off",
+                _fmt(run["events_per_s"]),
+            )
+        result["category_cost"] = evaluation_cost(
+            category_worker,
+            category_processor,
+            result["processor"]["category_forecasts"],
+            label="category_demand",
+        )
+        log.info("[category demand cost] %s", result["category_cost"])
 
     # 2b. the naive pattern (per-event table write + batch-1 ORT call) on the first events
     naive_records = data.records[: cfg.naive_events]

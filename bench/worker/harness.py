@@ -60,6 +60,9 @@ class BenchConfig:
     """On/off pairs of the online evaluation's cost, in alternating order (on off, off on,
     on off, ...): one pair run after another on a shared machine drifts by as much as the
     cost itself, and the alternation cancels a steady drift."""
+    category_pairs: int = 0
+    """On/off pairs of category demand's cost (``CLICKSIGNALS_CATEGORY_DEMAND``), in the same
+    alternating order; 0: not measured."""
     bootstrap: str | None = None
     """Use this running broker (host:port) instead of starting one (the smoke test does)."""
     app_module: str = "stream.app"
@@ -111,6 +114,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         default=1,
         help="on/off pairs measuring the online evaluation's cost, in alternating order "
         "(default 1)",
+    )
+    p.add_argument(
+        "--category-pairs",
+        type=int,
+        default=0,
+        help="on/off pairs measuring category demand's cost, in alternating order (default 0)",
     )
     p.add_argument(
         "--stores",
@@ -168,6 +177,7 @@ def config_from_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Bench
         bootstrap=a.bootstrap,
         app_module=a.app,
         evaluation_pairs=max(1, getattr(a, "evaluation_pairs", 1) or 1),
+        category_pairs=max(0, getattr(a, "category_pairs", 0) or 0),
     )
 
 

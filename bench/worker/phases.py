@@ -51,12 +51,26 @@ def run_processor_only(
     the streaming overhead (consuming, per-signal sends, changelog writes, commits).
     """
     from serving.scorer import load_model
+    from stream.categories import CategoryAggregator
     from stream.loopback import run_in_process
     from stream.processor import BatchOutput, DictStore, RawMessage, processor_from_settings
+    from stream.worker import category_model
 
     scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)
     store = DictStore()
-    processor = processor_from_settings(scorer, store, settings)  # the worker's own
+    demand_model = category_model(settings, scorer)  # the worker's own choice
+    processor = processor_from_settings(  # the worker's own
+        scorer,
+        store,
+        settings,
+        series_level=demand_model.level if demand_model is not None else None,
+    )
+    aggregator = (
+        CategoryAggregator(demand_model, {}, settings.topics.partitions)
+        if demand_model is not None
+        else None
+    )
+    forecasts = 0
     parts = settings.topics.partitions
     messages = [
         RawMessage(key, value, settings.topics.clickstream, partition_of(key, parts), i)
@@ -70,8 +84,16 @@ def run_processor_only(
     cpu0 = time.process_time()
 
     def consume(out: BatchOutput) -> None:
-        nonlocal demand, churn, dead, scored, calls, ort, outcomes
+        nonlocal demand, churn, dead, scored, calls, ort, outcomes, forecasts
         store.apply(out.writes)
+        if aggregator is not None:
+            # The category agent's work too: the parts through the aggregator, as the
+            # worker's one-partition topic brings them.
+            for part in out.category_parts:
+                for merged in aggregator.receive(dumps(part.to_dict()), 0):
+                    forecasts += len(merged.forecasts)
+                    for f in merged.forecasts:
+                        dumps(f.to_dict())
         for d in out.demand:
             dumps(d.to_dict())
         for c in out.churn:
@@ -107,6 +129,8 @@ def run_processor_only(
         "signals_out": {"demand": demand, "churn": churn, "dead_letters": dead},
         "prediction_outcomes": outcomes,
         "online_evaluation": settings.worker.online_evaluation,
+        "category_demand": aggregator is not None,
+        "category_forecasts": forecasts,
     }
 
 
@@ -608,6 +632,7 @@ def evaluation_cost(
     worker_runs: Sequence[tuple[bool, float | None]],
     processor_runs: Sequence[tuple[bool, float]],
     prediction_outcomes: int,
+    label: str = "evaluation",
 ) -> dict[str, Any]:
     """The online evaluation's cost from runs in :func:`alternating_evaluation`'s order
     (``(on, events/s)``, the first one on): mean rates on and off, the cost of the means, and
@@ -637,8 +662,8 @@ def evaluation_cost(
         "processor_cost": processor["cost"],
         "processor_pair_costs": processor["pair_costs"],
         "runs": {
-            "worker": [{"evaluation": o, "events_per_s": r} for o, r in worker_runs],
-            "processor": [{"evaluation": o, "events_per_s": r} for o, r in processor_runs],
+            "worker": [{label: o, "events_per_s": r} for o, r in worker_runs],
+            "processor": [{label: o, "events_per_s": r} for o, r in processor_runs],
         },
         "prediction_outcomes": prediction_outcomes,
     }

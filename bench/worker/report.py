@@ -164,6 +164,9 @@ def render_markdown(result: dict[str, Any]) -> str:
     cost = result.get("evaluation_cost")
     if cost:
         lines += evaluation_rows(cost)
+    cost = result.get("category_cost")
+    if cost:
+        lines += category_rows(cost)
     lines += ["", "Problems seen:" if result["problems"] else "Problems seen: none."]
     lines += [f"- {p}" for p in result["problems"]]
     lines += ["", "How these are measured: see `bench/README.md`.", ""]
@@ -189,6 +192,26 @@ def evaluation_rows(cost: dict[str, Any]) -> list[str]:
         f"**{100 * (cost['worker_cost'] or 0):.1f} %** (target < 10 %)"
         f"{spread(cost.get('worker_pair_costs', []))} |",
         f"| online evaluation on / off: processor alone | {_fmt(cost['processor_on'])} / "
+        f"{_fmt(cost['processor_off'])} events/s, cost "
+        f"{100 * (cost['processor_cost'] or 0):.1f} %"
+        f"{spread(cost.get('processor_pair_costs', []))} |",
+    ]
+
+
+def category_rows(cost: dict[str, Any]) -> list[str]:
+    """Rows of category demand's cost, as :func:`evaluation_rows` (``prediction_outcomes``
+    holds the category forecasts made)."""
+
+    def spread(pairs: list[float | None]) -> str:
+        known = [100 * c for c in pairs if c is not None]
+        return "; pairs: " + ", ".join(f"{c:.1f} %" for c in known) if len(known) > 1 else ""
+
+    return [
+        f"| category demand on / off, same events ({cost['prediction_outcomes']:,} category "
+        f"forecasts): worker | {_fmt(cost['worker_on'])} / {_fmt(cost['worker_off'])} "
+        f"events/s, cost **{100 * (cost['worker_cost'] or 0):.1f} %**"
+        f"{spread(cost.get('worker_pair_costs', []))} |",
+        f"| category demand on / off: processor alone | {_fmt(cost['processor_on'])} / "
         f"{_fmt(cost['processor_off'])} events/s, cost "
         f"{100 * (cost['processor_cost'] or 0):.1f} %"
         f"{spread(cost.get('processor_pair_costs', []))} |",
