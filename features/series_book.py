@@ -72,6 +72,17 @@ def shard_of(series: str) -> int:
     return zlib.crc32(series.encode("utf-8", "surrogatepass")) % BOOK_SHARDS
 
 
+def _add_sums(into: Sums, sums: Sums | None) -> None:
+    for i, x in enumerate(sums or ()):
+        into[i] += x
+
+
+def _accumulate(into: dict[str, Sums], cells: Mapping[str, Sums]) -> None:
+    """Add each series' sums of ``cells`` into ``into`` (new series start at zero)."""
+    for key, sums in cells.items():
+        _add_sums(into.setdefault(key, [0.0] * N_AGGREGATES), sums)
+
+
 def _add(into: Sums, cell: SeriesCell) -> None:
     into[0] += cell.units
     into[1] += cell.revenue
@@ -215,12 +226,8 @@ def close(book: SeriesBook, window: int) -> tuple[dict[str, Sums], Sums, int, se
             book.journal.append(("window", w, taken, total, size, over))
         changed.update(taken)
         for shard_cells in taken.values():
-            for key, sums in shard_cells.items():
-                into = cells.setdefault(key, [0.0] * N_AGGREGATES)
-                for i in range(N_AGGREGATES):
-                    into[i] += sums[i]
-        for i, x in enumerate(total or ()):
-            totals[i] += x
+            _accumulate(cells, shard_cells)
+        _add_sums(totals, total)
         overflow += over or 0
     return cells, totals, overflow, changed
 
@@ -349,13 +356,8 @@ def merge_parts(parts: Iterable[CategoryPart]) -> tuple[dict[str, Sums], Sums, i
     totals = [0.0] * N_AGGREGATES
     overflow = 0
     for part in sorted(parts, key=lambda p: (p.partition, p.index)):
-        for key, sums in part.cells.items():
-            into = cells.setdefault(key, [0.0] * N_AGGREGATES)
-            for i in range(N_AGGREGATES):
-                into[i] += sums[i]
-        if part.totals is not None:
-            for i in range(N_AGGREGATES):
-                totals[i] += part.totals[i]
+        _accumulate(cells, part.cells)
+        _add_sums(totals, part.totals)
         overflow += part.overflow
     return cells, totals, overflow
 

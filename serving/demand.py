@@ -31,7 +31,7 @@ from features.demand import (
     widened,
 )
 from features.windows import Float32Array, FloatArray, WindowSpec
-from serving.scorer import ModelLoadError, sha256_file
+from serving.scorer import ModelLoadError, pinned_session
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +129,7 @@ def load_demand_model(directory: Path, intra_op_threads: int = 1) -> DemandModel
     except ValueError as exc:
         raise ModelLoadError(f"{manifest_path}: {exc}") from None
     onnx_path = directory / manifest.onnx_file
-    if not onnx_path.is_file():
-        raise ModelLoadError(f"manifest names {manifest.onnx_file}, not found in {directory}")
-    actual = sha256_file(onnx_path)
-    if actual != manifest.onnx_sha256:
-        raise ModelLoadError(
-            f"{onnx_path} sha256 {actual[:16]}… does not match the manifest's "
-            f"{manifest.onnx_sha256[:16]}…: the file was changed or belongs to another model"
-        )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # onnxruntime raises its own opaque types for corrupt files
-        raise ModelLoadError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from None
+    session = pinned_session(onnx_path, manifest.onnx_sha256, intra_op_threads)
     problems = _check_io(session, manifest)
     if problems:
         raise ModelLoadError(f"{onnx_path}: " + "; ".join(problems))

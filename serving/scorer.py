@@ -162,6 +162,30 @@ def _check_io(session: ort.InferenceSession, manifest: Manifest) -> list[str]:
     return problems
 
 
+def pinned_session(onnx_path: Path, sha256: str, intra_op_threads: int = 1) -> ort.InferenceSession:
+    """An ONNX Runtime session of ``onnx_path``, whose bytes must hash to ``sha256`` (the
+    manifest's pin); a missing, changed or unloadable file is a :class:`ModelLoadError`."""
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"manifest names {onnx_path.name}, not found in {onnx_path.parent}")
+    actual = sha256_file(onnx_path)
+    if actual != sha256:
+        raise ModelLoadError(
+            f"{onnx_path} sha256 {actual[:16]}… does not match the manifest's "
+            f"{sha256[:16]}…: the file was changed or belongs to another model"
+        )
+    options = ort.SessionOptions()
+    # One intra-op thread by default: the worker's event loop shares the core, and micro-
+    # batches are small enough that more threads mostly add synchronisation.
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(
+            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own opaque types for corrupt files
+        raise ModelLoadError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from None
+
+
 def load_model(model_dir: Path, intra_op_threads: int = 1) -> Scorer:
     """Load and check ``model_dir/manifest.json`` and the ONNX file it names."""
     manifest_path = model_dir / "manifest.json"
@@ -175,25 +199,7 @@ def load_model(model_dir: Path, intra_op_threads: int = 1) -> Scorer:
     except ManifestError as exc:
         raise ModelLoadError(f"{manifest_path}: {exc}") from None
     onnx_path = model_dir / manifest.onnx_file
-    if not onnx_path.is_file():
-        raise ModelLoadError(f"manifest names {manifest.onnx_file}, not found in {model_dir}")
-    actual = sha256_file(onnx_path)
-    if actual != manifest.onnx_sha256:
-        raise ModelLoadError(
-            f"{onnx_path} sha256 {actual[:16]}… does not match the manifest's "
-            f"{manifest.onnx_sha256[:16]}…: the file was changed or belongs to another model"
-        )
-    options = ort.SessionOptions()
-    # One intra-op thread by default: the worker's event loop shares the core, and micro-
-    # batches are small enough that more threads mostly add synchronisation.
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(
-            str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # onnxruntime raises its own opaque types for corrupt files
-        raise ModelLoadError(f"{onnx_path} cannot be loaded by ONNX Runtime: {exc}") from None
+    session = pinned_session(onnx_path, manifest.onnx_sha256, intra_op_threads)
     problems = _check_io(session, manifest)
     if problems:
         raise ModelLoadError(f"{onnx_path}: " + "; ".join(problems))
@@ -208,4 +214,4 @@ def load_model(model_dir: Path, intra_op_threads: int = 1) -> Scorer:
     return Scorer(manifest, session, onnx_path)
 
 
-__all__ = ["ModelLoadError", "Scorer", "Scores", "load_model", "sha256_file"]
+__all__ = ["ModelLoadError", "Scorer", "Scores", "load_model", "pinned_session", "sha256_file"]

@@ -18,7 +18,6 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from features.events import EVENT_TYPES, ClickEvent
-from features.series_book import CategoryForecast
 from features.signals import DLQ_MAX_RAW_BYTES, DeadLetter, Invalid
 from features.validation import DEFAULT_POLICY, validate
 from ingest.adapters import events_to_frame, to_wire_bytes
@@ -33,7 +32,7 @@ from subscribers.planning import (
     parse_stock,
 )
 from subscribers.records import Rejected
-from tests.support.factories import T0, churn, demand
+from tests.support.factories import T0, category_forecast, churn, demand
 from tests.support.schemas import SCHEMA_DIR, assert_invalid, assert_valid, load_schema
 
 NAMES = (
@@ -277,7 +276,6 @@ def test_schemas_refuse_broken_records(
 def test_prediction_outcomes_and_model_quality_validate() -> None:
     """A cohort with churners, stayers and a late-settled outcome; and a cohort where nobody
     churned (AUCs undefined: null on the wire)."""
-    import numpy as np
 
     from features.feedback import (
         InputCounts,
@@ -321,28 +319,17 @@ def test_prediction_outcomes_and_model_quality_validate() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def category_forecast(series: str = "Electronics/Phones", scale: float = 12.5) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    base = np.sort(rng.uniform(0, 20, (13, 2, 3)), axis=-1) * (scale > 0)
-    return CategoryForecast(
-        series=series,
-        level="category",
-        window_end_ms=T0,
-        window_ms=7 * 86_400_000,
-        model_version="d-137304ad6892",
-        quantiles=base,
-        scale=(scale, 3.5 * scale),
-        emitted_at_ms=NOW,
-    ).to_dict()
+def category_record(series: str = "Electronics/Phones", p90: float = 12.5) -> dict[str, Any]:
+    return category_forecast(series, level="category", p90=p90).to_dict()
 
 
 @pytest.mark.parametrize(
     "series", ["Electronics/Phones", "851", "électroménager 🍳", "x" * 256, "a\x00b"]
 )
 def test_category_forecasts_validate(series: str) -> None:
-    record = category_forecast(series)
+    record = category_record(series)
     assert_valid("category-demand", wire(record))
-    assert_valid("category-demand", wire(category_forecast(series, scale=0.0)))
+    assert_valid("category-demand", wire(category_record(series, p90=0.0)))
     schema = load_schema("category-demand")
     assert set(schema["properties"]) == set(record) == set(schema["required"])
     assert schema["additionalProperties"] is False
@@ -362,7 +349,7 @@ def test_category_forecasts_validate(series: str) -> None:
     ],
 )
 def test_the_category_schema_refuses_broken_records(change: dict[str, Any]) -> None:
-    record = category_forecast()
+    record = category_record()
     assert_invalid("category-demand", wire({**record, **change}))
     negative = wire(record)
     negative["horizon"][0]["units"]["p10"] = -1.0
@@ -375,7 +362,7 @@ def test_the_category_schema_refuses_broken_records(change: dict[str, Any]) -> N
 
 
 def suggestion(series: str = "851") -> dict[str, Any]:
-    record = category_forecast(series, scale=12.5)
+    record = category_record(series)
     forecast = parse_forecast(wire(record))
     assert not isinstance(forecast, Rejected)
     plan = on_forecast(

@@ -192,52 +192,36 @@ async def run_all(
             run["metrics"]["mean_sequences_per_ort_call"] or 0,
         )
 
-    # 2a. the first store's worker with the online evaluation off (and, with more pairs, on
-    # and off again in alternating order)
-    if cfg.stores:
-        worker_runs = [(True, result["worker"][0]["events_per_s"])]
-        for n, on in enumerate(alternating_evaluation(cfg.evaluation_pairs)):
+    async def alternate(setting: str, pairs: int, tag: str) -> list[tuple[bool, float | None]]:
+        """The first store's worker with ``setting`` off and on in alternating order after
+        phase 2's run (the first "on"): ``(on, events/s)`` of each run."""
+        runs: list[tuple[bool, float | None]] = [(True, result["worker"][0]["events_per_s"])]
+        for n, on in enumerate(alternating_evaluation(pairs)):
             run = await run_worker_throughput(
                 cfg,
-                settings.with_overrides(online_evaluation=on),
+                settings.with_overrides(**{setting: on}),
                 run_dir,
                 cfg.stores[0],
                 data.records,
                 broker_pid,
-                name=f"{cfg.stores[0]}-{'eval' if on else 'no-eval'}-{n}",
+                name=f"{cfg.stores[0]}-{tag if on else 'no-' + tag}-{n}",
                 app_module=cfg.app_module,
             )
-            worker_runs.append((on, run["events_per_s"]))
-            log.info(
-                "[worker, evaluation %s] %s events/s",
-                "on" if on else "off",
-                _fmt(run["events_per_s"]),
-            )
+            runs.append((on, run["events_per_s"]))
+            rate = _fmt(run["events_per_s"])
+            log.info("[worker, %s %s] %s events/s", setting, "on" if on else "off", rate)
+        return runs
+
+    # 2a. the first store's worker with the online evaluation off (and, with more pairs, on
+    # and off again in alternating order); with --category-pairs, category demand likewise
+    if cfg.stores:
+        worker_runs = await alternate("online_evaluation", cfg.evaluation_pairs, "eval")
         result["evaluation_cost"] = evaluation_cost(
             worker_runs, processor_runs, result["processor"]["prediction_outcomes"]
         )
         log.info("[evaluation cost] %s", result["evaluation_cost"])
     if cfg.stores and cfg.category_pairs:
-        category_worker: list[tuple[bool, float | None]] = [
-            (True, result["worker"][0]["events_per_s"])
-        ]
-        for n, on in enumerate(alternating_evaluation(cfg.category_pairs)):
-            run = await run_worker_throughput(
-                cfg,
-                settings.with_overrides(category_demand=on),
-                run_dir,
-                cfg.stores[0],
-                data.records,
-                broker_pid,
-                name=f"{cfg.stores[0]}-{'cat' if on else 'no-cat'}-{n}",
-                app_module=cfg.app_module,
-            )
-            category_worker.append((on, run["events_per_s"]))
-            log.info(
-                "[worker, category demand %s] %s events/s",
-                "on" if on else "off",
-                _fmt(run["events_per_s"]),
-            )
+        category_worker = await alternate("category_demand", cfg.category_pairs, "cat")
         result["category_cost"] = evaluation_cost(
             category_worker,
             category_processor,

@@ -11,11 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 
-from features.series_book import CategoryForecast
 from features.windows import DAY_MS
 from subscribers.planning import (
     RULE,
@@ -34,6 +32,7 @@ from subscribers.planning import (
     suggest,
 )
 from subscribers.records import Rejected
+from tests.support.factories import category_forecast
 
 WEEK = 7 * DAY_MS
 
@@ -118,17 +117,7 @@ def record(
     series: str = "851", end_ms: int = 10 * WEEK, p90: float = 20.0, version: str = "d-1"
 ) -> dict[str, Any]:
     """A ``category-demand`` record as the worker writes it: 13 weekly windows."""
-    quantiles = np.tile([[0.5 * p90, 0.8 * p90, p90], [p90, 2 * p90, 3 * p90]], (13, 1, 1))
-    return CategoryForecast(
-        series=series,
-        level="family:3",
-        window_end_ms=end_ms,
-        window_ms=WEEK,
-        model_version=version,
-        quantiles=quantiles,
-        scale=(0.8 * p90, 1.6 * p90),
-        emitted_at_ms=end_ms + 1,
-    ).to_dict()
+    return category_forecast(series, end_ms=end_ms, p90=p90, version=version).to_dict()
 
 
 def test_a_category_demand_record_is_the_planner_s_forecast() -> None:

@@ -22,15 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 
-from features.series_book import CategoryForecast
 from features.signals import ChurnSignal, DemandSignal
 from ops import kafka_local
 from settings import Settings
-from tests.support.factories import T0, churn, demand
+from tests.support.factories import T0, WEEK_MS, category_forecast, churn, demand
 from tests.support.schemas import assert_valid
 from tests.support.subscriber_harness import (
     Record,
@@ -260,9 +258,16 @@ def test_planner_suggests_reorders_from_category_forecasts_and_stock(
         planner_web_port=port,
         planner_stock_csv=str(stock_file),
     )
-    low, plenty, unknown = forecast_record("851"), forecast_record("222"), forecast_record("999")
-    odd = forecast_record("ü 7", p90=1.0)
-    older = forecast_record("851", end_ms=T0 - WEEK_MS, version="d-0")
+    low, plenty, unknown, odd, older = (
+        f.to_dict()
+        for f in (
+            category_forecast("851"),
+            category_forecast("222"),
+            category_forecast("999"),
+            category_forecast("ü 7", p90=1.0),
+            category_forecast("851", end_ms=T0 - WEEK_MS, version="d-0"),
+        )
+    )
     records = [low, low, older, plenty, unknown, odd]
     produce(
         settings,
@@ -310,30 +315,11 @@ def test_planner_suggests_reorders_from_category_forecasts_and_stock(
         expected=3,
     )
     assert len(out) == 3
-    latest = out[-1].json()
-    assert latest["series"] == "222" and latest["quantity"] == 55
+    (restock,) = [r.json() for r in out if r.key == b"222"]
+    assert restock["quantity"] == 55  # 60 over the cover against 5 on hand
     status, health = planner.get("/health")
     assert status == 200
     counts = health["counts"]
     assert counts["rejected"] == 1 and counts["duplicate"] == 1 and counts["stale"] == 1
     assert counts["no_stock"] == 1 and counts["suggestions"] == 3
     assert planner.get("/forecast/851")[1]["stock"]["on_hand"] == 500.0
-
-
-WEEK_MS = 7 * 86_400_000
-
-
-def forecast_record(
-    series: str, end_ms: int = T0, p90: float = 20.0, version: str = "d-1"
-) -> dict[str, Any]:
-    quantiles = np.tile([[0.5 * p90, 0.8 * p90, p90], [p90, 2 * p90, 3 * p90]], (13, 1, 1))
-    return CategoryForecast(
-        series=series,
-        level="family:3",
-        window_end_ms=end_ms,
-        window_ms=WEEK_MS,
-        model_version=version,
-        quantiles=quantiles,
-        scale=(0.8 * p90, 1.6 * p90),
-        emitted_at_ms=end_ms + 1,
-    ).to_dict()

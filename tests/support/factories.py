@@ -1,9 +1,13 @@
-"""Signal builders for the subscriber tests (records as the worker makes them)."""
+"""Signal and forecast builders for the subscriber, schema and demo tests (records as the
+worker makes them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from features.series_book import CategoryForecast
 from features.signals import ChurnSignal, DemandSignal, RiskThresholds
 
 T0 = 1_569_888_000_000  # 2019-10-01T00:00:00Z
@@ -63,4 +67,28 @@ def churn(
         trigger=trigger,
         model_version=model,
         emitted_at_ms=end + 1_000 if emitted is None else emitted,
+    )
+
+
+def category_forecast(
+    series: str = "851",
+    *,
+    end_ms: int = T0,
+    p90: float = 20.0,
+    version: str = "d-1",
+    level: str = "family:3",
+    horizon: int = 13,
+) -> CategoryForecast:
+    """A ``category-demand`` forecast: every weekly window's units at P10/P50/P90 = 0.5, 0.8
+    and 1 times ``p90``, revenue twice to thrice that; scale 0.8 x ``p90`` (0: nothing sold)."""
+    quantiles = np.tile([[0.5 * p90, 0.8 * p90, p90], [p90, 2 * p90, 3 * p90]], (horizon, 1, 1))
+    return CategoryForecast(
+        series=series,
+        level=level,
+        window_end_ms=end_ms,
+        window_ms=WEEK_MS,
+        model_version=version,
+        quantiles=quantiles,
+        scale=(0.8 * p90, 1.6 * p90),
+        emitted_at_ms=end_ms + 1,
     )
