@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaProducer
 
 from ops import kafka_local
 from settings import Settings
-from stream.processor import META_PREFIX, clock_key
+from stream.processor import clock_key, is_internal_key
 from stream.publish import partition_of
 
 log = logging.getLogger("bench.state")
@@ -64,8 +64,9 @@ class StateConfig:
 
 
 def state_size(states: Mapping[str, bytes]) -> dict[str, Any]:
-    """Encoded size of per-user state (keys of partition clocks excluded)."""
-    users = {k: v for k, v in states.items() if not k.startswith(META_PREFIX)}
+    """Encoded size of per-user state (internal keys excluded: partition clocks and category
+    sums)."""
+    users = {k: v for k, v in states.items() if not is_internal_key(k)}
     if not users:
         raise ValueError("no user states to measure")
     sizes = np.array([len(v) for v in users.values()])
@@ -230,7 +231,7 @@ async def run_state(
         size["value_bytes_mean"],
         size["value_bytes_p99"],
     )
-    templates = [v for k, v in states.items() if not k.startswith(META_PREFIX)]
+    templates = [v for k, v in states.items() if not is_internal_key(k)]
     clocks = {
         p: states[clock_key(p, base.topics.partitions)]
         for p in range(base.topics.partitions)
