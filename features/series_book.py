@@ -111,6 +111,10 @@ class SeriesBook:
     """Window index -> series kept (the cap, :data:`MAX_SERIES_PER_WINDOW`)."""
     overflow: dict[int, int] = field(default_factory=dict)
     """Window index -> events of a series that found no room."""
+    marks: list[dict[int, int]] = field(default_factory=lambda: [{} for _ in range(BOOK_SHARDS)])
+    """Shard -> clickstream partition -> the highest offset of it folded into the shard: each
+    stored shard says which events it holds, so that a shard stored without the users of its
+    batch (or the users without it) neither loses nor double-counts them after a restart."""
     journal: list[_Undo] | None = None
 
     def series(self, window: int) -> dict[str, Sums]:
@@ -152,6 +156,12 @@ class SeriesBook:
                         del self.shards[shard][w]
                 else:
                     cells[key] = old
+            elif kind == "mark":
+                _, shard, q, old = entry
+                if old is None:
+                    self.marks[shard].pop(q, None)
+                else:
+                    self.marks[shard][q] = old
             elif kind == "overflow":
                 _, w, old = entry
                 if old is None:
@@ -171,34 +181,76 @@ class SeriesBook:
         self.journal = None
 
 
-def fold(book: SeriesBook, level: SeriesLevel, event: ClickEvent, window: int) -> int | None:
-    """Add one event to its window's totals and its series' sums; the shard whose value
-    changed besides the totals' (``None``: the event has no series, or found no room)."""
+def _fresh(book: SeriesBook, shard: int, origin: tuple[int, int] | None) -> bool:
+    """Whether the event at ``origin`` (clickstream partition, offset) is not in ``shard`` yet
+    (no origin: a routed copy without one, folded like the user state folds it)."""
+    return origin is None or book.marks[shard].get(origin[0], -1) < origin[1]
+
+
+def _mark(book: SeriesBook, shard: int, origin: tuple[int, int] | None) -> None:
+    if origin is None:
+        return
+    q, offset = origin
+    marks = book.marks[shard]
+    if book.journal is not None:
+        book.journal.append(("mark", shard, q, marks.get(q)))
+    marks[q] = offset
+
+
+def fold(
+    book: SeriesBook,
+    level: SeriesLevel,
+    event: ClickEvent,
+    window: int,
+    origin: tuple[int, int] | None = None,
+) -> list[int]:
+    """Add one event to its window's totals (shard 0) and its series' sums; the shards that
+    changed. A shard that already holds the event (its mark for the event's clickstream
+    partition is at or past the event's offset) is left alone."""
+    key = series_key(level, event.category, event.product_id)
+    shard = shard_of(key) if key is not None else None
+    fresh_totals = _fresh(book, 0, origin)
+    fresh_series = shard is not None and _fresh(book, shard, origin)
+    if not fresh_totals and not fresh_series:
+        return []
     cell = SeriesCell()
     add_event(cell, event)
     journal = book.journal
-    total = book.totals.get(window)
-    if journal is not None:
-        journal.append(("total", window, None if total is None else list(total)))
-    if total is None:
-        total = book.totals[window] = [0.0] * N_AGGREGATES
-    _add(total, cell)
-    key = series_key(level, event.category, event.product_id)
-    if key is None:
-        return None
-    shard = shard_of(key)
-    cells = book.shards[shard].get(window)
-    if cells is None:
-        cells = book.shards[shard][window] = {}
-    sums = cells.get(key)
-    if sums is None:
-        if book.sizes.get(window, 0) >= MAX_SERIES_PER_WINDOW:
+    changed: list[int] = []
+    if fresh_totals:
+        total = book.totals.get(window)
+        if journal is not None:
+            journal.append(("total", window, None if total is None else list(total)))
+        if total is None:
+            total = book.totals[window] = [0.0] * N_AGGREGATES
+        _add(total, cell)
+        changed.append(0)
+    if fresh_series:
+        assert key is not None and shard is not None
+        if _add_series(book, key, shard, window, cell):
+            changed.append(shard)
+        elif fresh_totals:  # no room: counted once, with the totals it did reach
             if journal is not None:
                 journal.append(("overflow", window, book.overflow.get(window)))
             book.overflow[window] = book.overflow.get(window, 0) + 1
-            if not cells:
-                del book.shards[shard][window]
-            return None
+    if fresh_totals:
+        _mark(book, 0, origin)
+    if fresh_series and shard != 0:  # shard 0's one mark covers its totals and its series
+        assert shard is not None
+        _mark(book, shard, origin)
+    return changed
+
+
+def _add_series(book: SeriesBook, key: str, shard: int, window: int, cell: SeriesCell) -> bool:
+    """Add ``cell`` to the series' sums of ``window``; ``False`` when there is no room."""
+    journal = book.journal
+    cells = book.shards[shard].get(window)
+    sums = cells.get(key) if cells is not None else None
+    if sums is None:
+        if book.sizes.get(window, 0) >= MAX_SERIES_PER_WINDOW:
+            return False
+        if cells is None:
+            cells = book.shards[shard][window] = {}
         if journal is not None:
             journal.append(("key", shard, window, key, None))
         sums = cells[key] = [0.0] * N_AGGREGATES
@@ -206,7 +258,7 @@ def fold(book: SeriesBook, level: SeriesLevel, event: ClickEvent, window: int) -
     elif journal is not None:
         journal.append(("key", shard, window, key, list(sums)))
     _add(sums, cell)
-    return shard
+    return True
 
 
 def close(book: SeriesBook, window: int) -> tuple[dict[str, Sums], Sums, int, set[int]]:
@@ -235,7 +287,9 @@ def close(book: SeriesBook, window: int) -> tuple[dict[str, Sums], Sums, int, se
 def encode_shard(book: SeriesBook, shard: int) -> dict[str, Any]:
     """The JSON-ready value of one shard (shard 0 also holds the totals and overflow)."""
     out: dict[str, Any] = {
-        "series": {str(w): cells for w, cells in book.shards[shard].items() if cells}
+        "shard": shard,
+        "series": {str(w): cells for w, cells in book.shards[shard].items() if cells},
+        "marks": {str(q): o for q, o in book.marks[shard].items()},
     }
     if shard == 0:
         out["totals"] = {str(w): v for w, v in book.totals.items()}
@@ -263,6 +317,10 @@ def decode_shards(values: Iterable[Mapping[str, Any]]) -> SeriesBook:
             book.totals[int(w)] = [float(x) for x in v]
         for w, n in value.get("overflow", {}).items():
             book.overflow[int(w)] = int(n)
+        if "shard" in value:
+            book.marks[int(value["shard"])] = {
+                int(q): int(o) for q, o in value.get("marks", {}).items()
+            }
     return book
 
 

@@ -853,6 +853,12 @@ class Processor:
                 # (another worker, a fresh data dir) gets what these offsets produced.
                 dirty_users[event.user_id] = p
                 dirty_parts.add(p)
+                # The category sums are stored apart from the users: a shard stored without
+                # this user's batch still lacks the event (its marks say so).
+                window = self.spec.index(event.event_time_ms)
+                closed = clock.closed_through
+                if closed is None or window > closed:
+                    self._fold_series(p, event, window, origin)
                 if not routed:
                     self._advance(p, event.event_time_ms, now, requests, dirty_users)
                 continue
@@ -874,12 +880,7 @@ class Processor:
                 first = clock.first_window
                 clock.first_window = window if first is None else min(first, window)
             self._fold(event, window, p, requests, origin)
-            if self.series_level is not None:
-                shard = fold(self._book(p), self.series_level, event, window)
-                shards = self._dirty_shards.setdefault(p, set())
-                shards.add(0)  # the totals
-                if shard is not None:
-                    shards.add(shard)
+            self._fold_series(p, event, window, origin)
             dirty_users[event.user_id] = p
             dirty_parts.add(p)
             if not routed:
@@ -1201,6 +1202,16 @@ class Processor:
             # A user out of the lookback is no longer needed in memory; the table has them.
             if user not in dirty:
                 self._users.pop(user, None)
+
+    def _fold_series(
+        self, p: int, event: ClickEvent, window: int, origin: tuple[int, int] | None
+    ) -> None:
+        """Fold the event into the partition's category sums (when category demand is on)."""
+        if self.series_level is None:
+            return
+        changed = fold(self._book(p), self.series_level, event, window, origin)
+        if changed:
+            self._dirty_shards.setdefault(p, set()).update(changed)
 
     def _close_series(self, p: int, window: int) -> None:
         """Take the window's category sums out of the partition's book, as parts to send."""
