@@ -2,7 +2,9 @@
 
 Owns :class:`UserState` (a plain dataclass: open windows' aggregates, the last ``seq_len``
 closed window vectors and the history the features need) and the functions that move it:
-:func:`add_event`, :func:`close_through`, :func:`sequence`, :func:`peek_sequence`.
+:func:`add_event`, :func:`close_through`, :func:`sequence`, :func:`peek_sequence`, and the
+two halves of a close that let a caller assemble many at once (:func:`begin_close`,
+:func:`preview`, :func:`finish_closes`).
 Vectors come out of :func:`features.windows.assemble`, the same function the batch path
 uses, so the two paths differ only in how the base aggregates are summed.
 
@@ -12,6 +14,7 @@ Pure: stdlib and numpy only, no I/O.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,6 +236,55 @@ def _ms_or_nan(ms: int | None) -> float:
     return np.nan if ms is None else float(ms)
 
 
+@dataclass(slots=True)
+class Closing:
+    """A close whose vectors are not assembled yet: ``ring``'s last ``len(rows)`` rows are
+    to be written from ``rows`` (:func:`~features.windows.assemble`'s inputs, one per window).
+
+    Closing is split in two so that the worker assembles every close and preview of a
+    micro-batch in one :func:`finish_closes` call: one numpy call's overhead per batch, not
+    one per user (issue 16). Nothing may read ``ring`` before it is finished.
+    """
+
+    ring: Float32Array
+    rows: list[tuple[object, ...]]
+
+
+def begin_close(state: UserState, window: int, spec: WindowSpec) -> tuple[Closing, int] | None:
+    """Close every window up to and including ``window`` except for assembling their vectors:
+    the history is folded, ``state.ring`` shifted and left to :func:`finish_closes`. Returns
+    the pending close and how many windows it closed; ``None`` when none was left to close.
+    """
+    start = state.first_window if state.closed_through is None else state.closed_through + 1
+    if window < start:
+        return None
+    keep_from = max(start, window - spec.seq_len + 1)
+    pending = sorted(w for w in state.open if w <= window)
+    windows = sorted({*(w for w in pending if w < keep_from), *range(keep_from, window + 1)})
+    rows = [_fold_window(state, w) for w in windows]
+    kept = [row for w, row in zip(windows, rows, strict=True) if w >= keep_from]
+    ring = state.ring
+    n = len(kept)  # 1 .. seq_len
+    ring[: ring.shape[0] - n] = ring[n:]
+    state.closed_through = window
+    return Closing(ring, kept), window - start + 1
+
+
+def finish_closes(closings: Sequence[Closing], spec: WindowSpec) -> None:
+    """Assemble the vectors of every pending close in one call and write them into their
+    rings. Each row's vector is the same whatever else is in the call (``assemble`` works
+    row by row)."""
+    rows = [row for closing in closings for row in closing.rows]
+    if not rows:
+        return
+    vectors = _assemble_rows(rows, spec)
+    at = 0
+    for closing in closings:
+        n = len(closing.rows)
+        closing.ring[closing.ring.shape[0] - n :] = vectors[at : at + n]
+        at += n
+
+
 def close_through(state: UserState, window: int, spec: WindowSpec) -> int:
     """Close every window up to and including ``window``; returns how many were closed.
 
@@ -240,26 +292,27 @@ def close_through(state: UserState, window: int, spec: WindowSpec) -> int:
     quiet keeps a sequence, which is what churn risk reads. Only the last ``seq_len`` vectors
     are assembled; earlier silent windows change no history, so they are skipped.
     """
-    start = state.first_window if state.closed_through is None else state.closed_through + 1
-    if window < start:
+    begun = begin_close(state, window, spec)
+    if begun is None:
         return 0
-    keep_from = max(start, window - spec.seq_len + 1)
-    pending = sorted(w for w in state.open if w <= window)
-    windows = sorted({*(w for w in pending if w < keep_from), *range(keep_from, window + 1)})
-    rows = [_fold_window(state, w) for w in windows]
-    kept = [row for w, row in zip(windows, rows, strict=True) if w >= keep_from]
-    vectors = _assemble_rows(kept, spec)
-    ring = state.ring
-    n = len(vectors)  # 1 .. seq_len
-    ring[: ring.shape[0] - n] = ring[n:]
-    ring[ring.shape[0] - n :] = vectors
-    state.closed_through = window
-    return window - start + 1
+    closing, closed = begun
+    finish_closes([closing], spec)
+    return closed
 
 
 def sequence(state: UserState) -> Float32Array:
     """The model input (raw, before normalisation) at the last closed window."""
     return state.ring.copy()
+
+
+def preview(state: UserState, window: int, spec: WindowSpec) -> Closing:
+    """:func:`peek_sequence` before its vectors are assembled (see :class:`Closing`): the
+    pending close of a copy, the state itself unchanged."""
+    copy = dataclasses.replace(state, ring=state.ring.copy(), open=dict(state.open))
+    begun = begin_close(copy, window, spec)
+    if begun is None:
+        return Closing(copy.ring, [])
+    return begun[0]
 
 
 def peek_sequence(state: UserState, window: int, spec: WindowSpec) -> Float32Array:
@@ -268,9 +321,9 @@ def peek_sequence(state: UserState, window: int, spec: WindowSpec) -> Float32Arr
     Used for activity-triggered ("fresh") signals: the open window is scored with what it has
     so far, exactly as it would be assembled at its close. The state itself is not changed.
     """
-    preview = dataclasses.replace(state, ring=state.ring.copy(), open=dict(state.open))
-    close_through(preview, window, spec)
-    return preview.ring
+    closing = preview(state, window, spec)
+    finish_closes([closing], spec)
+    return closing.ring
 
 
 def days_since_last_order(state: UserState, at_ms: int) -> float | None:

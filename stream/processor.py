@@ -94,7 +94,14 @@ from features.series_book import (
     fold,
 )
 from features.signals import ChurnSignal, DeadLetter, DemandSignal, RiskThresholds
-from features.state import add_event, close_through, days_since_last_order, peek_sequence
+from features.state import (
+    Closing,
+    add_event,
+    begin_close,
+    days_since_last_order,
+    finish_closes,
+    preview,
+)
 from features.validation import Invalid, ValidationPolicy, validate
 from features.windows import (
     DAY_MS,
@@ -486,6 +493,8 @@ class Processor:
         lookback and dormant customers under the churn floor)."""
         self._closing: set[str] = set()
         """Users with a window-close request in the run in progress (its score not known yet)."""
+        self._previews: list[Closing] = []
+        """Activity requests' sequences still to assemble (in _score, all in one call)."""
         self._settles: list[_Settle] = []
         """The run's user closes, in order: their outcome rings are settled once scored."""
         self._closes: list[tuple[int, int]] = []
@@ -794,6 +803,7 @@ class Processor:
         out = BatchOutput()
         requests: list[_Request] = []
         self._closing.clear()
+        self._previews.clear()
         self._settles.clear()
         self._closes.clear()
         self._inputs.clear()
@@ -948,7 +958,10 @@ class Processor:
         if record.last_fresh_ms is None or t - record.last_fresh_ms >= self.fresh_interval_ms:
             record.last_fresh_ms = t
             upto = max(state.open)
-            requests.append(_Request(user, t, "activity", peek_sequence(state, upto, self.spec)))
+            # Assembled with the batch's other previews in _score (features.state.Closing).
+            peek = preview(state, upto, self.spec)
+            self._previews.append(peek)
+            requests.append(_Request(user, t, "activity", peek.ring))
 
     # --- event time ------------------------------------------------------------------------
 
@@ -1093,6 +1106,7 @@ class Processor:
         held = sorted(set(held))
         self._checkpoint()
         self._closing.clear()
+        self._previews.clear()
         self._settles.clear()
         self._closes.clear()
         self._inputs.clear()
@@ -1129,6 +1143,10 @@ class Processor:
         self._closes.append((p, window))
         if self.series_level is not None:
             self._close_series(p, window)
+        # Two passes: decide who closes and fold their histories, then assemble every
+        # closing vector of the window in one call (features.state.finish_closes), then score.
+        closing: list[tuple[str, UserRecord, bool, bool, bool, bool]] = []
+        pending_closes: list[Closing] = []
         for user, last in active.items():
             record = self._record(user, p)
             if record is None:
@@ -1159,7 +1177,12 @@ class Processor:
                 # Closed and scored before a restart whose partition clock was stored
                 # behind this user's state: that signal went out then.
                 continue
-            close_through(record.state, window, self.spec)
+            begun = begin_close(record.state, window, self.spec)
+            if begun is not None:
+                pending_closes.append(begun[0])
+            closing.append((user, record, dormant, pending, settling, scorable))
+        finish_closes(pending_closes, self.spec)
+        for user, record, dormant, pending, settling, scorable in closing:
             dirty[user] = p
             # The rule, on the closed sequence; a pending previous close counts as under the
             # floor here and is checked again once scored.
@@ -1270,6 +1293,8 @@ class Processor:
     def _score(self, requests: list[_Request], out: BatchOutput, now: int) -> None:
         if not requests:
             return
+        finish_closes(self._previews, self.spec)
+        self._previews.clear()
         started = time.perf_counter()
         scores = self.scorer.score(np.stack([r.sequence for r in requests]))
         out.inference_seconds += time.perf_counter() - started
