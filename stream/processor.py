@@ -985,6 +985,14 @@ class Processor:
         if clock.max_event_ms is not None and event_ms <= clock.max_event_ms:
             return
         clock.max_event_ms = event_ms
+        if (
+            clock.closed_through is not None
+            and self.spec.index(event_ms - self.lateness_ms) - 1 <= clock.closed_through
+        ):
+            # The partition's own source is live (it was just read), so its watermark is at
+            # most this event's time: nothing new can close. Most events stop here, before
+            # the watermark's walk over every source.
+            return
         self._close_to_watermark(p, clock, requests, dirty, now)
 
     def watermark(self, p: int, now: int | None = None) -> int | None:

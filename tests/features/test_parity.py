@@ -9,13 +9,24 @@ that the lifetime order-day features are exercised, not all zero.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from features.batch import scored_mask, sequences_at
 from features.events import EVENT_TYPES
-from features.state import UserState, add_event, close_through, peek_sequence, sequence
+from features.state import (
+    UserState,
+    add_event,
+    begin_close,
+    close_through,
+    finish_closes,
+    peek_sequence,
+    preview,
+    sequence,
+)
 from features.windows import (
     DAY_MS,
     FEATURE_INDEX,
@@ -198,6 +209,43 @@ def test_peek_sequence_equals_the_sequence_at_close_and_leaves_state_alone() -> 
     close_through(state, open_window, spec)
     np.testing.assert_array_equal(peeked, sequence(state))
     assert peeked.shape == (4, N_FEATURES)
+
+
+def test_a_batch_of_closes_and_previews_assembled_in_one_call_equals_each_alone() -> None:
+    """The worker assembles a micro-batch's closes and activity previews in one call: a shop
+    of 40 users, some months apart, some catching up several windows, some never silent."""
+    df = synthetic_frame(11, n=3_000, users=40)
+    spec = WindowSpec(WEEK_MS, 1_600_000_000_000, seq_len=6, horizon=2, lookback=3)
+    states: dict[str, UserState] = {}
+    for event in events_from_frame(df):
+        states[event.user_id] = add_event(states.get(event.user_id), event, spec)
+    alone = copy.deepcopy(states)
+    together = copy.deepcopy(states)
+    users = sorted(states)
+    # Half the users close through a window before their last (some have nothing to close
+    # yet: it is before their first), the other half are previewed at their open window.
+    closing, previewed = users[::2], users[1::2]
+    through = {u: max(states[u].open) - 1 for u in closing}
+    expected = {u: (close_through(alone[u], through[u], spec), sequence(alone[u])) for u in closing}
+    peeks = {u: peek_sequence(alone[u], max(alone[u].open), spec) for u in previewed}
+
+    pending = []
+    closed: dict[str, int] = {}
+    for u in closing:
+        begun = begin_close(together[u], through[u], spec)
+        if begun is not None:
+            pending.append(begun[0])
+        closed[u] = 0 if begun is None else begun[1]
+    previews = {u: preview(together[u], max(together[u].open), spec) for u in previewed}
+    finish_closes([*pending, *previews.values()], spec)
+
+    assert sum(n > 1 for n, _ in expected.values()) > 0  # catch-ups of several windows
+    for u in closing:
+        assert closed[u] == expected[u][0]
+        np.testing.assert_array_equal(sequence(together[u]), expected[u][1])
+    for u in previewed:
+        np.testing.assert_array_equal(previews[u].ring, peeks[u])
+        np.testing.assert_array_equal(sequence(together[u]), sequence(states[u]))
 
 
 @pytest.mark.realdata
