@@ -192,6 +192,30 @@ async def run_all(
             run["metrics"]["mean_sequences_per_ort_call"] or 0,
         )
 
+    # 2c. scale-out: several worker processes in one consumer group, the same events
+    if cfg.stores and cfg.scale_workers >= 2 and result["worker"]:
+        one = result["worker"][0]
+        group = await run_worker_throughput(
+            cfg,
+            settings,
+            run_dir,
+            cfg.stores[0],
+            data.records,
+            broker_pid,
+            name=f"{cfg.stores[0]}-x{cfg.scale_workers}",
+            app_module=cfg.app_module,
+            workers=cfg.scale_workers,
+        )
+        rate = group["events_per_s"]
+        group["ratio_to_one"] = rate / one["events_per_s"] if rate and one["events_per_s"] else None
+        result["scale_out"] = group
+        log.info(
+            "[scale-out] %d workers: %s events/s, %s x one worker",
+            cfg.scale_workers,
+            _fmt(rate),
+            _fmt(group["ratio_to_one"], 2),
+        )
+
     async def alternate(setting: str, pairs: int, tag: str) -> list[tuple[bool, float | None]]:
         """The first store's worker with ``setting`` off and on in alternating order after
         phase 2's run (the first "on"): ``(on, events/s)`` of each run."""

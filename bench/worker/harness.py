@@ -60,6 +60,9 @@ class BenchConfig:
     """On/off pairs of the online evaluation's cost, in alternating order (on off, off on,
     on off, ...): one pair run after another on a shared machine drifts by as much as the
     cost itself, and the alternation cancels a steady drift."""
+    scale_workers: int = 2
+    """Worker processes of the scale-out phase (one consumer group, the first store), measured
+    against phase 2's one worker on the same events; below 2: not measured."""
     category_pairs: int = 0
     """On/off pairs of category demand's cost (``CLICKSIGNALS_CATEGORY_DEMAND``), in the same
     alternating order; 0: not measured."""
@@ -122,6 +125,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         help="on/off pairs measuring category demand's cost, in alternating order (default 0)",
     )
     p.add_argument(
+        "--scale-workers",
+        type=int,
+        help="worker processes in one consumer group, measured against one (default 2; "
+        "0: not measured)",
+    )
+    p.add_argument(
         "--stores",
         help="comma-separated worker stores to measure: memory, rocksdb (default memory; "
         "the first one sets the latency phase's rates)",
@@ -178,6 +187,7 @@ def config_from_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Bench
         app_module=a.app,
         evaluation_pairs=max(1, getattr(a, "evaluation_pairs", 1) or 1),
         category_pairs=max(0, getattr(a, "category_pairs", 0) or 0),
+        scale_workers=base.scale_workers if a.scale_workers is None else a.scale_workers,
     )
 
 

@@ -243,8 +243,12 @@ async def run_worker_throughput(
     *,
     name: str | None = None,
     app_module: str = "stream.app",
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Pre-load ``records``, start ``faust -A app_module worker``, time it through them."""
+    """Pre-load ``records``, start ``workers`` × ``faust -A app_module worker`` in one consumer
+    group, time them through them (the group's committed offsets). With several workers each
+    has its own web port and data dir; the metrics and CPU figures are the first worker's,
+    ``events_in`` is summed over all."""
     name = name or store
     s = phase_settings(base, f"{run_dir.name}-{name}", run_dir, store_url=f"{store}://")
     await kafka_local.ensure_topics(s)
@@ -254,10 +258,18 @@ async def run_worker_throughput(
     if total != len(records):
         raise RuntimeError(f"{s.topics.clickstream} holds {total} records, wanted {len(records)}")
 
-    worker = start_worker(name, s, run_dir / f"worker-{name}.log", app_module)
+    group = [start_worker(name, s, run_dir / f"worker-{name}.log", app_module)]
+    for i in range(1, workers):
+        own = s.with_overrides(
+            web_port=kafka_local.free_port(), data_dir=s.worker.data_dir / f"w{i}"
+        )
+        group.append(
+            start_worker(f"{name}-{i}", own, run_dir / f"worker-{name}-{i}.log", app_module)
+        )
+    worker = group[0]
     try:
         t_start = time.perf_counter()
-        ready_s = await wait_worker_ready(worker)
+        ready_s = max([await wait_worker_ready(w) for w in group])
         admin = AIOKafkaAdminClient(**s.kafka.client_kwargs())
         await admin.start()
         progress = Progress()
@@ -268,14 +280,15 @@ async def run_worker_throughput(
             last_change = time.monotonic()
             last_value = -1
             while True:
-                if not worker.alive():
-                    raise RuntimeError(
-                        f"worker {store} exited with code {worker.returncode}; tail of "
-                        f"{worker.log_path}:\n{worker.log_tail(30)}"
-                    )
+                for w in group:
+                    if not w.alive():
+                        raise RuntimeError(
+                            f"{w.name} exited with code {w.returncode}; tail of "
+                            f"{w.log_path}:\n{w.log_tail(30)}"
+                        )
                 committed = await committed_total(admin, s.worker.app_id, s.topics.clickstream)
                 try:
-                    events_in: int | None = (await scrape(worker))["events_in"]
+                    events_in: int | None = sum([(await scrape(w))["events_in"] for w in group])
                 except (OSError, RuntimeError):
                     events_in = None
                 now = time.perf_counter() - t_start
@@ -311,7 +324,8 @@ async def run_worker_throughput(
             await asyncio.sleep(1.0)
         metrics = await scrape(worker)
     finally:
-        stop_worker(worker)
+        for w in group:
+            stop_worker(w)
 
     committed_rate = progress.rate("committed", total)
     processed_rate = progress.rate("events_in", total)
@@ -323,6 +337,7 @@ async def run_worker_throughput(
         "store": store,
         "name": name,
         "app": app_module,
+        "workers": workers,
         "app_id": s.worker.app_id,
         "events": total,
         # ONNX Runtime inside the worker: sequences scored per second of Scorer.score time.

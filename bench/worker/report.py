@@ -234,7 +234,7 @@ def worker_rows(result: dict[str, Any]) -> list[str]:
             f"(target ≥ 0.5; worker / processor alone: "
             f"{_fmt(run.get('ratio_to_processor'), 2)}) |",
             f"| {name}: worker / naive pattern | **{_fmt(run.get('ratio_to_naive'), 1)}** "
-            "(target ≥ 5) |",
+            "(target ≥ 10) |",
             f"| {name}: mean micro-batch size | {_fmt(run['metrics']['mean_batch_size'], 1)} |",
             f"| {name}: mean sequences per ONNX Runtime call | "
             f"{_fmt(run['metrics']['mean_sequences_per_ort_call'], 1)} "
@@ -256,6 +256,16 @@ def worker_rows(result: dict[str, Any]) -> list[str]:
             f"{run['signals_out']['demand']:,} / {run['signals_out']['churn']:,} / "
             f"{run['signals_out']['dead_letters']:,} |",
         ]
+    group = result.get("scale_out")
+    if group:
+        cores = group["cores_used"] or {}
+        lines.append(
+            f"| {group['workers']} workers `{group['store']}://` in one consumer group, same "
+            f"events: events/s (committed offsets) | **{_fmt(group['events_per_s'])}**, "
+            f"**{_fmt(group.get('ratio_to_one'), 2)} ×** one worker (target ≥ 1.7; the first "
+            f"worker's cores {_fmt(cores.get('worker'), 2)}, broker "
+            f"{_fmt(cores.get('broker'), 2)}, others {_fmt(cores.get('others'), 2)}) |"
+        )
     if naive:
         lines += [
             f"| naive pattern (`bench.naive_app`: per event 1 table write + batch-1 ORT call), "

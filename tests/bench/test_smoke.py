@@ -50,6 +50,12 @@ def test_bench_quick_runs_every_phase(kafka_bootstrap: str, tmp_path: Path) -> N
     assert run["signals_out"]["demand"] == result["processor"]["signals_out"]["demand"]
     assert run["ort_microbench"]["ratio"] > 0
     assert result["naive"]["events_per_s"] > 0
+    # Scale-out: two worker processes in one consumer group through the same events.
+    group = result["scale_out"]
+    assert group["workers"] == 2 and group["events"] == run["events"]
+    assert group["ratio_to_one"] > 0
+    # At least once: a record processed before the group's first rebalance may go twice.
+    assert group["signals_out"]["demand"] >= run["signals_out"]["demand"]
     # The online evaluation's cost, measured side by side: the same signals with it off.
     cost = result["evaluation_cost"]
     assert cost["worker_on"] > 0 and cost["worker_off"] > 0 and cost["processor_off"] > 0
@@ -74,6 +80,7 @@ def test_bench_quick_runs_every_phase(kafka_bootstrap: str, tmp_path: Path) -> N
     assert "skipped" in result["training"]
 
     md = (out / "bench.md").read_text()
-    assert "## Targets" in md and "worker ≥ 5 × naive pattern" in md
+    assert "## Targets" in md and "worker ≥ 10 × naive pattern" in md
+    assert "2 workers in one group ≥ 1.7 × one" in md
     for png in ("throughput_vs_batch.png", "latency.png"):
         assert (out / png).stat().st_size > 1000
