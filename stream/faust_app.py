@@ -45,9 +45,17 @@ RAW: Final[dict[str, Any]] = {
 
 
 def faust_app(
-    settings: Settings, *, app_id: str, web_port: int, datadir: Path, **tuning: Any
+    settings: Settings,
+    *,
+    app_id: str,
+    web_port: int,
+    datadir: Path,
+    bulk: bool = False,
+    **tuning: Any,
 ) -> faust.App:
-    """A Faust app with the project's common configuration and ``tuning`` on top."""
+    """A Faust app with the project's common configuration and ``tuning`` on top; with
+    ``bulk``, its consumer can hand topics to bulk agents
+    (:class:`stream.faust_runtime.BulkSource`)."""
     datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     logging_config = faust_logging_config(settings)
     logs: dict[str, Any] = {} if logging_config is None else {"logging_config": logging_config}
@@ -72,6 +80,8 @@ def faust_app(
     faust_runtime.install_seek_fence()
     faust_runtime.install_subscribe_after_metadata()
     faust_runtime.install_unique_acks()
+    if bulk:
+        return faust_runtime.BulkApp(app_id, **options)
     return faust.App(app_id, **options)
 
 

@@ -26,6 +26,13 @@ as API. Each has a reason (a measured cost or a correctness need) and lives here
   a fetch that a seek overtook were still delivered, out of step with the read offsets the seek
   had set, and some records after them were never processed (the event-time backlog test: 80
   to 169 records of one partition after a restart).
+* bulk consumption (:class:`BulkConsumer`, :class:`BulkSource`, :func:`bulk_app`): the
+  worker's source topics are taken out of each fetch as lists, below Faust's per-message
+  delivery (``Consumer._getmany``; ``_read_offset``, ``_add_gap``, ``_commit_every``,
+  ``_n_acked``, ``_unacked_messages``, the ``ConsumerMessage`` constructor and
+  ``App._new_transport``). Faust's stream iteration cost ~75 µs per record on this machine
+  (``stream.take_events``: a ``wait_first`` and an ``Event`` per record); a fetch's list
+  costs ~4 µs per record (issue 16; ``bench/results/profile.md``).
 
 :func:`require` checks that every one is there and says what is missing; the worker calls it
 before it builds anything, so an upgrade that moves one stops the worker at start-up with a
@@ -39,15 +46,20 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import aiokafka
+import faust
 from faust.streams import _current_event
 from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Producer as AIOKafkaFaustProducer
 from faust.transport.producer import ProducerBuffer
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +110,51 @@ def problems() -> list[str]:
         found.append("aiokafka AIOKafkaConsumer.seek_to_beginning (seeks after a rebalance)")
     if "_producer" not in AIOKafkaFaustProducer.__annotations__:
         found.append("faust aiokafka Producer._producer (the record-batch publisher's producer)")
+    found += _bulk_problems()
     return found
+
+
+def _bulk_problems() -> list[str]:
+    """What bulk consumption relies on and does not find."""
+    import inspect
+
+    found: list[str] = []
+    consumer = faust_aiokafka.Consumer
+    if not callable(getattr(consumer, "_getmany", None)):
+        found.append("faust Consumer._getmany (bulk consumption: the fetch's record map)")
+    init = _init_assignments(Consumer)
+    for name in ("_read_offset", "_unacked_messages", "_commit_every"):
+        if f"self.{name} = " not in init:
+            found.append(f"faust Consumer.{name} (bulk consumption)")
+    if not isinstance(getattr(Consumer, "_n_acked", None), int):
+        found.append("faust Consumer._n_acked (bulk consumption)")
+    if not callable(getattr(Consumer, "_add_gap", None)):
+        found.append("faust Consumer._add_gap (bulk consumption: offset gaps)")
+    try:
+        params = list(inspect.signature(ConsumerMessage.__init__).parameters)
+    except (TypeError, ValueError):
+        params = []
+    if params[1:13] != list(_CONSUMER_MESSAGE_FIELDS) or "generation_id" not in params:
+        found.append("faust ConsumerMessage(...) fields (bulk consumption)")
+    if not callable(getattr(faust.App, "_new_transport", None)):
+        found.append("faust App._new_transport (bulk consumption: the worker's consumer)")
+    return found
+
+
+_CONSUMER_MESSAGE_FIELDS: Final = (
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "timestamp_type",
+    "headers",
+    "key",
+    "value",
+    "checksum",
+    "serialized_key_size",
+    "serialized_value_size",
+    "tp",
+)
 
 
 def require() -> None:
@@ -364,6 +420,273 @@ def install_seek_fence() -> None:
     Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
 
+# --- bulk consumption ----------------------------------------------------------------------
+
+
+class BulkBuffer:
+    """Fetched lists of one bulk agent's records, between the fetch loop and the agent.
+
+    Bounded in records: :meth:`put` waits while a list does not fit, and with it the fetch
+    loop (the back-pressure a full channel queue gives Faust's own path); a list larger than
+    the bound is admitted alone into an empty buffer, so the bound is ``max(maxsize, one
+    partition's fetch)``. Registered with the app's flow control like Faust's channel queues:
+    a rebalance, a stop or a resume clears it (:meth:`clear`), and its records, never tracked
+    nor acknowledged, are fetched again from the committed offsets.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._lists: deque[list[Any]] = deque()
+        self._size = 0
+        self._epoch = 0
+        """Moved on by :meth:`clear`: a put waiting across a clear drops its list."""
+        self._room: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None
+        self.dropped = 0
+
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
+        # Created on first use, on the loop that runs the app (not at construction).
+        if self._room is None or self._ready is None:
+            self._room, self._ready = asyncio.Event(), asyncio.Event()
+            self._room.set()
+        return self._room, self._ready
+
+    def qsize(self) -> int:
+        return self._size
+
+    def clear(self) -> None:
+        """Drop what is buffered (Faust's ``FlowControlEvent.clear`` calls this)."""
+        room, ready = self._events()
+        self.dropped += self._size
+        self._lists.clear()
+        self._size = 0
+        self._epoch += 1
+        ready.clear()
+        room.set()
+
+    async def put(self, records: list[Any], valid: Callable[[], bool]) -> bool:
+        """Append ``records``, waiting for room; ``False`` (nothing appended) when a clear
+        came meanwhile or ``valid()`` no longer holds once there is room."""
+        room, ready = self._events()
+        epoch = self._epoch
+        while self._size and self._size + len(records) > self.maxsize:
+            room.clear()
+            await room.wait()
+            if self._epoch != epoch:
+                self.dropped += len(records)
+                return False
+        if not valid():
+            self.dropped += len(records)
+            return False
+        self._lists.append(records)
+        self._size += len(records)
+        ready.set()
+        return True
+
+    async def get(self, most: int) -> list[Any]:
+        """Wait for records; at most ``most`` of them, whole lists where they fit."""
+        room, ready = self._events()
+        while not self._lists:
+            ready.clear()
+            await ready.wait()
+        lists = self._lists
+        out = lists.popleft()
+        if len(out) > most:
+            lists.appendleft(out[most:])
+            out = out[:most]
+        else:
+            while lists and len(out) + len(lists[0]) <= most:
+                out = out + lists.popleft()
+        self._size -= len(out)
+        if not lists:
+            ready.clear()
+        if self._size < self.maxsize:
+            room.set()
+        return out
+
+
+class BulkConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer that hands the records of bulk topics to their
+    :class:`BulkBuffer` a fetched list at a time; every other topic (changelogs, the other
+    agents' topics) goes down Faust's own per-message path unchanged.
+
+    Per list it does what Faust does per message (``Consumer._drain_messages`` and the
+    conductor's handler): wait for flow control and the producer buffer, drop records below
+    the partition's read offset, record offset gaps of acknowledged topics, count one
+    reference (the one agent), move the read offset on, and run ``broker_commit_every``. It
+    applies :func:`install_seek_fence`'s rule to whole lists: a list whose fetch a seek or a
+    rebalance overtook is dropped, and the partitions sought to their committed offsets
+    again once the fetch is used up.
+    """
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        seeks = getattr(self, _SEEKS, 0)
+        generation = self.app.consumer_generation_id
+        records = await super()._getmany(active_partitions, timeout)
+        buffers: dict[str, BulkBuffer] = getattr(self.app, _BULK_BUFFERS, {})
+        if not records or not buffers:
+            return records
+        rest: dict[Any, Any] = {}
+        dropped: dict[Any, int] = {}
+        for tp, fetched in records.items():
+            buffer = buffers.get(tp.topic)
+            if buffer is None:
+                rest[tp] = fetched
+            elif not await self._divert(tp, fetched, buffer, seeks, generation):
+                dropped[tp] = len(fetched)
+        if dropped:
+            counts = ", ".join(f"{n} of {t.topic}[{t.partition}]" for t, n in dropped.items())
+            log.info("a seek overtook a fetch: its records (%s) are fetched again", counts)
+            try:
+                await self.perform_seek()
+            except Exception as exc:  # as Faust's own getmany treats a failed seek
+                log.warning("seek after a dropped fetch failed (the next rebalance seeks): %r", exc)
+        return rest
+
+    def _overtaken(self, seeks: int, generation: int) -> bool:
+        return (
+            seeks % 2 == 1
+            or getattr(self, _SEEKS, 0) != seeks
+            or self.app.consumer_generation_id != generation
+            or not self.flow_active
+        )
+
+    async def _divert(
+        self, tp: TP, fetched: list[Any], buffer: BulkBuffer, seeks: int, generation: int
+    ) -> bool:
+        """Hand one partition's fetched records to ``buffer``; ``False`` if a seek or a
+        rebalance overtook the fetch (nothing handed over)."""
+        app = self.app
+        await app.flow_control.acquire()
+        await app.producer.buffer.wait_until_ebb()
+        if self._overtaken(seeks, generation):
+            return False
+        read = self._read_offset[tp]
+        if read is not None and fetched[0].offset < read:
+            fetched = [r for r in fetched if r.offset >= read]
+            if not fetched:
+                return True
+        if app.topics.acks_enabled_for(tp.topic):
+            previous = read
+            for record in fetched:
+                # As _drain_messages: a jump past the read offset is a gap Faust counts as
+                # acknowledged (transaction markers, compacted offsets).
+                if previous and record.offset - previous > 1:
+                    await self._add_gap(tp, previous + 1, record.offset)
+                previous = record.offset
+        messages = [
+            ConsumerMessage(
+                r.topic,
+                r.partition,
+                r.offset,
+                r.timestamp / 1000.0 if r.timestamp is not None else None,  # type: ignore[arg-type]
+                r.timestamp_type,
+                r.headers,
+                r.key,
+                r.value,
+                r.checksum,
+                r.serialized_key_size,
+                r.serialized_value_size,
+                tp,
+                generation_id=generation,
+            )
+            for r in fetched
+        ]
+        for message in messages:
+            message.refcount = 1  # the conductor's incref: one agent reads the topic
+        app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+        if not await buffer.put(messages, lambda: not self._overtaken(seeks, generation)):
+            # Cleared while waiting for room (a rebalance), or a seek came meanwhile: the
+            # records are fetched again after the seek.
+            return False
+        self._read_offset[tp] = messages[-1].offset
+        if self._commit_every is not None and self._n_acked >= self._commit_every:
+            self._n_acked = 0
+            await self.commit()
+        return True
+
+
+_BULK_BUFFERS: Final = "_clicksignals_bulk_buffers"
+"""App attribute: bulk topic name -> its :class:`BulkBuffer`."""
+
+
+class BulkSource:
+    """What a bulk agent reads: its topics' records in fetched lists.
+
+    The agent stays a Faust agent on its topic (so the subscription, the consumer group,
+    co-partitioned tables, recovery and rebalances are Faust's), and iterates
+    :meth:`batches` instead of its stream. Each list's records are tracked as Faust's stream
+    tracks the event it hands out (``wait_empty`` at a rebalance waits for them); the agent
+    calls :meth:`ack` once the batch's outputs are delivered, and only then may their offsets
+    be committed. A batch that raised is not acknowledged (the agent holds it back) and is
+    no longer tracked: the process fails and exits (:mod:`stream.liveness`) and a rebalance
+    must not wait for it.
+    """
+
+    def __init__(self, app: faust.App, topic: Any, *, maxsize: int, most: int) -> None:
+        self.app = app
+        self.most = most
+        self.buffer = BulkBuffer(maxsize)
+        app.flow_control.manage_queue(self.buffer)  # type: ignore[arg-type]  # duck-typed queue
+        # The flow control holds its queues weakly: the app holds the buffer.
+        buffers = app.__dict__.setdefault(_BULK_BUFFERS, {})
+        buffers.update(dict.fromkeys(topic.topics, self.buffer))
+
+    async def batches(self, stream: Any) -> AsyncIterator[list[ConsumerMessage]]:
+        """The agent's batches. ``stream`` is its Faust stream: iterating its channel once
+        is what subscribes the topic (``Topic.__aiter__``), as a stream agent does."""
+        aiter(stream.channel)
+        app = self.app
+        consumer: Any = app.consumer
+        track = consumer._unacked_messages.add
+        flow = app.flow_control
+        while True:
+            batch = await self.buffer.get(self.most)
+            if not flow.is_active():
+                continue  # suspended for a rebalance: fetched again after its seek
+            generation = app.consumer_generation_id
+            if batch[0].generation_id != generation or batch[-1].generation_id != generation:
+                batch = [m for m in batch if m.generation_id == generation]
+                if not batch:
+                    continue
+            for message in batch:
+                message.tracked = True
+                track(message)
+            try:
+                yield batch
+            except BaseException:
+                self.untrack(batch)
+                raise
+
+    def ack(self, batch: list[ConsumerMessage]) -> None:
+        """The batch's outputs are delivered: its offsets may be committed."""
+        consumer = self.app.consumer
+        for message in batch:
+            message.ack(consumer)
+
+    def untrack(self, batch: list[ConsumerMessage]) -> None:
+        """Stop ``wait_empty`` waiting for a batch that will never be acknowledged."""
+        consumer: Any = self.app.consumer
+        unacked = consumer._unacked_messages
+        for message in batch:
+            unacked.discard(message)
+
+
+class _BulkTransport(faust_aiokafka.Transport):
+    Consumer = BulkConsumer
+
+
+class BulkApp(faust.App):
+    """A ``faust.App`` whose consumer is :class:`BulkConsumer` (it passes every record on
+    as Faust does until a :class:`BulkSource` claims a topic)."""
+
+    def _new_transport(self) -> Any:
+        base = super()._new_transport()
+        if type(base) is not faust_aiokafka.Transport:
+            return base  # memory:// and other transports: Faust's own
+        return _BulkTransport(self.conf.broker_consumer, self)
+
+
 def set_producer_buffer_limit(max_messages: int) -> None:
     """Let Faust's producer buffer hold ``max_messages`` before it stops the stream to flush."""
     ProducerBuffer.max_messages = max_messages
@@ -402,6 +725,10 @@ def aiokafka_producer(app: Any) -> aiokafka.AIOKafkaProducer | None:
 
 
 __all__ = [
+    "BulkApp",
+    "BulkBuffer",
+    "BulkConsumer",
+    "BulkSource",
     "RuntimeIncompatible",
     "UniqueOffsets",
     "aiokafka_producer",

@@ -35,15 +35,16 @@ EXIT_AGENT_STOPPED = 70
 """Exit status of a process whose agent stopped (``EX_SOFTWARE`` of sysexits.h)."""
 
 
-def hold_back(events: Iterable[Any]) -> None:
-    """Keep the offsets of ``events`` (a micro-batch that failed) from ever being committed.
+def hold_back(batch: Iterable[Any]) -> None:
+    """Keep the offsets of ``batch`` (a micro-batch that failed: Faust events, or the consumer
+    messages of a bulk agent) from ever being committed.
 
     Faust commits the highest offset below the first gap in what was acknowledged. Marking a
     message acknowledged *without* telling the consumer (``Message.ack`` then skips it) leaves
     such a gap at the batch: nothing from there on is committed by this process.
     """
-    for event in events:
-        event.message.acked = True
+    for item in batch:
+        getattr(item, "message", item).acked = True
 
 
 class Liveness:

@@ -51,7 +51,7 @@ from typing import Any, Final
 
 import faust
 import orjson
-from faust.types import TP, EventT
+from faust.types import TP, Message
 
 from features import feedback
 from serving.demand import DemandModel, find_category_model, load_demand_model
@@ -83,6 +83,10 @@ from stream.publish import (
 
 log = logging.getLogger(__name__)
 
+BULK_BUFFER_RECORDS = 4096
+"""Records fetched and not yet taken by the agent (bulk consumption): Faust's own stream
+buffer size (``stream_buffer_maxsize`` below), so memory is bounded as before."""
+
 AGENT_NAME = "stream.app.score_clickstream"
 """The agent's name as it was when the agent was defined in ``stream.app`` (Faust names
 agents after their function): kept so that logs and metrics read as before."""
@@ -110,7 +114,8 @@ class _StandInMessage:
 class _StandIn:
     """What Faust's store reads of the current event, for a partition without one."""
 
-    message: _StandInMessage
+    message: Any
+    """A :class:`_StandInMessage`, or a message of the batch."""
 
 
 class TableStore:
@@ -125,7 +130,9 @@ class TableStore:
     def __init__(self, table: Any, app: faust.App) -> None:
         self.table = table
         self.app = app
-        self.events: dict[int, EventT[Any]] = {}
+        self.events: dict[int, _StandIn] = {}
+        """Partition -> an event of the micro-batch in hand (its message: Faust's table reads
+        the partition, and under ``test_context`` the topic)."""
         self._stand_ins: dict[int, Any] = {}
         self.unstored: dict[str, bytes] = {}
         """Values sent to the changelog and not yet delivered, hence not yet in the local
@@ -289,6 +296,7 @@ def build_app(settings: Settings) -> faust.App:
             app_id=settings.worker.app_id,
             web_port=settings.worker.web_port,
             datadir=settings.worker.data_dir,
+            bulk=settings.worker.bulk_consumption,
             # The agent appends a micro-batch's signals to one record batch per topic
             # partition (stream.publish); 16 kB (Faust's default) holds ~40 signals, so each
             # batch would be cut into several that aiokafka sends one after the other. Well
@@ -421,35 +429,36 @@ class Worker:
     def processor(self) -> Processor:
         return self._processor
 
-    async def handle_batch(self, events: list[EventT[Any]]) -> None:
+    async def handle_batch(self, messages: list[Message]) -> None:
+        """One micro-batch of the agent's messages (Faust's consumer messages)."""
         async with self.turn:
-            await self._handle_batch(events)
+            await self._handle_batch(messages)
 
-    async def _handle_batch(self, events: list[EventT[Any]]) -> None:
+    async def _handle_batch(self, messages: list[Message]) -> None:
         proc = self.processor()
         started = time.perf_counter()
         clickstream = self.settings.topics.clickstream
         now = time.monotonic()
-        for e in events:
-            if e.message.topic == clickstream:
-                self.last_read[e.message.partition] = now
-        self.store.events = {e.message.partition: e for e in events}
+        for m in messages:
+            if m.topic == clickstream:
+                self.last_read[m.partition] = now
+        self.store.events = {m.partition: _StandIn(m) for m in messages}
         routed = self.settings.topics.routed
         batch = [
             RawMessage(
-                e.message.key,
-                e.message.value,
-                e.message.topic,
-                e.message.partition,
-                e.message.offset,
-                origin_from_headers(e.message.headers) if e.message.topic == routed else None,
+                m.key,
+                m.value,
+                m.topic,
+                m.partition,
+                m.offset,
+                origin_from_headers(m.headers) if m.topic == routed else None,
             )
-            for e in events
+            for m in messages
         ]
         out = proc.process(batch)
         self.input_check.observe(m.value for m in batch)  # warns once per model version
         await self.emit(out)
-        metrics.observe_batch(len(events), out, time.perf_counter() - started)
+        metrics.observe_batch(len(messages), out, time.perf_counter() - started)
         metrics.note_processed(batch)
 
     async def emit(self, out: BatchOutput) -> None:
@@ -755,12 +764,28 @@ def _register_agent(worker: Worker) -> None:
     app, s = worker.app, worker.settings
     channel = app.topic(s.topics.clickstream, s.topics.routed, **RAW)
 
+    bulk = (
+        faust_runtime.BulkSource(
+            app, channel, maxsize=BULK_BUFFER_RECORDS, most=s.worker.batch_size
+        )
+        if isinstance(app, faust_runtime.BulkApp)
+        else None
+    )
+
     async def score_clickstream(stream: Any) -> None:
         """Decode nothing, decide nothing: batch raw messages through the processor and send."""
+        run_batch, handle = worker.liveness.run_batch, worker.handle_batch
+        if bulk is not None and isinstance(stream.channel, faust.TopicT):
+            # The topics' records as fetched (a test_context() channel is not a topic: it
+            # takes Faust's path below).
+            async for messages in bulk.batches(stream):
+                await run_batch("score_clickstream", messages, handle)
+                bulk.ack(messages)
+            return
         async for events in stream.take_events(
             s.worker.batch_size, within=s.worker.batch_timeout_s
         ):
-            await worker.liveness.run_batch("score_clickstream", events, worker.handle_batch)
+            await run_batch("score_clickstream", [e.message for e in events], handle)
 
     worker.score_clickstream = app.agent(channel, name=AGENT_NAME)(score_clickstream)
 

@@ -115,6 +115,10 @@ def test_hold_back_keeps_a_failed_batch_from_being_committed() -> None:
     # Faust's Message.ack() does nothing for an acked message: the consumer never learns
     # these offsets, and commits stop below them.
     assert all(e.message.acked for e in events)
+    # A bulk agent's batch is the messages themselves.
+    messages = [Message(), Message()]
+    hold_back(messages)
+    assert all(m.acked for m in messages)
 
 
 CHILD = """
