@@ -321,3 +321,159 @@ def test_persisted_offsets_go_to_the_store_as_fausts_changelog_callback_records_
 
     faust_runtime.set_persisted_offset(Store(), ("changelog", 2), 41)
     assert recorded == {("changelog", 2): 41}
+
+
+# --- bulk consumption -------------------------------------------------------------------------
+
+
+def _record(topic: str, partition: int, offset: int) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=1_700_000_000_000 + offset,
+        timestamp_type=0,
+        headers=[],
+        key=b"u",
+        value=b"{}",
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=2,
+    )
+
+
+def _bulk_consumer(monkeypatch: pytest.MonkeyPatch, fetches: list[dict[Any, list[Any]]]) -> Any:
+    """A BulkConsumer without Kafka: Faust's own ``_getmany`` returns ``fetches`` in turn."""
+    from types import SimpleNamespace
+
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    async def faust_getmany(self: Any, active: Any, timeout: float) -> Any:
+        return fetches.pop(0)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_getmany", faust_getmany)
+
+    async def nothing(*args: Any) -> None:
+        return None
+
+    consumer: Any = object.__new__(faust_runtime.BulkConsumer)
+    consumer.app = SimpleNamespace(
+        consumer_generation_id=3,
+        flow_control=SimpleNamespace(acquire=nothing),
+        producer=SimpleNamespace(buffer=SimpleNamespace(wait_until_ebb=nothing)),
+        monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
+        topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+    )
+    consumer.flow_active = True
+    consumer._commit_every = None
+    consumer._n_acked = 0
+    consumer.highwater = lambda tp: 100
+    consumer.gaps = []
+    consumer.seeks = []
+
+    async def add_gap(tp: Any, start: int, end: int) -> None:
+        consumer.gaps.append((tp.partition, start, end))
+
+    async def perform_seek() -> None:
+        consumer.seeks.append("seek")
+
+    consumer._add_gap = add_gap
+    consumer.perform_seek = perform_seek
+    return consumer
+
+
+def test_a_bulk_topic_s_records_go_to_its_buffer_a_fetched_list_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Per list, what Faust does per record: below the read offset dropped, gaps recorded,
+    one reference counted, the read offset moved on; other topics (a changelog) go on down
+    Faust's own path."""
+    import asyncio
+
+    from faust.types import TP
+
+    p0, p1, changelog = TP("clicks", 0), TP("clicks", 1), TP("app-state-changelog", 0)
+    fetch = {
+        p0: [_record("clicks", 0, o) for o in (4, 5, 6, 9)],
+        changelog: [_record(changelog.topic, 0, 40)],
+        p1: [_record("clicks", 1, o) for o in (0, 1)],
+    }
+    consumer = _bulk_consumer(monkeypatch, [fetch])
+    consumer._read_offset = {p0: 5, p1: None}
+    buffer = faust_runtime.BulkBuffer(maxsize=100)
+    consumer.app._clicksignals_bulk_buffers = {"clicks": buffer}
+
+    async def scenario() -> list[Any]:
+        rest = await consumer._getmany(None, 1.0)
+        assert rest == {changelog: fetch[changelog]}
+        return await buffer.get(most=10)
+
+    got = asyncio.run(scenario())
+    assert [(m.partition, m.offset) for m in got] == [(0, 5), (0, 6), (0, 9), (1, 0), (1, 1)]
+    assert {m.refcount for m in got} == {1} and {m.generation_id for m in got} == {3}
+    assert consumer._read_offset == {p0: 9, p1: 1}
+    assert consumer.gaps == [(0, 7, 9)]
+    assert consumer.seeks == []
+
+
+def test_a_list_whose_fetch_a_seek_or_a_rebalance_overtook_is_fetched_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """install_seek_fence's rule, for whole lists: a seek during the wait for room (or for
+    flow control) drops the list, keeps the read offset, and seeks again."""
+    import asyncio
+
+    from faust.types import TP
+
+    p0 = TP("clicks", 0)
+    fetches = [{p0: [_record("clicks", 0, o) for o in range(3)]} for _ in range(2)]
+    consumer = _bulk_consumer(monkeypatch, fetches)
+    consumer._read_offset = {p0: None}
+    buffer = faust_runtime.BulkBuffer(maxsize=4)
+    consumer.app._clicksignals_bulk_buffers = {"clicks": buffer}
+
+    async def scenario() -> None:
+        assert await buffer.put([object(), object()], lambda: True)  # 2 of 4 taken
+        fetching = asyncio.ensure_future(consumer._getmany(None, 1.0))
+        await asyncio.sleep(0.01)
+        assert not fetching.done()  # 2 + 3 > 4: the fetch loop waits for room
+        consumer.app.consumer_generation_id += 1  # a rebalance meanwhile
+        await buffer.get(most=10)  # room
+        assert await fetching == {}
+        assert buffer.qsize() == 0 and consumer._read_offset == {p0: None}
+        assert consumer.seeks == ["seek"]
+        # The next fetch, after the seek, is handed over.
+        await consumer._getmany(None, 1.0)
+        assert [m.offset for m in await buffer.get(most=10)] == [0, 1, 2]
+
+    asyncio.run(scenario())
+
+
+def test_a_bulk_buffer_is_bounded_and_a_clear_drops_what_waits() -> None:
+    import asyncio
+
+    buffer = faust_runtime.BulkBuffer(maxsize=4)
+
+    async def scenario() -> None:
+        assert await buffer.put([1, 2, 3], lambda: True)
+        assert await buffer.put([4], lambda: True)
+        blocked = asyncio.ensure_future(buffer.put([5, 6], lambda: True))
+        await asyncio.sleep(0.01)
+        assert not blocked.done() and buffer.qsize() == 4
+        # Whole lists up to the most asked for; a longer list is cut.
+        assert await buffer.get(most=2) == [1, 2]
+        assert await buffer.get(most=5) == [3, 4]
+        assert await blocked  # room now
+        blocked = asyncio.ensure_future(buffer.put([7, 8, 9, 10], lambda: True))
+        await asyncio.sleep(0.01)
+        assert not blocked.done()
+        buffer.clear()  # a rebalance: what is buffered and what waits are dropped
+        assert await blocked is False
+        assert buffer.qsize() == 0 and buffer.dropped == 6
+        # A list larger than the bound goes alone into an empty buffer.
+        assert await buffer.put(list(range(9)), lambda: True)
+        assert await buffer.get(most=100) == list(range(9))
+
+    asyncio.run(scenario())
