@@ -454,6 +454,11 @@ class BulkBuffer:
     def qsize(self) -> int:
         return self._size
 
+    @property
+    def epoch(self) -> int:
+        """How many times the buffer was cleared: a list fetched before a clear is stale."""
+        return self._epoch
+
     def clear(self) -> None:
         """Drop what is buffered (Faust's ``FlowControlEvent.clear`` calls this)."""
         room, ready = self._events()
@@ -464,18 +469,14 @@ class BulkBuffer:
         ready.clear()
         room.set()
 
-    async def put(self, records: list[Any], valid: Callable[[], bool]) -> bool:
-        """Append ``records``, waiting for room; ``False`` (nothing appended) when a clear
-        came meanwhile or ``valid()`` no longer holds once there is room."""
+    async def put(self, records: list[Any], valid: Callable[[], bool], epoch: int) -> bool:
+        """Append ``records`` fetched at ``epoch``, waiting for room; ``False`` (nothing
+        appended) when a clear came since or ``valid()`` no longer holds once there is room."""
         room, ready = self._events()
-        epoch = self._epoch
-        while self._size and self._size + len(records) > self.maxsize:
+        while self._size and self._size + len(records) > self.maxsize and self._epoch == epoch:
             room.clear()
             await room.wait()
-            if self._epoch != epoch:
-                self.dropped += len(records)
-                return False
-        if not valid():
+        if self._epoch != epoch or not valid():
             self.dropped += len(records)
             return False
         self._lists.append(records)
@@ -520,10 +521,24 @@ class BulkConsumer(faust_aiokafka.Consumer):
     """
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        buffers: dict[str, BulkBuffer] = getattr(self.app, _BULK_BUFFERS, {})
+        seen: dict[int, int] = self.__dict__.setdefault(_BULK_EPOCHS, {})
+        if any(b.epoch != seen.get(id(b), 0) for b in buffers.values()):
+            # A buffer was cleared (a rebalance; Faust's flow control clears its queues on
+            # every resume, also right after recovery's seek to the committed offsets): its
+            # lists, and any fetch in flight then, are dropped, and the read offsets had
+            # moved past them. Seek before fetching on, or they would never come again.
+            seen.update({id(b): b.epoch for b in buffers.values()})
+            try:
+                await self.perform_seek()
+            except Exception as exc:  # as Faust's own getmany treats a failed seek
+                log.warning(
+                    "seek after a cleared buffer failed (the next rebalance seeks): %r", exc
+                )
         seeks = getattr(self, _SEEKS, 0)
         generation = self.app.consumer_generation_id
+        epochs = {id(b): b.epoch for b in buffers.values()}
         records = await super()._getmany(active_partitions, timeout)
-        buffers: dict[str, BulkBuffer] = getattr(self.app, _BULK_BUFFERS, {})
         if not records or not buffers:
             return records
         rest: dict[Any, Any] = {}
@@ -532,7 +547,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
             buffer = buffers.get(tp.topic)
             if buffer is None:
                 rest[tp] = fetched
-            elif not await self._divert(tp, fetched, buffer, seeks, generation):
+            elif not await self._divert(tp, fetched, buffer, seeks, generation, epochs[id(buffer)]):
                 dropped[tp] = len(fetched)
         if dropped:
             counts = ", ".join(f"{n} of {t.topic}[{t.partition}]" for t, n in dropped.items())
@@ -552,10 +567,16 @@ class BulkConsumer(faust_aiokafka.Consumer):
         )
 
     async def _divert(
-        self, tp: TP, fetched: list[Any], buffer: BulkBuffer, seeks: int, generation: int
+        self,
+        tp: TP,
+        fetched: list[Any],
+        buffer: BulkBuffer,
+        seeks: int,
+        generation: int,
+        epoch: int,
     ) -> bool:
-        """Hand one partition's fetched records to ``buffer``; ``False`` if a seek or a
-        rebalance overtook the fetch (nothing handed over)."""
+        """Hand one partition's fetched records to ``buffer``; ``False`` if a seek, a
+        rebalance or a clear of the buffer overtook the fetch (nothing handed over)."""
         app = self.app
         await app.flow_control.acquire()
         await app.producer.buffer.wait_until_ebb()
@@ -595,7 +616,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
         for message in messages:
             message.refcount = 1  # the conductor's incref: one agent reads the topic
         app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-        if not await buffer.put(messages, lambda: not self._overtaken(seeks, generation)):
+        if not await buffer.put(messages, lambda: not self._overtaken(seeks, generation), epoch):
             # Cleared while waiting for room (a rebalance), or a seek came meanwhile: the
             # records are fetched again after the seek.
             return False
@@ -605,6 +626,9 @@ class BulkConsumer(faust_aiokafka.Consumer):
             await self.commit()
         return True
 
+
+_BULK_EPOCHS: Final = "_clicksignals_bulk_epochs"
+"""Consumer attribute: id of each bulk buffer -> its epoch when the consumer last sought."""
 
 _BULK_BUFFERS: Final = "_clicksignals_bulk_buffers"
 """App attribute: bulk topic name -> its :class:`BulkBuffer`."""

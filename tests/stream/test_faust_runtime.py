@@ -377,7 +377,9 @@ def _bulk_consumer(monkeypatch: pytest.MonkeyPatch, fetches: list[dict[Any, list
         consumer.gaps.append((tp.partition, start, end))
 
     async def perform_seek() -> None:
+        # As Faust's: read offsets back to the committed ones (none committed here).
         consumer.seeks.append("seek")
+        consumer._read_offset = dict.fromkeys(consumer._read_offset)
 
     consumer._add_gap = add_gap
     consumer.perform_seek = perform_seek
@@ -435,7 +437,7 @@ def test_a_list_whose_fetch_a_seek_or_a_rebalance_overtook_is_fetched_again(
     consumer.app._clicksignals_bulk_buffers = {"clicks": buffer}
 
     async def scenario() -> None:
-        assert await buffer.put([object(), object()], lambda: True)  # 2 of 4 taken
+        assert await buffer.put([object(), object()], lambda: True, buffer.epoch)  # 2 of 4 taken
         fetching = asyncio.ensure_future(consumer._getmany(None, 1.0))
         await asyncio.sleep(0.01)
         assert not fetching.done()  # 2 + 3 > 4: the fetch loop waits for room
@@ -451,29 +453,72 @@ def test_a_list_whose_fetch_a_seek_or_a_rebalance_overtook_is_fetched_again(
     asyncio.run(scenario())
 
 
+def test_after_a_clear_the_consumer_seeks_before_it_fetches_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust's flow control clears its queues on every resume, also right after recovery's
+    seek to the committed offsets: the lists dropped then had moved the read offsets past
+    them, so the next fetch must start from a seek (the event-time backlog test in CI: 322
+    re-keyed events came back only at a later seek, after their window had closed). A fetch
+    in flight during the clear is dropped too."""
+    import asyncio
+
+    from faust.types import TP
+
+    p0 = TP("clicks", 0)
+    fetches = [{p0: [_record("clicks", 0, o) for o in range(a, a + 3)]} for a in (0, 3, 0)]
+    consumer = _bulk_consumer(monkeypatch, fetches)
+    consumer._read_offset = {p0: None}
+    buffer = faust_runtime.BulkBuffer(maxsize=100)
+    consumer.app._clicksignals_bulk_buffers = {"clicks": buffer}
+
+    async def scenario() -> None:
+        await consumer._getmany(None, 1.0)
+        assert consumer.seeks == [] and consumer._read_offset == {p0: 2}
+        buffer.clear()  # offsets 0..2 dropped
+        waits = consumer.app.flow_control
+
+        async def clear_while_fetching() -> None:
+            buffer.clear()  # a second resume, while the next fetch is in flight
+
+        waits.acquire = clear_while_fetching
+        await consumer._getmany(None, 1.0)  # sought first; its own fetch then overtaken
+        assert consumer.seeks == ["seek", "seek"] and buffer.qsize() == 0
+
+        async def nothing() -> None:
+            return None
+
+        waits.acquire = nothing
+        await consumer._getmany(None, 1.0)  # sought again, then fetched from the start
+        assert consumer.seeks == ["seek", "seek", "seek"]
+        assert [m.offset for m in await buffer.get(most=10)] == [0, 1, 2]
+
+    asyncio.run(scenario())
+
+
 def test_a_bulk_buffer_is_bounded_and_a_clear_drops_what_waits() -> None:
     import asyncio
 
     buffer = faust_runtime.BulkBuffer(maxsize=4)
 
     async def scenario() -> None:
-        assert await buffer.put([1, 2, 3], lambda: True)
-        assert await buffer.put([4], lambda: True)
-        blocked = asyncio.ensure_future(buffer.put([5, 6], lambda: True))
+        assert await buffer.put([1, 2, 3], lambda: True, buffer.epoch)
+        assert await buffer.put([4], lambda: True, buffer.epoch)
+        blocked = asyncio.ensure_future(buffer.put([5, 6], lambda: True, buffer.epoch))
         await asyncio.sleep(0.01)
         assert not blocked.done() and buffer.qsize() == 4
         # Whole lists up to the most asked for; a longer list is cut.
         assert await buffer.get(most=2) == [1, 2]
         assert await buffer.get(most=5) == [3, 4]
         assert await blocked  # room now
-        blocked = asyncio.ensure_future(buffer.put([7, 8, 9, 10], lambda: True))
+        blocked = asyncio.ensure_future(buffer.put([7, 8, 9, 10], lambda: True, buffer.epoch))
         await asyncio.sleep(0.01)
         assert not blocked.done()
         buffer.clear()  # a rebalance: what is buffered and what waits are dropped
         assert await blocked is False
         assert buffer.qsize() == 0 and buffer.dropped == 6
         # A list larger than the bound goes alone into an empty buffer.
-        assert await buffer.put(list(range(9)), lambda: True)
+        assert await buffer.put(list(range(9)), lambda: True, buffer.epoch)
         assert await buffer.get(most=100) == list(range(9))
 
     asyncio.run(scenario())
