@@ -541,6 +541,10 @@ class BulkConsumer(faust_aiokafka.Consumer):
         records = await super()._getmany(active_partitions, timeout)
         if not records or not buffers:
             return records
+        last_fetched: dict[Any, int] = self.__dict__.setdefault(_BULK_FETCHED, {})
+        last_fetched.update(
+            {tp: r[-1].offset for tp, r in records.items() if tp.topic in buffers and r}
+        )
         rest: dict[Any, Any] = {}
         dropped: dict[Any, int] = {}
         for tp, fetched in records.items():
@@ -630,6 +634,9 @@ class BulkConsumer(faust_aiokafka.Consumer):
 _BULK_EPOCHS: Final = "_clicksignals_bulk_epochs"
 """Consumer attribute: id of each bulk buffer -> its epoch when the consumer last sought."""
 
+_BULK_FETCHED: Final = "_clicksignals_bulk_fetched"
+"""Consumer attribute: bulk topic partition -> the last offset fetched for it."""
+
 _BULK_BUFFERS: Final = "_clicksignals_bulk_buffers"
 """App attribute: bulk topic name -> its :class:`BulkBuffer`."""
 
@@ -696,6 +703,21 @@ class BulkSource:
             unacked.discard(message)
 
 
+def fetched_offset(app: Any, tp: TP) -> int | None:
+    """The last offset a bulk consumer fetched for ``tp`` since its assignment (``None``:
+    nothing, or not a bulk consumer). Fetched is not processed: a bulk agent's records wait
+    in its buffer, so the consumer's position says nothing of what is left to process."""
+    fetched: dict[Any, int] = getattr(app.consumer, "__dict__", {}).get(_BULK_FETCHED, {})
+    return fetched.get(tp)
+
+
+def forget_fetched(app: Any, tps: Any) -> None:
+    """Partitions revoked: what was fetched for them no longer counts."""
+    fetched: dict[Any, int] = getattr(app.consumer, "__dict__", {}).get(_BULK_FETCHED, {})
+    for tp in tps:
+        fetched.pop(tp, None)
+
+
 class _BulkTransport(faust_aiokafka.Transport):
     Consumer = BulkConsumer
 
@@ -757,6 +779,8 @@ __all__ = [
     "UniqueOffsets",
     "aiokafka_producer",
     "await_topics",
+    "fetched_offset",
+    "forget_fetched",
     "install_fetch_wait",
     "install_seek_fence",
     "install_seek_from_start",

@@ -418,6 +418,13 @@ def test_a_bulk_topic_s_records_go_to_its_buffer_a_fetched_list_at_a_time(
     assert consumer._read_offset == {p0: 9, p1: 1}
     assert consumer.gaps == [(0, 7, 9)]
     assert consumer.seeks == []
+    # Fetched, whatever was processed: the worker's idleness check reads it (a source whose
+    # records wait in the buffer is not idle, however far the consumer's position is).
+    consumer.app.consumer = consumer
+    assert faust_runtime.fetched_offset(consumer.app, p0) == 9
+    assert faust_runtime.fetched_offset(consumer.app, changelog) is None
+    faust_runtime.forget_fetched(consumer.app, [p0])  # revoked
+    assert faust_runtime.fetched_offset(consumer.app, p0) is None
 
 
 def test_a_list_whose_fetch_a_seek_or_a_rebalance_overtook_is_fetched_again(
