@@ -469,19 +469,28 @@ class BulkBuffer:
         ready.clear()
         room.set()
 
-    async def put(self, records: list[Any], valid: Callable[[], bool], epoch: int) -> bool:
-        """Append ``records`` fetched at ``epoch``, waiting for room; ``False`` (nothing
-        appended) when a clear came since or ``valid()`` no longer holds once there is room."""
-        room, ready = self._events()
-        while self._size and self._size + len(records) > self.maxsize and self._epoch == epoch:
+    async def room_for(self, count: int, epoch: int) -> bool:
+        """Wait until ``count`` records fit; ``False`` when a clear came since ``epoch``."""
+        room, _ = self._events()
+        while self._size and self._size + count > self.maxsize and self._epoch == epoch:
             room.clear()
             await room.wait()
-        if self._epoch != epoch or not valid():
-            self.dropped += len(records)
-            return False
+        return self._epoch == epoch
+
+    def append(self, records: list[Any]) -> None:
+        """Add ``records`` (call right after :meth:`room_for`, with no wait in between)."""
+        _, ready = self._events()
         self._lists.append(records)
         self._size += len(records)
         ready.set()
+
+    async def put(self, records: list[Any], valid: Callable[[], bool], epoch: int) -> bool:
+        """Append ``records`` fetched at ``epoch``, waiting for room; ``False`` (nothing
+        appended) when a clear came since or ``valid()`` no longer holds once there is room."""
+        if not await self.room_for(len(records), epoch) or not valid():
+            self.dropped += len(records)
+            return False
+        self.append(records)
         return True
 
     async def get(self, most: int) -> list[Any]:
@@ -599,6 +608,11 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 if previous and record.offset - previous > 1:
                     await self._add_gap(tp, previous + 1, record.offset)
                 previous = record.offset
+        # Room first, the messages after: a lagging agent then holds the fetched records
+        # only, as Faust's own path does, not a second object per record as well.
+        if not await buffer.room_for(len(fetched), epoch) or self._overtaken(seeks, generation):
+            buffer.dropped += len(fetched)
+            return False
         messages = [
             ConsumerMessage(
                 r.topic,
@@ -620,10 +634,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
         for message in messages:
             message.refcount = 1  # the conductor's incref: one agent reads the topic
         app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-        if not await buffer.put(messages, lambda: not self._overtaken(seeks, generation), epoch):
-            # Cleared while waiting for room (a rebalance), or a seek came meanwhile: the
-            # records are fetched again after the seek.
-            return False
+        buffer.append(messages)  # no wait since room_for: nothing came in between
         self._read_offset[tp] = messages[-1].offset
         if self._commit_every is not None and self._n_acked >= self._commit_every:
             self._n_acked = 0

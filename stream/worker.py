@@ -83,9 +83,11 @@ from stream.publish import (
 
 log = logging.getLogger(__name__)
 
-BULK_BUFFER_RECORDS = 4096
-"""Records fetched and not yet taken by the agent (bulk consumption): Faust's own stream
-buffer size (``stream_buffer_maxsize`` below), so memory is bounded as before."""
+BULK_BUFFER_RECORDS = 2048
+"""Records fetched and not yet taken by the agent (bulk consumption): four micro-batches of
+512, half Faust's stream buffer (``stream_buffer_maxsize`` below). A list that does not fit
+waits in the fetch loop as raw records; at 4,096 a burst took the worker's RSS to +240 MiB
+in one CI run (the backpressure test's bound: 235)."""
 
 AGENT_NAME = "stream.app.score_clickstream"
 """The agent's name as it was when the agent was defined in ``stream.app`` (Faust names
