@@ -354,6 +354,18 @@ def _is_stream_partition(app: Any, tp: Any) -> bool:
     )
 
 
+async def _seek_again(consumer: Any, dropped: dict[Any, int]) -> None:
+    """Seek to the committed offsets again after records were dropped (``dropped``: counts
+    per partition of a fetch a seek overtook; empty: a bulk buffer was cleared)."""
+    if dropped:
+        counts = ", ".join(f"{n} of {t.topic}[{t.partition}]" for t, n in dropped.items())
+        log.info("a seek overtook a fetch: its records (%s) are fetched again", counts)
+    try:
+        await consumer.perform_seek()
+    except Exception as exc:  # as Faust's own getmany treats a failed seek
+        log.warning("seek after dropped records failed (the next rebalance seeks): %r", exc)
+
+
 def install_seek_fence() -> None:
     """Deliver no stream record of a fetch that a seek or a rebalance overtook.
 
@@ -408,12 +420,7 @@ def install_seek_fence() -> None:
                 continue
             yield tp, message
         if dropped:
-            counts = ", ".join(f"{n} of {t.topic}[{t.partition}]" for t, n in dropped.items())
-            log.info("a seek overtook a fetch: its records (%s) are fetched again", counts)
-            try:
-                await self.perform_seek()
-            except Exception as exc:  # as Faust's own getmany treats a failed seek
-                log.warning("seek after a dropped fetch failed (the next rebalance seeks): %r", exc)
+            await _seek_again(self, dropped)
 
     setattr(getmany, _FENCE_ORIGINAL, original_getmany)
     Consumer.getmany = getmany  # type: ignore[method-assign]
@@ -538,12 +545,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
             # lists, and any fetch in flight then, are dropped, and the read offsets had
             # moved past them. Seek before fetching on, or they would never come again.
             seen.update({id(b): b.epoch for b in buffers.values()})
-            try:
-                await self.perform_seek()
-            except Exception as exc:  # as Faust's own getmany treats a failed seek
-                log.warning(
-                    "seek after a cleared buffer failed (the next rebalance seeks): %r", exc
-                )
+            await _seek_again(self, {})
         seeks = getattr(self, _SEEKS, 0)
         generation = self.app.consumer_generation_id
         epochs = {id(b): b.epoch for b in buffers.values()}
@@ -563,12 +565,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
             elif not await self._divert(tp, fetched, buffer, seeks, generation, epochs[id(buffer)]):
                 dropped[tp] = len(fetched)
         if dropped:
-            counts = ", ".join(f"{n} of {t.topic}[{t.partition}]" for t, n in dropped.items())
-            log.info("a seek overtook a fetch: its records (%s) are fetched again", counts)
-            try:
-                await self.perform_seek()
-            except Exception as exc:  # as Faust's own getmany treats a failed seek
-                log.warning("seek after a dropped fetch failed (the next rebalance seeks): %r", exc)
+            await _seek_again(self, dropped)
         return rest
 
     def _overtaken(self, seeks: int, generation: int) -> bool:
