@@ -119,6 +119,7 @@ from stream.codec import (
     decode_user,
     encode_clock,
     encode_user,
+    peek_user,
 )
 from stream.publish import partition_of
 
@@ -154,6 +155,8 @@ IDLE_TTL_MS = 5_000
 repeats it every ``watermark_interval_s``): a worker that stops announcing (paused, dead, cut
 off) must not leave its sources idle, which would let the others close windows its backlog
 still holds. Its last watermark then holds time back until a worker announces it again."""
+RESTORE_SLICE = 20_000
+"""Stored records a restore reads between two yields to the event loop (~50 ms of work)."""
 MAX_ERROR_STREAK = 256
 """Consecutive messages whose processing raised, with no message processed in between, after
 which the processor gives up (:class:`SystemicFailure`): that is no longer a poison message."""
@@ -296,6 +299,10 @@ class StateStore(Protocol):
 
     def items(self) -> Iterator[tuple[str, bytes]]: ...
 
+    def key_snapshot(self) -> list[str]:
+        """A snapshot of the stored keys: walked across awaits while the store changes."""
+        ...
+
 
 class DictStore:
     """A :class:`StateStore` over a plain dict, for tests and benchmarks."""
@@ -308,6 +315,9 @@ class DictStore:
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         return iter(list(self.data.items()))
+
+    def key_snapshot(self) -> list[str]:
+        return list(self.data)
 
     def apply(self, writes: dict[int, dict[str, bytes]]) -> None:
         for part in writes.values():
@@ -489,6 +499,9 @@ class Processor:
         self._users: dict[str, UserRecord] = {}
         self._clocks: dict[int, PartitionClock] = {}
         self._active: dict[int, dict[str, int]] = {}
+        self._epochs: dict[int, int] = {}
+        """Partition -> how many times it was forgotten: a restore that yielded meanwhile
+        installs none of what it read of it."""
         """Per partition: user → last window with an event (the close candidates: users in the
         lookback and dormant customers under the churn floor)."""
         self._closing: set[str] = set()
@@ -547,6 +560,7 @@ class Processor:
         if not partitions:
             return
         for p in partitions:
+            self._epochs[p] = self._epochs.get(p, 0) + 1
             self._clocks.pop(p, None)
             self._active.pop(p, None)
             self._marks.pop(p, None)
@@ -562,50 +576,91 @@ class Processor:
             if p not in self._clock_backup:
                 self._clock_backup[p] = replace(clock)
             return clock
+        # Not restored ahead (restore_partitions): here, in one go.
+        for _ in self.restore_partitions({p}):
+            pass
         self._clock_backup.setdefault(p, None)
-        key = self._clock_keys[p]
-        raw = self._get(key, p)
-        clock = self._decode_clock(key, p, raw) if raw else PartitionClock()
-        self._clocks[p] = clock
-        active: dict[str, int] = {}
-        if clock.closed_through is not None or clock.first_window is not None:
-            # Rebuild the close candidates from the restored table (after a restart or a
-            # rebalance moved this partition here). Before its first close (the other sources
-            # not heard from yet) every user of the partition has open windows.
-            closed = clock.closed_through
-            closed = closed if closed is not None else clock.first_window - 1  # type: ignore[operator]
-            horizon = closed - self.spec.lookback + 1
-            for key, value in self._items():
+        return self._clocks[p]
+
+    def restore_partitions(
+        self, partitions: Iterable[int], *, slice_records: int = RESTORE_SLICE
+    ) -> Iterator[int]:
+        """Load the clocks of ``partitions`` not cached yet and rebuild their close candidates
+        from the store, in one pass over it for all of them; yields the number of records read
+        after every ``slice_records``, so that an async caller can let its event loop run.
+
+        After a restart or a rebalance every user of a partition is a record to read: with
+        250k users a partition took 4-9 s, the loop blocked (``bench/results/profile.md``).
+        The pass reads each record's header only (:func:`stream.codec.peek_user`) and walks a
+        snapshot of the keys, so the store may change between slices (standby replicas write
+        the same store). A partition forgotten meanwhile (revoked, or assigned again) is not
+        installed: what was read of it may be from before another worker moved it on.
+        """
+        todo = sorted({p for p in partitions if p not in self._clocks})
+        if not todo:
+            return
+        epochs = {p: self._epochs.get(p, 0) for p in todo}
+        clocks: dict[int, PartitionClock] = {}
+        horizons: dict[int, int] = {}
+        for p in todo:
+            key = self._clock_keys[p]
+            raw = self._get(key, p)
+            clock = self._decode_clock(key, p, raw) if raw else PartitionClock()
+            clocks[p] = clock
+            if clock.closed_through is not None or clock.first_window is not None:
+                # Before its first close (the other sources not heard from yet) every user
+                # of the partition has open windows.
+                closed = clock.closed_through
+                closed = closed if closed is not None else clock.first_window - 1  # type: ignore[operator]
+                horizons[p] = closed - self.spec.lookback + 1
+        active: dict[int, dict[str, int]] = {p: {} for p in todo}
+        if horizons:
+            read = 0
+            for key in self.store.key_snapshot():
+                read += 1
+                if read % slice_records == 0:
+                    yield read
                 # Internal keys are not users. Before user ids with control characters were
                 # refused, a user could be stored under this namespace: such a record is
                 # left alone (no event can reach it any more), never read as a clock.
-                if is_internal_key(key) or partition_of(key.encode(), self.partitions) != p:
+                if is_internal_key(key):
+                    continue
+                p = partition_of(key.encode(), self.partitions)
+                horizon = horizons.get(p)
+                if horizon is None:
+                    continue
+                value = self._get(key, p)
+                if not value:  # deleted since the snapshot
                     continue
                 try:
-                    record = decode_user(value)
+                    peek = peek_user(value)
                 except Exception as exc:
                     # One unreadable record must not stop the partition: the user is no close
                     # candidate; an event of theirs fails alone (processing_error).
                     log.error("partition %d: user %r has unreadable state: %r", p, key, exc)
                     continue
-                last = self.spec.index(record.state.last_event_ms)
+                last = self.spec.index(peek.last_event_ms)
                 # Dormant customers under the floor too, from their stored last scores: the
                 # restored worker closes the same users an uninterrupted one would.
                 if (
                     last >= horizon
-                    or record.state.open
-                    or self._dormant_candidate(record)
-                    or record.pending
+                    or peek.has_open
+                    or self._dormant(peek.order_days_total, peek.last_scores)
+                    or peek.has_pending
                 ):
-                    active[key] = last
-        log.info(
-            "partition %d: clock closed through %s, %d close candidates restored from the table",
-            p,
-            clock.closed_through,
-            len(active),
-        )
-        self._active[p] = active
-        return clock
+                    active[p][key] = last
+        for p in todo:
+            if self._epochs.get(p, 0) != epochs[p] or p in self._clocks:
+                continue  # forgotten, or loaded by a batch, while this pass yielded
+            self._clocks[p] = clocks[p]
+            self._active[p] = active[p]
+            log.info(
+                "partition %d: clock closed through %s, %d close candidates restored from the "
+                "table",
+                p,
+                clocks[p].closed_through,
+                len(active[p]),
+            )
 
     @staticmethod
     def _decode_clock(key: str, p: int, raw: bytes) -> PartitionClock:
@@ -621,6 +676,10 @@ class Processor:
 
     @staticmethod
     def _close_churn(record: UserRecord) -> float | None:
+        return Processor._scores_close_churn(record.last_scores)
+
+    @staticmethod
+    def _scores_close_churn(scores: dict[str, Any]) -> float | None:
         """Churn of the user's latest score if it was a window close's, else None.
 
         An activity score keeps the latest close's churn beside it (:data:`LAST_CLOSE_CHURN`):
@@ -628,7 +687,6 @@ class Processor:
         partition closes the earlier one (closes wait for every source's watermark), and that
         close is decided on the close before it, as offline.
         """
-        scores = record.last_scores
         if scores.get("trigger") == "window_close":
             churn = scores.get("churn_probability")
         else:
@@ -638,12 +696,11 @@ class Processor:
     def _dormant_candidate(self, record: UserRecord) -> bool:
         """A customer whose latest close score is under the floor (the part of
         :func:`features.windows.close_population` that does not need the sequence)."""
-        churn = self._close_churn(record)
-        return (
-            record.state.order_days_total > 0
-            and churn is not None
-            and churn < self.dormant_churn_floor
-        )
+        return self._dormant(record.state.order_days_total, record.last_scores)
+
+    def _dormant(self, order_days_total: float, last_scores: dict[str, Any]) -> bool:
+        churn = self._scores_close_churn(last_scores)
+        return order_days_total > 0 and churn is not None and churn < self.dormant_churn_floor
 
     def _get(self, key: str, partition: int) -> bytes | None:
         if self._overlay:
@@ -651,9 +708,6 @@ class Processor:
             if value is not None:
                 return value
         return self.store.get(key, partition)
-
-    def _items(self) -> Iterator[tuple[str, bytes]]:
-        yield from self.store.items()
 
     def _record(self, user: str, partition: int) -> UserRecord | None:
         self._touched.add(user)

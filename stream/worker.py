@@ -176,6 +176,15 @@ class TableStore:
                 yield key, value
         yield from unstored.items()
 
+    def key_snapshot(self) -> list[str]:
+        """A snapshot: the processor's restore walks it across awaits, while standby
+        replicas (and, between its slices, nothing else) change the table."""
+        keys: list[str] = list(self.table.keys())
+        if self.unstored:
+            stored = set(keys)
+            keys += [k for k in self.unstored if k not in stored]
+        return keys
+
     def write(self, writes: dict[int, dict[str, bytes]]) -> None:
         """Through Faust's table: store, then one changelog message per key (ProducerBuffer)."""
         for partition, entries in writes.items():
@@ -445,6 +454,7 @@ class Worker:
             if m.topic == clickstream:
                 self.last_read[m.partition] = now
         self.store.events = {m.partition: _StandIn(m) for m in messages}
+        await self.restore_partitions({m.partition for m in messages})
         routed = self.settings.topics.routed
         batch = [
             RawMessage(
@@ -462,6 +472,15 @@ class Worker:
         await self.emit(out)
         metrics.observe_batch(len(messages), out, time.perf_counter() - started)
         metrics.note_processed(batch)
+
+    async def restore_partitions(self, partitions: set[int]) -> None:
+        """Restore the clocks and close candidates of the held partitions (and ``partitions``)
+        not cached yet, in one pass over the table, letting the event loop run between slices:
+        after a restart every user is read, and a loop blocked for seconds answers no health
+        check, no user view, no heartbeat."""
+        steps = self.processor().restore_partitions(partitions | self.held_partitions())
+        for _ in steps:
+            await asyncio.sleep(0)
 
     async def emit(self, out: BatchOutput) -> None:
         """Send a batch's (or an announcement's) outputs, then store its state: delivered
@@ -523,6 +542,9 @@ class Worker:
         idle = [p for p in held if await self.is_idle(p, now)]
         async with self.turn:
             if app.rebalancing:  # came while we waited: the table may be restoring
+                return
+            await self.restore_partitions(held)
+            if app.rebalancing:
                 return
             held_now = self.held_partitions()
             out = self.processor().heartbeat(held & held_now, [p for p in idle if p in held_now])

@@ -12,7 +12,14 @@ from features.events import ClickEvent
 from features.outcomes import Pending
 from features.state import UserState, add_event, close_through, sequence
 from features.windows import DAY_MS, WindowSpec
-from stream.codec import CODEC_VERSION, StateVersionError, UserRecord, decode_user, encode_user
+from stream.codec import (
+    CODEC_VERSION,
+    StateVersionError,
+    UserRecord,
+    decode_user,
+    encode_user,
+    peek_user,
+)
 
 WEEK_MS = 7 * DAY_MS
 ORIGIN = 1_600_000_000_000 - 1_600_000_000_000 % DAY_MS
@@ -71,6 +78,24 @@ def test_a_record_round_trips_with_the_order_day_history() -> None:
     )
 
 
+def test_a_peek_reads_what_a_full_decode_says_of_candidacy() -> None:
+    """A restart reads every stored user's header only: last event, open windows, order
+    days, last scores and predictions waiting are those of the full record."""
+    waiting = [Pending(3, "m-abc", 1.25, 40.5, 0.3125, 2.0, 57.25)]
+    scores = {"trigger": "window_close", "churn_probability": 0.25}
+    for record in (
+        UserRecord(_state(), last_fresh_ms=5, last_scores=scores, seen={0: 7}, pending=waiting),
+        UserRecord(_state()),
+    ):
+        full = decode_user(encode_user(record))
+        peek = peek_user(encode_user(record))
+        assert peek.last_event_ms == full.state.last_event_ms
+        assert peek.has_open == bool(full.state.open) is True
+        assert peek.order_days_total == full.state.order_days_total == 1.0
+        assert peek.last_scores == full.last_scores
+        assert peek.has_pending == bool(full.pending)
+
+
 def test_a_record_of_the_previous_version_is_refused_with_what_to_do() -> None:
     data = encode_user(UserRecord(_state()))
     size = int.from_bytes(data[:4], "big")
@@ -81,6 +106,8 @@ def test_a_record_of_the_previous_version_is_refused_with_what_to_do() -> None:
     header["v"] = 1
     old = orjson.dumps(header)
     old_record = len(old).to_bytes(4, "big") + old + b"\0" * (4 * 4 * 22)
+    with pytest.raises(StateVersionError):
+        peek_user(old_record)
     with pytest.raises(StateVersionError) as refused:
         decode_user(old_record)
     message = str(refused.value)
