@@ -299,8 +299,9 @@ class StateStore(Protocol):
 
     def items(self) -> Iterator[tuple[str, bytes]]: ...
 
-    def key_snapshot(self) -> list[str]:
-        """A snapshot of the stored keys: walked across awaits while the store changes."""
+    def scan(self) -> Iterator[tuple[str, bytes]]:
+        """Every stored (key, value) of one consistent view, lazily: walked across awaits
+        while the store changes (a dict iterator would not survive that)."""
         ...
 
 
@@ -316,8 +317,8 @@ class DictStore:
     def items(self) -> Iterator[tuple[str, bytes]]:
         return iter(list(self.data.items()))
 
-    def key_snapshot(self) -> list[str]:
-        return list(self.data)
+    def scan(self) -> Iterator[tuple[str, bytes]]:
+        return iter(list(self.data.items()))
 
     def apply(self, writes: dict[int, dict[str, bytes]]) -> None:
         for part in writes.values():
@@ -591,10 +592,11 @@ class Processor:
 
         After a restart or a rebalance every user of a partition is a record to read: with
         250k users a partition took 4-9 s, the loop blocked (``bench/results/profile.md``).
-        The pass reads each record's header only (:func:`stream.codec.peek_user`) and walks a
-        snapshot of the keys, so the store may change between slices (standby replicas write
-        the same store). A partition forgotten meanwhile (revoked, or assigned again) is not
-        installed: what was read of it may be from before another worker moved it on.
+        The pass reads each record's header only (:func:`stream.codec.peek_user`) and walks one
+        consistent view of the store (:meth:`StateStore.scan`), which may change between
+        slices (standby replicas write the same store). A partition forgotten meanwhile
+        (revoked, or assigned again) is not installed: what was read of it may be from before
+        another worker moved it on.
         """
         todo = sorted({p for p in partitions if p not in self._clocks})
         if not todo:
@@ -616,10 +618,12 @@ class Processor:
         active: dict[int, dict[str, int]] = {p: {} for p in todo}
         if horizons:
             read = 0
-            for key in self.store.key_snapshot():
+            for key, stored in self.store.scan():
                 read += 1
                 if read % slice_records == 0:
                     yield read
+                    if all(self._epochs.get(p, 0) != epochs[p] for p in horizons):
+                        return  # every one forgotten meanwhile (a rebalance took them)
                 # Internal keys are not users. Before user ids with control characters were
                 # refused, a user could be stored under this namespace: such a record is
                 # left alone (no event can reach it any more), never read as a clock.
@@ -629,9 +633,7 @@ class Processor:
                 horizon = horizons.get(p)
                 if horizon is None:
                     continue
-                value = self._get(key, p)
-                if not value:  # deleted since the snapshot
-                    continue
+                value = self._overlay.get(key, stored) if self._overlay else stored
                 try:
                     peek = peek_user(value)
                 except Exception as exc:

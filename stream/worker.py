@@ -167,23 +167,28 @@ class TableStore:
         return value
 
     def items(self) -> Iterator[tuple[str, bytes]]:
+        return self._with_unstored(iter(self.table.items()))
+
+    def scan(self) -> Iterator[tuple[str, bytes]]:
+        """The processor's restore walks this across awaits, while standby replicas write the
+        same store. The memory store is a dict, which no iterator survives changing: its items
+        are copied first (a C-level copy, ~0.1 s for 1M users). A RocksDB iterator reads one
+        snapshot of its database, so it is walked as it is (a copy would read every user in
+        one go, the loop blocked for seconds)."""
+        raw = getattr(self.table.data, "data", None)
+        if isinstance(raw, dict):
+            return self._with_unstored(iter(list(raw.items())))
+        return self.items()
+
+    def _with_unstored(self, pairs: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:
         unstored = dict(self.unstored)
-        for key, value in self.table.items():
+        for key, value in pairs:
             newer = unstored.pop(key, None)
             if newer is not None:
                 yield key, newer
             elif value is not None:
                 yield key, value
         yield from unstored.items()
-
-    def key_snapshot(self) -> list[str]:
-        """A snapshot: the processor's restore walks it across awaits, while standby
-        replicas (and, between its slices, nothing else) change the table."""
-        keys: list[str] = list(self.table.keys())
-        if self.unstored:
-            stored = set(keys)
-            keys += [k for k in self.unstored if k not in stored]
-        return keys
 
     def write(self, writes: dict[int, dict[str, bytes]]) -> None:
         """Through Faust's table: store, then one changelog message per key (ProducerBuffer)."""
