@@ -188,8 +188,10 @@ class WorkerSettings:
     """Hand the agent its topics' records as the consumer fetched them, a list at a time
     (:class:`stream.faust_runtime.BulkConsumer`), instead of one Faust event per record
     (``stream.take_events``: ~75 µs per record here). A micro-batch is then what was fetched,
-    at most ``batch_size`` records, and ``batch_timeout_s`` does not apply; ``false``:
-    Faust's stream iteration (the bench compares the two)."""
+    at most ``batch_size`` records, and ``batch_timeout_s`` does not apply. The user-state
+    changelog is then restored the same way, a fetched list at a time into the store, instead
+    of Faust's recovery loop (1M users: 26 s against 131 s). ``false``: Faust's stream
+    iteration and recovery (the bench compares the two)."""
     ort_intra_op_threads: int = 1
     model_poll_interval_s: float = 10.0
     """How often the worker looks for a new model version in ``model_dir`` (0: never), and

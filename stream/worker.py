@@ -398,6 +398,9 @@ class Worker:
             value_type=bytes,
             partitions=settings.topics.partitions,
         )
+        if isinstance(app, faust_runtime.BulkApp):
+            # A million users' changelog through Faust's recovery loop took 131 s.
+            faust_runtime.restore_in_bulk(app, self.user_state)
         self.liveness = Liveness("clicksignals worker")
         self.store = TableStore(self.user_state, app)
         self.holder = ModelHolder(
