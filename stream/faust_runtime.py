@@ -54,7 +54,6 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import aiokafka
@@ -607,7 +606,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
         before a rebalance and returned after recovery's seek holds records recovery needs
         (dropping them lost them for good in the failover test). The
         recovery loop's own checks (recovery done, standbys ready) run on one wake-up event
-        per fetch: a stand-in at an offset already applied, which the loop reads and skips.
+        per fetch: the last event applied, again, which the loop reads and skips.
         """
         app = self.app
         tables: Any = app.tables  # the TableManager (its type declares neither attribute)
@@ -640,12 +639,16 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 await channel.decode(m, propagate=True) for m in _messages(fetched, tp, generation)
             ]
             recovery.tp_to_table[tp].apply_changelog_batch(events)
-            last = events[-1].message
-            offsets[tp] = last.offset
-            self._read_offset[tp] = last.offset
-            woken = last
-        if woken is not None:
-            await tables.changelog_queue.put(_Wake(woken))
+            offsets[tp] = self._read_offset[tp] = events[-1].message.offset
+            woken = events[-1]
+        if woken is not None and (
+            woken.message.tp in recovery.active_tps or woken.message.tp in recovery.standby_tps
+        ):
+            # The last event applied, again: its offset is the recovery's already, so the loop
+            # applies nothing and runs its checks. A real event, not a stand-in: were the loop
+            # ever to apply it (its partition moved while it waited in the queue, a path where
+            # Faust applies with the previous event's table), it writes what is already there.
+            await tables.changelog_queue.put(woken)
         return rest
 
     def _overtaken(self, seeks: int, generation: int) -> bool:
@@ -722,15 +725,6 @@ def _messages(fetched: list[Any], tp: TP, generation: int) -> list[ConsumerMessa
         )
         for r in fetched
     ]
-
-
-@dataclass(frozen=True, slots=True)
-class _Wake:
-    """What the recovery loop reads of an event (``event.message``): the last message a bulk
-    restore applied. Its offset is the recovery's offset already, so the loop applies
-    nothing and runs its checks (recovery done, standbys ready)."""
-
-    message: Any
 
 
 _BULK_RESTORED: Final = "_clicksignals_bulk_restored"
