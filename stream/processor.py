@@ -156,7 +156,8 @@ repeats it every ``watermark_interval_s``): a worker that stops announcing (paus
 off) must not leave its sources idle, which would let the others close windows its backlog
 still holds. Its last watermark then holds time back until a worker announces it again."""
 RESTORE_SLICE = 20_000
-"""Stored records a restore reads between two yields to the event loop (~50 ms of work)."""
+"""Stored records a restore reads between two yields to the event loop (~0.2 s of work at the
+100,000 records/s measured on 1M users; a yield itself costs microseconds)."""
 MAX_ERROR_STREAK = 256
 """Consecutive messages whose processing raised, with no message processed in between, after
 which the processor gives up (:class:`SystemicFailure`): that is no longer a poison message."""
