@@ -635,12 +635,19 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 fetched = [r for r in fetched if r.offset >= floor]
                 if not fetched:
                     continue
-            events = [
-                await channel.decode(m, propagate=True) for m in _messages(fetched, tp, generation)
-            ]
-            recovery.tp_to_table[tp].apply_changelog_batch(events)
-            offsets[tp] = self._read_offset[tp] = events[-1].message.offset
-            woken = events[-1]
+            events = []
+            for message in _messages(fetched, tp, generation):
+                try:
+                    events.append(await channel.decode(message, propagate=True))
+                except Exception as exc:
+                    # As Faust's recovery loop does with a decode error: logged, the record
+                    # lost, the restore goes on. Raised, it would stop the consumer at every
+                    # start while the record stays in the changelog.
+                    log.error("%s offset %d not restored: %r", tp, message.offset, exc)
+            if events:
+                recovery.tp_to_table[tp].apply_changelog_batch(events)
+                woken = events[-1]
+            offsets[tp] = self._read_offset[tp] = fetched[-1].offset
         if woken is not None and (
             woken.message.tp in recovery.active_tps or woken.message.tp in recovery.standby_tps
         ):
