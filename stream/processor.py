@@ -319,7 +319,7 @@ class DictStore:
         return iter(list(self.data.items()))
 
     def scan(self) -> Iterator[tuple[str, bytes]]:
-        return iter(list(self.data.items()))
+        return self.items()  # a copy already
 
     def apply(self, writes: dict[int, dict[str, bytes]]) -> None:
         for part in writes.values():
@@ -501,11 +501,11 @@ class Processor:
         self._users: dict[str, UserRecord] = {}
         self._clocks: dict[int, PartitionClock] = {}
         self._active: dict[int, dict[str, int]] = {}
+        """Per partition: user → last window with an event (the close candidates: users in the
+        lookback and dormant customers under the churn floor)."""
         self._epochs: dict[int, int] = {}
         """Partition -> how many times it was forgotten: a restore that yielded meanwhile
         installs none of what it read of it."""
-        """Per partition: user → last window with an event (the close candidates: users in the
-        lookback and dormant customers under the churn floor)."""
         self._closing: set[str] = set()
         """Users with a window-close request in the run in progress (its score not known yet)."""
         self._previews: list[Closing] = []

@@ -51,25 +51,32 @@ def test_window_close_signals_equal_offline_prediction(scorer, batch: int) -> No
     assert_parity(frame, signals, proc)
 
 
-def test_restart_from_the_store_gives_the_signals_of_an_uninterrupted_run(scorer) -> None:  # type: ignore[no-untyped-def]
-    frame = synthetic(seed=3)
-    msgs = messages(frame)
+def uninterrupted(scorer, msgs: list[RawMessage]) -> tuple[DictStore, list]:  # type: ignore[no-untyped-def, type-arg]
+    """The table and the signals of one worker that ran through ``msgs``."""
     store = DictStore()
-    whole = run(make_processor(scorer, store), store, msgs, 64)
+    return store, run(make_processor(scorer, store), store, msgs, 64)
 
+
+def assert_one_run(want: list, got: list, want_store: DictStore, got_store: DictStore) -> None:  # type: ignore[type-arg]
+    """The signals and the table of an uninterrupted worker. Scores agree up to float32
+    inference noise: ONNX Runtime's LSTM results move in the last bit (~2e-7 relative) when
+    the rows batched together differ, and a restarted run batches differently."""
+    a = {s.signal_id: s.expected_orders for s in want if hasattr(s, "expected_orders")}
+    b = {s.signal_id: s.expected_orders for s in got if hasattr(s, "expected_orders")}
+    assert set(a) == set(b)
+    np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-6)
+    assert got_store.data == want_store.data
+
+
+def test_restart_from_the_store_gives_the_signals_of_an_uninterrupted_run(scorer) -> None:  # type: ignore[no-untyped-def]
+    msgs = messages(synthetic(seed=3))
+    store, whole = uninterrupted(scorer, msgs)
     store2 = DictStore()
     half = len(msgs) // 2
     first = run(make_processor(scorer, store2), store2, msgs[:half], 64)
     # A new worker: nothing in memory, only what the table (changelog) restored.
     rest = run(make_processor(scorer, store2), store2, msgs[half:], 64)
-    a = {s.signal_id: s.expected_orders for s in whole if hasattr(s, "expected_orders")}
-    b = {s.signal_id: s.expected_orders for s in first + rest if hasattr(s, "expected_orders")}
-    assert set(a) == set(b)
-    # Same signals, same scores up to float32 inference noise: ONNX Runtime's LSTM results
-    # move in the last bit (~2e-7 relative) when the rows batched together differ, and the
-    # restarted run batches differently.
-    np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-6)
-    assert store.data == store2.data
+    assert_one_run(whole, first + rest, store, store2)
 
 
 def test_a_restart_restored_in_slices_as_the_table_changes_is_an_uninterrupted_run(scorer) -> None:  # type: ignore[no-untyped-def]
@@ -77,11 +84,8 @@ def test_a_restart_restored_in_slices_as_the_table_changes_is_an_uninterrupted_r
     time (the worker lets its event loop run between slices), while the table changes under
     the pass (standby replicas write the same store): the candidates are those of the pass in
     one go, and the signals those of an uninterrupted worker."""
-    frame = synthetic(seed=3)
-    msgs = messages(frame)
-    store = DictStore()
-    whole = run(make_processor(scorer, store), store, msgs, 64)
-
+    msgs = messages(synthetic(seed=3))
+    store, whole = uninterrupted(scorer, msgs)
     store2 = DictStore()
     half = len(msgs) // 2
     first = run(make_processor(scorer, store2), store2, msgs[:half], 64)
@@ -105,11 +109,7 @@ def test_a_restart_restored_in_slices_as_the_table_changes_is_an_uninterrupted_r
     assert restarted._clocks == in_one_go._clocks
 
     rest = run(restarted, store2, msgs[half:], 64)
-    a = {s.signal_id: s.expected_orders for s in whole if hasattr(s, "expected_orders")}
-    b = {s.signal_id: s.expected_orders for s in first + rest if hasattr(s, "expected_orders")}
-    assert set(a) == set(b)
-    np.testing.assert_allclose([b[k] for k in a], [a[k] for k in a], rtol=1e-6)
-    assert store.data == store2.data
+    assert_one_run(whole, first + rest, store, store2)
 
 
 def test_a_partition_revoked_while_its_restore_yields_is_not_installed(scorer) -> None:  # type: ignore[no-untyped-def]
@@ -135,11 +135,8 @@ def test_a_partition_lost_and_taken_back_continues_from_the_table_not_the_cache(
     state on, then A gets them back (forget on revocation and again on assignment, as the
     app's rebalance callbacks do). A continues from the table, never from users it cached
     before B's work: the signals and the table are those of one uninterrupted worker."""
-    frame = synthetic(seed=5)
-    msgs = messages(frame)
-    store = DictStore()
-    whole = run(make_processor(scorer, store), store, msgs, 64)
-
+    msgs = messages(synthetic(seed=5))
+    store, whole = uninterrupted(scorer, msgs)
     shared = DictStore()
     a, b = make_processor(scorer, shared), make_processor(scorer, shared)
     third = len(msgs) // 3
@@ -153,12 +150,7 @@ def test_a_partition_lost_and_taken_back_continues_from_the_table_not_the_cache(
     a.forget_partitions(set(range(PARTITIONS)))  # assigned back: the cache is not trusted
     rest = run(a, shared, msgs[2 * third :], 64)
 
-    want = {s.signal_id: s.expected_orders for s in whole if hasattr(s, "expected_orders")}
-    both = first + second + rest
-    got = {s.signal_id: s.expected_orders for s in both if hasattr(s, "expected_orders")}
-    assert set(got) == set(want)
-    np.testing.assert_allclose([got[k] for k in want], [want[k] for k in want], rtol=1e-6)
-    assert shared.data == store.data
+    assert_one_run(whole, first + second + rest, store, shared)
 
 
 def test_clocks_of_held_partitions_show_after_a_restart_without_new_messages(scorer) -> None:  # type: ignore[no-untyped-def]
