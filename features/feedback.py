@@ -165,6 +165,61 @@ def merge_inputs(parts: Iterable[QualityPart]) -> InputCounts | None:
     )
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class CohortProgress:
+    """What a window close done in slices has tallied so far on one partition: the tallies of
+    the cohort it settles and the input histogram of the window it closes.
+
+    A close of many users is spread over several runs of the worker (latency: see
+    :data:`stream.processor.CLOSE_SLICE`), and a partition sends its quality parts of a cohort
+    once, when the close is complete. What the earlier slices settled is kept here, and stored
+    with the partition's clock, so that a restart in the middle of a close loses none of it.
+    """
+
+    window: int
+    """The window being closed (an index of the window grid)."""
+    tallies: Mapping[str, CohortTally]
+    counts: tuple[tuple[int, ...], ...] | None = None
+    """``[drift feature, bin]`` counts so far (``None``: the model has no input reference)."""
+
+    def add(
+        self, tallies: Mapping[str, CohortTally], counts: tuple[tuple[int, ...], ...] | None
+    ) -> CohortProgress:
+        """This progress and one more slice's (disjoint users)."""
+        merged = dict(self.tallies)
+        for version, t in tallies.items():
+            merged[version] = merge([merged[version], t]) if version in merged else t
+        total = counts
+        if self.counts is not None and counts is not None:
+            summed = np.asarray(self.counts, dtype=np.int64) + np.asarray(counts, dtype=np.int64)
+            total = tuple(tuple(int(x) for x in row) for row in summed)
+        elif counts is None:
+            total = self.counts
+        return CohortProgress(self.window, merged, total)
+
+    def __eq__(self, other: object) -> bool:
+        # By value; the tallies' arrays have no truth value of their own.
+        return isinstance(other, CohortProgress) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "tallies": {v: t.to_dict() for v, t in self.tallies.items()},
+            "counts": [list(c) for c in self.counts] if self.counts is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CohortProgress:
+        counts = d.get("counts")
+        return cls(
+            int(d["window"]),
+            {str(v): CohortTally.from_dict(t) for v, t in d["tallies"].items()},
+            tuple(tuple(int(x) for x in row) for row in counts) if counts is not None else None,
+        )
+
+
 def input_drift(inputs: InputCounts, reference: InputReference, threshold: float) -> dict[str, Any]:
     """The drift record of a window end: PSI per feature, the features over ``threshold``."""
     index = psi(reference, inputs.counts)
@@ -240,14 +295,27 @@ def quality_parts(
     """One partition's parts for the cohort of ``window_end_ms``: its on-time outcomes
     tallied per model version and cut to at most ``max_scores`` histogram entries per part.
     Always at least one part, so that a partition without predictions still says so."""
+    return parts_of(
+        cohort_tallies(outcomes, window_end_ms),
+        window_end_ms=window_end_ms,
+        horizon_windows=horizon_windows,
+        partition=partition,
+        partitions=partitions,
+        max_scores=max_scores,
+        inputs=inputs,
+    )
+
+
+def cohort_tallies(
+    outcomes: Iterable[PredictionOutcome], window_end_ms: int
+) -> dict[str, CohortTally]:
+    """Model version -> tally of the on-time outcomes of the cohort of ``window_end_ms``."""
     by_version: dict[str, list[PredictionOutcome]] = {}
     for o in outcomes:
         if o.on_time and o.window_end_ms == window_end_ms:
             by_version.setdefault(o.model_version, []).append(o)
-    pieces: list[tuple[str, CohortTally]] = []
-    for version in sorted(by_version):
-        rows = by_version[version]
-        t = tally(
+    return {
+        version: tally(
             [o.predicted_orders for o in rows],
             [o.actual_orders for o in rows],
             [o.predicted_spend for o in rows],
@@ -255,7 +323,25 @@ def quality_parts(
             [o.churn_probability for o in rows],
             [1.0 if o.churned else 0.0 for o in rows],
         )
-        pieces += [(version, piece) for piece in split(t, max_scores)]
+        for version, rows in by_version.items()
+    }
+
+
+def parts_of(
+    tallies: Mapping[str, CohortTally],
+    *,
+    window_end_ms: int,
+    horizon_windows: int,
+    partition: int,
+    partitions: int,
+    max_scores: int = MAX_SCORES_PER_PART,
+    inputs: InputCounts | None = None,
+) -> list[QualityPart]:
+    """One partition's parts for the cohort of ``window_end_ms`` from its tallies (see
+    :func:`quality_parts`)."""
+    pieces: list[tuple[str, CohortTally]] = []
+    for version in sorted(tallies):
+        pieces += [(version, piece) for piece in split(tallies[version], max_scores)]
     count = max(1, len(pieces))
     return [
         QualityPart(

@@ -184,6 +184,10 @@ class WorkerSettings:
     ``clicksignals_input_drift`` gauges); see :mod:`features.drift`."""
     batch_size: int = 512
     batch_timeout_s: float = 0.05
+    close_slice: int = 2048
+    """Users a run (a batch, an announcement) closes of a window close in progress: a close of
+    many users is spread over runs interleaved with the batches of live events, so that no
+    event waits for a whole partition's close (``stream.processor.CLOSE_SLICE``)."""
     bulk_consumption: bool = True
     """Hand the agent its topics' records as the consumer fetched them, a list at a time
     (:class:`stream.faust_runtime.BulkConsumer`), instead of one Faust event per record

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from features.feedback import CohortProgress
 from features.outcomes import Pending
 from features.state import OpenWindow, UserState
 from features.windows import N_FEATURES
@@ -270,14 +271,33 @@ class PartitionClock:
     first_window: int | None = None
     """Earliest window of an event folded into the partition's users before its first close:
     the first close starts there (re-keyed copies may come before the partition's own time)."""
+    closing: int | None = None
+    """The window whose close is in progress (``closed_through + 1``), done a slice of users
+    per run: events of it are late already, and users not reached yet close in later runs."""
+    cohort: CohortProgress | None = None
+    """The quality tallies the close in progress has settled so far (sent once it is done)."""
+    queue: tuple[str, ...] | None = field(default=None, compare=False)
+    """Not stored: the users the close in progress takes, in order, as they were when it
+    began (rebuilt from the close candidates after a restart)."""
+    queued: int = field(default=0, compare=False)
+    """Not stored: how many of ``queue`` the close has taken."""
 
 
 def encode_clock(clock: PartitionClock) -> bytes:
-    return orjson.dumps(
-        {"m": clock.max_event_ms, "c": clock.closed_through, "f": clock.first_window}
-    )
+    head: dict[str, Any] = {
+        "m": clock.max_event_ms,
+        "c": clock.closed_through,
+        "f": clock.first_window,
+    }
+    if clock.closing is not None:
+        head["k"] = clock.closing
+    if clock.cohort is not None:
+        head["q"] = clock.cohort.to_dict()
+    return orjson.dumps(head)
 
 
 def decode_clock(data: bytes) -> PartitionClock:
     h = orjson.loads(data)
-    return PartitionClock(h["m"], h["c"], h.get("f"))  # "f": since aligned watermarks
+    # "f": since aligned watermarks; "k", "q": only while a close is in progress.
+    cohort = CohortProgress.from_dict(h["q"]) if h.get("q") is not None else None
+    return PartitionClock(h["m"], h["c"], h.get("f"), h.get("k"), cohort)

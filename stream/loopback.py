@@ -19,8 +19,9 @@ from stream.publish import partition_of
 
 MAX_DRAIN_ROUNDS = 100_000
 """Bound on the heartbeat rounds after the input (each closes at most
-:data:`~stream.processor.MAX_CLOSE_REQUESTS_PER_RUN` requests' worth of windows; rounds stop
-when nothing changes)."""
+:data:`~stream.processor.MAX_CLOSE_REQUESTS_PER_RUN` requests' worth of windows, and a slice of
+:data:`~stream.processor.CLOSE_SLICE` users; rounds stop when nothing changes and no close is in
+progress)."""
 
 
 def run_in_process(
@@ -28,11 +29,15 @@ def run_in_process(
     messages: Sequence[RawMessage],
     batch_size: int,
     on_output: Callable[[BatchOutput], None],
+    *,
+    drain: bool = True,
 ) -> None:
     """Process ``messages`` in batches of ``batch_size`` with the re-keying topic looped back.
 
     ``on_output`` gets every batch's and heartbeat's output, in order (apply its writes to the
     store there). ``messages`` are clickstream messages, partitions and offsets as Kafka gave.
+    ``drain=False``: stop after the input's last batch and its heartbeat, as a worker that
+    stops there (what the re-keying topic still holds is not read).
     """
     routed_topic = _routed_topic(proc)
     held = range(proc.partitions)
@@ -69,13 +74,15 @@ def run_in_process(
             remaining[m.partition] -= 1
         enqueue(proc.process(take_queued() + part))
         enqueue(proc.heartbeat(held, idle()))
+    if not drain:
+        return
     for _ in range(MAX_DRAIN_ROUNDS):
         before = proc.clocks_view()
         pending = take_queued()
         if pending:
             enqueue(proc.process(pending))
         enqueue(proc.heartbeat(held, idle()))
-        if proc.clocks_view() == before:
+        if proc.clocks_view() == before and not proc.closes_pending():
             return
 
 

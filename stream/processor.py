@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -80,7 +80,14 @@ import orjson
 from features.demand import SeriesLevel
 from features.drift import bin_counts
 from features.events import ClickEvent
-from features.feedback import InputCounts, PredictionOutcome, QualityPart, quality_parts
+from features.feedback import (
+    CohortProgress,
+    InputCounts,
+    PredictionOutcome,
+    QualityPart,
+    cohort_tallies,
+    parts_of,
+)
 from features.outcomes import Pending, on_time, remember, settle
 from features.series_book import (
     BOOK_SHARDS,
@@ -144,9 +151,20 @@ batch's inference; a watermark that jumps several windows at once (the slowest s
 catching up in a backlog) would hold several partitions' worth (the backpressure test: RSS
 +579 MiB unbounded, +332 MiB at 16,384 requests, +197-202 MiB at 4,096 with ONNX Runtime
 called on 1,024 rows at a time; 4,096 is two closes of every user of that test's shop, so a
-jump of one window still closes at once). A window is never split: the remaining ones close
-in the next batches and heartbeats; events that come meanwhile for a window the watermark
-passed are folded (they are late only once their window is closed)."""
+jump of one window still closes at once). The remaining windows close in the next batches
+and heartbeats; events that come meanwhile for a window the watermark passed are folded (they
+are late only once its close has begun)."""
+CLOSE_SLICE = 2_048
+"""Close candidates a run (a batch, a heartbeat) takes of a window close in progress.
+
+A window close scores and stores every candidate of the partition: with 25,000 users a
+partition it was one run of 2-3 s, and every event behind it waited that long (the latency
+bench's p99 at 50 % of the worker's rate, ``bench/results/profile.md``). A close is therefore
+done in slices, one per run, interleaved with the batches of live events. The window counts as
+closing from its first slice (its events are late from then on, as if it had closed at once)
+and as closed after its last; each user is closed exactly once, by the slice that reaches them.
+The partition's clock stores the close in progress and what it has settled so far, so a
+restart goes on where it stopped."""
 LAST_CLOSE_CHURN = "last_close_churn_probability"
 """Key, in a user's ``last_scores`` after an activity score, of the latest window-close churn
 (the dormant-customer rule reads it)."""
@@ -175,6 +193,12 @@ class StateError(FatalError):
 
 class SystemicFailure(FatalError):
     """Too many consecutive messages failed: a fault of the worker, not of the messages."""
+
+
+def _closed_upto(clock: PartitionClock) -> int | None:
+    """The last window whose events are late on the partition: the one being closed, if a
+    close is in progress (a window counts as closed from its close's first slice)."""
+    return clock.closing if clock.closing is not None else clock.closed_through
 
 
 def is_internal_key(key: str) -> bool:
@@ -456,6 +480,7 @@ def processor_from_settings(
         idle_ttl_ms=int(max(5 * settings.worker.watermark_interval_s, 1.0) * 1000),
         evaluate=settings.worker.online_evaluation,
         series_level=series_level,
+        close_slice=settings.worker.close_slice,
     )
 
 
@@ -478,7 +503,10 @@ class Processor:
         idle_ttl_ms: int = IDLE_TTL_MS,
         evaluate: bool = True,
         series_level: SeriesLevel | None = None,
+        close_slice: int = CLOSE_SLICE,
     ) -> None:
+        if close_slice < 1:
+            raise ValueError(f"close_slice must be at least 1, not {close_slice}")
         self.scorer = scorer
         self.spec: WindowSpec = scorer.manifest.spec
         self.store = store
@@ -512,8 +540,12 @@ class Processor:
         """Activity requests' sequences still to assemble (in _score, all in one call)."""
         self._settles: list[_Settle] = []
         """The run's user closes, in order: their outcome rings are settled once scored."""
-        self._closes: list[tuple[int, int]] = []
-        """The run's (partition, window) closes: each sends the quality parts of one cohort."""
+        self.close_slice = close_slice
+        self._close_budget = 0
+        """Close candidates the run in progress may still take (:data:`CLOSE_SLICE`)."""
+        self._closes: list[tuple[int, int, bool]] = []
+        """The run's slices of window closes, (partition, window, whether it completed the
+        close): a completed close sends the quality parts of one cohort."""
         self._inputs: dict[tuple[int, int], list[np.ndarray]] = {}
         """(partition, window) -> the closed vectors of the users active in the lookback
         scored there: the live input distribution (features.drift)."""
@@ -859,6 +891,7 @@ class Processor:
     def _run(self, messages: list[RawMessage], now: int) -> BatchOutput:
         out = BatchOutput()
         requests: list[_Request] = []
+        self._close_budget = self.close_slice
         self._closing.clear()
         self._previews.clear()
         self._settles.clear()
@@ -923,14 +956,14 @@ class Processor:
                 # The category sums are stored apart from the users: a shard stored without
                 # this user's batch still lacks the event (its marks say so).
                 window = self.spec.index(event.event_time_ms)
-                closed = clock.closed_through
+                closed = _closed_upto(clock)
                 if closed is None or window > closed:
                     self._fold_series(p, event, window, origin)
                 if not routed:
                     self._advance(p, event.event_time_ms, now, requests, dirty_users)
                 continue
             window = self.spec.index(event.event_time_ms)
-            closed = clock.closed_through
+            closed = _closed_upto(clock)
             if record is not None and record.state.closed_through is not None:
                 # Normally behind the clock; ahead only if a crash lost the clock's last write.
                 closed = max(closed if closed is not None else -1, record.state.closed_through)
@@ -952,8 +985,23 @@ class Processor:
             dirty_parts.add(p)
             if not routed:
                 self._advance(p, event.event_time_ms, now, requests, dirty_users)
+        self._go_on_closing(requests, dirty_users, now)
         self._finish(out, requests, dirty_users, dirty_parts, now)
         return out
+
+    def _go_on_closing(self, requests: list[_Request], dirty: dict[str, int], now: int) -> None:
+        """Spend what is left of the run's close budget on the closes in progress (a close
+        goes on whether or not the run moved its partition's time)."""
+        for p in sorted(p for p, clock in self._clocks.items() if clock.closing is not None):
+            if self._close_budget <= 0 or len(requests) >= MAX_CLOSE_REQUESTS_PER_RUN:
+                return
+            self._close_to_watermark(p, self._ensure_partition(p), requests, dirty, now)
+
+    def closes_pending(self, held: Iterable[int] | None = None) -> bool:
+        """Whether a window close is in progress (on ``held`` partitions, if given): the
+        runtime runs :meth:`go_on_closing` until it is done, between its batches."""
+        partitions = self._clocks.keys() if held is None else set(held) & self._clocks.keys()
+        return any(self._clocks[p].closing is not None for p in partitions)
 
     def _finish(
         self,
@@ -969,7 +1017,7 @@ class Processor:
             record = self._users.get(user)
             if record is not None:
                 out.writes.setdefault(p, {})[user] = encode_user(record)
-        for p in dirty_parts:
+        for p in dirty_parts | {p for p, _, _ in self._closes}:
             out.writes.setdefault(p, {})[self._clock_keys[p]] = encode_clock(self._clocks[p])
         for p, shards in self._dirty_shards.items():
             book = self._books[p]
@@ -1100,7 +1148,11 @@ class Processor:
         dirty: dict[str, int],
         now: int,
     ) -> None:
-        """Close every window of ``p`` its watermark (less the allowed lateness) has passed."""
+        """Close every window of ``p`` its watermark (less the allowed lateness) has passed,
+        as far as the run's close budget goes; a close in progress goes on first (its window
+        was passed when it began, whatever the watermark is now)."""
+        if clock.closing is not None and not self._close_slice(p, clock, requests, dirty):
+            return
         wm = self.watermark(p, now)
         if wm is None:
             return
@@ -1113,10 +1165,11 @@ class Processor:
                 return
             clock.closed_through = min(target, clock.first_window - 1)
         for window in range(clock.closed_through + 1, target + 1):
-            if len(requests) >= MAX_CLOSE_REQUESTS_PER_RUN:
-                break  # the rest in the next batch or heartbeat (memory: see the constant)
-            self._close(p, window, requests, dirty)
-            clock.closed_through = window
+            if len(requests) >= MAX_CLOSE_REQUESTS_PER_RUN or self._close_budget <= 0:
+                break  # the rest in the next batch or heartbeat (see the constants)
+            self._begin_window_close(p, clock, window)
+            if not self._close_slice(p, clock, requests, dirty):
+                return
 
     def _read_watermark(
         self,
@@ -1167,9 +1220,21 @@ class Processor:
         read. Returns watermark records for every other partition, and the window closes (and
         their signals and writes) that idleness allowed on this worker's own partitions.
         """
+        return self._timer_run(held, idle, announce=True)
+
+    def go_on_closing(self, held: Iterable[int]) -> BatchOutput:
+        """One more slice of the window closes in progress on ``held`` partitions: what the
+        runtime runs between its batches while :meth:`closes_pending` (a heartbeat without
+        its announcements)."""
+        return self._timer_run(held, self._idle, announce=False)
+
+    def _timer_run(
+        self, held: Iterable[int], idle: Iterable[int], *, announce: bool
+    ) -> BatchOutput:
         now = self.now_ms()
         held = sorted(set(held))
         self._checkpoint()
+        self._close_budget = self.close_slice
         self._closing.clear()
         self._previews.clear()
         self._settles.clear()
@@ -1189,6 +1254,8 @@ class Processor:
                 self._close_to_watermark(source, clock, requests, dirty_users, now)
                 if clock.closed_through != before:
                     dirty_parts.add(source)
+                if not announce:
+                    continue
                 value = encode_watermark(
                     source, SourceMark(clock.max_event_ms, source in self._idle, now)
                 )
@@ -1201,18 +1268,62 @@ class Processor:
             raise
         return out
 
-    def _close(self, p: int, window: int, requests: list[_Request], dirty: dict[str, int]) -> None:
+    def _begin_window_close(self, p: int, clock: PartitionClock, window: int) -> None:
+        """Begin closing ``window`` on ``p``: its candidates, as they are now, are the users it
+        takes (:data:`CLOSE_SLICE` a run); its events are late from here on."""
+        clock.closing = window
+        clock.queue = tuple(self._active.get(p, {}))
+        clock.queued = 0
+        if self.series_level is not None:
+            self._close_series(p, window)
+
+    def _close_slice(
+        self, p: int, clock: PartitionClock, requests: list[_Request], dirty: dict[str, int]
+    ) -> bool:
+        """Close the window in progress for the next users of its queue, as many as the run's
+        budget allows; ``True`` when that completed the close."""
+        window = clock.closing
+        assert window is not None
+        if clock.queue is None:
+            # Restored in the middle of the close: its candidates now are those it had left
+            # (the users it closed already are skipped by their own closed_through).
+            clock.queue = tuple(self._active.get(p, {}))
+            clock.queued = 0
+        start = clock.queued
+        if self._close_budget <= 0 and start < len(clock.queue):
+            return False  # the budget is spent: the next run goes on
+        users = clock.queue[start : start + max(self._close_budget, 0)]
+        clock.queued = start + len(users)
+        self._close_budget -= len(users)
+        self._close(p, window, users, requests, dirty)
+        done = clock.queued >= len(clock.queue)
+        self._closes.append((p, window, done))
+        if done:
+            clock.closed_through = window
+            clock.closing = None
+            clock.queue = None
+            clock.queued = 0
+        return done
+
+    def _close(
+        self,
+        p: int,
+        window: int,
+        users: Sequence[str],
+        requests: list[_Request],
+        dirty: dict[str, int],
+    ) -> None:
         floor = window - self.spec.lookback + 1
         active = self._active.get(p, {})
         gone: list[str] = []
-        self._closes.append((p, window))
-        if self.series_level is not None:
-            self._close_series(p, window)
         # Two passes: decide who closes and fold their histories, then assemble every
         # closing vector of the window in one call (features.state.finish_closes), then score.
         closing: list[tuple[str, UserRecord, bool, bool, bool, bool]] = []
         pending_closes: list[Closing] = []
-        for user, last in active.items():
+        for user in users:
+            last = active.get(user)
+            if last is None:
+                continue  # no longer a candidate (dropped by a later run's dormant rule)
             record = self._record(user, p)
             if record is None:
                 gone.append(user)
@@ -1497,21 +1608,40 @@ class Processor:
                 active[s.user_id] = spec.index(record.state.last_event_ms)
                 self._active_undo.append((s.partition, s.user_id, None))
         reference = self.scorer.manifest.input_reference
-        for p, window in self._closes:
-            inputs = None
+        # One entry per close the run worked on (each slice's users settled once, above).
+        slices: dict[tuple[int, int], bool] = {}
+        for p, window, complete in self._closes:
+            slices[(p, window)] = slices.get((p, window), False) or complete
+        for (p, window), complete in slices.items():
+            counts = None
             if reference is not None:
                 rows = self._inputs.get((p, window), [])
-                counts = bin_counts(
+                binned = bin_counts(
                     reference, np.stack(rows) if rows else np.zeros((0, N_FEATURES))
                 )
-                inputs = InputCounts(
-                    spec.end_ms(window),
-                    self.scorer.version,
-                    tuple(tuple(int(x) for x in row) for row in counts),
-                )
-            out.quality_parts += quality_parts(
-                settled.get((p, window), []),
-                window_end_ms=spec.end_ms(window - horizon),
+                counts = tuple(tuple(int(x) for x in row) for row in binned)
+            cohort_end = spec.end_ms(window - horizon)
+            tallies = cohort_tallies(settled.get((p, window), []), cohort_end)
+            clock = self._clocks[p]
+            before = (
+                clock.cohort if clock.cohort is not None and clock.cohort.window == window else None
+            )
+            progress = (
+                before.add(tallies, counts)
+                if before is not None
+                else CohortProgress(window, tallies, counts)
+            )
+            if not complete:
+                clock.cohort = progress  # stored with the clock: see CLOSE_SLICE
+                continue
+            if before is not None:
+                clock.cohort = None
+            inputs = None
+            if progress.counts is not None:
+                inputs = InputCounts(spec.end_ms(window), self.scorer.version, progress.counts)
+            out.quality_parts += parts_of(
+                progress.tallies,
+                window_end_ms=cohort_end,
                 horizon_windows=horizon,
                 partition=p,
                 partitions=self.partitions,
@@ -1581,6 +1711,7 @@ class Processor:
             p: {
                 "max_event_ms": c.max_event_ms,
                 "closed_through": c.closed_through,
+                "closing": c.closing,
                 "watermark_ms": self.watermark(p) if p in self._clocks else None,
                 "idle": p in self._idle,
                 "sources": {

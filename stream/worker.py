@@ -558,6 +558,23 @@ class Worker:
             out = self.processor().heartbeat(held & held_now, [p for p in idle if p in held_now])
             await self.emit(out)
         metrics.observe_announcement(out, len(idle))
+        await self.go_on_closing()
+
+    async def go_on_closing(self) -> None:
+        """Take the window closes in progress a slice a turn until they are done, letting any
+        batch waiting for its turn go first (a batch takes a slice too): with no traffic a
+        close would otherwise move a slice per announcement (:data:`stream.processor.
+        CLOSE_SLICE`)."""
+        app = self.app
+        while self.processor().closes_pending(self.held_partitions()):
+            await asyncio.sleep(0)
+            async with self.turn:
+                if app.rebalancing or app.should_stop:
+                    return
+                held = self.held_partitions()
+                await self.restore_partitions(held)
+                out = self.processor().go_on_closing(held)
+                await self.emit(out)
 
     def output_records(self, out: BatchOutput) -> list[OutRecord]:
         """A batch's outputs as records: re-keyed strays, demand, churn, dead letters."""

@@ -157,3 +157,44 @@ def test_parts_of_another_partition_count_are_refused() -> None:
     assert receive(board, later) == (True, [END, END + WEEK])
     with pytest.raises(ValueError, match="out of range"):
         QualityPart.from_dict({**other.to_dict(), "partition": 9})
+
+
+def test_a_close_done_in_slices_tallies_its_cohort_as_one_close_would() -> None:
+    """A partition's close of 2,500 users taken in slices of 300 (the worker's runs), its
+    progress stored as JSON between slices (the partition's clock): the parts it sends at the
+    end give the quality of the cohort tallied at once, input histograms summed."""
+    from features.feedback import CohortProgress, cohort_tallies, parts_of
+
+    outcomes = outcomes_of(close_cohort())
+    rng = np.random.default_rng(4)
+    order = rng.permutation(len(outcomes))
+    progress: CohortProgress | None = None
+    counts_total = np.zeros((2, 5), dtype=np.int64)
+    for lo in range(0, len(order), 300):
+        piece = [outcomes[i] for i in order[lo : lo + 300]]
+        counts = rng.integers(0, 50, size=(2, 5))
+        counts_total += counts
+        as_tuple = tuple(tuple(int(x) for x in row) for row in counts)
+        tallies = cohort_tallies(piece, END)
+        progress = (
+            CohortProgress(7, tallies, as_tuple)
+            if progress is None
+            else progress.add(tallies, as_tuple)
+        )
+        progress = CohortProgress.from_dict(orjson.loads(orjson.dumps(progress.to_dict())))
+    assert progress is not None and progress.window == 7
+    assert progress.counts == tuple(tuple(int(x) for x in row) for row in counts_total)
+    sliced = parts_of(
+        progress.tallies, window_end_ms=END, horizon_windows=13, partition=0, partitions=1
+    )
+    whole = quality_parts(
+        outcomes, window_end_ms=END, horizon_windows=13, partition=0, partitions=1
+    )
+    got, want = publish(sliced, 0), publish(whole, 0)
+    assert len(got) == len(want) == 1
+    a, b = got[0].figures, want[0].figures
+    assert a["n"] == b["n"] == len(outcomes)
+    for group in ("orders", "spend"):
+        for key in ("mae", "rmse", "bias"):
+            assert a[group][key] == pytest.approx(b[group][key], rel=1e-12)
+    assert a["churn"]["roc_auc"] == pytest.approx(b["churn"]["roc_auc"], abs=1e-12)

@@ -17,7 +17,7 @@ from features.validation import ValidationPolicy
 from features.windows import DAY_MS
 from ingest.adapters import to_wire_bytes
 from stream.loopback import run_in_process
-from stream.processor import BatchOutput, DictStore, Processor, RawMessage
+from stream.processor import CLOSE_SLICE, BatchOutput, DictStore, Processor, RawMessage
 from stream.publish import partition_of
 from training.offline import predict_windows
 
@@ -30,7 +30,9 @@ PARTITIONS = 4
 WEEK = 7 * DAY_MS
 
 
-def make_processor(scorer, store: DictStore | None = None, lateness_ms: int = 0) -> Processor:  # type: ignore[no-untyped-def]
+def make_processor(  # type: ignore[no-untyped-def]
+    scorer, store: DictStore | None = None, lateness_ms: int = 0, close_slice: int = CLOSE_SLICE
+) -> Processor:
     return Processor(
         scorer,
         store if store is not None else DictStore(),
@@ -40,6 +42,7 @@ def make_processor(scorer, store: DictStore | None = None, lateness_ms: int = 0)
         fresh_interval_ms=10**15,  # window-close signals only, unless a test asks
         routed_topics=frozenset({"routed"}),
         clock=lambda: 1_900_000_000_000,
+        close_slice=close_slice,
     )
 
 
@@ -173,16 +176,17 @@ def dormant_base(seed: int = 7, weeks: int = 90) -> pd.DataFrame:
 
 
 def run_outputs(
-    proc: Processor, store: DictStore, msgs: list[RawMessage], batch: int
+    proc: Processor, store: DictStore, msgs: list[RawMessage], batch: int, *, drain: bool = True
 ) -> list[BatchOutput]:
-    """Like :func:`run`, returning every batch's and heartbeat's whole output."""
+    """Like :func:`run`, returning every batch's and heartbeat's whole output (``drain=False``:
+    stopped after the input, see :func:`stream.loopback.run_in_process`)."""
     outputs: list[BatchOutput] = []
 
     def collect(out: BatchOutput) -> None:
         store.apply(out.writes)
         outputs.append(out)
 
-    run_in_process(proc, msgs, batch, collect)
+    run_in_process(proc, msgs, batch, collect, drain=drain)
     return outputs
 
 
@@ -236,8 +240,13 @@ def assert_quality_parity(
         assert got["n"] == want["n"] == want["churn"]["n"], end
         for group in ("orders", "spend"):
             for key in ("mae", "rmse", "bias", "wape", "sum_pred", "sum_actual"):
+                # The bias is sum_pred / sum_actual - 1: near zero, its error is sum_pred's
+                # relative error (1e-6 here) in absolute terms, not relative to itself (Online
+                # Retail's spend bias of -0.0034 at 2011-06-13 moved by 3.5e-9 when the
+                # online closes were batched differently).
+                absolute = 1e-6 if key == "bias" else 1e-9
                 assert got[group][key] == pytest.approx(
-                    want[group][key], rel=1e-6, abs=1e-9, nan_ok=True
+                    want[group][key], rel=1e-6, abs=absolute, nan_ok=True
                 ), (end, group, key)
         for key in (
             "n_pos",
@@ -255,9 +264,10 @@ def assert_quality_parity(
 
 
 def assert_same_state(got: DictStore, want: DictStore, rel: float = 1e-5) -> None:
-    """The two tables hold the same state: byte for byte, except the scores of predictions
-    waiting for their horizon, which may move in their last float32 bit when a run batched
-    their closes differently (ONNX Runtime's LSTM; signals compare the same way)."""
+    """The two tables hold the same state: byte for byte, except the scores (of predictions
+    waiting for their horizon, and the latest), which may move in their last float32 bit when
+    a run batched their closes differently (ONNX Runtime's LSTM; signals compare the same
+    way)."""
     from dataclasses import replace
 
     from stream.codec import decode_user, encode_user
@@ -270,7 +280,15 @@ def assert_same_state(got: DictStore, want: DictStore, rel: float = 1e-5) -> Non
             continue
         assert not is_internal_key(key), key
         a, b = decode_user(other), decode_user(value)
-        assert encode_user(replace(a, pending=[])) == encode_user(replace(b, pending=[])), key
+        bare = {"pending": [], "last_scores": {}}
+        assert encode_user(replace(a, **bare)) == encode_user(replace(b, **bare)), key
+        assert a.last_scores.keys() == b.last_scores.keys(), key
+        for name, x in a.last_scores.items():
+            y = b.last_scores[name]
+            if isinstance(x, float):
+                assert x == pytest.approx(y, rel=rel, abs=rel), (key, name)
+            else:
+                assert x == y, (key, name)
         assert len(a.pending) == len(b.pending), key
         for p, q in zip(a.pending, b.pending, strict=True):
             assert (p.window, p.model_version, p.order_days_before, p.spend_before) == (
