@@ -184,10 +184,11 @@ class WorkerSettings:
     ``clicksignals_input_drift`` gauges); see :mod:`features.drift`."""
     batch_size: int = 512
     batch_timeout_s: float = 0.05
-    close_slice: int = 2048
-    """Users a run (a batch, an announcement) closes of a window close in progress: a close of
-    many users is spread over runs interleaved with the batches of live events, so that no
-    event waits for a whole partition's close (``stream.processor.CLOSE_SLICE``)."""
+    close_slice: int = 512
+    """Users a slice of a window close in progress closes: a close of many users is spread
+    over slices between the batches of live events, at most a quarter of the worker's time
+    while events wait, so that no event waits for a whole partition's close
+    (``stream.processor.CLOSE_SLICE``, ``stream.worker.CLOSE_SHARE``)."""
     bulk_consumption: bool = True
     """Hand the agent its topics' records as the consumer fetched them, a list at a time
     (:class:`stream.faust_runtime.BulkConsumer`), instead of one Faust event per record

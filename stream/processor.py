@@ -154,17 +154,18 @@ called on 1,024 rows at a time; 4,096 is two closes of every user of that test's
 jump of one window still closes at once). The remaining windows close in the next batches
 and heartbeats; events that come meanwhile for a window the watermark passed are folded (they
 are late only once its close has begun)."""
-CLOSE_SLICE = 2_048
-"""Close candidates a run (a batch, a heartbeat) takes of a window close in progress.
+CLOSE_SLICE = 512
+"""Close candidates a run takes of a window close in progress (~0.1 ms of work each).
 
 A window close scores and stores every candidate of the partition: with 25,000 users a
 partition it was one run of 2-3 s, and every event behind it waited that long (the latency
 bench's p99 at 50 % of the worker's rate, ``bench/results/profile.md``). A close is therefore
-done in slices, one per run, interleaved with the batches of live events. The window counts as
-closing from its first slice (its events are late from then on, as if it had closed at once)
-and as closed after its last; each user is closed exactly once, by the slice that reaches them.
-The partition's clock stores the close in progress and what it has settled so far, so a
-restart goes on where it stopped."""
+done in slices, interleaved with the batches of live events (the worker takes them on its
+announcement timer, a bounded share of its time: :meth:`stream.worker.Worker.go_on_closing`).
+The window counts as closing from its first slice (its events are late from then on, as if it
+had closed at once) and as closed after its last; each user is closed exactly once, by the
+slice that reaches them. The partition's clock stores the close in progress and what it has
+settled so far, so a restart goes on where it stopped."""
 LAST_CLOSE_CHURN = "last_close_churn_probability"
 """Key, in a user's ``last_scores`` after an activity score, of the latest window-close churn
 (the dormant-customer rule reads it)."""
@@ -543,6 +544,8 @@ class Processor:
         self.close_slice = close_slice
         self._close_budget = 0
         """Close candidates the run in progress may still take (:data:`CLOSE_SLICE`)."""
+        self._batch_budget = close_slice
+        """Close candidates a batch (:meth:`process`) may take."""
         self._closes: list[tuple[int, int, bool]] = []
         """The run's slices of window closes, (partition, window, whether it completed the
         close): a completed close sends the quality parts of one cohort."""
@@ -799,12 +802,18 @@ class Processor:
 
     # --- the batch ----------------------------------------------------------------------------
 
-    def process(self, messages: list[RawMessage]) -> BatchOutput:
+    def process(
+        self, messages: list[RawMessage], *, close_budget: int | None = None
+    ) -> BatchOutput:
         """One micro-batch: outputs and table writes. Raises only :class:`FatalError`.
 
         A message whose processing raises is dead-lettered as ``processing_error`` and the
         rest of the batch is processed as if it had not been there (module doc).
+        ``close_budget``: close candidates the batch may take of window closes (default
+        ``close_slice``); the worker passes 0 and takes the closes on its timer, so that a
+        batch of live events never waits for one.
         """
+        self._batch_budget = self.close_slice if close_budget is None else close_budget
         now = self.now_ms()
         self._checkpoint()
         try:
@@ -891,7 +900,7 @@ class Processor:
     def _run(self, messages: list[RawMessage], now: int) -> BatchOutput:
         out = BatchOutput()
         requests: list[_Request] = []
-        self._close_budget = self.close_slice
+        self._close_budget = self._batch_budget
         self._closing.clear()
         self._previews.clear()
         self._settles.clear()
