@@ -172,8 +172,9 @@ class CohortProgress:
 
     A close of many users is spread over several runs of the worker (latency: see
     :data:`stream.processor.CLOSE_SLICE`), and a partition sends its quality parts of a cohort
-    once, when the close is complete. What the earlier slices settled is kept here, and stored
-    with the partition's clock, so that a restart in the middle of a close loses none of it.
+    once, when the close is complete. What each earlier slice settled is stored as one of
+    these (its own table record, written once), so that a restart in the middle of a close
+    loses none of it; :func:`merge_progress` puts them together at the end.
     """
 
     window: int
@@ -181,21 +182,6 @@ class CohortProgress:
     tallies: Mapping[str, CohortTally]
     counts: tuple[tuple[int, ...], ...] | None = None
     """``[drift feature, bin]`` counts so far (``None``: the model has no input reference)."""
-
-    def add(
-        self, tallies: Mapping[str, CohortTally], counts: tuple[tuple[int, ...], ...] | None
-    ) -> CohortProgress:
-        """This progress and one more slice's (disjoint users)."""
-        merged = dict(self.tallies)
-        for version, t in tallies.items():
-            merged[version] = merge([merged[version], t]) if version in merged else t
-        total = counts
-        if self.counts is not None and counts is not None:
-            summed = np.asarray(self.counts, dtype=np.int64) + np.asarray(counts, dtype=np.int64)
-            total = tuple(tuple(int(x) for x in row) for row in summed)
-        elif counts is None:
-            total = self.counts
-        return CohortProgress(self.window, merged, total)
 
     def __eq__(self, other: object) -> bool:
         # By value; the tallies' arrays have no truth value of their own.
@@ -218,6 +204,24 @@ class CohortProgress:
             {str(v): CohortTally.from_dict(t) for v, t in d["tallies"].items()},
             tuple(tuple(int(x) for x in row) for row in counts) if counts is not None else None,
         )
+
+
+def merge_progress(pieces: Iterable[CohortProgress]) -> CohortProgress:
+    """The slices of one close (disjoint users) as one: tallies merged per model version,
+    input counts summed. Merged once, at the end of the close: merging at every slice would
+    cost the size of the cohort so far each time."""
+    items = list(pieces)
+    if not items:
+        raise ValueError("no slice to merge")
+    by_version: dict[str, list[CohortTally]] = {}
+    for piece in items:
+        for version, t in piece.tallies.items():
+            by_version.setdefault(version, []).append(t)
+    counted = [np.asarray(piece.counts, dtype=np.int64) for piece in items if piece.counts]
+    counts = None
+    if counted:
+        counts = tuple(tuple(int(x) for x in row) for row in np.sum(counted, axis=0))
+    return CohortProgress(items[0].window, {v: merge(ts) for v, ts in by_version.items()}, counts)
 
 
 def input_drift(inputs: InputCounts, reference: InputReference, threshold: float) -> dict[str, Any]:

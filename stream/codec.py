@@ -274,8 +274,12 @@ class PartitionClock:
     closing: int | None = None
     """The window whose close is in progress (``closed_through + 1``), done a slice of users
     per run: events of it are late already, and users not reached yet close in later runs."""
-    cohort: CohortProgress | None = None
-    """The quality tallies the close in progress has settled so far (sent once it is done)."""
+    slices: int = 0
+    """Slices of the close in progress whose quality tallies are stored, one table record each
+    (:func:`stream.processor.cohort_key`); they are sent together once the close is done."""
+    cohort: tuple[CohortProgress, ...] | None = field(default=None, compare=False)
+    """Not stored here: those slices' tallies in memory (``None``: not read from the table yet,
+    after a restart)."""
     queue: tuple[str, ...] | None = field(default=None, compare=False)
     """Not stored: the users the close in progress takes, in order, as they were when it
     began (rebuilt from the close candidates after a restart)."""
@@ -291,13 +295,12 @@ def encode_clock(clock: PartitionClock) -> bytes:
     }
     if clock.closing is not None:
         head["k"] = clock.closing
-    if clock.cohort is not None:
-        head["q"] = clock.cohort.to_dict()
+    if clock.slices:
+        head["n"] = clock.slices
     return orjson.dumps(head)
 
 
 def decode_clock(data: bytes) -> PartitionClock:
     h = orjson.loads(data)
-    # "f": since aligned watermarks; "k", "q": only while a close is in progress.
-    cohort = CohortProgress.from_dict(h["q"]) if h.get("q") is not None else None
-    return PartitionClock(h["m"], h["c"], h.get("f"), h.get("k"), cohort)
+    # "f": since aligned watermarks; "k", "n": only while a close is in progress.
+    return PartitionClock(h["m"], h["c"], h.get("f"), h.get("k"), int(h.get("n", 0)))

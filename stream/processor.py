@@ -86,6 +86,7 @@ from features.feedback import (
     PredictionOutcome,
     QualityPart,
     cohort_tallies,
+    merge_progress,
     parts_of,
 )
 from features.outcomes import Pending, on_time, remember, settle
@@ -140,6 +141,8 @@ INTERNAL_PREFIX = "\x00"
 META_PREFIX = INTERNAL_PREFIX + "clock/"
 WATERMARK_PREFIX = INTERNAL_PREFIX + "wm/"
 SERIES_PREFIX = INTERNAL_PREFIX + "series/"
+COHORT_PREFIX = INTERNAL_PREFIX + "cohort/"
+"""Key prefix of the quality tallies of a close in progress, one record per slice."""
 """Key prefix of a partition's category sums (:class:`features.series_book.SeriesBook`)."""
 """Key prefix of watermark records on the re-keying topic (see "Event time" in the module doc)."""
 ORIGIN_HEADER = "clicksignals-origin"
@@ -240,6 +243,13 @@ def book_keys(partition: int, partitions: int) -> list[str]:
     """The table keys of a partition's category sums, one per shard, each hashing to that
     partition (they travel with its users, like its clock)."""
     return [_key_on(f"{SERIES_PREFIX}{s}/", partition, partitions) for s in range(BOOK_SHARDS)]
+
+
+def cohort_key(partition: int, partitions: int, index: int) -> str:
+    """The table key of the ``index``-th slice tallies of a close in progress on ``partition``
+    (hashing to it). Indices start again at 0 with every close: the clock says how many of
+    them belong to the close in progress, so the records need no deleting."""
+    return _key_on(f"{COHORT_PREFIX}{index}/", partition, partitions)
 
 
 def watermark_key(partition: int, partitions: int) -> bytes:
@@ -1000,11 +1010,26 @@ class Processor:
 
     def _go_on_closing(self, requests: list[_Request], dirty: dict[str, int], now: int) -> None:
         """Spend what is left of the run's close budget on the closes in progress (a close
-        goes on whether or not the run moved its partition's time)."""
+        goes on whether or not the run moved its partition's time). A partition whose
+        watermark has passed another window beyond the one closing is behind (a backlog):
+        it gets a slice even when the batch has no budget, so that closes keep pace with the
+        events rather than fall further behind them."""
         for p in sorted(p for p, clock in self._clocks.items() if clock.closing is not None):
-            if self._close_budget <= 0 or len(requests) >= MAX_CLOSE_REQUESTS_PER_RUN:
+            if len(requests) >= MAX_CLOSE_REQUESTS_PER_RUN:
                 return
-            self._close_to_watermark(p, self._ensure_partition(p), requests, dirty, now)
+            clock = self._ensure_partition(p)
+            if self._close_budget <= 0:
+                if not self._behind(p, clock, now):
+                    continue
+                self._close_budget = self.close_slice
+            self._close_to_watermark(p, clock, requests, dirty, now)
+
+    def _behind(self, p: int, clock: PartitionClock, now: int) -> bool:
+        """Whether ``p``'s watermark has passed a window beyond the close in progress."""
+        wm = self.watermark(p, now)
+        if wm is None or clock.closing is None:
+            return False
+        return self.spec.index(wm - self.lateness_ms) - 1 > clock.closing
 
     def closes_pending(self, held: Iterable[int] | None = None) -> bool:
         """Whether a window close is in progress (on ``held`` partitions, if given): the
@@ -1630,21 +1655,21 @@ class Processor:
                 )
                 counts = tuple(tuple(int(x) for x in row) for row in binned)
             cohort_end = spec.end_ms(window - horizon)
-            tallies = cohort_tallies(settled.get((p, window), []), cohort_end)
+            piece = CohortProgress(
+                window, cohort_tallies(settled.get((p, window), []), cohort_end), counts
+            )
             clock = self._clocks[p]
-            before = (
-                clock.cohort if clock.cohort is not None and clock.cohort.window == window else None
-            )
-            progress = (
-                before.add(tallies, counts)
-                if before is not None
-                else CohortProgress(window, tallies, counts)
-            )
+            before = self._cohort_slices(p, clock, window)
             if not complete:
-                clock.cohort = progress  # stored with the clock: see CLOSE_SLICE
+                # Stored on its own, once: the clock says how many slices are stored.
+                key = cohort_key(p, self.partitions, clock.slices)
+                out.writes.setdefault(p, {})[key] = orjson.dumps(piece.to_dict())
+                clock.slices += 1
+                clock.cohort = (*before, piece)
                 continue
-            if before is not None:
-                clock.cohort = None
+            clock.slices = 0
+            clock.cohort = None
+            progress = merge_progress((*before, piece))
             inputs = None
             if progress.counts is not None:
                 inputs = InputCounts(spec.end_ms(window), self.scorer.version, progress.counts)
@@ -1656,6 +1681,27 @@ class Processor:
                 partitions=self.partitions,
                 inputs=inputs,
             )
+
+    def _cohort_slices(
+        self, p: int, clock: PartitionClock, window: int
+    ) -> tuple[CohortProgress, ...]:
+        """The tallies the close in progress on ``p`` has stored so far (read from the table
+        after a restart)."""
+        if clock.cohort is None:
+            pieces = []
+            for i in range(clock.slices):
+                key = cohort_key(p, self.partitions, i)
+                raw = self._get(key, p)
+                try:
+                    pieces.append(CohortProgress.from_dict(orjson.loads(raw or b"null")))
+                except (TypeError, KeyError, ValueError) as exc:
+                    raise StateError(
+                        f"partition {p}: table key {key!r} does not hold the tallies of a "
+                        f"close in progress ({exc!r}); the state was written by an "
+                        f"incompatible version"
+                    ) from exc
+            clock.cohort = tuple(pieces)
+        return tuple(piece for piece in clock.cohort if piece.window == window)
 
     def _dormant_scored(self, request: _Request, record: UserRecord | None) -> bool:
         """Whether a dormant customer's close request stands: their latest close score, now

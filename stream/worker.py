@@ -575,9 +575,10 @@ class Worker:
         CLOSE_SLICE`), for most of an announcement interval, then leave the rest to the next
         tick (announcements must go on meanwhile).
 
-        Batches never take a slice (``close_budget=0``) and get at least ``1 - CLOSE_SHARE``
-        of the time while a close is in progress: after each slice the loop waits three times
-        as long as it took, with the turn free. Taking a slice in every run instead starved
+        Batches take no slice (``close_budget=0``) unless their partition is behind by more
+        than the window closing (a backlog: closes then keep pace with the events), and get
+        at least ``1 - CLOSE_SHARE`` of the time while a close is in progress: after each
+        slice the loop waits three times as long as it took, with the turn free. Taking a slice in every run instead starved
         the live events in the latency bench (batches of at most ``batch_size`` records, each
         behind a slice, fell behind a stream at 50 % of the worker's rate)."""
         app = self.app

@@ -160,29 +160,25 @@ def test_parts_of_another_partition_count_are_refused() -> None:
 
 
 def test_a_close_done_in_slices_tallies_its_cohort_as_one_close_would() -> None:
-    """A partition's close of 2,500 users taken in slices of 300 (the worker's runs), its
-    progress stored as JSON between slices (the partition's clock): the parts it sends at the
-    end give the quality of the cohort tallied at once, input histograms summed."""
-    from features.feedback import CohortProgress, cohort_tallies, parts_of
+    """A partition's close of 2,500 users taken in slices of 300 (the worker's runs), each
+    slice's tallies stored as JSON (a table record of its own): merged at the end, the parts
+    give the quality of the cohort tallied at once, input histograms summed."""
+    from features.feedback import CohortProgress, cohort_tallies, merge_progress, parts_of
 
     outcomes = outcomes_of(close_cohort())
     rng = np.random.default_rng(4)
     order = rng.permutation(len(outcomes))
-    progress: CohortProgress | None = None
+    pieces = []
     counts_total = np.zeros((2, 5), dtype=np.int64)
     for lo in range(0, len(order), 300):
         piece = [outcomes[i] for i in order[lo : lo + 300]]
         counts = rng.integers(0, 50, size=(2, 5))
         counts_total += counts
         as_tuple = tuple(tuple(int(x) for x in row) for row in counts)
-        tallies = cohort_tallies(piece, END)
-        progress = (
-            CohortProgress(7, tallies, as_tuple)
-            if progress is None
-            else progress.add(tallies, as_tuple)
-        )
-        progress = CohortProgress.from_dict(orjson.loads(orjson.dumps(progress.to_dict())))
-    assert progress is not None and progress.window == 7
+        stored = CohortProgress(7, cohort_tallies(piece, END), as_tuple).to_dict()
+        pieces.append(CohortProgress.from_dict(orjson.loads(orjson.dumps(stored))))
+    progress = merge_progress(pieces)
+    assert progress.window == 7
     assert progress.counts == tuple(tuple(int(x) for x in row) for row in counts_total)
     sliced = parts_of(
         progress.tallies, window_end_ms=END, horizon_windows=13, partition=0, partitions=1

@@ -528,8 +528,8 @@ def test_closes_done_a_few_users_a_run_give_the_signals_quality_and_table_of_clo
 def test_a_restart_in_the_middle_of_a_close_goes_on_where_it_stopped(scorer) -> None:  # type: ignore[no-untyped-def]
     """A worker stops with a window close half done (a slice of users closed and stored, the
     rest not): the next worker, from the table alone, closes the rest, each user once, and the
-    cohort's quality counts the users of both (what the first settled is stored with the
-    partition's clock)."""
+    cohort's quality counts the users of both (what each slice of the first settled is stored
+    in a record of its own, which the clock counts)."""
     frame = synthetic(seed=5)
     msgs = messages(frame)
     store = DictStore()
@@ -540,7 +540,7 @@ def test_a_restart_in_the_middle_of_a_close_goes_on_where_it_stopped(scorer) -> 
         first = run_outputs(proc, store2, msgs[:cut], 64, drain=False)
         # Stopped after the cut: is a close in progress in the table?
         clocks = [v for k, v in store2.data.items() if k.startswith("\x00clock/")]
-        if any(b'"k"' in v and b'"q"' in v for v in clocks):
+        if any(b'"k"' in v and b'"n"' in v for v in clocks):
             break
     else:
         pytest.fail("no cut left a close in progress with settled outcomes")
