@@ -184,7 +184,7 @@ class WorkerSettings:
     ``clicksignals_input_drift`` gauges); see :mod:`features.drift`."""
     batch_size: int = 512
     batch_timeout_s: float = 0.05
-    close_slice: int = 512
+    close_slice: int = 256
     """Users a slice of a window close in progress closes: a close of many users is spread
     over slices between the batches of live events, at most a quarter of the worker's time
     while events wait, so that no event waits for a whole partition's close

@@ -451,6 +451,8 @@ class Worker:
         self.last_read: dict[int, float] = {}
         """Clickstream partition -> monotonic time of the last batch that held a record of it."""
         self.last_tick: float | None = None
+        self.last_batch: float | None = None
+        """Monotonic time of the last batch: closes yield to the events while they flow."""
 
     def processor(self) -> Processor:
         return self._processor
@@ -465,6 +467,7 @@ class Worker:
         started = time.perf_counter()
         clickstream = self.settings.topics.clickstream
         now = time.monotonic()
+        self.last_batch = now
         for m in messages:
             if m.topic == clickstream:
                 self.last_read[m.partition] = now
@@ -565,25 +568,31 @@ class Worker:
             if app.rebalancing:
                 return
             held_now = self.held_partitions()
+            started = time.perf_counter()
             out = self.processor().heartbeat(held & held_now, [p for p in idle if p in held_now])
             await self.emit(out)
+            took = time.perf_counter() - started  # a heartbeat may take a slice of a close
         metrics.observe_announcement(out, len(idle))
-        await self.go_on_closing()
+        await self.go_on_closing(took)
 
-    async def go_on_closing(self) -> None:
+    async def go_on_closing(self, took: float = 0.0) -> None:
         """Take the window closes in progress a slice at a time (:data:`stream.processor.
         CLOSE_SLICE`), for most of an announcement interval, then leave the rest to the next
         tick (announcements must go on meanwhile).
 
         Batches take no slice (``close_budget=0``) unless their partition is behind by more
         than the window closing (a backlog: closes then keep pace with the events), and get
-        at least ``1 - CLOSE_SHARE`` of the time while a close is in progress: after each
-        slice the loop waits three times as long as it took, with the turn free. Taking a slice in every run instead starved
+        at least ``1 - CLOSE_SHARE`` of the time while a close is in progress and events flow:
+        after each slice (``took``: the heartbeat's, which may have taken one) the loop waits
+        three times as long as it took, with the turn free; with no batch in the last second
+        it only yields. Taking a slice in every run instead starved
         the live events in the latency bench (batches of at most ``batch_size`` records, each
         behind a slice, fell behind a stream at 50 % of the worker's rate)."""
         app = self.app
         deadline = time.monotonic() + CLOSE_TICK * self.settings.worker.watermark_interval_s
         while time.monotonic() < deadline:
+            flowing = self.last_batch is not None and time.monotonic() - self.last_batch < 1.0
+            await asyncio.sleep(took * (1 - CLOSE_SHARE) / CLOSE_SHARE if flowing else 0)
             async with self.turn:
                 held = self.held_partitions()
                 if app.rebalancing or app.should_stop or not held:
@@ -596,7 +605,6 @@ class Worker:
                 out = proc.go_on_closing(held)
                 await self.emit(out)
                 took = time.perf_counter() - started
-            await asyncio.sleep(took * (1 - CLOSE_SHARE) / CLOSE_SHARE)
 
     def output_records(self, out: BatchOutput) -> list[OutRecord]:
         """A batch's outputs as records: re-keyed strays, demand, churn, dead letters."""
