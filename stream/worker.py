@@ -486,9 +486,12 @@ class Worker:
             for m in messages
         ]
         # Once the announcement timer runs, window closes are its work (go_on_closing), a
-        # slice at a time beside the batches; without it (Faust's test_context) a batch takes
-        # them as the processor does by default.
-        out = proc.process(batch, close_budget=0 if self.last_tick is not None else None)
+        # slice at a time beside the batches of live traffic. A full batch means a backlog:
+        # it takes a slice too, so that closes keep pace with the events it brings (left to
+        # the timer's share, they fell minutes behind a 1M-event backlog). Without the timer
+        # (Faust's test_context) a batch takes them as the processor does by default.
+        live = self.last_tick is not None and len(messages) < self.settings.worker.batch_size
+        out = proc.process(batch, close_budget=0 if live else None)
         self.input_check.observe(m.value for m in batch)  # warns once per model version
         await self.emit(out)
         metrics.observe_batch(len(messages), out, time.perf_counter() - started)
@@ -580,8 +583,9 @@ class Worker:
         CLOSE_SLICE`), for most of an announcement interval, then leave the rest to the next
         tick (announcements must go on meanwhile).
 
-        Batches take no slice (``close_budget=0``) unless their partition is behind by more
-        than the window closing (a backlog: closes then keep pace with the events), and get
+        Batches take no slice (``close_budget=0``) unless they are full or their partition is
+        behind by more than the window closing (a backlog: closes then keep pace with the
+        events), and get
         at least ``1 - CLOSE_SHARE`` of the time while a close is in progress and events flow:
         after each slice (``took``: the heartbeat's, which may have taken one) the loop waits
         three times as long as it took, with the turn free; with no batch in the last second
