@@ -45,6 +45,11 @@ IDLE_SOURCES = Gauge(
     "Held clickstream partitions announced idle at the last announcement",
     registry=REGISTRY,
 )
+CLOSES_IN_PROGRESS = Gauge(
+    "clicksignals_closes_in_progress",
+    "Held partitions with a window close in progress, taken a slice at a time between batches",
+    registry=REGISTRY,
+)
 BATCH_SIZE = Histogram(
     "clicksignals_batch_size",
     "Messages per micro-batch",
@@ -58,7 +63,15 @@ SCORED = Histogram(
     registry=REGISTRY,
 )
 INFERENCE = Histogram(
-    "clicksignals_inference_seconds", "ONNX Runtime time per batch", registry=REGISTRY
+    "clicksignals_inference_seconds",
+    "ONNX Runtime time per batch (session.run alone)",
+    registry=REGISTRY,
+)
+SCORING = Histogram(
+    "clicksignals_scoring_seconds",
+    "Model scoring time per batch: the inputs' features (normalisation, the BG/NBD summary), "
+    "ONNX Runtime and the served forecast",
+    registry=REGISTRY,
 )
 BATCH_SECONDS = Histogram(
     "clicksignals_batch_seconds", "Processing time per micro-batch", registry=REGISTRY
@@ -167,7 +180,8 @@ def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
         REROUTED.inc(len(out.reroute))
     if out.scored:
         SCORED.observe(out.scored)
-        INFERENCE.observe(out.inference_seconds)
+        INFERENCE.observe(out.ort_seconds)
+        SCORING.observe(out.inference_seconds)
     if out.isolation_runs:
         ISOLATED_BATCHES.inc()
         ISOLATION_RUNS.inc(out.isolation_runs)
@@ -212,6 +226,16 @@ def observe_announcement(out: BatchOutput, idle_sources: int) -> None:
     """A watermark announcement: its records, and the window closes idleness allowed."""
     WATERMARKS.inc(len(out.watermarks))
     IDLE_SOURCES.set(idle_sources)
+    observe_close_slice(out)
+
+
+def set_closes_in_progress(partitions: int) -> None:
+    CLOSES_IN_PROGRESS.set(partitions)
+
+
+def observe_close_slice(out: BatchOutput) -> None:
+    """Signals, outcomes and scoring of a window close's slice taken between batches (or of
+    an announcement, which may take one)."""
     observe_outcomes(out)
     if out.demand:
         SIGNALS.labels(topic="demand").inc(len(out.demand))
@@ -219,7 +243,8 @@ def observe_announcement(out: BatchOutput, idle_sources: int) -> None:
         SIGNALS.labels(topic="churn").inc(len(out.churn))
     if out.scored:
         SCORED.observe(out.scored)
-        INFERENCE.observe(out.inference_seconds)
+        INFERENCE.observe(out.ort_seconds)
+        SCORING.observe(out.inference_seconds)
 
 
 class _Coordinates(Protocol):

@@ -594,21 +594,30 @@ class Worker:
         behind a slice, fell behind a stream at 50 % of the worker's rate)."""
         app = self.app
         deadline = time.monotonic() + CLOSE_TICK * self.settings.worker.watermark_interval_s
-        while time.monotonic() < deadline:
-            flowing = self.last_batch is not None and time.monotonic() - self.last_batch < 1.0
-            await asyncio.sleep(took * (1 - CLOSE_SHARE) / CLOSE_SHARE if flowing else 0)
-            async with self.turn:
-                held = self.held_partitions()
-                if app.rebalancing or app.should_stop or not held:
-                    return
-                proc = self.processor()
-                if not proc.closes_pending(held):
-                    return
-                started = time.perf_counter()
-                await self.restore_partitions(held)
-                out = proc.go_on_closing(held)
-                await self.emit(out)
-                took = time.perf_counter() - started
+        try:
+            while time.monotonic() < deadline:
+                flowing = self.last_batch is not None and time.monotonic() - self.last_batch < 1.0
+                await asyncio.sleep(took * (1 - CLOSE_SHARE) / CLOSE_SHARE if flowing else 0)
+                async with self.turn:
+                    held = self.held_partitions()
+                    if app.rebalancing or app.should_stop or not held:
+                        return
+                    proc = self.processor()
+                    if not proc.closes_pending(held):
+                        return
+                    started = time.perf_counter()
+                    await self.restore_partitions(held)
+                    out = proc.go_on_closing(held)
+                    await self.emit(out)
+                    took = time.perf_counter() - started
+                metrics.observe_close_slice(out)
+        finally:
+            # What a reader of /metrics waits on before it calls the outputs complete (the
+            # bench: a close after a backlog goes on for seconds once the events stopped).
+            held = self.held_partitions()
+            metrics.set_closes_in_progress(
+                sum(self.processor().closes_pending([p]) for p in held) if held else 0
+            )
 
     def output_records(self, out: BatchOutput) -> list[OutRecord]:
         """A batch's outputs as records: re-keyed strays, demand, churn, dead letters."""

@@ -36,6 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 POLL_S = 0.5
+OUTPUT_WAIT_S = 120.0
+"""Longest wait for a throughput run's outputs after its last commit
+(``phases.run_worker_throughput``)."""
 
 
 @dataclass(frozen=True)
@@ -414,6 +417,7 @@ def parse_metrics(text: str) -> dict[str, Any]:
 
     return {
         "events_in": int(samples.get("clicksignals_events_in_total", 0)),
+        "closes_in_progress": int(samples.get("clicksignals_closes_in_progress", 0)),
         "batches": int(samples.get("clicksignals_batch_size_count", 0)),
         "mean_batch_size": mean("clicksignals_batch_size"),
         "ort_calls": int(samples.get("clicksignals_scored_per_batch_count", 0)),
@@ -421,6 +425,7 @@ def parse_metrics(text: str) -> dict[str, Any]:
         "mean_sequences_per_ort_call": mean("clicksignals_scored_per_batch"),
         "ort_seconds": samples.get("clicksignals_inference_seconds_sum", 0.0),
         "mean_ort_call_ms": (mean("clicksignals_inference_seconds") or 0.0) * 1000,
+        "scoring_seconds": samples.get("clicksignals_scoring_seconds_sum", 0.0),
         "batch_seconds": samples.get("clicksignals_batch_seconds_sum", 0.0),
         "signals": labelled.get("clicksignals_signals_total", {}),
         "invalid": labelled.get("clicksignals_invalid_total", {}),

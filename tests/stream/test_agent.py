@@ -419,3 +419,50 @@ def test_a_restore_scan_of_the_memory_table_survives_the_table_changing_under_it
     store["standby-write"] = b"x"  # a dict iterator would raise here
     del store["u4"]
     assert dict(scan) == {"u1": b"newer", "u2": b"v2", "u3": b"v3", "u4": b"v4", "u9": b"in flight"}
+
+
+def test_a_close_left_to_the_announcement_timer_is_finished_and_counted_by_it(
+    load_app: Callable[..., StreamWorker], run_worker: Any
+) -> None:
+    """Three buyers of one partition, closes of one user a slice: the batch that passes the
+    window end takes one slice, the timer's ``go_on_closing`` the other two. Every close goes
+    out, /metrics counts the timer's signals too, and its gauge of closes in progress is 0
+    once they are done (what the bench waits on before it counts the outputs)."""
+    from stream import metrics
+
+    app = load_app(ALLOWED_LATENESS_S="0", CLOSE_SLICE="1")
+    demand = app.settings.topics.demand
+    users = [user_of_partition(0, 2, prefix=f"buyer{i}") for i in range(3)]
+
+    def signals() -> float:
+        return sum(
+            s.value
+            for family in metrics.REGISTRY.collect()
+            for s in family.samples
+            if s.name == "clicksignals_signals_total" and s.labels.get("topic") == "demand"
+        )
+
+    async def scenario() -> None:
+        async with run_worker(app) as worker:
+            for u in users:
+                event = click(u, "2011-03-01T10:00:00Z", "purchase", price=3.0)
+                await worker.put(event, key=u.encode())
+            await worker.settle()
+            await worker.put(click(users[0], "2011-03-08T10:00:00Z"), key=users[0].encode())
+            await worker.settle()
+
+            def closed() -> list[str]:
+                return [u for u in users for _ in worker.closes(demand, u)]
+
+            assert len(closed()) == 1, "the batch took one slice of the close"
+            assert app.processor().closes_pending()
+            before = signals()
+            # test_context has no consumer, so no assignment: the worker is told what it holds.
+            app.held_partitions = lambda: {0}  # type: ignore[method-assign]
+            await app.go_on_closing()
+            assert not app.processor().closes_pending()
+            assert sorted(closed()) == sorted(users)
+            assert signals() - before == 2
+            assert metrics.CLOSES_IN_PROGRESS._value.get() == 0
+
+    asyncio.run(scenario())
