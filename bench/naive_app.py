@@ -88,9 +88,9 @@ async def naive(stream: Any) -> None:
         state = add_event(record.state if record else None, event, spec)
         record = record or UserRecord(state)
         sequence = peek_sequence(state, max(state.open), spec)
-        t0 = time.perf_counter()
+        t0, in_session = time.perf_counter(), scorer.session_seconds
         scores = scorer.score(sequence[None])  # batch size 1
-        ort_s = time.perf_counter() - t0
+        scoring_s, ort_s = time.perf_counter() - t0, scorer.session_seconds - in_session
         churn = float(scores.churn_probability[0])
         demand = DemandSignal.create(
             user_id=event.user_id,
@@ -122,6 +122,7 @@ async def naive(stream: Any) -> None:
         metrics.BATCH_SIZE.observe(1)
         metrics.SCORED.observe(1)
         metrics.INFERENCE.observe(ort_s)
+        metrics.SCORING.observe(scoring_s)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,9 @@ class Scorer:
         self.manifest = manifest
         self.session = session
         self.path = path
+        self.session_seconds = 0.0
+        """Wall time spent in ``session.run`` so far: ONNX Runtime's own share of
+        :meth:`score`, besides the inputs' features and the served forecast."""
 
     @property
     def version(self) -> str:
@@ -114,7 +118,10 @@ class Scorer:
                 np.concatenate([p.churn_probability for p in parts]),
                 None if self.manifest.orders_level is None else np.concatenate(means),
             )
-        outputs = self.session.run(list(OUTPUT_NAMES), self.feeds(raw))
+        feeds = self.feeds(raw)
+        started = time.perf_counter()
+        outputs = self.session.run(list(OUTPUT_NAMES), feeds)
+        self.session_seconds += time.perf_counter() - started
         mean, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
         return served(self.manifest, mean, spend, churn)
 

@@ -393,6 +393,10 @@ class BatchOutput:
     """Partition → table key → encoded state: one write per key per batch."""
     scored: int = 0
     inference_seconds: float = 0.0
+    """Scoring time: the inputs' features (normalisation, the BG/NBD summary), ONNX Runtime
+    and the served forecast, the shadow model's included."""
+    ort_seconds: float = 0.0
+    """ONNX Runtime's own share of ``inference_seconds`` (``session.run``)."""
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
     processing_errors: dict[str, int] = field(default_factory=dict)
     """Exception type name -> messages dead-lettered as ``processing_error`` for it."""
@@ -420,6 +424,7 @@ class BatchOutput:
             self.writes.setdefault(p, {}).update(entries)
         self.scored += later.scored
         self.inference_seconds += later.inference_seconds
+        self.ort_seconds += later.ort_seconds
         for reason, n in later.invalid_by_reason.items():
             self.invalid_by_reason[reason] = self.invalid_by_reason.get(reason, 0) + n
         for name, n in later.processing_errors.items():
@@ -1505,9 +1510,10 @@ class Processor:
             return
         finish_closes(self._previews, self.spec)
         self._previews.clear()
-        started = time.perf_counter()
+        started, in_session = time.perf_counter(), self.scorer.session_seconds
         scores = self.scorer.score(np.stack([r.sequence for r in requests]))
         out.inference_seconds += time.perf_counter() - started
+        out.ort_seconds += self.scorer.session_seconds - in_session
         out.scored += len(requests)
         spec = self.spec
         version = self.scorer.version
@@ -1574,9 +1580,10 @@ class Processor:
         closes = [r for r in requests if r.result is not None]
         if not closes:
             return
-        started = time.perf_counter()
+        started, in_session = time.perf_counter(), shadow.session_seconds
         scores = shadow.score(np.stack([r.sequence for r in closes]))
         out.inference_seconds += time.perf_counter() - started
+        out.ort_seconds += shadow.session_seconds - in_session
         version = shadow.version
         for i, r in enumerate(closes):
             r.shadow_result = (

@@ -62,6 +62,10 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _percent(part: float, whole: float | None) -> float | None:
+    return 100 * part / whole if whole else None
+
+
 def _fmt(x: float | None, digits: int = 0) -> str:
     if x is None:
         return "—"
@@ -227,6 +231,7 @@ def worker_rows(result: dict[str, Any]) -> list[str]:
         proc = run["processed"] or {}
         cores = run["cores_used"] or {}
         micro = run.get("ort_microbench") or {}
+        m = run["metrics"]
         lines += [
             f"| {name}: events/s (committed offsets) | **{_fmt(run['events_per_s'])}** "
             f"(processed counter: {_fmt(proc.get('events_per_s'))}) |",
@@ -244,6 +249,9 @@ def worker_rows(result: dict[str, Any]) -> list[str]:
             f"{_fmt(run.get('ort_sequences_per_s'))} vs "
             f"{_fmt(micro.get('microbench_sequences_per_s'))} sequences/s: "
             f"**{_fmt(micro.get('ratio'), 2)}** (target ≥ 0.7) |",
+            f"| {name}: whole scoring in the worker (features, ORT, served forecast) | "
+            f"{_fmt(run.get('scoring_sequences_per_s'))} sequences/s (ORT "
+            f"{_fmt(_percent(m['ort_seconds'], m.get('scoring_seconds')), 1)} % of it) |",
             f"| {name}: ORT share of batch processing time | "
             f"{_fmt(100 * (run['ort_share_of_batch_time'] or 0), 1)} % |",
             f"| {name}: CPU cores used (worker / broker / others) | "
