@@ -595,9 +595,21 @@ class Worker:
         app = self.app
         deadline = time.monotonic() + CLOSE_TICK * self.settings.worker.watermark_interval_s
         try:
-            while time.monotonic() < deadline:
+            first = True
+            while True:
                 flowing = self.last_batch is not None and time.monotonic() - self.last_batch < 1.0
-                await asyncio.sleep(took * (1 - CLOSE_SHARE) / CLOSE_SHARE if flowing else 0)
+                pause = took * (1 - CLOSE_SHARE) / CLOSE_SHARE if flowing else 0.0
+                left = deadline - time.monotonic()
+                # The pauses count against the pass's time too, so a pass ends at most one
+                # slice after its deadline: uncapped, slices of 0.5 s on a starved machine,
+                # each after a 1.5 s pause, made the next announcement late and tripped the
+                # stall rule (idle timers restarted). The first slice of a pass is always
+                # taken (its pause cut to the time left), or closes would stop while events
+                # flow; a later one only if its whole pause fits.
+                if not first and pause >= left:
+                    return
+                await asyncio.sleep(min(pause, max(left, 0.0)))
+                first = False
                 async with self.turn:
                     held = self.held_partitions()
                     if app.rebalancing or app.should_stop or not held:
