@@ -182,6 +182,7 @@ def test_a_fault_of_every_message_stops_the_worker_instead_of_dead_lettering_the
 ) -> None:
     class Broken:
         manifest, version = scorer.manifest, scorer.version
+        session_seconds = 0.0
 
         def score(self, raw: np.ndarray) -> Scores:
             raise RuntimeError("the model is broken")

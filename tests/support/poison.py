@@ -52,6 +52,10 @@ class FaultyScorer:
         self.version = inner.version
         self.calls = 0
 
+    @property
+    def session_seconds(self) -> float:
+        return self.inner.session_seconds
+
     def score(self, raw: np.ndarray) -> Scores:
         self.calls += 1
         if any(np.array_equal(row, self.poison) for row in raw):
@@ -65,6 +69,7 @@ def poison_sequence(scorer: Scorer) -> np.ndarray:
 
     class Capture:
         manifest, version = scorer.manifest, scorer.version
+        session_seconds = 0.0
 
         def score(self, raw: np.ndarray) -> Scores:
             seen.extend(raw)
