@@ -172,22 +172,14 @@ def observe_batch(n_events: int, out: BatchOutput, seconds: float) -> None:
     BATCH_SECONDS.observe(seconds)
     for reason, count in out.invalid_by_reason.items():
         INVALID.labels(reason=reason).inc(count)
-    if out.demand:
-        SIGNALS.labels(topic="demand").inc(len(out.demand))
-    if out.churn:
-        SIGNALS.labels(topic="churn").inc(len(out.churn))
     if out.reroute:
         REROUTED.inc(len(out.reroute))
-    if out.scored:
-        SCORED.observe(out.scored)
-        INFERENCE.observe(out.ort_seconds)
-        SCORING.observe(out.inference_seconds)
     if out.isolation_runs:
         ISOLATED_BATCHES.inc()
         ISOLATION_RUNS.inc(out.isolation_runs)
     for exception, count in out.processing_errors.items():
         PROCESSING_ERRORS.labels(exception=exception).inc(count)
-    observe_outcomes(out)
+    observe_close_slice(out)
 
 
 def observe_outcomes(out: BatchOutput) -> None:
@@ -234,8 +226,8 @@ def set_closes_in_progress(partitions: int) -> None:
 
 
 def observe_close_slice(out: BatchOutput) -> None:
-    """Signals, outcomes and scoring of a window close's slice taken between batches (or of
-    an announcement, which may take one)."""
+    """Signals, outcomes and scoring of any run: a window close's slice taken between
+    batches, an announcement (which may take one), a batch (:func:`observe_batch`)."""
     observe_outcomes(out)
     if out.demand:
         SIGNALS.labels(topic="demand").inc(len(out.demand))
