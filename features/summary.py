@@ -50,6 +50,8 @@ SUMMARY_NAMES: Final[tuple[str, ...]] = (
 )
 """Columns of the ``summary`` input, in order. The first ones are BG/NBD's (see
 :data:`features.clv.PRIOR_FEATURE_NAMES`); the model's residual heads read two of them raw."""
+CALENDAR_SUMMARY: Final[tuple[str, ...]] = ("horizon_season_sin", "horizon_season_cos")
+"""The summary columns that say where in the year the horizon lies."""
 N_SUMMARY: Final = len(SUMMARY_NAMES)
 SUMMARY_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(SUMMARY_NAMES)}
 I_LOG_EXPECTED: Final = SUMMARY_INDEX["bgnbd_log_expected"]

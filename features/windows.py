@@ -90,6 +90,8 @@ FEATURE_NAMES: Final[tuple[str, ...]] = (
 Both day features are measured to the window END, so they are what is known when the window
 closes, the instant the vector is scored.
 """
+CALENDAR_FEATURES: Final[tuple[str, ...]] = ("season_sin", "season_cos")
+"""The columns that say where in the year a window lies (and nothing of the user)."""
 N_BASE: Final = len(BASE_FEATURES)
 N_FEATURES: Final = len(FEATURE_NAMES)
 FEATURE_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(FEATURE_NAMES)}

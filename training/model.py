@@ -317,9 +317,28 @@ class ResidualConfig:
     loss_weights: tuple[float, float, float] = (1.0, 0.5, 1.0)
     threads: int = 2
     deterministic: bool = True
+    #: Whether the model reads the calendar (the windows' and the horizon's season). Off when
+    #: the history before the cutoff holds no year of observed targets: the horizon's time of
+    #: year was then never a target, and a correction learnt along the season coordinate is
+    #: extrapolated into it (see :func:`training.season.calendar_learnable`).
+    calendar_inputs: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def calendar_masks(n_features: int) -> tuple[Float32Array, Float32Array]:
+    """Multipliers that blank the calendar columns of the sequence and of the summary."""
+    from features.summary import CALENDAR_SUMMARY, N_SUMMARY, SUMMARY_INDEX
+    from features.windows import CALENDAR_FEATURES, FEATURE_INDEX
+
+    seq_mask = np.ones(n_features, dtype=np.float32)
+    for name in CALENDAR_FEATURES:
+        seq_mask[FEATURE_INDEX[name]] = 0.0
+    summary_mask = np.ones(N_SUMMARY, dtype=np.float32)
+    for name in CALENDAR_SUMMARY:
+        summary_mask[SUMMARY_INDEX[name]] = 0.0
+    return seq_mask, summary_mask
 
 
 def build_residual_model(
@@ -349,6 +368,18 @@ def build_residual_model(
     cfg = cfg or ResidualConfig()
     seq = keras.Input(shape=(seq_len, n_features), name=INPUT_NAME, dtype="float32")
     summary = keras.Input(shape=(N_SUMMARY,), name=SUMMARY_INPUT_NAME, dtype="float32")
+    mean = np.asarray(summary_mean, dtype=np.float32)
+    std = np.asarray(summary_std, dtype=np.float32)
+    # Constants, not a Normalization layer: its statistics are variables, which the ONNX
+    # conversion would turn into extra graph inputs.
+    z = ops.divide(ops.subtract(summary, mean[None, :]), std[None, :])
+    seen = seq
+    if not cfg.calendar_inputs:
+        # In the graph, so the exported model and every scorer read the same blanked inputs
+        # while the feature contract (and the worker's features) stay as they are.
+        seq_mask, summary_mask = calendar_masks(n_features)
+        seen = ops.multiply(seq, seq_mask[None, None, :])
+        z = ops.multiply(z, summary_mask[None, :])
     h = keras.layers.LSTM(
         cfg.units,
         activation="tanh",
@@ -357,13 +388,8 @@ def build_residual_model(
         return_sequences=False,
         unroll=False,
         name=RECURRENT_LAYER,
-    )(seq)
+    )(seen)
     h = keras.layers.Dropout(cfg.dropout, name=DROPOUT_LAYER, seed=seed)(h)
-    mean = np.asarray(summary_mean, dtype=np.float32)
-    std = np.asarray(summary_std, dtype=np.float32)
-    # Constants, not a Normalization layer: its statistics are variables, which the ONNX
-    # conversion would turn into extra graph inputs.
-    z = ops.divide(ops.subtract(summary, mean[None, :]), std[None, :])
     t = keras.layers.Concatenate(name="joined")([h, z])
     t = keras.layers.Dense(cfg.dense_units, activation="relu", name=TRUNK_LAYER)(t)
     zeros = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}

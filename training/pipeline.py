@@ -222,6 +222,7 @@ def fit_at(
     its end is read.
     """
     from training.model import ResidualConfig, train_residual
+    from training.season import year_observed
 
     spec = tensor.spec
     horizon = spec.horizon
@@ -257,8 +258,15 @@ def fit_at(
         n_users,
         len(select_val),
     )
+    seen_year, seen_why = year_observed(
+        cut - max(first, tensor.first_index), spec.length_ms / DAY_MS, horizon
+    )
+    log.info("calendar inputs %s: %s", "read" if seen_year else "blanked", seen_why)
     res_cfg = ResidualConfig(
-        units=cfg.units, max_epochs=cfg.epochs, seeds=tuple(cfg.seed + i for i in range(cfg.seeds))
+        units=cfg.units,
+        max_epochs=cfg.epochs,
+        seeds=tuple(cfg.seed + i for i in range(cfg.seeds)),
+        calendar_inputs=seen_year,
     )
     used: list[str] = []
 
@@ -297,6 +305,7 @@ def fit_at(
     info["config"] = res_cfg.to_dict()
     info["pseudo_cutoffs"] = used
     info["calendar"] = calendar
+    info["calendar_inputs"] = {"read": seen_year, "why": seen_why}
     info["samples"] = {**plan.to_dict(), "kept": len(full)}
     return Fit(cut, norm, prior, models, info, select_val, len(full))
 

@@ -98,6 +98,25 @@ def season_ratios(
     return SeasonRatios(np.asarray(actual), np.asarray(expected), np.asarray(middle))
 
 
+def year_observed(history_windows: int, window_days: float, burn_in: int) -> tuple[bool, str]:
+    """Whether ``history_windows`` windows before a cutoff hold a year of windows after
+    ``burn_in`` windows of customers, and a sentence saying so.
+
+    The one rule for "the history has seen the whole year": the calendar index is fitted only
+    then, and the model reads the calendar only then. With less, the cutoff's horizon lies at
+    a time of year that no observed target covered, and anything learnt along the season
+    coordinate (a drift through the months seen) is extrapolated into it: the Complete
+    Journey grocery panel's 38 weeks before October gave a +6.8 % bias with the calendar
+    inputs and -2.1 % without them."""
+    per_year = round(YEAR_DAYS / window_days)
+    if history_windows < per_year + burn_in:
+        return False, (
+            f"{history_windows} windows of history, a season needs a year ({per_year}) "
+            f"after {burn_in} windows of customers"
+        )
+    return True, f"{history_windows} windows of history hold a year after {burn_in}"
+
+
 def fit_season_index(
     ratios: SeasonRatios, window_days: float, burn_in: int, base: SeasonIndex | None = None
 ) -> tuple[SeasonIndex | None, str]:
@@ -108,12 +127,11 @@ def fit_season_index(
     per_year = round(YEAR_DAYS / window_days)
     if per_year < MIN_POINTS:
         return None, f"windows of {window_days:g} days: {per_year} per year, need {MIN_POINTS}"
-    usable = int(np.sum(ratios.expected > 0))
-    if len(ratios.expected) < per_year + burn_in or usable < len(ratios.expected):
-        return None, (
-            f"{len(ratios.expected)} windows of history, a season needs a year ({per_year}) "
-            f"after {burn_in} windows of customers"
-        )
+    enough, why = year_observed(len(ratios.expected), window_days, burn_in)
+    if not enough:
+        return None, why
+    if int(np.sum(ratios.expected > 0)) < len(ratios.expected):
+        return None, "a window of the history has no customer to expect orders of"
     a = ratios.actual[-per_year:]
     e = ratios.expected[-per_year:]
     theta = angle_of(ratios.middle_ms[-per_year:])
