@@ -27,8 +27,9 @@ SEQ_LEN, HORIZON = 6, 4
         ("Complete Journey grocery panel, cutoff 2017-10-01", 38, False),
         ("Online Retail, cutoff 2011-09-09", 40, False),
         ("CDNOW, cutoff 1998-01-01", 52, False),
-        ("CDNOW-like generator, cutoff at week 65", 65, True),
-        ("two-year grocery generator, cutoff 13 weeks before the end", 91, True),
+        ("CDNOW-like generator, cutoff at week 65 of 1997-98", 64, False),
+        ("regular buyers, two years, cutoff 13 weeks before the end", 90, True),
+        ("long-dormant base, five years", 247, True),
     ],
 )
 def test_the_calendar_is_read_only_after_a_year_after_a_horizon(
