@@ -320,7 +320,7 @@ class ResidualConfig:
     #: Whether the model reads the calendar (the windows' and the horizon's season). Off when
     #: the history before the cutoff holds no year of observed targets: the horizon's time of
     #: year was then never a target, and a correction learnt along the season coordinate is
-    #: extrapolated into it (see :func:`training.season.calendar_learnable`).
+    #: extrapolated into it (the rule: :func:`training.season.year_observed`).
     calendar_inputs: bool = True
 
     def to_dict(self) -> dict[str, Any]:
