@@ -1,11 +1,14 @@
-"""BG/NBD customer-base model: closed-form per-customer quantities, shared by training and worker.
+"""The customer-base models: closed-form per-customer quantities, shared by training and worker.
 
 Owns :class:`BgNbdParams` and the vectorised BG/NBD expressions of Fader, Hardie & Lee (2005),
 "Counting Your Customers the Easy Way": P(alive), the conditional expected number of purchases
-in ``(T, T + t]``, the probability of no purchase in ``(T, T + t]``, and :func:`prior_features`,
-the model inputs derived from them. It also owns the Gauss hypergeometric :func:`hyp2f1` that
-the conditional expectation needs, because the worker imports this package and must not pull in
-scipy. Fitting the parameters lives in :mod:`training.clv` (scipy is allowed there).
+in ``(T, T + t]``, the probability of no purchase in ``(T, T + t]``; the same three for
+Pareto/NBD (:class:`ParetoNbdParams`; Fader & Hardie 2005, "A Note on Deriving the Pareto/NBD
+Model and Related Expressions", and P(no purchase) derived in :func:`pareto_nbd_p_zero`); and
+:func:`prior_features`, the model inputs derived from either. It also owns the Gauss
+hypergeometric :func:`hyp2f1` that the conditional expectations need, because the worker
+imports this package and must not pull in scipy. Fitting the parameters lives in
+:mod:`training.clv` (scipy is allowed there).
 
 Inputs, per customer, in one time unit (weeks in this project): ``x`` repeat purchases (order
 days after the first), ``t_x`` time of the last purchase since the first, ``T`` time from the
@@ -95,6 +98,38 @@ class BgNbdParams:
             return float(value)
 
         return cls(r=get("r"), alpha=get("alpha"), a=get("a"), b=get("b"))
+
+
+@dataclass(frozen=True)
+class ParetoNbdParams:
+    """Pareto/NBD parameters: purchase rate λ ~ Gamma(r, alpha), death rate μ ~ Gamma(s, beta)."""
+
+    r: float
+    alpha: float
+    s: float
+    beta: float
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not (math.isfinite(value) and value > 0.0):
+                raise ValueError(f"Pareto/NBD parameter {name} must be finite and > 0: {value!r}")
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> ParetoNbdParams:
+        def get(key: str) -> float:
+            value = data[key]
+            if not isinstance(value, int | float):
+                raise ValueError(f"Pareto/NBD parameter {key} must be a number, got {value!r}")
+            return float(value)
+
+        return cls(r=get("r"), alpha=get("alpha"), s=get("s"), beta=get("beta"))
+
+
+CustomerBaseParams = BgNbdParams | ParetoNbdParams
+"""Either customer-base model's parameters: :func:`prior_features` reads both."""
 
 
 # --- Gauss hypergeometric function -------------------------------------------------------------
@@ -381,22 +416,167 @@ def _clipped_logit_from_log(log_p: FloatArray, log_1mp: FloatArray) -> FloatArra
     return np.clip(logit, -LOGIT_CLIP, LOGIT_CLIP)
 
 
+# --- Pareto/NBD expressions --------------------------------------------------------------------
+
+
+def _pareto_log_alive_odds(
+    p: ParetoNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray
+) -> FloatArray:
+    """log of (1 - P(alive)) / P(alive): the death term over the alive term of the likelihood
+    (Fader & Hardie 2005, eq. 22-25), (s/(r+s+x)) A_0 (alpha+T)^(r+x) (beta+T)^s.
+
+    A_0 is a difference of two 2F1 terms (at t_x and at T) that cancel as t_x -> T; it is taken
+    as term1 * (1 - term2/term1) in log space, and is exactly 0 (log odds -inf) at t_x = T.
+    """
+    rsx = p.r + p.s + x
+    if p.alpha >= p.beta:
+        base, b1, diff = p.alpha, np.full_like(x, p.s + 1.0), p.alpha - p.beta
+    else:
+        base, b1, diff = p.beta, p.r + x, p.beta - p.alpha
+
+    def term(at: FloatArray) -> FloatArray:
+        out: FloatArray = log_hyp2f1(rsx, b1, rsx + 1.0, diff / (base + at)) - rsx * np.log(
+            base + at
+        )
+        return out
+
+    f_tx, f_T = term(t_x), term(T)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_a0 = f_tx + np.log(-np.expm1(np.minimum(f_T - f_tx, 0.0)))
+    log_a0 = np.where(np.isnan(log_a0), -np.inf, log_a0)
+    death = math.log(p.s) - np.log(rsx) + log_a0
+    alive = -(p.r + x) * np.log(p.alpha + T) - p.s * np.log(p.beta + T)
+    out: FloatArray = death - alive
+    return out
+
+
+def pareto_nbd_p_alive(
+    params: ParetoNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike
+) -> FloatArray:
+    """P(alive at T | x, t_x, T) (Fader & Hardie 2005, eq. 25)."""
+    x_, t_x_, T_ = (np.atleast_1d(v) for v in _rft(x, t_x, T))
+    return np.exp(_log_p_alive(_pareto_log_alive_odds(params, x_, t_x_, T_)))
+
+
+def _pareto_log_expected(
+    p: ParetoNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: FloatArray
+) -> FloatArray:
+    """log E[purchases in (T, T + t]] (eq. 27):
+    P(alive) (r + x)(beta + T) / ((alpha + T)(s - 1)) [1 - ((beta + T)/(beta + T + t))^(s - 1)].
+
+    The bracket over (s - 1) is 0/0 at s = 1; it is evaluated as -log(v) expm1(y)/y with
+    y = (s - 1) log v, whose limit at s = 1 is -log v.
+    """
+    log_v = np.log(p.beta + T) - np.log(p.beta + T + t)
+    y = (p.s - 1.0) * log_v
+    with np.errstate(divide="ignore", invalid="ignore"):
+        phi = np.where(np.abs(y) > 1e-12, np.expm1(y) / y, 1.0 + 0.5 * y)
+    bracket = -log_v * phi  # = [1 - v^(s-1)] / (s - 1)
+    with np.errstate(divide="ignore"):
+        log_bracket = np.log(np.maximum(bracket, 0.0))
+    out: FloatArray = (
+        _log_p_alive(_pareto_log_alive_odds(p, x, t_x, T))
+        + np.log(p.r + x)
+        - np.log(p.alpha + T)
+        + np.log(p.beta + T)
+        + np.where(t > 0.0, log_bracket, -np.inf)
+    )
+    return out
+
+
+def pareto_nbd_expected(
+    params: ParetoNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, t: ArrayLike
+) -> FloatArray:
+    """E[purchases in (T, T + t] | x, t_x, T]; ``t`` a scalar or per row."""
+    x_, t_x_, T_ = (np.atleast_1d(v) for v in _rft(x, t_x, T))
+    log_e = _pareto_log_expected(params, x_, t_x_, T_, _horizon(t, x_))
+    return np.exp(np.minimum(log_e, 700.0))
+
+
+def _mean_share(m: FloatArray, A: FloatArray, s: float, B: FloatArray) -> FloatArray:
+    """E[λ/(λ+μ)] for independent λ ~ Gamma(m, rate A), μ ~ Gamma(s, rate B).
+
+    With W = λA/(λA + μB) ~ Beta(m, s) and κ = A/B, λ/(λ+μ) = W/(κ - (κ-1)W), whose mean is
+    (m/(m+s)) 2F1(1, m+1; m+s+1; 1 - 1/κ) / κ. The argument is in [0, 1) for κ >= 1; for κ < 1
+    the same formula gives E[μ/(λ+μ)] with the roles swapped, and the share is one minus that.
+    """
+    kappa = A / B
+    big = kappa >= 1.0
+    k1 = np.where(big, kappa, 1.0 / kappa)
+    m1 = np.where(big, m, s)
+    s1 = np.where(big, s, m)
+    share = m1 / (m1 + s1) * hyp2f1(1.0, m1 + 1.0, m1 + s1 + 1.0, 1.0 - 1.0 / k1) / k1
+    out: FloatArray = np.where(big, share, 1.0 - share)
+    return out
+
+
+def _pareto_log_p_any(
+    p: ParetoNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: FloatArray
+) -> FloatArray:
+    """log P(some purchase in (T, T + t]) = log[P(alive) P(some | alive)], exact.
+
+    Given alive at T the posterior is λ ~ Gamma(r+x, α+T), μ ~ Gamma(s, β+T), independent (the
+    likelihood of "alive" is λ^x e^(-λT) e^(-μT)). The remaining lifetime is Exp(μ)
+    (memoryless), so a purchase comes in the next t iff the first Poisson arrival beats both
+    death and t: P(some | λ, μ) = λ/(λ+μ) (1 - e^(-(λ+μ)t)). Averaging, the e^(-λt-μt) factor
+    tilts both gammas to rates α+T+t, β+T+t with weight ((α+T)/(α+T+t))^(r+x)
+    ((β+T)/(β+T+t))^s, so P(some | alive) = S(α+T, β+T) - weight S(α+T+t, β+T+t) with
+    S = E[λ/(λ+μ)] (:func:`_mean_share`).
+    """
+    m = p.r + x
+    A, B = p.alpha + T, p.beta + T
+    log_w = m * (np.log(A) - np.log(A + t)) + p.s * (np.log(B) - np.log(B + t))
+    some = _mean_share(m, A, p.s, B) - np.exp(log_w) * _mean_share(m, A + t, p.s, B + t)
+    with np.errstate(divide="ignore"):
+        log_some = np.log(np.clip(some, 0.0, 1.0))
+    out: FloatArray = _log_p_alive(_pareto_log_alive_odds(p, x, t_x, T)) + log_some
+    return out
+
+
+def pareto_nbd_p_zero(
+    params: ParetoNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, t: ArrayLike
+) -> FloatArray:
+    """P(no purchase in (T, T + t] | x, t_x, T) = 1 - P(alive) P(some | alive), exact (see
+    :func:`_pareto_log_p_any`); ``t`` a scalar or per row."""
+    x_, t_x_, T_ = (np.atleast_1d(v) for v in _rft(x, t_x, T))
+    return -np.expm1(_pareto_log_p_any(params, x_, t_x_, T_, _horizon(t, x_)))
+
+
+def _prior_terms(
+    params: CustomerBaseParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(log expected purchases in (T, T + t], log alive odds, log P(some purchase in it)) under
+    either customer-base model."""
+    if isinstance(params, ParetoNbdParams):
+        return (
+            _pareto_log_expected(params, x, t_x, T, t),
+            _pareto_log_alive_odds(params, x, t_x, T),
+            _pareto_log_p_any(params, x, t_x, T, t),
+        )
+    return (
+        _log_expected(params, x, t_x, T, t),
+        _log_alive_odds(params, x, t_x, T),
+        _log_p_any(params, x, t_x, T, t),
+    )
+
+
 def prior_features(
-    params: BgNbdParams,
+    params: CustomerBaseParams,
     x: ArrayLike,
     t_x: ArrayLike,
     T: ArrayLike,
     ordered: ArrayLike,
     t: ArrayLike,
 ) -> Float32Array:
-    """BG/NBD model inputs, float32 ``[N, len(PRIOR_FEATURE_NAMES)]``.
+    """The customer-base model's inputs (BG/NBD or Pareto/NBD, by ``params``' type), float32
+    ``[N, len(PRIOR_FEATURE_NAMES)]``.
 
     Columns (see :data:`PRIOR_FEATURE_NAMES`): log expected purchases in (T, T + t] (floored at
     1e-8), logit P(alive), logit P(no purchase in (T, T + t]) (both clipped to ±LOGIT_CLIP), and
     the log posterior mean purchase rate while alive, log((r + x)/(alpha + T)).
 
     Rows with ``ordered`` False are scored as a just-acquired customer (x = t_x = T = 0): a user
-    with no order yet has no BG/NBD history, and the population prior is the honest input.
+    with no order yet has no customer-base history, and the population prior is the honest input.
     """
     x_, t_x_, T_ = (np.ravel(v) for v in _rft(x, t_x, T))
     has = np.ravel(np.broadcast_to(np.asarray(ordered, dtype=bool), x_.shape))
@@ -405,10 +585,9 @@ def prior_features(
     T_ = np.where(has, T_, 0.0)
     t_ = _horizon(t, x_)
 
-    log_e = np.maximum(_log_expected(params, x_, t_x_, T_, t_), LOG_EXPECTED_FLOOR)
-    log_odds = _log_alive_odds(params, x_, t_x_, T_)
+    log_e, log_odds, log_any = _prior_terms(params, x_, t_x_, T_, t_)
+    log_e = np.maximum(log_e, LOG_EXPECTED_FLOOR)
     logit_alive = np.clip(-log_odds, -LOGIT_CLIP, LOGIT_CLIP)
-    log_any = _log_p_any(params, x_, t_x_, T_, t_)
     with np.errstate(divide="ignore"):
         log_zero = np.log(-np.expm1(log_any))
     logit_zero = _clipped_logit_from_log(log_zero, log_any)

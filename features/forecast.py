@@ -88,8 +88,10 @@ def _quantiles(lam: FloatArray, pi: FloatArray, level: float) -> FloatArray:
     return out
 
 
-def total_level(mean: npt.ArrayLike, p0: npt.ArrayLike, seed: int = 0) -> float:
-    """The level ``q`` in (0, 1) whose quantile forecasts sum closest to ``sum(mean)``.
+def total_level(mean: npt.ArrayLike, p0: npt.ArrayLike, seed: int = 0, scale: float = 1.0) -> float:
+    """The level ``q`` in (0, 1) whose quantile forecasts sum closest to ``scale * sum(mean)``
+    (``scale`` other than 1 when the total is set by another model than the means'; see
+    :func:`training.model.level_source`).
 
     The level is a property of the population's mix, so beyond :data:`LEVEL_SAMPLE` customers
     a seeded sample of them stands for it (the bisection then costs the same at any size)."""
@@ -99,7 +101,7 @@ def total_level(mean: npt.ArrayLike, p0: npt.ArrayLike, seed: int = 0) -> float:
         pick = np.random.default_rng(seed).choice(len(m), LEVEL_SAMPLE, replace=False)
         m, p = m[pick], p[pick]
     lam, pi = zip_of(m, p)
-    target = float(m.sum())
+    target = float(m.sum()) * scale
     lo, hi = 0.0, 1.0
     best_level, best_gap = 0.5, float("inf")
     for _ in range(LEVEL_STEPS):

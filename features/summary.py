@@ -1,4 +1,5 @@
-"""The model's second input: a customer's lifetime summary and what BG/NBD makes of it.
+"""The model's second input: a customer's lifetime summary and what a customer-base model
+makes of it.
 
 Owns :class:`PriorSpec` (the BG/NBD parameters fitted at training time, the horizon in weeks,
 the spend scale: everything the summary needs besides the features) and :func:`summarize`,
@@ -10,7 +11,8 @@ whole history, however long the customer has been dormant.
 
 Why a prior at all: BG/NBD is what a retail analyst runs in a few lines, and on small or
 sparse shops it is hard to beat. The model takes its conditional expectation and its
-probability of no order as *starting points* and learns multiplicative corrections from the
+probability of no order (or Pareto/NBD's, where training chose it for the shop: see
+:attr:`PriorSpec.pareto`) as *starting points* and learns multiplicative corrections from the
 sequence, the calendar and the summary (see :mod:`training.model`): with zero corrections the
 model is BG/NBD, and training keeps a correction only where it lowers the loss on later
 origins.
@@ -25,7 +27,13 @@ from typing import Any, Final
 
 import numpy as np
 
-from features.clv import PRIOR_FEATURE_NAMES, BgNbdParams, prior_features
+from features.clv import (
+    PRIOR_FEATURE_NAMES,
+    BgNbdParams,
+    CustomerBaseParams,
+    ParetoNbdParams,
+    prior_features,
+)
 from features.season import SeasonIndex, horizon_multiplier
 from features.windows import (
     DAY_MS,
@@ -48,8 +56,9 @@ SUMMARY_NAMES: Final[tuple[str, ...]] = (
     "horizon_season_sin",
     "horizon_season_cos",
 )
-"""Columns of the ``summary`` input, in order. The first ones are BG/NBD's (see
-:data:`features.clv.PRIOR_FEATURE_NAMES`); the model's residual heads read two of them raw."""
+"""Columns of the ``summary`` input, in order. The first ones are the customer-base model's
+(see :data:`features.clv.PRIOR_FEATURE_NAMES`; named ``bgnbd_*`` since BG/NBD was the only
+one, and kept so, as the manifests pin them); the model's residual heads read two raw."""
 CALENDAR_SUMMARY: Final[tuple[str, ...]] = ("horizon_season_sin", "horizon_season_cos")
 """The summary columns that say where in the year the horizon lies."""
 N_SUMMARY: Final = len(SUMMARY_NAMES)
@@ -73,13 +82,28 @@ class PriorSpec:
     value_per_order_day: float
     """The population's spend per order day at fit time (> 0): the spend scale and prior."""
     season: SeasonIndex | None = None
-    """The shop's calendar, when its history showed one (:mod:`features.season`); BG/NBD's
+    """The shop's calendar, when its history showed one (:mod:`features.season`); the prior's
     horizon is then read as the horizon's weeks times its seasonal multiplier."""
+    pareto: ParetoNbdParams | None = None
+    """Pareto/NBD's parameters when training chose it as the shop's prior
+    (:mod:`training.prior_choice`); the summary then reads Pareto/NBD, and ``bgnbd`` (always
+    fitted: the calendar and the report's baseline read it) is not used by the model."""
+
+    @property
+    def customer_base(self) -> CustomerBaseParams:
+        """The customer-base model the summary reads."""
+        return self.bgnbd if self.pareto is None else self.pareto
+
+    @property
+    def model(self) -> str:
+        return "bgnbd" if self.pareto is None else "pareto_nbd"
 
     def to_dict(self) -> dict[str, Any]:
+        pareto = {} if self.pareto is None else {"pareto_nbd": self.pareto.to_dict()}
         return {
-            "model": "bgnbd",
+            "model": self.model,
             "bgnbd": self.bgnbd.to_dict(),
+            **pareto,
             "horizon_weeks": self.horizon_weeks,
             "value_per_order_day": self.value_per_order_day,
             "season": None if self.season is None else self.season.to_dict(),
@@ -88,8 +112,11 @@ class PriorSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriorSpec:
-        if data.get("model") != "bgnbd":
-            raise ValueError(f"prior model {data.get('model')!r}, this code knows 'bgnbd'")
+        model = data.get("model")
+        if model not in ("bgnbd", "pareto_nbd"):
+            raise ValueError(f"prior model {model!r}, this code knows 'bgnbd' and 'pareto_nbd'")
+        if model == "pareto_nbd" and "pareto_nbd" not in data:
+            raise ValueError("prior model 'pareto_nbd' without its parameters ('pareto_nbd')")
         names = tuple(str(n) for n in data.get("summary_names", ()))
         if names != SUMMARY_NAMES:
             raise ValueError(f"summary columns {list(names)} differ from {list(SUMMARY_NAMES)}")
@@ -104,6 +131,7 @@ class PriorSpec:
             horizon,
             value,
             None if season is None else SeasonIndex.from_dict(season),
+            ParetoNbdParams.from_dict(data["pareto_nbd"]) if model == "pareto_nbd" else None,
         )
 
 
@@ -111,10 +139,11 @@ def summarize(raw: Float32Array, prior: PriorSpec, spec: WindowSpec) -> Float32A
     """``[N, N_SUMMARY]`` float32 summary of raw sequences ``[N, seq_len, F]``."""
     last = raw[:, -1, :].astype(np.float64)
     x, t_x, age, ordered = lifetime_summary(last)
+    base = prior.customer_base
     weeks = prior.horizon_weeks * horizon_multiplier(
-        prior.season, last, np.where(ordered, age, 0.0), prior.bgnbd.alpha, spec
+        prior.season, last, np.where(ordered, age, 0.0), base.alpha, spec
     )
-    prior_cols = prior_features(prior.bgnbd, x, t_x, age, ordered, weeks)
+    prior_cols = prior_features(base, x, t_x, age, ordered, weeks)
     spend_total = np.maximum(last[:, FEATURE_INDEX["spend_total"]], 0.0)
     order_days = np.maximum(last[:, FEATURE_INDEX["order_days_total"]], 0.0)
     pop = prior.value_per_order_day

@@ -1,15 +1,15 @@
 """Fitting the classical customer-base models: BG/NBD and Pareto/NBD, plus their RFM input.
 
-Owns maximum-likelihood fitting of BG/NBD (:func:`fit_bgnbd`; the per-customer expressions it
-feeds live in :mod:`features.clv`, numpy-only, so the worker computes them too) and the whole of
-Pareto/NBD (:class:`ParetoNbdParams`, :func:`fit_pareto_nbd`, P(alive), conditional expected
-purchases, P(no purchase)), which is a training-side baseline only and may use scipy. Also owns
-:func:`rfm_from_orders`, the (x, t_x, T) summary both models take, in weeks.
+Owns maximum-likelihood fitting of BG/NBD (:func:`fit_bgnbd`) and Pareto/NBD
+(:func:`fit_pareto_nbd`, its likelihood with scipy's 2F1 for speed). The per-customer
+expressions the fits feed (P(alive), conditional expected purchases, P(no purchase)) live in
+:mod:`features.clv`, numpy-only, so the worker computes them too; they are re-exported here for
+the training side. Also owns :func:`rfm_from_orders`, the (x, t_x, T) summary both models take,
+in weeks.
 
-Expressions: BG/NBD from Fader, Hardie & Lee (2005), "Counting Your Customers the Easy Way";
+Likelihoods: BG/NBD from Fader, Hardie & Lee (2005), "Counting Your Customers the Easy Way";
 Pareto/NBD from Fader & Hardie (2005), "A Note on Deriving the Pareto/NBD Model and Related
-Expressions" (likelihood, P(alive), conditional expectation). P(no purchase) for Pareto/NBD is
-derived here (see :func:`pareto_nbd_p_zero`).
+Expressions".
 
 Both fits maximise the log-likelihood over log-parameters with L-BFGS-B plus a weak Gaussian
 prior on each log-parameter (mean 0, sd :data:`LOG_PRIOR_SD`): on degenerate data (everyone a
@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
 from typing import Final
 
 import numpy as np
@@ -32,8 +31,28 @@ from scipy.optimize import minimize
 from scipy.special import betaln, gammaln
 from scipy.special import hyp2f1 as sp_hyp2f1
 
-from features.clv import BgNbdParams, log_hyp2f1
+from features.clv import (
+    BgNbdParams,
+    ParetoNbdParams,
+    log_hyp2f1,
+    pareto_nbd_expected,
+    pareto_nbd_p_alive,
+    pareto_nbd_p_zero,
+)
 from features.windows import DAY_MS
+
+__all__ = [
+    "BgNbdParams",
+    "ParetoNbdParams",
+    "bgnbd_log_likelihood",
+    "fit_bgnbd",
+    "fit_pareto_nbd",
+    "pareto_nbd_expected",
+    "pareto_nbd_log_likelihood",
+    "pareto_nbd_p_alive",
+    "pareto_nbd_p_zero",
+    "rfm_from_orders",
+]
 
 log = logging.getLogger(__name__)
 
@@ -195,33 +214,6 @@ def fit_bgnbd(x: npt.ArrayLike, t_x: npt.ArrayLike, T: npt.ArrayLike) -> BgNbdPa
 # --- Pareto/NBD --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ParetoNbdParams:
-    """Pareto/NBD parameters: purchase rate λ ~ Gamma(r, alpha), death rate μ ~ Gamma(s, beta)."""
-
-    r: float
-    alpha: float
-    s: float
-    beta: float
-
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if not (math.isfinite(value) and value > 0.0):
-                raise ValueError(f"Pareto/NBD parameter {name} must be finite and > 0: {value!r}")
-
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, float]) -> ParetoNbdParams:
-        return cls(
-            r=float(data["r"]),
-            alpha=float(data["alpha"]),
-            s=float(data["s"]),
-            beta=float(data["beta"]),
-        )
-
-
 def _log_hyp2f1(a: FloatArray, b: FloatArray, c: FloatArray, z: FloatArray) -> FloatArray:
     """log 2F1 via scipy (fast, C) with the positive-series implementation from features.clv
     for any row scipy returns non-finite or non-positive (it has inaccurate corners)."""
@@ -316,88 +308,3 @@ def fit_pareto_nbd(x: npt.ArrayLike, t_x: npt.ArrayLike, T: npt.ArrayLike) -> Pa
     theta = _fit(neg_ll, np.log([bg.r, bg.alpha, 1.0, scale]), n, "Pareto/NBD")
     r, alpha, s, beta = (float(v) for v in np.exp(theta))
     return ParetoNbdParams(r=r, alpha=alpha, s=s, beta=beta)
-
-
-def _pareto_log_p_alive(
-    params: ParetoNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray
-) -> FloatArray:
-    _, alive, death = _pareto_terms(_theta(params), x, t_x, T)
-    out: FloatArray = -np.logaddexp(0.0, death - alive)
-    return out
-
-
-def pareto_nbd_p_alive(
-    params: ParetoNbdParams, x: npt.ArrayLike, t_x: npt.ArrayLike, T: npt.ArrayLike
-) -> FloatArray:
-    """P(alive at T | x, t_x, T) (Fader & Hardie 2005, eq. 25)."""
-    xa, ta, Ta = _arrays(x, t_x, T)
-    return np.exp(_pareto_log_p_alive(params, xa, ta, Ta))
-
-
-def pareto_nbd_expected(
-    params: ParetoNbdParams, x: npt.ArrayLike, t_x: npt.ArrayLike, T: npt.ArrayLike, t: float
-) -> FloatArray:
-    """E[purchases in (T, T + t] | x, t_x, T] (Fader & Hardie 2005, eq. 27):
-
-    P(alive) (r + x)(beta + T) / ((alpha + T)(s - 1)) [1 - ((beta + T)/(beta + T + t))^(s - 1)].
-    The bracket over (s - 1) is 0/0 at s = 1; it is evaluated as -log(v) expm1(y)/y with
-    y = (s - 1) log v, whose limit at s = 1 is -log v.
-    """
-    xa, ta, Ta = _arrays(x, t_x, T)
-    p = params
-    log_v = np.log(p.beta + Ta) - np.log(p.beta + Ta + t)
-    y = (p.s - 1.0) * log_v
-    with np.errstate(divide="ignore", invalid="ignore"):
-        phi = np.where(np.abs(y) > 1e-12, np.expm1(y) / y, 1.0 + 0.5 * y)
-    bracket = -log_v * phi  # = [1 - v^(s-1)] / (s - 1)
-    log_e = (
-        _pareto_log_p_alive(p, xa, ta, Ta)
-        + np.log(p.r + xa)
-        - np.log(p.alpha + Ta)
-        + np.log(p.beta + Ta)
-        + np.log(np.maximum(bracket, 1e-300))
-    )
-    out: FloatArray = np.exp(np.minimum(log_e, 700.0))
-    return out
-
-
-def _mean_share(m: FloatArray, A: FloatArray, s: float, B: FloatArray) -> FloatArray:
-    """E[λ/(λ+μ)] for independent λ ~ Gamma(m, rate A), μ ~ Gamma(s, rate B).
-
-    With W = λA/(λA + μB) ~ Beta(m, s) and κ = A/B, λ/(λ+μ) = W/(κ - (κ-1)W), whose mean is
-    (m/(m+s)) 2F1(1, m+1; m+s+1; 1 - 1/κ) / κ. The argument is in [0, 1) for κ >= 1; for κ < 1
-    the same formula gives E[μ/(λ+μ)] with the roles swapped, and the share is one minus that.
-    """
-    kappa = A / B
-    big = kappa >= 1.0
-    k1 = np.where(big, kappa, 1.0 / kappa)
-    m1 = np.where(big, m, s)
-    s1 = np.where(big, s, m)
-    share = m1 / (m1 + s1) * sp_hyp2f1(1.0, m1 + 1.0, m1 + s1 + 1.0, 1.0 - 1.0 / k1) / k1
-    out: FloatArray = np.where(big, share, 1.0 - share)
-    return out
-
-
-def pareto_nbd_p_zero(
-    params: ParetoNbdParams, x: npt.ArrayLike, t_x: npt.ArrayLike, T: npt.ArrayLike, t: float
-) -> FloatArray:
-    """P(no purchase in (T, T + t] | x, t_x, T), exact.
-
-    Derivation: given alive at T the posterior is λ ~ Gamma(r+x, α+T), μ ~ Gamma(s, β+T),
-    independent (the likelihood of "alive" is λ^x e^(-λT) e^(-μT)). The remaining lifetime is
-    Exp(μ) (memoryless), so a purchase comes in the next t iff the first Poisson arrival beats
-    both death and t: P(some | λ, μ) = λ/(λ+μ) (1 - e^(-(λ+μ)t)). Averaging, the e^(-λt-μt)
-    factor tilts both gammas to rates α+T+t, β+T+t with weight ((α+T)/(α+T+t))^(r+x)
-    ((β+T)/(β+T+t))^s, so P(some | alive) = S(α+T, β+T) - weight S(α+T+t, β+T+t) with
-    S = E[λ/(λ+μ)] (:func:`_mean_share`), and P(zero) = 1 - P(alive) P(some | alive).
-    """
-    xa, ta, Ta = _arrays(x, t_x, T)
-    p = params
-    m = p.r + xa
-    A, B = p.alpha + Ta, p.beta + Ta
-    log_w = m * (np.log(A) - np.log(A + t)) + p.s * (np.log(B) - np.log(B + t))
-    some_alive = _mean_share(m, A, p.s, B) - np.exp(log_w) * _mean_share(m, A + t, p.s, B + t)
-    some_alive = np.clip(some_alive, 0.0, 1.0)
-    pa = np.exp(_pareto_log_p_alive(p, xa, ta, Ta))
-    out: FloatArray = 1.0 - pa * some_alive
-    return out

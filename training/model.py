@@ -611,6 +611,34 @@ def choose_epochs(checks: list[EpochCheck], z: float = SIGNIFICANCE_Z) -> int:
     return significant_epoch([c.losses for c in checks], z)
 
 
+def level_source(runs: list[dict[str, list[float]]], epochs: int) -> tuple[str, str]:
+    """Whose total the served order forecast keeps: ``"model"`` or ``"prior"``, and why.
+
+    The correction's per-customer allocation is what the epoch count was chosen for (a pooled
+    per-customer loss); its *level* is another matter. The network learns it over every origin
+    before the cutoff, and where the shop's rate drifts (a young cohort, a season the history
+    has not shown) that level is extrapolated into the horizon. The customer-base model's total
+    is the classical one, and known to track a stationary base. So the total stays the
+    prior's (the chosen customer-base model with the calendar, as the summary reads it) unless
+    the corrected model's aggregate bias, averaged in absolute value over the pseudo-cutoffs
+    at the chosen epoch count, was smaller than the prior's (epoch 0) there. Each selection
+    run's ``val_orders_bias`` is read at the chosen epoch, or its last one when early stopping
+    ended it sooner. With 0 epochs the model *is* the prior: nothing to choose."""
+    if epochs == 0:
+        return "model", "0 epochs: the model's total is the prior's"
+    biases = [r.get("val_orders_bias", []) for r in runs]
+    biases = [b for b in biases if len(b) > 1]
+    if not biases:
+        return "model", "no pseudo-cutoff bias to compare"
+    prior = float(np.mean([abs(b[0]) for b in biases]))
+    model = float(np.mean([abs(b[min(epochs, len(b) - 1)]) for b in biases]))
+    facts = (
+        f"mean |bias| over {len(biases)} pseudo-cutoff(s): prior {prior:.1%}, corrected "
+        f"model ({epochs} epochs) {model:.1%}"
+    )
+    return ("model", facts) if model < prior else ("prior", facts)
+
+
 Selection = tuple[ResidualData, ResidualData]
 """Origins before a pseudo-cutoff (targets masked beyond it) and the samples at it, their
 whole horizon observed: the real task, some horizons earlier."""
@@ -688,6 +716,7 @@ def train_residual(
         "pooled_val_loss": pooled_loss,
         "best_epoch": best,
         "epochs": epochs,
+        "level": dict(zip(("source", "why"), level_source(runs, epochs), strict=True)),
         "refit": histories,
         "summary_mean": [float(v) for v in mean],
         "summary_std": [float(v) for v in std],

@@ -40,7 +40,7 @@ from features.forecast import total_level
 from features.manifest import INPUT_NAME, OUTPUT_NAMES, SUMMARY_INPUT_NAME, Manifest
 from features.season import SeasonIndex, horizon_multiplier
 from features.signals import RiskThresholds
-from features.summary import I_LOG_VALUE, PriorSpec
+from features.summary import I_LOG_EXPECTED, I_LOG_VALUE, PriorSpec, summarize
 from features.windows import (
     DAY_MS,
     Float32Array,
@@ -64,6 +64,7 @@ from training.origins import (
     prior_at,
 )
 from training.outofcore import EventStore
+from training.prior_choice import Comparison, PriorChoice, choose_prior, compare_priors
 from training.resources import StageLog, progress
 from training.shards import (
     BLOCK_USERS,
@@ -165,10 +166,14 @@ MIN_PRIOR_CUSTOMERS = 10
 """Below this many customers with an order, an origin gets no BG/NBD fit and no rows."""
 
 
-def fit_prior(horizon_weeks: float, season: SeasonIndex | None = None) -> PriorFit:
+def fit_prior(
+    horizon_weeks: float, season: SeasonIndex | None = None, *, pareto: bool = False
+) -> PriorFit:
     """The prior fitter: BG/NBD by maximum likelihood plus the population's spend per day,
-    with the shop's calendar as known at the cutoff (``season``, None for a year-round rate)."""
-    from training.clv import fit_bgnbd
+    with the shop's calendar as known at the cutoff (``season``, None for a year-round rate);
+    with ``pareto``, Pareto/NBD too, which the summary then reads
+    (:mod:`training.prior_choice` says when)."""
+    from training.clv import fit_bgnbd, fit_pareto_nbd
 
     def fit(
         x: np.ndarray, t_x: np.ndarray, age: np.ndarray, spend: np.ndarray, days: np.ndarray
@@ -178,10 +183,14 @@ def fit_prior(horizon_weeks: float, season: SeasonIndex | None = None) -> PriorF
                 f"{len(x)} customers with an order, BG/NBD needs {MIN_PRIOR_CUSTOMERS}"
             )
         params = fit_bgnbd(x, t_x, age)
+        try:
+            other = fit_pareto_nbd(x, t_x, age) if pareto else None
+        except ValueError as exc:  # e.g. a parameter at infinity on a degenerate origin
+            raise PriorUnavailable(f"Pareto/NBD does not fit: {exc}") from None
         total_days = float(days.sum())
         value = float(spend.sum()) / total_days if total_days > 0 else 0.0
         # Data without prices has no spend: a unit scale keeps the spend head defined.
-        return PriorSpec(params, horizon_weeks, value if value > 0 else 1.0, season)
+        return PriorSpec(params, horizon_weeks, value if value > 0 else 1.0, season, other)
 
     return fit
 
@@ -246,6 +255,17 @@ def fit_at(
     except PriorUnavailable:
         fit_pseudo = fit_prior(horizon_weeks)  # origin_set skips origins without a prior
     select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
+    choice = _choose_prior(tensor, user_ids, first, cut, horizon_weeks, cfg, select_val)
+    log.info("prior: %s (%s)", choice.model, choice.why)
+    if choice.pareto:
+        try:
+            fit, prior = _calendar_fit(tensor, first, cut, horizon_weeks, calendar, pareto=True)
+            fit_pseudo, _ = _calendar_fit(
+                tensor, first, pseudo, horizon_weeks, calendar, pareto=True
+            )
+        except PriorUnavailable as exc:
+            raise TrainingError(f"Pareto/NBD was chosen and does not fit: {exc}") from None
+        select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
     plan = plan_samples(tensor, list(range(first, cut)), MAX_SAMPLES)
     full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, plan=plan)
     n_users = len(np.unique(full.user_ids))
@@ -283,7 +303,9 @@ def fit_at(
                 fit_k = (
                     fit_pseudo
                     if k == 1
-                    else _calendar_fit(tensor, first, at, horizon_weeks, calendar)[0]
+                    else _calendar_fit(
+                        tensor, first, at, horizon_weeks, calendar, pareto=choice.pareto
+                    )[0]
                 )
                 val = (
                     select_val
@@ -306,27 +328,74 @@ def fit_at(
     info["pseudo_cutoffs"] = used
     info["calendar"] = calendar
     info["calendar_inputs"] = {"read": seen_year, "why": seen_why}
+    info["prior"] = choice.to_dict()
     info["samples"] = {**plan.to_dict(), "kept": len(full)}
     return Fit(cut, norm, prior, models, info, select_val, len(full))
 
 
 def _calendar_fit(
-    tensor: WindowTensor, first: int, cut: int, horizon_weeks: float, found: dict[str, str]
+    tensor: WindowTensor,
+    first: int,
+    cut: int,
+    horizon_weeks: float,
+    found: dict[str, str],
+    *,
+    pareto: bool = False,
 ) -> tuple[PriorFit, PriorSpec]:
     """The prior fitter with the shop's calendar as known at window ``cut``'s end, and the
     prior it fits there (raises :class:`PriorUnavailable` when too few customers ordered);
-    what the calendar estimate found is added to ``found`` under the cutoff's date."""
+    what the calendar estimate found is added to ``found`` under the cutoff's date. The
+    calendar is always estimated against BG/NBD; ``pareto`` adds Pareto/NBD to the prior."""
     from training.season import season_at
 
-    at_cut = sequences_at(tensor, cut, population_rows(tensor, cut))
-    prior = prior_at(at_cut[:, -1, :], fit_prior(horizon_weeks))
+    last = sequences_at(tensor, cut, population_rows(tensor, cut))[:, -1, :]
+    prior = prior_at(last, fit_prior(horizon_weeks))
     season, why = season_at(tensor, first, cut, prior.bgnbd)
     found[_iso(tensor.spec.end_ms(cut))[:10]] = why
-    return fit_prior(horizon_weeks, season), replace(prior, season=season)
+    fitter = fit_prior(horizon_weeks, season, pareto=pareto)
+    return fitter, (prior_at(last, fitter) if pareto else replace(prior, season=season))
+
+
+def _choose_prior(
+    tensor: WindowTensor,
+    user_ids: np.ndarray,
+    first: int,
+    cut: int,
+    horizon_weeks: float,
+    cfg: TrainConfig,
+    select_val: OriginSet,
+) -> PriorChoice:
+    """BG/NBD or Pareto/NBD for the shop (:mod:`training.prior_choice`), compared at the
+    pseudo-cutoffs the epoch count is chosen on (``select_val`` is the first's rows)."""
+    horizon = tensor.spec.horizon
+    compared: list[Comparison] = []
+    for k in range(1, cfg.selection_cutoffs + 1):
+        at = cut - k * horizon
+        if at - 1 < first or (k > 1 and at - first < horizon):
+            break  # the same pseudo-cutoffs as fit_at's selections
+        try:
+            rows = (
+                select_val
+                if k == 1
+                else origin_set(tensor, user_ids, [at], at + horizon, fit_prior(horizon_weeks))
+            )
+        except PriorUnavailable:
+            break
+        got = compare_priors(
+            _iso(tensor.spec.end_ms(at))[:10],
+            rows.sequences[:, -1, :],
+            rows.orders_total,
+            horizon_weeks,
+        )
+        if got is None:
+            break
+        compared.append(got)
+    return choose_prior(compared)
 
 
 def baseline_predictions(rows: OriginSet, prior: PriorSpec, pareto: Any) -> dict[str, Any]:
-    """BG/NBD (the model's own prior), Pareto/NBD and the simple baselines, on ``rows``."""
+    """BG/NBD (fitted with the model's prior, whichever model that is), Pareto/NBD and the
+    simple baselines, on ``rows``."""
     from features.clv import bgnbd_expected, bgnbd_p_zero
 
     last = rows.sequences[:, -1, :].astype(np.float64)
@@ -661,8 +730,22 @@ def run(
             np.float32
         )
     )
-    orders_level = total_level(test.raw_mean[at_cutoff], cut_churn, cfg.seed)
-    log.info("served order forecast: the %.4f-quantile of each customer's ZIP", orders_level)
+    # Whose total the forecast keeps (training.model.level_source): the corrected model's, or
+    # the prior's as the summary reads it (the chosen customer-base model with the calendar).
+    cut_mean = test.raw_mean[at_cutoff].astype(np.float64)
+    prior_cols = summarize(test.last[at_cutoff][:, None, :], prior, spec)
+    prior_total = float(np.exp(prior_cols[:, I_LOG_EXPECTED].astype(np.float64)).sum())
+    level = dict(main.info.get("level", {"source": "model", "why": "not chosen"}))
+    level.update(prior_total=prior_total, model_total=float(cut_mean.sum()))
+    scale = prior_total / max(float(cut_mean.sum()), 1e-12) if level["source"] == "prior" else 1.0
+    main.info["level"] = level
+    orders_level = total_level(cut_mean, cut_churn, cfg.seed, scale=scale)
+    log.info(
+        "served order forecast: the %.4f-quantile of each customer's ZIP, total from the %s (%s)",
+        orders_level,
+        level["source"],
+        level["why"],
+    )
     tmp_manifest = replace(
         tmp_manifest, churn_calibration=churn_calibration, orders_level=orders_level
     )
@@ -718,7 +801,7 @@ def run(
     cut_rows = test.select(at_cutoff)
     last = cut_rows.last
     age = lifetime_summary(last.astype(np.float64))[2]
-    season_factor = horizon_multiplier(prior.season, last, age, prior.bgnbd.alpha, spec)
+    season_factor = horizon_multiplier(prior.season, last, age, prior.customer_base.alpha, spec)
     report_data: dict[str, Any] = {
         "model_version": model_version,
         "window": {

@@ -101,3 +101,18 @@ def test_the_level_of_a_large_population_is_read_on_a_sample_and_still_keeps_the
     p0 = pi + (1 - pi) * np.exp(-lam)
     point = quantile_forecast(mean, p0, total_level(mean, p0))
     assert abs(point.sum() / mean.sum() - 1) < 0.01
+
+
+@pytest.mark.parametrize("scale", [0.9, 1.1])
+def test_a_total_set_by_the_prior_moves_the_level_and_the_forecast_sums_to_it(
+    scale: float,
+) -> None:
+    # A CDNOW-like base whose corrected means run 10 % off the customer-base model's total.
+    lam, pi = _population("cdnow_like", 20_000)
+    mean = (1 - pi) * lam
+    p0 = pi + (1 - pi) * np.exp(-lam)
+    own = total_level(mean, p0)
+    level = total_level(mean, p0, scale=scale)
+    assert (level > own) == (scale > 1)
+    point = quantile_forecast(mean, p0, level)
+    assert abs(point.sum() / (scale * mean.sum()) - 1) < 0.01

@@ -115,6 +115,23 @@ def test_the_epoch_count_is_chosen_on_several_pseudo_cutoffs_a_horizon_apart(
     assert len(training["pooled_val_loss"]) >= 1
 
 
+def test_the_report_says_which_customer_base_model_and_whose_total_were_chosen(
+    trained: Path,
+) -> None:
+    """The prior (BG/NBD or Pareto/NBD) is compared on the same pseudo-cutoffs as the epoch
+    count, and the manifest pins the one chosen; the served forecast's total says its source."""
+    report = json.loads((trained / "report.json").read_text())["extra"]
+    prior = report["training"]["prior"]
+    assert prior["model"] in ("bgnbd", "pareto_nbd")
+    assert [c["cutoff"] for c in prior["pseudo_cutoffs"]] == [
+        c[:10] for c in report["training"]["pseudo_cutoffs"]
+    ]
+    manifest = json.loads((trained / "manifest.json").read_text())
+    assert manifest["prior"]["model"] == prior["model"]
+    level = report["training"]["level"]
+    assert level["source"] in ("model", "prior") and level["prior_total"] > 0
+
+
 @pytest.fixture(scope="module")
 def wholesaler(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1,000 wholesale customers over 20 months who buy 60 % more in October-November

@@ -1,0 +1,120 @@
+"""Pareto/NBD as the model's prior: its features, its manifest entry, and extreme customers.
+
+The worker computes these with numpy alone (features.clv); training's fits use scipy. The
+published CDNOW walkthrough values are checked in tests/training/test_clv.py through the same
+functions (training.clv re-exports them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from features.clv import (
+    LOGIT_CLIP,
+    PRIOR_FEATURE_NAMES,
+    BgNbdParams,
+    ParetoNbdParams,
+    pareto_nbd_expected,
+    pareto_nbd_p_alive,
+    pareto_nbd_p_zero,
+    prior_features,
+)
+from features.summary import PriorSpec, summarize
+from features.windows import FEATURE_INDEX, N_FEATURES, WindowSpec
+
+# Published fits to CDNOW (BTYD's walkthrough; Fader, Hardie & Lee 2005).
+CDNOW_PN = ParetoNbdParams(r=0.5534, alpha=10.5802, s=0.6061, beta=11.6562)
+CDNOW_BG = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
+
+
+def test_pareto_prior_features_are_its_expectation_p_alive_and_p_zero() -> None:
+    x = np.array([0.0, 2.0, 26.0, 3.0])
+    t_x = np.array([0.0, 30.43, 30.86, 9.0])
+    T = np.array([10.0, 38.86, 31.0, 12.0])
+    ordered = np.array([True, True, True, False])
+    f = prior_features(CDNOW_PN, x, t_x, T, ordered, 13.0)
+    assert f.dtype == np.float32 and f.shape == (4, len(PRIOR_FEATURE_NAMES))
+    e = pareto_nbd_expected(CDNOW_PN, x[:3], t_x[:3], T[:3], 13.0)
+    pa = pareto_nbd_p_alive(CDNOW_PN, x[:3], t_x[:3], T[:3])
+    p0 = pareto_nbd_p_zero(CDNOW_PN, x[:3], t_x[:3], T[:3], 13.0)
+    np.testing.assert_allclose(f[:3, 0], np.log(e), rtol=1e-6)
+    np.testing.assert_allclose(f[1:3, 1], np.log(pa[1:] / (1 - pa[1:])), rtol=1e-5)
+    np.testing.assert_allclose(f[:3, 2], np.log(p0 / (1 - p0)), rtol=1e-5)
+    # Unlike BG/NBD, a Pareto/NBD customer without a repeat purchase can be dead.
+    assert f[0, 1] < LOGIT_CLIP
+    # A user who never ordered is scored as just acquired.
+    np.testing.assert_array_equal(
+        f[3], prior_features(CDNOW_PN, [0.0], [0.0], [0.0], [True], 13.0)[0]
+    )
+
+
+def test_a_frequent_recent_buyer_expects_more_and_churns_less_than_a_lapsed_one() -> None:
+    # Two CDNOW customers with the same frequency: one bought last week, one 25 weeks ago.
+    e = pareto_nbd_expected(CDNOW_PN, [5.0, 5.0], [30.0, 6.0], [31.0, 31.0], 13.0)
+    p0 = pareto_nbd_p_zero(CDNOW_PN, [5.0, 5.0], [30.0, 6.0], [31.0, 31.0], 13.0)
+    assert e[0] > 3 * e[1] and p0[0] < p0[1]
+
+
+PARETO_EXTREMES = {
+    "CDNOW": CDNOW_PN,
+    "alpha far above beta": ParetoNbdParams(0.5, 200.0, 0.6, 0.05),
+    "beta far above alpha": ParetoNbdParams(0.5, 0.05, 0.6, 200.0),
+    "s near one": ParetoNbdParams(0.5, 10.0, 1.0 + 1e-13, 12.0),
+    "s above one": ParetoNbdParams(2.0, 5.0, 3.0, 40.0),
+    "near-immortal heavy buyers": ParetoNbdParams(10.465, 7.98565181e-03, 3.0516, 2.820),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARETO_EXTREMES))
+def test_degenerate_customers_give_finite_pareto_features(name: str) -> None:
+    p = PARETO_EXTREMES[name]
+    # just acquired, long-dormant one-time buyer, a thousand purchases today, a thousand over
+    # 600 weeks, last purchase right now, recency past age (clipped), all at T = 0.
+    x = np.array([0.0, 0.0, 1000.0, 1000.0, 5.0, 3.0, 1.0])
+    t_x = np.array([0.0, 0.0, 0.0, 600.0, 600.0, 12.0, 0.0])
+    T = np.array([0.0, 600.0, 0.0, 600.0, 600.0, 10.0, 0.0])
+    for t in (0.0, 1.0, 13.0, 39.0):
+        e = pareto_nbd_expected(p, x, t_x, T, t)
+        pa = pareto_nbd_p_alive(p, x, t_x, T)
+        p0 = pareto_nbd_p_zero(p, x, t_x, T, t)
+        f = prior_features(p, x, t_x, T, np.ones(7, dtype=bool), t)
+        assert np.all(np.isfinite(e)) and np.all(e >= 0.0), (name, t)
+        assert np.all((pa >= 0.0) & (pa <= 1.0)), (name, t)
+        assert np.all((p0 >= 0.0) & (p0 <= 1.0)), (name, t)
+        assert np.all(np.isfinite(f)), (name, t)
+        if t == 0.0:
+            assert np.all(e == 0.0) and np.all(p0 == 1.0)
+
+
+def test_a_pareto_prior_round_trips_through_the_manifest_and_changes_the_summary() -> None:
+    bg = PriorSpec(CDNOW_BG, 13.0, 40.0)
+    pn = PriorSpec(CDNOW_BG, 13.0, 40.0, pareto=CDNOW_PN)
+    assert (bg.model, pn.model) == ("bgnbd", "pareto_nbd")
+    again = PriorSpec.from_dict(pn.to_dict())
+    assert again == pn and again.customer_base == CDNOW_PN
+    assert PriorSpec.from_dict(bg.to_dict()).pareto is None
+    broken = pn.to_dict()
+    del broken["pareto_nbd"]
+    with pytest.raises(ValueError, match="without its parameters"):
+        PriorSpec.from_dict(broken)
+    with pytest.raises(ValueError, match="this code knows"):
+        PriorSpec.from_dict({**bg.to_dict(), "model": "gamma_gamma"})
+
+    # A customer with three order days, the last 10 weeks ago, first 30 weeks ago.
+    spec = WindowSpec(7 * 86_400_000, 1_693_785_600_000, 4, 13, 4)
+    raw = np.zeros((1, 4, N_FEATURES), dtype=np.float32)
+    raw[0, -1, FEATURE_INDEX["order_days_total"]] = 3.0
+    raw[0, -1, FEATURE_INDEX["days_since_first_order"]] = 30.0 * 7
+    raw[0, -1, FEATURE_INDEX["days_since_last_order"]] = 10.0 * 7
+    raw[0, -1, FEATURE_INDEX["spend_total"]] = 120.0
+    s_bg, s_pn = summarize(raw, bg, spec), summarize(raw, pn, spec)
+    e = pareto_nbd_expected(CDNOW_PN, 2.0, 20.0, 30.0, 13.0)
+    assert s_pn[0, 0] == pytest.approx(math.log(float(e[0])), rel=1e-5)
+    assert s_pn[0, 0] != s_bg[0, 0]
+    # The lifetime columns do not depend on the prior's model.
+    np.testing.assert_array_equal(
+        s_bg[0, len(PRIOR_FEATURE_NAMES) :], s_pn[0, len(PRIOR_FEATURE_NAMES) :]
+    )
