@@ -160,3 +160,34 @@ def test_a_model_with_a_churn_calibration_serves_it_and_forecasts_orders_from_it
         served.expected_orders,
         quantile_forecast(plain.expected_orders, churn, 0.6).astype(np.float32),
     )
+
+
+def test_a_model_whose_prior_is_pareto_nbd_scores_with_it_and_a_broken_one_is_named(
+    copy: Path,
+) -> None:
+    """A manifest whose prior is Pareto/NBD (chosen in training for a CDNOW-like shop): the
+    scorer computes the summary from it, so a long-dormant one-time buyer, alive for BG/NBD
+    until a repeat purchase, gets a higher churn risk; a Pareto/NBD prior without its
+    parameters stops the load with the reason."""
+    from features.windows import FEATURE_INDEX
+
+    bg = load_model(copy)
+    spec = bg.manifest.spec
+    x = np.zeros((2, spec.seq_len, N_FEATURES), dtype=np.float32)
+    x[:, -1, FEATURE_INDEX["order_days_total"]] = 1.0
+    x[:, -1, FEATURE_INDEX["days_since_first_order"]] = [14.0, 300.0]
+    x[:, -1, FEATURE_INDEX["days_since_last_order"]] = [14.0, 300.0]
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["prior"]["model"] = "pareto_nbd"
+    manifest["prior"]["pareto_nbd"] = {"r": 0.5534, "alpha": 10.5802, "s": 0.6061, "beta": 11.6562}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    pn = load_model(copy)
+    assert pn.manifest.prior is not None and pn.manifest.prior.model == "pareto_nbd"
+    got, before = pn.score(x), bg.score(x)
+    assert np.all(np.isfinite(got.expected_orders)) and np.all(np.isfinite(got.churn_probability))
+    assert got.churn_probability[1] > got.churn_probability[0]
+    assert not np.allclose(got.churn_probability, before.churn_probability)
+    del manifest["prior"]["pareto_nbd"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="pareto_nbd"):
+        load_model(copy)
