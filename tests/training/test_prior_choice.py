@@ -67,6 +67,15 @@ def test_the_rule_needs_both_targets_and_a_clear_mae_gain() -> None:
     assert choose_prior([]).model == "bgnbd"
 
 
+def test_two_fits_in_the_same_corner_keep_bgnbd() -> None:
+    # Online Retail: both fits reach "nobody drops out", and their forecasts differ by rounding.
+    rng = np.random.default_rng(1)
+    bg = rng.exponential(0.9, 3000)
+    same = Comparison("c", bg, bg - 1e-9, 0.73, 0.73 + 1e-9)
+    choice = choose_prior([same, same])
+    assert choice.model == "bgnbd", choice.why
+
+
 def test_too_few_customers_or_outcomes_give_no_comparison() -> None:
     sim = simulate_bgnbd(0.243, 4.414, 0.793, 2.426, 8, seed=1, t=HORIZON_WEEKS)
     assert compare_priors("c", _last_vectors(sim), sim.future, HORIZON_WEEKS) is None
