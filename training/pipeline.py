@@ -842,7 +842,8 @@ def run(
             "Poisson with the model's mean and P(no order); model_mean: the mean itself",
             "level": orders_level,
             "chosen_on": "the population at the cutoff, so that the served total equals the "
-            "model's expected total (no outcome read)",
+            f"{'model' if level['source'] == 'model' else 'prior'}'s expected total (no "
+            "outcome read; training.level says why)",
         },
         "calendar": {
             "found": main.info["calendar"],
