@@ -20,6 +20,7 @@ from features.clv import (
     hyp2f1,
     prior_features,
 )
+from tests.support.clv_checks import assert_odd_customers_are_finite
 from tests.support.clv_simulate import simulate_bgnbd
 
 CDNOW = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)
@@ -223,23 +224,9 @@ EXTREME_PARAMS = {
 
 @pytest.mark.parametrize("name", sorted(EXTREME_PARAMS))
 def test_degenerate_customers_give_finite_outputs(name: str) -> None:
-    p = EXTREME_PARAMS[name]
-    # just acquired, long-dormant one-time buyer, a thousand purchases today, a thousand over
-    # 600 weeks, last purchase right now, recency past age (clipped), all at T = 0.
-    x = np.array([0.0, 0.0, 1000.0, 1000.0, 5.0, 3.0, 1.0])
-    t_x = np.array([0.0, 0.0, 0.0, 600.0, 600.0, 12.0, 0.0])
-    T = np.array([0.0, 600.0, 0.0, 600.0, 600.0, 10.0, 0.0])
-    for t in (0.0, 1.0, 13.0, 39.0):
-        e = bgnbd_expected(p, x, t_x, T, t)
-        pa = bgnbd_p_alive(p, x, t_x, T)
-        p0 = bgnbd_p_zero(p, x, t_x, T, t)
-        f = prior_features(p, x, t_x, T, np.ones(7, dtype=bool), t)
-        assert np.all(np.isfinite(e)) and np.all(e >= 0.0), (name, t)
-        assert np.all((pa >= 0.0) & (pa <= 1.0)), (name, t)
-        assert np.all((p0 >= 0.0) & (p0 <= 1.0)), (name, t)
-        assert np.all(np.isfinite(f)), (name, t)
-        if t == 0.0:
-            assert np.all(e == 0.0) and np.all(p0 == 1.0)
+    assert_odd_customers_are_finite(
+        name, EXTREME_PARAMS[name], bgnbd_expected, bgnbd_p_alive, bgnbd_p_zero
+    )
 
 
 def test_expectation_grows_with_horizon_for_a_just_acquired_customer_with_tiny_alpha() -> None:

@@ -24,6 +24,7 @@ from features.clv import (
 )
 from features.summary import PriorSpec, summarize
 from features.windows import FEATURE_INDEX, N_FEATURES, WindowSpec
+from tests.support.clv_checks import assert_odd_customers_are_finite
 
 # Published fits to CDNOW (BTYD's walkthrough; Fader, Hardie & Lee 2005).
 CDNOW_PN = ParetoNbdParams(r=0.5534, alpha=10.5802, s=0.6061, beta=11.6562)
@@ -70,23 +71,9 @@ PARETO_EXTREMES = {
 
 @pytest.mark.parametrize("name", sorted(PARETO_EXTREMES))
 def test_degenerate_customers_give_finite_pareto_features(name: str) -> None:
-    p = PARETO_EXTREMES[name]
-    # just acquired, long-dormant one-time buyer, a thousand purchases today, a thousand over
-    # 600 weeks, last purchase right now, recency past age (clipped), all at T = 0.
-    x = np.array([0.0, 0.0, 1000.0, 1000.0, 5.0, 3.0, 1.0])
-    t_x = np.array([0.0, 0.0, 0.0, 600.0, 600.0, 12.0, 0.0])
-    T = np.array([0.0, 600.0, 0.0, 600.0, 600.0, 10.0, 0.0])
-    for t in (0.0, 1.0, 13.0, 39.0):
-        e = pareto_nbd_expected(p, x, t_x, T, t)
-        pa = pareto_nbd_p_alive(p, x, t_x, T)
-        p0 = pareto_nbd_p_zero(p, x, t_x, T, t)
-        f = prior_features(p, x, t_x, T, np.ones(7, dtype=bool), t)
-        assert np.all(np.isfinite(e)) and np.all(e >= 0.0), (name, t)
-        assert np.all((pa >= 0.0) & (pa <= 1.0)), (name, t)
-        assert np.all((p0 >= 0.0) & (p0 <= 1.0)), (name, t)
-        assert np.all(np.isfinite(f)), (name, t)
-        if t == 0.0:
-            assert np.all(e == 0.0) and np.all(p0 == 1.0)
+    assert_odd_customers_are_finite(
+        name, PARETO_EXTREMES[name], pareto_nbd_expected, pareto_nbd_p_alive, pareto_nbd_p_zero
+    )
 
 
 def test_a_pareto_prior_round_trips_through_the_manifest_and_changes_the_summary() -> None:

@@ -288,3 +288,25 @@ def test_rfm_counts_distinct_order_days_before_the_origin() -> None:
 def test_rfm_with_no_orders_before_the_origin_is_empty() -> None:
     users, x, t_x, T = rfm_from_orders(np.array([1, 2]), np.array([5.0, 6.0]), 1.0, day=1.0)
     assert users.size == x.size == t_x.size == T.size == 0
+
+
+def test_the_workers_p_alive_agrees_with_the_fits_likelihood_terms() -> None:
+    """Pareto/NBD's A_0 is written twice: in the likelihood the fit maximises (scipy's 2F1, on
+    distinct (x, time) pairs, for speed) and in features.clv, which the worker runs (numpy
+    only). P(alive) read from either must agree, on a simulated base and on odd customers."""
+    from training.clv import _pareto_terms, _theta
+
+    sim = simulate_pareto_nbd(0.55, 10.6, 0.61, 11.7, 3000, seed=3)
+    x = np.concatenate([sim.x, [0.0, 0.0, 400.0, 26.0, 3.0]])
+    t_x = np.concatenate([sim.t_x, [0.0, 0.0, 36.0, 30.86, 37.0]])
+    T = np.concatenate([sim.T, [0.0, 600.0, 37.0, 31.0, 37.0]])
+    for p in (
+        PNBD_BTYD,
+        ParetoNbdParams(0.5, 0.05, 0.6, 200.0),
+        ParetoNbdParams(2.0, 5.0, 3.0, 4.0),
+    ):
+        _, alive, death = _pareto_terms(_theta(p), x, t_x, T)
+        from_fit = 1.0 / (1.0 + np.exp(death - alive))
+        np.testing.assert_allclose(
+            pareto_nbd_p_alive(p, x, t_x, T), from_fit, rtol=1e-9, atol=1e-12
+        )
