@@ -40,7 +40,7 @@ from features.forecast import total_level
 from features.manifest import INPUT_NAME, OUTPUT_NAMES, SUMMARY_INPUT_NAME, Manifest
 from features.season import SeasonIndex, horizon_multiplier
 from features.signals import RiskThresholds
-from features.summary import I_LOG_EXPECTED, I_LOG_VALUE, PriorSpec, summarize
+from features.summary import I_LOG_EXPECTED, I_LOG_VALUE, PriorSpec
 from features.windows import (
     DAY_MS,
     Float32Array,
@@ -250,19 +250,21 @@ def fit_at(
         fit, prior = _calendar_fit(tensor, first, cut, horizon_weeks, calendar)
     except PriorUnavailable as exc:
         raise TrainingError(f"too few customers with an order before the cutoff: {exc}") from None
+    pseudo_season: SeasonIndex | None = None
     try:
-        fit_pseudo, _ = _calendar_fit(tensor, first, pseudo, horizon_weeks, calendar)
+        fit_pseudo, pseudo_prior = _calendar_fit(tensor, first, pseudo, horizon_weeks, calendar)
+        pseudo_season = pseudo_prior.season
     except PriorUnavailable:
         fit_pseudo = fit_prior(horizon_weeks)  # origin_set skips origins without a prior
     select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
     choice = _choose_prior(tensor, user_ids, first, cut, horizon_weeks, cfg, select_val)
     log.info("prior: %s (%s)", choice.model, choice.why)
     if choice.pareto:
+        # The calendars found above stand (they are estimated against BG/NBD either way).
+        fit = fit_prior(horizon_weeks, prior.season, pareto=True)
+        fit_pseudo = fit_prior(horizon_weeks, pseudo_season, pareto=True)
         try:
-            fit, prior = _calendar_fit(tensor, first, cut, horizon_weeks, calendar, pareto=True)
-            fit_pseudo, _ = _calendar_fit(
-                tensor, first, pseudo, horizon_weeks, calendar, pareto=True
-            )
+            prior = prior_at(sequences_at(tensor, cut, population_rows(tensor, cut))[:, -1, :], fit)
         except PriorUnavailable as exc:
             raise TrainingError(f"Pareto/NBD was chosen and does not fit: {exc}") from None
         select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
@@ -475,6 +477,9 @@ class ScoredRows:
     """``[N, F]`` the raw last window vector (the lifetime summary is in it)."""
     log_value: Float32Array
     """The summary's log spend per order day (:data:`features.summary.I_LOG_VALUE`)."""
+    prior_expected: np.ndarray
+    """The prior's expected order days over the horizon, as the summary reads it (the chosen
+    customer-base model with the calendar; :data:`features.summary.I_LOG_EXPECTED`)."""
     raw_mean: Float32Array
     raw_spend: Float32Array
     raw_churn: Float32Array
@@ -558,6 +563,7 @@ def _score_test(
                 rows.complete,
                 rows.sequences[:, -1, :].copy(),
                 rows.summary[:, I_LOG_VALUE].copy(),
+                np.exp(rows.summary[:, I_LOG_EXPECTED].astype(np.float64)),
                 mean,
                 spend,
                 churn,
@@ -733,9 +739,8 @@ def run(
     # Whose total the forecast keeps (training.model.level_source): the corrected model's, or
     # the prior's as the summary reads it (the chosen customer-base model with the calendar).
     cut_mean = test.raw_mean[at_cutoff].astype(np.float64)
-    prior_cols = summarize(test.last[at_cutoff][:, None, :], prior, spec)
-    prior_total = float(np.exp(prior_cols[:, I_LOG_EXPECTED].astype(np.float64)).sum())
-    level = dict(main.info.get("level", {"source": "model", "why": "not chosen"}))
+    prior_total = float(test.prior_expected[at_cutoff].sum())
+    level = dict(main.info["level"])
     level.update(prior_total=prior_total, model_total=float(cut_mean.sum()))
     scale = prior_total / max(float(cut_mean.sum()), 1e-12) if level["source"] == "prior" else 1.0
     main.info["level"] = level
