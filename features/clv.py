@@ -159,6 +159,28 @@ def _by_rows(fn: Callable[..., FloatArray], *rows: FloatArray) -> FloatArray:
     return out
 
 
+def _distinct_rows(
+    fn: Callable[..., tuple[FloatArray, ...]], *rows: FloatArray
+) -> tuple[FloatArray, ...]:
+    """``fn``'s outputs on the distinct rows of the 1-D ``rows`` (by their bits), spread back
+    to every row: the same bits as ``fn`` on all rows, since each row's value depends on its
+    own inputs only.
+
+    Why: a customer's (x, t_x, T) are whole order days and days of age, so a batch of customers
+    repeats them (every one-time buyer of a day shares a row), and the customer-base model's
+    series cost up to a few thousand terms per row (Pareto/NBD near its no-drop-out corner):
+    computed once per distinct row, a worker's micro-batch pays for fewer rows."""
+    n = rows[0].shape[0]
+    if n < 2:
+        return fn(*rows)
+    bits = np.stack([np.ascontiguousarray(r, dtype=np.float64).view(np.uint64) for r in rows], 1)
+    _, where, inverse = np.unique(bits, axis=0, return_index=True, return_inverse=True)
+    if len(where) == n:
+        return fn(*rows)
+    spread = inverse.reshape(-1)
+    return tuple(v[spread] for v in fn(*(r[where] for r in rows)))
+
+
 def _log_series(a: FloatArray, b: FloatArray, c: FloatArray, z: FloatArray) -> FloatArray:
     """log of sum_k (a)_k (b)_k / ((c)_k k!) z^k for a, b, c > 0 and 0 <= z < 1, by
     :data:`ROWS_AT_ONCE` rows (:func:`_log_series_rows`)."""
@@ -459,13 +481,19 @@ def pareto_nbd_p_alive(
 
 
 def _pareto_log_expected(
-    p: ParetoNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: FloatArray
+    p: ParetoNbdParams,
+    x: FloatArray,
+    t_x: FloatArray,
+    T: FloatArray,
+    t: FloatArray,
+    log_odds: FloatArray | None = None,
 ) -> FloatArray:
     """log E[purchases in (T, T + t]] (eq. 27):
     P(alive) (r + x)(beta + T) / ((alpha + T)(s - 1)) [1 - ((beta + T)/(beta + T + t))^(s - 1)].
 
     The bracket over (s - 1) is 0/0 at s = 1; it is evaluated as -log(v) expm1(y)/y with
-    y = (s - 1) log v, whose limit at s = 1 is -log v.
+    y = (s - 1) log v, whose limit at s = 1 is -log v. ``log_odds``: the rows' alive odds when
+    the caller has them (:func:`_pareto_log_alive_odds`, two 2F1 series per row).
     """
     log_v = np.log(p.beta + T) - np.log(p.beta + T + t)
     y = (p.s - 1.0) * log_v
@@ -474,8 +502,10 @@ def _pareto_log_expected(
     bracket = -log_v * phi  # = [1 - v^(s-1)] / (s - 1)
     with np.errstate(divide="ignore"):
         log_bracket = np.log(np.maximum(bracket, 0.0))
+    if log_odds is None:
+        log_odds = _pareto_log_alive_odds(p, x, t_x, T)
     out: FloatArray = (
-        _log_p_alive(_pareto_log_alive_odds(p, x, t_x, T))
+        _log_p_alive(log_odds)
         + np.log(p.r + x)
         - np.log(p.alpha + T)
         + np.log(p.beta + T)
@@ -511,7 +541,12 @@ def _mean_share(m: FloatArray, A: FloatArray, s: float, B: FloatArray) -> FloatA
 
 
 def _pareto_log_p_any(
-    p: ParetoNbdParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: FloatArray
+    p: ParetoNbdParams,
+    x: FloatArray,
+    t_x: FloatArray,
+    T: FloatArray,
+    t: FloatArray,
+    log_odds: FloatArray | None = None,
 ) -> FloatArray:
     """log P(some purchase in (T, T + t]) = log[P(alive) P(some | alive)], exact.
 
@@ -521,7 +556,7 @@ def _pareto_log_p_any(
     death and t: P(some | λ, μ) = λ/(λ+μ) (1 - e^(-(λ+μ)t)). Averaging, the e^(-λt-μt) factor
     tilts both gammas to rates α+T+t, β+T+t with weight ((α+T)/(α+T+t))^(r+x)
     ((β+T)/(β+T+t))^s, so P(some | alive) = S(α+T, β+T) - weight S(α+T+t, β+T+t) with
-    S = E[λ/(λ+μ)] (:func:`_mean_share`).
+    S = E[λ/(λ+μ)] (:func:`_mean_share`). ``log_odds`` as in :func:`_pareto_log_expected`.
     """
     m = p.r + x
     A, B = p.alpha + T, p.beta + T
@@ -529,7 +564,9 @@ def _pareto_log_p_any(
     some = _mean_share(m, A, p.s, B) - np.exp(log_w) * _mean_share(m, A + t, p.s, B + t)
     with np.errstate(divide="ignore"):
         log_some = np.log(np.clip(some, 0.0, 1.0))
-    out: FloatArray = _log_p_alive(_pareto_log_alive_odds(p, x, t_x, T)) + log_some
+    if log_odds is None:
+        log_odds = _pareto_log_alive_odds(p, x, t_x, T)
+    out: FloatArray = _log_p_alive(log_odds) + log_some
     return out
 
 
@@ -548,10 +585,13 @@ def _prior_terms(
     """(log expected purchases in (T, T + t], log alive odds, log P(some purchase in it)) under
     either customer-base model."""
     if isinstance(params, ParetoNbdParams):
+        # The alive odds are most of Pareto/NBD's cost (two 2F1 series per row): once, not
+        # once per term.
+        log_odds = _pareto_log_alive_odds(params, x, t_x, T)
         return (
-            _pareto_log_expected(params, x, t_x, T, t),
-            _pareto_log_alive_odds(params, x, t_x, T),
-            _pareto_log_p_any(params, x, t_x, T, t),
+            _pareto_log_expected(params, x, t_x, T, t, log_odds),
+            log_odds,
+            _pareto_log_p_any(params, x, t_x, T, t, log_odds),
         )
     return (
         _log_expected(params, x, t_x, T, t),
@@ -585,7 +625,9 @@ def prior_features(
     T_ = np.where(has, T_, 0.0)
     t_ = _horizon(t, x_)
 
-    log_e, log_odds, log_any = _prior_terms(params, x_, t_x_, T_, t_)
+    log_e, log_odds, log_any = _distinct_rows(
+        functools.partial(_prior_terms, params), x_, t_x_, T_, t_
+    )
     log_e = np.maximum(log_e, LOG_EXPECTED_FLOOR)
     logit_alive = np.clip(-log_odds, -LOGIT_CLIP, LOGIT_CLIP)
     with np.errstate(divide="ignore"):

@@ -105,3 +105,40 @@ def test_a_pareto_prior_round_trips_through_the_manifest_and_changes_the_summary
     np.testing.assert_array_equal(
         s_bg[0, len(PRIOR_FEATURE_NAMES) :], s_pn[0, len(PRIOR_FEATURE_NAMES) :]
     )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        # Real CDNOW at 1997-04-15: Pareto/NBD near its no-drop-out corner (s and beta large),
+        # where each 2F1 series needs a few thousand terms per row.
+        ParetoNbdParams(r=0.5206, alpha=8.622, s=24.08, beta=417.2),
+        BgNbdParams(r=0.2522, alpha=4.064, a=0.7332, b=1.653),
+    ],
+    ids=["pareto_nbd_no_dropout_corner", "bgnbd"],
+)
+def test_a_micro_batch_with_repeated_customers_gives_each_customer_its_own_bits(
+    params: ParetoNbdParams | BgNbdParams,
+) -> None:
+    """A worker's micro-batch of 300 customers of a young shop: whole order days and days of
+    age, so one-time buyers of the same day share (x, t_x, T), and browsers without an order
+    all enter as just acquired. Evaluated together (each distinct row once) and one customer
+    at a time, the features are the same bits."""
+    rng = np.random.default_rng(5)
+    n = 300
+    T = np.floor(rng.uniform(0.0, 15.0, n) * 7.0) / 7.0
+    x = np.floor(rng.gamma(0.5, 2.0, n))
+    t_x = np.where(x > 0, np.floor(T * rng.random(n) * 7.0) / 7.0, 0.0)
+    ordered = rng.random(n) > 0.2
+    together = prior_features(params, x, t_x, T, ordered, 13.0)
+    distinct = np.unique(np.stack([x, t_x, T], 1)[ordered], axis=0)
+    assert len(distinct) < ordered.sum()  # the batch does repeat customers
+    alone = np.concatenate(
+        [
+            prior_features(
+                params, x[i : i + 1], t_x[i : i + 1], T[i : i + 1], ordered[i : i + 1], 13.0
+            )
+            for i in range(n)
+        ]
+    )
+    np.testing.assert_array_equal(together, alone)

@@ -11,6 +11,7 @@ import numpy as np
 
 from features.windows import FEATURE_INDEX, N_FEATURES
 from tests.support.clv_simulate import Simulated, simulate_bgnbd, simulate_pareto_nbd
+from training.calibration import MIN_AUC_GAIN
 from training.prior_choice import Comparison, choose_prior, compare_priors
 
 HORIZON_WEEKS = 13.0
@@ -65,6 +66,16 @@ def test_the_rule_needs_both_targets_and_a_clear_mae_gain() -> None:
     pooled = choose_prior([_comparison(0.01, -0.001), _comparison(0.01, 0.004)])
     assert pooled.model == "pareto_nbd"
     assert choose_prior([]).model == "bgnbd"
+
+
+def test_a_ranking_gain_within_noise_keeps_bgnbd() -> None:
+    # Real CDNOW at 1997-04-15: 15 weeks of history leave one pseudo-cutoff two weeks into the
+    # data, where Pareto/NBD's MAE was lower and its AUC higher by 1.2e-5 (at the cutoff it
+    # then ranked worse than BG/NBD by 1e-4). The AUC target is "at least BG/NBD's": the
+    # ranking model is swapped only on a gain above the recalibration's floor.
+    assert choose_prior([_comparison(0.01, 1.2e-5)]).model == "bgnbd"
+    assert choose_prior([_comparison(0.01, MIN_AUC_GAIN / 2)]).model == "bgnbd"
+    assert choose_prior([_comparison(0.01, MIN_AUC_GAIN * 2)]).model == "pareto_nbd"
 
 
 def test_two_fits_in_the_same_corner_keep_bgnbd() -> None:
