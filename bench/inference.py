@@ -17,6 +17,13 @@ process:
   default threads — and in a child process with ``OPENBLAS_NUM_THREADS=1`` (one core: the
   fair comparison for a 1-thread ORT session).
 
+- **The customer-base summary** beside it: :func:`features.clv.prior_features` (what the
+  scorer computes for every scored sequence before ``session.run``) on a seeded batch of
+  :data:`SUMMARY_BATCH` customers of a young shop (whole days of age and recency, a fifth of
+  them browsers), for BG/NBD and Pareto/NBD with CDNOW's published fits and for a Pareto/NBD
+  fit near its no-drop-out corner (real CDNOW at 1997-04-15), whose 2F1 series need thousands
+  of terms per row: µs per row against ORT's µs per sequence at the same batch.
+
 Achieved GFLOP/s = sequences/s × FLOPs per sequence / 1e9. Results: ``inference.json`` /
 ``inference.md`` / ``inference_throughput.png`` in ``--out`` (default ``bench/results``).
 :func:`ort_at_batch` is also what :mod:`bench.worker` calls to set the worker's ONNX Runtime
@@ -137,6 +144,40 @@ def ort_at_batch(
     }
 
 
+SUMMARY_BATCH = 1024
+"""Rows per summary call: the scorer's largest block (``serving.scorer.MAX_SCORE_ROWS``)."""
+
+
+def summary_cost(seconds: float = 0.5, batch: int = SUMMARY_BATCH) -> list[dict[str, Any]]:
+    """µs per row of the customer-base summary, per customer-base model (see module doc)."""
+    from features.clv import BgNbdParams, ParetoNbdParams, prior_features
+
+    models: list[tuple[str, BgNbdParams | ParetoNbdParams]] = [
+        ("BG/NBD, CDNOW's published fit", BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)),
+        (
+            "Pareto/NBD, CDNOW's published fit",
+            ParetoNbdParams(r=0.5534, alpha=10.5802, s=0.6061, beta=11.6562),
+        ),
+        (
+            "Pareto/NBD near no drop-out (real CDNOW at 1997-04-15)",
+            ParetoNbdParams(r=0.5206, alpha=8.622, s=24.08, beta=417.2),
+        ),
+    ]
+    rng = np.random.default_rng(3)
+    age = np.floor(rng.uniform(0.0, 52.0, batch) * 7.0) / 7.0
+    x = np.floor(rng.gamma(0.5, 2.0, batch))
+    t_x = np.where(x > 0, np.floor(age * rng.random(batch) * 7.0) / 7.0, 0.0)
+    ordered = rng.random(batch) > 0.2
+    out = []
+    for name, params in models:
+        times = _time_calls(lambda p=params: prior_features(p, x, t_x, age, ordered, 13.0), seconds)
+        out.append(
+            {"model": name, "batch": batch, "us_per_row": float(np.median(times)) / batch * 1e6}
+        )
+        log.info("summary, %s: %.1f us per row", name, out[-1]["us_per_row"])
+    return out
+
+
 def numpy_peak(n: int, seconds: float) -> dict[str, Any]:
     """float32 ``A @ B`` GFLOP/s in this process (the BLAS's default thread count)."""
     rng = np.random.default_rng(1)
@@ -198,6 +239,7 @@ def run(max_batch: int = 1024, seconds: float = 0.5, peak_n: int = 1024) -> dict
             row["ms_per_call"],
             row["gflops"],
         )
+    summary = summary_cost(seconds)
     peak_all = numpy_peak(peak_n, seconds)
     peak_one = numpy_peak_one_thread(peak_n, seconds)
     best = max(rows, key=lambda r: r["sequences_per_s"])
@@ -213,6 +255,7 @@ def run(max_batch: int = 1024, seconds: float = 0.5, peak_n: int = 1024) -> dict
         "best": {"batch": best["batch"], "sequences_per_s": best["sequences_per_s"]},
         "numpy_peak_all_threads": peak_all,
         "numpy_peak_one_thread": peak_one,
+        "summary": summary,
     }
 
 
@@ -239,6 +282,20 @@ def render_markdown(res: dict[str, Any]) -> str:
             f"| {r['batch']} | {r['sequences_per_s']:,.0f} | {r['ms_per_call']:.3f} | "
             f"{r['gflops']:.2f} | {'—' if share is None else f'{100 * share:.1f} %'} |"
         )
+    summary = res.get("summary") or []
+    if summary:
+        batch = summary[0]["batch"]
+        ort = next((r for r in res["batches"] if r["batch"] == batch), None)
+        ort_us = "—" if ort is None else f"{1e6 / ort['sequences_per_s']:.1f}"
+        lines += [
+            "",
+            f"Customer-base summary per scored row at batch {batch} (ORT at that batch: "
+            f"{ort_us} µs per sequence):",
+            "",
+            "| customer-base model | µs per row |",
+            "|---|---:|",
+        ]
+        lines += [f"| {r['model']} | {r['us_per_row']:.1f} |" for r in summary]
     return "\n".join(lines) + "\n"
 
 

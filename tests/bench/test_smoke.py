@@ -71,6 +71,9 @@ def test_bench_quick_runs_every_phase(kafka_bootstrap: str, tmp_path: Path) -> N
     assert lat["p99_ms"] is not None
     assert [b["batch"] for b in result["inference"]["batches"]] == [1, 2, 4, 8, 16, 32, 64]
     assert result["inference"]["flops"]["flops_per_sequence"] > 0
+    # The customer-base summary the scorer computes beside ORT: both models, both regimes.
+    assert len(result["inference"]["summary"]) == 3
+    assert all(r["us_per_row"] > 0 for r in result["inference"]["summary"])
     restores = {r["name"]: r for r in result["state"]["restores"]}
     assert set(restores) == {"state-memory", "state-rocksdb-cold", "state-rocksdb-warm"}
     for r in restores.values():
