@@ -676,32 +676,37 @@ def train_residual(
         )
         runs.append(hist)
         checks.append(run_checks)
+    pooled_loss: list[float] = []
+    best = epochs = 0
     if not checks:
-        raise ValueError("no pseudo-cutoff to choose the epoch count on")
-    # Early stopping may end the runs at different epochs: pool the epochs all of them reached.
-    reached = min(len(c) for c in checks)
-    pooled = [
-        EpochCheck(
-            losses=np.concatenate([c[e].losses for c in checks]),
-            orders_mae=float("nan"),
-            orders_bias=float("nan"),
-            churn_auc=float("nan"),
+        # A history shorter than a horizon plus two windows has no pseudo-cutoff: no evidence
+        # that any correction of the prior helps, so none is learnt (0 epochs: the prior).
+        log.info("no pseudo-cutoff to choose the epoch count on: 0 epochs, the model is the prior")
+    else:
+        # Early stopping may end the runs at different epochs: pool the epochs all reached.
+        reached = min(len(c) for c in checks)
+        pooled = [
+            EpochCheck(
+                losses=np.concatenate([c[e].losses for c in checks]),
+                orders_mae=float("nan"),
+                orders_bias=float("nan"),
+                churn_auc=float("nan"),
+            )
+            for e in range(reached)
+        ]
+        pooled_loss = [float(c.losses.mean()) for c in pooled]
+        best = int(np.argmin(pooled_loss))
+        epochs = choose_epochs(pooled)
+        log.info(
+            "epoch count chosen on %d pseudo-cutoff(s): %d (best %d: pooled loss %.4f, BG/NBD "
+            "alone %.4f%s)",
+            len(checks),
+            epochs,
+            best,
+            pooled_loss[best],
+            pooled_loss[0],
+            "" if epochs == best else "; the gain is within noise, so BG/NBD is kept",
         )
-        for e in range(reached)
-    ]
-    pooled_loss = [float(c.losses.mean()) for c in pooled]
-    best = int(np.argmin(pooled_loss))
-    epochs = choose_epochs(pooled)
-    log.info(
-        "epoch count chosen on %d pseudo-cutoff(s): %d (best %d: pooled loss %.4f, BG/NBD alone "
-        "%.4f%s)",
-        len(checks),
-        epochs,
-        best,
-        pooled_loss[best],
-        pooled_loss[0],
-        "" if epochs == best else "; the gain is within noise, so BG/NBD is kept",
-    )
     models: list[keras.Model] = []
     histories: list[dict[str, list[float]]] = []
     for seed in cfg.seeds:
@@ -711,7 +716,7 @@ def train_residual(
     if len(models) > 1:
         models.insert(0, average_models(models))
     info = {
-        "selection": runs[0],
+        "selection": runs[0] if runs else {"loss": [], "val_loss": []},
         "selections": runs,
         "pooled_val_loss": pooled_loss,
         "best_epoch": best,

@@ -162,6 +162,13 @@ whatever the shop's size. Online Retail has ~85k rows, under it; the report's
 ``training.samples`` says what a run used."""
 
 
+MIN_HISTORY_WINDOWS = 2
+"""Windows of history before the cutoff below which nothing is trained. From this many up to a
+horizon plus two there is no pseudo-cutoff to check a correction on, and the model is the
+customer-base prior alone (0 epochs): a shop a few weeks old still gets BG/NBD's forecast,
+served like every model's, instead of a refusal."""
+
+
 MIN_PRIOR_CUSTOMERS = 10
 """Below this many customers with an order, an origin gets no BG/NBD fit and no rows."""
 
@@ -237,10 +244,19 @@ def fit_at(
     horizon = spec.horizon
     horizon_weeks = horizon * spec.length_ms / (7 * DAY_MS)
     pseudo = cut - horizon
-    if pseudo - 1 < first:
+    if cut + 1 - first < MIN_HISTORY_WINDOWS:
         raise TrainingError(
-            f"too little history before the cutoff: {cut + 1 - first} windows of "
-            f"{spec.length_ms / DAY_MS:g}d, need more than one horizon ({horizon}) plus one"
+            f"too little history before the cutoff: {cut + 1 - first} window(s) of "
+            f"{spec.length_ms / DAY_MS:g}d, need {MIN_HISTORY_WINDOWS}"
+        )
+    # The first pseudo-cutoff needs one origin before it; without one the model is the prior.
+    selectable = pseudo - 1 >= first
+    if not selectable:
+        log.info(
+            "%d windows of history, a pseudo-cutoff needs %d (a horizon and two): no correction "
+            "is checked or learnt, the model is the customer-base prior",
+            cut + 1 - first,
+            horizon + 2,
         )
     n_cut = len(population_rows(tensor, cut))
     if n_cut < cfg.min_users:
@@ -251,12 +267,15 @@ def fit_at(
     except PriorUnavailable as exc:
         raise TrainingError(f"too few customers with an order before the cutoff: {exc}") from None
     pseudo_season: SeasonIndex | None = None
-    try:
-        fit_pseudo, pseudo_prior = _calendar_fit(tensor, first, pseudo, horizon_weeks, calendar)
-        pseudo_season = pseudo_prior.season
-    except PriorUnavailable:
-        fit_pseudo = fit_prior(horizon_weeks)  # origin_set skips origins without a prior
-    select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
+    select_val: OriginSet | None = None
+    fit_pseudo = fit
+    if selectable:
+        try:
+            fit_pseudo, pseudo_prior = _calendar_fit(tensor, first, pseudo, horizon_weeks, calendar)
+            pseudo_season = pseudo_prior.season
+        except PriorUnavailable:
+            fit_pseudo = fit_prior(horizon_weeks)  # origin_set skips origins without a prior
+        select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
     choice = _choose_prior(tensor, user_ids, first, cut, horizon_weeks, cfg, select_val)
     log.info("prior: %s (%s)", choice.model, choice.why)
     if choice.pareto:
@@ -270,6 +289,8 @@ def fit_at(
         select_val = origin_set(tensor, user_ids, [pseudo], cut, fit_pseudo)
     plan = plan_samples(tensor, list(range(first, cut)), MAX_SAMPLES)
     full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, plan=plan)
+    if select_val is None:  # no pseudo-cutoff: its rows are none (the report says so)
+        select_val = full.select(np.zeros(len(full), dtype=bool))
     n_users = len(np.unique(full.user_ids))
     norm = NormStats.fit(full.sequences)
     log.info(
@@ -365,7 +386,7 @@ def _choose_prior(
     cut: int,
     horizon_weeks: float,
     cfg: TrainConfig,
-    select_val: OriginSet,
+    select_val: OriginSet | None,
 ) -> PriorChoice:
     """BG/NBD or Pareto/NBD for the shop (:mod:`training.prior_choice`), compared at the
     pseudo-cutoffs the epoch count is chosen on (``select_val`` is the first's rows)."""
@@ -378,7 +399,7 @@ def _choose_prior(
         try:
             rows = (
                 select_val
-                if k == 1
+                if k == 1 and select_val is not None
                 else origin_set(tensor, user_ids, [at], at + horizon, fit_prior(horizon_weeks))
             )
         except PriorUnavailable:
@@ -785,13 +806,16 @@ def run(
         lifts = lift_rows(test.select(at_cutoff), cut_preds)
         if len(test_windows) > 1:
             rolling["test_window_ends"] = evaluate_rows(test, preds)
-    # The pseudo-cutoff one horizon before C: a rolling origin no test data touched.
-    select_preds = {
-        "model": {k: val_scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES},
-        "model_mean": _mean_of(val_scores),
-        **baseline_predictions(main.select_val, _prior_of(main.select_val, fit), None),
-    }
-    rolling["pseudo_cutoff"] = _brief(evaluate_rows(main.select_val, select_preds))
+    # The pseudo-cutoff one horizon before C: a rolling origin no test data touched (none in
+    # a history shorter than a horizon plus two windows).
+    rolling["pseudo_cutoff"] = None
+    if len(main.select_val):
+        select_preds = {
+            "model": {k: val_scores[k].to_numpy(np.float64) for k in OUTPUT_NAMES},
+            "model_mean": _mean_of(val_scores),
+            **baseline_predictions(main.select_val, _prior_of(main.select_val, fit), None),
+        }
+        rolling["pseudo_cutoff"] = _brief(evaluate_rows(main.select_val, select_preds))
     if kept is None and (cfg.cv_folds or cfg.quantize):
         kept = source.tensor(fit_codes)[0]
     folds = _rolling_folds(kept, user_ids, first, cfg) if kept is not None and cfg.cv_folds else []

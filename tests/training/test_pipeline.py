@@ -97,6 +97,32 @@ def test_too_few_users_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "users" in capsys.readouterr().err
 
 
+def test_a_shop_a_few_weeks_old_is_served_its_customer_base_prior(tmp_path: Path) -> None:
+    """A generated shop of 8 weeks with a 4-week horizon: 4 weeks of history before the
+    cutoff, less than the horizon and two windows a pseudo-cutoff needs. Training used to
+    refuse it; a young shop still gets BG/NBD's forecast, served like every model's (the
+    network's corrections are not learnt: nothing could check them), and the report says
+    why."""
+    out = tmp_path / "young"
+    code = main(["--out", str(out), "--gen-users", "400", "--gen-days", "56", "--epochs", "2"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    training = report["extra"]["training"]
+    assert training["epochs"] == 0
+    assert training["pseudo_cutoffs"] == []
+    assert training["prior"]["model"] == "bgnbd"
+    assert "no pseudo-cutoff" in training["prior"]["why"]
+    assert report["extra"]["rolling_origin"]["pseudo_cutoff"] is None
+    assert report["extra"]["split"]["samples"]["pseudo_cutoff"] == 0
+    # The served model is the prior: its churn ranks customers exactly as BG/NBD's does.
+    churn = report["models"]["model"]["churn"]["roc_auc"]
+    assert churn == pytest.approx(report["models"]["bgnbd"]["churn"]["roc_auc"], abs=1e-6)
+    scorer = load_model(out)
+    assert scorer.manifest.prior is not None
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == report["extra"]["split"]["users"]["cutoff"] > 0
+
+
 def test_the_epoch_count_is_chosen_on_several_pseudo_cutoffs_a_horizon_apart(
     trained: Path,
 ) -> None:
