@@ -177,6 +177,15 @@ IDLE_TTL_MS = 5_000
 repeats it every ``watermark_interval_s``): a worker that stops announcing (paused, dead, cut
 off) must not leave its sources idle, which would let the others close windows its backlog
 still holds. Its last watermark then holds time back until a worker announces it again."""
+WAKE_GRACE_MS = 2_000
+"""After one of a partition's sources wakes (its first record read after it was idle, or its
+announcement turned from idle to active), the other sources' idle announcements count for the
+partition only if made at least this long after the wake (two announcement intervals: the
+worker's own setting is ``2 * watermark_interval_s``). A burst produced after a quiet spell
+reaches every source at once, and an idle announcement made before it says nothing about it:
+read as current, it let a partition close windows on the first source to read its share
+while another worker had not yet fetched its own, and that worker's re-keyed copies came late
+(3,692 events in one CI run of the paused-worker Kafka test, whose workers start idle)."""
 RESTORE_SLICE = 20_000
 """Stored records a restore reads between two yields to the event loop (~0.2 s of work at the
 100,000 records/s measured on 1M users; a yield itself costs microseconds)."""
@@ -494,6 +503,7 @@ def processor_from_settings(
         clock=clock,
         dormant_churn_floor=settings.worker.dormant_churn_floor,
         idle_ttl_ms=int(max(5 * settings.worker.watermark_interval_s, 1.0) * 1000),
+        wake_grace_ms=int(2 * settings.worker.watermark_interval_s * 1000),
         evaluate=settings.worker.online_evaluation,
         series_level=series_level,
         close_slice=settings.worker.close_slice,
@@ -517,6 +527,7 @@ class Processor:
         clock: Callable[[], int] | None = None,
         dormant_churn_floor: float = DORMANT_CHURN_FLOOR,
         idle_ttl_ms: int = IDLE_TTL_MS,
+        wake_grace_ms: int = WAKE_GRACE_MS,
         evaluate: bool = True,
         series_level: SeriesLevel | None = None,
         close_slice: int = CLOSE_SLICE,
@@ -536,6 +547,7 @@ class Processor:
         self.now_ms = clock or (lambda: int(time.time() * 1000))
         self.dormant_churn_floor = dormant_churn_floor
         self.idle_ttl_ms = idle_ttl_ms
+        self.wake_grace_ms = wake_grace_ms
         self.evaluate = evaluate
         """The online evaluation (outcome rings, quality parts, input drift, shadow scores)."""
         self.shadow: Scorer | None = None
@@ -575,6 +587,9 @@ class Processor:
         partition's re-keying topic partition (in memory: announcements repeat)."""
         self._idle: set[int] = set()
         """Source partitions this worker holds that its runtime declared idle."""
+        self._wake: dict[int, int] = {}
+        """Partition -> wall time (ms) one of its sources last woke (see :data:`WAKE_GRACE_MS`).
+        Not undone with a run that raises: a wake only delays closes."""
         self.max_error_streak = MAX_ERROR_STREAK
         self._error_streak = 0
         # Undo information of the run in progress (see _checkpoint / _rollback): what the
@@ -616,6 +631,7 @@ class Processor:
             self._clocks.pop(p, None)
             self._active.pop(p, None)
             self._marks.pop(p, None)
+            self._wake.pop(p, None)
             self._books.pop(p, None)
         self._idle -= partitions
         stale = [u for u in self._users if partition_of(u.encode(), self.partitions) in partitions]
@@ -946,8 +962,9 @@ class Processor:
             event = result
             key = event.user_id.encode()
             p = partition_of(key, self.partitions)
-            if not routed:
+            if not routed and msg.partition in self._idle:
                 self._idle.discard(msg.partition)  # it has something to read: not idle
+                self._wake[msg.partition] = now
             if p != msg.partition:
                 if routed:
                     # A routed message on the wrong partition means the topic's partition
@@ -1148,13 +1165,15 @@ class Processor:
         copies that source re-keyed to ``p`` before it. Idle sources do not hold time back;
         when every source is idle, everything sent has been read, and the latest time wins.
         Another source's idle announcement counts only while it is fresh (made less than
-        ``idle_ttl_ms`` ago: its worker keeps repeating it).
+        ``idle_ttl_ms`` ago: its worker keeps repeating it), and not if it was made before a
+        source of ``p`` woke, or within ``wake_grace_ms`` after (:data:`WAKE_GRACE_MS`).
         """
         now = self.now_ms() if now is None else now
         clock = self._clocks.get(p)
         if clock is None:
             return None
         marks = self._marks.get(p, {})
+        wake = self._wake.get(p)
         active: int | None = None
         latest: int | None = None
         for source in range(self.partitions):
@@ -1170,6 +1189,13 @@ class Processor:
                 fresh = mark.sent_ms is not None and abs(now - mark.sent_ms) <= self.idle_ttl_ms
                 if mark.idle and not fresh:
                     mark = SourceMark(mark.event_ms, False)  # not fresh: holds back
+                elif (
+                    mark.idle
+                    and wake is not None
+                    and mark.sent_ms is not None
+                    and mark.sent_ms < wake + self.wake_grace_ms
+                ):
+                    mark = SourceMark(mark.event_ms, False)  # made before the wake: holds back
             if mark.event_ms is not None:
                 latest = mark.event_ms if latest is None else max(latest, mark.event_ms)
             if mark.idle:
@@ -1234,6 +1260,8 @@ class Processor:
             raise ValueError(f"a watermark record of source {source} on partition {p}")
         marks = self._marks.setdefault(p, {})
         old = marks.get(source)
+        if old is not None and old.idle and not mark.idle:
+            self._wake[p] = now  # the source woke: the others' idle word predates its data
         # Announcements only move time forward (a restarted source re-reads its backlog).
         if (
             old is not None

@@ -23,6 +23,7 @@ from ingest.adapters import to_wire_bytes
 from serving.scorer import load_model
 from stream.loopback import run_in_process
 from stream.processor import (
+    WAKE_GRACE_MS,
     BatchOutput,
     DictStore,
     Processor,
@@ -207,6 +208,53 @@ def test_an_idle_announcement_that_is_not_repeated_stops_counting(scorer) -> Non
     out = proc.process([replace(m, offset=m.offset + 3) for m in late_msgs])
     assert not out.dead_letters
     assert proc.clocks_view()[pa]["closed_through"] == closed  # held back
+
+
+def test_a_burst_after_a_quiet_spell_waits_for_announcements_made_after_it(scorer) -> None:  # type: ignore[no-untyped-def]
+    """Every source idle (workers started on empty topics), then a backfill produced to every
+    partition at once. The partition whose own source reads its share first must not close
+    windows on it while the others' latest word is an idle announcement made before the
+    burst: another worker may not have fetched its share yet, and its re-keyed copies would
+    come late (the paused-worker Kafka test, 3,692 events in one CI run). It waits for
+    announcements made after the wake (and its grace); one of a source that did read holds
+    it back to that source's time, and the stray copy is folded, not late. Sources still
+    idle after it let it close."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    a, _ = users_on_partitions()
+    pa = partition_of(a.encode(), PARTITIONS)
+    others = [q for q in range(PARTITIONS) if q != pa]
+    everyone = list(range(PARTITIONS))
+    t = [2_000_000_000_000]
+    proc = make_processor(scorer, wake_grace_ms=WAKE_GRACE_MS)
+    proc.now_ms = lambda: t[0]
+    feed(proc, [], idle=everyone)  # the quiet spell: every source announced idle
+    # The burst: six weeks of user a on a's own source, and (an unkeyed producer) one event of
+    # a's first week on another source, whose worker has not fetched it yet.
+    own = produced(frame_of(weekly_views(a, range(6), start)), "user")
+    stray_source = others[0]
+    stray = [
+        replace(m, partition=stray_source, offset=0)
+        for m in produced(frame_of(weekly_views(a, range(1), start)), "user")
+    ]
+    t[0] += 100
+    out = proc.process(own)
+    assert proc.clocks_view()[pa]["closed_through"] is None  # the idle word predates the burst
+    assert proc.watermark(pa) is None
+    # The other worker fetches its share and announces after the grace: its source is active.
+    t[0] += proc.wake_grace_ms + 50
+    out.merge(feed(proc, stray, idle=others[1:]))
+    # That source woke too: the still-idle ones count again from their next word.
+    t[0] += proc.wake_grace_ms + 50
+    out.merge(feed(proc, [], idle=others[1:]))
+    assert not out.dead_letters, [d.reason for d in out.dead_letters]
+    wm = proc.watermark(pa)
+    assert wm is not None and wm < start + WEEK  # held back to the stray source's time
+    # Nothing more comes: every source idle, announced after the wake, and the windows close.
+    t[0] += 1_000
+    out.merge(feed(proc, [], idle=everyone))
+    assert not out.dead_letters
+    assert proc.clocks_view()[pa]["closed_through"] == proc.spec.index(start + 5 * WEEK) - 1
+    assert close_signals(out.demand)
 
 
 def test_a_restarted_worker_does_not_take_the_previous_run_s_idle_announcements_as_fresh(

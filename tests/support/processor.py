@@ -31,8 +31,16 @@ WEEK = 7 * DAY_MS
 
 
 def make_processor(  # type: ignore[no-untyped-def]
-    scorer, store: DictStore | None = None, lateness_ms: int = 0, close_slice: int = CLOSE_SLICE
+    scorer,
+    store: DictStore | None = None,
+    lateness_ms: int = 0,
+    close_slice: int = CLOSE_SLICE,
+    wake_grace_ms: int = 0,
 ) -> Processor:
+    """A processor on a frozen clock. Its heartbeats all happen at one instant, so a wake
+    grace (:data:`stream.processor.WAKE_GRACE_MS`) would never pass: 0 unless a test moves
+    the clock itself and asks for one. The wake's ordering still holds at 0 (an idle
+    announcement made *before* a wake does not count)."""
     return Processor(
         scorer,
         store if store is not None else DictStore(),
@@ -43,6 +51,7 @@ def make_processor(  # type: ignore[no-untyped-def]
         routed_topics=frozenset({"routed"}),
         clock=lambda: 1_900_000_000_000,
         close_slice=close_slice,
+        wake_grace_ms=wake_grace_ms,
     )
 
 

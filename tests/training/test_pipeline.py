@@ -123,6 +123,28 @@ def test_a_shop_a_few_weeks_old_is_served_its_customer_base_prior(tmp_path: Path
     assert len(predictions) == report["extra"]["split"]["users"]["cutoff"] > 0
 
 
+@pytest.mark.realdata
+def test_online_retail_with_a_quarter_of_history_is_served_bgnbd_at_a_lower_mae(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """UCI Online Retail cut at 2011-03-01: 13 weeks of a wholesaler's order lines, a 13-week
+    horizon. Refused before; now the customer-base prior is the model, and on these 1,749
+    customers its served forecast has a lower MAE than BG/NBD's mean and the same churn
+    ranking (measured: 0.959 against 0.974, AUC 0.697 both, bias -1.7 %)."""
+    out = tmp_path / "or"
+    events = shared_data / "online_retail.csv.gz"
+    args = ["--events", str(events), "--format", "transactions", "--window", "7d"]
+    args += ["--seq-len", "26", "--horizon", "13", "--cutoff", "2011-03-01", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["extra"]["training"]["epochs"] == 0
+    model, bgnbd = report["models"]["model"], report["models"]["bgnbd"]
+    assert model["orders"]["n"] == bgnbd["orders"]["n"] > 1000
+    assert model["orders"]["mae"] < bgnbd["orders"]["mae"]
+    assert model["churn"]["roc_auc"] == pytest.approx(bgnbd["churn"]["roc_auc"], abs=1e-6)
+    assert abs(model["orders"]["bias"]) <= 0.05
+
+
 def test_the_epoch_count_is_chosen_on_several_pseudo_cutoffs_a_horizon_apart(
     trained: Path,
 ) -> None:
