@@ -18,11 +18,12 @@ process:
   fair comparison for a 1-thread ORT session).
 
 - **The customer-base summary** beside it: :func:`features.clv.prior_features` (what the
-  scorer computes for every scored sequence before ``session.run``) on a seeded batch of
-  :data:`SUMMARY_BATCH` customers of a young shop (whole days of age and recency, a fifth of
-  them browsers), for BG/NBD and Pareto/NBD with CDNOW's published fits and for a Pareto/NBD
-  fit near its no-drop-out corner (real CDNOW at 1997-04-15), whose 2F1 series need thousands
-  of terms per row: µs per row against ORT's µs per sequence at the same batch.
+  scorer computes for every scored sequence before ``session.run``) on a seeded block of
+  ``serving.scorer.MAX_SCORE_ROWS`` customers of a young shop (whole days of age and
+  recency, a fifth of them browsers), for BG/NBD and Pareto/NBD with CDNOW's published fits
+  and for a Pareto/NBD fit near its no-drop-out corner (real CDNOW at 1997-04-15), whose 2F1
+  series need thousands of terms per row: µs per row against ORT's µs per sequence at the
+  same batch.
 
 Achieved GFLOP/s = sequences/s × FLOPs per sequence / 1e9. Results: ``inference.json`` /
 ``inference.md`` / ``inference_throughput.png`` in ``--out`` (default ``bench/results``).
@@ -144,13 +145,13 @@ def ort_at_batch(
     }
 
 
-SUMMARY_BATCH = 1024
-"""Rows per summary call: the scorer's largest block (``serving.scorer.MAX_SCORE_ROWS``)."""
-
-
-def summary_cost(seconds: float = 0.5, batch: int = SUMMARY_BATCH) -> list[dict[str, Any]]:
-    """µs per row of the customer-base summary, per customer-base model (see module doc)."""
+def summary_cost(seconds: float = 0.5, batch: int | None = None) -> list[dict[str, Any]]:
+    """µs per row of the customer-base summary, per customer-base model (see module doc); by
+    default at the scorer's largest block (``serving.scorer.MAX_SCORE_ROWS``)."""
     from features.clv import BgNbdParams, ParetoNbdParams, prior_features
+    from serving.scorer import MAX_SCORE_ROWS
+
+    batch = MAX_SCORE_ROWS if batch is None else batch
 
     models: list[tuple[str, BgNbdParams | ParetoNbdParams]] = [
         ("BG/NBD, CDNOW's published fit", BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)),

@@ -146,17 +146,21 @@ def _by_rows(fn: Callable[..., FloatArray], *rows: FloatArray) -> FloatArray:
     n = rows[0].shape[0]
     if n <= ROWS_AT_ONCE:
         return fn(*rows)
-    bits = np.stack([np.ascontiguousarray(r, dtype=np.float64).view(np.uint64) for r in rows], 1)
-    distinct, where, inverse = np.unique(bits, axis=0, return_index=True, return_inverse=True)
+    where, spread = _unique_rows(rows)
     firsts = tuple(np.asarray(r)[where] for r in rows)
     values = np.concatenate(
-        [
-            fn(*(r[i : i + ROWS_AT_ONCE] for r in firsts))
-            for i in range(0, len(distinct), ROWS_AT_ONCE)
-        ]
+        [fn(*(r[i : i + ROWS_AT_ONCE] for r in firsts)) for i in range(0, len(where), ROWS_AT_ONCE)]
     )
-    out: FloatArray = values[inverse.reshape(-1)]
+    out: FloatArray = values[spread]
     return out
+
+
+def _unique_rows(rows: tuple[FloatArray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The first index of each distinct row of the 1-D ``rows`` (by their bits, so -0.0 and
+    0.0 differ and no two values that round alike merge), and each row's distinct index."""
+    bits = np.stack([np.ascontiguousarray(r, dtype=np.float64).view(np.uint64) for r in rows], 1)
+    _, where, inverse = np.unique(bits, axis=0, return_index=True, return_inverse=True)
+    return where, inverse.reshape(-1)
 
 
 def _distinct_rows(
@@ -173,11 +177,9 @@ def _distinct_rows(
     n = rows[0].shape[0]
     if n < 2:
         return fn(*rows)
-    bits = np.stack([np.ascontiguousarray(r, dtype=np.float64).view(np.uint64) for r in rows], 1)
-    _, where, inverse = np.unique(bits, axis=0, return_index=True, return_inverse=True)
+    where, spread = _unique_rows(rows)
     if len(where) == n:
         return fn(*rows)
-    spread = inverse.reshape(-1)
     return tuple(v[spread] for v in fn(*(r[where] for r in rows)))
 
 
@@ -486,14 +488,14 @@ def _pareto_log_expected(
     t_x: FloatArray,
     T: FloatArray,
     t: FloatArray,
-    log_odds: FloatArray | None = None,
+    log_odds: FloatArray,
 ) -> FloatArray:
     """log E[purchases in (T, T + t]] (eq. 27):
     P(alive) (r + x)(beta + T) / ((alpha + T)(s - 1)) [1 - ((beta + T)/(beta + T + t))^(s - 1)].
 
     The bracket over (s - 1) is 0/0 at s = 1; it is evaluated as -log(v) expm1(y)/y with
-    y = (s - 1) log v, whose limit at s = 1 is -log v. ``log_odds``: the rows' alive odds when
-    the caller has them (:func:`_pareto_log_alive_odds`, two 2F1 series per row).
+    y = (s - 1) log v, whose limit at s = 1 is -log v. ``log_odds``: the rows' alive odds
+    (:func:`_pareto_log_alive_odds`: two 2F1 series per row, so the caller computes them once).
     """
     log_v = np.log(p.beta + T) - np.log(p.beta + T + t)
     y = (p.s - 1.0) * log_v
@@ -502,8 +504,6 @@ def _pareto_log_expected(
     bracket = -log_v * phi  # = [1 - v^(s-1)] / (s - 1)
     with np.errstate(divide="ignore"):
         log_bracket = np.log(np.maximum(bracket, 0.0))
-    if log_odds is None:
-        log_odds = _pareto_log_alive_odds(p, x, t_x, T)
     out: FloatArray = (
         _log_p_alive(log_odds)
         + np.log(p.r + x)
@@ -519,7 +519,8 @@ def pareto_nbd_expected(
 ) -> FloatArray:
     """E[purchases in (T, T + t] | x, t_x, T]; ``t`` a scalar or per row."""
     x_, t_x_, T_ = (np.atleast_1d(v) for v in _rft(x, t_x, T))
-    log_e = _pareto_log_expected(params, x_, t_x_, T_, _horizon(t, x_))
+    log_odds = _pareto_log_alive_odds(params, x_, t_x_, T_)
+    log_e = _pareto_log_expected(params, x_, t_x_, T_, _horizon(t, x_), log_odds)
     return np.exp(np.minimum(log_e, 700.0))
 
 
@@ -546,7 +547,7 @@ def _pareto_log_p_any(
     t_x: FloatArray,
     T: FloatArray,
     t: FloatArray,
-    log_odds: FloatArray | None = None,
+    log_odds: FloatArray,
 ) -> FloatArray:
     """log P(some purchase in (T, T + t]) = log[P(alive) P(some | alive)], exact.
 
@@ -564,8 +565,6 @@ def _pareto_log_p_any(
     some = _mean_share(m, A, p.s, B) - np.exp(log_w) * _mean_share(m, A + t, p.s, B + t)
     with np.errstate(divide="ignore"):
         log_some = np.log(np.clip(some, 0.0, 1.0))
-    if log_odds is None:
-        log_odds = _pareto_log_alive_odds(p, x, t_x, T)
     out: FloatArray = _log_p_alive(log_odds) + log_some
     return out
 
@@ -576,7 +575,8 @@ def pareto_nbd_p_zero(
     """P(no purchase in (T, T + t] | x, t_x, T) = 1 - P(alive) P(some | alive), exact (see
     :func:`_pareto_log_p_any`); ``t`` a scalar or per row."""
     x_, t_x_, T_ = (np.atleast_1d(v) for v in _rft(x, t_x, T))
-    return -np.expm1(_pareto_log_p_any(params, x_, t_x_, T_, _horizon(t, x_)))
+    log_odds = _pareto_log_alive_odds(params, x_, t_x_, T_)
+    return -np.expm1(_pareto_log_p_any(params, x_, t_x_, T_, _horizon(t, x_), log_odds))
 
 
 def _prior_terms(
