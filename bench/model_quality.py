@@ -19,6 +19,9 @@ of day; spend per order is gamma around a gamma-distributed per-customer mean):
   came back, the other half are a live Pareto/NBD base; cutoff 13 weeks before the end;
 * ``regular``: 3,000 customers who buy at gamma-distributed gaps (more regular than Poisson,
   the Pareto/GGG story), about every two weeks, with exponential lifetimes; 104 weeks;
+* ``marketplace``: 40,000 customers over two years with acquisition growing fourfold, 85 %
+  of them one-off buyers and the rest a slow Pareto/NBD base with +30 % in November (the
+  Olist story: nearly every forecast is 0, and a mixture neither customer-base model is);
 * ``online_retail``: the real UCI file at ``../shared/data/online_retail.csv.gz`` (format
   ``transactions``, cutoff 2011-09-09), when present;
 * ``cdnow_real`` and ``cdnow_real_q4``: the real CDNOW master file (Fader & Hardie's cohort:
@@ -347,12 +350,58 @@ def gen_regular(seed: int, scale: float = 1.0) -> ShopData:
     return _finish("regular", [part], start, cutoff, n)
 
 
+def gen_marketplace(seed: int, scale: float = 1.0) -> ShopData:
+    """Marketplace (the Olist story): 40,000 customers over two years, acquisition growing
+    fourfold (density rising linearly), most never return: 85 % buy once, 15 % are a Pareto/NBD
+    base (lambda ~ Gamma(0.5, 10), an order every 20 weeks on average; mu ~ Gamma(1, 30)),
+    +30 % in November (its sales event); cutoff 13 weeks before the end. The customer-base
+    models see a mixture neither of them is, and a population where nearly every forecast
+    is 0."""
+    rng = np.random.default_rng(seed)
+    n = round(40_000 * scale)
+    start = pd.Timestamp("2017-01-02", tz="UTC")
+    cutoff = start + pd.Timedelta(weeks=104 - HORIZON)
+    end = _horizon_end(cutoff)
+    span = (cutoff - start) / pd.Timedelta(days=1)
+    # Density 1 + 3 d / span on [0, span]: the inverse of its cumulative share.
+    u = rng.uniform(0.0, 1.0, n)
+    acquired = span * (np.sqrt(1.0 + 15.0 * u) - 1.0) / 3.0
+    n_once = int(0.85 * n)
+
+    def _november(days: pd.DatetimeIndex) -> FloatArray:
+        return np.where(days.month == 11, 1.3, 1.0)
+
+    once = _simulate(
+        rng=rng,
+        start=start,
+        end=end,
+        acquired_day=acquired[:n_once],
+        lam=np.zeros(n_once),
+        spend_mean=120.0,
+    )
+    n_live = n - n_once
+    mu = rng.gamma(1.0, 1.0 / 30.0, n_live)
+    live = _simulate(
+        rng=rng,
+        start=start,
+        end=end,
+        acquired_day=acquired[n_once:],
+        lam=rng.gamma(0.5, 1.0 / 10.0, n_live),
+        lifetime_days=rng.exponential(1.0 / mu) * 7.0,
+        multiplier=_november,
+        spend_mean=120.0,
+        user_offset=n_once,
+    )
+    return _finish("marketplace", [once, live], start, cutoff, n)
+
+
 GENERATORS: dict[str, Callable[[int, float], ShopData]] = {
     "cdnow": gen_cdnow,
     "grocery": gen_grocery,
     "wholesale": gen_wholesale,
     "dormant": gen_dormant,
     "regular": gen_regular,
+    "marketplace": gen_marketplace,
 }
 
 

@@ -22,6 +22,7 @@ FULL_CUSTOMERS = {
     "wholesale": 5_000,
     "dormant": 10_000,
     "regular": 3_000,
+    "marketplace": 40_000,
 }
 CUTOFFS = {
     "cdnow": "1998-04-01",  # 1997-01-01 + 65 weeks
@@ -29,8 +30,9 @@ CUTOFFS = {
     "wholesale": "2023-09-04",
     "dormant": "2023-10-09",  # start + 248 weeks of 261
     "regular": "2022-10-03",  # start + 91 weeks of 104
+    "marketplace": "2018-10-01",  # start + 91 weeks of 104
 }
-SPAN_WEEKS = {"cdnow": 78, "grocery": 104, "dormant": 261, "regular": 104}
+SPAN_WEEKS = {"cdnow": 78, "grocery": 104, "dormant": 261, "regular": 104, "marketplace": 104}
 
 
 @pytest.mark.parametrize("name", sorted(mq.GENERATORS))
@@ -74,6 +76,20 @@ def test_shape_specifics() -> None:
     wholesale = mq.gen_wholesale(1, SCALE).events
     month = pd.to_datetime(wholesale["event_time_ms"], unit="ms").dt.month
     assert month.isin([10, 11]).mean() > 2 / 12  # the Q4 peak shows
+
+
+def test_marketplace_customers_mostly_buy_once_and_arrive_ever_faster() -> None:
+    """The marketplace: at least 85 % of its customers never order again, and the quarter
+    before the cutoff brings about three times the new customers of the first quarter
+    (acquisition grows fourfold over the history)."""
+    shop = mq.gen_marketplace(1, 0.5)
+    ev = shop.events
+    per_user = ev.groupby("user_id").size()
+    assert 0.85 <= float((per_user == 1).mean()) < 0.97  # the live base buys rarely too
+    first = ev.groupby("user_id")["event_time_ms"].min()
+    first_quarter = (first < mq._ms(shop.start) + 13 * mq.WEEK_MS).sum()
+    last_quarter = (first >= mq._ms(shop.cutoff) - 13 * mq.WEEK_MS).sum()
+    assert last_quarter > 2.5 * first_quarter
 
 
 def test_regular_buyers_buy_more_regularly_than_poisson() -> None:
