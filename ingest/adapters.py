@@ -110,6 +110,20 @@ _READ_ERRORS: Final = (
 )
 
 
+_RULES: Final = {
+    "bad_value:event_time": "must be ISO-8601 with a zone ('Z' or an offset such as '+00:00': "
+    "without one the instant would be a guess) or integer epoch milliseconds",
+    "bad_value:event_time_ms": "must be integer epoch milliseconds",
+    "bad_value:price": "must be a number >= 0 (blank: unknown)",
+    "bad_value:quantity": "must be a whole number >= 1 (blank: 1)",
+    "missing_field": "must not be blank",
+    "unknown_event_type": f"must be one of {', '.join(EVENT_TYPES)}",
+    "time_too_old": "lies before the reader's time floor",
+    "time_in_future": "lies after now plus the allowed clock skew",
+}
+"""What each refusal reason's rule asks, for :meth:`IngestSummary.explain`."""
+
+
 class IngestError(Exception):
     """A file cannot be ingested at all (unreadable, unknown format, required columns missing)."""
 
@@ -146,6 +160,19 @@ class IngestSummary:
             "first_bad": [list(x) for x in self.first_bad],
             "seconds": round(self.seconds, 3),
         }
+
+    def explain(self) -> str | None:
+        """The most frequent refusal in words, with its first line and the rule it broke (for
+        a file none of whose rows could be used); ``None`` when no row was refused."""
+        if not self.bad_rows:
+            return None
+        reason, count = max(self.bad_rows.items(), key=lambda item: item[1])
+        line = next((n for n, r in self.first_bad if r == reason), None)
+        where = f", the first on line {line}" if line is not None else ""
+        kind, _, column = reason.partition(":")
+        rule = _RULES.get(reason) or _RULES.get(kind)
+        said = f": {column} {rule}" if rule and column else ""
+        return f"{count} of {self.rows_read} rows refused as {reason}{where}{said}"
 
     def describe(self) -> str:
         """One human line, e.g. for a CLI."""

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from features.input_kind import input_kind_of
-    from ingest.adapters import IngestError, read_events
+    from ingest.adapters import IngestError, IngestSummary, read_events
     from training.pipeline import TrainConfig, TrainingError
 
     stack = contextlib.ExitStack()
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         stages.start("read")
         events: pd.DataFrame | EventStore
         source: dict[str, Any]
+        summary: IngestSummary | None = None  # what the reader refused, for the error below
         if args.cells is not None:
             from training.cells import open_cells
             from training.outofcore import EngineConfig
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             config = EngineConfig(memory_limit=args.duckdb_memory, temp_dir=args.duckdb_temp_dir)
             events = store = stack.enter_context(open_cells([args.cells], config))
             source = {"cells": str(args.cells), **_store_source(store)}
+            summary = store.summary
             n_rows, last_ms, n_users = store.rows, store.stop_ms, store.users
             type_counts = dict(store.event_types)
         elif args.engine == "duckdb":
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise IngestError("--engine duckdb reads --events files; give one")
             events = store = stack.enter_context(_open_store(args))
             source = {"events": str(args.events), **_store_source(store)}
+            summary = store.summary
             n_rows, last_ms, n_users = store.rows, store.stop_ms, store.users
             type_counts = dict(store.event_types)
         elif args.events is not None:
@@ -218,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             log.info("%s", result.summary.describe())
             events = result.events
+            summary = result.summary
             source = {
                 "events": str(args.events),
                 "ingest": result.summary.to_dict(),
@@ -237,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             n_users = int(events["user_id"].nunique())
             type_counts = {str(k): int(v) for k, v in events["event_type"].value_counts().items()}
         if n_rows == 0:
-            raise TrainingError("no valid events to train on")
+            why = summary.explain() if summary is not None else None
+            raise TrainingError("no valid events to train on" + (f" ({why})" if why else ""))
         cutoff = args.cutoff
         if cutoff is None:
             day = DAY_MS

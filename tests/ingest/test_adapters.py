@@ -235,6 +235,19 @@ def test_canonical_csv(tmp_path: Path) -> None:
     assert df["brand"].isna().all()  # absent column -> missing
 
 
+def test_a_summary_explains_its_most_frequent_refusal_by_the_rule_broken(tmp_path: Path) -> None:
+    """The mixed file above: one refusal of each kind but two of bad prices, so the bad price
+    is what a reader of the error is told about first, with its line and its rule."""
+    summary = read_canonical(write(tmp_path, "events.csv", CANONICAL_CSV), now_ms=NOW).summary
+    assert summary.explain() == (
+        "2 of 12 rows refused as bad_value:price, the first on line 8: price must be a number "
+        ">= 0 (blank: unknown)"
+    )
+    clean = tmp_path / "clean.csv"
+    clean.write_text("event_time,event_type,user_id\n2023-11-14T22:00:00Z,view,u1\n")
+    assert read_canonical(clean, now_ms=NOW).summary.explain() is None
+
+
 def test_canonical_csv_round_trips_a_canonical_frame(tmp_path: Path) -> None:
     from ingest.generator import generate_clickstream
 

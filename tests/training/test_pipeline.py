@@ -72,6 +72,35 @@ def test_unknown_columns_name_what_was_found(
     assert "a" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("engine", ["pandas", "duckdb"])
+def test_an_order_file_of_dates_without_a_zone_says_which_rule_it_broke(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: str
+) -> None:
+    """An order export of plain dates (CDNOW's own file has no time of day, let alone a zone)
+    trains nothing: the error names the rows, the first line and what the time must be."""
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "event_time,event_type,user_id\n1997-01-01,purchase,c1\n1997-01-12,purchase,c2\n"
+    )
+    code = main(
+        [
+            "--events",
+            str(path),
+            "--format",
+            "canonical",
+            "--engine",
+            engine,
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no valid events to train on (2 of 2 rows refused as bad_value:event_time" in err
+    assert "the first on line 2" in err
+    assert "with a zone" in err
+
+
 def test_cutoff_outside_the_data_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
