@@ -177,20 +177,15 @@ IDLE_TTL_MS = 5_000
 repeats it every ``watermark_interval_s``): a worker that stops announcing (paused, dead, cut
 off) must not leave its sources idle, which would let the others close windows its backlog
 still holds. Its last watermark then holds time back until a worker announces it again."""
-WAKE_GRACE_MS = 30_000
+WAKE_GRACE_MS = 2_000
 """After one of a partition's sources wakes (its first record read after it was idle, or its
 announcement turned from idle to active), the other sources' idle announcements count for the
-partition only if made at least this long after the wake: the worker's own setting is the
-source idle timeout (``source_idle_timeout_s``, 30 s by default), and at least two
-announcement intervals. A burst produced after a quiet spell reaches every source at once, and
-an idle announcement made before another worker fetched its share says nothing about it: read
-as current, it let a partition close windows on the first source to read its share, and the
-slower worker's re-keyed copies came late (3,692 events in one CI run of the paused-worker
-Kafka test, whose workers start idle; then 980 in another with a grace of two announcement
-intervals, 0.5 s there, on a loaded machine). The idle timeout is how long a worker waits
-before it trusts its own quiet source; a partition waits as long after a wake before it
-trusts the others'. Cost: after a quiet spell, closes that rest on idle sources wait up to
-one idle timeout longer; a source with steady traffic never wakes."""
+partition only if made at least this long after the wake (two announcement intervals: the
+worker's own setting is ``2 * watermark_interval_s``). A burst produced after a quiet spell
+reaches every source at once, and an idle announcement made before it says nothing about it:
+read as current, it let a partition close windows on the first source to read its share
+while another worker had not yet fetched its own, and that worker's re-keyed copies came late
+(3,692 events in one CI run of the paused-worker Kafka test, whose workers start idle)."""
 RESTORE_SLICE = 20_000
 """Stored records a restore reads between two yields to the event loop (~0.2 s of work at the
 100,000 records/s measured on 1M users; a yield itself costs microseconds)."""
@@ -508,10 +503,7 @@ def processor_from_settings(
         clock=clock,
         dormant_churn_floor=settings.worker.dormant_churn_floor,
         idle_ttl_ms=int(max(5 * settings.worker.watermark_interval_s, 1.0) * 1000),
-        wake_grace_ms=int(
-            max(2 * settings.worker.watermark_interval_s, settings.worker.source_idle_timeout_s)
-            * 1000
-        ),
+        wake_grace_ms=int(2 * settings.worker.watermark_interval_s * 1000),
         evaluate=settings.worker.online_evaluation,
         series_level=series_level,
         close_slice=settings.worker.close_slice,
