@@ -352,6 +352,26 @@ def build_app(settings: Settings) -> faust.App:
     return app
 
 
+def caught_up(
+    processed: int | None, fetched: int | None, position: int | None, log_end: int | None
+) -> bool:
+    """Whether a source partition has nothing left to read: every record up to ``log_end``
+    (the broker's answer, asked now) was processed. ``processed``: the next offset after the
+    last processed record (``None``: none since the assignment); ``fetched``: the last offset a
+    bulk consumer fetched (``None``: none, or not a bulk consumer); ``position``: the consumer's
+    fetch position, which counts only when nothing was fetched or processed (records fetched
+    and not processed wait in the agent's buffer: a position past them says nothing of what is
+    left to process, and in CI a restarted worker announced its backlog idle before reading
+    it, 322 events late)."""
+    if log_end is None:
+        return False
+    if processed is not None:
+        return processed >= log_end
+    if fetched is not None:
+        return False
+    return position is not None and position >= log_end
+
+
 class Worker:
     """One worker: its app, topics and table, the model it serves and the processor that
     runs each micro-batch; the agent, timers and views are registered on ``app`` by
@@ -516,28 +536,48 @@ class Worker:
         else:
             self.store.write(out.writes)
 
-    async def is_idle(self, p: int, now: float) -> bool:
-        """Nothing read from clickstream partition ``p`` for the idle timeout, and nothing
-        left to read: its consumer is at the log end. A consumer that is slow or paused with a
-        backlog holds time back, however long it has been quiet."""
-        last = self.last_read.get(p)
-        if last is None or now - last < self.settings.worker.source_idle_timeout_s:
-            return False
-        tp = TP(self.settings.topics.clickstream, p)
+    async def idle_sources(self, held: set[int], now: float) -> list[int]:
+        """The held clickstream partitions with nothing read for the idle timeout and nothing
+        left to read: everything in the log when the broker is asked (now) was processed. A
+        consumer that is slow, paused or not yet fetching, with a backlog, holds time back
+        however long it has been quiet.
+
+        The log end is asked of the broker (a ListOffsets request), not taken from the last
+        fetch response: a consumer whose partitions are paused (Faust's recovery) or whose
+        fetch is slow to come back saw no burst yet, and its cached high-water mark said
+        "nothing to read" while the other worker was already closing windows on its share
+        (CI: 980 and 2,585 re-keyed events late in the paused-worker Kafka test)."""
+        timeout = self.settings.worker.source_idle_timeout_s
+        quiet = [
+            p
+            for p in sorted(held)
+            if (t := self.last_read.get(p)) is not None and now - t >= timeout
+        ]
+        if not quiet:
+            return []
+        topic = self.settings.topics.clickstream
         try:
-            high = self.app.consumer.highwater(tp)
-            done = metrics.processed_position(tp.topic, p)
-            if done is None and faust_runtime.fetched_offset(self.app, tp) is not None:
-                # Fetched and not processed yet (bulk consumption: it waits in the agent's
-                # buffer): the consumer's position is past records still to come. In CI's
-                # backlog test a restarted worker, its backlog fetched whole, announced its
-                # sources idle before reading them, and 322 events came late.
-                return False
-            position = done if done is not None else await self.app.consumer.position(tp)
-        except Exception as exc:  # revoked meanwhile, or nothing fetched yet: not idle
-            log.debug("idleness of %s unknown: %r", tp, exc)
-            return False
-        return high is not None and position is not None and position >= high
+            # Bounded: this runs in the turn, and a broker slow to answer must not stop batches.
+            ends = await asyncio.wait_for(
+                self.app.consumer.highwaters(*(TP(topic, p) for p in quiet)),
+                timeout=max(self.settings.worker.watermark_interval_s, 1.0),
+            )
+            idle = []
+            for p in quiet:
+                tp = TP(topic, p)
+                done = metrics.processed_position(topic, p)
+                fetched = faust_runtime.fetched_offset(self.app, tp)
+                position = (
+                    await self.app.consumer.position(tp)
+                    if done is None and fetched is None
+                    else None
+                )
+                if caught_up(done, fetched, position, ends.get(tp)):
+                    idle.append(p)
+        except Exception as exc:  # revoked meanwhile, broker slow to answer: not idle
+            log.debug("idleness of %s unknown: %r", quiet, exc)
+            return []
+        return idle
 
     async def announce_watermarks(self) -> None:
         """Tell every partition how far the source partitions this worker holds have read
@@ -563,16 +603,22 @@ class Worker:
         held = self.held_partitions()
         if not held:
             return
-        idle = [p for p in held if await self.is_idle(p, now)]
         async with self.turn:
             if app.rebalancing:  # came while we waited: the table may be restoring
                 return
             await self.restore_partitions(held)
             if app.rebalancing:
                 return
-            held_now = self.held_partitions()
+            held_now = held & self.held_partitions()
+            # Asked in the turn, just before the announcement that carries it: decided before
+            # the wait for the turn, an idle word could go out seconds later (a long batch
+            # held the turn meanwhile) over records that came in the while, and be believed
+            # as fresh by the partitions they were re-keyed to.
+            idle = await self.idle_sources(held_now, time.monotonic())
+            if app.rebalancing:
+                return
             started = time.perf_counter()
-            out = self.processor().heartbeat(held & held_now, [p for p in idle if p in held_now])
+            out = self.processor().heartbeat(held_now, idle)
             await self.emit(out)
             took = time.perf_counter() - started  # a heartbeat may take a slice of a close
         metrics.observe_announcement(out, len(idle))
