@@ -132,9 +132,10 @@ def test_a_source_processed_to_the_log_end_is_idle_and_one_behind_it_is_not(
 def test_a_broker_too_slow_to_answer_leaves_every_source_holding_time_back(
     worker: Worker,
 ) -> None:
-    """The question is asked in the worker's turn: it is bounded, and no answer is no idle."""
-    worker.app.consumer = _Consumer(log_end=0, answer_after_s=5.0)  # type: ignore[assignment]
+    """The question is asked in the worker's turn: it is bounded (the wait is given up long
+    before the broker's minute-late answer; no speed is asserted), and no answer is no idle."""
+    worker.app.consumer = _Consumer(log_end=0, answer_after_s=60.0)  # type: ignore[assignment]
     now = quiet(worker, 0, 1)
     started = time.monotonic()
     assert asyncio.run(worker.idle_sources({0, 1}, now)) == []
-    assert time.monotonic() - started < 4.0
+    assert time.monotonic() - started < 30.0
