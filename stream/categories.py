@@ -12,10 +12,10 @@ State lives in a string-keyed store of bytes (the worker's changelog-backed ``ca
 table; a dict in tests), one value per key so that none outgrows a Kafka message:
 ``board``, ``part/{end}/{partition}/{index}`` (parts waiting for their window end),
 ``series/{key}`` (a series' history), ``totals`` (the shop's) and ``meta`` (the first window
-merged: no forecast is made before ``seq_len`` windows were seen, as offline training cannot
-make one at an origin with less history). Merging a window end is idempotent (a history's
-window is set, never added to), so a part or a whole window end processed again after a crash
-gives the same histories and forecasts with the same ids.
+merged with an event in it: no forecast is made before ``seq_len`` windows were seen, as
+offline training cannot make one at an origin with less history). Merging a window end is
+idempotent (a history's window is set, never added to), so a part or a whole window end
+processed again after a crash gives the same histories and forecasts with the same ids.
 """
 
 from __future__ import annotations
@@ -108,14 +108,20 @@ class CategoryAggregator:
         shop.add(window, totals, keep)
         self.store[TOTALS_KEY] = orjson.dumps(shop.to_dict())
         meta = orjson.loads(self.store.get(META_KEY) or b"{}")
-        first = int(meta.get("first_window", window))
-        if "first_window" not in meta:
-            self.store[META_KEY] = orjson.dumps({"first_window": first})
+        if "first_window" not in meta and any(totals):
+            # The shop's history begins at its first window with an event, as the training
+            # panel's does. A partition may close empty windows before it (its first
+            # watermark stood within the allowed lateness of the first event, or came before
+            # it had one), and how many depends on timing: counting them would make a
+            # forecast come earlier in one run than in another.
+            meta = {"first_window": window}
+            self.store[META_KEY] = orjson.dumps(meta)
+        first = meta.get("first_window")
         for k in keys:
             self.store.pop(k, None)
         board.received.pop(end_ms, None)
         forecasts: list[CategoryForecast] = []
-        if window - first + 1 >= m.seq_len:
+        if first is not None and window - int(first) + 1 >= m.seq_len:
             names, sequence, future, scale = model_inputs(
                 histories, shop, window, spec, m.seq_len, m.horizon
             )

@@ -165,6 +165,37 @@ def test_a_restart_and_parts_sent_twice_neither_lose_nor_double_count(
             assert a[series][end]["horizon"] == b[series][end]["horizon"]
 
 
+def test_empty_windows_closed_before_the_shop_s_first_event_move_no_forecast(
+    scorer: Scorer, model: DemandModel, shop: pd.DataFrame
+) -> None:
+    """A partition closes windows from where the watermark stood when it first heard from
+    every source: within the allowed lateness of the first event, or before it had an event
+    of its own, that is a window or two before the shop's first. Its empty parts of those
+    windows complete them on the board (the others went past); the shop's history, and the
+    ``seq_len`` windows a forecast waits for, still begin at its first event, as offline (a
+    CI run's killed worker forecast one window early)."""
+    level = parse_level(LEVEL)
+    store = DictStore()
+    whole = parts_of(processor(scorer, store, level), store, messages(shop), 64)
+    first_end = min(p.window_end_ms for p in whole)
+    length = model.spec.length_ms
+    early = [
+        part
+        for end in (first_end - 2 * length, first_end - length)
+        for p in range(PARTITIONS)
+        if p % 2 == 0  # some partitions only: the others go past these ends
+        for part in series_book.category_parts(
+            {}, [0.0] * 4, 0, window_end_ms=end, partition=p, partitions=PARTITIONS
+        )
+    ]
+    plain, preceded = aggregate(model, whole), aggregate(model, early + whole)
+    assert plain.keys() == preceded.keys()
+    for series in plain:
+        assert plain[series].keys() == preceded[series].keys(), series
+        for end in plain[series]:
+            assert plain[series][end]["horizon"] == preceded[series][end]["horizon"]
+
+
 USERS = [u for u in (f"u{i}" for i in range(200)) if partition_of(u.encode(), PARTITIONS) == 0][:7]
 """Users of partition 0, where the messages of the hostile tests arrive."""
 
