@@ -214,8 +214,8 @@ def wait_until_done(
     expect_min_source: int = 0,
     last_event_ms: Mapping[int, int] | None = None,
 ) -> float:
-    """Until the worker's group has committed the end of the source topics (lag 0) and the
-    output topics did not grow for ``idle_s``. Returns seconds waited; the lag at that moment
+    """Until the worker's group has committed the end of the source topics (lag 0) and no
+    output topic grew for ``idle_s``. Returns seconds waited; the lag at that moment
     is left in ``worker.final_lag``.
 
     ``expect_min_source``: records the source topics must hold before lag 0 counts (guards
@@ -229,7 +229,17 @@ def wait_until_done(
     """
     s = worker.settings
     sources = [s.topics.clickstream, s.topics.routed]
-    outputs = [s.topics.demand, s.topics.churn, s.topics.dead_letter]
+    # Every output, also those one hop further (the aggregators read the partitions' parts
+    # from an internal topic): a run stopped when only the signals had been quiet could
+    # miss the last window's category forecasts or quality record.
+    outputs = [
+        s.topics.demand,
+        s.topics.churn,
+        s.topics.dead_letter,
+        s.topics.outcomes,
+        s.topics.quality,
+        s.topics.category_demand,
+    ]
     t0 = time.monotonic()
     last_outputs: tuple[int, ...] | None = None
     stable_since = t0
