@@ -185,7 +185,12 @@ def test_empty_windows_closed_before_the_shop_s_first_event_move_no_forecast(
         for p in range(PARTITIONS)
         if p % 2 == 0  # some partitions only: the others go past these ends
         for part in series_book.category_parts(
-            {}, [0.0] * 4, 0, window_end_ms=end, partition=p, partitions=PARTITIONS
+            {},
+            [0.0] * series_book.N_AGGREGATES,
+            0,
+            window_end_ms=end,
+            partition=p,
+            partitions=PARTITIONS,
         )
     ]
     plain, preceded = aggregate(model, whole), aggregate(model, early + whole)
