@@ -214,8 +214,10 @@ def wait_until_done(
     expect_min_source: int = 0,
     last_event_ms: Mapping[int, int] | None = None,
 ) -> float:
-    """Until the worker's group has committed the end of the source topics (lag 0) and no
-    output topic grew for ``idle_s``. Returns seconds waited; the lag at that moment
+    """Until the worker's group has committed the end of the source topics (lag 0), no
+    output topic grew for ``idle_s`` and no window close is in progress (a close after a
+    backlog goes on in slices between the timer's turns, so quiet outputs alone could be a
+    pause in it). Returns seconds waited; the lag at that moment
     is left in ``worker.final_lag``.
 
     ``expect_min_source``: records the source topics must hold before lag 0 counts (guards
@@ -255,7 +257,12 @@ def wait_until_done(
         caught_up = lag == 0 or (
             last_event_ms is not None and clocks_reached(worker, last_event_ms)
         )
-        if produced >= expect_min_source and now - stable_since >= idle_s and caught_up:
+        if (
+            produced >= expect_min_source
+            and now - stable_since >= idle_s
+            and caught_up
+            and closes_in_progress(worker) == 0
+        ):
             worker.final_lag = lag
             return now - t0
         if now - t0 > timeout_s:
@@ -350,6 +357,13 @@ def metric_samples(worker: WorkerProcess) -> dict[str, list[tuple[dict[str, str]
         for sample in family.samples:
             out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
     return out
+
+
+def closes_in_progress(worker: WorkerProcess) -> float:
+    """Held partitions with a window close still going on in slices (0 if unreachable: the
+    quiet outputs then decide alone, as before the worker exported it)."""
+    samples = metric_samples(worker).get("clicksignals_closes_in_progress", [])
+    return sum(value for _, value in samples)
 
 
 def events_in(worker: WorkerProcess) -> float:
