@@ -328,7 +328,9 @@ def test_a_malformed_part_costs_itself_only(model: DemandModel, body: dict[str, 
 
 def test_the_aggregator_refuses_a_part_of_another_partition_count(model: DemandModel) -> None:
     agg = CategoryAggregator(model, {}, PARTITIONS)
-    part = series_book.category_parts({}, [0.0] * 4, 0, window_end_ms=1, partition=0, partitions=9)
+    part = series_book.category_parts(
+        {}, [0.0] * series_book.N_AGGREGATES, 0, window_end_ms=1, partition=0, partitions=9
+    )
     with pytest.raises(ValueError, match="partitions"):
         agg.receive(orjson.dumps(part[0].to_dict()), 0)
 
