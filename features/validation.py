@@ -11,10 +11,15 @@ Decisions where the brief left room (each one is tested):
   ``missing_field``; ``null`` for an optional field means "absent". Unknown extra keys are ignored
   (forward compatibility: a producer may add fields before the worker knows them).
 * ``event_time``: an ``int`` of epoch **milliseconds**, or an ISO-8601 string **with** a zone
-  (``Z`` or ``±hh:mm``). Rejected: naive ISO strings (the zone would be a guess), floats (seconds
+  (``Z`` or ``±hh:mm``), or a plain date (``2023-11-14``), read as the start of that UTC day: it
+  names no instant, so no zone is guessed, and its order day (the unit the model counts) is the
+  date as written; order exports often carry nothing finer. Rejected: naive ISO date-times
+  (the zone would be a guess), floats (seconds
   vs milliseconds is ambiguous and fractions of a millisecond mean a confused producer) and
   strings of digits (a number belongs in a JSON number). Epoch *seconds* sent as an int fall
-  below ``min_event_time_ms`` and are rejected as ``time_too_old`` with a hint in ``detail``.
+  below ``min_event_time_ms`` and are rejected as ``time_too_old`` with a hint in ``detail``;
+  under a floor before 1973 (history files) an int under :data:`NUMBER_TIME_MIN_MS` is
+  ``bad_value`` with the same hint.
   Sub-millisecond precision of ISO strings is floored to the millisecond.
 * ``event_type``: exactly one of :data:`features.events.EVENT_TYPES` (case-sensitive, no trimming).
 * ``user_id``: a non-blank string, or an ``int`` (numeric ids are common) which is stringified.
@@ -91,7 +96,19 @@ _MAX_ISO_CHARS: Final = 64
 # user ids is what keeps user state and internal state in disjoint key spaces.
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
 
+# A calendar date without a time: the start of that UTC day (see the module docstring).
+_PLAIN_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
 MIN_EVENT_TIME_MS_DEFAULT: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+NUMBER_TIME_MIN_MS: Final = 100_000_000_000
+"""1973-03-03T09:46:40Z: an integer time in ``[0, this)`` is refused as ``bad_value`` whatever
+the time floor. Epoch *seconds* of any date up to 5138 and ``YYYYMMDD`` dates written as a
+number (an order export's usual time column) land there when read as milliseconds, a few days
+into January 1970. The worker's floor (2000) already refuses them as ``time_too_old``; history
+files are read with a floor of 1900, where they would otherwise pass as a history of
+seconds. A real time before 1973 can still be sent as ISO-8601, or as negative
+milliseconds before 1970."""
 
 
 class _SettingsLike(Protocol):
@@ -173,7 +190,9 @@ def parse_event_time(value: object) -> int | str:
         except (ValueError, OverflowError):
             return f"{value!r} is not an ISO-8601 timestamp"
         if dt.tzinfo is None or dt.utcoffset() is None:
-            return f"{value!r} has no time zone (add 'Z' or an offset such as '+00:00')"
+            if not _PLAIN_DATE.fullmatch(value):
+                return f"{value!r} has no time zone (add 'Z' or an offset such as '+00:00')"
+            dt = dt.replace(tzinfo=UTC)
         try:
             return (dt - _EPOCH) // _ONE_MS
         except OverflowError:  # e.g. year 1 with a positive offset
@@ -183,6 +202,15 @@ def parse_event_time(value: object) -> int | str:
     if isinstance(value, float):
         return "float; send epoch milliseconds as an integer"
     return f"{type(value).__name__}; expected epoch milliseconds (int) or an ISO-8601 string"
+
+
+def number_time_problem(value: int) -> str:
+    """Why an integer time under :data:`NUMBER_TIME_MIN_MS` is refused, in an ``Invalid``'s
+    detail (the CSV readers' refusal says the same in ``ingest.adapters``' rule text)."""
+    return (
+        f"event_time {value} as epoch milliseconds is in 1970-73: it looks like epoch seconds "
+        "or a YYYYMMDD date; send epoch milliseconds or ISO-8601 with a zone"
+    )
 
 
 def _json_type(value: object) -> str:
@@ -304,6 +332,8 @@ def _validate(raw: bytes, now_ms: int, policy: ValidationPolicy) -> ClickEvent |
             "event_time",
             f"event_time {time_ms} ms is before {policy.min_event_time_ms} ms{hint}",
         )
+    if 0 <= time_ms < NUMBER_TIME_MIN_MS and type(raw_time) is int:
+        return Invalid("bad_value", "event_time", number_time_problem(time_ms))
     if time_ms > now_ms + policy.max_future_skew_ms:
         return Invalid(
             "time_in_future",
@@ -376,6 +406,7 @@ __all__ = [
     "DEAD_LETTER_REASONS",
     "DEFAULT_POLICY",
     "MIN_EVENT_TIME_MS_DEFAULT",
+    "NUMBER_TIME_MIN_MS",
     "REASONS",
     "WORKER_REASONS",
     "DeadLetterReason",
@@ -383,6 +414,7 @@ __all__ = [
     "Reason",
     "ValidationPolicy",
     "WorkerReason",
+    "number_time_problem",
     "parse_event_time",
     "validate",
 ]

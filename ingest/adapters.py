@@ -37,6 +37,7 @@ import pandas as pd
 from features.events import EVENT_TYPES, ClickEvent
 from features.validation import (
     MIN_EVENT_TIME_MS_DEFAULT,
+    NUMBER_TIME_MIN_MS,
     Invalid,
     ValidationPolicy,
     validate,
@@ -98,6 +99,10 @@ TRANSACTION_ALIASES: Final = {
 _ZONED_ISO: Final = re.compile(
     r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|UTC|[+-]\d{2}(?::?\d{2})?)$"
 )
+_PLAIN_DATE: Final = r"\d{4}-\d{2}-\d{2}"
+"""A calendar date without a time (full match): read as the start of that UTC day. It names
+no instant, so no zone is guessed: the event's order day, the unit the model counts, is that
+date. Order exports often have nothing finer."""
 _SKIPPED_LINE: Final = re.compile(r"Skipping line (\d+): ([^\n]*)")
 _READ_ERRORS: Final = (
     OSError,
@@ -112,8 +117,10 @@ _READ_ERRORS: Final = (
 
 _RULES: Final = {
     "bad_value:event_time": "must be ISO-8601 with a zone ('Z' or an offset such as '+00:00': "
-    "without one the instant would be a guess) or integer epoch milliseconds",
-    "bad_value:event_time_ms": "must be integer epoch milliseconds",
+    "without one the instant would be a guess), a date (YYYY-MM-DD: that UTC day) or epoch "
+    "milliseconds (a number under 10^11 is epoch seconds or a YYYYMMDD date, not 1970)",
+    "bad_value:event_time_ms": "must be epoch milliseconds (a number under 10^11 is epoch "
+    "seconds or a YYYYMMDD date, not 1970)",
     "bad_value:price": "must be a number >= 0 (blank: unknown)",
     "bad_value:quantity": "must be a whole number >= 1 (blank: 1)",
     "missing_field": "must not be blank",
@@ -338,7 +345,9 @@ def _iso_to_ms(s: pd.Series, *, assume_utc: bool) -> tuple[np.ndarray, np.ndarra
     text = s.str.strip()
     naive = np.zeros(len(s), dtype=bool)
     if not assume_utc:
-        naive = ~np.asarray(text.str.contains(_ZONED_ISO), dtype=bool)
+        naive = ~np.asarray(text.str.contains(_ZONED_ISO), dtype=bool) & ~np.asarray(
+            text.str.fullmatch(_PLAIN_DATE, flags=re.ASCII), dtype=bool
+        )
     ms = _datetime_to_ms(pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce"))
     failed = np.isnan(ms)
     if failed.any():  # "... UTC" is not ISO-8601 but is common (REES46): retry just those
@@ -663,6 +672,8 @@ def read_canonical(
     digits = np.asarray(raw_time.str.fullmatch(r"-?\d{1,18}"), dtype=bool)
     ms = np.full(len(df), np.nan)
     ms[digits] = pd.to_numeric(raw_time[digits]).to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        rows.mark(digits & (ms >= 0) & (ms < NUMBER_TIME_MIN_MS), f"bad_value:{time_col}")
     if (~digits).any():
         iso_ms, naive = _iso_to_ms(raw_time[~digits], assume_utc=False)
         bad_naive = np.zeros(len(df), dtype=bool)

@@ -105,6 +105,7 @@ def test_clickstream_schema_states_the_validator_contract() -> None:
     accepted = [
         {"event_time": "2019-10-01T00:00:00Z", "event_type": "view", "user_id": 17},
         {"event_time": "2019-10-01T02:00:00.5+02:00", "event_type": "cart", "user_id": "a"},
+        {"event_time": "2019-10-01", "event_type": "purchase", "user_id": "a"},
         {"event_time": T0, "event_type": "purchase", "user_id": "u", "quantity": 2.0},
         {"event_time": T0, "event_type": "view", "user_id": "u", "price": None, "extra": 1},
     ]
@@ -119,6 +120,7 @@ def test_clickstream_schema_states_the_validator_contract() -> None:
         {"event_time": T0, "event_type": "view", "user_id": "  "},
         {"event_time": T0, "event_type": "view", "user_id": 1.5},
         {"event_time": "2019-10-01T00:00:00", "event_type": "view", "user_id": "u"},
+        {"event_time": "2019-10-01T00", "event_type": "view", "user_id": "u"},
         {"event_time": T0 + 0.5, "event_type": "view", "user_id": "u"},
         {"event_time": T0, "event_type": "view", "user_id": "u", "price": -1},
         {"event_time": T0, "event_type": "view", "user_id": "u", "quantity": 0},

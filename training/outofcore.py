@@ -47,7 +47,7 @@ import pandas as pd
 
 from features.batch import WindowTensor, tensor_from_base
 from features.events import EVENT_TYPE_CODES, EVENT_TYPES, PURCHASE
-from features.validation import MIN_EVENT_TIME_MS_DEFAULT
+from features.validation import MIN_EVENT_TIME_MS_DEFAULT, NUMBER_TIME_MIN_MS
 from features.windows import BASE_FEATURES, DAY_MS, N_BASE, WindowSpec
 from ingest.adapters import (
     FIRST_BAD_LISTED,
@@ -80,7 +80,8 @@ RULE_DIFFERENCES: Final[tuple[str, ...]] = (
     "Numbers (price, quantity) are parsed by DuckDB's cast with '_' refused; pandas' "
     "to_numeric and DuckDB agree on decimal, exponent, sign, inf and nan spellings.",
     "ISO-8601 times are parsed by DuckDB's TIMESTAMPTZ cast after the same zoned-or-naive "
-    "check (the _ZONED_ISO pattern) and with whitespace before a numeric offset removed; hour "
+    "check (the _ZONED_ISO pattern; a plain date, _PLAIN_DATE, counts as zoned: its UTC day) "
+    "and with whitespace before a numeric offset removed; hour "
     "24 is refused as pandas refuses it. Fractions below a microsecond are cut before the "
     "floor to milliseconds (pandas floors the nanoseconds); milliseconds agree.",
     "Parquet columns are read by type: numbers and timestamps are turned into their text and "
@@ -93,6 +94,8 @@ RULE_DIFFERENCES: Final[tuple[str, ...]] = (
 _WS: Final = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 # ingest.adapters._ZONED_ISO, for RE2 (search semantics, as re.search / str.contains).
 _ZONED_ISO_SQL: Final = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|UTC|[+-]\d{2}(?::?\d{2})?)$"
+# ingest.adapters._PLAIN_DATE (full match): a date is read as the start of that UTC day.
+_PLAIN_DATE_SQL: Final = r"\d{4}-\d{2}-\d{2}"
 _PURCHASE: Final = EVENT_TYPE_CODES[PURCHASE]
 _PROFILE: Final = "profile.json"
 _N_TYPES: Final = len(EVENT_TYPES)
@@ -502,6 +505,7 @@ def _validated_select(source: str, columns: dict[str, str], time_col: str, lo: i
             WHEN tt IS NULL THEN 'missing_field:{time_name}'
             WHEN NOT digits AND NOT zoned AND t IS NOT NULL THEN 'bad_value:{time_name}'
             WHEN t IS NULL THEN 'bad_value:{time_name}'
+            WHEN digits AND t >= 0 AND t < {NUMBER_TIME_MIN_MS} THEN 'bad_value:{time_name}'
             WHEN t < {lo} THEN 'time_too_old:{time_name}'
             WHEN t > {hi} THEN 'time_in_future:{time_name}'
             WHEN price_text IS NOT NULL
@@ -528,8 +532,11 @@ def _validated_select(source: str, columns: dict[str, str], time_col: str, lo: i
               {_text(col(time_col))} AS tt,
               coalesce(regexp_full_match({_text(col(time_col))}, '-?[0-9]{{1,18}}'), false)
                 AS digits,
-              coalesce(regexp_matches({_text(col(time_col))}, {sql_string(_ZONED_ISO_SQL)}), false)
-                AS zoned,
+              coalesce(
+                regexp_matches({_text(col(time_col))}, {sql_string(_ZONED_ISO_SQL)})
+                  OR regexp_full_match({_text(col(time_col))}, {sql_string(_PLAIN_DATE_SQL)}),
+                false
+              ) AS zoned,
               {_text(col("price"))} AS price_text,
               {_number(_text(col("price")))} AS price,
               CASE WHEN {_text(col("quantity"))} IS NULL THEN 1.0

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from features.events import EVENT_TYPES, ClickEvent
 from features.validation import (
     MIN_EVENT_TIME_MS_DEFAULT,
+    NUMBER_TIME_MIN_MS,
     REASONS,
     Invalid,
     ValidationPolicy,
@@ -246,7 +247,8 @@ def test_event_time_wrong_type(value: Any) -> None:
     "value",
     [
         "2023-11-14T22:13:19",  # naive
-        "2023-11-14",  # date only (naive)
+        "2023-11-14T22",  # naive, to the hour
+        "2023-02-29",  # a date that does not exist
         "1700000000000",  # digits in a string
         "yesterday",
         "2023-13-40T00:00:00Z",
@@ -264,6 +266,27 @@ def test_time_too_old_with_seconds_hint() -> None:
     invalid(with_(event_time=-1), "time_too_old", "event_time")
     invalid(with_(event_time="1999-12-31T23:59:59Z"), "time_too_old", "event_time")
     assert isinstance(check(with_(event_time=MIN_EVENT_TIME_MS_DEFAULT)), ClickEvent)
+
+
+def test_a_plain_date_is_the_start_of_its_utc_day() -> None:
+    """An order export's date names a day, not an instant: no zone is guessed, its order day
+    is the date as written."""
+    event = check(with_(event_time="2023-11-14"))
+    assert isinstance(event, ClickEvent)
+    assert event.event_time_ms == NOW - NOW % DAY_MS
+
+
+def test_under_a_history_floor_a_1970_number_is_refused_as_seconds_or_a_date() -> None:
+    """History files are read with a 1900 floor, where epoch seconds and YYYYMMDD numbers read
+    as milliseconds would pass as January 1970: refused whatever the floor (the worker's 2000
+    floor says time_too_old first, as above)."""
+    history = ValidationPolicy(min_event_time_ms=-2_208_988_800_000)
+    for number in (NOW // 1000, 19_970_101, 0, NUMBER_TIME_MIN_MS - 1):
+        result = invalid(with_(event_time=number), "bad_value", "event_time", policy=history)
+        assert "YYYYMMDD" in result.detail
+    for ms in (NUMBER_TIME_MIN_MS, -1, NOW):  # 1973 on, and before 1970, are milliseconds
+        assert isinstance(check(with_(event_time=ms), policy=history), ClickEvent)
+    assert isinstance(check(with_(event_time="1970-01-02T00:00:00Z"), policy=history), ClickEvent)
 
 
 def test_time_in_future() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from features.events import EVENT_TYPES, ClickEvent
 from features.validation import ValidationPolicy, validate
+from features.windows import DAY_MS
 from ingest.adapters import (
     CANONICAL_COLUMNS,
     IngestError,
@@ -26,6 +27,7 @@ from ingest.adapters import (
 )
 
 NOW = 1_700_000_000_000
+HISTORY_FLOOR_MS = -2_208_988_800_000  # 1900: train-and-export's floor for history files
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -235,6 +237,52 @@ def test_canonical_csv(tmp_path: Path) -> None:
     assert df["brand"].isna().all()  # absent column -> missing
 
 
+ORDER_EXPORT_DATES = """\
+event_time,event_type,user_id,order_id,price
+1997-01-01,purchase,c1,o1,11.77
+1997-01-12,purchase,c2,o2,12.00
+1997-01-12,purchase,c1,o3,5.00
+1997-02-30,purchase,c2,o4,1.00
+"""
+
+
+def test_an_order_export_of_plain_dates_is_read_as_utc_days(tmp_path: Path) -> None:
+    """A 1990s order export (CDNOW's shape) whose only time is the date: each row is the start
+    of its UTC day, so its order day is the date as written; an impossible date is refused."""
+    path = write(tmp_path, "orders.csv", ORDER_EXPORT_DATES)
+    result = read_canonical(path, now_ms=NOW, min_event_time_ms=HISTORY_FLOOR_MS)
+    df = result.events
+    assert result.summary.first_bad == [(5, "bad_value:event_time")]
+    day = pd.Timestamp("1997-01-01", tz="UTC").value // 1_000_000
+    assert df["event_time_ms"].tolist() == [day, day + 11 * DAY_MS, day + 11 * DAY_MS]
+    assert df["user_id"].tolist() == ["c1", "c1", "c2"]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("event_time", "852076800"),  # 1997-01-01 in epoch seconds
+        ("event_time", "19970101"),  # a YYYYMMDD date written as a number
+        ("event_time_ms", "1699999200"),  # 2023-11-14 in epoch seconds
+        ("event_time", "0"),
+    ],
+)
+def test_a_number_time_of_1970_is_refused_as_seconds_or_a_date_not_read_as_ms(
+    tmp_path: Path, column: str, value: str
+) -> None:
+    """Read as milliseconds, epoch seconds and YYYYMMDD numbers fall a few days into 1970,
+    above the 1900 floor of history files: a whole export would train as a history of
+    seconds. Refused, with the rule saying what the number looks like."""
+    text = f"{column},event_type,user_id,order_id\n{value},purchase,c1,o1\n"
+    text += "852076800000,purchase,c1,o2\n"
+    result = read_canonical(
+        write(tmp_path, "orders.csv", text), now_ms=NOW, min_event_time_ms=HISTORY_FLOOR_MS
+    )
+    assert result.summary.first_bad == [(2, f"bad_value:{column}")]
+    assert result.events["event_time_ms"].tolist() == [852_076_800_000]
+    assert "YYYYMMDD" in result.summary.explain()
+
+
 def test_a_summary_explains_its_most_frequent_refusal_by_the_rule_broken(tmp_path: Path) -> None:
     """The mixed file above: one refusal of each kind but two of bad prices, so the bad price
     is what a reader of the error is told about first, with its line and its rule."""
@@ -283,7 +331,8 @@ def test_canonical_jsonl_uses_wire_rules(tmp_path: Path) -> None:
         ({"event_time": "2023-11-14T22:00:00Z", "price": 1.5, "quantity": 2}, True),
         ({"event_time": "2023-11-14T22:00:00+05:30"}, True),
         ({"event_time": "2023-11-14T22:00:00"}, False),
-        ({"event_time": "2023-11-14"}, False),
+        ({"event_time": "2023-11-14"}, True),  # a date: the start of that UTC day
+        ({"event_time": "2023-11-14T22"}, False),
         ({"event_time": "2023-11-14T22:00:00Z", "price": -1}, False),
         ({"event_time": "2023-11-14T22:00:00Z", "quantity": 2.5}, False),
         ({"event_time": "2023-11-14T22:00:00Z", "quantity": 2.0}, True),

@@ -185,6 +185,10 @@ event_time,event_type,user_id,product_id,category,brand,price,quantity,session_i
 ,,,,,,,,,
 1699999200000,purchase,u5,p1,,,7,1,,,extra
 1699999200001,wishlist, u5,p1,,,,,,
+2023-11-13,purchase,u6,p5,,,4,,,o4
+1699999200,purchase,u6,p5,,,4,,,o5
+20231114,purchase,u6,p5,,,4,,,o6
+0,view,u6,p5,,,,,,
 """
 
 
@@ -299,9 +303,9 @@ def test_files_that_cannot_be_read_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="missing column event_time"):
         _store([no_time])
     other = tmp_path / "other.csv"
-    other.write_text("event_time_ms,user_id,event_type\n1,u,view\n")
+    other.write_text("event_time_ms,user_id,event_type\n1699999200000,u,view\n")
     good = tmp_path / "good.csv"
-    good.write_text("event_time_ms,event_type,user_id\n1,view,u\n")
+    good.write_text("event_time_ms,event_type,user_id\n1699999200000,view,u\n")
     with pytest.raises(IngestError, match="header differs"):
         _store([good, other])
     broken = tmp_path / "broken.parquet"
@@ -309,7 +313,8 @@ def test_files_that_cannot_be_read_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="cannot read as Parquet"):
         _store([broken])
     with pytest.raises(ValueError, match="before"), _store([good]) as store:
-        spec = WindowSpec(WEEK_MS, 0, seq_len=1, horizon=1, lookback=1)
+        # The one event lies in window 0 of this grid.
+        spec = WindowSpec(WEEK_MS, 1_699_999_200_000, seq_len=1, horizon=1, lookback=1)
         store.window_tensor(spec, 1, 2)
 
 
