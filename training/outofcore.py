@@ -87,7 +87,7 @@ RULE_DIFFERENCES: Final[tuple[str, ...]] = (
     "Parquet columns are read by type: numbers and timestamps are turned into their text and "
     "judged by the CSV rules, except that a NaN in a float column is a missing value (blank "
     "in CSV). A time column of naive TIMESTAMP type is refused (bad_value), as a naive ISO "
-    "text is.",
+    "text is; a DATE column is read as its UTC day, as a plain date text is.",
 )
 """Where the SQL rules differ from :func:`ingest.adapters.read_canonical` (CSV), and why."""
 

@@ -263,7 +263,8 @@ def test_several_files_name_the_file_of_a_bad_row_and_empty_files_are_empty(
 
 def test_parquet_time_columns_by_type(tmp_path: Path) -> None:
     """A zoned timestamp column is read as its instant; a naive one is refused, as a naive ISO
-    text is in CSV; NaN in a float price is unknown (blank), not a bad number."""
+    text is in CSV; a DATE column is its UTC day, as a plain date is; NaN in a float price is
+    unknown (blank), not a bad number."""
     path = tmp_path / "typed.parquet"
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -279,6 +280,11 @@ def test_parquet_time_columns_by_type(tmp_path: Path) -> None:
         "COPY (SELECT TIMESTAMP '2023-11-14 22:13:20' AS event_time, 'view' AS event_type, "
         f"'u1' AS user_id) TO '{naive}' (FORMAT parquet)"
     )
+    dates = tmp_path / "dates.parquet"
+    con.execute(
+        "COPY (SELECT DATE '2023-11-14' AS event_time, 'purchase' AS event_type, "
+        f"'u1' AS user_id) TO '{dates}' (FORMAT parquet)"
+    )
     con.close()
     with _store([path]) as store:
         assert store.summary.bad_rows == {}
@@ -287,6 +293,10 @@ def test_parquet_time_columns_by_type(tmp_path: Path) -> None:
     with _store([naive]) as store:
         assert store.summary.bad_rows == {"bad_value:event_time": 1}
         assert store.summary.first_bad == [(1, "bad_value:event_time")]
+    # A DATE column is an order export's day, as a plain date in CSV: the start of that UTC day.
+    with _store([dates]) as store:
+        assert store.summary.bad_rows == {}
+        assert store.start_ms == 1_700_000_000_000 - 1_700_000_000_000 % DAY_MS
 
 
 def test_files_that_cannot_be_read_are_clear_errors(tmp_path: Path) -> None:
