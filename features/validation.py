@@ -96,8 +96,11 @@ _MAX_ISO_CHARS: Final = 64
 # user ids is what keeps user state and internal state in disjoint key spaces.
 _CONTROL_CHARS: Final = re.compile(r"[\x00-\x1f\x7f]")
 
-# A calendar date without a time: the start of that UTC day (see the module docstring).
-_PLAIN_DATE: Final = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+PLAIN_DATE_PATTERN: Final = r"\d{4}-\d{2}-\d{2}"
+"""A calendar date without a time, as a full match (the same text in Python's ``re`` with
+ASCII digits and in DuckDB's RE2): read as the start of that UTC day (see the module
+docstring). The file readers use this pattern too."""
+_PLAIN_DATE: Final = re.compile(PLAIN_DATE_PATTERN, re.ASCII)
 
 MIN_EVENT_TIME_MS_DEFAULT: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 
@@ -204,7 +207,7 @@ def parse_event_time(value: object) -> int | str:
     return f"{type(value).__name__}; expected epoch milliseconds (int) or an ISO-8601 string"
 
 
-def number_time_problem(value: int) -> str:
+def _number_time_problem(value: int) -> str:
     """Why an integer time under :data:`NUMBER_TIME_MIN_MS` is refused, in an ``Invalid``'s
     detail (the CSV readers' refusal says the same in ``ingest.adapters``' rule text)."""
     return (
@@ -333,7 +336,7 @@ def _validate(raw: bytes, now_ms: int, policy: ValidationPolicy) -> ClickEvent |
             f"event_time {time_ms} ms is before {policy.min_event_time_ms} ms{hint}",
         )
     if 0 <= time_ms < NUMBER_TIME_MIN_MS and type(raw_time) is int:
-        return Invalid("bad_value", "event_time", number_time_problem(time_ms))
+        return Invalid("bad_value", "event_time", _number_time_problem(time_ms))
     if time_ms > now_ms + policy.max_future_skew_ms:
         return Invalid(
             "time_in_future",
@@ -407,6 +410,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "MIN_EVENT_TIME_MS_DEFAULT",
     "NUMBER_TIME_MIN_MS",
+    "PLAIN_DATE_PATTERN",
     "REASONS",
     "WORKER_REASONS",
     "DeadLetterReason",
@@ -414,7 +418,6 @@ __all__ = [
     "Reason",
     "ValidationPolicy",
     "WorkerReason",
-    "number_time_problem",
     "parse_event_time",
     "validate",
 ]

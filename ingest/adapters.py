@@ -38,6 +38,7 @@ from features.events import EVENT_TYPES, ClickEvent
 from features.validation import (
     MIN_EVENT_TIME_MS_DEFAULT,
     NUMBER_TIME_MIN_MS,
+    PLAIN_DATE_PATTERN,
     Invalid,
     ValidationPolicy,
     validate,
@@ -99,10 +100,6 @@ TRANSACTION_ALIASES: Final = {
 _ZONED_ISO: Final = re.compile(
     r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|UTC|[+-]\d{2}(?::?\d{2})?)$"
 )
-_PLAIN_DATE: Final = r"\d{4}-\d{2}-\d{2}"
-"""A calendar date without a time (full match): read as the start of that UTC day. It names
-no instant, so no zone is guessed: the event's order day, the unit the model counts, is that
-date. Order exports often have nothing finer."""
 _SKIPPED_LINE: Final = re.compile(r"Skipping line (\d+): ([^\n]*)")
 _READ_ERRORS: Final = (
     OSError,
@@ -346,7 +343,7 @@ def _iso_to_ms(s: pd.Series, *, assume_utc: bool) -> tuple[np.ndarray, np.ndarra
     naive = np.zeros(len(s), dtype=bool)
     if not assume_utc:
         naive = ~np.asarray(text.str.contains(_ZONED_ISO), dtype=bool) & ~np.asarray(
-            text.str.fullmatch(_PLAIN_DATE, flags=re.ASCII), dtype=bool
+            text.str.fullmatch(PLAIN_DATE_PATTERN, flags=re.ASCII), dtype=bool
         )
     ms = _datetime_to_ms(pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce"))
     failed = np.isnan(ms)

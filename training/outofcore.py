@@ -47,7 +47,11 @@ import pandas as pd
 
 from features.batch import WindowTensor, tensor_from_base
 from features.events import EVENT_TYPE_CODES, EVENT_TYPES, PURCHASE
-from features.validation import MIN_EVENT_TIME_MS_DEFAULT, NUMBER_TIME_MIN_MS
+from features.validation import (
+    MIN_EVENT_TIME_MS_DEFAULT,
+    NUMBER_TIME_MIN_MS,
+    PLAIN_DATE_PATTERN,
+)
 from features.windows import BASE_FEATURES, DAY_MS, N_BASE, WindowSpec
 from ingest.adapters import (
     FIRST_BAD_LISTED,
@@ -80,7 +84,8 @@ RULE_DIFFERENCES: Final[tuple[str, ...]] = (
     "Numbers (price, quantity) are parsed by DuckDB's cast with '_' refused; pandas' "
     "to_numeric and DuckDB agree on decimal, exponent, sign, inf and nan spellings.",
     "ISO-8601 times are parsed by DuckDB's TIMESTAMPTZ cast after the same zoned-or-naive "
-    "check (the _ZONED_ISO pattern; a plain date, _PLAIN_DATE, counts as zoned: its UTC day) "
+    "check (the _ZONED_ISO pattern; a plain date, PLAIN_DATE_PATTERN, counts as zoned: its "
+    "UTC day) "
     "and with whitespace before a numeric offset removed; hour "
     "24 is refused as pandas refuses it. Fractions below a microsecond are cut before the "
     "floor to milliseconds (pandas floors the nanoseconds); milliseconds agree.",
@@ -94,8 +99,6 @@ RULE_DIFFERENCES: Final[tuple[str, ...]] = (
 _WS: Final = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"
 # ingest.adapters._ZONED_ISO, for RE2 (search semantics, as re.search / str.contains).
 _ZONED_ISO_SQL: Final = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|UTC|[+-]\d{2}(?::?\d{2})?)$"
-# ingest.adapters._PLAIN_DATE (full match): a date is read as the start of that UTC day.
-_PLAIN_DATE_SQL: Final = r"\d{4}-\d{2}-\d{2}"
 _PURCHASE: Final = EVENT_TYPE_CODES[PURCHASE]
 _PROFILE: Final = "profile.json"
 _N_TYPES: Final = len(EVENT_TYPES)
@@ -534,7 +537,7 @@ def _validated_select(source: str, columns: dict[str, str], time_col: str, lo: i
                 AS digits,
               coalesce(
                 regexp_matches({_text(col(time_col))}, {sql_string(_ZONED_ISO_SQL)})
-                  OR regexp_full_match({_text(col(time_col))}, {sql_string(_PLAIN_DATE_SQL)}),
+                  OR regexp_full_match({_text(col(time_col))}, {sql_string(PLAIN_DATE_PATTERN)}),
                 false
               ) AS zoned,
               {_text(col("price"))} AS price_text,
