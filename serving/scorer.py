@@ -174,7 +174,10 @@ def pinned_session(onnx_path: Path, sha256: str, intra_op_threads: int = 1) -> o
     manifest's pin); a missing, changed or unloadable file is a :class:`ModelLoadError`."""
     if not onnx_path.is_file():
         raise ModelLoadError(f"manifest names {onnx_path.name}, not found in {onnx_path.parent}")
-    actual = sha256_file(onnx_path)
+    try:
+        actual = sha256_file(onnx_path)
+    except OSError as exc:  # removed or replaced since the check above
+        raise ModelLoadError(f"{onnx_path} cannot be read: {exc}") from None
     if actual != sha256:
         raise ModelLoadError(
             f"{onnx_path} sha256 {actual[:16]}… does not match the manifest's "
@@ -203,6 +206,8 @@ def load_model(model_dir: Path, intra_op_threads: int = 1) -> Scorer:
         check_compatible(manifest)
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{manifest_path} is not valid JSON: {exc}") from None
+    except OSError as exc:  # removed or replaced since the check above (a promotion, a deploy)
+        raise ModelLoadError(f"{manifest_path} cannot be read: {exc}") from None
     except ManifestError as exc:
         raise ModelLoadError(f"{manifest_path}: {exc}") from None
     onnx_path = model_dir / manifest.onnx_file

@@ -34,7 +34,14 @@ def directory_fingerprint(model_dir: Path) -> str:
     in place) changes it; an unreadable or missing file is part of the digest, not an error.
     """
     digest = hashlib.sha256()
-    paths = [model_dir / "manifest.json", *sorted(model_dir.glob("*.onnx"))]
+    try:
+        onnx_files = sorted(model_dir.glob("*.onnx"))
+    except OSError as exc:
+        # The directory went away while it was listed: a promotion removes the candidate
+        # directory while the model timer may be polling it (a CI run crashed the worker so).
+        onnx_files = []
+        digest.update(f"unlistable: {type(exc).__name__}\0".encode())
+    paths = [model_dir / "manifest.json", *onnx_files]
     for path in paths:
         digest.update(path.name.encode() + b"\0")
         try:

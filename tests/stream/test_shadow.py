@@ -8,9 +8,11 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import serving.scorer as scorer_module
 from features.feedback import ModelQuality, QualityBoard, judge
 from serving.scorer import load_model
 from stream.model import CANDIDATE_DIR, PREVIOUS_DIR, ModelHolder, ShadowHolder, promote
@@ -168,6 +170,41 @@ def test_a_promotion_deploys_the_shadow_keeps_the_replaced_model_and_the_holders
     # The shadow now serves: the shadow holder lets go of it.
     assert shadow.poll(serving.scorer).outcome == "swapped" and shadow.scorer is None
     assert load_model(model_dir / PREVIOUS_DIR).version == old
+
+
+@pytest.mark.parametrize("vanishes_in", ["glob", "read_text", "sha256"])
+def test_a_candidate_promoted_away_in_the_middle_of_a_shadow_poll_fails_that_poll_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vanishes_in: str
+) -> None:
+    """The promotion runs in a thread and removes ``candidate/`` while the model timer may be
+    polling it: a CI run had the poll's directory listing raise FileNotFoundError, which
+    crashed the worker's app. Wherever the directory vanishes, the poll returns, and the next
+    one sees no candidate."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, model_dir)
+    serving = load_model(model_dir)
+    holder = ShadowHolder(model_dir)
+    candidate = model_dir / CANDIDATE_DIR
+    variant(candidate, "m-shadow", r_scale=0.5)
+    targets = {
+        "glob": (Path, "glob"),
+        "read_text": (Path, "read_text"),
+        "sha256": (scorer_module, "sha256_file"),
+    }
+    owner, name = targets[vanishes_in]
+    original = getattr(owner, name)
+
+    def vanish_then_call(*args: Any, **kwargs: Any) -> Any:
+        shutil.rmtree(candidate, ignore_errors=True)
+        if owner is Path and args and not str(args[0]).startswith(str(candidate)):
+            return original(*args, **kwargs)
+        raise FileNotFoundError(2, "No such file or directory", str(candidate))
+
+    monkeypatch.setattr(owner, name, vanish_then_call)
+    reload = holder.poll(serving)
+    monkeypatch.undo()
+    assert reload.outcome in ("unchanged", "failed") and holder.scorer is None
+    assert holder.poll(serving).outcome == "unchanged" and holder.scorer is None
 
 
 @pytest.fixture(autouse=True)
