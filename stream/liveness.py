@@ -113,6 +113,38 @@ class Liveness:
                 self.fail(f"agent {agent} crashed: {type(exc).__name__}: {exc}")
             raise
 
+    def guard_timer(
+        self,
+        name: str,
+        body: Callable[[], Awaitable[None]],
+        *,
+        essential: bool,
+        on_error: Callable[[str], None] | None = None,
+    ) -> Callable[[], Awaitable[None]]:
+        """``body`` as one tick of the timer ``name``, whose exception never reaches Faust.
+
+        Left to Faust, an exception from a timer crashes the whole app: a graceful stop that
+        says nothing on ``/health`` and ends with whatever status the re-raised exception
+        gives. Instead an ``essential`` timer (its work is the stream's: announcements and
+        closes, the model swap) fails the process, as an agent does (503, then exit 70);
+        any other (a metric, a memory trim) logs the error and runs again at the next tick.
+        ``on_error`` is told the timer's name either way (a metric).
+        """
+
+        async def tick() -> None:
+            try:
+                await body()
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(name)
+                if essential:
+                    self.fail(f"timer {name} crashed: {type(exc).__name__}: {exc}")
+                else:
+                    log.exception("timer %s failed; it runs again at its next tick", name)
+
+        tick.__name__ = tick.__qualname__ = name
+        return tick
+
     async def on_agent_error(self, agent: Any, exc: BaseException) -> None:
         """Faust's per-agent ``on_error`` hook: an exception ended the agent."""
         self.fail(f"agent {_agent_name(agent)} crashed: {type(exc).__name__}: {exc}")

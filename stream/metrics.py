@@ -3,6 +3,7 @@
 Owns the metric objects and :func:`observe_batch`, which records one micro-batch's outcome
 (events in, invalid by reason, late, signals out, batch size, inference time, messages whose
 processing raised and the batches bisected to find them);
+:func:`observe_timer_error` (timer ticks that raised);
 :func:`observe_model_reload` (model hot swaps and rejected candidates, the serving version);
 :func:`observe_quality` (the online evaluation's latest figures per model version, from the
 ``model-quality`` records the worker publishes); and :func:`consumer_lag` /
@@ -107,6 +108,12 @@ ISOLATED_BATCHES = Counter(
 ISOLATION_RUNS = Counter(
     "clicksignals_isolation_runs_total",
     "Extra processor runs over parts of batches that raised (the cost of isolation)",
+    registry=REGISTRY,
+)
+TIMER_ERRORS = Counter(
+    "clicksignals_timer_errors_total",
+    "Timer ticks that raised, by timer (an essential timer's error also ends the process)",
+    ["timer"],
     registry=REGISTRY,
 )
 MODEL_INFO = Gauge(
@@ -307,6 +314,11 @@ def observe_model_reload(outcome: str, serving: str) -> None:
     _served.clear()
     _served.add(serving)
     MODEL_INFO.labels(version=serving).set(1)
+
+
+def observe_timer_error(timer: str) -> None:
+    """Count one tick of ``timer`` that raised."""
+    TIMER_ERRORS.labels(timer=timer).inc()
 
 
 def render() -> tuple[bytes, str]:

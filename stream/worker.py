@@ -45,7 +45,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -80,6 +80,9 @@ from stream.publish import (
     TopicPublisher,
     record_batch_publisher,
 )
+
+TimerBody = Callable[[], Awaitable[None]]
+"""One tick of a worker timer."""
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +467,8 @@ class Worker:
         """The online evaluation's aggregator agent (set by :func:`create_worker`)."""
         self.aggregate_categories: Any = None
         """The category demand's aggregator agent (set by :func:`create_worker` when on)."""
+        self.ticks: dict[str, TimerBody] = {}
+        """One guarded tick of each timer, by name (set by :func:`create_worker`)."""
         self.turn = asyncio.Lock()
         """Batches and watermark announcements take turns: an announcement must never
         overtake the re-keyed copies of the batch that moved the source's time (see
@@ -1043,15 +1048,29 @@ def _register_categories(worker: Worker) -> None:
 
 
 def _register_timers(worker: Worker) -> None:
+    """The worker's timers, each tick guarded by :meth:`Liveness.guard_timer`: the
+    announcements (and the closes they carry) and the model poll (the swap changes what is
+    served) are essential; the memory trim and the lag metric are not."""
     app, s = worker.app, worker.settings
 
-    @app.timer(interval=s.worker.watermark_interval_s)
+    def every(interval_s: float, *, essential: bool) -> Callable[[TimerBody], TimerBody]:
+        def register(body: TimerBody) -> TimerBody:
+            tick = worker.liveness.guard_timer(
+                body.__name__, body, essential=essential, on_error=metrics.observe_timer_error
+            )
+            app.timer(interval=interval_s, name=f"stream.app.{body.__name__}")(tick)
+            worker.ticks[body.__name__] = tick
+            return body
+
+        return register
+
+    @every(s.worker.watermark_interval_s, essential=True)
     async def announce_watermarks() -> None:
         await worker.announce_watermarks()
 
     if s.worker.model_poll_interval_s > 0:
 
-        @app.timer(interval=s.worker.model_poll_interval_s)
+        @every(s.worker.model_poll_interval_s, essential=True)
         async def poll_model() -> None:
             # Hashing and ONNX Runtime session creation off the loop; the swap itself on it.
             reload = await asyncio.to_thread(worker.holder.poll)
@@ -1062,13 +1081,13 @@ def _register_timers(worker: Worker) -> None:
 
     if s.worker.memory_trim_interval_s > 0:
 
-        @app.timer(interval=s.worker.memory_trim_interval_s)
+        @every(s.worker.memory_trim_interval_s, essential=False)
         async def trim_memory() -> None:
             await asyncio.to_thread(memory.trim)
 
     if s.worker.lag_interval_s > 0:
 
-        @app.timer(interval=s.worker.lag_interval_s)
+        @every(s.worker.lag_interval_s, essential=False)
         async def update_consumer_lag() -> None:
             if app.rebalancing:
                 return  # assignments are in flux; the next tick reports the new ones

@@ -4,8 +4,8 @@ agents.
 The worker's own end-to-end check (a real worker answering 503 and exiting 70) is in
 ``test_poison_kafka.py``. Here: the health and ready answers, the watchdog's view of agents
 whose tasks finished, that a failure ends the process only once armed (never under Faust's
-``test_context``), and -- in a child process each -- that a subscriber agent that raises makes
-its app unhealthy and ends the process with status 70.
+``test_context``), a timer's guarded tick, and -- in a child process each -- that a
+subscriber agent that raises makes its app unhealthy and ends the process with status 70.
 """
 
 from __future__ import annotations
@@ -100,6 +100,35 @@ def test_the_watchdog_fails_on_an_agent_whose_tasks_all_finished() -> None:
         running.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_guarded_timer_tick_fails_or_logs_and_lets_a_cancel_through() -> None:
+    exits: list[int] = []
+    errors: list[str] = []
+
+    async def broken() -> None:
+        raise KeyError("k")
+
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    async def scenario() -> None:
+        live = Liveness("test", grace_s=0.01, exit=exits.append)
+        live.arm()
+        lag = live.guard_timer("lag", broken, essential=False, on_error=errors.append)
+        await lag()
+        await lag()
+        assert live.ok and errors == ["lag", "lag"]
+        closes = live.guard_timer("closes", broken, essential=True, on_error=errors.append)
+        await closes()
+        assert live.reason == "timer closes crashed: KeyError: 'k'"
+        with pytest.raises(asyncio.CancelledError):  # a stopping app cancels its timers
+            await live.guard_timer("closes", cancelled, essential=True)()
+        await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert errors == ["lag", "lag", "closes"]
+    assert exits == [EXIT_AGENT_STOPPED]
 
 
 def test_hold_back_keeps_a_failed_batch_from_being_committed() -> None:

@@ -1,16 +1,21 @@
 """The worker is built by a factory (stream.worker.create_worker): importing it does nothing,
-two workers with different settings live side by side in one process, and a worker that cannot
-start raises a StartupError that names the reason and the exit code."""
+two workers with different settings live side by side in one process, a worker that cannot
+start raises a StartupError that names the reason and the exit code, and its timers' ticks
+are guarded (an essential timer's error fails the worker, another's is logged)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import stream.memory
 from settings import load_settings
+from stream import metrics
 from stream.worker import StartupError, create_worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,3 +81,57 @@ def test_the_entry_point_exits_with_the_reason(tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert "clicksignals worker: refusing to start:" in proc.stderr
     assert "no-model" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("timer", "method"),
+    [("announce_watermarks", "announce_watermarks"), ("poll_model", "poll_shadow")],
+)
+def test_an_essential_timer_that_raises_fails_the_worker_instead_of_crashing_faust(
+    timer: str, method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the announcements (the closes they carry) or in the model swap: the tick's
+    exception would crash the app in a graceful stop that says nothing on /health; the worker
+    answers 503 with the timer's name and, armed, exits 70 as a crashed agent does."""
+    worker = create_worker(load_settings(_settings(tmp_path)))
+
+    async def broken() -> None:
+        raise RuntimeError("forced failure")
+
+    monkeypatch.setattr(worker, method, broken)
+    before = metrics.TIMER_ERRORS.labels(timer=timer)._value.get()
+    asyncio.run(worker.ticks[timer]())  # the exception does not reach Faust
+    assert worker.liveness.reason == f"timer {timer} crashed: RuntimeError: forced failure"
+    body, status = worker.liveness.health({})
+    assert status == 503 and body["reason"] == worker.liveness.reason
+    assert metrics.TIMER_ERRORS.labels(timer=timer)._value.get() == before + 1
+
+
+def test_the_lag_and_trim_timers_log_an_error_and_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lag metric and the memory trim are not the stream's work: one failed tick is logged
+    and counted, the worker stays healthy, and the next tick runs."""
+    worker = create_worker(load_settings(_settings(tmp_path)))
+    calls: list[int] = []
+
+    def trim() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("malloc_trim unavailable")
+
+    monkeypatch.setattr(stream.memory, "trim", trim)
+    before = metrics.TIMER_ERRORS.labels(timer="trim_memory")._value.get()
+    with caplog.at_level(logging.ERROR, logger="stream.liveness"):
+        asyncio.run(worker.ticks["trim_memory"]())
+        asyncio.run(worker.ticks["trim_memory"]())
+    assert calls == [1, 1]
+    assert worker.liveness.ok
+    assert "timer trim_memory failed; it runs again at its next tick" in caplog.text
+    assert metrics.TIMER_ERRORS.labels(timer="trim_memory")._value.get() == before + 1
+    assert set(worker.ticks) == {
+        "announce_watermarks",
+        "poll_model",
+        "trim_memory",
+        "update_consumer_lag",
+    }
