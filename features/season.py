@@ -93,6 +93,10 @@ class SeasonIndex:
         out: FloatArray = np.where(n > 0.0, (self.integral(e) - self.integral(e - n)) / safe, 1.0)
         return out
 
+    def scaled(self, factor: float) -> SeasonIndex:
+        """The index with every log coefficient times ``factor`` (0: no season, 1: itself)."""
+        return SeasonIndex(tuple(c * factor for c in self.cos), tuple(s * factor for s in self.sin))
+
     def to_dict(self) -> dict[str, Any]:
         return {"cos": list(self.cos), "sin": list(self.sin)}
 
