@@ -1,0 +1,31 @@
+"""``bench.season_estimate``'s simulation: its shops are what it says, and its rules read the
+same fits (a few dozen shops, no assertion on which rule wins: that is the bench's figure)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import season_estimate as se
+from features.season import SeasonIndex
+
+
+def test_no_index_is_a_multiplier_of_one_at_every_start_week() -> None:
+    assert np.array_equal(se.horizon_multipliers(None), np.ones(52))
+    peak = se.horizon_multipliers(SeasonIndex((0.2, 0.1, 0.0, 0.0), (0.0,) * 4))
+    assert peak.shape == (52,) and peak.max() > 1.1 and peak.min() < 0.95
+    assert float(np.mean(peak)) == pytest.approx(1.0, abs=0.01)  # the year averages out
+
+
+def test_a_strong_season_at_a_thousand_order_days_a_week_is_sized_within_two_percent() -> None:
+    found = se.errors(0.2, 1000.0, shops=20, seed=3)
+    assert set(found) == set(se.RULES)
+    for name, error in found.items():
+        assert error < 0.02, name
+
+
+def test_shops_without_a_season_are_mostly_left_alone() -> None:
+    found = se.errors(0.0, 100.0, shops=40, seed=3)
+    assert all(error < 0.02 for error in found.values())
+    # The rules only differ in what they keep: 1 % keeps the least of a false season.
+    assert found["test at 1 %"] <= found["test at 5 %"]
