@@ -26,7 +26,6 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-from scipy import stats
 
 from features.season import SeasonIndex, angle_of
 from features.windows import DAY_MS, YEAR_DAYS
@@ -63,12 +62,6 @@ def horizon_multipliers(index: SeasonIndex | None) -> np.ndarray:
     return np.asarray(index.mean_over(ends, length), dtype=np.float64)
 
 
-def _p_value(why: str) -> float:
-    """The harmonics' p-value from the fit's sentence (its F to two decimals)."""
-    f = float(why.split("F = ")[1].split(",")[0])
-    return float(stats.f.sf(f, 2 * HARMONICS, 52 - 2 - 2 * HARMONICS))
-
-
 def errors(amplitude: float, level: float, shops: int, seed: int) -> dict[str, float]:
     """Each rule's mean horizon error over ``shops`` simulated shops of one kind."""
     rng = np.random.default_rng(seed)
@@ -81,13 +74,12 @@ def errors(amplitude: float, level: float, shops: int, seed: int) -> dict[str, f
     for _ in range(shops):
         actual = rng.poisson(expected * multiplier).astype(float)
         fit = fit_season_index(SeasonRatios(actual, expected, middle), 7.0, 13, base=None)
-        if fit.season is None:  # beyond any test's level, or no fit at all
+        if fit.season is None or fit.p_value is None:  # beyond any rule's level, or no fit
             for name in RULES:
                 out[name] += float(np.mean(np.abs(1.0 / true_horizon - 1.0)))
             continue
-        p = _p_value(fit.why)
         for name, rule in RULES.items():
-            estimate = horizon_multipliers(rule(fit.season, fit.shrink, p))
+            estimate = horizon_multipliers(rule(fit.season, fit.shrink, fit.p_value))
             out[name] += float(np.mean(np.abs(estimate / true_horizon - 1.0)))
     return {name: total / shops for name, total in out.items()}
 

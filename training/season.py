@@ -65,12 +65,14 @@ I_ORDER_DAYS: Final = FEATURE_INDEX["order_days"]
 
 
 class SeasonFit(NamedTuple):
-    """What :func:`fit_season_index` found: the index (None: no season), why, and the
-    James-Stein factor that :func:`season_at` applies once the index is refined."""
+    """What :func:`fit_season_index` found: the index (None: no season), why, the
+    James-Stein factor that :func:`season_at` applies once the index is refined, and the
+    harmonics' p-value (None when no test ran)."""
 
     season: SeasonIndex | None
     why: str
     shrink: float = 1.0
+    p_value: float | None = None
 
 
 def shrinkage(f_stat: float, harmonics: int = 2 * HARMONICS) -> float:
@@ -181,7 +183,9 @@ def fit_season_index(
     f_stat = ((rss0 - rss1) / df1) / (rss1 / df2)
     p_value = float(stats.f.sf(f_stat, df1, df2))
     if base is None and p_value >= SIGNIFICANCE:
-        return SeasonFit(None, f"no season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}")
+        return SeasonFit(
+            None, f"no season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}", p_value=p_value
+        )
     coef = beta[2:]
     cos, sin = coef[:HARMONICS], coef[HARMONICS:]
     if base is not None:
@@ -189,7 +193,10 @@ def fit_season_index(
     index = SeasonIndex(tuple(float(c) for c in cos), tuple(float(s) for s in sin))
     factor = shrinkage(f_stat, df1)
     return SeasonFit(
-        index, f"season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}, kept x{factor:.2f}", factor
+        index,
+        f"season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}, kept x{factor:.2f}",
+        factor,
+        p_value,
     )
 
 

@@ -36,7 +36,7 @@ def _oct_nov(middle_ms: np.ndarray) -> np.ndarray:
 
 
 def test_a_christmas_quarter_is_found_and_sized() -> None:
-    index, why, shrink = fit_season_index(_ratios(86, _oct_nov, seed=1), 7.0, burn_in=13)
+    index, why, shrink, _ = fit_season_index(_ratios(86, _oct_nov, seed=1), 7.0, burn_in=13)
     assert index is not None, why
     assert shrink > 0.95  # a clear season keeps nearly all of its size
     day = 2 * np.pi / YEAR_DAYS
@@ -47,23 +47,23 @@ def test_a_christmas_quarter_is_found_and_sized() -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_a_shop_without_a_season_gets_no_index(seed: int) -> None:
-    index, why, _ = fit_season_index(_ratios(86, None, seed=seed), 7.0, burn_in=13)
+    index, why, *_ = fit_season_index(_ratios(86, None, seed=seed), 7.0, burn_in=13)
     assert index is None and why.startswith("no season")
 
 
 def test_a_customer_base_model_drifting_over_the_year_is_not_a_season() -> None:
-    index, _, _ = fit_season_index(_ratios(86, None, seed=3, trend=0.4), 7.0, burn_in=13)
+    index, *_ = fit_season_index(_ratios(86, None, seed=3, trend=0.4), 7.0, burn_in=13)
     assert index is None
 
 
 def test_less_than_a_year_after_the_first_customers_gives_no_index() -> None:
     """Online Retail's shape: 40 weeks before the cutoff."""
-    index, why, _ = fit_season_index(_ratios(40, _oct_nov, seed=1), 7.0, burn_in=13)
+    index, why, *_ = fit_season_index(_ratios(40, _oct_nov, seed=1), 7.0, burn_in=13)
     assert index is None and "needs a year" in why
 
 
 def test_monthly_windows_are_too_coarse_for_an_index() -> None:
-    index, why, _ = fit_season_index(_ratios(40, _oct_nov, seed=1), 30.0, burn_in=3)
+    index, why, *_ = fit_season_index(_ratios(40, _oct_nov, seed=1), 30.0, burn_in=3)
     assert index is None and "per year" in why
 
 
@@ -80,7 +80,7 @@ def test_the_shrinkage_keeps_a_clear_season_and_cuts_a_barely_significant_one() 
 
 
 def test_a_scaled_index_moves_a_horizon_by_that_share_of_its_log() -> None:
-    index, _, _ = fit_season_index(_ratios(86, _oct_nov, seed=1), 7.0, burn_in=13)
+    index, *_ = fit_season_index(_ratios(86, _oct_nov, seed=1), 7.0, burn_in=13)
     assert index is not None
     day = 2 * np.pi / YEAR_DAYS
     assert index.scaled(1.0) == index
