@@ -580,10 +580,15 @@ def pareto_nbd_p_zero(
 
 
 def _prior_terms(
-    params: CustomerBaseParams, x: FloatArray, t_x: FloatArray, T: FloatArray, t: FloatArray
+    params: CustomerBaseParams,
+    x: FloatArray,
+    t_x: FloatArray,
+    T: FloatArray,
+    t: FloatArray,
+    t_zero: FloatArray,
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """(log expected purchases in (T, T + t], log alive odds, log P(some purchase in it)) under
-    either customer-base model."""
+    """(log expected purchases in (T, T + t], log alive odds, log P(some purchase in
+    (T, T + t_zero])) under either customer-base model."""
     if isinstance(params, ParetoNbdParams):
         # The alive odds are most of Pareto/NBD's cost (two 2F1 series per row): once, not
         # once per term.
@@ -591,12 +596,12 @@ def _prior_terms(
         return (
             _pareto_log_expected(params, x, t_x, T, t, log_odds),
             log_odds,
-            _pareto_log_p_any(params, x, t_x, T, t, log_odds),
+            _pareto_log_p_any(params, x, t_x, T, t_zero, log_odds),
         )
     return (
         _log_expected(params, x, t_x, T, t),
         _log_alive_odds(params, x, t_x, T),
-        _log_p_any(params, x, t_x, T, t),
+        _log_p_any(params, x, t_x, T, t_zero),
     )
 
 
@@ -607,6 +612,9 @@ def prior_features(
     T: ArrayLike,
     ordered: ArrayLike,
     t: ArrayLike,
+    *,
+    zero_horizon: ArrayLike | None = None,
+    zero_power: ArrayLike | None = None,
 ) -> Float32Array:
     """The customer-base model's inputs (BG/NBD or Pareto/NBD, by ``params``' type), float32
     ``[N, len(PRIOR_FEATURE_NAMES)]``.
@@ -614,6 +622,11 @@ def prior_features(
     Columns (see :data:`PRIOR_FEATURE_NAMES`): log expected purchases in (T, T + t] (floored at
     1e-8), logit P(alive), logit P(no purchase in (T, T + t]) (both clipped to ±LOGIT_CLIP), and
     the log posterior mean purchase rate while alive, log((r + x)/(alpha + T)).
+
+    ``zero_horizon`` (default ``t``) is the horizon of the probability of no purchase, and
+    ``zero_power`` (default 1) a positive power it is raised to: P0 ** m is the probability of
+    no purchase of a Poisson buyer over ``m`` times the horizon, and a power the same for every
+    row keeps the rows' order (:func:`features.summary.summarize` says why that matters).
 
     Rows with ``ordered`` False are scored as a just-acquired customer (x = t_x = T = 0): a user
     with no order yet has no customer-base history, and the population prior is the honest input.
@@ -624,14 +637,18 @@ def prior_features(
     t_x_ = np.where(has, t_x_, 0.0)
     T_ = np.where(has, T_, 0.0)
     t_ = _horizon(t, x_)
+    t0 = t_ if zero_horizon is None else _horizon(zero_horizon, x_)
 
     log_e, log_odds, log_any = _distinct_rows(
-        functools.partial(_prior_terms, params), x_, t_x_, T_, t_
+        functools.partial(_prior_terms, params), x_, t_x_, T_, t_, t0
     )
     log_e = np.maximum(log_e, LOG_EXPECTED_FLOOR)
     logit_alive = np.clip(-log_odds, -LOGIT_CLIP, LOGIT_CLIP)
     with np.errstate(divide="ignore"):
         log_zero = np.log(-np.expm1(log_any))
+        if zero_power is not None:
+            log_zero = _horizon(zero_power, x_) * log_zero
+            log_any = np.log(-np.expm1(log_zero))
     logit_zero = _clipped_logit_from_log(log_zero, log_any)
     log_rate = np.log(params.r + x_) - np.log(params.alpha + T_)
     out = np.stack([log_e, logit_alive, logit_zero, log_rate], axis=1).astype(np.float32)

@@ -9,11 +9,13 @@ A horizon that holds the shop's peak (a wholesaler's Christmas quarter) is then 
 by the size of the peak, and no customer's history says so. When the shop's own history shows
 last year's season (:func:`training.season.fit_season_index` decides that, on data before the
 cutoff only), the index carries it into the forecast: the horizon of ``t`` weeks is read as
-``t * m`` weeks of year-round buying (an operational-time deformation, so the expected count
-and the probability of no order move together).
+``t * m`` weeks of year-round buying (an operational-time deformation of the expected count).
+:func:`horizon_season` is the part of ``m`` that is the horizon's alone, the same for every
+customer at a close: the probability of no order moves by it (see
+:func:`features.summary.summarize`, which says why it does not read the whole ``m``).
 
-Training and the worker's scorer both call :func:`horizon_multiplier` through
-:func:`features.summary.summarize`, with the index stored in the manifest's prior.
+Training and the worker's scorer both call these through :func:`features.summary.summarize`,
+with the index stored in the manifest's prior.
 
 Pure: stdlib and numpy only, no I/O.
 """
@@ -132,13 +134,38 @@ def horizon_multiplier(
     v = np.asarray(last_vectors, dtype=np.float64)
     if season is None:
         return np.ones(v.shape[0])
+    now, horizon = _now_and_horizon(v, spec, windows)
+    s_h = season.mean_over(now + horizon, horizon)
+    age = np.maximum(np.asarray(age_weeks, dtype=np.float64), 0.0)
+    s_t = season.mean_over(now, 2.0 * np.pi / YEAR_DAYS * 7.0 * age)
+    out: FloatArray = s_h * (alpha + age) / (alpha + age * s_t)
+    return out
+
+
+def horizon_season(
+    season: SeasonIndex | None,
+    last_vectors: npt.ArrayLike,
+    spec: WindowSpec,
+    windows: int | None = None,
+) -> FloatArray:
+    """``[N]`` mean multiplier of the horizon that follows each row's window: the first factor
+    of :func:`horizon_multiplier`, without the customer's tenure, so every row of one close
+    gets the same value. Without an index, 1."""
+    v = np.asarray(last_vectors, dtype=np.float64)
+    if season is None:
+        return np.ones(v.shape[0])
+    now, horizon = _now_and_horizon(v, spec, windows)
+    out: FloatArray = season.mean_over(now + horizon, horizon)
+    return out
+
+
+def _now_and_horizon(
+    v: FloatArray, spec: WindowSpec, windows: int | None
+) -> tuple[FloatArray, float]:
+    """Angle of each row's window end (read back from its ``season_*`` features) and the
+    horizon's length in radians."""
     window_days = spec.length_ms / DAY_MS
     per_day = 2.0 * np.pi / YEAR_DAYS
     start = np.arctan2(v[:, FEATURE_INDEX["season_sin"]], v[:, FEATURE_INDEX["season_cos"]])
-    now = start + per_day * window_days
     horizon = per_day * window_days * (spec.horizon if windows is None else windows)
-    s_h = season.mean_over(now + horizon, horizon)
-    age = np.maximum(np.asarray(age_weeks, dtype=np.float64), 0.0)
-    s_t = season.mean_over(now, per_day * 7.0 * age)
-    out: FloatArray = s_h * (alpha + age) / (alpha + age * s_t)
-    return out
+    return start + per_day * window_days, horizon

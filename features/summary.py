@@ -34,7 +34,7 @@ from features.clv import (
     ParetoNbdParams,
     prior_features,
 )
-from features.season import SeasonIndex, horizon_multiplier
+from features.season import SeasonIndex, horizon_multiplier, horizon_season
 from features.windows import (
     DAY_MS,
     FEATURE_INDEX,
@@ -59,6 +59,8 @@ SUMMARY_NAMES: Final[tuple[str, ...]] = (
 """Columns of the ``summary`` input, in order. The first ones are the customer-base model's
 (see :data:`features.clv.PRIOR_FEATURE_NAMES`; named ``bgnbd_*`` since BG/NBD was the only
 one, and kept so, as the manifests pin them); the model's residual heads read two raw."""
+P_ZERO_SEASONS: Final = ("power", "tenure")
+"""The values of :attr:`PriorSpec.p_zero_season`."""
 CALENDAR_SUMMARY: Final[tuple[str, ...]] = ("horizon_season_sin", "horizon_season_cos")
 """The summary columns that say where in the year the horizon lies."""
 N_SUMMARY: Final = len(SUMMARY_NAMES)
@@ -88,6 +90,18 @@ class PriorSpec:
     """Pareto/NBD's parameters when training chose it as the shop's prior
     (:mod:`training.prior_choice`); the summary then reads Pareto/NBD, and ``bgnbd`` (always
     fitted: the calendar and the report's baseline read it) is not used by the model."""
+    p_zero_season: str = "power"
+    """How the calendar moves the prior's P(no order): ``"power"`` (P(no order) over the plain
+    horizon raised to the horizon's season, :func:`features.season.horizon_season`; it keeps
+    the prior's ranking of customers) or ``"tenure"`` (over the horizon stretched by the whole
+    :func:`features.season.horizon_multiplier`, as models trained before the rule did; their
+    manifests, which do not name it, read so)."""
+
+    def __post_init__(self) -> None:
+        if self.p_zero_season not in P_ZERO_SEASONS:
+            raise ValueError(
+                f"p_zero_season {self.p_zero_season!r}, this code knows {list(P_ZERO_SEASONS)}"
+            )
 
     @property
     def customer_base(self) -> CustomerBaseParams:
@@ -107,6 +121,7 @@ class PriorSpec:
             "horizon_weeks": self.horizon_weeks,
             "value_per_order_day": self.value_per_order_day,
             "season": None if self.season is None else self.season.to_dict(),
+            "p_zero_season": self.p_zero_season,
             "summary_names": list(SUMMARY_NAMES),
         }
 
@@ -132,6 +147,7 @@ class PriorSpec:
             value,
             None if season is None else SeasonIndex.from_dict(season),
             ParetoNbdParams.from_dict(data["pareto_nbd"]) if model == "pareto_nbd" else None,
+            str(data.get("p_zero_season", "tenure")),
         )
 
 
@@ -143,7 +159,25 @@ def summarize(raw: Float32Array, prior: PriorSpec, spec: WindowSpec) -> Float32A
     weeks = prior.horizon_weeks * horizon_multiplier(
         prior.season, last, np.where(ordered, age, 0.0), base.alpha, spec
     )
-    prior_cols = prior_features(base, x, t_x, age, ordered, weeks)
+    if prior.season is None or prior.p_zero_season == "tenure":
+        prior_cols = prior_features(base, x, t_x, age, ordered, weeks)
+    else:
+        # The calendar lifts the expected count by each customer's tenure-aware multiplier,
+        # but P(no order) only by the horizon's season, a power common to a close's customers:
+        # the churn score then ranks them as the prior does. The tenure term's reordering is
+        # noise-sized and went either way (churn ROC-AUC -1.2e-4 to +6.3e-4 against the prior's
+        # on the generated wholesale shop, seeds 1-4); the product's target is an AUC at least
+        # BG/NBD's, which an unchanged ranking keeps wherever the network adds nothing.
+        prior_cols = prior_features(
+            base,
+            x,
+            t_x,
+            age,
+            ordered,
+            weeks,
+            zero_horizon=prior.horizon_weeks,
+            zero_power=horizon_season(prior.season, last, spec),
+        )
     spend_total = np.maximum(last[:, FEATURE_INDEX["spend_total"]], 0.0)
     order_days = np.maximum(last[:, FEATURE_INDEX["order_days_total"]], 0.0)
     pop = prior.value_per_order_day
