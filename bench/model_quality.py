@@ -642,7 +642,8 @@ def run_shape(name: str, *, quick: bool, seed: int, data_dir: Path) -> dict[str,
             report = orjson.loads(report_path.read_bytes())
             result.update(summarise(report))
             extra = report.get("extra", {})
-            result["extra"] = {k: extra.get(k) for k in ("training", "prior", "rolling_origin")}
+            kept = ("training", "prior", "rolling_origin", "churn_calibration")
+            result["extra"] = {k: extra.get(k) for k in kept}
     result["wall_seconds"] = time.perf_counter() - t0
     log.info("[%s] done in %.1f s", name, result["wall_seconds"])
     return result

@@ -12,6 +12,13 @@ on all of them. A
 shop where the model's churn already ranks as well as it can (a BG/NBD world, where P(no
 order) is the right score) keeps its churn head as it is: two fitted weights would only add
 noise there.
+
+Where the history holds an origin one horizon earlier (its horizon ends where the latest
+one's begins), the calibration must also hold *in time*: fitted on that origin's customers,
+it must raise the latest origin's AUC by :data:`MIN_AUC_GAIN` too. The halves share one
+horizon's weather; a blend is served on the next horizon. Measured where this came from: the
+generated wholesale shop at the origin 2023-06-05 kept a blend on half gains of 7.8e-4 and
+6.2e-4 and lost 6.6e-5 of AUC against the prior's own ranking over its horizon.
 """
 
 from __future__ import annotations
@@ -57,9 +64,18 @@ def _fit(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> ChurnCalibra
 
 
 def fit_churn_calibration(
-    churn: npt.ArrayLike, mean_orders: npt.ArrayLike, no_order: npt.ArrayLike, seed: int = 0
+    churn: npt.ArrayLike,
+    mean_orders: npt.ArrayLike,
+    no_order: npt.ArrayLike,
+    seed: int = 0,
+    *,
+    earlier: tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> tuple[ChurnCalibration | None, dict[str, Any]]:
-    """The calibration to serve (None: keep the churn head) and what the check found."""
+    """The calibration to serve (None: keep the churn head) and what the check found.
+
+    ``earlier`` is ``(churn, mean_orders, no_order)`` at the origin one horizon before, for
+    the out-of-time check; without it (or with too few of its customers) only the halves
+    are checked, and the report says so."""
     p = np.asarray(churn, dtype=np.float64)
     y = np.asarray(no_order, dtype=np.float64)
     x = calibration_inputs(p, mean_orders)
@@ -81,11 +97,42 @@ def fit_churn_calibration(
         info["why"] = f"does not rank better by {MIN_AUC_GAIN:g} on both held-out halves"
         log.info("churn calibration not kept: held-out AUC gains %s", gains)
         return None, info
+    in_time = _out_of_time_gain(earlier, p, x, y)
+    if in_time is None:
+        info["out_of_time"] = "no earlier origin with enough labelled customers: halves only"
+    else:
+        info["out_of_time_auc_gain"] = in_time
+        if in_time < MIN_AUC_GAIN:
+            info["kept"] = False
+            info["why"] = (
+                f"fitted one horizon earlier, it does not rank the latest origin better by "
+                f"{MIN_AUC_GAIN:g} ({in_time:+.2e})"
+            )
+            log.info("churn calibration not kept: out-of-time AUC gain %+.2e", in_time)
+            return None, info
     cal = _fit(x, y)
     info["kept"] = True
     info["coefficients"] = cal.to_dict()
     log.info("churn calibration kept: held-out AUC gains %s, %s", gains, cal)
     return cal, info
+
+
+def _out_of_time_gain(
+    earlier: tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None,
+    p: npt.NDArray[np.float64],
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+) -> float | None:
+    """AUC gain on the latest origin (``p``, inputs ``x``, labels ``y``) of the calibration
+    fitted on ``earlier``; None when there is no usable earlier origin."""
+    if earlier is None:
+        return None
+    p_e = np.asarray(earlier[0], dtype=np.float64)
+    y_e = np.asarray(earlier[2], dtype=np.float64)
+    if len(y_e) < MIN_ROWS or y_e.min() == y_e.max():
+        return None
+    cal = _fit(calibration_inputs(p_e, earlier[1]), y_e)
+    return float(roc_auc(cal.apply(p, np.exp(x[:, 1])), y) - roc_auc(p, y))
 
 
 __all__ = ["fit_churn_calibration"]

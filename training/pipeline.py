@@ -213,6 +213,10 @@ class Fit:
     info: dict[str, Any]
     select_val: OriginSet
     n_train: int
+    select_earlier: OriginSet | None = None
+    """The customers one horizon before the pseudo-cutoff, whose horizon ends where the
+    pseudo-cutoff's begins: the churn calibration's out-of-time check
+    (:func:`training.calibration.fit_churn_calibration`). None with too little history."""
 
 
 def _residual_data(rows: OriginSet, norm: NormStats) -> Any:
@@ -291,6 +295,11 @@ def fit_at(
     full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, plan=plan)
     if select_val is None:  # no pseudo-cutoff: its rows are none (the report says so)
         select_val = full.select(np.zeros(len(full), dtype=bool))
+    earlier = pseudo - horizon
+    select_earlier: OriginSet | None = None
+    if selectable and earlier - first >= horizon:  # as a second pseudo-cutoff needs
+        # Labels through the pseudo-cutoff only: this origin's horizon ends there.
+        select_earlier = origin_set(tensor, user_ids, [earlier], pseudo, fit, prior=prior)
     n_users = len(np.unique(full.user_ids))
     norm = NormStats.fit(full.sequences)
     log.info(
@@ -353,7 +362,7 @@ def fit_at(
     info["calendar_inputs"] = {"read": seen_year, "why": seen_why}
     info["prior"] = choice.to_dict()
     info["samples"] = {**plan.to_dict(), "kept": len(full)}
-    return Fit(cut, norm, prior, models, info, select_val, len(full))
+    return Fit(cut, norm, prior, models, info, select_val, len(full), select_earlier)
 
 
 def _calendar_fit(
@@ -735,8 +744,13 @@ def run(
     raw = load_model(cfg.out)
     labelled = main.select_val.select(main.select_val.complete)
     raw_val = raw.score(labelled.sequences)
+    earlier: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    if main.select_earlier is not None:
+        before = main.select_earlier.select(main.select_earlier.complete)
+        raw_before = raw.score(before.sequences)
+        earlier = (raw_before.churn_probability, raw_before.means(), before.churn)
     churn_calibration, calibration_info = fit_churn_calibration(
-        raw_val.churn_probability, raw_val.means(), labelled.churn, cfg.seed
+        raw_val.churn_probability, raw_val.means(), labelled.churn, cfg.seed, earlier=earlier
     )
     stages.start("evaluate")
     # When the model was fitted on a sample, scoring reads every block afresh: the sample's
