@@ -131,14 +131,28 @@ def horizon_multiplier(
     batch. ``age_weeks`` is BG/NBD's ``T`` (0 for users who never ordered). The horizon is
     ``spec.horizon`` windows unless ``windows`` says otherwise. Without an index, 1.
     """
+    s_h = horizon_season(season, last_vectors, spec, windows)
+    out: FloatArray = s_h * tenure_factor(season, last_vectors, age_weeks, alpha, spec)
+    return out
+
+
+def tenure_factor(
+    season: SeasonIndex | None,
+    last_vectors: npt.ArrayLike,
+    age_weeks: npt.ArrayLike,
+    alpha: float,
+    spec: WindowSpec,
+) -> FloatArray:
+    """``[N]`` the customer's part of :func:`horizon_multiplier`, ``(alpha + T) / (alpha + T *
+    s_T)``: how much the season the customer's rate was learnt in under- or overstates their
+    year-round rate. Without an index, 1."""
     v = np.asarray(last_vectors, dtype=np.float64)
     if season is None:
         return np.ones(v.shape[0])
-    now, horizon = _now_and_horizon(v, spec, windows)
-    s_h = season.mean_over(now + horizon, horizon)
+    now, _ = _now_and_horizon(v, spec, None)
     age = np.maximum(np.asarray(age_weeks, dtype=np.float64), 0.0)
     s_t = season.mean_over(now, 2.0 * np.pi / YEAR_DAYS * 7.0 * age)
-    out: FloatArray = s_h * (alpha + age) / (alpha + age * s_t)
+    out: FloatArray = (alpha + age) / (alpha + age * s_t)
     return out
 
 

@@ -34,7 +34,7 @@ from features.clv import (
     ParetoNbdParams,
     prior_features,
 )
-from features.season import SeasonIndex, horizon_multiplier, horizon_season
+from features.season import SeasonIndex, horizon_season, tenure_factor
 from features.windows import (
     DAY_MS,
     FEATURE_INDEX,
@@ -156,8 +156,12 @@ def summarize(raw: Float32Array, prior: PriorSpec, spec: WindowSpec) -> Float32A
     last = raw[:, -1, :].astype(np.float64)
     x, t_x, age, ordered = lifetime_summary(last)
     base = prior.customer_base
-    weeks = prior.horizon_weeks * horizon_multiplier(
-        prior.season, last, np.where(ordered, age, 0.0), base.alpha, spec
+    # horizon_multiplier's two factors, the horizon's season read once for both columns.
+    s_h = horizon_season(prior.season, last, spec)
+    weeks = (
+        prior.horizon_weeks
+        * s_h
+        * tenure_factor(prior.season, last, np.where(ordered, age, 0.0), base.alpha, spec)
     )
     if prior.season is None or prior.p_zero_season == "tenure":
         prior_cols = prior_features(base, x, t_x, age, ordered, weeks)
@@ -176,7 +180,7 @@ def summarize(raw: Float32Array, prior: PriorSpec, spec: WindowSpec) -> Float32A
             ordered,
             weeks,
             zero_horizon=prior.horizon_weeks,
-            zero_power=horizon_season(prior.season, last, spec),
+            zero_power=s_h,
         )
     spend_total = np.maximum(last[:, FEATURE_INDEX["spend_total"]], 0.0)
     order_days = np.maximum(last[:, FEATURE_INDEX["order_days_total"]], 0.0)

@@ -24,6 +24,7 @@ generated wholesale shop at the origin 2023-06-05 kept a blend on half gains of 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
@@ -41,6 +42,8 @@ MIN_AUC_GAIN: Final = 5e-4
 scores of the same few thousand customers (the grocery shape kept a blend on gains of that
 size and lost 2e-4 of AUC at the cutoff), and a shop that gains, gains more (real CDNOW:
 0.002-0.004 on each half)."""
+Labelled = tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]
+"""One origin's customers: the churn head, the mean orders, and 1 where no order came."""
 MIN_ROWS: Final = 200
 """Fewer labelled customers than this (or one class only) keep the churn head as it is."""
 
@@ -69,13 +72,14 @@ def fit_churn_calibration(
     no_order: npt.ArrayLike,
     seed: int = 0,
     *,
-    earlier: tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None = None,
+    earlier: Callable[[], Labelled | None] | None = None,
 ) -> tuple[ChurnCalibration | None, dict[str, Any]]:
     """The calibration to serve (None: keep the churn head) and what the check found.
 
-    ``earlier`` is ``(churn, mean_orders, no_order)`` at the origin one horizon before, for
-    the out-of-time check; without it (or with too few of its customers) only the halves
-    are checked, and the report says so."""
+    ``earlier`` gives ``(churn, mean_orders, no_order)`` at the origin one horizon before, for
+    the out-of-time check; it is called only once the halves pass (scoring an origin is not
+    free, and most shops stop at the halves). Without it, or with too few of its customers,
+    only the halves are checked, and the report says so."""
     p = np.asarray(churn, dtype=np.float64)
     y = np.asarray(no_order, dtype=np.float64)
     x = calibration_inputs(p, mean_orders)
@@ -97,7 +101,7 @@ def fit_churn_calibration(
         info["why"] = f"does not rank better by {MIN_AUC_GAIN:g} on both held-out halves"
         log.info("churn calibration not kept: held-out AUC gains %s", gains)
         return None, info
-    in_time = _out_of_time_gain(earlier, p, x, y)
+    in_time = _out_of_time_gain(None if earlier is None else earlier(), p, x, y)
     if in_time is None:
         info["out_of_time"] = "no earlier origin with enough labelled customers: halves only"
     else:
@@ -118,7 +122,7 @@ def fit_churn_calibration(
 
 
 def _out_of_time_gain(
-    earlier: tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None,
+    earlier: Labelled | None,
     p: npt.NDArray[np.float64],
     x: npt.NDArray[np.float64],
     y: npt.NDArray[np.float64],

@@ -23,6 +23,7 @@ window ``-1`` ends exactly at ``C``):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -213,10 +214,6 @@ class Fit:
     info: dict[str, Any]
     select_val: OriginSet
     n_train: int
-    select_earlier: OriginSet | None = None
-    """The customers one horizon before the pseudo-cutoff, whose horizon ends where the
-    pseudo-cutoff's begins: the churn calibration's out-of-time check
-    (:func:`training.calibration.fit_churn_calibration`). None with too little history."""
 
 
 def _residual_data(rows: OriginSet, norm: NormStats) -> Any:
@@ -295,11 +292,6 @@ def fit_at(
     full = origin_set(tensor, user_ids, list(range(first, cut)), cut, fit, plan=plan)
     if select_val is None:  # no pseudo-cutoff: its rows are none (the report says so)
         select_val = full.select(np.zeros(len(full), dtype=bool))
-    earlier = pseudo - horizon
-    select_earlier: OriginSet | None = None
-    if selectable and earlier - first >= horizon:  # as a second pseudo-cutoff needs
-        # Labels through the pseudo-cutoff only: this origin's horizon ends there.
-        select_earlier = origin_set(tensor, user_ids, [earlier], pseudo, fit, prior=prior)
     n_users = len(np.unique(full.user_ids))
     norm = NormStats.fit(full.sequences)
     log.info(
@@ -362,7 +354,32 @@ def fit_at(
     info["calendar_inputs"] = {"read": seen_year, "why": seen_why}
     info["prior"] = choice.to_dict()
     info["samples"] = {**plan.to_dict(), "kept": len(full)}
-    return Fit(cut, norm, prior, models, info, select_val, len(full), select_earlier)
+    return Fit(cut, norm, prior, models, info, select_val, len(full))
+
+
+def _earlier_scores(
+    tensor: WindowTensor,
+    user_ids: np.ndarray,
+    first: int,
+    fit: PriorFit,
+    prior: PriorSpec,
+    raw: Scorer,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The model's churn and mean orders, and who did not order, at the origin one horizon
+    before the pseudo-cutoff (its horizon ends where the pseudo-cutoff's begins): the churn
+    calibration's out-of-time check. None when the history before it is shorter than a
+    horizon, as for a second pseudo-cutoff (:func:`fit_at`)."""
+    horizon = tensor.spec.horizon
+    pseudo = -1 - horizon
+    earlier = pseudo - horizon
+    if earlier - first < horizon:
+        return None
+    rows = origin_set(tensor, user_ids, [earlier], pseudo, fit, prior=prior)
+    rows = rows.select(rows.complete)
+    if len(rows) == 0:
+        return None
+    scores = raw.score(rows.sequences)
+    return scores.churn_probability, scores.means(), rows.churn
 
 
 def _calendar_fit(
@@ -744,13 +761,12 @@ def run(
     raw = load_model(cfg.out)
     labelled = main.select_val.select(main.select_val.complete)
     raw_val = raw.score(labelled.sequences)
-    earlier: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-    if main.select_earlier is not None:
-        before = main.select_earlier.select(main.select_earlier.complete)
-        raw_before = raw.score(before.sequences)
-        earlier = (raw_before.churn_probability, raw_before.means(), before.churn)
     churn_calibration, calibration_info = fit_churn_calibration(
-        raw_val.churn_probability, raw_val.means(), labelled.churn, cfg.seed, earlier=earlier
+        raw_val.churn_probability,
+        raw_val.means(),
+        labelled.churn,
+        cfg.seed,
+        earlier=functools.partial(_earlier_scores, tensor, user_ids, first, fit, prior, raw),
     )
     stages.start("evaluate")
     # When the model was fitted on a sample, scoring reads every block afresh: the sample's

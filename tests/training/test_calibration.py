@@ -67,21 +67,33 @@ def test_a_blend_that_held_one_horizon_and_reversed_the_one_before_is_not_served
     rng = np.random.default_rng(3)
     latest = _horizon(rng, 20_000, -0.5)
     assert fit_churn_calibration(*latest)[1]["kept"]  # the halves alone would keep it
-    cal, info = fit_churn_calibration(*latest, earlier=_horizon(rng, 20_000, 0.5))
+    earlier = _horizon(rng, 20_000, 0.5)
+    cal, info = fit_churn_calibration(*latest, earlier=lambda: earlier)
     assert cal is None and info["kept"] is False
     assert info["out_of_time_auc_gain"] < 0 and "one horizon earlier" in info["why"]
 
 
 def test_a_blend_that_holds_in_time_is_served_and_says_it_was_checked() -> None:
     rng = np.random.default_rng(4)
-    cal, info = fit_churn_calibration(
-        *_horizon(rng, 20_000, -0.5), earlier=_horizon(rng, 20_000, -0.5)
-    )
+    earlier = _horizon(rng, 20_000, -0.5)
+    cal, info = fit_churn_calibration(*_horizon(rng, 20_000, -0.5), earlier=lambda: earlier)
     assert cal is not None and info["kept"] and info["out_of_time_auc_gain"] > 5e-4
 
 
 def test_an_earlier_origin_too_small_to_fit_leaves_the_halves_to_decide() -> None:
     rng = np.random.default_rng(5)
     latest = _horizon(rng, 20_000, -0.5)
-    cal, info = fit_churn_calibration(*latest, earlier=_horizon(rng, 100, 0.5))
+    small = _horizon(rng, 100, 0.5)
+    cal, info = fit_churn_calibration(*latest, earlier=lambda: small)
     assert cal is not None and "halves only" in info["out_of_time"]
+
+
+def test_the_earlier_origin_is_not_scored_when_the_halves_already_say_no() -> None:
+    rng = np.random.default_rng(6)
+    asked: list[bool] = []
+
+    def earlier() -> None:
+        asked.append(True)
+
+    cal, info = fit_churn_calibration(*_horizon(rng, 20_000, 0.0), earlier=earlier)
+    assert cal is None and asked == [] and "out_of_time" not in info
