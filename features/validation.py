@@ -250,7 +250,7 @@ def _id_field(name: str, value: object, max_chars: int, required: bool) -> str |
             return None
         if len(value) > max_chars:
             return Invalid("bad_value", name, f"{name} has {len(value)} chars (max {max_chars})")
-        if not _encodable(value):
+        if not value.isascii() and not _encodable(value):  # inline: five ids per event
             return Invalid("bad_value", name, f"{name} contains an unpaired surrogate")
         return value
     if type(value) is int:
