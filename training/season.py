@@ -143,12 +143,18 @@ def year_observed(history_windows: int, window_days: float, burn_in: int) -> tup
 
 
 def fit_season_index(
-    ratios: SeasonRatios, window_days: float, burn_in: int, base: SeasonIndex | None = None
+    ratios: SeasonRatios,
+    window_days: float,
+    burn_in: int,
+    base: SeasonIndex | None = None,
+    significance: float = SIGNIFICANCE,
 ) -> SeasonFit:
     """The index from the last year of ``ratios`` (unshrunk), or None; why; its shrinkage.
 
     With ``base`` (ratios read in ``base``'s operational time) the harmonics found are added
-    to ``base``'s, without a test: a refinement of a calendar already shown to exist."""
+    to ``base``'s, without a test: a refinement of a calendar already shown to exist.
+    ``significance``: the test's level (1.0 returns every fit with its p-value, for
+    :mod:`bench.season_estimate` to read several rules off the same fits)."""
     per_year = round(YEAR_DAYS / window_days)
     if per_year < MIN_POINTS:
         return SeasonFit(
@@ -182,7 +188,7 @@ def fit_season_index(
         return SeasonFit(None, "the ratios are fitted exactly: too few orders to tell")
     f_stat = ((rss0 - rss1) / df1) / (rss1 / df2)
     p_value = float(stats.f.sf(f_stat, df1, df2))
-    if base is None and p_value >= SIGNIFICANCE:
+    if base is None and p_value >= significance:
         return SeasonFit(
             None, f"no season: harmonics F = {f_stat:.2f}, p = {p_value:.2g}", p_value=p_value
         )
