@@ -257,6 +257,43 @@ def test_a_burst_after_a_quiet_spell_waits_for_announcements_made_after_it(score
     assert close_signals(out.demand)
 
 
+def test_a_worker_that_just_took_its_partitions_waits_past_idle_words_made_before_its_first_read(
+    scorer,
+) -> None:  # type: ignore[no-untyped-def]
+    """Two workers start on empty topics: the first alone for a moment (the group's first
+    generation) announces every source idle, then the second joins and the partitions are
+    split. The re-keying topic is read from the start, so a worker's latest word of the other
+    sources is that idle announcement, fresh, while its own source was never idle here. The
+    burst its own source then reads first must not close windows on it before the others
+    have announced: the other worker may not have fetched its share yet (CI: 6,180 re-keyed
+    events late in the paused-worker Kafka test). The first read is a wake."""
+    start = int(pd.Timestamp("2011-01-03", tz="UTC").value // 1_000_000)
+    a, _ = users_on_partitions()
+    pa = partition_of(a.encode(), PARTITIONS)
+    others = [q for q in range(PARTITIONS) if q != pa]
+    t = [2_000_000_000_000]
+    proc = make_processor(scorer, wake_grace_ms=WAKE_GRACE_MS)
+    proc.now_ms = lambda: t[0]
+    feed(proc, [], idle=others)  # the previous owner's words: the other sources idle
+    own = produced(frame_of(weekly_views(a, range(6), start)), "user")
+    stray = [
+        replace(m, partition=others[0], offset=0)
+        for m in produced(frame_of(weekly_views(a, range(1), start)), "user")
+    ]
+    t[0] += 100
+    out = proc.process(own)
+    assert proc.clocks_view()[pa]["closed_through"] is None  # the idle words predate the read
+    # The other worker fetches its share; its copy is folded, not late.
+    t[0] += proc.wake_grace_ms + 50
+    out.merge(feed(proc, stray, idle=others[1:]))
+    assert not out.dead_letters, [d.reason for d in out.dead_letters]
+    # Nothing more comes: every source idle, announced after that source's wake too.
+    t[0] += proc.wake_grace_ms + 50
+    out.merge(feed(proc, [], idle=list(range(PARTITIONS))))
+    assert not out.dead_letters
+    assert proc.clocks_view()[pa]["closed_through"] == proc.spec.index(start + 5 * WEEK) - 1
+
+
 def test_a_restarted_worker_does_not_take_the_previous_run_s_idle_announcements_as_fresh(
     scorer,
 ) -> None:  # type: ignore[no-untyped-def]
