@@ -265,18 +265,21 @@ class Closing:
     rows: list[tuple[object, ...]]
 
 
-def _close_plan(state: UserState, window: int, spec: WindowSpec) -> tuple[list[int], int] | None:
-    """The windows a close through ``window`` folds, in order, and the first of them whose
-    vector is kept (the last ``seq_len``); ``None`` when none is left to close."""
+def _close_plan(
+    state: UserState, window: int, spec: WindowSpec
+) -> tuple[list[int], int, int] | None:
+    """The windows a close through ``window`` folds, in order, the first of them whose
+    vector is kept (the last ``seq_len``), and the first window not closed before (how many
+    the close closes counts from it); ``None`` when none is left to close."""
     start = state.first_window if state.closed_through is None else state.closed_through + 1
     if window < start:
         return None
     keep_from = max(start, window - spec.seq_len + 1)
     if keep_from == window and not any(w < window for w in state.open):
-        return [window], keep_from  # the common case: one window, nothing older pending
+        return [window], keep_from, start  # the common case: one window, nothing older pending
     pending = sorted(w for w in state.open if w <= window)
     windows = sorted({*(w for w in pending if w < keep_from), *range(keep_from, window + 1)})
-    return windows, keep_from
+    return windows, keep_from, start
 
 
 def begin_close(state: UserState, window: int, spec: WindowSpec) -> tuple[Closing, int] | None:
@@ -284,11 +287,10 @@ def begin_close(state: UserState, window: int, spec: WindowSpec) -> tuple[Closin
     the history is folded, ``state.ring`` shifted and left to :func:`finish_closes`. Returns
     the pending close and how many windows it closed; ``None`` when none was left to close.
     """
-    start = state.first_window if state.closed_through is None else state.closed_through + 1
     plan = _close_plan(state, window, spec)
     if plan is None:
         return None
-    windows, keep_from = plan
+    windows, keep_from, start = plan
     opened = state.open
     rows = [_fold_window(state, w, opened.pop(w, None)) for w in windows]
     kept = [row for w, row in zip(windows, rows, strict=True) if w >= keep_from]
@@ -344,7 +346,7 @@ def preview(state: UserState, window: int, spec: WindowSpec) -> Closing:
     plan = _close_plan(state, window, spec)
     if plan is None:
         return Closing(state.ring.copy(), [])
-    windows, keep_from = plan
+    windows, keep_from, _ = plan
     history = _History(
         state.first_window,
         state.last_order_window,
