@@ -612,6 +612,15 @@ def choose_epochs(checks: list[EpochCheck], z: float = SIGNIFICANCE_Z) -> int:
     return significant_epoch([c.losses for c in checks], z)
 
 
+def _prior_and_chosen(
+    runs: list[dict[str, list[float]]], key: str, epochs: int
+) -> list[tuple[float, float]]:
+    """Per selection run that trained: its figure ``key`` at epoch 0 (the prior) and at the
+    chosen epoch count, or at its last epoch when early stopping ended it sooner."""
+    series = [r.get(key, []) for r in runs]
+    return [(v[0], v[min(epochs, len(v) - 1)]) for v in series if len(v) > 1]
+
+
 def level_source(runs: list[dict[str, list[float]]], epochs: int) -> tuple[str, str]:
     """Whose total the served order forecast keeps: ``"model"`` or ``"prior"``, and why.
 
@@ -627,12 +636,11 @@ def level_source(runs: list[dict[str, list[float]]], epochs: int) -> tuple[str, 
     ended it sooner. With 0 epochs the model *is* the prior: nothing to choose."""
     if epochs == 0:
         return "model", "0 epochs: the model's total is the prior's"
-    biases = [r.get("val_orders_bias", []) for r in runs]
-    biases = [b for b in biases if len(b) > 1]
+    biases = _prior_and_chosen(runs, "val_orders_bias", epochs)
     if not biases:
         return "model", "no pseudo-cutoff bias to compare"
-    prior = float(np.mean([abs(b[0]) for b in biases]))
-    model = float(np.mean([abs(b[min(epochs, len(b) - 1)]) for b in biases]))
+    prior = float(np.mean([abs(b0) for b0, _ in biases]))
+    model = float(np.mean([abs(b) for _, b in biases]))
     facts = (
         f"mean |bias| over {len(biases)} pseudo-cutoff(s): prior {prior:.1%}, corrected "
         f"model ({epochs} epochs) {model:.1%}"
@@ -659,8 +667,7 @@ def churn_source(runs: list[dict[str, list[float]]], epochs: int) -> tuple[str, 
     the model *is* the prior: nothing to choose."""
     if epochs == 0:
         return "model", "0 epochs: the model's churn is the prior's"
-    aucs = [r.get("val_churn_auc", []) for r in runs]
-    gains = [a[min(epochs, len(a) - 1)] - a[0] for a in aucs if len(a) > 1]
+    gains = [a - a0 for a0, a in _prior_and_chosen(runs, "val_churn_auc", epochs)]
     gains = [g for g in gains if np.isfinite(g)]
     if not gains:
         return "model", "no pseudo-cutoff churn AUC to compare"
