@@ -212,6 +212,10 @@ class WorkerSettings:
     promote_after: int = 0
     """Promote the shadow model once it has beaten the serving one (lower orders MAE and
     churn log loss) on this many consecutive evaluable window ends; 0: never (the default)."""
+    gc_young_threshold: int = 50_000
+    """Container allocations (net) between the worker's young garbage collections; the heap
+    built at start-up is frozen out of collections too (:func:`stream.memory.tune_collector`,
+    why there). 0: Python's own thresholds (700), nothing frozen."""
     lag_interval_s: float = 5.0
     """How often the worker updates its consumer-lag gauge (0: never)."""
     memory_trim_interval_s: float = 5.0

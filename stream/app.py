@@ -13,18 +13,24 @@ import logging
 import sys
 
 from settings import load_settings
+from stream import memory
 from stream.worker import StartupError, Worker, create_worker
 
 log = logging.getLogger(__name__)
 
 
 def create_or_exit() -> Worker:
+    settings = load_settings()
     try:
-        return create_worker(load_settings())
+        worker = create_worker(settings)
     except StartupError as exc:
         log.critical("refusing to start: %s", exc)
         print(f"clicksignals worker: refusing to start: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    # Here, not in the factory: the collector is the process's, and tests build workers in
+    # theirs.
+    memory.tune_collector(settings.worker.gc_young_threshold)
+    return worker
 
 
 worker = create_or_exit()

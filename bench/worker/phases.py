@@ -37,6 +37,7 @@ from bench.worker.harness import (
 )
 from ops import kafka_local
 from settings import Settings
+from stream import memory
 from stream.publish import partition_of
 
 log = logging.getLogger("bench.worker")
@@ -81,8 +82,6 @@ def run_processor_only(
     size = settings.worker.batch_size
     demand = churn = dead = scored = calls = outcomes = 0
     ort = scoring = 0.0
-    t0 = time.perf_counter()
-    cpu0 = time.process_time()
 
     def consume(out: BatchOutput) -> None:
         nonlocal demand, churn, dead, scored, calls, ort, scoring, outcomes, forecasts
@@ -112,9 +111,17 @@ def run_processor_only(
         ort += out.ort_seconds
         scoring += out.inference_seconds
 
-    # Watermark records looped back as the worker's re-keying topic would bring them (here one
-    # announcement per batch, the worker's is one per second: a little more work than live).
-    run_in_process(processor, messages, size, consume)
+    # The worker's collector, as `faust -A stream.app worker` tunes it once built: the events
+    # held here are frozen with the rest (the worker holds a fetch of them at a time).
+    collector = memory.tune_collector(settings.worker.gc_young_threshold)
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    try:
+        # Watermark records looped back as the worker's re-keying topic would bring them (here
+        # one announcement per batch, the worker's is one per second: a little more work).
+        run_in_process(processor, messages, size, consume)
+    finally:
+        memory.restore_collector(collector)
     seconds = time.perf_counter() - t0
     if keep_states is not None:  # the state phase measures and clones these
         keep_states.update(store.data)
