@@ -21,6 +21,14 @@ A second table gives what the product's bias target cares about: the share of sh
 peak quarter, where a missed season costs the most). A shop kind with a weaker season (log
 amplitude 0.05) and one at 50 order days a week sit between the others there.
 
+A third table asks how much history the fit should read: the shipped rule on histories of one
+year and a quarter, a year and three quarters and three years and a quarter of weekly ratios,
+reading the last year only (the rule shipped, :data:`training.season.YEARS`) or every ratio
+up to three years (measured, not shipped: it lost end to end on the generated shops, see
+:data:`training.season.YEARS`), for shops without a season, with the two-harmonic peak (log
+amplitude 0.1) and with a one-month step (+30 %, the generated marketplace's November), at 50
+and 200 order days a week.
+
 It measures the estimate of :func:`training.season.fit_season_index` on the ratios directly:
 the refinements that :func:`training.season.season_at` runs on a real history (re-reading the
 ratios in the calendar's operational time) are not simulated here.
@@ -110,6 +118,94 @@ def errors(
     )
 
 
+HISTORY_WEEKS = (65, 91, 169)
+WIDER_YEARS = 3
+"""The wider fit the third table compares with the shipped last year."""
+HISTORY_LEVELS = (50.0, 200.0)
+STEP = 0.26
+"""The one-month step's log size: exp(0.26) = 1.30."""
+SEASONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "none": lambda theta: np.zeros_like(theta),
+    "peak, 0.1": lambda theta: 0.1 * np.cos(theta) + 0.05 * np.cos(2 * theta),
+    "one month +30 %": lambda theta: np.where(np.mod(theta, 2 * np.pi) < 2 * np.pi / 12, STEP, 0.0),
+}
+"""Log multipliers at an angle of the year measured from the season's own phase."""
+
+
+def _true_horizons(log_multiplier: Callable[[np.ndarray], np.ndarray], phase: float) -> np.ndarray:
+    """The mean multiplier over a 13-week horizon ending at each of 52 weeks of the year, of a
+    season given by its log multiplier (normalised over the year, as an index is)."""
+    days = np.linspace(0.0, 2.0 * np.pi, 7 * 52 * 8, endpoint=False)
+    shape = np.exp(log_multiplier(days - phase))
+    shape /= shape.mean()
+    per_week = len(days) // 52
+    wrapped = np.concatenate([shape, shape])
+    return np.asarray(
+        [
+            wrapped[len(days) + (w + 1) * per_week - HORIZON_WEEKS * per_week :][
+                : HORIZON_WEEKS * per_week
+            ].mean()
+            for w in range(52)
+        ]
+    )
+
+
+def history_errors(
+    season: str, level: float, weeks: int, shops: int, seed: int
+) -> dict[int, tuple[float, float]]:
+    """For the fit reading 1 and :data:`WIDER_YEARS` years: the shipped rule's mean horizon
+    error and the share of shops whose worst horizon is off by more than :data:`WORST_OFF`, over
+    ``shops`` shops with ``weeks`` weeks of ratios (the first 13 are the burn-in)."""
+    rng = np.random.default_rng(seed)
+    middle = START_MS + 7 * DAY_MS * np.arange(weeks) + 7 * DAY_MS // 2
+    expected = level * np.exp(np.linspace(0.0, 0.2 * weeks / 52, weeks))
+    log_multiplier = SEASONS[season]
+    found = {years: [0.0, 0.0] for years in (1, WIDER_YEARS)}
+    for _ in range(shops):
+        phase = float(rng.uniform(0.0, 2.0 * np.pi))
+        truth = _true_horizons(log_multiplier, phase)
+        multiplier = np.exp(log_multiplier(angle_of(middle) - phase))
+        multiplier /= np.exp(log_multiplier(np.linspace(0, 2 * np.pi, 365) - phase)).mean()
+        actual = rng.poisson(expected * multiplier).astype(float)
+        ratios = SeasonRatios(actual, expected, middle)
+        for years, figures in found.items():
+            fit = fit_season_index(ratios, 7.0, 13, years=years)
+            kept = None if fit.season is None else fit.season.scaled(fit.shrink)
+            off = np.abs(horizon_multipliers(kept) / truth - 1.0)
+            figures[0] += float(np.mean(off)) / shops
+            figures[1] += float(np.max(off) > WORST_OFF) / shops
+    return {years: (mean, worst) for years, (mean, worst) in found.items()}
+
+
+def log_history_table(shops: int, seed: int) -> None:
+    """The third table: how much history the fit reads."""
+    log.info("\nHow much history the fit reads (test at 5 % + James-Stein)\n")
+    log.info(
+        "| season | order days a week | weeks of ratios | mean error, last year | "
+        "mean error, up to %d years | worst off > %.0f%%, last year | "
+        "worst off > %.0f%%, up to %d years |",
+        WIDER_YEARS,
+        100 * WORST_OFF,
+        100 * WORST_OFF,
+        WIDER_YEARS,
+    )
+    log.info("|---|---:|---:|---:|---:|---:|---:|")
+    for season in SEASONS:
+        for level in HISTORY_LEVELS:
+            for weeks in HISTORY_WEEKS:
+                figures = history_errors(season, level, weeks, shops, seed)
+                log.info(
+                    "| %s | %g | %d | %.2f %% | %.2f %% | %.1f %% | %.1f %% |",
+                    season,
+                    level,
+                    weeks,
+                    100 * figures[1][0],
+                    100 * figures[WIDER_YEARS][0],
+                    100 * figures[1][1],
+                    100 * figures[WIDER_YEARS][1],
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.season_estimate", description=__doc__)
     parser.add_argument("--shops", type=int, default=600, help="simulated shops per kind")
@@ -133,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 level,
                 " | ".join(f"{100 * figures[table][name]:.{2 - table}f} %" for name in names),
             )
+    log_history_table(args.shops, args.seed)
     return 0
 
 

@@ -2,9 +2,9 @@
 
 Owns :func:`season_ratios` (each window's order days against what BG/NBD expected of the
 customers known by the window before: one step ahead, with the prior fitted at the cutoff)
-and :func:`fit_season_index` (a weighted regression of the log ratios of the last year on a
-trend and a few harmonics of the year, kept only when the harmonics explain the ratios
-significantly better than the trend alone).
+and :func:`fit_season_index` (a weighted regression of the log ratios of up to the last
+:data:`YEARS` years on a trend and a few harmonics of the year, kept only when the harmonics
+explain the ratios significantly better than the trend alone).
 
 Why the ratio to BG/NBD and not the raw order count: the count also moves with acquisition
 and churn; the ratio is what the customer-base model does *not* explain, so a shop that grows
@@ -17,6 +17,11 @@ Choices (where the issue was silent):
   history cannot tell a peak from a one-off, and two years are what most shops keep anyway.
 * The trend is fitted and dropped: a customer-base model that drifts over the year must not
   read as a season.
+* Only the last year of ratios is read (:data:`YEARS`). Reading every ratio up to three
+  years was measured and not shipped: on simulated shops, a stable season plus a linear
+  trend, it halves the horizon's error (over one year the trend and the first harmonic are
+  nearly collinear; ``python -m bench.season_estimate``, its third table), but end to end on
+  the generated shops it lost: see :data:`YEARS`.
 * The F-test at :data:`SIGNIFICANCE` keeps noise (small shops, shops without a season) from
   moving every forecast: they keep BG/NBD's year-round rate.
 * What the test lets through is shrunk towards no season by the positive-part James-Stein
@@ -58,6 +63,14 @@ MAX_CUSTOMERS: Final = 50_000
 one BG/NBD evaluation per customer."""
 REFINEMENTS: Final = 2
 """Passes that re-read the ratios in the calendar's operational time (see :func:`season_at`)."""
+YEARS: Final = 1
+"""The most years of ratios the fit reads. Three were measured (2026-12-07, ``python -m
+bench.model_quality``): the generated marketplace's bias over seeds 1-5 went from +3.6, +4.0,
+-3.2, -9.4, +7.9 % to -7.8, +1.9, -6.7, -9.4, +0.6 % (three seeds within 5 % to two; its
+horizon read x1.05 on average where one year read x1.10 and about x1.10 was needed), and the
+wholesale shop's (seed 1) from -1.6 to -4.6 %. Both histories hold one peak, and the older
+ratios of a young customer base are not a stable season plus a linear trend: they widened
+the residuals and the F-test shrank the season more."""
 MIN_POINTS: Final = 2 * HARMONICS + 12
 """Windows per year below which (windows longer than about 18 days) no index is fitted."""
 
@@ -148,13 +161,16 @@ def fit_season_index(
     burn_in: int,
     base: SeasonIndex | None = None,
     significance: float = SIGNIFICANCE,
+    years: int = YEARS,
 ) -> SeasonFit:
-    """The index from the last year of ``ratios`` (unshrunk), or None; why; its shrinkage.
+    """The index from up to the last :data:`YEARS` years of ``ratios`` (unshrunk), or None;
+    why; its shrinkage.
 
     With ``base`` (ratios read in ``base``'s operational time) the harmonics found are added
     to ``base``'s, without a test: a refinement of a calendar already shown to exist.
     ``significance``: the test's level (1.0 returns every fit with its p-value, for
-    :mod:`bench.season_estimate` to read several rules off the same fits)."""
+    :mod:`bench.season_estimate` to read several rules off the same fits); ``years``: the
+    most years of ratios read (the bench compares one)."""
     per_year = round(YEAR_DAYS / window_days)
     if per_year < MIN_POINTS:
         return SeasonFit(
@@ -165,12 +181,15 @@ def fit_season_index(
         return SeasonFit(None, why)
     if int(np.sum(ratios.expected > 0)) < len(ratios.expected):
         return SeasonFit(None, "a window of the history has no customer to expect orders of")
-    a = ratios.actual[-per_year:]
-    e = ratios.expected[-per_year:]
-    theta = angle_of(ratios.middle_ms[-per_year:])
+    # The first burn_in windows are the shop's first customers, whose one-step ratios say
+    # more about a young base than about the calendar.
+    n = min(len(ratios.expected) - burn_in, years * per_year)
+    a = ratios.actual[-n:]
+    e = ratios.expected[-n:]
+    theta = angle_of(ratios.middle_ms[-n:])
     y = np.log((a + 0.5) / (e + 0.5))
     weight = np.sqrt(a + 0.5)  # Poisson: the log ratio's variance is about 1 / count
-    trend = np.column_stack([np.ones(per_year), np.arange(per_year) / per_year])
+    trend = np.column_stack([np.ones(n), np.arange(n) / per_year])
     harmonics = np.column_stack(
         [np.cos(k * theta) for k in range(1, HARMONICS + 1)]
         + [np.sin(k * theta) for k in range(1, HARMONICS + 1)]
@@ -183,7 +202,7 @@ def fit_season_index(
 
     rss0, _ = rss(trend)
     rss1, beta = rss(full)
-    df1, df2 = 2 * HARMONICS, per_year - full.shape[1]
+    df1, df2 = 2 * HARMONICS, n - full.shape[1]
     if rss1 <= 0.0:
         return SeasonFit(None, "the ratios are fitted exactly: too few orders to tell")
     f_stat = ((rss0 - rss1) / df1) / (rss1 / df2)
