@@ -32,3 +32,20 @@ def test_shops_without_a_season_are_mostly_left_alone() -> None:
     # shrinkage without a test the most.
     assert found["test at 1 %"] <= found["test at 5 %"] <= found["James-Stein alone"]
     assert worst["test at 1 %"] <= worst["test at 10 % + James-Stein"] <= worst["James-Stein alone"]
+
+
+@pytest.mark.parametrize("season", list(se.SEASONS))
+def test_the_true_horizons_of_each_simulated_season_average_to_one(season: str) -> None:
+    truth = se._true_horizons(se.SEASONS[season], phase=1.0)
+    assert truth.shape == (52,)
+    assert float(np.mean(truth)) == pytest.approx(1.0, abs=0.01)
+    if season == "one month +30 %":
+        # A quarter holding the whole month: 30 % of one month over three, on a year whose
+        # mean the month lifts by 2.5 %.
+        assert float(truth.max()) == pytest.approx((1.0 + 0.3 / 3) / 1.025, abs=0.01)
+
+
+def test_with_a_year_and_a_quarter_both_history_rules_read_the_same_fit() -> None:
+    """65 weeks hold one year after the burn-in: the wider fit has nothing more to read."""
+    found = se.history_errors("one month +30 %", 200.0, weeks=65, shops=10, seed=2)
+    assert found[1] == found[se.WIDER_YEARS]
