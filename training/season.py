@@ -2,8 +2,8 @@
 
 Owns :func:`season_ratios` (each window's order days against what BG/NBD expected of the
 customers known by the window before: one step ahead, with the prior fitted at the cutoff)
-and :func:`fit_season_index` (a weighted regression of the log ratios of up to the last
-:data:`YEARS` years on a trend and a few harmonics of the year, kept only when the harmonics
+and :func:`fit_season_index` (a weighted regression of the log ratios of the last year,
+:data:`YEARS`, on a trend and a few harmonics of the year, kept only when the harmonics
 explain the ratios significantly better than the trend alone).
 
 Why the ratio to BG/NBD and not the raw order count: the count also moves with acquisition
@@ -163,8 +163,8 @@ def fit_season_index(
     significance: float = SIGNIFICANCE,
     years: int = YEARS,
 ) -> SeasonFit:
-    """The index from up to the last :data:`YEARS` years of ``ratios`` (unshrunk), or None;
-    why; its shrinkage.
+    """The index from the last ``years`` years of ``ratios`` (unshrunk; the burn-in windows
+    never), or None; why; its shrinkage.
 
     With ``base`` (ratios read in ``base``'s operational time) the harmonics found are added
     to ``base``'s, without a test: a refinement of a calendar already shown to exist.
