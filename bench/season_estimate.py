@@ -132,22 +132,30 @@ SEASONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 """Log multipliers at an angle of the year measured from the season's own phase."""
 
 
-def _true_horizons(log_multiplier: Callable[[np.ndarray], np.ndarray], phase: float) -> np.ndarray:
+YEAR_GRID = np.linspace(0.0, 2.0 * np.pi, 7 * 52 * 8, endpoint=False)
+"""Angles of a year, eight a day: where a simulated season is normalised and averaged."""
+
+
+def _true_horizons(
+    log_multiplier: Callable[[np.ndarray], np.ndarray], phase: float
+) -> tuple[np.ndarray, float]:
     """The mean multiplier over a 13-week horizon ending at each of 52 weeks of the year, of a
-    season given by its log multiplier (normalised over the year, as an index is)."""
-    days = np.linspace(0.0, 2.0 * np.pi, 7 * 52 * 8, endpoint=False)
-    shape = np.exp(log_multiplier(days - phase))
-    shape /= shape.mean()
-    per_week = len(days) // 52
+    season given by its log multiplier, normalised over the year as an index is; and the
+    year's mean of the unnormalised multiplier (the simulated counts are divided by it)."""
+    shape = np.exp(log_multiplier(YEAR_GRID - phase))
+    year_mean = float(shape.mean())
+    shape /= year_mean
+    per_week = len(YEAR_GRID) // 52
     wrapped = np.concatenate([shape, shape])
-    return np.asarray(
+    horizons = np.asarray(
         [
-            wrapped[len(days) + (w + 1) * per_week - HORIZON_WEEKS * per_week :][
+            wrapped[len(YEAR_GRID) + (w + 1) * per_week - HORIZON_WEEKS * per_week :][
                 : HORIZON_WEEKS * per_week
             ].mean()
             for w in range(52)
         ]
     )
+    return horizons, year_mean
 
 
 def history_errors(
@@ -163,9 +171,8 @@ def history_errors(
     found = {years: [0.0, 0.0] for years in (1, WIDER_YEARS)}
     for _ in range(shops):
         phase = float(rng.uniform(0.0, 2.0 * np.pi))
-        truth = _true_horizons(log_multiplier, phase)
-        multiplier = np.exp(log_multiplier(angle_of(middle) - phase))
-        multiplier /= np.exp(log_multiplier(np.linspace(0, 2 * np.pi, 365) - phase)).mean()
+        truth, year_mean = _true_horizons(log_multiplier, phase)
+        multiplier = np.exp(log_multiplier(angle_of(middle) - phase)) / year_mean
         actual = rng.poisson(expected * multiplier).astype(float)
         ratios = SeasonRatios(actual, expected, middle)
         for years, figures in found.items():

@@ -36,12 +36,13 @@ def test_shops_without_a_season_are_mostly_left_alone() -> None:
 
 @pytest.mark.parametrize("season", list(se.SEASONS))
 def test_the_true_horizons_of_each_simulated_season_average_to_one(season: str) -> None:
-    truth = se._true_horizons(se.SEASONS[season], phase=1.0)
+    truth, year_mean = se._true_horizons(se.SEASONS[season], phase=1.0)
     assert truth.shape == (52,)
     assert float(np.mean(truth)) == pytest.approx(1.0, abs=0.01)
     if season == "one month +30 %":
         # A quarter holding the whole month: 30 % of one month over three, on a year whose
         # mean the month lifts by 2.5 %.
+        assert year_mean == pytest.approx(1.025, abs=0.001)
         assert float(truth.max()) == pytest.approx((1.0 + 0.3 / 3) / 1.025, abs=0.01)
 
 
