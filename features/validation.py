@@ -1,9 +1,18 @@
 """Validation of untrusted clickstream bytes: one message in, a ``ClickEvent`` or ``Invalid`` out.
 
 This module owns the wire contract's *acceptance rules* (what a producer may send and how it is
-normalised); :mod:`features.events` owns the shape of a valid event. It is pure (stdlib only, no
-I/O, no environment): the worker builds a :class:`ValidationPolicy` from settings once and calls
-:func:`validate` for every message, so it must never raise and must stay cheap.
+normalised); :mod:`features.events` owns the shape of a valid event. It is pure (stdlib and
+orjson, no I/O, no environment): the worker builds a :class:`ValidationPolicy` from settings once
+and calls :func:`validate` for every message, so it must never raise and must stay cheap.
+
+Decoding: the contract is the standard library's :mod:`json` (what it accepts, and the reasons
+and details of what it refuses). orjson decodes the common case four times faster and, where
+it succeeds, to the same object, with two exceptions that are kept off its path: integers beyond
+64 bits become floats (a message with a float of 2**63 or more at the top level is decoded again
+by :mod:`json`; nested values are never read), and it refuses what :mod:`json` accepts or
+refuses differently (``NaN``, ``1e999``, lone surrogates, invalid UTF-8, deep nesting), so any
+orjson error decodes the message again with :mod:`json`. The tests compare both decoders and
+both validations on hostile and generated input.
 
 Decisions where the brief left room (each one is tested):
 
@@ -44,6 +53,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
+
+import orjson
 
 from features.events import EVENT_TYPES, ClickEvent
 from features.windows import DAY_MS
@@ -273,21 +284,57 @@ def _validate(raw: bytes, now_ms: int, policy: ValidationPolicy) -> ClickEvent |
     # Size first: nothing else may look at an oversized message.
     if size > policy.max_bytes:
         return Invalid("too_large", None, f"message is {size} bytes (max {policy.max_bytes})")
+    obj = _fast_decode(raw)
+    if obj is _UNDECODED:
+        decoded = _decode(raw)
+        if isinstance(decoded, Invalid):
+            return decoded
+        obj = decoded
+    if type(obj) is not dict:
+        return Invalid("not_object", None, f"top-level JSON {_json_type(obj)}, expected object")
+    return _validate_object(obj, now_ms, policy)
+
+
+_UNDECODED: Final = object()
+_INT64: Final = float(2**63)
+
+
+def _fast_decode(raw: bytes) -> Any:
+    """orjson's object for ``raw`` where the validator reads what :mod:`json` gives, else
+    :data:`_UNDECODED`."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _UNDECODED
+    if type(obj) is dict:
+        # orjson reads integers in [-2**63, 2**64) exactly and any other as a float, which
+        # json keeps an int: such a float at the top level (nested values are never read) may
+        # have been an integer literal, so json decides.
+        for value in obj.values():
+            if type(value) is float and not -_INT64 < value < _INT64:
+                return _UNDECODED
+    return obj
+
+
+def _decode(raw: bytes) -> Any:
+    """The reference decode (:mod:`json`), its refusals as :class:`Invalid`."""
     try:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as exc:
         return Invalid("not_utf8", None, f"invalid UTF-8 at byte {exc.start}")
     try:
-        obj = _DECODER.decode(text)
+        return _DECODER.decode(text)
     except _NonFiniteLiteral as exc:
         return Invalid("bad_value", None, f"non-finite literal {exc} is not valid JSON")
     except RecursionError:
         return Invalid("not_json", None, "JSON nested too deeply")
     except ValueError as exc:  # JSONDecodeError, or an int literal over the digit limit
         return Invalid("not_json", None, str(exc)[:200])
-    if type(obj) is not dict:
-        return Invalid("not_object", None, f"top-level JSON {_json_type(obj)}, expected object")
 
+
+def _validate_object(
+    obj: dict[str, Any], now_ms: int, policy: ValidationPolicy
+) -> ClickEvent | Invalid:
     # --- required fields --------------------------------------------------------------------
     get = obj.get
     raw_time = get("event_time")

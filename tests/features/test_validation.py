@@ -12,11 +12,15 @@ from hypothesis import strategies as st
 
 from features.events import EVENT_TYPES, ClickEvent
 from features.validation import (
+    _UNDECODED,
     MIN_EVENT_TIME_MS_DEFAULT,
     NUMBER_TIME_MIN_MS,
     REASONS,
     Invalid,
     ValidationPolicy,
+    _decode,
+    _fast_decode,
+    _validate_object,
     parse_event_time,
     validate,
 )
@@ -444,3 +448,103 @@ def test_nan_never_accepted_as_price() -> None:
     for value in (math.nan, math.inf):
         raw = json.dumps(with_(price=value)).encode()  # json.dumps writes NaN / Infinity
         assert isinstance(validate(raw, now_ms=NOW, policy=POLICY), Invalid)
+
+
+# --- the fast decoder (orjson) against the reference (json) --------------------------------------
+# validate() decodes with orjson where that gives json's object and falls back to json otherwise;
+# the contract (what is accepted, every refusal's reason and detail) stays json's.
+
+
+def _reference(raw: bytes) -> ClickEvent | Invalid:
+    """validate() on the reference decoder alone: what it returned before the fast path."""
+    decoded = _decode(raw)
+    if isinstance(decoded, Invalid):
+        return decoded
+    if type(decoded) is not dict:
+        return validate(raw, now_ms=NOW, policy=POLICY)  # not_object: no decode-dependent text
+    return _validate_object(decoded, NOW, POLICY)
+
+
+def _as_orjson(value: Any) -> Any:
+    """json's object with orjson's one known difference: integers outside [-2**63, 2**64) as
+    floats. The fast path only takes objects where no such float is read (the top level)."""
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        return float(value)
+    if isinstance(value, list):
+        return [_as_orjson(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_orjson(v) for k, v in value.items()}
+    return value
+
+
+def _assert_same_decode(raw: bytes) -> None:
+    fast = _fast_decode(raw)
+    if fast is _UNDECODED:
+        return
+    # repr, not ==: 1 == 1.0 == True and 0.0 == -0.0, but a decoder that changed a number's
+    # type or sign would change what the validator reads.
+    assert repr(fast) == repr(_as_orjson(_decode(raw)))
+
+
+@pytest.mark.parametrize(
+    ("raw", "fast_path"),
+    [
+        (b'{"user_id": 123456789012345678}', True),  # 18 digits: exact in orjson
+        (b'{"user_id": 18446744073709551616}', False),  # 2**64: orjson would give a float
+        (b'{"user_id": -9223372036854775809}', False),  # below -2**63: a float too
+        (b'{"product_id": "1234567890123456789012"}', True),  # digits in a string: exact
+        (b'{"other": [18446744073709551616]}', True),  # nested, never read: orjson's float
+        (b'{"price": 1e19}', False),  # may have been an integer literal: json decides
+        (b'{"price": 1e999}', False),  # json: inf (then bad_value); orjson refuses
+        (b'{"price": NaN}', False),
+        (b'{"user_id": "\\ud800"}', False),  # a lone surrogate: json decodes, we refuse
+        (b'{"a": 1, "a": 2}', True),  # the last duplicate wins in both
+        (b' {"price": -0.0} ', True),
+        (b'\xef\xbb\xbf{"a": 1}', False),  # a UTF-8 BOM: not JSON to either
+        (b"[" * 5000 + b"]" * 5000, False),  # deep nesting
+    ],
+)
+def test_fast_decoder_named_cases(raw: bytes, fast_path: bool) -> None:
+    assert (_fast_decode(raw) is not _UNDECODED) == fast_path
+    _assert_same_decode(raw)
+    assert validate(raw, now_ms=NOW, policy=POLICY) == _reference(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=300))
+def test_fast_decoder_agrees_on_junk_bytes(raw: bytes) -> None:
+    _assert_same_decode(raw)
+    assert validate(raw, now_ms=NOW, policy=POLICY) == _reference(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(json_values, st.booleans())
+def test_fast_decoder_agrees_on_json_values(value: Any, ascii_only: bool) -> None:
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    _assert_same_decode(raw)
+    assert validate(raw, now_ms=NOW, policy=POLICY) == _reference(raw)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(field_names, field_values, max_size=11))
+def test_fast_decoder_agrees_on_event_objects(obj: dict[str, Any]) -> None:
+    raw = json.dumps(obj).encode()
+    assert validate(raw, now_ms=NOW, policy=POLICY) == _reference(raw)
+
+
+def test_fast_decoder_agrees_on_generator_clickstreams() -> None:
+    """The population the worker reads: a generated shop's events, as the producer sends them."""
+    from ingest.adapters import to_wire_bytes
+    from ingest.generator import generate_clickstream
+
+    frame = generate_clickstream(300, days=20, seed=7)
+    now = int(frame["event_time_ms"].max()) + DAY_MS
+    records = to_wire_bytes(frame)
+    assert len(records) > 1000
+    for _key, raw in records:
+        assert _fast_decode(raw) is not _UNDECODED
+        result = validate(raw, now_ms=now, policy=POLICY)
+        assert isinstance(result, ClickEvent)
+        decoded = _decode(raw)
+        assert isinstance(decoded, dict)
+        assert result == _validate_object(decoded, now, POLICY)
