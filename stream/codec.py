@@ -185,7 +185,12 @@ def encode_user(record: UserRecord) -> bytes:
         fields["pv"], pending = _pending_encoded(record)
         fields["pn"] = len(record.pending)
     header = orjson.dumps(fields)
-    return len(header).to_bytes(4, "big") + header + s.ring.astype("<f4").tobytes() + pending
+    return (
+        len(header).to_bytes(4, "big")
+        + header
+        + s.ring.astype("<f4", copy=False).tobytes()
+        + pending
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1560,15 +1560,20 @@ class Processor:
         spec = self.spec
         version = self.scorer.version
         horizon_days = spec.horizon * spec.length_ms / DAY_MS
+        # Python floats in one pass each (the same values float() of each element gives).
+        orders_of = scores.expected_orders.tolist()
+        means_of = None if scores.mean_orders is None else scores.mean_orders.tolist()
+        spend_of = scores.expected_spend.tolist()
+        churn_of = scores.churn_probability.tolist()
         for i, r in enumerate(requests):
             record = self._users.get(r.user_id)
             if r.dormant and not self._dormant_scored(r, record):
                 continue
             end_ms = r.end_ms
-            orders = float(scores.expected_orders[i])
-            mean = None if scores.mean_orders is None else float(scores.mean_orders[i])
-            spend = float(scores.expected_spend[i])
-            churn = float(scores.churn_probability[i])
+            orders = orders_of[i]
+            mean = None if means_of is None else means_of[i]
+            spend = spend_of[i]
+            churn = churn_of[i]
             since = days_since_last_order(record.state, end_ms) if record else None
             trigger: Any = r.trigger
             out.demand.append(
