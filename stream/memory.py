@@ -31,6 +31,7 @@ import functools
 import gc
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +55,38 @@ def trim() -> bool:
     return fn is not None and bool(fn(0))
 
 
-def tune_collector(young_threshold: int) -> tuple[int, int, int]:
+@dataclass(frozen=True, slots=True)
+class CollectorTuning:
+    """What :func:`tune_collector` changed, for :func:`restore_collector` to undo."""
+
+    thresholds: tuple[int, int, int]
+    """The collector's thresholds before the tuning."""
+    froze: bool
+    """Whether the tuning froze the heap (only then is unfreezing it an undo: objects frozen
+    by anyone else stay frozen)."""
+
+
+def tune_collector(young_threshold: int) -> CollectorTuning:
     """Freeze the heap built so far out of the collector's scans and collect the young
     generation at ``young_threshold`` containers (0: Python's thresholds left as they are).
-    Returns the thresholds before, for :func:`restore_collector`."""
+    Returns what it changed, for :func:`restore_collector`."""
     before = gc.get_threshold()
-    if young_threshold > 0:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(young_threshold, before[1], before[2])
-        log.info(
-            "garbage collector: %d start-up objects frozen, young generation at %d (was %d)",
-            gc.get_freeze_count(),
-            young_threshold,
-            before[0],
-        )
-    return before
+    if young_threshold <= 0:
+        return CollectorTuning(before, froze=False)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(young_threshold, before[1], before[2])
+    log.info(
+        "garbage collector: %d start-up objects frozen, young generation at %d (was %d)",
+        gc.get_freeze_count(),
+        young_threshold,
+        before[0],
+    )
+    return CollectorTuning(before, froze=True)
 
 
-def restore_collector(before: tuple[int, int, int]) -> None:
+def restore_collector(tuning: CollectorTuning) -> None:
     """Undo :func:`tune_collector` (the bench's in-process phases)."""
-    gc.unfreeze()
-    gc.set_threshold(*before)
+    if tuning.froze:
+        gc.unfreeze()
+    gc.set_threshold(*tuning.thresholds)
