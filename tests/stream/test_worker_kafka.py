@@ -428,6 +428,11 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
     t0 = time.monotonic()
     run_sync(produce(a, a.topics.clickstream, records))
     wait_until_done(worker_a, expect_min_source=len(records))
+    # How far A closed: run B is done only once it closed as far (its last worker, restored
+    # with every record processed, closes only when its watermark records come round).
+    _, clocks_a = worker_a.get_json("/clocks")
+    closed_a = {int(p): c["closed_through"] for p, c in clocks_a.items()}
+    assert all(isinstance(w, int) for w in closed_a.values()), clocks_a
     worker_a.stop()
     # The worker writes its changelog as record batches itself (stream.app, TableStore):
     # its RocksDB store must record each partition's last changelog offset as Faust's own
@@ -467,7 +472,12 @@ def test_worker_killed_mid_replay_emits_what_an_uninterrupted_run_emits(
     # is also: /clocks shows each partition's last event time and the outputs are idle.
     shutil.rmtree(b.worker.data_dir)
     third = worker_factory(b, "run-b3", FAST_REJOIN).start()
-    wait_until_done(third, expect_min_source=len(records), last_event_ms=last_event_ms)
+    wait_until_done(
+        third,
+        expect_min_source=len(records),
+        last_event_ms=last_event_ms,
+        closed_through=closed_a,
+    )
     # Every held partition shows its clock, also one whose records B2 had all processed.
     _, clocks = third.get_json("/clocks")
     assert {int(p): c["max_event_ms"] for p, c in clocks.items()} == dict(last_event_ms)

@@ -199,6 +199,20 @@ def clocks_reached(worker: WorkerProcess, last_event_ms: Mapping[int, int]) -> b
     return False
 
 
+def closes_reached(worker: WorkerProcess, closed_through: Mapping[int, int]) -> bool:
+    """True when the worker's ``/clocks`` shows every partition closed through at least the
+    given window (another run's, on the same events)."""
+    with contextlib.suppress(OSError, ValueError):
+        status, clocks = worker.get_json("/clocks", 2.0)
+        if status == 200 and isinstance(clocks, dict):
+            reached = [(clocks.get(str(p)) or {}).get("closed_through") for p in closed_through]
+            return all(
+                isinstance(r, int) and r >= w
+                for r, w in zip(reached, closed_through.values(), strict=True)
+            )
+    return False
+
+
 def _clocks_or_error(worker: WorkerProcess) -> object:
     try:
         return worker.get_json("/clocks", 2.0)
@@ -213,6 +227,7 @@ def wait_until_done(
     timeout_s: float = 180.0,
     expect_min_source: int = 0,
     last_event_ms: Mapping[int, int] | None = None,
+    closed_through: Mapping[int, int] | None = None,
 ) -> float:
     """Until the worker's group has committed the end of the source topics (lag 0), no
     output topic grew for ``idle_s`` and no window close is in progress (a close after a
@@ -228,6 +243,11 @@ def wait_until_done(
     worker restored from the changelog after a crash, whose committed offsets faust-streaming
     may leave stuck (see the restart test), so lag 0 never comes although every record was
     processed.
+
+    ``closed_through`` (partition -> window): not done before ``/clocks`` shows each partition
+    closed through at least that window. A worker restored with every record already
+    processed has its clocks at once and quiet outputs, while its closes wait for the
+    watermark records its timer sends: without this, "done" could come before they began.
     """
     s = worker.settings
     sources = [s.topics.clickstream, s.topics.routed]
@@ -262,6 +282,7 @@ def wait_until_done(
             and now - stable_since >= idle_s
             and caught_up
             and closes_in_progress(worker) == 0
+            and (closed_through is None or closes_reached(worker, closed_through))
         ):
             worker.final_lag = lag
             return now - t0
