@@ -187,30 +187,33 @@ async def _uncommitted_announcements(settings: Settings, ends: Mapping[TopicPart
     return marks
 
 
-def clocks_reached(worker: WorkerProcess, last_event_ms: Mapping[int, int]) -> bool:
-    """True when the worker's ``/clocks`` shows every partition's last event time."""
+def _clocks(worker: WorkerProcess) -> dict[str, Any] | None:
+    """The worker's ``/clocks`` view, or ``None`` while it does not answer with one."""
     with contextlib.suppress(OSError, ValueError):
         status, clocks = worker.get_json("/clocks", 2.0)
         if status == 200 and isinstance(clocks, dict):
-            return all(
-                (clocks.get(str(p)) or {}).get("max_event_ms") == ms
-                for p, ms in last_event_ms.items()
-            )
-    return False
+            return clocks
+    return None
+
+
+def clocks_reached(worker: WorkerProcess, last_event_ms: Mapping[int, int]) -> bool:
+    """True when the worker's ``/clocks`` shows every partition's last event time."""
+    clocks = _clocks(worker)
+    return clocks is not None and all(
+        (clocks.get(str(p)) or {}).get("max_event_ms") == ms for p, ms in last_event_ms.items()
+    )
 
 
 def closes_reached(worker: WorkerProcess, closed_through: Mapping[int, int]) -> bool:
     """True when the worker's ``/clocks`` shows every partition closed through at least the
     given window (another run's, on the same events)."""
-    with contextlib.suppress(OSError, ValueError):
-        status, clocks = worker.get_json("/clocks", 2.0)
-        if status == 200 and isinstance(clocks, dict):
-            reached = [(clocks.get(str(p)) or {}).get("closed_through") for p in closed_through]
-            return all(
-                isinstance(r, int) and r >= w
-                for r, w in zip(reached, closed_through.values(), strict=True)
-            )
-    return False
+    clocks = _clocks(worker)
+    if clocks is None:
+        return False
+    reached = [(clocks.get(str(p)) or {}).get("closed_through") for p in closed_through]
+    return all(
+        isinstance(r, int) and r >= w for r, w in zip(reached, closed_through.values(), strict=True)
+    )
 
 
 def _clocks_or_error(worker: WorkerProcess) -> object:
