@@ -466,3 +466,113 @@ def test_a_close_left_to_the_announcement_timer_is_finished_and_counted_by_it(
             assert metrics.CLOSES_IN_PROGRESS._value.get() == 0
 
     asyncio.run(scenario())
+
+
+# --- a batch's acknowledgements overlap the next batch (the bulk agent's path) ---------------
+
+
+class _HeldProducer:
+    """aiokafka's record batches; each delivery future resolves when the test says so."""
+
+    def __init__(self, partitions: int) -> None:
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        self.partitions = partitions
+        self.builder = BatchBuilder
+        self.sent: list[tuple[str, int, int]] = []
+        """(topic, partition, records) in the order the batches were handed over."""
+        self.futures: list[asyncio.Future[Any]] = []
+
+    def create_batch(self) -> Any:
+        return self.builder(1 << 20, 0, is_transactional=False)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        self.sent.append((topic, partition, batch.record_count()))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.futures.append(future)
+        return future
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    def deliver(self, exc: Exception | None = None) -> None:
+        for future in self.futures:
+            if not future.done():
+                if exc is None:
+                    future.set_result(type("Metadata", (), {"offset": 0})())
+                else:
+                    future.set_exception(exc)
+
+
+def test_a_batch_is_acknowledged_once_delivered_while_the_next_one_goes_on(
+    load_app: Callable[..., StreamWorker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker sends batch N's outputs and returns; the agent processes N+1 meanwhile.
+    N's offsets may be committed only once its outputs are acknowledged and its changelog is
+    sent; its state is read back at once (staged); anything sent next waits for N's
+    delivery, so the order on the wire is the order of a worker that waited each time; and a
+    delivery that fails holds N back and fails the process."""
+    from types import SimpleNamespace
+
+    from stream.processor import BatchOutput
+    from stream.publish import RecordBatchPublisher
+
+    app = load_app(PARTITIONS="2")
+    producer = _HeldProducer(partitions=2)
+    pub = RecordBatchPublisher(producer, partition_of)
+    monkeypatch.setattr(app, "publisher", lambda: pub)  # as on a started aiokafka producer
+    routed = app.settings.topics.routed
+    changelog = app.user_state.changelog_topic.get_topic_name()
+    acked: list[str] = []
+    lost: list[str] = []
+
+    def batch(name: str) -> list[Any]:
+        return [SimpleNamespace(name=name, acked=False)]
+
+    async def scenario() -> None:
+        app.user_state.data.set_persisted_offset = lambda tp, offset: None
+        first = BatchOutput(watermarks=[(b"wm", b"1")], writes={0: {"u0": b"state-1"}})
+        await app._emit_overlapped(
+            first,
+            pub,
+            batch("N"),
+            lambda m: acked.append(m[0].name),
+            lambda m: lost.append(m[0].name),
+        )
+        assert [t for t, _, _ in producer.sent] == [routed], "N's outputs go out at once"
+        assert acked == [], "acknowledged before Kafka has N's outputs"
+        assert app.store.get("u0", 0) == b"state-1", "the next batch must read N's state"
+
+        # The timer's announcement comes while N is in flight: it waits for N's delivery.
+        later = asyncio.ensure_future(app.emit(BatchOutput(watermarks=[(b"wm", b"2")])))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [t for t, _, _ in producer.sent] == [routed]
+
+        producer.deliver()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert acked == ["N"] and lost == []
+        while not later.done():
+            producer.deliver()
+            await asyncio.sleep(0)
+        await later
+        assert [t for t, _, _ in producer.sent] == [routed, changelog, routed], (
+            "N's changelog goes before anything sent after N"
+        )
+
+        third = BatchOutput(watermarks=[(b"wm", b"3")], writes={0: {"u0": b"state-3"}})
+        messages = batch("N+2")
+        await app._emit_overlapped(
+            third, pub, messages, lambda m: acked.append(m[0].name), lambda m: lost.append("x")
+        )
+        producer.deliver(RuntimeError("broker gone"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert acked == ["N"] and lost == ["x"]
+        assert messages[0].acked, "a batch whose delivery failed is held back"
+        assert app.liveness.reason is not None and "broker gone" in app.liveness.reason
+        with pytest.raises(RuntimeError, match="broker gone"):
+            await app.wait_delivered()
+
+    asyncio.run(scenario())
