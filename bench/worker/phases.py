@@ -222,12 +222,22 @@ class Progress:
     samples: list[Sample] = field(default_factory=list)
 
     def rate(self, attr: str, total: int) -> dict[str, Any] | None:
-        """From the first sample with progress to the first at ``total``: (total-c1)/(t2-t1)."""
-        first = next((s for s in self.samples if (getattr(s, attr) or 0) > 0), None)
-        last = next((s for s in self.samples if (getattr(s, attr) or 0) >= total), None)
-        if first is None or last is None or last.t <= first.t:
+        """From the first sample with progress to the first at ``total``: (total-c1)/(t2-t1).
+
+        When one sample holds both (a run shorter than a poll: the smoke's 10,000 events on
+        two workers, once the worker stopped waiting for each batch's acknowledgements), the
+        sample before it, without progress, is the start: a rate over a longer time than the
+        work took, never a missing one (the first sample's: from the workers' start)."""
+        counts = [getattr(s, attr) or 0 for s in self.samples]
+        i = next((i for i, c in enumerate(counts) if c > 0), None)
+        last = next((s for s, c in zip(self.samples, counts, strict=True) if c >= total), None)
+        if i is None or last is None:
             return None
-        c1 = getattr(first, attr)
+        first, c1 = self.samples[i], counts[i]
+        if last.t <= first.t:
+            first, c1 = (self.samples[i - 1], counts[i - 1]) if i else (Sample(0.0, 0, 0), 0)
+        if last.t <= first.t:
+            return None
         seconds = last.t - first.t
         return {
             "t_first_progress": first.t,
