@@ -764,11 +764,12 @@ class BulkSource:
     The agent stays a Faust agent on its topic (so the subscription, the consumer group,
     co-partitioned tables, recovery and rebalances are Faust's), and iterates
     :meth:`batches` instead of its stream. Each list's records are tracked as Faust's stream
-    tracks the event it hands out (``wait_empty`` at a rebalance waits for them); the agent
-    calls :meth:`ack` once the batch's outputs are delivered, and only then may their offsets
-    be committed. A batch that raised is not acknowledged (the agent holds it back) and is
-    no longer tracked: the process fails and exits (:mod:`stream.liveness`) and a rebalance
-    must not wait for it.
+    tracks the event it hands out (``wait_empty`` at a rebalance waits for them); :meth:`ack`
+    is called once the batch's outputs are delivered (by the worker, when their
+    acknowledgements come, which may be while the agent processes the next batch), and only
+    then may their offsets be committed. A batch that raised, or whose outputs were not
+    delivered, is not acknowledged (it is held back) and is no longer tracked: the process
+    fails and exits (:mod:`stream.liveness`) and a rebalance must not wait for it.
     """
 
     def __init__(self, app: faust.App, topic: Any, *, maxsize: int, most: int) -> None:
