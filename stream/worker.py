@@ -593,6 +593,8 @@ class Worker:
         writes: dict[int, dict[str, bytes]],
         pub: RecordBatchPublisher,
     ) -> None:
+        """Delivered first, stored second: the submitted outputs' acknowledgements, then the
+        changelog (every send of record batches, overlapped or not, goes through here)."""
         await asyncio.gather(*(b.future for b in submitted))
         await self.store.write_in_batches(writes, pub)
 
@@ -640,10 +642,10 @@ class Worker:
         first, stored second (see the module doc). After the last batch's delivery."""
         await self.wait_delivered()
         pub = self.publisher()
-        await pub.publish(self.output_records(out))
         if isinstance(pub, RecordBatchPublisher):
-            await self.store.write_in_batches(out.writes, pub)
+            await self._deliver(await pub.submit(self.output_records(out)), out.writes, pub)
         else:
+            await pub.publish(self.output_records(out))
             self.store.write(out.writes)
 
     async def idle_sources(self, held: set[int], now: float) -> list[int]:
