@@ -278,8 +278,9 @@ async def run_all(
             else None
         )
 
-    # 3. latency at fractions of the first store's rate
-    worker_rate: float = (result["worker"][0]["events_per_s"] if result["worker"] else 0) or 0
+    # 3. latency at fractions of the first store's rate (or of the rate asked for)
+    measured: float = (result["worker"][0]["events_per_s"] if result["worker"] else 0) or 0
+    worker_rate = cfg.latency_base_rate or measured
     result["latency"] = []
     for fraction in cfg.latency_fractions if worker_rate else ():
         target = worker_rate * fraction
@@ -287,6 +288,7 @@ async def run_all(
         log.info("[%s] %.0f events/s for %.0f s", tag, target, cfg.latency_seconds)
         lat = await run_latency(cfg, settings, run_dir, data.records, target, tag)
         lat["fraction"] = fraction
+        lat["base_rate"] = cfg.latency_base_rate
         result["latency"].append(lat)
         log.info(
             "[%s] p50 %s ms, p99 %s ms, p99.9 %s ms (%d matched)",

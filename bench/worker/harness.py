@@ -76,6 +76,10 @@ class BenchConfig:
     latency_fresh_interval_s: float | None = None
     """``fresh_signal_min_interval_s`` of the latency worker; ``None``: the settings' value,
     i.e. the configuration whose rate phase 2 measured (0: a signal for every event)."""
+    latency_base_rate: float | None = None
+    """The rate (events/s) the latency fractions are of; ``None``: the worker rate phase 2
+    measured. Two variants compared side by side need the same send rates, and this machine's
+    measured rate drifts by ±10 % from one run to the next."""
 
 
 def parse_args(argv: Sequence[str] | None) -> BenchConfig:
@@ -101,6 +105,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--latency-fractions",
         help="latency send rates as fractions of the measured worker rate (0.25,0.5,0.75)",
+    )
+    p.add_argument(
+        "--latency-base-rate",
+        type=float,
+        help="events/s the latency fractions are of (default: the measured worker rate; "
+        "fix it to compare two variants at the same send rates)",
     )
     p.add_argument("--quick", action="store_true", help="tiny smoke configuration (< 1 min)")
     p.add_argument("--out", type=Path, help="where the results go")
@@ -160,12 +170,13 @@ def config_from_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Bench
             fractions = tuple(float(x) for x in a.latency_fractions.split(","))
         except ValueError:
             p.error(f"--latency-fractions: not numbers: {a.latency_fractions!r}")
-    stores = tuple(s.strip() for s in a.stores.split(",")) if getattr(a, "stores", None) else ()
-    stores = stores or base.stores
     stores = tuple(s.strip() for s in a.stores.split(",")) if a.stores else base.stores
     for s in stores:
         if s not in ("memory", "rocksdb"):
             p.error(f"--stores: unknown store {s!r} (memory, rocksdb)")
+    base_rate = getattr(a, "latency_base_rate", None)
+    if base_rate is not None and base_rate <= 0:
+        p.error(f"--latency-base-rate must be positive, not {base_rate}")
     partitions = a.partitions or base.partitions
     if partitions < 1:
         p.error("--partitions must be >= 1")
@@ -185,6 +196,7 @@ def config_from_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> Bench
         keep_data=a.keep_data,
         stall_timeout_s=base.stall_timeout_s,
         latency_fresh_interval_s=getattr(a, "latency_fresh_interval", None),
+        latency_base_rate=base_rate,
         verbose=a.verbose,
         bootstrap=a.bootstrap,
         app_module=a.app,
@@ -539,6 +551,7 @@ def run_config(cfg: BenchConfig, base: Settings, run_dir: Path, **extra: Any) ->
         "seed": cfg.seed,
         "latency_seconds": cfg.latency_seconds,
         "latency_fractions": list(cfg.latency_fractions),
+        "latency_base_rate": cfg.latency_base_rate,
         "naive_events": cfg.naive_events,
         "stores": list(cfg.stores),
         **extra,

@@ -284,8 +284,9 @@ def worker_rows(result: dict[str, Any]) -> list[str]:
     for lat in result.get("latency") or []:
         after = lat.get("after_5s") or {}
         pct = f"{100 * lat['fraction']:.0f} %"
+        of = "worker rate" if lat.get("base_rate") is None else f"{_fmt(lat['base_rate'])} events/s"
         lines += [
-            f"| latency at {_fmt(lat['target_rate'])} events/s ({pct} of worker rate), event → "
+            f"| latency at {_fmt(lat['target_rate'])} events/s ({pct} of {of}), event → "
             f"activity signal: p50 / p99 / p99.9 | **{_fmt(lat['p50_ms'], 1)} / "
             f"{_fmt(lat['p99_ms'], 1)} / {_fmt(lat['p999_ms'], 1)} ms** "
             f"(max {_fmt(lat['max_ms'], 1)}; {lat['matched']:,} matched of "
