@@ -120,11 +120,6 @@ class StartupError(Exception):
 
 STALL_S: Final = 2.0
 """A gap between two announcement ticks longer than this (beyond the interval) is a stall."""
-CLOSE_SHARE: Final = 0.25
-"""At most this share of the worker's time goes to window closes in progress while batches
-wait (:meth:`Worker.go_on_closing`): the live events keep 75 %, so a stream at half the
-worker's rate is not held back by a close; a close of 25,000 users (~2.5 s of work) then
-finishes in ~10 s, with or without traffic."""
 CLOSE_TICK: Final = 0.8
 """Share of an announcement interval an announcement tick may spend on closes in progress."""
 
@@ -743,20 +738,21 @@ class Worker:
 
         Batches take no slice (``close_budget=0``) unless they are full or their partition is
         behind by more than the window closing (a backlog: closes then keep pace with the
-        events), and get
-        at least ``1 - CLOSE_SHARE`` of the time while a close is in progress and events flow:
-        after each slice (``took``: the heartbeat's, which may have taken one) the loop waits
-        three times as long as it took, with the turn free; with no batch in the last second
-        it only yields. Taking a slice in every run instead starved
-        the live events in the latency bench (batches of at most ``batch_size`` records, each
-        behind a slice, fell behind a stream at 50 % of the worker's rate)."""
+        events), and get at least ``1 - close_share`` of the time while a close is in
+        progress and events flow: after each slice (``took``: the heartbeat's, which may have
+        taken one) the loop waits ``(1 - close_share) / close_share`` times as long as it took
+        (nine times at the default 0.1), with the turn free; with no batch in the last second
+        it only yields. Taking a slice in every run instead starved the live events in the
+        latency bench (batches of at most ``batch_size`` records, each behind a slice, fell
+        behind a stream at 50 % of the worker's rate)."""
         app = self.app
+        share = self.settings.worker.close_share
         deadline = time.monotonic() + CLOSE_TICK * self.settings.worker.watermark_interval_s
         try:
             first = True
             while True:
                 flowing = self.last_batch is not None and time.monotonic() - self.last_batch < 1.0
-                pause = took * (1 - CLOSE_SHARE) / CLOSE_SHARE if flowing else 0.0
+                pause = took * (1 - share) / share if flowing else 0.0
                 left = deadline - time.monotonic()
                 # The pauses count against the pass's time too, so a pass ends at most one
                 # slice after its deadline: uncapped, slices of 0.5 s on a starved machine,
@@ -948,6 +944,12 @@ class Worker:
 def create_worker(settings: Settings) -> Worker:
     """Check the installed Faust and the model, build the app and register the agent, the
     timers and the views; raises :class:`StartupError` (before the app joins anything)."""
+    if not 0.0 < settings.worker.close_share <= 1.0:
+        raise StartupError(
+            f"CLICKSIGNALS_CLOSE_SHARE={settings.worker.close_share}: the share of the worker's "
+            "time window closes may take while events flow must be above 0 and at most 1",
+            2,
+        )
     app = build_app(settings)
     try:
         scorer = load_model(settings.worker.model_dir, settings.worker.ort_intra_op_threads)

@@ -68,6 +68,18 @@ def test_a_missing_model_is_a_startup_error_with_exit_code_3(tmp_path: Path) -> 
     assert "no-model" in str(caught.value)
 
 
+@pytest.mark.parametrize("share", ["0", "-0.1", "1.5"])
+def test_a_close_share_that_would_stop_closes_or_starve_events_is_refused(
+    tmp_path: Path, share: str
+) -> None:
+    # 0 would never close a window while events flow, and above 1 the pause after a slice
+    # turns negative: an operator's typo is named at start-up, not found in a week's signals.
+    settings = load_settings(_settings(tmp_path, CLOSE_SHARE=share))
+    with pytest.raises(StartupError, match="CLICKSIGNALS_CLOSE_SHARE") as caught:
+        create_worker(settings)
+    assert caught.value.exit_code == 2
+
+
 def test_the_entry_point_exits_with_the_reason(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", **_settings(tmp_path, MODEL_DIR=str(tmp_path / "no-model"))}
     proc = subprocess.run(
