@@ -227,8 +227,9 @@ class WorkerSettings:
     lag_interval_s: float = 5.0
     """How often the worker updates its consumer-lag gauge (0: never)."""
     memory_trim_interval_s: float = 5.0
-    """How often the worker gives freed heap pages back to the operating system
-    (:mod:`stream.memory`; 0: never)."""
+    """How often the worker asks whether to give freed heap pages back to the operating
+    system, and how long without a batch counts as quiet: it trims once quiet, and under
+    steady traffic at most once a minute (:func:`stream.memory.trim_due`; 0: never)."""
     watermark_interval_s: float = 1.0
     """How often the worker announces the event time of the source partitions it holds to
     every other partition (watermark records on the re-keying topic). A partition closes a

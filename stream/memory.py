@@ -9,6 +9,17 @@ container's memory limit and an operator's dashboard count. ``malloc_trim(0)`` r
 free pages of every arena (``madvise``), not only the top of the main heap. It takes the
 arenas' locks, so it runs off the event loop; measured cost and effect: docs/reliability.md.
 
+It walks every free chunk with the arena's lock held, so the event loop's own allocations
+wait for it: 30-80 ms for a 1.5 GB heap in a probe (a thread trimming every 0.3 s, the main
+thread allocating: its slowest allocation 79 ms), longer with a larger heap on a busy
+machine. Every 5 s under live traffic, that holds back the events of each stall, about 1 %
+of them, by tens of ms: the p99's territory (the bench's latency pairs at half the worker's
+rate did not tell it from their run-to-run spread: p99 109-403 ms in four runs trimming every
+5 s, 163-165 ms in two without). So :func:`trim_due` trims once the worker is quiet (no
+batch for an interval, when a burst's pages are there to give back and no event waits), and
+under steady traffic at most every :data:`BUSY_TRIM_EVERY_S`: a steady stream reuses what
+it freed; only a burst's peak is left over, and a minute is soon enough to give it back.
+
 Elsewhere than glibc (musl, macOS) there is nothing to call and :func:`trim` does nothing.
 
 Owns :func:`tune_collector` too, which ``faust -A stream.app worker`` calls once it is built.
@@ -32,8 +43,12 @@ import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 log = logging.getLogger(__name__)
+
+BUSY_TRIM_EVERY_S: Final = 60.0
+"""While events flow, the heap is trimmed at most this often (see the module's docstring)."""
 
 
 @functools.cache
@@ -53,6 +68,18 @@ def trim() -> bool:
     """Return free heap pages to the operating system; ``True`` if any were returned."""
     fn = _malloc_trim()
     return fn is not None and bool(fn(0))
+
+
+def trim_due(now: float, last_batch: float | None, last_trim: float | None, quiet_s: float) -> bool:
+    """Whether the trim timer's tick at ``now`` (monotonic seconds) should trim: never yet;
+    or a batch came since the last trim and either none in the last ``quiet_s`` (the worker
+    is quiet) or the last trim is :data:`BUSY_TRIM_EVERY_S` old (steady traffic). Nothing
+    processed since the last trim: nothing new to give back."""
+    if last_trim is None:
+        return True
+    if last_batch is None or last_batch <= last_trim:
+        return False
+    return now - last_batch >= quiet_s or now - last_trim >= BUSY_TRIM_EVERY_S
 
 
 @dataclass(frozen=True, slots=True)

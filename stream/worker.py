@@ -492,6 +492,8 @@ class Worker:
         self.last_tick: float | None = None
         self.last_batch: float | None = None
         """Monotonic time of the last batch: closes yield to the events while they flow."""
+        self.last_trim: float | None = None
+        """Monotonic time of the last heap trim (:func:`stream.memory.trim_due`)."""
         self._delivery: asyncio.Future[None] | None = None
         """The last micro-batch's delivery, if it may still be in flight: its outputs'
         acknowledgements, then its changelog's send (:meth:`wait_delivered` waits for it)."""
@@ -1201,7 +1203,12 @@ def _register_timers(worker: Worker) -> None:
 
         @every(s.worker.memory_trim_interval_s, essential=False)
         async def trim_memory() -> None:
-            await asyncio.to_thread(memory.trim)
+            now = time.monotonic()
+            if memory.trim_due(
+                now, worker.last_batch, worker.last_trim, s.worker.memory_trim_interval_s
+            ):
+                await asyncio.to_thread(memory.trim)
+                worker.last_trim = now  # after: a trim that failed is tried at the next tick
 
     if s.worker.lag_interval_s > 0:
 

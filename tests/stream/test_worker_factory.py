@@ -9,6 +9,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,25 @@ def test_an_essential_timer_that_raises_fails_the_worker_instead_of_crashing_fau
     body, status = worker.liveness.health({})
     assert status == 503 and body["reason"] == worker.liveness.reason
     assert metrics.TIMER_ERRORS.labels(timer=timer)._value.get() == before + 1
+
+
+def test_the_trim_timer_leaves_a_worker_under_steady_traffic_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trim holds the event loop's allocations: the tick trims at start-up, then not while
+    batches keep coming (stream.memory.trim_due), and again once the worker is quiet."""
+    worker = create_worker(load_settings(_settings(tmp_path)))
+    calls: list[float] = []
+    monkeypatch.setattr(stream.memory, "trim", lambda: calls.append(1.0))
+    asyncio.run(worker.ticks["trim_memory"]())
+    assert len(calls) == 1
+    worker.last_batch = time.monotonic()  # a batch just now, after that trim
+    asyncio.run(worker.ticks["trim_memory"]())
+    assert len(calls) == 1
+    worker.last_batch = time.monotonic() - 10.0  # nothing since, beyond the 5 s interval
+    worker.last_trim = worker.last_batch - 1.0
+    asyncio.run(worker.ticks["trim_memory"]())
+    assert len(calls) == 2
 
 
 def test_the_lag_and_trim_timers_log_an_error_and_run_again(
