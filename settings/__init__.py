@@ -228,8 +228,8 @@ class WorkerSettings:
     """How often the worker updates its consumer-lag gauge (0: never)."""
     memory_trim_interval_s: float = 5.0
     """How often the worker asks whether to give freed heap pages back to the operating
-    system, and how long without a batch counts as quiet: it trims once quiet, and under
-    steady traffic at most once a minute (:func:`stream.memory.trim_due`; 0: never)."""
+    system, and how long without a batch counts as quiet: it trims at each tick while quiet,
+    and under steady traffic at most once a minute (:func:`stream.memory.trim_due`; 0: never)."""
     watermark_interval_s: float = 1.0
     """How often the worker announces the event time of the source partitions it holds to
     every other partition (watermark records on the re-keying topic). A partition closes a

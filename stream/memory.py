@@ -15,7 +15,7 @@ thread allocating: its slowest allocation 79 ms), longer with a larger heap on a
 machine. Every 5 s under live traffic, that holds back the events of each stall, about 1 %
 of them, by tens of ms: the p99's territory (the bench's latency pairs at half the worker's
 rate did not tell it from their run-to-run spread: p99 109-403 ms in four runs trimming every
-5 s, 163-165 ms in two without). So :func:`trim_due` trims once the worker is quiet (no
+5 s, 163-165 ms in two without). So :func:`trim_due` trims while the worker is quiet (no
 batch for an interval, when a burst's pages are there to give back and no event waits), and
 under steady traffic at most every :data:`BUSY_TRIM_EVERY_S`: a steady stream reuses what
 it freed; only a burst's peak is left over, and a minute is soon enough to give it back.
@@ -71,15 +71,13 @@ def trim() -> bool:
 
 
 def trim_due(now: float, last_batch: float | None, last_trim: float | None, quiet_s: float) -> bool:
-    """Whether the trim timer's tick at ``now`` (monotonic seconds) should trim: never yet;
-    or a batch came since the last trim and either none in the last ``quiet_s`` (the worker
-    is quiet) or the last trim is :data:`BUSY_TRIM_EVERY_S` old (steady traffic). Nothing
-    processed since the last trim: nothing new to give back."""
-    if last_trim is None:
+    """Whether the trim timer's tick at ``now`` (monotonic seconds) should trim: when no
+    batch came in the last ``quiet_s`` (a quiet worker, or one that restores its state and
+    has taken no batch yet: every tick, as a trim stalls no event then), and under steady
+    traffic when the last trim is :data:`BUSY_TRIM_EVERY_S` old (or there was none)."""
+    if last_batch is None or now - last_batch >= quiet_s:
         return True
-    if last_batch is None or last_batch <= last_trim:
-        return False
-    return now - last_batch >= quiet_s or now - last_trim >= BUSY_TRIM_EVERY_S
+    return last_trim is None or now - last_trim >= BUSY_TRIM_EVERY_S
 
 
 @dataclass(frozen=True, slots=True)

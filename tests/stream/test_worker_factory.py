@@ -133,8 +133,7 @@ def test_the_trim_timer_leaves_a_worker_under_steady_traffic_alone(
     worker.last_batch = time.monotonic()  # a batch just now, after that trim
     asyncio.run(worker.ticks["trim_memory"]())
     assert len(calls) == 1
-    worker.last_batch = time.monotonic() - 10.0  # nothing since, beyond the 5 s interval
-    worker.last_trim = worker.last_batch - 1.0
+    worker.last_batch = time.monotonic() - 10.0  # none since, beyond the 5 s interval
     asyncio.run(worker.ticks["trim_memory"]())
     assert len(calls) == 2
 
