@@ -194,9 +194,9 @@ class WorkerSettings:
     (``Worker.go_on_closing``); with no events in the last second they run at full speed.
     Closes are background work (a window's churn signals, due once a week) and live events
     are not: at 0.25 a weekly close pushed the p99 event → signal latency at half the
-    worker's rate to 276 ms, at 0.1 it stayed at 159 ms (``bench/results/profile.md``, 2026-12-07
-    night). A close of 25,000 users (~2.5 s of work) then takes ~25 s under traffic. Above 0
-    and at most 1."""
+    worker's rate to 276-300 ms, at 0.1 it stayed at 159-194 ms (two side-by-side pairs,
+    ``bench/results/profile.md``, 2026-12-07 night). A close of 25,000 users (~2.5 s of
+    work) then takes ~25 s under traffic. Above 0 and at most 1."""
     bulk_consumption: bool = True
     """Hand the agent its topics' records as the consumer fetched them, a list at a time
     (:class:`stream.faust_runtime.BulkConsumer`), instead of one Faust event per record
