@@ -624,10 +624,10 @@ def _prior_and_chosen(
 MIN_LEVEL_CUTOFFS = 2
 """The fewest pseudo-cutoffs whose biases may give the served total to the corrected model.
 
-One pseudo-cutoff is one horizon of the shop's drift, and on a history that short (15 to 27
-windows) nothing else says whether the next horizon drifts the same way. Both shops seen with
-one pseudo-cutoff and a trained correction were served worse by the correction's total than
-the prior's would have served them (the Complete Journey grocery panel at 2017-10-01: -2.2 %
+One pseudo-cutoff is one horizon of the shop's drift, and on a history short enough to have
+only one nothing else says whether the next horizon drifts the same way. Both runs seen where
+a single pseudo-cutoff gave the total to the correction were served worse by it than the
+prior's total would have served them (the Complete Journey grocery panel at 2017-10-01: -2.2 %
 where the prior had +0.3 %; Online Retail at 2011-06-10: +22.0 % where BG/NBD had +8.3 %, the
 pseudo-cutoff's spring under-forecast carried into a quiet summer). With two or more, where
 the rule gave the total to the correction it was the closer at the test on seven of the eight
