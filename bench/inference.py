@@ -99,7 +99,7 @@ def model_flops(onnx_path: Path) -> dict[str, Any]:
     }
 
 
-def _time_calls(fn: Any, min_seconds: float, min_calls: int = 5) -> list[float]:
+def time_calls(fn: Any, min_seconds: float, min_calls: int = 5) -> list[float]:
     for _ in range(3):  # warm-up: first calls allocate and pick kernels
         fn()
     times: list[float] = []
@@ -134,7 +134,7 @@ def ort_at_batch(
     feeds = scorer.feeds(np.abs(_inputs(batch, scorer.manifest.spec.seq_len, N_FEATURES)))
     names = list(OUTPUT_NAMES)
     session = scorer.session
-    times = _time_calls(lambda: session.run(names, feeds), seconds)
+    times = time_calls(lambda: session.run(names, feeds), seconds)
     median = float(np.median(times))
     return {
         "batch": batch,
@@ -171,7 +171,7 @@ def summary_cost(seconds: float = 0.5, batch: int | None = None) -> list[dict[st
     ordered = rng.random(batch) > 0.2
     out = []
     for name, params in models:
-        times = _time_calls(lambda p=params: prior_features(p, x, t_x, age, ordered, 13.0), seconds)
+        times = time_calls(lambda p=params: prior_features(p, x, t_x, age, ordered, 13.0), seconds)
         out.append(
             {"model": name, "batch": batch, "us_per_row": float(np.median(times)) / batch * 1e6}
         )
@@ -184,7 +184,7 @@ def numpy_peak(n: int, seconds: float) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     a = rng.standard_normal((n, n), np.float32)
     b = rng.standard_normal((n, n), np.float32)
-    times = _time_calls(lambda: a @ b, seconds, min_calls=3)
+    times = time_calls(lambda: a @ b, seconds, min_calls=3)
     best = min(times)  # peak: the best call, not the typical one
     return {"n": n, "calls": len(times), "gflops": 2 * n**3 / best / 1e9}
 

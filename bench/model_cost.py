@@ -26,13 +26,14 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from bench.inference import time_calls
 
 log = logging.getLogger("bench.model_cost")
 
@@ -160,14 +161,7 @@ def _feeds(session: Any, batch: int, seed: int = 0) -> dict[str, npt.NDArray[np.
 
 
 def _us_per_sequence(session: Any, feeds: dict[str, Any], batch: int, seconds: float) -> float:
-    for _ in range(3):
-        session.run(None, feeds)
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while len(times) < 5 or time.perf_counter() < end:
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
+    times = time_calls(lambda: session.run(None, feeds), seconds)
     return float(np.median(times)) / batch * 1e6
 
 
