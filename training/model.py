@@ -621,20 +621,6 @@ def _prior_and_chosen(
     return [(v[0], v[min(epochs, len(v) - 1)]) for v in series if len(v) > 1]
 
 
-MIN_LEVEL_CUTOFFS = 2
-"""The fewest pseudo-cutoffs whose biases may give the served total to the corrected model.
-
-One pseudo-cutoff is one horizon of the shop's drift, and on a history short enough to have
-only one nothing else says whether the next horizon drifts the same way. Both runs seen where
-a single pseudo-cutoff gave the total to the correction were served worse by it than the
-prior's total would have served them (the Complete Journey grocery panel at 2017-10-01: -2.2 %
-where the prior had +0.3 %; Online Retail at 2011-06-10: +22.0 % where BG/NBD had +8.3 %, the
-pseudo-cutoff's spring under-forecast carried into a quiet summer). With two or more, where
-the rule gave the total to the correction it was the closer at the test on seven of the eight
-stored runs (the long-dormant base, six seeds: five; the marketplace at seeds 3 and 5: -3.2
-and +7.9 % where the prior had +9.8 and +21.7 %)."""
-
-
 def level_source(runs: list[dict[str, list[float]]], epochs: int) -> tuple[str, str]:
     """Whose total the served order forecast keeps: ``"model"`` or ``"prior"``, and why.
 
@@ -647,8 +633,7 @@ def level_source(runs: list[dict[str, list[float]]], epochs: int) -> tuple[str, 
     the corrected model's aggregate bias, averaged in absolute value over the pseudo-cutoffs
     at the chosen epoch count, was smaller than the prior's (epoch 0) there. Each selection
     run's ``val_orders_bias`` is read at the chosen epoch, or its last one when early stopping
-    ended it sooner; fewer than :data:`MIN_LEVEL_CUTOFFS` pseudo-cutoffs keep the prior's
-    total whatever they say. With 0 epochs the model *is* the prior: nothing to choose."""
+    ended it sooner. With 0 epochs the model *is* the prior: nothing to choose."""
     if epochs == 0:
         return "model", "0 epochs: the model's total is the prior's"
     biases = _prior_and_chosen(runs, "val_orders_bias", epochs)
@@ -660,8 +645,6 @@ def level_source(runs: list[dict[str, list[float]]], epochs: int) -> tuple[str, 
         f"mean |bias| over {len(biases)} pseudo-cutoff(s): prior {prior:.1%}, corrected "
         f"model ({epochs} epochs) {model:.1%}"
     )
-    if len(biases) < MIN_LEVEL_CUTOFFS:
-        return "prior", f"{facts}; fewer than {MIN_LEVEL_CUTOFFS} pseudo-cutoffs keep the prior's"
     return ("model", facts) if model < prior else ("prior", facts)
 
 
