@@ -29,6 +29,16 @@ MANIFEST_FORMAT = 1
 INPUT_NAME = "sequence"
 SUMMARY_INPUT_NAME = "summary"
 OUTPUT_NAMES = ("expected_orders", "expected_spend", "churn_probability")
+ORDERS_MEANINGS = {
+    "zinb_quantile": "expected_orders is served as each customer's level-quantile of the "
+    "zero-inflated negative binomial with the graph's mean and P(no order) and the shape "
+    "r + x (the prior's r, the customer's repeat order days); the mean is served as "
+    "mean_orders (features.forecast)",
+    "zip_quantile": "expected_orders is served as each customer's level-quantile of the "
+    "zero-inflated Poisson with the graph's mean and P(no order); the mean is served as "
+    "mean_orders (features.forecast)",
+}
+"""The served order forecasts this code knows, by the manifest's ``orders_forecast.kind``."""
 
 
 class ManifestError(ValueError):
@@ -55,6 +65,11 @@ class Manifest:
     orders_level: float | None = None
     """The quantile level of the served order forecast (:mod:`features.forecast`); ``None``
     (a model exported before it) serves the model's mean."""
+    orders_kind: str = "zip_quantile"
+    """Whose quantile is served: ``zinb_quantile`` (the zero-inflated negative binomial of
+    each customer's posterior shape, :func:`features.forecast.posterior_shape`; needs the
+    prior's ``r``) or ``zip_quantile`` (the zero-inflated Poisson: models exported before
+    the shape was served)."""
     input_reference: InputReference | None = None
     """The training distribution of the window features (:mod:`features.drift`); ``None``
     for a model exported before it: the worker then measures no drift."""
@@ -137,11 +152,9 @@ class Manifest:
             **(
                 {
                     "orders_forecast": {
-                        "kind": "zip_quantile",
+                        "kind": self.orders_kind,
                         "level": self.orders_level,
-                        "meaning": "expected_orders is served as each customer's level-quantile "
-                        "of the zero-inflated Poisson with the graph's mean and P(no order); "
-                        "the mean is served as mean_orders (features.forecast)",
+                        "meaning": ORDERS_MEANINGS[self.orders_kind],
                     }
                 }
                 if self.orders_level is not None
@@ -201,6 +214,7 @@ class Manifest:
                 feature_definition_version=int(feats["definition_version"]),
                 prior=PriorSpec.from_dict(data["prior"]) if "prior" in data else None,
                 orders_level=_orders_level(data.get("orders_forecast")),
+                orders_kind=_orders_kind(data.get("orders_forecast"), "prior" in data),
                 churn_calibration=(
                     ChurnCalibration.from_dict(data["churn_calibration"])
                     if "churn_calibration" in data
@@ -219,15 +233,28 @@ class Manifest:
             raise ManifestError(f"manifest is malformed: {type(exc).__name__}: {exc}") from None
 
 
+def _orders_kind(block: Any, has_prior: bool) -> str:
+    if block is None:
+        return "zip_quantile"
+    if not isinstance(block, dict):
+        raise ManifestError(f"orders_forecast must be an object, not {type(block).__name__}")
+    kind = block.get("kind")
+    if kind not in ORDERS_MEANINGS:
+        raise ManifestError(
+            f"orders_forecast kind {kind!r}, this code serves {' or '.join(ORDERS_MEANINGS)}"
+        )
+    if kind == "zinb_quantile" and not has_prior:
+        raise ManifestError(
+            "orders_forecast kind 'zinb_quantile' reads the prior's r, and the manifest has "
+            "no prior"
+        )
+    return str(kind)
+
+
 def _orders_level(block: Any) -> float | None:
     if block is None:
         return None
-    if not isinstance(block, dict):
-        raise ManifestError(f"orders_forecast must be an object, not {type(block).__name__}")
-    if block.get("kind") != "zip_quantile":
-        raise ManifestError(
-            f"orders_forecast kind {block.get('kind')!r}, this code serves zip_quantile"
-        )
+    _orders_kind(block, has_prior=True)
     level = float(block["level"])
     if not 0.0 < level < 1.0:
         raise ManifestError(f"orders_forecast level {level} is not in (0, 1)")

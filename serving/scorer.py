@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from features.forecast import quantile_forecast
+from features.forecast import posterior_shape, quantile_forecast
 from features.manifest import (
     INPUT_NAME,
     OUTPUT_NAMES,
@@ -33,7 +33,7 @@ from features.manifest import (
     check_compatible,
 )
 from features.summary import N_SUMMARY, summarize
-from features.windows import DAY_MS, N_FEATURES, Float32Array
+from features.windows import DAY_MS, N_FEATURES, Float32Array, lifetime_summary
 
 log = logging.getLogger(__name__)
 
@@ -123,19 +123,39 @@ class Scorer:
         outputs = self.session.run(list(OUTPUT_NAMES), feeds)
         self.session_seconds += time.perf_counter() - started
         mean, spend, churn = (np.asarray(o, dtype=np.float32).reshape(-1) for o in outputs)
-        return served(self.manifest, mean, spend, churn)
+        return served(self.manifest, mean, spend, churn, raw[:, -1, :])
 
 
-def served(manifest: Manifest, mean: np.ndarray, spend: np.ndarray, churn: np.ndarray) -> Scores:
+def orders_shape(manifest: Manifest, last: np.ndarray | None) -> np.ndarray | None:
+    """The NB shape of each row's served forecast (``None``: the ZIP's), from the rows' raw
+    last window vectors: the prior's ``r`` plus the customer's repeat order days."""
+    if manifest.orders_kind != "zinb_quantile":
+        return None
+    if manifest.prior is None or last is None:
+        raise ValueError("a zinb_quantile forecast needs the prior and the rows' last vectors")
+    repeat_days = lifetime_summary(np.asarray(last, dtype=np.float64))[0]
+    return posterior_shape(manifest.prior.customer_base.r, repeat_days)
+
+
+def served(
+    manifest: Manifest,
+    mean: np.ndarray,
+    spend: np.ndarray,
+    churn: np.ndarray,
+    last: np.ndarray | None = None,
+) -> Scores:
     """What a model serves from its graph's raw outputs: the manifest's churn recalibration,
-    then its order forecast (each element on its own, so any batching gives the same)."""
+    then its order forecast (each element on its own, so any batching gives the same).
+    ``last`` is each row's raw last window vector, which a ``zinb_quantile`` forecast reads
+    for the customer's shape."""
     calibration = manifest.churn_calibration
     if calibration is not None:
         churn = calibration.apply(churn, mean).astype(np.float32)
     level = manifest.orders_level
     if level is None:
         return Scores(mean, spend, churn)
-    point = quantile_forecast(mean, churn, level).astype(np.float32)
+    shape = orders_shape(manifest, last)
+    point = quantile_forecast(mean, churn, level, shape).astype(np.float32)
     return Scores(point, spend, churn, mean)
 
 
@@ -226,4 +246,13 @@ def load_model(model_dir: Path, intra_op_threads: int = 1) -> Scorer:
     return Scorer(manifest, session, onnx_path)
 
 
-__all__ = ["ModelLoadError", "Scorer", "Scores", "load_model", "pinned_session", "sha256_file"]
+__all__ = [
+    "ModelLoadError",
+    "Scorer",
+    "Scores",
+    "load_model",
+    "orders_shape",
+    "pinned_session",
+    "served",
+    "sha256_file",
+]

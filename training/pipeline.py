@@ -50,7 +50,7 @@ from features.windows import (
     contract_fingerprint,
     lifetime_summary,
 )
-from serving.scorer import Scorer, Scores, served, sha256_file
+from serving.scorer import Scorer, Scores, orders_shape, served, sha256_file
 from training.baselines import baselines
 from training.calibration import fit_churn_calibration
 from training.dataset import build_tensor, first_window, fit_input_reference, to_event_arrays
@@ -462,6 +462,9 @@ def baseline_predictions(rows: OriginSet, prior: PriorSpec, pareto: Any) -> dict
     return {**out, **pareto_predictions(rows.sequences[:, -1, :], log_value, prior, pareto)}
 
 
+ZINB_TEXT = "negative binomial of shape r + x (the prior's r, the customer's repeat order days)"
+
+
 def _customer_base(last: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """BG/NBD's and Pareto/NBD's ``(x, t_x, T)`` from raw last vectors; customers who never
     ordered enter as just acquired (x = t_x = T = 0)."""
@@ -795,10 +798,16 @@ def run(
     level.update(prior_total=prior_total, model_total=float(cut_mean.sum()))
     scale = prior_total / max(float(cut_mean.sum()), 1e-12) if level["source"] == "prior" else 1.0
     main.info["level"] = level
-    orders_level = total_level(cut_mean, cut_churn, cfg.seed, scale=scale)
+    # The served distribution (features.forecast): each customer's ZINB of shape r + x where
+    # the model has a customer-base prior, the ZIP where it has none.
+    orders_kind = "zip_quantile" if prior is None else "zinb_quantile"
+    tmp_manifest = replace(tmp_manifest, orders_kind=orders_kind)
+    cut_shape = orders_shape(tmp_manifest, test.last[at_cutoff])
+    orders_level = total_level(cut_mean, cut_churn, cfg.seed, scale=scale, shape=cut_shape)
     log.info(
-        "served order forecast: the %.4f-quantile of each customer's ZIP, total from the %s (%s)",
+        "served order forecast: the %.4f-quantile of each customer's %s, total from the %s (%s)",
         orders_level,
+        "ZINB" if cut_shape is not None else "ZIP",
         level["source"],
         level["why"],
     )
@@ -809,7 +818,9 @@ def run(
     scorer = load_model(cfg.out)
     val_scores = score_rows(scorer, main.select_val)
     thresholds = churn_thresholds(val_scores["churn_probability"].to_numpy(), main.select_val.churn)
-    test_scores = test.frame(served(scorer.manifest, test.raw_mean, test.raw_spend, test.raw_churn))
+    test_scores = test.frame(
+        served(scorer.manifest, test.raw_mean, test.raw_spend, test.raw_churn, test.last)
+    )
     pareto = None
     if covered:
         x, t_x, age, ordered = lifetime_summary(test.last[at_cutoff].astype(np.float64))
@@ -897,8 +908,10 @@ def run(
         "prior": prior.to_dict(),
         "churn_calibration": calibration_info,
         "orders_forecast": {
+            "kind": orders_kind,
             "served": "expected_orders: each customer's level-quantile of the zero-inflated "
-            "Poisson with the model's mean and P(no order); model_mean: the mean itself",
+            + (ZINB_TEXT if orders_kind == "zinb_quantile" else "Poisson")
+            + " with the model's mean and P(no order); model_mean: the mean itself",
             "level": orders_level,
             "chosen_on": "the population at the cutoff, so that the served total equals the "
             f"{'model' if level['source'] == 'model' else 'prior'}'s expected total (no "
@@ -935,6 +948,7 @@ def run(
         prior=prior,
         churn_calibration=churn_calibration,
         orders_level=orders_level,
+        orders_kind=orders_kind,
         input_reference=reference,
         extra={
             "export": export_info,

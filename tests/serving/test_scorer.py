@@ -120,6 +120,47 @@ def test_a_model_with_an_orders_level_serves_each_customers_quantile_and_the_mea
     np.testing.assert_array_equal(joined.mean_orders, np.concatenate([plain.expected_orders] * 5))
 
 
+def test_a_zinb_forecast_reads_each_customers_shape_from_their_repeat_order_days(
+    copy: Path,
+) -> None:
+    """The shape of a customer's count is the prior's r plus their repeat order days, read
+    from the raw sequence's last vector, as training read it: a weekly shopper's forecast
+    is nearly the ZIP's, a customer with one order day's is the wider posterior's."""
+    from features.forecast import posterior_shape, quantile_forecast
+    from features.windows import lifetime_summary
+
+    rng = np.random.default_rng(6)
+    scorer = load_model(copy)
+    spec = scorer.manifest.spec
+    assert scorer.manifest.prior is not None
+    r = scorer.manifest.prior.customer_base.r
+    x = rng.gamma(0.3, 1.0, (300, spec.seq_len, N_FEATURES)).astype(np.float32)
+    _with_orders_forecast(copy, None)
+    plain = load_model(copy).score(x)
+    _with_orders_forecast(copy, {"kind": "zinb_quantile", "level": 0.6})
+    served = load_model(copy).score(x)
+    shape = posterior_shape(r, lifetime_summary(x[:, -1, :].astype(np.float64))[0])
+    want = quantile_forecast(plain.expected_orders, plain.churn_probability, 0.6, shape)
+    np.testing.assert_array_equal(served.expected_orders, want.astype(np.float32))
+    assert served.mean_orders is not None
+    np.testing.assert_array_equal(served.mean_orders, plain.expected_orders)
+    # Split across ONNX Runtime calls, each row still reads its own shape.
+    big = np.concatenate([x] * 5)
+    np.testing.assert_array_equal(
+        load_model(copy).score(big).expected_orders, np.concatenate([want] * 5).astype(np.float32)
+    )
+
+
+def test_a_zinb_forecast_without_a_prior_to_read_r_from_is_refused_at_load(copy: Path) -> None:
+    _with_orders_forecast(copy, {"kind": "zinb_quantile", "level": 0.6})
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["prior"]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="zinb_quantile' reads the prior's r"):
+        load_model(copy)
+
+
 @pytest.mark.parametrize(
     ("block", "says"),
     [
