@@ -16,8 +16,10 @@ the MAE and bias of
 
 Each customer's predictive distribution is pinned by the model's two heads (mean ``m`` and
 P(no order) ``p0``) under three families: zero-inflated Poisson (BG/NBD's alive-or-not story),
-negative binomial and Poisson (``p0`` ignored): the served forecast
-(:mod:`features.forecast`) is the first; this diagnostic says how the others would do.
+negative binomial and Poisson (``p0`` ignored). Models exported before 2026-12-08 serve the
+first; since then :mod:`features.forecast` serves a zero-inflated negative binomial whose
+shape is each customer's posterior ``r + x``, a third parameter that ``predictions.csv`` does
+not carry: :mod:`bench.served_distribution` compares that one with the first.
 """
 
 from __future__ import annotations
