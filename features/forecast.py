@@ -64,18 +64,23 @@ def zip_of(mean: npt.ArrayLike, p0: npt.ArrayLike) -> tuple[FloatArray, FloatArr
     ``pi + (1 - pi) exp(-lam) = p0`` (``pi = 0``, ``lam = mean`` where ``p0 <= exp(-mean)``)."""
     m = np.maximum(np.asarray(mean, dtype=np.float64), 1e-12)
     p = np.clip(np.asarray(p0, dtype=np.float64), 0.0, 1.0 - 1e-9)
+    poisson = p <= np.exp(-m)
+    lam = m.copy()
+    # Only the inflated rows have a root to find: the others' Newton would run down to the
+    # floor and never settle, and every call would pay all its steps.
+    inflated = np.flatnonzero(~poisson)
+    mi, pi_ = m[inflated], p[inflated]
     # g(lam) = lam (1 - p0) - m (1 - exp(-lam)) is convex with g(0) = 0; its positive root is
     # below m / (1 - p0), where g > 0, so Newton from there falls monotonically onto it.
-    lam = m / (1.0 - p)
+    root = mi / (1.0 - pi_)
     for _ in range(NEWTON_STEPS):
-        g = lam * (1.0 - p) - m * (1.0 - np.exp(-lam))
-        slope = (1.0 - p) - m * np.exp(-lam)
+        g = root * (1.0 - pi_) - mi * (1.0 - np.exp(-root))
+        slope = (1.0 - pi_) - mi * np.exp(-root)
         step = np.where(slope > 1e-12, g / np.where(slope > 1e-12, slope, 1.0), 0.0)
-        lam = np.maximum(lam - step, 1e-12)
+        root = np.maximum(root - step, 1e-12)
         if float(np.max(np.abs(step), initial=0.0)) < 1e-12:
             break
-    poisson = p <= np.exp(-m)
-    lam = np.where(poisson, m, lam)
+    lam[inflated] = root
     pi = np.where(poisson, 0.0, np.clip(1.0 - m / lam, 0.0, 1.0))
     return lam, pi
 
@@ -94,20 +99,23 @@ def zinb_of(
     m = np.maximum(np.asarray(mean, dtype=np.float64), 1e-12)
     p = np.clip(np.asarray(p0, dtype=np.float64), 0.0, 1.0 - 1e-9)
     k = np.maximum(np.broadcast_to(np.asarray(shape, dtype=np.float64), m.shape), MIN_SHAPE)
+    plain = p <= _nb_zero(m, k)
+    mu = m.copy()
+    inflated = np.flatnonzero(~plain)
+    mi, pi_, ki = m[inflated], p[inflated], k[inflated]
     # g(mu) = mu (1 - p0) - m (1 - P_NB(0; mu)) is convex with g(0) = 0 (1 - P_NB(0) is
     # concave in mu), and g(m / (1 - p0)) >= 0: Newton from there falls onto the root, as
-    # for the ZIP.
-    mu = m / (1.0 - p)
+    # for the ZIP (and, as there, only the inflated rows have one).
+    root = mi / (1.0 - pi_)
     for _ in range(NEWTON_STEPS):
-        zero = _nb_zero(mu, k)
-        g = mu * (1.0 - p) - m * (1.0 - zero)
-        slope = (1.0 - p) - m * zero * k / (k + mu)
+        zero = _nb_zero(root, ki)
+        g = root * (1.0 - pi_) - mi * (1.0 - zero)
+        slope = (1.0 - pi_) - mi * zero * ki / (ki + root)
         step = np.where(slope > 1e-12, g / np.where(slope > 1e-12, slope, 1.0), 0.0)
-        mu = np.maximum(mu - step, 1e-12)
+        root = np.maximum(root - step, 1e-12)
         if float(np.max(np.abs(step), initial=0.0)) < 1e-12:
             break
-    plain = p <= _nb_zero(m, k)
-    mu = np.where(plain, m, mu)
+    mu[inflated] = root
     pi = np.where(plain, 0.0, np.clip(1.0 - m / mu, 0.0, 1.0))
     return mu, pi
 
