@@ -39,6 +39,7 @@ Pure: numpy only, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -59,6 +60,21 @@ MIN_SHAPE: Final = 1e-3
 """The smallest NB shape used: a customer-base fit on one-off buyers can put ``r`` near 0."""
 
 
+def _root_from_above(
+    start: FloatArray, g_slope: Callable[[FloatArray], tuple[FloatArray, FloatArray]]
+) -> FloatArray:
+    """The positive root of a convex ``g`` with ``g(0) = 0``, by Newton from ``start`` (where
+    ``g >= 0``): from there it falls monotonically onto the root."""
+    root = start
+    for _ in range(NEWTON_STEPS):
+        g, slope = g_slope(root)
+        step = np.where(slope > 1e-12, g / np.where(slope > 1e-12, slope, 1.0), 0.0)
+        root = np.maximum(root - step, 1e-12)
+        if float(np.max(np.abs(step), initial=0.0)) < 1e-12:
+            break
+    return root
+
+
 def zip_of(mean: npt.ArrayLike, p0: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
     """The Poisson rate ``lam`` and zero inflation ``pi`` with mean ``(1 - pi) lam = mean`` and
     ``pi + (1 - pi) exp(-lam) = p0`` (``pi = 0``, ``lam = mean`` where ``p0 <= exp(-mean)``)."""
@@ -71,16 +87,13 @@ def zip_of(mean: npt.ArrayLike, p0: npt.ArrayLike) -> tuple[FloatArray, FloatArr
     inflated = np.flatnonzero(~poisson)
     mi, pi_ = m[inflated], p[inflated]
     # g(lam) = lam (1 - p0) - m (1 - exp(-lam)) is convex with g(0) = 0; its positive root is
-    # below m / (1 - p0), where g > 0, so Newton from there falls monotonically onto it.
-    root = mi / (1.0 - pi_)
-    for _ in range(NEWTON_STEPS):
-        g = root * (1.0 - pi_) - mi * (1.0 - np.exp(-root))
-        slope = (1.0 - pi_) - mi * np.exp(-root)
-        step = np.where(slope > 1e-12, g / np.where(slope > 1e-12, slope, 1.0), 0.0)
-        root = np.maximum(root - step, 1e-12)
-        if float(np.max(np.abs(step), initial=0.0)) < 1e-12:
-            break
-    lam[inflated] = root
+    # below m / (1 - p0), where g > 0.
+
+    def g_slope(lam: FloatArray) -> tuple[FloatArray, FloatArray]:
+        zero = np.exp(-lam)
+        return lam * (1.0 - pi_) - mi * (1.0 - zero), (1.0 - pi_) - mi * zero
+
+    lam[inflated] = _root_from_above(mi / (1.0 - pi_), g_slope)
     pi = np.where(poisson, 0.0, np.clip(1.0 - m / lam, 0.0, 1.0))
     return lam, pi
 
@@ -104,18 +117,14 @@ def zinb_of(
     inflated = np.flatnonzero(~plain)
     mi, pi_, ki = m[inflated], p[inflated], k[inflated]
     # g(mu) = mu (1 - p0) - m (1 - P_NB(0; mu)) is convex with g(0) = 0 (1 - P_NB(0) is
-    # concave in mu), and g(m / (1 - p0)) >= 0: Newton from there falls onto the root, as
-    # for the ZIP (and, as there, only the inflated rows have one).
-    root = mi / (1.0 - pi_)
-    for _ in range(NEWTON_STEPS):
-        zero = _nb_zero(root, ki)
-        g = root * (1.0 - pi_) - mi * (1.0 - zero)
-        slope = (1.0 - pi_) - mi * zero * ki / (ki + root)
-        step = np.where(slope > 1e-12, g / np.where(slope > 1e-12, slope, 1.0), 0.0)
-        root = np.maximum(root - step, 1e-12)
-        if float(np.max(np.abs(step), initial=0.0)) < 1e-12:
-            break
-    mu[inflated] = root
+    # concave in mu), and g(m / (1 - p0)) >= 0, as for the ZIP (and, as there, only the
+    # inflated rows have a root).
+
+    def g_slope(mu: FloatArray) -> tuple[FloatArray, FloatArray]:
+        zero = _nb_zero(mu, ki)
+        return mu * (1.0 - pi_) - mi * (1.0 - zero), (1.0 - pi_) - mi * zero * ki / (ki + mu)
+
+    mu[inflated] = _root_from_above(mi / (1.0 - pi_), g_slope)
     pi = np.where(plain, 0.0, np.clip(1.0 - m / mu, 0.0, 1.0))
     return mu, pi
 
