@@ -109,6 +109,14 @@ def zinb_of(
     """The NB mean ``mu`` and zero inflation ``pi`` of the ZINB of shape ``shape`` with mean
     ``(1 - pi) mu = mean`` and ``pi + (1 - pi) P_NB(0) = p0`` (``pi = 0``, ``mu = mean`` where
     ``p0`` is at most the NB's own P(0) at that mean)."""
+    mu, pi, _ = _zinb(mean, p0, shape)
+    return mu, pi
+
+
+def _zinb(
+    mean: npt.ArrayLike, p0: npt.ArrayLike, shape: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """:func:`zinb_of` and the shape it used (at least :data:`MIN_SHAPE`)."""
     m = np.maximum(np.asarray(mean, dtype=np.float64), 1e-12)
     p = np.clip(np.asarray(p0, dtype=np.float64), 0.0, 1.0 - 1e-9)
     k = np.maximum(np.broadcast_to(np.asarray(shape, dtype=np.float64), m.shape), MIN_SHAPE)
@@ -126,7 +134,7 @@ def zinb_of(
 
     mu[inflated] = _root_from_above(mi / (1.0 - pi_), g_slope)
     pi = np.where(plain, 0.0, np.clip(1.0 - m / mu, 0.0, 1.0))
-    return mu, pi
+    return mu, pi, k
 
 
 def posterior_shape(r: float, repeat_days: npt.ArrayLike) -> FloatArray:
@@ -144,26 +152,19 @@ def quantile_forecast(
     if shape is None:
         lam, pi = zip_of(mean, p0)
         return _quantiles(lam, pi, None, level)
-    mu, pi = zinb_of(mean, p0, shape)
-    k = np.maximum(np.broadcast_to(np.asarray(shape, dtype=np.float64), mu.shape), MIN_SHAPE)
-    return _quantiles(mu, pi, k, level)
+    return _quantiles(*_zinb(mean, p0, shape), level)
 
 
 def _quantiles(mu: FloatArray, pi: FloatArray, k: FloatArray | None, level: float) -> FloatArray:
-    if k is None:  # Poisson: pmf(j + 1) = pmf(j) mu / (j + 1)
-        pmf = np.exp(-mu)
-        ratio = mu
-        shape = np.zeros_like(mu)
-    else:  # NB: pmf(j + 1) = pmf(j) (k + j) / (j + 1) mu / (k + mu)
-        pmf = _nb_zero(mu, k)
-        ratio = mu / (k + mu)
-        shape = k
+    # Poisson: pmf(j + 1) = pmf(j) mu / (j + 1); NB: pmf(j) (k + j) / (j + 1) mu / (k + mu).
+    pmf = np.exp(-mu) if k is None else _nb_zero(mu, k)
+    ratio = mu if k is None else mu / (k + mu)
     cdf = pi + (1.0 - pi) * pmf
     out = np.zeros(mu.shape, dtype=np.float64)
     short = cdf < level
     j = 0
     while j < MAX_COUNT and bool(short.any()):
-        pmf = pmf * ratio * ((shape + j) if k is not None else 1.0) / (j + 1)
+        pmf = pmf * ratio * (1.0 if k is None else k + j) / (j + 1)
         j += 1
         cdf = cdf + (1.0 - pi) * pmf
         out[short] = j
@@ -195,8 +196,7 @@ def total_level(
     if k is None:
         mu, pi = zip_of(m, p)
     else:
-        mu, pi = zinb_of(m, p, k)
-        k = np.maximum(k, MIN_SHAPE)
+        mu, pi, k = _zinb(m, p, k)
     target = float(m.sum()) * scale
     lo, hi = 0.0, 1.0
     best_level, best_gap = 0.5, float("inf")

@@ -193,6 +193,7 @@ class Manifest:
                 "orders_forecast",
                 "churn_calibration",
             }
+            orders = _orders_forecast(data.get("orders_forecast"), "prior" in data)
             return cls(
                 model_version=str(data["model_version"]),
                 spec=WindowSpec(
@@ -213,8 +214,8 @@ class Manifest:
                 feature_fingerprint=str(feats["fingerprint"]),
                 feature_definition_version=int(feats["definition_version"]),
                 prior=PriorSpec.from_dict(data["prior"]) if "prior" in data else None,
-                orders_level=_orders_level(data.get("orders_forecast")),
-                orders_kind=_orders_kind(data.get("orders_forecast"), "prior" in data),
+                orders_level=orders[0],
+                orders_kind=orders[1],
                 churn_calibration=(
                     ChurnCalibration.from_dict(data["churn_calibration"])
                     if "churn_calibration" in data
@@ -233,9 +234,11 @@ class Manifest:
             raise ManifestError(f"manifest is malformed: {type(exc).__name__}: {exc}") from None
 
 
-def _orders_kind(block: Any, has_prior: bool) -> str:
+def _orders_forecast(block: Any, has_prior: bool) -> tuple[float | None, str]:
+    """The served order forecast's ``(level, kind)``; ``(None, "zip_quantile")`` without one
+    (a model exported before it serves its mean)."""
     if block is None:
-        return "zip_quantile"
+        return None, "zip_quantile"
     if not isinstance(block, dict):
         raise ManifestError(f"orders_forecast must be an object, not {type(block).__name__}")
     kind = block.get("kind")
@@ -248,17 +251,10 @@ def _orders_kind(block: Any, has_prior: bool) -> str:
             "orders_forecast kind 'zinb_quantile' reads the prior's r, and the manifest has "
             "no prior"
         )
-    return str(kind)
-
-
-def _orders_level(block: Any) -> float | None:
-    if block is None:
-        return None
-    _orders_kind(block, has_prior=True)
     level = float(block["level"])
     if not 0.0 < level < 1.0:
         raise ManifestError(f"orders_forecast level {level} is not in (0, 1)")
-    return level
+    return level, str(kind)
 
 
 def check_compatible(manifest: Manifest) -> None:
